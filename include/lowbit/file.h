@@ -1,0 +1,88 @@
+// Files: read-only memory maps for checkpoints (zero-copy weights) and atomic writes
+// for outputs: data goes to a temporary file in the target's folder and is renamed
+// over the target only on commit(), so a failed run leaves the previous file intact.
+//
+//   LOWBIT_ASSIGN_OR_RETURN(MappedFile in, MappedFile::open("model.safetensors"));
+//   std::span<const std::byte> raw = in.bytes();
+//   LOWBIT_ASSIGN_OR_RETURN(AtomicFile out, AtomicFile::create("out/model.safetensors"));
+//   LOWBIT_RETURN_IF_ERROR(out.write(header));
+//   LOWBIT_RETURN_IF_ERROR(out.commit());    // without this, the destructor discards the temp file
+#pragma once
+
+#include <cstddef>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "lowbit/status.h"
+
+namespace lowbit {
+
+// A whole file mapped read-only (PROT_READ, MAP_PRIVATE). Move-only; unmapped on destruction.
+class MappedFile {
+ public:
+  // NotFound if the file does not exist; IoError for a directory, a non-regular file or
+  // a refused open/mmap. Messages read "cannot open '<path>': <reason>". An empty file
+  // gives an empty span (nothing is mapped).
+  static Result<MappedFile> open(const std::string& path);
+
+  MappedFile() = default;
+  MappedFile(MappedFile&& other) noexcept;
+  MappedFile& operator=(MappedFile&& other) noexcept;
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  ~MappedFile();
+
+  std::span<const std::byte> bytes() const { return {static_cast<const std::byte*>(data_), size_}; }
+  size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  void reset();
+
+  void* data_ = nullptr;  // page-aligned; null when empty
+  size_t size_ = 0;
+  std::string path_;
+};
+
+// Writes a file atomically: create() makes "<path>.tmp.XXXXXX" beside `path` (mode 0666
+// less the umask, like a plain open), write() appends, commit() fsyncs it, renames it onto
+// `path` and fsyncs the folder. Destroyed without commit(), it removes the temp file.
+// Each write() is one or more write(2) calls: batch small pieces.
+class AtomicFile {
+ public:
+  // Errors if `path` is a directory or the temp file cannot be created (folder missing,
+  // no permission); the message names `path`.
+  static Result<AtomicFile> create(const std::string& path);
+
+  AtomicFile() = default;
+  AtomicFile(AtomicFile&& other) noexcept;
+  AtomicFile& operator=(AtomicFile&& other) noexcept;
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+  ~AtomicFile();  // removes the temp file unless committed
+
+  Status write(std::span<const std::byte> data);  // retries short writes and EINTR
+  Status write(std::string_view text) { return write(std::as_bytes(std::span(text))); }
+  // Once. On failure the temp file is removed and `path` keeps its previous content (unless
+  // only the final folder fsync failed). write() or commit() after commit() aborts (LOWBIT_CHECK).
+  Status commit();
+
+  const std::string& path() const { return path_; }
+  const std::string& temp_path() const { return temp_path_; }  // empty once committed
+
+ private:
+  void discard();
+
+  int fd_ = -1;
+  std::string path_;
+  std::string temp_path_;
+};
+
+// create + write + commit.
+Status write_file_atomic(const std::string& path, std::string_view contents);
+
+// The whole file as bytes in a string. Errors as MappedFile::open, with "cannot read".
+Result<std::string> read_file(const std::string& path);
+
+}  // namespace lowbit

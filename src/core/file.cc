@@ -1,0 +1,261 @@
+#include "lowbit/file.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <system_error>
+#include <utility>
+
+namespace lowbit {
+namespace {
+
+std::string errno_text(int err) { return std::generic_category().message(err); }
+
+// NotFound for a missing file or folder; IoError for everything else the OS refuses.
+Status errno_status(int err, const std::string& what) {
+  std::string msg = what + ": " + errno_text(err);
+  return err == ENOENT ? NotFound(std::move(msg)) : IoError(std::move(msg));
+}
+
+std::string quote_path(const std::string& path) { return "'" + path + "'"; }
+
+// Six filename-safe characters; uniqueness is enforced by O_EXCL, this only makes
+// collisions between concurrent writers unlikely.
+std::string temp_suffix() {
+  static std::atomic<uint64_t> counter{0};
+  uint64_t x = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) ^
+               (static_cast<uint64_t>(::getpid()) << 32) ^ counter.fetch_add(0x9E3779B97F4A7C15ull);
+  // splitmix64 finaliser
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  x ^= x >> 31;
+  static constexpr char kChars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+  std::string out(6, 'X');
+  for (char& c : out) {
+    c = kChars[x % 62];
+    x /= 62;
+  }
+  return out;
+}
+
+std::string parent_dir(const std::string& path) {
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  return dir.empty() ? "." : dir;
+}
+
+}  // namespace
+
+// ---- MappedFile ----
+
+Result<MappedFile> MappedFile::open(const std::string& path) {
+  const std::string what = "cannot open " + quote_path(path);
+  // O_NONBLOCK so that opening a FIFO by mistake fails below instead of hanging.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return errno_status(errno, what);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return errno_status(err, what);
+  }
+  if (S_ISDIR(st.st_mode) || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return IoError(what + (S_ISDIR(st.st_mode) ? ": is a directory" : ": not a regular file"));
+  }
+  MappedFile f;
+  f.path_ = path;
+  f.size_ = static_cast<size_t>(st.st_size);
+  if (f.size_ > 0) {
+    void* p = ::mmap(nullptr, f.size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      const int err = errno;
+      ::close(fd);
+      return IoError("cannot map " + quote_path(path) + ": " + errno_text(err));
+    }
+    f.data_ = p;
+  }
+  ::close(fd);  // the mapping keeps the file alive
+  return f;
+}
+
+MappedFile::MappedFile(MappedFile&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)),
+      size_(std::exchange(other.size_, 0)),
+      path_(std::move(other.path_)) {}
+
+MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
+  if (this != &other) {
+    reset();
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+    path_ = std::move(other.path_);
+  }
+  return *this;
+}
+
+MappedFile::~MappedFile() { reset(); }
+
+void MappedFile::reset() {
+  if (data_ != nullptr) ::munmap(data_, size_);
+  data_ = nullptr;
+  size_ = 0;
+}
+
+// ---- AtomicFile ----
+
+Result<AtomicFile> AtomicFile::create(const std::string& path) {
+  if (path.empty()) return InvalidArgument("cannot write '': empty output path");
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+    return IoError("cannot write " + quote_path(path) + ": is a directory");
+  }
+  constexpr int kAttempts = 100;
+  for (int i = 0; i < kAttempts; ++i) {
+    std::string temp = path + ".tmp." + temp_suffix();
+    // Not mkstemp: its mode 0600 would leak into the final file. 0666 less the umask is
+    // what a plain open (or a shell redirect) would create.
+    const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd >= 0) {
+      AtomicFile f;
+      f.fd_ = fd;
+      f.path_ = path;
+      f.temp_path_ = std::move(temp);
+      return f;
+    }
+    const int err = errno;
+    if (err != EEXIST) return errno_status(err, "cannot write " + quote_path(path) + ": creating temp file");
+  }
+  return IoError("cannot write " + quote_path(path) + ": no free temp file name after " +
+                 std::to_string(kAttempts) + " attempts");
+}
+
+AtomicFile::AtomicFile(AtomicFile&& other) noexcept
+    : fd_(std::exchange(other.fd_, -1)),
+      path_(std::move(other.path_)),
+      temp_path_(std::exchange(other.temp_path_, std::string())) {}
+
+AtomicFile& AtomicFile::operator=(AtomicFile&& other) noexcept {
+  if (this != &other) {
+    discard();
+    fd_ = std::exchange(other.fd_, -1);
+    path_ = std::move(other.path_);
+    temp_path_ = std::exchange(other.temp_path_, std::string());
+  }
+  return *this;
+}
+
+AtomicFile::~AtomicFile() { discard(); }
+
+void AtomicFile::discard() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  if (!temp_path_.empty()) ::unlink(temp_path_.c_str());
+  temp_path_.clear();
+}
+
+Status AtomicFile::write(std::span<const std::byte> data) {
+  LOWBIT_CHECK(fd_ >= 0, "AtomicFile::write after commit() or on a moved-from object");
+  constexpr size_t kMaxChunk = size_t{1} << 30;  // Linux caps one write(2) near 2 GiB
+  const std::byte* p = data.data();
+  size_t left = data.size();
+  while (left > 0) {
+    const ssize_t n = ::write(fd_, p, left < kMaxChunk ? left : kMaxChunk);
+    if (n < 0) {
+      const int err = errno;
+      if (err == EINTR) continue;
+      return IoError("cannot write " + quote_path(path_) + ": " + errno_text(err));
+    }
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+  return OkStatus();
+}
+
+Status AtomicFile::commit() {
+  LOWBIT_CHECK(fd_ >= 0, "AtomicFile::commit twice or on a moved-from object");
+  const std::string what = "cannot write " + quote_path(path_);
+  if (::fsync(fd_) != 0) {
+    const int err = errno;
+    discard();
+    return IoError(what + ": fsync: " + errno_text(err));
+  }
+  const int close_rc = ::close(fd_);
+  fd_ = -1;
+  if (close_rc != 0) {
+    const int err = errno;
+    discard();
+    return IoError(what + ": close: " + errno_text(err));
+  }
+  if (::rename(temp_path_.c_str(), path_.c_str()) != 0) {
+    const int err = errno;
+    discard();
+    return IoError(what + ": rename from " + quote_path(temp_path_) + ": " + errno_text(err));
+  }
+  temp_path_.clear();
+  // Make the rename itself durable. Some filesystems cannot fsync a folder (EINVAL);
+  // the data is still in place then.
+  const std::string dir = parent_dir(path_);
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) {
+    const int err = errno;
+    return IoError(what + ": opening folder " + quote_path(dir) + ": " + errno_text(err));
+  }
+  const int sync_rc = ::fsync(dfd);
+  const int err = errno;
+  ::close(dfd);
+  if (sync_rc != 0 && err != EINVAL && err != ENOTSUP) {
+    return IoError(what + ": fsync folder " + quote_path(dir) + ": " + errno_text(err));
+  }
+  return OkStatus();
+}
+
+Status write_file_atomic(const std::string& path, std::string_view contents) {
+  LOWBIT_ASSIGN_OR_RETURN(AtomicFile f, AtomicFile::create(path));
+  LOWBIT_RETURN_IF_ERROR(f.write(contents));
+  return f.commit();
+}
+
+// ---- read_file ----
+
+Result<std::string> read_file(const std::string& path) {
+  const std::string what = "cannot read " + quote_path(path);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno_status(errno, what);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return errno_status(err, what);
+  }
+  if (S_ISDIR(st.st_mode)) {
+    ::close(fd);
+    return IoError(what + ": is a directory");
+  }
+  // Regular files report their size; pipes and /proc files report 0 and grow as read.
+  std::string out(S_ISREG(st.st_mode) && st.st_size > 0 ? static_cast<size_t>(st.st_size) + 1 : 65536, '\0');
+  size_t got = 0;
+  for (;;) {
+    if (got == out.size()) out.resize(out.size() * 2);
+    const ssize_t n = ::read(fd, out.data() + got, out.size() - got);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      ::close(fd);
+      return IoError(what + ": " + errno_text(err));
+    }
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  out.resize(got);
+  return out;
+}
+
+}  // namespace lowbit

@@ -1,0 +1,186 @@
+#include "lowbit/file.h"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace lowbit {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Each test gets a fresh folder under the system temp dir, removed afterwards.
+class FileTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = fs::temp_directory_path() /
+           (std::string("lowbit_core_") + info->name() + "_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    ASSERT_TRUE(fs::create_directories(dir_));
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  static void write_plain(const std::string& p, const std::string& contents) {
+    std::ofstream(p, std::ios::binary) << contents;
+  }
+  std::vector<std::string> entries() const {
+    std::vector<std::string> names;
+    for (const auto& e : fs::directory_iterator(dir_)) names.push_back(e.path().filename().string());
+    std::sort(names.begin(), names.end());
+    return names;
+  }
+  fs::path dir_;
+};
+
+std::string as_string(std::span<const std::byte> bytes) {
+  return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
+}
+
+TEST_F(FileTest, MappedFileReadsBackContents) {
+  std::string contents;
+  for (int i = 0; i < 10000; ++i) contents.push_back(static_cast<char>(i * 7));
+  write_plain(path("w.bin"), contents);
+  Result<MappedFile> f = MappedFile::open(path("w.bin"));
+  ASSERT_TRUE(f.ok()) << f.status().to_string();
+  EXPECT_EQ(f->size(), contents.size());
+  EXPECT_EQ(f->path(), path("w.bin"));
+  EXPECT_EQ(as_string(f->bytes()), contents);
+
+  MappedFile moved = std::move(f).value();
+  EXPECT_EQ(as_string(moved.bytes()), contents);
+  MappedFile other;
+  other = std::move(moved);
+  EXPECT_EQ(as_string(other.bytes()), contents);
+  EXPECT_EQ(moved.size(), 0u);  // NOLINT(bugprone-use-after-move)
+}
+
+TEST_F(FileTest, MappedFileMissingNamesThePath) {
+  const std::string missing = path("no_such_model.safetensors");
+  Result<MappedFile> f = MappedFile::open(missing);
+  ASSERT_FALSE(f.ok());
+  EXPECT_EQ(f.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(f.status().message().find("'" + missing + "'"), std::string::npos) << f.status().message();
+  EXPECT_NE(f.status().message().find("No such file"), std::string::npos) << f.status().message();
+}
+
+TEST_F(FileTest, MappedFileEmptyAndDirectory) {
+  write_plain(path("empty"), "");
+  Result<MappedFile> f = MappedFile::open(path("empty"));
+  ASSERT_TRUE(f.ok()) << f.status().to_string();
+  EXPECT_EQ(f->size(), 0u);
+  EXPECT_TRUE(f->bytes().empty());
+
+  Result<MappedFile> d = MappedFile::open(dir_.string());
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(d.status().message().find("directory"), std::string::npos) << d.status().message();
+  EXPECT_NE(d.status().message().find(dir_.string()), std::string::npos);
+}
+
+TEST_F(FileTest, MappedFileRejectsFifoWithoutBlocking) {
+  ASSERT_EQ(::mkfifo(path("fifo").c_str(), 0600), 0);
+  Result<MappedFile> f = MappedFile::open(path("fifo"));
+  ASSERT_FALSE(f.ok());
+  EXPECT_NE(f.status().message().find("not a regular file"), std::string::npos) << f.status().message();
+}
+
+TEST_F(FileTest, AtomicFileCommitReplaces) {
+  const std::string out = path("out.bin");
+  write_plain(out, "old contents that are longer");
+  Result<AtomicFile> f = AtomicFile::create(out);
+  ASSERT_TRUE(f.ok()) << f.status().to_string();
+  const std::string temp = f->temp_path();
+  EXPECT_EQ(temp.rfind(out + ".tmp.", 0), 0u) << temp;
+  EXPECT_TRUE(fs::exists(temp));
+  ASSERT_TRUE(f->write("new ").ok());
+  std::vector<std::byte> more(100000, std::byte{0x5A});
+  ASSERT_TRUE(f->write(more).ok());
+  EXPECT_EQ(read_file(out).value(), "old contents that are longer") << "visible only after commit";
+  ASSERT_TRUE(f->commit().ok());
+  EXPECT_FALSE(fs::exists(temp));
+  EXPECT_TRUE(f->temp_path().empty());
+  Result<std::string> back = read_file(out);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->size(), 4u + more.size());
+  EXPECT_EQ(back->substr(0, 6), "new ZZ");
+  EXPECT_EQ(entries(), std::vector<std::string>{"out.bin"});
+}
+
+TEST_F(FileTest, AtomicFileCreatesWithUmaskMode) {
+  const mode_t old = ::umask(022);
+  ASSERT_TRUE(write_file_atomic(path("m"), "x").ok());
+  ::umask(old);
+  struct stat st {};
+  ASSERT_EQ(::stat(path("m").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0644u);
+}
+
+TEST_F(FileTest, UncommittedAtomicFileLeavesPreviousIntact) {
+  const std::string out = path("model.safetensors");
+  write_plain(out, "previous");
+  {
+    Result<AtomicFile> f = AtomicFile::create(out);
+    ASSERT_TRUE(f.ok());
+    ASSERT_TRUE(f->write("half-written garbage").ok());
+    AtomicFile moved = std::move(f).value();  // ownership of the temp file moves too
+    ASSERT_TRUE(moved.write(" more").ok());
+    // "the run fails": destroyed without commit()
+  }
+  EXPECT_EQ(read_file(out).value(), "previous");
+  EXPECT_EQ(entries(), std::vector<std::string>{"model.safetensors"});
+
+  {  // a target that did not exist before stays absent
+    Result<AtomicFile> f = AtomicFile::create(path("fresh"));
+    ASSERT_TRUE(f.ok());
+    ASSERT_TRUE(f->write("x").ok());
+  }
+  EXPECT_FALSE(fs::exists(path("fresh")));
+  EXPECT_EQ(entries(), std::vector<std::string>{"model.safetensors"});
+}
+
+TEST_F(FileTest, AtomicFileErrorsNameThePath) {
+  const std::string nodir = path("missing_dir/out.bin");
+  Result<AtomicFile> f = AtomicFile::create(nodir);
+  ASSERT_FALSE(f.ok());
+  EXPECT_NE(f.status().message().find("'" + nodir + "'"), std::string::npos) << f.status().message();
+
+  Status s = write_file_atomic(dir_.string(), "x");
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("is a directory"), std::string::npos) << s.message();
+  EXPECT_EQ(entries(), std::vector<std::string>{});
+}
+
+TEST_F(FileTest, WriteFileAtomicAndReadFileRoundTrip) {
+  std::string contents = "line one\n";
+  contents.push_back('\0');
+  contents += std::string(200000, 'q');
+  ASSERT_TRUE(write_file_atomic(path("a.txt"), contents).ok());
+  Result<std::string> back = read_file(path("a.txt"));
+  ASSERT_TRUE(back.ok()) << back.status().to_string();
+  EXPECT_EQ(*back, contents);
+  ASSERT_TRUE(write_file_atomic(path("a.txt"), "").ok());
+  EXPECT_EQ(read_file(path("a.txt")).value(), "");
+
+  Result<std::string> missing = read_file(path("nope.txt"));
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(missing.status().message().find("cannot read '" + path("nope.txt") + "'"), std::string::npos);
+  EXPECT_FALSE(read_file(dir_.string()).ok());
+}
+
+TEST(ReadFile, ReadsFilesThatReportSizeZero) {
+  Result<std::string> r = read_file("/proc/self/status");
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_NE(r->find("Name:"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace lowbit

@@ -1,0 +1,37 @@
+// Shared pieces of the `lowbit` command: subcommand registration, exit codes, and
+// printing helpers. Logic other layers need does not live here.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "lowbit/status.h"
+
+namespace lowbit::cli {
+
+// Exit codes (documented in README.md).
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailure = 1;   // the operation failed (I/O, corrupt data)
+inline constexpr int kExitUsage = 2;     // bad flag, bad value, unknown name, unsupported request
+
+// Thrown inside a subcommand callback to end the run with a one-line error; main() prints
+// "lowbit: <message>" and exits with `code`. Never crosses the library API.
+struct CliError {
+  int code;
+  std::string message;
+};
+[[noreturn]] void fail(int code, std::string message);
+[[noreturn]] void fail(const Status& status);  // exit code from the status code
+
+// Prints a float exactly: %.9g, with nan / inf / -inf spelled so.
+std::string format_value(double v);
+// JSON for a float: a number when finite, else "nan" / "inf" / "-inf".
+nlohmann::json json_value(double v);
+// Parses a decimal, hex-float, "nan", "inf" or "-inf" fp32 value; `what` names it in errors.
+float parse_float_arg(const std::string& text, const std::string& what);
+
+void register_formats(CLI::App& app);
+void register_cpu(CLI::App& app);
+
+}  // namespace lowbit::cli

@@ -1,0 +1,45 @@
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+
+#include <fmt/format.h>
+
+#include "cli.h"
+
+namespace lowbit::cli {
+
+void fail(int code, std::string message) { throw CliError{code, std::move(message)}; }
+
+void fail(const Status& status) {
+  const int code = status.code() == StatusCode::kIoError || status.code() == StatusCode::kDataLoss ||
+                           status.code() == StatusCode::kInternal
+                       ? kExitFailure
+                       : kExitUsage;
+  fail(code, status.message());
+}
+
+std::string format_value(double v) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  return fmt::format("{:.9g}", v);
+}
+
+nlohmann::json json_value(double v) {
+  if (std::isfinite(v)) return v;
+  return format_value(v);
+}
+
+float parse_float_arg(const std::string& text, const std::string& what) {
+  if (text.empty()) fail(kExitUsage, what + ": empty value (expected a number)");
+  errno = 0;
+  char* end = nullptr;
+  const float v = std::strtof(text.c_str(), &end);
+  if (end == text.c_str() || *end != '\0') {
+    fail(kExitUsage, what + ": '" + text + "' is not a number (expected e.g. 0.3, -1e-3, 0x1p-9, nan, inf)");
+  }
+  // ERANGE on overflow (±inf) and underflow (0 or subnormal) is fine: the fp32 value is
+  // exactly what the format would receive.
+  return v;
+}
+
+}  // namespace lowbit::cli
