@@ -178,7 +178,7 @@ void decode_span(Format f, std::span<const uint8_t> in, std::span<float> out) {
   LOWBIT_CHECK(in.size() == packed_bytes(f, n), "decode_span: input size does not match packed_bytes");
   switch (traits(f).bits) {
     case 32:
-      std::memcpy(out.data(), in.data(), 4 * n);  // fp32 codes are the values
+      if (n > 0) std::memcpy(out.data(), in.data(), 4 * n);  // fp32 codes are the values
       return;
     case 16: {
       const ConvertKernels& k = active_convert_kernels();

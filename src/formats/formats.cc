@@ -103,9 +103,15 @@ uint32_t encode_nf4(float x, const EncodeOptions& opt, uint64_t index) {
   while (lo + 1 < kNf4Levels.size() && kNf4Levels[lo + 1] <= v) ++lo;
   if (kNf4Levels[lo] == v) return lo;
   const double a = kNf4Levels[lo], b = kNf4Levels[lo + 1];
-  // Position between the two levels, in units of their gap; rounding it picks the code.
-  const double m = (v - a) / (b - a);
-  return lo + (round_up(m, (lo & 1u) != 0, opt, index) ? 1u : 0u);
+  // Distances, not a ratio: (v - a) / (b - a) rounds to 1.0 for v a hair below b.
+  const double below = v - a, above = b - v;
+  bool up;
+  if (opt.rounding == Rounding::kStochastic) {
+    up = static_cast<double>(stochastic_bits(opt.seed, index)) * 0x1p-32 * (b - a) < below;
+  } else {
+    up = below > above || (below == above && (lo & 1u) != 0);
+  }
+  return lo + (up ? 1u : 0u);
 }
 
 // fp32 quiet NaN with the given sign and payload (the quiet bit is always set).

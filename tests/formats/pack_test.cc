@@ -129,6 +129,32 @@ TEST(Pack, WideRoundTrip) {
   }
 }
 
+// Zero-length spans (an empty std::vector has data() == nullptr) are valid input everywhere;
+// the sanitizer build catches a memcpy/kernel call on the null pointer.
+TEST(Pack, EmptySpans) {
+  const std::vector<float> no_floats;
+  const std::vector<uint8_t> no_bytes;
+  const std::vector<uint16_t> no_u16;
+  std::vector<float> out_floats;
+  std::vector<uint8_t> out_bytes;
+  std::vector<uint16_t> out_u16;
+  for (int i = 0; i < kNumFormats; ++i) {
+    const Format f = static_cast<Format>(i);
+    encode_span(f, no_floats, out_bytes);
+    encode_span(f, no_floats, out_bytes, {.rounding = Rounding::kStochastic, .seed = 1}, 10);
+    decode_span(f, no_bytes, out_floats);
+  }
+  f32_to_f16(no_floats, out_u16);
+  f32_to_bf16(no_floats, out_u16);
+  f32_to_e4m3(no_floats, out_bytes);
+  f32_to_e5m2(no_floats, out_bytes);
+  f16_to_f32(no_u16, out_floats);
+  bf16_to_f32(no_u16, out_floats);
+  e4m3_to_f32(no_bytes, out_floats);
+  e5m2_to_f32(no_bytes, out_floats);
+  EXPECT_TRUE(out_floats.empty() && out_bytes.empty() && out_u16.empty());
+}
+
 TEST(ParseFormat, AcceptsAllNames) {
   const std::pair<const char*, Format> names[] = {
       {"fp32", Format::kFp32}, {"fp16", Format::kFp16}, {"bf16", Format::kBf16},   {"e4m3", Format::kE4m3},
