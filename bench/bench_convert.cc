@@ -92,8 +92,10 @@ class TableReporter : public benchmark::ConsoleReporter {
     ConsoleReporter::ReportRuns(runs);
     for (const Run& r : runs) {
       if (r.run_type != Run::RT_Iteration || r.error_occurred) continue;
+      std::string name = r.benchmark_name();
+      if (const size_t p = name.rfind("/real_time"); p != std::string::npos) name.erase(p);
       auto it = r.counters.find("bytes_per_second");
-      if (it != r.counters.end()) gbps_[r.benchmark_name()] = it->second.value / 1e9;
+      if (it != r.counters.end()) gbps_[name] = it->second.value / 1e9;
     }
   }
   void Finalize() override {

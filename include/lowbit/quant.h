@@ -111,6 +111,17 @@ struct QuantizedTensor {
 // Bits per element a spec costs for a (rows, cols) matrix, scale overhead included.
 double bits_per_weight(const QuantSpec& spec, int64_t rows, int64_t cols);
 
+// A named scheme: what `--scheme w4a16-g128` means. Activation specs are dynamic (scales
+// computed from each tensor online); an empty activation spec leaves activations in fp32.
+struct Scheme {
+  std::string_view name;
+  std::string_view weights;      // QuantSpec text form for linear weights
+  std::string_view activations;  // QuantSpec text form for linear inputs, or ""
+  std::string_view description;
+};
+std::span<const Scheme> named_schemes();
+Result<Scheme> find_scheme(std::string_view name);  // error lists the known names
+
 struct QuantizeOptions {
   std::string name;           // names the tensor in error messages
   const float* clip = nullptr;  // static scales: per-block clip values from an observer (grid order)

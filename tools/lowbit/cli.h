@@ -31,7 +31,11 @@ nlohmann::json json_value(double v);
 // Parses a decimal, hex-float, "nan", "inf" or "-inf" fp32 value; `what` names it in errors.
 float parse_float_arg(const std::string& text, const std::string& what);
 
+// Stands for a "--" after `formats encode` (see main.cc).
+inline constexpr const char* kEndOfFlagsMarker = "\x1d--";
+
 void register_formats(CLI::App& app);
 void register_cpu(CLI::App& app);
+void register_schemes(CLI::App& app);
 
 }  // namespace lowbit::cli

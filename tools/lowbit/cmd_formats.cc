@@ -196,13 +196,14 @@ void register_formats(CLI::App& app) {
   e->add_flag("--stochastic", enc->stochastic, "Stochastic rounding (seeded; value i uses counter i)");
   e->add_option("--seed", enc->seed, "Seed for --stochastic")->default_val(0);
   e->add_flag("--json", enc->json, "Print a JSON list of {input, code, value}");
-  e->callback([e, enc] {
+  e->callback([e, enc, json] {
     EncodeArgs a = *enc;
+    a.json = a.json || *json;  // `lowbit formats --json encode ...`
     const std::vector<std::string> rest = e->remaining();
     bool flags_done = false;
     for (size_t i = 0; i < rest.size(); ++i) {
       const std::string& tok = rest[i];
-      if (!flags_done && tok == "--") {
+      if (!flags_done && (tok == "--" || tok == kEndOfFlagsMarker)) {
         flags_done = true;
       } else if (!flags_done && tok == "--saturate") {
         a.saturate = true;
@@ -235,7 +236,11 @@ void register_formats(CLI::App& app) {
   d->add_option("format", dec->format, "Format name (see `lowbit formats`)")->required();
   d->add_option("codes", dec->codes, "Codes, hex (0x7E) or decimal")->required();
   d->add_flag("--json", dec->json, "Print a JSON list of {code, value}");
-  d->callback([dec] { run_decode(*dec); });
+  d->callback([dec, json] {
+    DecodeArgs a = *dec;
+    a.json = a.json || *json;
+    run_decode(a);
+  });
 }
 
 }  // namespace lowbit::cli

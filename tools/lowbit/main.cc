@@ -1,7 +1,10 @@
 // The `lowbit` command. Each subcommand lives in cmd_<name>.cc; this file wires them,
 // applies the global knobs (--threads, LOWBIT_ISA, LOWBIT_THREADS) and maps errors to
 // one line on stderr and a meaningful exit code.
+#include <algorithm>
 #include <cstdio>
+#include <string>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -18,7 +21,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   int threads = 0;
   app.add_option("--threads", threads, "Worker threads (default: LOWBIT_THREADS or all cores)")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(1, 1024));
   // Global knobs are applied before any subcommand runs.
   app.parse_complete_callback([&threads] {
     if (Status s = init_isa_from_env(); !s.ok()) fail(kExitUsage, s.message());
@@ -29,9 +32,23 @@ int main(int argc, char** argv) {
   });
   register_formats(app);
   register_cpu(app);
+  register_schemes(app);
+
+  // `formats encode` takes raw values (see cmd_formats.cc); CLI11 would treat a "--" that
+  // follows FORMAT as the end of the subcommand, so hand it over as a marker instead.
+  std::vector<std::string> args(argv + 1, argv + argc);
+  for (size_t i = 0; i + 1 < args.size(); ++i) {
+    if (args[i] == "formats" && args[i + 1] == "encode") {
+      for (size_t j = i + 2; j < args.size(); ++j) {
+        if (args[j] == "--") args[j] = kEndOfFlagsMarker;
+      }
+      break;
+    }
+  }
+  std::reverse(args.begin(), args.end());  // CLI11 takes the reversed vector form
 
   try {
-    app.parse(argc, argv);
+    app.parse(args);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {

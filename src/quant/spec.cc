@@ -1,0 +1,261 @@
+// QuantSpec: validation, the text form, block grids and storage accounting.
+#include <cmath>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "lowbit/convert.h"
+#include "lowbit/quant.h"
+
+namespace lowbit {
+namespace {
+
+constexpr std::string_view kGranularityHelp = "tensor, row (channel, token), col, g<G>, block<R>x<C> (tile<R>x<C>)";
+constexpr std::string_view kScaleHelp = "fp32, fp16, bf16, e8m0, e4m3, e4m3*fp32";
+constexpr std::string_view kOptionHelp = "sym, asym, absmax, p<percent>, mse, pow2, mxfloor, rne, sr<seed>, sat, nosat";
+
+bool parse_i64(std::string_view s, int64_t* out) {
+  if (s.empty() || s.size() > 18) return false;
+  int64_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+    v = v * 10 + (c - '0');
+  }
+  *out = v;
+  return true;
+}
+
+bool parse_u64(std::string_view s, uint64_t* out) {
+  if (s.empty() || s.size() > 19) return false;
+  uint64_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+    v = v * 10 + static_cast<uint64_t>(c - '0');
+  }
+  *out = v;
+  return true;
+}
+
+std::vector<std::string_view> split(std::string_view s, char sep) {
+  std::vector<std::string_view> out;
+  size_t start = 0;
+  while (true) {
+    const size_t pos = s.find(sep, start);
+    out.push_back(s.substr(start, pos == std::string_view::npos ? std::string_view::npos : pos - start));
+    if (pos == std::string_view::npos) return out;
+    start = pos + 1;
+  }
+}
+
+bool is_scale_format(Format f) {
+  return f == Format::kFp32 || f == Format::kFp16 || f == Format::kBf16 || f == Format::kE8m0 || f == Format::kE4m3;
+}
+
+// "128x128" -> (128, 128)
+bool parse_dims(std::string_view s, int64_t* r, int64_t* c) {
+  const size_t x = s.find('x');
+  return x != std::string_view::npos && parse_i64(s.substr(0, x), r) && parse_i64(s.substr(x + 1), c);
+}
+
+}  // namespace
+
+Status validate(const QuantSpec& s) {
+  const FormatTraits& e = traits(s.element);
+  if (s.element == Format::kE8m0) return InvalidArgument("element format: e8m0 is a scale format, not an element format");
+  if (s.granularity == Granularity::kGroup && s.group < 1) {
+    return InvalidArgument(fmt::format("granularity: group size must be >= 1 (got {})", s.group));
+  }
+  if (s.granularity == Granularity::kBlock && (s.block_rows < 1 || s.block_cols < 1)) {
+    return InvalidArgument(fmt::format("granularity: block dims must be >= 1 (got {}x{})", s.block_rows, s.block_cols));
+  }
+  if (!is_scale_format(s.scale_format)) {
+    return InvalidArgument(fmt::format("scale format: '{}' cannot hold scales (accepted: {})", e.name, kScaleHelp));
+  }
+  if (!s.symmetric && e.kind != FormatKind::kInteger) {
+    return InvalidArgument(fmt::format("symmetry: asym (zero point) needs an integer element format, not {}", e.name));
+  }
+  if (s.tensor_scale && s.scale_format != Format::kE4m3) {
+    return InvalidArgument("scale format: a second-level fp32 tensor scale is only supported with e4m3 block scales (e4m3*fp32)");
+  }
+  if (s.scale_rule == ScaleRule::kMxFloor && (e.kind != FormatKind::kFloat || s.scale_format != Format::kE8m0)) {
+    return InvalidArgument("scale rule: mxfloor needs a float element format and e8m0 scales (OCP MX)");
+  }
+  if (s.scale_rule != ScaleRule::kDivide && !s.symmetric) {
+    return InvalidArgument("scale rule: pow2/mxfloor scales are symmetric only");
+  }
+  if (s.clip == ClipRule::kPercentile && !(s.percentile > 0.0 && s.percentile <= 100.0)) {
+    return InvalidArgument(fmt::format("clipping: percentile must be in (0, 100] (got {})", s.percentile));
+  }
+  return OkStatus();
+}
+
+Result<QuantSpec> parse_spec(std::string_view text) {
+  const std::vector<std::string_view> parts = split(text, ':');
+  auto bad = [&](std::string_view field, std::string_view got, std::string_view accepted) {
+    return InvalidArgument(fmt::format("quant spec '{}': {} '{}' is not valid (accepted: {})", text, field, got, accepted));
+  };
+  QuantSpec s;
+  Result<Format> elem = parse_format(parts[0]);
+  if (!elem.ok()) return bad("element format", parts[0], "int8, uint8, int4, uint4, nf4, e4m3, e5m2, e2m1, fp16, bf16, fp32");
+  s.element = *elem;
+  if (parts.size() < 2) return InvalidArgument(fmt::format("quant spec '{}': missing granularity (accepted: {})", text, kGranularityHelp));
+  const std::string_view g = parts[1];
+  int64_t a = 0, b = 0;
+  if (g == "tensor") {
+    s.granularity = Granularity::kTensor;
+  } else if (g == "row" || g == "channel" || g == "token") {
+    s.granularity = Granularity::kRow;
+  } else if (g == "col") {
+    s.granularity = Granularity::kCol;
+  } else if (g.size() > 1 && g[0] == 'g' && parse_i64(g.substr(1), &a)) {
+    s.granularity = Granularity::kGroup;
+    s.group = a;
+    if (a < 1) return bad("group size", g.substr(1), "an integer >= 1");
+  } else if (g.starts_with("block") && parse_dims(g.substr(5), &a, &b)) {
+    s.granularity = Granularity::kBlock;
+    s.block_rows = a;
+    s.block_cols = b;
+  } else if (g.starts_with("tile") && parse_dims(g.substr(4), &a, &b)) {
+    s.granularity = Granularity::kBlock;
+    s.block_rows = a;
+    s.block_cols = b;
+  } else {
+    return bad("granularity", g, kGranularityHelp);
+  }
+  bool scale_given = false, rule_given = false;
+  for (size_t i = 2; i < parts.size(); ++i) {
+    const std::string_view p = parts[i];
+    if (p == "sym") {
+      s.symmetric = true;
+    } else if (p == "asym") {
+      s.symmetric = false;
+    } else if (p == "absmax") {
+      s.clip = ClipRule::kAbsMax;
+    } else if (p == "mse") {
+      s.clip = ClipRule::kMse;
+    } else if (p.size() > 1 && p[0] == 'p' && (p[1] >= '0' && p[1] <= '9')) {
+      char* end = nullptr;
+      const std::string num(p.substr(1));
+      const double pct = std::strtod(num.c_str(), &end);
+      if (*end != '\0' || !(pct > 0.0 && pct <= 100.0)) return bad("percentile", p, "p<percent> with percent in (0, 100], e.g. p99.9");
+      s.clip = ClipRule::kPercentile;
+      s.percentile = pct;
+    } else if (p == "pow2") {
+      s.scale_rule = ScaleRule::kPow2Ceil;
+      rule_given = true;
+    } else if (p == "mxfloor") {
+      s.scale_rule = ScaleRule::kMxFloor;
+      rule_given = true;
+    } else if (p == "rne") {
+      s.rounding = Rounding::kNearestEven;
+    } else if (p.starts_with("sr")) {
+      uint64_t seed = 0;
+      if (p.size() > 2 && !parse_u64(p.substr(2), &seed)) return bad("rounding", p, "rne, sr, sr<seed>");
+      s.rounding = Rounding::kStochastic;
+      s.seed = seed;
+    } else if (p == "sat") {
+      s.saturate = true;
+    } else if (p == "nosat") {
+      s.saturate = false;
+    } else if (p == "e4m3*fp32") {
+      s.scale_format = Format::kE4m3;
+      s.tensor_scale = true;
+      scale_given = true;
+    } else if (Result<Format> sf = parse_format(p); sf.ok()) {
+      if (!is_scale_format(*sf)) return bad("scale format", p, kScaleHelp);
+      s.scale_format = *sf;
+      scale_given = true;
+    } else {
+      return bad("field", p, std::string(kOptionHelp) + "; scale formats " + std::string(kScaleHelp));
+    }
+  }
+  // e8m0 scales follow the OCP MX rule unless told otherwise.
+  if (scale_given && s.scale_format == Format::kE8m0 && !rule_given) {
+    s.scale_rule = traits(s.element).kind == FormatKind::kFloat ? ScaleRule::kMxFloor : ScaleRule::kPow2Ceil;
+  }
+  if (Status st = validate(s); !st.ok()) return InvalidArgument(fmt::format("quant spec '{}': {}", text, st.message()));
+  return s;
+}
+
+std::string to_string(const QuantSpec& s) {
+  std::string out(format_name(s.element));
+  switch (s.granularity) {
+    case Granularity::kTensor: out += ":tensor"; break;
+    case Granularity::kRow: out += ":row"; break;
+    case Granularity::kCol: out += ":col"; break;
+    case Granularity::kGroup: out += fmt::format(":g{}", s.group); break;
+    case Granularity::kBlock: out += fmt::format(":block{}x{}", s.block_rows, s.block_cols); break;
+  }
+  out += s.symmetric ? ":sym" : ":asym";
+  out += s.tensor_scale ? std::string(":e4m3*fp32") : ":" + std::string(format_name(s.scale_format));
+  const ScaleRule implied = s.scale_format == Format::kE8m0
+                                ? (traits(s.element).kind == FormatKind::kFloat ? ScaleRule::kMxFloor : ScaleRule::kPow2Ceil)
+                                : ScaleRule::kDivide;
+  if (s.scale_rule != implied) {
+    out += s.scale_rule == ScaleRule::kPow2Ceil ? ":pow2" : s.scale_rule == ScaleRule::kMxFloor ? ":mxfloor" : ":divide";
+  }
+  if (s.clip == ClipRule::kPercentile) out += fmt::format(":p{}", s.percentile);
+  if (s.clip == ClipRule::kMse) out += ":mse";
+  if (s.rounding == Rounding::kStochastic) out += fmt::format(":sr{}", s.seed);
+  if (!s.saturate) out += ":nosat";
+  return out;
+}
+
+double element_qmax(const QuantSpec& s) { return traits(s.element).max_finite; }
+
+BlockGrid block_grid(const QuantSpec& s, int64_t rows, int64_t cols) {
+  BlockGrid g;
+  g.rows = rows;
+  g.cols = cols;
+  switch (s.granularity) {
+    case Granularity::kTensor: g.block_rows = rows; g.block_cols = cols; break;
+    case Granularity::kRow: g.block_rows = 1; g.block_cols = cols; break;
+    case Granularity::kCol: g.block_rows = rows; g.block_cols = 1; break;
+    case Granularity::kGroup: g.block_rows = 1; g.block_cols = s.group; break;
+    case Granularity::kBlock: g.block_rows = s.block_rows; g.block_cols = s.block_cols; break;
+  }
+  g.block_rows = std::max<int64_t>(1, std::min(g.block_rows, std::max<int64_t>(rows, 1)));
+  g.block_cols = std::max<int64_t>(1, std::min(g.block_cols, std::max<int64_t>(cols, 1)));
+  g.grid_rows = rows == 0 ? 0 : (rows + g.block_rows - 1) / g.block_rows;
+  g.grid_cols = cols == 0 ? 0 : (cols + g.block_cols - 1) / g.block_cols;
+  return g;
+}
+
+double bits_per_weight(const QuantSpec& s, int64_t rows, int64_t cols) {
+  const BlockGrid g = block_grid(s, rows, cols);
+  const int64_t row_bytes = static_cast<int64_t>(packed_bytes(s.element, cols));
+  int64_t bytes = rows * row_bytes;
+  bytes += static_cast<int64_t>(packed_bytes(s.scale_format, static_cast<size_t>(g.num_blocks())));
+  if (!s.symmetric) bytes += static_cast<int64_t>(packed_bytes(s.element, static_cast<size_t>(g.num_blocks())));
+  if (s.tensor_scale) bytes += 4;
+  return rows * cols != 0 ? 8.0 * static_cast<double>(bytes) / static_cast<double>(rows * cols) : 0.0;
+}
+
+int64_t QuantizedTensor::storage_bytes() const {
+  int64_t bytes = static_cast<int64_t>(codes.size() + scale_codes.size());
+  if (!spec.symmetric) bytes += static_cast<int64_t>(packed_bytes(spec.element, zero_points.size()));
+  if (spec.tensor_scale) bytes += 4;
+  return bytes;
+}
+
+int32_t QuantizedTensor::code_at(int64_t r, int64_t c) const {
+  const int bits = traits(spec.element).bits;
+  const uint8_t* row = codes.data() + r * row_bytes;
+  uint32_t code = 0;
+  switch (bits) {
+    case 4: code = (row[c / 2] >> (4 * (c & 1))) & 0xFu; break;
+    case 8: code = row[c]; break;
+    case 16: code = static_cast<uint32_t>(row[2 * c]) | (static_cast<uint32_t>(row[2 * c + 1]) << 8); break;
+    default: code = static_cast<uint32_t>(row[4 * c]) | (static_cast<uint32_t>(row[4 * c + 1]) << 8) |
+                    (static_cast<uint32_t>(row[4 * c + 2]) << 16) | (static_cast<uint32_t>(row[4 * c + 3]) << 24);
+  }
+  if (spec.element == Format::kInt8 || spec.element == Format::kInt4) {
+    const int shift = 32 - bits;
+    return static_cast<int32_t>(code << shift) >> shift;
+  }
+  return static_cast<int32_t>(code);
+}
+
+}  // namespace lowbit
