@@ -9,13 +9,14 @@
 //   for (const Tensor& act : calib_activations)              // (tokens, hidden)
 //     LOWBIT_RETURN_IF_ERROR(obs.observe(act.view()));
 //   std::vector<float> c = obs.clip();                       // (grid_rows, grid_cols), row-major
-//   LOWBIT_ASSIGN_OR_RETURN(QuantizedTensor q, quantize(x, spec, {.name = "layers.0.mlp.in", .clip = c.data()}));
+//   LOWBIT_ASSIGN_OR_RETURN(QuantizedTensor q, quantize(x, spec, {.name = "layers.0.mlp.in", .clip = c}));
 //
 // Tensors are seen as quantize() sees them: leading dimensions flattened into rows, the last
 // dimension is cols, any strides; the blocks are block_grid(spec, rows, cols) (docs/schemes.md).
 // Every observed tensor must have the same cols, and the same rows unless the granularity
 // spans all rows (tensor, col), where batches of different lengths are welcome. NaN or ±inf
 // is an error naming the tensor and the position, and leaves the observer unchanged.
+// Observer specs must be symmetric: quantize() accepts static clips for symmetric specs only.
 #pragma once
 
 #include <cstdint>

@@ -76,6 +76,10 @@ std::string to_string(const QuantSpec& spec);
 // Checks a spec built in code: group >= 1, element/affine compatibility, scale formats.
 Status validate(const QuantSpec& spec);
 
+// Index of the P-th percentile among n sorted values: ceil(P/100 · n) − 1, with P/100 · n
+// snapped to an integer when it is one up to rounding (99.9/100 · 1000 is 999.0000000000001).
+size_t percentile_index(double p, size_t n);
+
 // Largest magnitude an element can take before scaling: 127 for int8, 448 for e4m3, 1 for nf4.
 double element_qmax(const QuantSpec& spec);
 
@@ -124,7 +128,7 @@ Result<Scheme> find_scheme(std::string_view name);  // error lists the known nam
 
 struct QuantizeOptions {
   std::string name;           // names the tensor in error messages
-  const float* clip = nullptr;  // static scales: per-block clip values from an observer (grid order)
+  std::span<const float> clip;  // static scales: one clip value per block from an observer (grid order)
   bool use_reference = false;   // force the scalar reference path (tests, benchmarks)
 };
 

@@ -129,15 +129,6 @@ void append_samples(const Matrix& m, const BlockGrid& g, std::vector<std::vector
   });
 }
 
-// Index of the P-th percentile in n sorted values: ceil(P/100 · n) − 1. P/100 · n is snapped
-// to an integer when it is one up to rounding (99.9/100 · 1000 is 999.0000000000001 in double).
-size_t percentile_index(double p, size_t n) {
-  double q = p / 100.0 * static_cast<double>(n);
-  const double nearest = std::round(q);
-  if (std::fabs(q - nearest) <= 1e-12 * std::max(1.0, q)) q = nearest;
-  const double k = std::clamp(std::ceil(q), 1.0, static_cast<double>(n));
-  return static_cast<size_t>(k) - 1;
-}
 
 Status check_observer_spec(const QuantSpec& spec, std::string_view name) {
   if (Status s = validate(spec); !s.ok()) return InvalidArgument(fmt::format("{}: {}", label(name), s.message()));
@@ -291,7 +282,7 @@ std::vector<float> MseObserver::clip() const {
   for (int k = 0; k < kNumRatios; ++k) {
     for (int64_t b = 0; b < nb; ++b) clips[static_cast<size_t>(b)] = amax[static_cast<size_t>(b)] * ratio(k);
     const ConstTensorView all(padded.data(), DType::kF32, {nb, width});
-    Result<QuantizedTensor> q = quantize(all, rows_spec, {.name = name_, .clip = clips.data()});
+    Result<QuantizedTensor> q = quantize(all, rows_spec, {.name = name_, .clip = clips});
     if (q.ok() && dequantize(*q, TensorView(xhat.data(), DType::kF32, {nb, width})).ok()) {
       parallel_for(0, nb, std::max<int64_t>(1, kGrainElements / width), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
@@ -316,7 +307,7 @@ std::vector<float> MseObserver::clip() const {
           if (n == 0) continue;
           const float c = clips[static_cast<size_t>(b)];
           Result<QuantizedTensor> qb = quantize(ConstTensorView(v.data(), DType::kF32, {1, n}), block_spec,
-                                                {.name = name_, .clip = &c});
+                                                {.name = name_, .clip = {&c, 1}});
           y.resize(v.size());
           if (!qb.ok() || !dequantize(*qb, TensorView(y.data(), DType::kF32, {1, n})).ok()) continue;
           double e = 0.0;

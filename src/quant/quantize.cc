@@ -309,17 +309,13 @@ uint32_t unpack_code(Format f, const uint8_t* row, int64_t i) {
 float percentile_abs(std::vector<float>& v, double p) {
   if (v.empty()) return 0.0f;
   for (float& x : v) x = std::fabs(x);
-  const size_t n = v.size();
-  size_t idx = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(n)));
-  idx = std::clamp<size_t>(idx, 1, n) - 1;
+  const size_t idx = percentile_index(p, v.size());
   std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(idx), v.end());
   return v[idx];
 }
 
 float percentile_signed(std::vector<float> v, double p) {  // copy: selection reorders
-  const size_t n = v.size();
-  size_t idx = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(n)));
-  idx = std::clamp<size_t>(idx, 1, n) - 1;
+  const size_t idx = percentile_index(p, v.size());
   std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(idx), v.end());
   return v[idx];
 }
@@ -366,8 +362,16 @@ Result<QuantizedTensor> quantize(ConstTensorView x, const QuantSpec& spec, const
   q.row_bytes = static_cast<int64_t>(packed_bytes(spec.element, static_cast<size_t>(C)));
   q.codes.assign(static_cast<size_t>(R * q.row_bytes), 0);
   const int64_t nblocks = grid.num_blocks();
-  if (opt.clip != nullptr && !spec.symmetric) {
-    return InvalidArgument(fmt::format("{}: static clip values need a symmetric spec", name));
+  if (!opt.clip.empty()) {
+    if (!spec.symmetric) return InvalidArgument(fmt::format("{}: static clip values need a symmetric spec", name));
+    if (static_cast<int64_t>(opt.clip.size()) != nblocks) {
+      return InvalidArgument(fmt::format("{}: {} static clip values for a grid of {} blocks", name, opt.clip.size(), nblocks));
+    }
+    for (size_t b = 0; b < opt.clip.size(); ++b) {
+      if (!(opt.clip[b] >= 0.0f) || !std::isfinite(opt.clip[b])) {
+        return InvalidArgument(fmt::format("{}: static clip value {} of block {} must be finite and >= 0", name, opt.clip[b], b));
+      }
+    }
   }
 
   // 1. Finiteness, then per-block statistics. Rows are independent when blocks are one row
@@ -399,7 +403,8 @@ Result<QuantizedTensor> quantize(ConstTensorView x, const QuantSpec& spec, const
 
   std::vector<BlockStats> stats(static_cast<size_t>(nblocks));
   const bool need_minmax = !spec.symmetric;
-  parallel_for(0, grid.grid_rows, 1, [&](int64_t g0, int64_t g1) {
+  const int64_t strip_elems = std::max<int64_t>(1, grid.block_rows * C);
+  parallel_for(0, grid.grid_rows, std::max<int64_t>(1, 65536 / strip_elems), [&](int64_t g0, int64_t g1) {
     std::vector<float> tmp;
     for (int64_t gr = g0; gr < g1; ++gr) {
       const int64_t r_end = std::min(R, (gr + 1) * grid.block_rows);
@@ -442,7 +447,11 @@ Result<QuantizedTensor> quantize(ConstTensorView x, const QuantSpec& spec, const
 
   std::vector<BlockScale> scales(static_cast<size_t>(nblocks));
   std::atomic<int64_t> first_unfit{std::numeric_limits<int64_t>::max()};
-  parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+  // Scales are cheap unless a block's samples must be searched (percentile, MSE).
+  const bool searching = spec.clip != ClipRule::kAbsMax && opt.clip.empty();
+  const int64_t block_elems = std::max<int64_t>(1, grid.block_rows * grid.block_cols);
+  const int64_t scale_grain = searching ? std::max<int64_t>(1, 4096 / block_elems) : std::max<int64_t>(1, nblocks);
+  parallel_for(0, nblocks, scale_grain, [&](int64_t b0, int64_t b1) {
     std::vector<float> samples;
     for (int64_t b = b0; b < b1; ++b) {
       const BlockStats& st = stats[static_cast<size_t>(b)];
@@ -468,14 +477,14 @@ Result<QuantizedTensor> quantize(ConstTensorView x, const QuantSpec& spec, const
         }
       } else {
         float c = st.amax;
-        if (opt.clip != nullptr) {
-          c = opt.clip[b];
+        if (!opt.clip.empty()) {
+          c = opt.clip[static_cast<size_t>(b)];
         } else if (spec.clip == ClipRule::kPercentile) {
           gather_block(b, samples);
           c = percentile_abs(samples, spec.percentile);
         }
         bs = symmetric_scale(spec, c, q.tensor_scale);
-        if (opt.clip == nullptr && spec.clip == ClipRule::kMse && bs.ok && c > 0.0f) {
+        if (opt.clip.empty() && spec.clip == ClipRule::kMse && bs.ok && c > 0.0f) {
           gather_block(b, samples);
           double best = block_mse(spec, samples, bs);
           for (int i = 1; i <= 50; ++i) {

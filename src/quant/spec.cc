@@ -1,4 +1,5 @@
 // QuantSpec: validation, the text form, block grids and storage accounting.
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -14,7 +15,7 @@ namespace {
 
 constexpr std::string_view kGranularityHelp = "tensor, row (channel, token), col, g<G>, block<R>x<C> (tile<R>x<C>)";
 constexpr std::string_view kScaleHelp = "fp32, fp16, bf16, e8m0, e4m3, e4m3*fp32";
-constexpr std::string_view kOptionHelp = "sym, asym, absmax, p<percent>, mse, pow2, mxfloor, rne, sr<seed>, sat, nosat";
+constexpr std::string_view kOptionHelp = "sym, asym, absmax, p<percent>, mse, divide, pow2, mxfloor, rne, sr<seed>, sat, nosat";
 
 bool parse_i64(std::string_view s, int64_t* out) {
   if (s.empty() || s.size() > 18) return false;
@@ -71,7 +72,7 @@ Status validate(const QuantSpec& s) {
     return InvalidArgument(fmt::format("granularity: block dims must be >= 1 (got {}x{})", s.block_rows, s.block_cols));
   }
   if (!is_scale_format(s.scale_format)) {
-    return InvalidArgument(fmt::format("scale format: '{}' cannot hold scales (accepted: {})", e.name, kScaleHelp));
+    return InvalidArgument(fmt::format("scale format: '{}' cannot hold scales (accepted: {})", format_name(s.scale_format), kScaleHelp));
   }
   if (!s.symmetric && e.kind != FormatKind::kInteger) {
     return InvalidArgument(fmt::format("symmetry: asym (zero point) needs an integer element format, not {}", e.name));
@@ -145,6 +146,9 @@ Result<QuantSpec> parse_spec(std::string_view text) {
     } else if (p == "pow2") {
       s.scale_rule = ScaleRule::kPow2Ceil;
       rule_given = true;
+    } else if (p == "divide") {
+      s.scale_rule = ScaleRule::kDivide;
+      rule_given = true;
     } else if (p == "mxfloor") {
       s.scale_rule = ScaleRule::kMxFloor;
       rule_given = true;
@@ -171,9 +175,9 @@ Result<QuantSpec> parse_spec(std::string_view text) {
       return bad("field", p, std::string(kOptionHelp) + "; scale formats " + std::string(kScaleHelp));
     }
   }
-  // e8m0 scales follow the OCP MX rule unless told otherwise.
-  if (scale_given && s.scale_format == Format::kE8m0 && !rule_given) {
-    s.scale_rule = traits(s.element).kind == FormatKind::kFloat ? ScaleRule::kMxFloor : ScaleRule::kPow2Ceil;
+  // e8m0 scales of float elements follow the OCP MX rule unless told otherwise.
+  if (scale_given && s.scale_format == Format::kE8m0 && !rule_given && traits(s.element).kind == FormatKind::kFloat) {
+    s.scale_rule = ScaleRule::kMxFloor;
   }
   if (Status st = validate(s); !st.ok()) return InvalidArgument(fmt::format("quant spec '{}': {}", text, st.message()));
   return s;
@@ -190,8 +194,8 @@ std::string to_string(const QuantSpec& s) {
   }
   out += s.symmetric ? ":sym" : ":asym";
   out += s.tensor_scale ? std::string(":e4m3*fp32") : ":" + std::string(format_name(s.scale_format));
-  const ScaleRule implied = s.scale_format == Format::kE8m0
-                                ? (traits(s.element).kind == FormatKind::kFloat ? ScaleRule::kMxFloor : ScaleRule::kPow2Ceil)
+  const ScaleRule implied = s.scale_format == Format::kE8m0 && traits(s.element).kind == FormatKind::kFloat
+                                ? ScaleRule::kMxFloor
                                 : ScaleRule::kDivide;
   if (s.scale_rule != implied) {
     out += s.scale_rule == ScaleRule::kPow2Ceil ? ":pow2" : s.scale_rule == ScaleRule::kMxFloor ? ":mxfloor" : ":divide";
@@ -201,6 +205,15 @@ std::string to_string(const QuantSpec& s) {
   if (s.rounding == Rounding::kStochastic) out += fmt::format(":sr{}", s.seed);
   if (!s.saturate) out += ":nosat";
   return out;
+}
+
+size_t percentile_index(double p, size_t n) {
+  if (n == 0) return 0;
+  double q = p / 100.0 * static_cast<double>(n);
+  const double nearest = std::round(q);
+  if (std::fabs(q - nearest) <= 1e-12 * std::max(1.0, q)) q = nearest;
+  const size_t rank = static_cast<size_t>(std::ceil(q));
+  return std::clamp<size_t>(rank, 1, n) - 1;
 }
 
 double element_qmax(const QuantSpec& s) { return traits(s.element).max_finite; }

@@ -193,10 +193,11 @@ inline Result quantize(const std::vector<float>& x, int64_t rows, int64_t cols, 
         }
         // 2. scale
         if (c == 0.0f) {
+          // "c = 0 gives s = 0 (e8m0, which has no zero: 2^-127)": s = 0 is the scale used
+          // (and reported in `scales`); e8m0 stores code 0 (2^-127) for it.
           s = 0.0f;
           if (sf == Format::kE8m0) {
-            scode = 0;  // e8m0 has no zero: 2^-127
-            s = decode(Format::kE8m0, 0);
+            scode = 0;
           } else if (sf == Format::kFp32) {
             scode = 0;
           } else {
@@ -238,7 +239,6 @@ inline Result quantize(const std::vector<float>& x, int64_t rows, int64_t cols, 
           s = 0.0f;
           if (sf == Format::kE8m0) {
             scode = 0;
-            s = decode(Format::kE8m0, 0);
           } else if (sf != Format::kFp32) {
             scode = encode(sf, 0.0f);
           }
@@ -311,9 +311,9 @@ inline BitsResult quantize_sym_bits(const std::vector<float>& x, int b) {
   r.deq.resize(x.size());
   for (size_t i = 0; i < x.size(); ++i) {
     const float v = r.scale == 0.0f ? 0.0f : std::clamp(x[i] / r.scale, -qmax, qmax);
-    const float q = std::nearbyint(v);
-    r.code[i] = static_cast<int32_t>(q);
-    r.deq[i] = q * r.scale;
+    const int32_t q = static_cast<int32_t>(std::nearbyint(v));  // an integer code: no -0
+    r.code[i] = q;
+    r.deq[i] = static_cast<float>(q) * r.scale;
   }
   return r;
 }

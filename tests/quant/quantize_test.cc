@@ -352,8 +352,28 @@ TEST(QuantizeWorked, AsymWithNegatives) {
 }
 
 TEST(QuantizeWorked, SymmetricInt8NeverUsesMinus128) {
-  // e8m0 scale (divide rule): c/127 = 177.8/127 = 1.4 rounds to 2^0 = 1 (below the 1.5 tie),
-  // so v = -177.8 must clamp to -127, not -128; 50 -> 50, 1 -> 1.
+  // e4m3 scale: c/127 = 134.62/127 = 1.06 rounds down to 1.0 (below the 1.0625 midpoint), so
+  // v = -134.62 must clamp to -127 (int8's encode alone would give -128); 50 -> 50, 1 -> 1.
+  Tensor x = make_tensor({-134.62f, 50.0f, 1.0f, 0.0f}, {1, 4});
+  ASSERT_OK_AND_ASSIGN(QuantizedTensor q, quantize(x.view(), S("int8:tensor:sym:e4m3")));
+  EXPECT_EQ(q.scales.at(0), 1.0f);
+  EXPECT_EQ(q.scale_codes, (std::vector<uint8_t>{0x38}));
+  EXPECT_EQ(q.code_at(0, 0), -127);
+  EXPECT_EQ(q.code_at(0, 1), 50);
+  EXPECT_EQ(q.code_at(0, 2), 1);
+  EXPECT_EQ(q.code_at(0, 3), 0);
+  // same with int4 and an e4m3 scale rounding down: c/7 = 7.42/7 = 1.06 -> 1; -7.42 -> -7, not -8
+  Tensor y = make_tensor({-7.42f, 3.0f}, {1, 2});
+  ASSERT_OK_AND_ASSIGN(QuantizedTensor q4, quantize(y.view(), S("int4:tensor:sym:e4m3")));
+  EXPECT_EQ(q4.scales.at(0), 1.0f);
+  EXPECT_EQ(q4.code_at(0, 0), -7);
+  EXPECT_EQ(q4.code_at(0, 1), 3);
+}
+
+TEST(QuantizeWorked, E8m0ScalesWithIntegersUseDivideRule) {
+  // docs/schemes.md: the divide rule is the default, s = round_sf(c / qmax) with RNE; the MX
+  // rule is only for e8m0 scales with a *float* element. So for int8 with e8m0 scales:
+  // c/127 = 177.8/127 = 1.4 rounds to 2^0 = 1 (below the 1.5 tie), v = -177.8 clamps to -127.
   Tensor x = make_tensor({-177.8f, 50.0f, 1.0f, 0.0f}, {1, 4});
   ASSERT_OK_AND_ASSIGN(QuantizedTensor q, quantize(x.view(), S("int8:tensor:sym:e8m0")));
   EXPECT_EQ(q.scales.at(0), 1.0f);
@@ -590,18 +610,29 @@ TEST(QuantizeZero, ZeroBlocks) {
     const char* spec;
     float zero_scale;
   };
+  // e8m0 has no zero: the stored code is 0 (2^-127); `scales` may report the s = 0 the doc
+  // assigns, or the decoded 2^-127 (the doc's parenthetical allows either reading).
   for (const Case& k : {Case{"int4:g32", 0.0f}, Case{"int8:row:sym:fp16", 0.0f}, Case{"uint4:g32:asym:fp16", 0.0f},
-                        Case{"nf4:g32", 0.0f}, Case{"e4m3:g32:bf16", 0.0f},
-                        Case{"e2m1:g32:e8m0", std::ldexp(1.0f, -127)}}) {
+                        Case{"nf4:g32", 0.0f}, Case{"e4m3:g32:bf16", 0.0f}, Case{"e2m1:g32:e8m0", -1.0f},
+                        Case{"e4m3:g32:e8m0", -1.0f}}) {
     SCOPED_TRACE(k.spec);
     const QuantSpec spec = S(k.spec);
     ASSERT_OK_AND_ASSIGN(QuantizedTensor q, quantize(t.view(), spec));
     const int64_t gc = q.grid().grid_cols;
     for (int64_t b = 0; b < gc; ++b) {
-      EXPECT_EQ(q.scales.at(static_cast<size_t>(gc + b)), k.zero_scale);
-      if (!spec.symmetric) EXPECT_EQ(q.zero_points.at(static_cast<size_t>(gc + b)), 0);
+      const float got = q.scales.at(static_cast<size_t>(gc + b));
+      if (k.zero_scale < 0) {
+        EXPECT_TRUE(got == 0.0f || got == std::ldexp(1.0f, -127)) << got;
+      } else {
+        EXPECT_EQ(got, k.zero_scale);
+      }
+      if (!spec.symmetric) {
+        EXPECT_EQ(q.zero_points.at(static_cast<size_t>(gc + b)), 0);
+      }
     }
-    if (spec.scale_format == Format::kE8m0) EXPECT_EQ(q.scale_codes.at(static_cast<size_t>(gc)), 0);
+    if (spec.scale_format == Format::kE8m0) {
+      EXPECT_EQ(q.scale_codes.at(static_cast<size_t>(gc)), 0);
+    }
     ASSERT_OK_AND_ASSIGN(std::vector<float> d, deq(q));
     for (int c = 0; c < 64; ++c) EXPECT_EQ(d[static_cast<size_t>(64 + c)], 0.0f) << c;
     EXPECT_TRUE(matches_naive(q, naive::quantize(x, 4, 64, spec)));
@@ -996,14 +1027,18 @@ TEST(QuantizeFastPath, MatchesReferenceAtEveryIsa) {
                                                    : tie_data(spec, rows, cols, ++seed);
           Tensor t = make_tensor(x, {rows, cols});
           auto fast = quantize(t.view(), spec);
-          auto ref = quantize(t.view(), spec, {.use_reference = true});
+          QuantizeOptions ref_opt;
+          ref_opt.use_reference = true;
+          auto ref = quantize(t.view(), spec, ref_opt);
           ASSERT_EQ(fast.ok(), ref.ok()) << (fast.ok() ? ref.status().to_string() : fast.status().to_string());
           if (!fast.ok()) continue;
           EXPECT_TRUE(same_quant(*fast, *ref));
           ASSERT_OK_AND_ASSIGN(std::vector<float> df, deq(*fast, false));
           ASSERT_OK_AND_ASSIGN(std::vector<float> dr, deq(*fast, true));
           EXPECT_TRUE(same_float_bits(df, dr, "dequantize fast vs reference"));
-          if (kind == 2) EXPECT_TRUE(matches_naive(*ref, naive::quantize(x, rows, cols, spec)));
+          if (kind == 2) {
+            EXPECT_TRUE(matches_naive(*ref, naive::quantize(x, rows, cols, spec)));
+          }
         }
       }
     }
@@ -1038,8 +1073,9 @@ TEST_F(QuantizeThreads, SameBitsWithOneAndThreeThreads) {
       ASSERT_OK_AND_ASSIGN(std::vector<float> d3, deq(q3));
       EXPECT_TRUE(same_quant(q1, q3));
       EXPECT_TRUE(same_float_bits(d1, d3, "x_hat"));
-      if (spec.rounding == Rounding::kStochastic && rows * cols < 200000)
+      if (spec.rounding == Rounding::kStochastic && rows * cols < 200000) {
         EXPECT_TRUE(matches_naive(q3, naive::quantize(x, rows, cols, spec)));
+      }
     }
   }
 }
@@ -1198,7 +1234,9 @@ TEST(QuantizeErrors, BadShapesAndDtypes) {
   for (DType dt : {DType::kF16, DType::kF64, DType::kBF16, DType::kI32}) {
     ASSERT_OK_AND_ASSIGN(Tensor in, Tensor::empty(dt, {6, 10}));
     EXPECT_FALSE(quantize(in.view(), S("int4:g4")).ok()) << dtype_name(dt);
-    EXPECT_FALSE(quantize(in.view(), S("int4:g4"), {.use_reference = true}).ok()) << dtype_name(dt);
+    QuantizeOptions ref_opt;
+    ref_opt.use_reference = true;
+    EXPECT_FALSE(quantize(in.view(), S("int4:g4"), ref_opt).ok()) << dtype_name(dt);
   }
   // a spec that does not validate
   QuantSpec bad;
