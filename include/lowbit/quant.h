@@ -127,8 +127,8 @@ std::span<const Scheme> named_schemes();
 Result<Scheme> find_scheme(std::string_view name);  // error lists the known names
 
 struct QuantizeOptions {
-  std::string name;           // names the tensor in error messages
-  std::span<const float> clip;  // static scales: one clip value per block from an observer (grid order)
+  std::string name{};         // names the tensor in error messages
+  std::span<const float> clip{};  // static scales: one clip value per block from an observer (grid order)
   bool use_reference = false;   // force the scalar reference path (tests, benchmarks)
 };
 

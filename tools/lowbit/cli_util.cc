@@ -2,7 +2,11 @@
 #include <cmath>
 #include <cstdlib>
 
+#include <filesystem>
+
 #include <fmt/format.h>
+
+#include "lowbit/tokenizer.h"
 
 #include "cli.h"
 
@@ -40,6 +44,17 @@ float parse_float_arg(const std::string& text, const std::string& what) {
   // ERANGE on overflow (±inf) and underflow (0 or subnormal) is fine: the fp32 value is
   // exactly what the format would receive.
   return v;
+}
+
+std::string find_tokenizer(const std::string& model_path, int vocab, std::string_view cmd) {
+  const std::filesystem::path dir = std::filesystem::path(model_path).parent_path();
+  const std::string names[] = {fmt::format("tok{}.model", vocab), fmt::format("tok{}.bin", vocab), "tokenizer.model",
+                               "tokenizer.bin"};
+  for (const std::string& name : names) {
+    const std::filesystem::path p = dir / name;
+    if (std::filesystem::exists(p) && load_tokenizer(p.string(), vocab).ok()) return p.string();
+  }
+  fail(kExitUsage, fmt::format("{}: no tokenizer with a vocab of {} beside {} (pass --tokenizer)", cmd, vocab, model_path));
 }
 
 }  // namespace lowbit::cli

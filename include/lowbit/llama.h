@@ -1,0 +1,102 @@
+// The Llama-family forward pass: RMSNorm, RoPE, grouped-query attention, SwiGLU FFN,
+// tied or untied classifier; prefill of a whole sequence (batched matmuls) and single-token
+// decode with a KV cache. Every weight matrix goes through one `Linear`, which holds fp32
+// or a QuantizedTensor (dequantized once, at construction, for now: the fast quantized
+// kernels replace that in the kernels layer). Mirrors llama2.c's run.c.
+//
+//   LOWBIT_ASSIGN_OR_RETURN(Model m, load_model(path));
+//   LlamaModel net(m);                                  // fp32 linears viewing m's weights
+//   Session s(net);
+//   std::vector<float> logits;                          // (n, vocab)
+//   LOWBIT_RETURN_IF_ERROR(s.forward(tokens, /*pos=*/0, &logits));
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "lowbit/model.h"
+#include "lowbit/quant.h"
+
+namespace lowbit {
+
+// y (n, out) = x (n, in) · Wᵀ with W (out, in).
+class Linear {
+ public:
+  Linear() = default;
+  static Linear fp32(ConstTensorView w);
+  static Result<Linear> quantized(const QuantizedTensor& q);
+  int64_t out_features() const { return out_; }
+  int64_t in_features() const { return in_; }
+  const QuantizedTensor* quant() const { return quant_.get(); }
+  void forward(const float* x, int64_t n, float* y) const;  // x (n, in), y (n, out)
+
+ private:
+  int64_t out_ = 0, in_ = 0;
+  const float* w_ = nullptr;                      // (out, in)
+  std::shared_ptr<const Tensor> owned_;           // dequantized weights
+  std::shared_ptr<const QuantizedTensor> quant_;  // what was quantized, for size accounting
+};
+
+// Where activations are fake-quantized (quantize -> dequantize with dynamic scales), so
+// W8A8 / FP8 schemes can be evaluated. Unset sites stay fp32.
+struct ActivationQuant {
+  std::optional<QuantSpec> linear_input;  // every linear's input (tokens, in)
+  std::optional<QuantSpec> kv;            // keys and values as they enter the cache (1, kv_dim) per token
+};
+
+struct LayerLinears {
+  Linear wq, wk, wv, wo, w1, w2, w3;
+};
+
+// A runnable model: the config, the norms and embedding (fp32 views) and a Linear per matrix.
+class LlamaModel {
+ public:
+  explicit LlamaModel(const Model& m);
+  const LlamaConfig& config() const { return cfg_; }
+  const LlamaWeights& weights() const { return w_; }
+  std::vector<LayerLinears>& layers() { return layers_; }
+  const std::vector<LayerLinears>& layers() const { return layers_; }
+  Linear& classifier() { return classifier_; }
+  const Linear& classifier() const { return classifier_; }
+  ActivationQuant& activation_quant() { return act_; }
+  const ActivationQuant& activation_quant() const { return act_; }
+
+ private:
+  LlamaConfig cfg_;
+  LlamaWeights w_;
+  std::vector<LayerLinears> layers_;
+  Linear classifier_;
+  ActivationQuant act_;
+};
+
+// Runs a LlamaModel: activation buffers and the KV cache (layers, seq_len, kv_dim) for one sequence.
+class Session {
+ public:
+  explicit Session(const LlamaModel& model, int max_seq = 0);  // 0: the model's seq_len
+  // Runs tokens at positions pos .. pos+n-1 (the cache must hold 0 .. pos-1). Fills `logits`
+  // with (n, vocab) when `all_logits`, else (1, vocab) for the last token only.
+  Status forward(std::span<const int> tokens, int pos, std::vector<float>* logits, bool all_logits = true);
+  int max_seq() const { return max_seq_; }
+
+ private:
+  const LlamaModel& m_;
+  int max_seq_;
+  std::vector<float> k_cache_, v_cache_;  // (layers, max_seq, kv_dim)
+};
+
+struct GenerateOptions {
+  int max_new_tokens = 64;
+  float temperature = 0.0f;  // 0: greedy
+  uint64_t seed = 0;
+  int stop_token = -1;       // stop (without emitting) when this id is produced; -1: never
+};
+// Generates after `prompt` (which must be non-empty); returns the new ids. `on_token` (may be
+// null) sees each id as it is produced.
+Result<std::vector<int>> generate(const LlamaModel& model, std::span<const int> prompt, const GenerateOptions& opt,
+                                  const std::function<void(int)>& on_token = nullptr);
+
+}  // namespace lowbit

@@ -1,0 +1,73 @@
+// Llama-family models: configuration, weights (memory-mapped, zero copy for fp32) and the
+// checkpoint readers. The forward pass lives in llama.h, tokenizers in tokenizer.h.
+//
+//   LOWBIT_ASSIGN_OR_RETURN(Model m, load_model("../shared/models/stories260K.bin"));
+//   m.config.dim;                       // 64
+//   m.weights.layers[0].wq;             // (dim, dim) = (out, in), row-major f32
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "lowbit/file.h"
+#include "lowbit/status.h"
+#include "lowbit/tensor.h"
+
+namespace lowbit {
+
+struct LlamaConfig {
+  int dim = 0;          // model width
+  int hidden_dim = 0;   // FFN width
+  int n_layers = 0;
+  int n_heads = 0;
+  int n_kv_heads = 0;   // grouped-query attention: n_heads % n_kv_heads == 0
+  int vocab_size = 0;
+  int seq_len = 0;      // maximum context
+  float rope_theta = 10000.0f;
+  float norm_eps = 1e-5f;
+  bool shared_classifier = true;  // classifier = token embedding
+
+  int head_dim() const { return dim / n_heads; }
+  int kv_dim() const { return head_dim() * n_kv_heads; }
+};
+
+// One transformer block. Linear weights are (out, in), row-major f32.
+struct LayerWeights {
+  ConstTensorView attn_norm;  // (dim)
+  ConstTensorView wq;         // (dim, dim)
+  ConstTensorView wk;         // (kv_dim, dim)
+  ConstTensorView wv;         // (kv_dim, dim)
+  ConstTensorView wo;         // (dim, dim)
+  ConstTensorView ffn_norm;   // (dim)
+  ConstTensorView w1;         // (hidden, dim)  gate
+  ConstTensorView w2;         // (dim, hidden)  down
+  ConstTensorView w3;         // (hidden, dim)  up
+};
+
+struct LlamaWeights {
+  ConstTensorView tok_embeddings;  // (vocab, dim)
+  std::vector<LayerWeights> layers;
+  ConstTensorView final_norm;      // (dim)
+  ConstTensorView classifier;      // (vocab, dim); the embedding when shared
+};
+
+// A loaded model: config, views of its weights, and whatever owns their bytes (the mapped
+// file for fp32 checkpoints; dequantized buffers for int8 ones).
+struct Model {
+  LlamaConfig config;
+  LlamaWeights weights;
+  std::string path;
+  std::shared_ptr<MappedFile> file;
+  std::vector<Tensor> owned;
+};
+
+// llama2.c checkpoints: legacy version 0 (7-int32 header; negative vocab = unshared classifier)
+// and the versioned export (magic "ak42", version 1 fp32, version 2 int8 groups). Every size is
+// checked against the file before use; errors name the file and what was expected.
+Result<Model> load_llama2c(const std::string& path);
+// Picks the reader from the file's contents.
+Result<Model> load_model(const std::string& path);
+
+}  // namespace lowbit

@@ -1,0 +1,33 @@
+// Round-to-nearest (RTN) post-training quantization of a whole model: every linear weight
+// quantized with one QuantSpec (norms and the embedding / classifier stay fp32), and,
+// optionally, dynamic fake quantization of every linear's input activations.
+//
+//   LOWBIT_ASSIGN_OR_RETURN(Scheme s, find_scheme("w8a8"));
+//   LOWBIT_RETURN_IF_ERROR(apply_scheme(net, s));
+#pragma once
+
+#include <optional>
+
+#include "lowbit/llama.h"
+#include "lowbit/quant.h"
+
+namespace lowbit {
+
+struct ModelSize {
+  int64_t linear_params = 0;      // elements of the quantized linear weights
+  int64_t linear_bytes = 0;       // their storage: codes + scales + zero points
+  int64_t linear_code_bytes = 0;  // codes only
+  int64_t other_params = 0;       // embedding, classifier (if untied), norms: fp32
+  double bpw_weights() const;     // linear weights, codes only
+  double bpw_total() const;       // linear weights, scales included
+  int64_t total_bytes() const { return linear_bytes + 4 * other_params; }
+};
+
+// Quantizes every linear of `net` with `weights` (RTN); `activations`, when set, fake-quantizes
+// each linear's input dynamically. Errors name the tensor ("layers.3.wq: ...").
+Status apply_rtn(LlamaModel& net, const QuantSpec& weights, const std::optional<QuantSpec>& activations);
+Status apply_scheme(LlamaModel& net, const Scheme& scheme);
+// Storage of `net` as it stands (fp32 linears count 32 bits per weight).
+ModelSize model_size(const LlamaModel& net);
+
+}  // namespace lowbit

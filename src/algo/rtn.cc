@@ -1,0 +1,72 @@
+#include "lowbit/rtn.h"
+
+#include <fmt/format.h>
+
+namespace lowbit {
+namespace {
+
+constexpr const char* kLinearNames[] = {"wq", "wk", "wv", "wo", "w1", "w2", "w3"};
+constexpr Linear LayerLinears::*kLinearMembers[] = {&LayerLinears::wq, &LayerLinears::wk, &LayerLinears::wv,
+                                                    &LayerLinears::wo, &LayerLinears::w1, &LayerLinears::w2,
+                                                    &LayerLinears::w3};
+ConstTensorView LayerWeights::*const kWeightMembers[] = {&LayerWeights::wq, &LayerWeights::wk, &LayerWeights::wv,
+                                                         &LayerWeights::wo, &LayerWeights::w1, &LayerWeights::w2,
+                                                         &LayerWeights::w3};
+
+}  // namespace
+
+double ModelSize::bpw_weights() const {
+  return linear_params ? 8.0 * static_cast<double>(linear_code_bytes) / static_cast<double>(linear_params) : 0.0;
+}
+double ModelSize::bpw_total() const {
+  return linear_params ? 8.0 * static_cast<double>(linear_bytes) / static_cast<double>(linear_params) : 0.0;
+}
+
+Status apply_rtn(LlamaModel& net, const QuantSpec& weights, const std::optional<QuantSpec>& activations) {
+  for (size_t l = 0; l < net.layers().size(); ++l) {
+    for (size_t i = 0; i < std::size(kLinearMembers); ++i) {
+      const std::string name = fmt::format("layers.{}.{}", l, kLinearNames[i]);
+      const ConstTensorView w = net.weights().layers[l].*kWeightMembers[i];
+      QuantizeOptions opt;
+      opt.name = name;
+      LOWBIT_ASSIGN_OR_RETURN(QuantizedTensor q, quantize(w, weights, opt));
+      LOWBIT_ASSIGN_OR_RETURN(net.layers()[l].*kLinearMembers[i], Linear::quantized(q));
+    }
+  }
+  net.activation_quant().linear_input = activations;
+  return OkStatus();
+}
+
+Status apply_scheme(LlamaModel& net, const Scheme& scheme) {
+  LOWBIT_ASSIGN_OR_RETURN(QuantSpec w, parse_spec(scheme.weights));
+  std::optional<QuantSpec> a;
+  if (!scheme.activations.empty()) {
+    LOWBIT_ASSIGN_OR_RETURN(QuantSpec as, parse_spec(scheme.activations));
+    a = as;
+  }
+  return apply_rtn(net, w, a);
+}
+
+ModelSize model_size(const LlamaModel& net) {
+  ModelSize s;
+  const LlamaConfig& c = net.config();
+  for (const LayerLinears& ll : net.layers()) {
+    for (const auto member : kLinearMembers) {
+      const Linear& lin = ll.*member;
+      const int64_t n = lin.out_features() * lin.in_features();
+      s.linear_params += n;
+      if (const QuantizedTensor* q = lin.quant()) {
+        s.linear_bytes += q->storage_bytes();
+        s.linear_code_bytes += static_cast<int64_t>(q->codes.size());
+      } else {
+        s.linear_bytes += 4 * n;
+        s.linear_code_bytes += 4 * n;
+      }
+    }
+  }
+  s.other_params = static_cast<int64_t>(c.vocab_size) * c.dim + static_cast<int64_t>(c.n_layers) * 2 * c.dim + c.dim;
+  if (!c.shared_classifier) s.other_params += static_cast<int64_t>(c.vocab_size) * c.dim;
+  return s;
+}
+
+}  // namespace lowbit

@@ -1,0 +1,176 @@
+// lowbit eval --model M [--scheme S | --weights SPEC [--acts SPEC]] [--ref R] --text FILE
+//             [--tokenizer T] [--split all|calib|eval] [--ctx N] [--stride S] [--max-windows K]
+//             [--json out.json] [--plot out.svg]
+// Quantizes M in memory (RTN) when a scheme or spec is given, then measures it against the
+// fp32 reference (R, or M itself): PPL, ΔPPL ± SE, KLD mean / p99, top-1, bpw, size, tokens/s.
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+
+#include <fmt/format.h>
+#include <openssl/evp.h>
+
+#include "cli.h"
+#include "lowbit/eval.h"
+#include "lowbit/file.h"
+#include "lowbit/progress.h"
+#include "lowbit/rtn.h"
+#include "lowbit/tokenizer.h"
+
+namespace lowbit::cli {
+namespace {
+
+struct EvalArgs {
+  std::string model, ref, text, tokenizer, scheme, weights, acts, split = "all", json, plot;
+  int ctx = 128, stride = 0, max_windows = 0, decode_tokens = 32;
+};
+
+std::string sha256_file(const std::string& path) {
+  Result<MappedFile> f = MappedFile::open(path);
+  if (!f.ok()) fail(f.status());
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(f->bytes().data(), f->size(), md, &len, EVP_sha256(), nullptr);
+  std::string hex;
+  for (unsigned i = 0; i < len; ++i) hex += fmt::format("{:02x}", md[i]);
+  return hex;
+}
+
+void run_eval(const EvalArgs& a) {
+  if (!a.scheme.empty() && !a.weights.empty()) fail(kExitUsage, "eval: --scheme and --weights exclude each other");
+  if (!a.acts.empty() && a.weights.empty()) fail(kExitUsage, "eval: --acts needs --weights (or use --scheme)");
+  if (a.ctx < 2) fail(kExitUsage, fmt::format("eval: --ctx must be >= 2 (got {})", a.ctx));
+  Result<Model> model = load_model(a.model);
+  if (!model.ok()) fail(model.status());
+  Result<Model> ref_model = a.ref.empty() ? Result<Model>(InvalidArgument("unused")) : load_model(a.ref);
+  if (!a.ref.empty() && !ref_model.ok()) fail(ref_model.status());
+  const int vocab = model->config.vocab_size;
+  const std::string tok_path = a.tokenizer.empty() ? find_tokenizer(a.model, vocab, "eval") : a.tokenizer;
+  Result<std::unique_ptr<Tokenizer>> tok = load_tokenizer(tok_path, vocab);
+  if (!tok.ok()) fail(tok.status());
+  Result<std::vector<std::string>> stories = load_stories(a.text, a.split);
+  if (!stories.ok()) fail(stories.status());
+  std::vector<int> tokens;
+  for (const std::string& s : *stories) {
+    Result<std::vector<int>> ids = (*tok)->encode(s, /*bos=*/true, /*eos=*/false);
+    if (!ids.ok()) fail(ids.status());
+    tokens.insert(tokens.end(), ids->begin(), ids->end());
+  }
+
+  LlamaModel reference(a.ref.empty() ? *model : *ref_model);
+  LlamaModel net(*model);
+  std::string label = "fp32";
+  if (!a.scheme.empty()) {
+    Result<Scheme> s = find_scheme(a.scheme);
+    if (!s.ok()) fail(kExitUsage, "--scheme: " + s.status().message());
+    if (Status st = apply_scheme(net, *s); !st.ok()) fail(st);
+    label = a.scheme;
+  } else if (!a.weights.empty()) {
+    Result<QuantSpec> w = parse_spec(a.weights);
+    if (!w.ok()) fail(kExitUsage, "--weights: " + w.status().message());
+    std::optional<QuantSpec> act;
+    if (!a.acts.empty()) {
+      Result<QuantSpec> as = parse_spec(a.acts);
+      if (!as.ok()) fail(kExitUsage, "--acts: " + as.status().message());
+      act = *as;
+    }
+    if (Status st = apply_rtn(net, *w, act); !st.ok()) fail(st);
+    label = to_string(*w) + (act ? " / acts " + to_string(*act) : "");
+  }
+  const bool same = a.scheme.empty() && a.weights.empty() && a.ref.empty();
+
+  EvalOptions opt;
+  opt.ctx = a.ctx;
+  opt.stride = a.stride;
+  opt.max_windows = a.max_windows;
+  std::unique_ptr<Progress> progress;
+  opt.on_window = [&](int64_t done, int64_t total) {
+    if (done == 1) progress = std::make_unique<Progress>("eval " + label, total);
+    progress->advance();
+  };
+  Result<EvalResult> r = evaluate(net, same ? net : reference, tokens, opt);
+  if (progress) progress->finish();
+  if (!r.ok()) fail(r.status());
+
+  // Decode speed: greedy tokens after a short prompt, one at a time through the KV cache.
+  GenerateOptions g;
+  g.max_new_tokens = a.decode_tokens;
+  const std::vector<int> prompt(tokens.begin(), tokens.begin() + std::min<size_t>(8, tokens.size()));
+  const auto t0 = std::chrono::steady_clock::now();
+  Result<std::vector<int>> gen = generate(net, prompt, g);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!gen.ok()) fail(gen.status());
+  const double decode_tok_s = secs > 0 ? static_cast<double>(gen->size()) / secs : 0.0;
+
+  const ModelSize size = model_size(net);
+  const int64_t file_bytes = static_cast<int64_t>(std::filesystem::file_size(a.model));
+  nlohmann::json j = {
+      {"model", label},
+      {"ppl", r->ppl},
+      {"ref_ppl", r->ref_ppl},
+      {"delta_ppl", r->delta_ppl},
+      {"delta_ppl_se", r->delta_ppl_se},
+      {"kld_mean", r->kld_mean},
+      {"kld_p99", r->kld_p99},
+      {"kld_max", r->kld_max},
+      {"top1", r->top1},
+      {"bpw", size.bpw_total()},
+      {"bpw_weights", size.bpw_weights()},
+      {"size_bytes", size.total_bytes()},
+      {"linear_bytes", size.linear_bytes},
+      {"file_bytes", file_bytes},
+      {"prefill_tok_s", r->prefill_tok_s},
+      {"decode_tok_s", decode_tok_s},
+      {"tokens_scored", r->tokens_scored},
+      {"windows", r->windows},
+      {"inputs",
+       {{"model", a.model},
+        {"model_sha256", sha256_file(a.model)},
+        {"ref", a.ref.empty() ? a.model : a.ref},
+        {"text", a.text},
+        {"text_sha256", sha256_file(a.text)},
+        {"tokenizer", tok_path},
+        {"split", a.split},
+        {"scheme", a.scheme},
+        {"weights", a.weights},
+        {"acts", a.acts},
+        {"ctx", std::min(a.ctx, model->config.seq_len)},
+        {"stride", a.stride > 0 ? a.stride : std::min(a.ctx, model->config.seq_len) / 2},
+        {"max_windows", a.max_windows}}}};
+  if (!a.json.empty()) {
+    if (Status s = write_file_atomic(a.json, j.dump(2) + "\n"); !s.ok()) fail(s);
+  }
+  if (!a.plot.empty()) {
+    if (Status s = write_file_atomic(a.plot, kld_curve_svg(*r, "lowbit eval: " + label + " vs fp32")); !s.ok()) fail(s);
+  }
+  fmt::print("| model | PPL | ref PPL | ΔPPL ± SE | KLD mean | KLD p99 | top-1 | bpw | size | prefill tok/s | decode tok/s | tokens |\n");
+  fmt::print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  fmt::print("| {} | {:.4f} | {:.4f} | {:+.4f} ± {:.4f} | {:.6f} | {:.6f} | {:.2f}% | {:.3f} | {:.1f} KiB | {:.0f} | {:.0f} | {} |\n",
+             label, r->ppl, r->ref_ppl, r->delta_ppl, r->delta_ppl_se, r->kld_mean, r->kld_p99, 100.0 * r->top1,
+             size.bpw_total(), static_cast<double>(size.total_bytes()) / 1024.0, r->prefill_tok_s, decode_tok_s,
+             r->tokens_scored);
+}
+
+}  // namespace
+
+void register_eval(CLI::App& app) {
+  auto a = std::make_shared<EvalArgs>();
+  auto* cmd = app.add_subcommand("eval", "Measure a (quantized) model against the fp32 reference: PPL, KLD, top-1, size, speed");
+  cmd->add_option("--model", a->model, "Checkpoint to evaluate")->required();
+  cmd->add_option("--scheme", a->scheme, "Quantize the model in memory with a named scheme (see `lowbit schemes`)");
+  cmd->add_option("--weights", a->weights, "Quantize linear weights with this QuantSpec (e.g. int4:g32:sym:fp16)");
+  cmd->add_option("--acts", a->acts, "Fake-quantize linear inputs with this QuantSpec (dynamic), with --weights");
+  cmd->add_option("--ref", a->ref, "Reference checkpoint (default: --model in fp32)");
+  cmd->add_option("--text", a->text, "UTF-8 text to score (stories separated by blank lines)")->required();
+  cmd->add_option("--tokenizer", a->tokenizer, "Tokenizer (default: the one beside the model)");
+  cmd->add_option("--split", a->split, "all | calib (first 10% of stories) | eval (the other 90%)")->default_val("all");
+  cmd->add_option("--ctx", a->ctx, "Window length in tokens")->default_val(128);
+  cmd->add_option("--stride", a->stride, "Window stride (default ctx/2: every token scored once)");
+  cmd->add_option("--max-windows", a->max_windows, "Score at most this many windows (0: all)")->default_val(0);
+  cmd->add_option("--json", a->json, "Write every figure and the exact inputs as JSON");
+  cmd->add_option("--plot", a->plot, "Write an SVG of mean KLD by position");
+  cmd->callback([a] { run_eval(*a); });
+}
+
+}  // namespace lowbit::cli
