@@ -44,6 +44,7 @@ enum class ScaleRule : uint8_t {
   kDivide,      // scale = clip / (largest element value), rounded to the scale format
   kMxFloor,     // OCP MX: scale = 2^(floor(log2(amax)) - emax of the element format)
   kPow2Ceil,    // scale rounded up to a power of two (never clips)
+  kUnit,        // scale 1: a plain cast to the element format (fp16 / bf16 weights)
 };
 
 struct QuantSpec {
@@ -68,7 +69,7 @@ struct QuantSpec {
 // Parses the text form: "<element>:<granularity>[:sym|asym][:<scale format>][:<option>...]".
 //   granularity: tensor | row (alias channel, token) | col | g<G> | block<R>x<C> (alias tile<R>x<C>)
 //   scale format: fp32 (default) fp16 bf16 e8m0 e4m3, or e4m3*fp32 (two-level, NVFP4)
-//   options: absmax | p<percent> (p99.9) | mse | pow2 | mxfloor | rne | sr<seed> | sat | nosat
+//   options: absmax | p<percent> (p99.9) | mse | divide | pow2 | mxfloor | unit | rne | sr<seed> | sat | nosat
 // Errors name the field and list the accepted values.
 Result<QuantSpec> parse_spec(std::string_view text);
 // The canonical text form; parse_spec(to_string(s)) == s.

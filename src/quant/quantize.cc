@@ -162,6 +162,10 @@ BlockScale symmetric_scale(const QuantSpec& spec, float c, float g) {
     b.scale = decode(Format::kE4m3, b.scale_code) * g;
     return b;
   }
+  if (spec.scale_rule == ScaleRule::kUnit) {  // a plain cast: scale 1 whatever the data
+    b.scale = round_to_scale_format(sf, 1.0f, &b.scale_code);
+    return b;
+  }
   if (c == 0.0f) {  // all-zero block: scale 0 (e8m0, which has no zero, stores 2^-127)
     b.scale_code = sf == Format::kE8m0 ? 0u : encode(sf, 0.0f);
     return b;
@@ -181,6 +185,7 @@ BlockScale symmetric_scale(const QuantSpec& spec, float c, float g) {
       s = std::ldexp(1.0f, e);
       break;
     }
+    case ScaleRule::kUnit: s = 1.0f; break;
   }
   b.scale = round_to_scale_format(sf, s, &b.scale_code);
   b.ok = std::isfinite(b.scale) && b.scale > 0.0f;

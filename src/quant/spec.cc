@@ -15,7 +15,7 @@ namespace {
 
 constexpr std::string_view kGranularityHelp = "tensor, row (channel, token), col, g<G>, block<R>x<C> (tile<R>x<C>)";
 constexpr std::string_view kScaleHelp = "fp32, fp16, bf16, e8m0, e4m3, e4m3*fp32";
-constexpr std::string_view kOptionHelp = "sym, asym, absmax, p<percent>, mse, divide, pow2, mxfloor, rne, sr<seed>, sat, nosat";
+constexpr std::string_view kOptionHelp = "sym, asym, absmax, p<percent>, mse, divide, pow2, mxfloor, unit, rne, sr<seed>, sat, nosat";
 
 bool parse_i64(std::string_view s, int64_t* out) {
   if (s.empty() || s.size() > 18) return false;
@@ -84,7 +84,10 @@ Status validate(const QuantSpec& s) {
     return InvalidArgument("scale rule: mxfloor needs a float element format and e8m0 scales (OCP MX)");
   }
   if (s.scale_rule != ScaleRule::kDivide && !s.symmetric) {
-    return InvalidArgument("scale rule: pow2/mxfloor scales are symmetric only");
+    return InvalidArgument("scale rule: pow2/mxfloor/unit scales are symmetric only");
+  }
+  if (s.scale_rule == ScaleRule::kUnit && (s.tensor_scale || s.clip != ClipRule::kAbsMax)) {
+    return InvalidArgument("scale rule: unit (no scaling) takes no clip rule and no tensor scale");
   }
   if (s.clip == ClipRule::kPercentile && !(s.percentile > 0.0 && s.percentile <= 100.0)) {
     return InvalidArgument(fmt::format("clipping: percentile must be in (0, 100] (got {})", s.percentile));
@@ -146,6 +149,9 @@ Result<QuantSpec> parse_spec(std::string_view text) {
     } else if (p == "pow2") {
       s.scale_rule = ScaleRule::kPow2Ceil;
       rule_given = true;
+    } else if (p == "unit") {
+      s.scale_rule = ScaleRule::kUnit;
+      rule_given = true;
     } else if (p == "divide") {
       s.scale_rule = ScaleRule::kDivide;
       rule_given = true;
@@ -198,7 +204,12 @@ std::string to_string(const QuantSpec& s) {
                                 ? ScaleRule::kMxFloor
                                 : ScaleRule::kDivide;
   if (s.scale_rule != implied) {
-    out += s.scale_rule == ScaleRule::kPow2Ceil ? ":pow2" : s.scale_rule == ScaleRule::kMxFloor ? ":mxfloor" : ":divide";
+    switch (s.scale_rule) {
+      case ScaleRule::kPow2Ceil: out += ":pow2"; break;
+      case ScaleRule::kMxFloor: out += ":mxfloor"; break;
+      case ScaleRule::kUnit: out += ":unit"; break;
+      case ScaleRule::kDivide: out += ":divide"; break;
+    }
   }
   if (s.clip == ClipRule::kPercentile) out += fmt::format(":p{}", s.percentile);
   if (s.clip == ClipRule::kMse) out += ":mse";

@@ -9,6 +9,7 @@
 
 #include "lowbit/llama.h"
 #include "lowbit/model.h"
+#include "lowbit/tokenizer.h"
 
 namespace lowbit {
 namespace {
@@ -125,6 +126,37 @@ TEST_F(LlamaTest, BadInputIsAnErrorNotACrash) {
   EXPECT_FALSE(s.forward(ok, s.max_seq(), &out).ok());
   EXPECT_FALSE(s.forward(std::span<const int>(), 0, &out).ok());
   EXPECT_FALSE(generate(net, std::span<const int>(), {}).ok());
+}
+
+}  // namespace
+}  // namespace lowbit
+
+namespace lowbit {
+namespace {
+
+// Greedy (temperature 0) continuation of "Once upon a time" on stories260K, 64 tokens.
+// Produced by tests/model/ref_llama2c.py, an independent numpy port of llama2.c's run.c:
+//   .venv/bin/python tests/model/ref_llama2c.py --model ../shared/models/stories260K.bin
+//       --tokenizer ../shared/models/tok512.bin --text "Once upon a time" --steps 68
+// which also reproduces byte for byte the expected_stdout of llama2.c's test_all.py
+// (`./run stories260K.bin -z tok512.bin -t 0.0 -n 200`). Prompt ids: 1 403 407 261 378.
+const std::vector<int> kPinnedGreedy = {
+    432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338, 401, 396, 267, 337, 410, 408, 419, 292, 411, 322,
+    265, 282, 295, 433, 426, 385, 328, 432, 358, 394, 261, 370, 432, 352, 266, 268, 388, 426, 338, 391, 266, 267,
+    337, 335, 312, 432, 398, 312, 286, 267, 414, 270, 333, 415, 426, 13,  438, 310, 439, 419, 357, 336};
+
+TEST_F(LlamaTest, GreedyMatchesLlama2cRunC) {
+  const std::string tok_path = std::string(LOWBIT_SOURCE_DIR) + "/../shared/models/tok512.bin";
+  Result<std::unique_ptr<Tokenizer>> tok = load_tokenizer(tok_path, model_->config.vocab_size);
+  ASSERT_TRUE(tok.ok()) << tok.status().to_string();
+  const std::vector<int> prompt = (*tok)->encode("Once upon a time", true, false).value();
+  ASSERT_EQ(prompt, (std::vector<int>{1, 403, 407, 261, 378}));
+  const LlamaModel net(*model_);
+  GenerateOptions opt;
+  opt.max_new_tokens = 64;
+  opt.stop_token = 1;
+  const std::vector<int> out = generate(net, prompt, opt).value();
+  EXPECT_EQ(out, kPinnedGreedy);
 }
 
 }  // namespace

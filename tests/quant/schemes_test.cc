@@ -1,7 +1,11 @@
 // Named schemes: every one parses, round-trips, and costs what its layout says.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "lowbit/quant.h"
+#include "lowbit/tensor.h"
 
 namespace lowbit {
 namespace {
@@ -44,6 +48,30 @@ TEST(Schemes, UnknownNameListsKnownOnes) {
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.status().message().find("w3a16"), std::string::npos);
   EXPECT_NE(s.status().message().find("w4a16-g128"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace lowbit
+
+namespace lowbit {
+namespace {
+
+TEST(UnitScale, IsAPlainCastToTheElementFormat) {
+  const QuantSpec spec = parse_spec("fp16:tensor:sym:fp32:unit").value();
+  EXPECT_EQ(spec.scale_rule, ScaleRule::kUnit);
+  EXPECT_EQ(parse_spec(to_string(spec)).value(), spec);
+  std::vector<float> x = {0.1f, -3.14159f, 1e-6f, 70000.0f, 0.0f, -0.0f, 1234.5678f};
+  Tensor t = Tensor::empty(DType::kF32, {1, static_cast<int64_t>(x.size())}).value();
+  std::copy(x.begin(), x.end(), t.data_as<float>());
+  const QuantizedTensor q = quantize(t.view(), spec).value();
+  ASSERT_EQ(q.scales.size(), 1u);
+  EXPECT_EQ(q.scales[0], 1.0f);
+  for (size_t i = 0; i < x.size(); ++i) {
+    // Saturating (the spec default): 70000 clamps to 65504 instead of overflowing to inf.
+    EXPECT_EQ(static_cast<uint32_t>(q.code_at(0, static_cast<int64_t>(i))),
+              encode(Format::kFp16, x[i], {.saturate = true})) << x[i];
+  }
+  EXPECT_FALSE(parse_spec("fp16:tensor:sym:fp32:unit:mse").ok());
 }
 
 }  // namespace

@@ -12,8 +12,8 @@ namespace lowbit::cli {
 
 // Exit codes (documented in README.md).
 inline constexpr int kExitOk = 0;
-inline constexpr int kExitFailure = 1;   // the operation failed (I/O, corrupt data)
-inline constexpr int kExitUsage = 2;     // bad flag, bad value, unknown name, unsupported request
+inline constexpr int kExitFailure = 1;   // the operation failed (the OS refused I/O, internal error)
+inline constexpr int kExitUsage = 2;     // bad flag, value, name or input file (corrupt, truncated, wrong kind)
 
 // Thrown inside a subcommand callback to end the run with a one-line error; main() prints
 // "lowbit: <message>" and exits with `code`. Never crosses the library API.

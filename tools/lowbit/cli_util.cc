@@ -15,10 +15,10 @@ namespace lowbit::cli {
 void fail(int code, std::string message) { throw CliError{code, std::move(message)}; }
 
 void fail(const Status& status) {
-  const int code = status.code() == StatusCode::kIoError || status.code() == StatusCode::kDataLoss ||
-                           status.code() == StatusCode::kInternal
-                       ? kExitFailure
-                       : kExitUsage;
+  // Corrupt or truncated files are bad input (2), like bad flags; the OS refusing a read or
+  // write, or a broken invariant, is a failure (1).
+  const int code = status.code() == StatusCode::kIoError || status.code() == StatusCode::kInternal ? kExitFailure
+                                                                                                      : kExitUsage;
   fail(code, status.message());
 }
 
