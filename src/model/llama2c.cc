@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -22,7 +23,9 @@
 #include <fmt/format.h>
 
 #include "lowbit/file.h"
+#include "lowbit/gguf.h"
 #include "lowbit/model.h"
+#include "lowbit/safetensors.h"
 #include "lowbit/status.h"
 #include "lowbit/tensor.h"
 
@@ -393,8 +396,9 @@ Result<Model> load_llama2c(const std::string& path) {
 }
 
 Result<Model> load_model(const std::string& path) {
+  if (std::error_code ec; std::filesystem::is_directory(path, ec) || path.ends_with(".safetensors")) return load_safetensors(path);
   LOWBIT_ASSIGN_OR_RETURN(std::shared_ptr<MappedFile> file, map(path));
-  if (starts_with(file->bytes(), "GGUF")) return Unsupported(path + ": GGUF is not supported yet");
+  if (starts_with(file->bytes(), "GGUF")) return load_gguf(path);
   return read_llama2c(path, std::move(file));
 }
 

@@ -197,8 +197,8 @@ BlockScale affine_scale(const QuantSpec& spec, float lo, float hi) {
   BlockScale b;
   const FormatTraits& t = traits(spec.element);
   const float qmin = static_cast<float>(t.lowest), qmax = static_cast<float>(t.max_finite);
-  if (hi - lo == 0.0f) {
-    b.scale_code = encode(spec.scale_format, 0.0f);
+  if (hi - lo == 0.0f) {  // constant zero block: scale 0 (e8m0, which has no zero, stores 2^-127)
+    b.scale_code = spec.scale_format == Format::kE8m0 ? 0u : encode(spec.scale_format, 0.0f);
     return b;
   }
   b.scale = round_to_scale_format(spec.scale_format, (hi - lo) / (qmax - qmin), &b.scale_code);

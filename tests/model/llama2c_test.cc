@@ -495,13 +495,13 @@ TEST_F(Llama2cTest, WrongMagicOrVersion) {
   expect_error("flag.bin", bad_flag, StatusCode::kDataLoss, "shared_classifier=7");
 }
 
-TEST_F(Llama2cTest, GgufIsUnsupportedYet) {
+TEST_F(Llama2cTest, GgufGoesToTheGgufReader) {
+  // A GGUF header with no metadata: load_model hands it to load_gguf, which names what is missing.
   const std::string p = write("m.gguf", std::string("GGUF\3\0\0\0", 8) + std::string(64, '\0'));
   Result<Model> m = load_model(p);
   ASSERT_FALSE(m.ok());
-  EXPECT_EQ(m.status().code(), StatusCode::kUnsupported);
-  EXPECT_NE(m.status().message().find(p + ": GGUF is not supported yet"), std::string::npos)
-      << m.status().message();
+  EXPECT_NE(m.status().message().find(p + ": "), std::string::npos) << m.status().message();
+  EXPECT_NE(m.status().message().find("general.architecture"), std::string::npos) << m.status().message();
 }
 
 TEST_F(Llama2cTest, HeaderThatDoesNotMatchTheFileSize) {

@@ -1,0 +1,1076 @@
+// GGUF reader, dequantizer, Llama loader and writer. The container follows ggml's
+// docs/gguf.md (v2 and v3 share one layout; v3 added big-endian files, which we reject); block
+// layouts follow ggml-common.h and the dequantization ggml-quants.c's dequantize_row_*.
+//
+// open_gguf parses the whole header with bounds-checked reads and checks every tensor's
+// byte range against the file before anything touches tensor data.
+
+#include "lowbit/gguf.h"
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <set>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "lowbit/convert.h"
+#include "lowbit/file.h"
+#include "lowbit/formats.h"
+#include "lowbit/model.h"
+#include "lowbit/quant.h"
+#include "lowbit/status.h"
+#include "lowbit/tensor.h"
+
+namespace lowbit {
+namespace {
+
+static_assert(std::endian::native == std::endian::little, "GGUF files are read as little-endian");
+
+constexpr char kMagic[4] = {'G', 'G', 'U', 'F'};
+constexpr uint32_t kVersion = 3;
+constexpr uint64_t kDefaultAlignment = 32;  // GGUF_DEFAULT_ALIGNMENT
+constexpr int kMaxGgufDims = 4;             // GGML_MAX_DIMS
+// Bounds no real file reaches; they reject garbage before any allocation is sized from it.
+constexpr int64_t kMaxElements = int64_t{1} << 40;
+constexpr uint64_t kMaxTensors = uint64_t{1} << 20;
+constexpr uint64_t kMaxKeys = uint64_t{1} << 20;
+
+// ---------------------------------------------------------------------------------------------
+// ggml block layouts (ggml-common.h). The readers memcpy blocks out of the mapping, so the
+// structs only pin sizes and field order.
+
+using ggml_half = uint16_t;
+constexpr int kQK = 32;    // QK4_0 = QK4_1 = QK5_0 = QK5_1 = QK8_0
+constexpr int kQK_K = 256;  // k-quant super-block
+constexpr int kKScaleSize = 12;
+
+struct BlockQ4_0 { ggml_half d; uint8_t qs[kQK / 2]; };
+struct BlockQ4_1 { ggml_half d, m; uint8_t qs[kQK / 2]; };
+struct BlockQ5_0 { ggml_half d; uint8_t qh[4]; uint8_t qs[kQK / 2]; };
+struct BlockQ5_1 { ggml_half d, m; uint8_t qh[4]; uint8_t qs[kQK / 2]; };
+struct BlockQ8_0 { ggml_half d; int8_t qs[kQK]; };
+struct BlockQ4_K { ggml_half d, dmin; uint8_t scales[kKScaleSize]; uint8_t qs[kQK_K / 2]; };
+struct BlockQ6_K { uint8_t ql[kQK_K / 2]; uint8_t qh[kQK_K / 4]; int8_t scales[kQK_K / 16]; ggml_half d; };
+static_assert(sizeof(BlockQ4_0) == 2 + 16, "ggml block_q4_0");
+static_assert(sizeof(BlockQ4_1) == 4 + 16, "ggml block_q4_1");
+static_assert(sizeof(BlockQ5_0) == 2 + 4 + 16, "ggml block_q5_0");
+static_assert(sizeof(BlockQ5_1) == 4 + 4 + 16, "ggml block_q5_1");
+static_assert(sizeof(BlockQ8_0) == 2 + 32, "ggml block_q8_0");
+static_assert(sizeof(BlockQ4_K) == 4 + 12 + 128, "ggml block_q4_K");
+static_assert(sizeof(BlockQ6_K) == 128 + 64 + 16 + 2, "ggml block_q6_K");
+
+// clang-format off
+constexpr std::array<GgmlTypeTraits, 32> kGgmlTypes = {{
+  // type              name       block   bytes/block            dequantize
+  {GgmlType::kF32,     "f32",     1,      4,                     true},
+  {GgmlType::kF16,     "f16",     1,      2,                     true},
+  {GgmlType::kQ4_0,    "q4_0",    kQK,    sizeof(BlockQ4_0),     true},
+  {GgmlType::kQ4_1,    "q4_1",    kQK,    sizeof(BlockQ4_1),     true},
+  {GgmlType::kQ5_0,    "q5_0",    kQK,    sizeof(BlockQ5_0),     true},
+  {GgmlType::kQ5_1,    "q5_1",    kQK,    sizeof(BlockQ5_1),     true},
+  {GgmlType::kQ8_0,    "q8_0",    kQK,    sizeof(BlockQ8_0),     true},
+  {GgmlType::kQ8_1,    "q8_1",    32,     4 + 4 + 32,            false},
+  {GgmlType::kQ2_K,    "q2_K",    256,    2 + 2 + 16 + 64,       false},
+  {GgmlType::kQ3_K,    "q3_K",    256,    2 + 64 + 32 + 12,      false},
+  {GgmlType::kQ4_K,    "q4_K",    kQK_K,  sizeof(BlockQ4_K),     true},
+  {GgmlType::kQ5_K,    "q5_K",    256,    2 + 2 + 128 + 32 + 12, false},
+  {GgmlType::kQ6_K,    "q6_K",    kQK_K,  sizeof(BlockQ6_K),     true},
+  {GgmlType::kQ8_K,    "q8_K",    256,    4 + 256 + 32,          false},
+  {GgmlType::kIQ2_XXS, "iq2_xxs", 256,    2 + 64,                false},
+  {GgmlType::kIQ2_XS,  "iq2_xs",  256,    2 + 64 + 8,            false},
+  {GgmlType::kIQ3_XXS, "iq3_xxs", 256,    2 + 64 + 32,           false},
+  {GgmlType::kIQ1_S,   "iq1_s",   256,    2 + 32 + 16,           false},
+  {GgmlType::kIQ4_NL,  "iq4_nl",  32,     2 + 16,                false},
+  {GgmlType::kIQ3_S,   "iq3_s",   256,    2 + 64 + 32 + 8 + 4,   false},
+  {GgmlType::kIQ2_S,   "iq2_s",   256,    2 + 64 + 16,           false},
+  {GgmlType::kIQ4_XS,  "iq4_xs",  256,    2 + 2 + 128 + 4,       false},
+  {GgmlType::kI8,      "i8",      1,      1,                     false},
+  {GgmlType::kI16,     "i16",     1,      2,                     false},
+  {GgmlType::kI32,     "i32",     1,      4,                     false},
+  {GgmlType::kI64,     "i64",     1,      8,                     false},
+  {GgmlType::kF64,     "f64",     1,      8,                     false},
+  {GgmlType::kIQ1_M,   "iq1_m",   256,    32 + 16 + 8,           false},
+  {GgmlType::kBF16,    "bf16",    1,      2,                     true},
+  {GgmlType::kTQ1_0,   "tq1_0",   256,    2 + 4 * 13,            false},
+  {GgmlType::kTQ2_0,   "tq2_0",   256,    2 + 64,                false},
+  {GgmlType::kMXFP4,   "mxfp4",   32,     1 + 16,                false},
+}};
+// clang-format on
+
+constexpr std::array<std::string_view, 13> kValueTypeNames = {
+    "u8", "i8", "u16", "i16", "u32", "i32", "f32", "bool", "string", "array", "u64", "i64", "f64"};
+
+// Bytes of one scalar of a fixed-size value type; 0 for string and array.
+constexpr size_t scalar_size(GgufValueType t) {
+  switch (t) {
+    case GgufValueType::kU8: case GgufValueType::kI8: case GgufValueType::kBool: return 1;
+    case GgufValueType::kU16: case GgufValueType::kI16: return 2;
+    case GgufValueType::kU32: case GgufValueType::kI32: case GgufValueType::kF32: return 4;
+    case GgufValueType::kU64: case GgufValueType::kI64: case GgufValueType::kF64: return 8;
+    case GgufValueType::kString: case GgufValueType::kArray: return 0;
+  }
+  return 0;
+}
+
+// The variant alternative that holds a value of type t (kArray has none).
+constexpr size_t alternative_of(GgufValueType t) {
+  switch (t) {
+    case GgufValueType::kU8: return 0;
+    case GgufValueType::kI8: return 1;
+    case GgufValueType::kU16: return 2;
+    case GgufValueType::kI16: return 3;
+    case GgufValueType::kU32: return 4;
+    case GgufValueType::kI32: return 5;
+    case GgufValueType::kF32: return 6;
+    case GgufValueType::kBool: return 7;
+    case GgufValueType::kString: return 8;
+    case GgufValueType::kU64: return 9;
+    case GgufValueType::kI64: return 10;
+    case GgufValueType::kF64: return 11;
+    case GgufValueType::kArray: return 12;
+  }
+  return 12;
+}
+
+constexpr std::array<GgufValueType, 12> kTypeOfAlternative = {
+    GgufValueType::kU8,  GgufValueType::kI8,  GgufValueType::kU16,   GgufValueType::kI16,
+    GgufValueType::kU32, GgufValueType::kI32, GgufValueType::kF32,   GgufValueType::kBool,
+    GgufValueType::kString, GgufValueType::kU64, GgufValueType::kI64, GgufValueType::kF64};
+
+// ---------------------------------------------------------------------------------------------
+// Parsing
+
+// Bounds-checked little-endian reads from the mapping. The first failure sticks; callers
+// check ok() at natural points and report status().
+class Cursor {
+ public:
+  Cursor(const std::string& path, std::span<const std::byte> bytes) : path_(path), bytes_(bytes) {}
+
+  size_t pos() const { return pos_; }
+  size_t remaining() const { return bytes_.size() - pos_; }
+
+  template <class T>
+  Status read(T* out, std::string_view what) {
+    if (remaining() < sizeof(T)) return truncated(what, sizeof(T));
+    std::memcpy(out, bytes_.data() + pos_, sizeof(T));
+    pos_ += sizeof(T);
+    return OkStatus();
+  }
+
+  Status read_string(std::string* out, std::string_view what) {
+    uint64_t len{};
+    LOWBIT_RETURN_IF_ERROR(read(&len, what));
+    if (len > remaining()) {
+      return DataLoss(fmt::format("{}: {} has length {} at offset {}, past the end of the file ({} bytes)",
+                                  path_, what, len, pos_ - sizeof len, bytes_.size()));
+    }
+    out->assign(reinterpret_cast<const char*>(bytes_.data() + pos_), static_cast<size_t>(len));
+    pos_ += static_cast<size_t>(len);
+    return OkStatus();
+  }
+
+ private:
+  Status truncated(std::string_view what, size_t need) const {
+    return DataLoss(fmt::format("{}: truncated: {} needs {} bytes at offset {}, file has {}", path_, what,
+                                need, pos_, bytes_.size()));
+  }
+
+  const std::string& path_;
+  std::span<const std::byte> bytes_;
+  size_t pos_ = 0;
+};
+
+template <class T>
+Status read_scalar_as(Cursor& c, GgufValue::Scalar* out, std::string_view what) {
+  T v{};
+  LOWBIT_RETURN_IF_ERROR(c.read(&v, what));
+  *out = v;
+  return OkStatus();
+}
+
+Status read_scalar(const std::string& path, Cursor& c, GgufValueType type, GgufValue::Scalar* out,
+                   const std::string& what) {
+  switch (type) {
+    case GgufValueType::kU8: return read_scalar_as<uint8_t>(c, out, what);
+    case GgufValueType::kI8: return read_scalar_as<int8_t>(c, out, what);
+    case GgufValueType::kU16: return read_scalar_as<uint16_t>(c, out, what);
+    case GgufValueType::kI16: return read_scalar_as<int16_t>(c, out, what);
+    case GgufValueType::kU32: return read_scalar_as<uint32_t>(c, out, what);
+    case GgufValueType::kI32: return read_scalar_as<int32_t>(c, out, what);
+    case GgufValueType::kF32: return read_scalar_as<float>(c, out, what);
+    case GgufValueType::kU64: return read_scalar_as<uint64_t>(c, out, what);
+    case GgufValueType::kI64: return read_scalar_as<int64_t>(c, out, what);
+    case GgufValueType::kF64: return read_scalar_as<double>(c, out, what);
+    case GgufValueType::kBool: {
+      uint8_t b{};
+      LOWBIT_RETURN_IF_ERROR(c.read(&b, what));
+      if (b > 1) return DataLoss(fmt::format("{}: {} is a bool with byte value {} (expected 0 or 1)", path, what, b));
+      *out = b == 1;
+      return OkStatus();
+    }
+    case GgufValueType::kString: {
+      std::string s;
+      LOWBIT_RETURN_IF_ERROR(c.read_string(&s, what));
+      *out = std::move(s);
+      return OkStatus();
+    }
+    case GgufValueType::kArray: break;
+  }
+  return Internal("read_scalar on an array type");
+}
+
+Status read_value_type(const std::string& path, Cursor& c, GgufValueType* out, const std::string& what) {
+  uint32_t id{};
+  LOWBIT_RETURN_IF_ERROR(c.read(&id, what + " type"));
+  if (id >= kValueTypeNames.size()) {
+    return DataLoss(fmt::format("{}: {} has unknown value type {} (expected 0..12)", path, what, id));
+  }
+  *out = static_cast<GgufValueType>(id);
+  return OkStatus();
+}
+
+Status read_value(const std::string& path, Cursor& c, GgufValue* v, const std::string& what) {
+  LOWBIT_RETURN_IF_ERROR(read_value_type(path, c, &v->type, what));
+  if (v->type != GgufValueType::kArray) return read_scalar(path, c, v->type, &v->scalar, what);
+
+  LOWBIT_RETURN_IF_ERROR(read_value_type(path, c, &v->array_type, what + " element"));
+  if (v->array_type == GgufValueType::kArray) {
+    return Unsupported(fmt::format("{}: {} is an array of arrays, which is not supported", path, what));
+  }
+  uint64_t n{};
+  LOWBIT_RETURN_IF_ERROR(c.read(&n, what + " length"));
+  // Every element takes at least this many bytes (a string its u64 length), so a length the
+  // rest of the file cannot hold is rejected before anything is reserved.
+  const size_t min_bytes = v->array_type == GgufValueType::kString ? sizeof(uint64_t) : scalar_size(v->array_type);
+  if (n > c.remaining() / min_bytes) {
+    return DataLoss(fmt::format("{}: {} is an array of {} {} elements, past the end of the file", path, what, n,
+                                kValueTypeNames[static_cast<size_t>(v->array_type)]));
+  }
+  v->array.resize(static_cast<size_t>(n));
+  for (auto& e : v->array) LOWBIT_RETURN_IF_ERROR(read_scalar(path, c, v->array_type, &e, what));
+  return OkStatus();
+}
+
+uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }  // callers keep x far below 2^63
+
+bool is_pow2(uint64_t x) { return x != 0 && (x & (x - 1)) == 0; }
+
+std::string dims_string(std::span<const int64_t> dims) { return fmt::format("[{}]", fmt::join(dims, ", ")); }
+
+Status read_tensor_info(const std::string& path, Cursor& c, size_t index, GgufTensor* t) {
+  const std::string what = fmt::format("tensor #{}", index);
+  LOWBIT_RETURN_IF_ERROR(c.read_string(&t->name, what + " name"));
+  const std::string tname = "tensor " + t->name;
+  uint32_t n_dims{};
+  LOWBIT_RETURN_IF_ERROR(c.read(&n_dims, tname + " n_dims"));
+  if (n_dims < 1 || n_dims > kMaxGgufDims) {
+    return DataLoss(fmt::format("{}: {} has {} dims (expected 1..{})", path, tname, n_dims, kMaxGgufDims));
+  }
+  t->dims.resize(n_dims);
+  uint64_t numel = 1;
+  for (auto& d : t->dims) {
+    uint64_t v{};
+    LOWBIT_RETURN_IF_ERROR(c.read(&v, tname + " dims"));
+    if (v < 1 || v > static_cast<uint64_t>(kMaxElements) || __builtin_mul_overflow(numel, v, &numel) ||
+        numel > static_cast<uint64_t>(kMaxElements)) {
+      return DataLoss(fmt::format("{}: {} has dim {} (dims must be >= 1 with at most 2^40 elements in all)", path,
+                                  tname, v));
+    }
+    d = static_cast<int64_t>(v);
+  }
+  uint32_t type_id{};
+  LOWBIT_RETURN_IF_ERROR(c.read(&type_id, tname + " type"));
+  const GgmlTypeTraits* tt = ggml_type_traits(type_id);
+  if (tt == nullptr) return DataLoss(fmt::format("{}: {} has unknown ggml type {}", path, tname, type_id));
+  t->type = tt->type;
+  if (t->dims[0] % tt->block_size != 0) {
+    return DataLoss(fmt::format("{}: {} has ne0={}, not a multiple of {}'s block size {}", path, tname, t->dims[0],
+                                tt->name, tt->block_size));
+  }
+  // numel <= 2^40 and type_size <= 300: no overflow.
+  t->nbytes = numel / static_cast<uint64_t>(tt->block_size) * static_cast<uint64_t>(tt->type_size);
+  LOWBIT_RETURN_IF_ERROR(c.read(&t->offset, tname + " offset"));
+  return OkStatus();
+}
+
+Result<GgufFile> parse(const std::string& path, std::shared_ptr<MappedFile> mapped) {
+  const auto bytes = mapped->bytes();
+  Cursor c(path, bytes);
+  GgufFile f;
+  f.path = path;
+
+  if (bytes.size() < 4 || std::memcmp(bytes.data(), kMagic, 4) != 0) {
+    return DataLoss(path + ": not a GGUF file (expected the magic \"GGUF\" in its first 4 bytes)");
+  }
+  uint32_t magic{};
+  LOWBIT_RETURN_IF_ERROR(c.read(&magic, "magic"));
+  LOWBIT_RETURN_IF_ERROR(c.read(&f.version, "version"));
+  if (f.version == __builtin_bswap32(kVersion) || f.version == __builtin_bswap32(2u)) {
+    return Unsupported(path + ": big-endian GGUF is not supported");
+  }
+  if (f.version != 2 && f.version != 3) {
+    return Unsupported(fmt::format("{}: GGUF version {} is not supported (expected 2 or 3)", path, f.version));
+  }
+  uint64_t n_tensors = 0, n_kv = 0;
+  LOWBIT_RETURN_IF_ERROR(c.read(&n_tensors, "tensor_count"));
+  LOWBIT_RETURN_IF_ERROR(c.read(&n_kv, "metadata_kv_count"));
+  // A key-value pair takes at least 13 bytes (key length, value type, 1-byte value), a tensor info 32.
+  if (n_kv > kMaxKeys || n_kv > c.remaining() / 13) {
+    return DataLoss(fmt::format("{}: metadata_kv_count {} is more than the file can hold", path, n_kv));
+  }
+  if (n_tensors > kMaxTensors || n_tensors > c.remaining() / 32) {
+    return DataLoss(fmt::format("{}: tensor_count {} is more than the file can hold", path, n_tensors));
+  }
+
+  std::set<std::string, std::less<>> keys;
+  f.metadata.reserve(static_cast<size_t>(n_kv));
+  for (uint64_t i = 0; i < n_kv; ++i) {
+    std::string key;
+    LOWBIT_RETURN_IF_ERROR(c.read_string(&key, fmt::format("metadata key #{}", i)));
+    if (!keys.insert(key).second) return DataLoss(fmt::format("{}: metadata key '{}' appears twice", path, key));
+    GgufValue v;
+    LOWBIT_RETURN_IF_ERROR(read_value(path, c, &v, fmt::format("metadata '{}'", key)));
+    f.metadata.emplace_back(std::move(key), std::move(v));
+  }
+
+  f.alignment = kDefaultAlignment;
+  if (const GgufValue* a = f.find("general.alignment")) {
+    if (a->type != GgufValueType::kU32 || !is_pow2(std::get<uint32_t>(a->scalar))) {
+      return DataLoss(path + ": metadata 'general.alignment' must be a u32 power of two");
+    }
+    f.alignment = std::get<uint32_t>(a->scalar);
+  }
+
+  std::set<std::string, std::less<>> names;
+  f.tensors.resize(static_cast<size_t>(n_tensors));
+  for (size_t i = 0; i < f.tensors.size(); ++i) {
+    LOWBIT_RETURN_IF_ERROR(read_tensor_info(path, c, i, &f.tensors[i]));
+    if (!names.insert(f.tensors[i].name).second) {
+      return DataLoss(fmt::format("{}: tensor {} appears twice", path, f.tensors[i].name));
+    }
+  }
+
+  f.data_offset = align_up(c.pos(), f.alignment);
+  const uint64_t file_size = bytes.size();
+  for (GgufTensor& t : f.tensors) {
+    if (t.offset % f.alignment != 0) {
+      return DataLoss(fmt::format("{}: tensor {} offset {} is not a multiple of the alignment {}", path, t.name,
+                                  t.offset, f.alignment));
+    }
+    uint64_t begin, end;
+    if (__builtin_add_overflow(f.data_offset, t.offset, &begin) || __builtin_add_overflow(begin, t.nbytes, &end) ||
+        end > file_size) {
+      return DataLoss(fmt::format("{}: tensor {} ({} {}, {} bytes at data offset {}) extends past the end of the "
+                                  "file ({} bytes; truncated?)",
+                                  path, t.name, ggml_type_name(t.type), dims_string(t.dims), t.nbytes, t.offset,
+                                  file_size));
+    }
+    t.data = bytes.data() + begin;
+  }
+  f.file = std::move(mapped);
+  return f;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dequantization: one function per type, each a transcription of ggml's reference
+// dequantize_row_* (see docs/formats.md for the layouts). `n` is a multiple of the block size.
+
+float half(ggml_half h) { return decode(Format::kFp16, h); }
+
+template <class Block>
+Block load_block(const std::byte* src, int64_t i) {
+  Block b;
+  std::memcpy(&b, src + i * static_cast<int64_t>(sizeof(Block)), sizeof(Block));
+  return b;
+}
+
+void dequant_q4_0(const std::byte* src, float* y, int64_t n) {
+  for (int64_t i = 0; i < n / kQK; ++i, y += kQK) {
+    const auto b = load_block<BlockQ4_0>(src, i);
+    const float d = half(b.d);
+    for (int j = 0; j < kQK / 2; ++j) {
+      const int x0 = (b.qs[j] & 0x0F) - 8;
+      const int x1 = (b.qs[j] >> 4) - 8;
+      y[j] = static_cast<float>(x0) * d;
+      y[j + kQK / 2] = static_cast<float>(x1) * d;
+    }
+  }
+}
+
+void dequant_q4_1(const std::byte* src, float* y, int64_t n) {
+  for (int64_t i = 0; i < n / kQK; ++i, y += kQK) {
+    const auto b = load_block<BlockQ4_1>(src, i);
+    const float d = half(b.d), m = half(b.m);
+    for (int j = 0; j < kQK / 2; ++j) {
+      y[j] = static_cast<float>(b.qs[j] & 0x0F) * d + m;
+      y[j + kQK / 2] = static_cast<float>(b.qs[j] >> 4) * d + m;
+    }
+  }
+}
+
+// Q5: the fifth bit of element j is bit j of the little-endian u32 qh.
+void dequant_q5_0(const std::byte* src, float* y, int64_t n) {
+  for (int64_t i = 0; i < n / kQK; ++i, y += kQK) {
+    const auto b = load_block<BlockQ5_0>(src, i);
+    const float d = half(b.d);
+    uint32_t qh;
+    std::memcpy(&qh, b.qh, sizeof qh);
+    for (int j = 0; j < kQK / 2; ++j) {
+      const uint32_t h0 = ((qh >> j) << 4) & 0x10;
+      const uint32_t h1 = (qh >> (j + 12)) & 0x10;
+      const int x0 = static_cast<int>((b.qs[j] & 0x0Fu) | h0) - 16;
+      const int x1 = static_cast<int>((b.qs[j] >> 4) | h1) - 16;
+      y[j] = static_cast<float>(x0) * d;
+      y[j + kQK / 2] = static_cast<float>(x1) * d;
+    }
+  }
+}
+
+void dequant_q5_1(const std::byte* src, float* y, int64_t n) {
+  for (int64_t i = 0; i < n / kQK; ++i, y += kQK) {
+    const auto b = load_block<BlockQ5_1>(src, i);
+    const float d = half(b.d), m = half(b.m);
+    uint32_t qh;
+    std::memcpy(&qh, b.qh, sizeof qh);
+    for (int j = 0; j < kQK / 2; ++j) {
+      const uint32_t h0 = ((qh >> j) << 4) & 0x10;
+      const uint32_t h1 = (qh >> (j + 12)) & 0x10;
+      y[j] = static_cast<float>((b.qs[j] & 0x0Fu) | h0) * d + m;
+      y[j + kQK / 2] = static_cast<float>((b.qs[j] >> 4) | h1) * d + m;
+    }
+  }
+}
+
+void dequant_q8_0(const std::byte* src, float* y, int64_t n) {
+  for (int64_t i = 0; i < n / kQK; ++i, y += kQK) {
+    const auto b = load_block<BlockQ8_0>(src, i);
+    const float d = half(b.d);
+    for (int j = 0; j < kQK; ++j) y[j] = static_cast<float>(b.qs[j]) * d;
+  }
+}
+
+// ggml's get_scale_min_k4: eight 6-bit (scale, min) pairs packed into 12 bytes.
+void scale_min_k4(int j, const uint8_t* q, uint8_t* sc, uint8_t* m) {
+  if (j < 4) {
+    *sc = q[j] & 63;
+    *m = q[j + 4] & 63;
+  } else {
+    *sc = static_cast<uint8_t>((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4));
+    *m = static_cast<uint8_t>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+  }
+}
+
+void dequant_q4_K(const std::byte* src, float* y, int64_t n) {
+  for (int64_t i = 0; i < n / kQK_K; ++i) {
+    const auto b = load_block<BlockQ4_K>(src, i);
+    const float d = half(b.d), dmin = half(b.dmin);
+    const uint8_t* q = b.qs;
+    for (int j = 0, is = 0; j < kQK_K; j += 64, is += 2, q += 32) {
+      uint8_t sc, m;
+      scale_min_k4(is, b.scales, &sc, &m);
+      const float d1 = d * static_cast<float>(sc), m1 = dmin * static_cast<float>(m);
+      scale_min_k4(is + 1, b.scales, &sc, &m);
+      const float d2 = d * static_cast<float>(sc), m2 = dmin * static_cast<float>(m);
+      for (int l = 0; l < 32; ++l) *y++ = d1 * static_cast<float>(q[l] & 0x0F) - m1;
+      for (int l = 0; l < 32; ++l) *y++ = d2 * static_cast<float>(q[l] >> 4) - m2;
+    }
+  }
+}
+
+void dequant_q6_K(const std::byte* src, float* y, int64_t n) {
+  for (int64_t i = 0; i < n / kQK_K; ++i) {
+    const auto b = load_block<BlockQ6_K>(src, i);
+    const float d = half(b.d);
+    const uint8_t* ql = b.ql;
+    const uint8_t* qh = b.qh;
+    const int8_t* sc = b.scales;
+    for (int half_block = 0; half_block < kQK_K; half_block += 128, y += 128, ql += 64, qh += 32, sc += 8) {
+      for (int l = 0; l < 32; ++l) {
+        const int is = l / 16;
+        const int q1 = static_cast<int>((ql[l] & 0x0F) | (((qh[l] >> 0) & 3) << 4)) - 32;
+        const int q2 = static_cast<int>((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) - 32;
+        const int q3 = static_cast<int>((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+        const int q4 = static_cast<int>((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+        y[l + 0] = d * static_cast<float>(sc[is + 0]) * static_cast<float>(q1);
+        y[l + 32] = d * static_cast<float>(sc[is + 2]) * static_cast<float>(q2);
+        y[l + 64] = d * static_cast<float>(sc[is + 4]) * static_cast<float>(q3);
+        y[l + 96] = d * static_cast<float>(sc[is + 6]) * static_cast<float>(q4);
+      }
+    }
+  }
+}
+
+void dequant_f16(const std::byte* src, float* y, int64_t n) {
+  std::vector<uint16_t> h(static_cast<size_t>(n));  // the mapping may be only 2-byte aligned
+  std::memcpy(h.data(), src, h.size() * sizeof(uint16_t));
+  f16_to_f32(h, std::span(y, static_cast<size_t>(n)));
+}
+
+void dequant_bf16(const std::byte* src, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, src + 2 * i, sizeof h);
+    const uint32_t bits = uint32_t{h} << 16;
+    std::memcpy(y + i, &bits, sizeof bits);
+  }
+}
+
+void dequant_f32(const std::byte* src, float* y, int64_t n) {
+  std::memcpy(y, src, static_cast<size_t>(n) * sizeof(float));
+}
+
+using DequantFn = void (*)(const std::byte*, float*, int64_t);
+
+DequantFn dequant_fn(GgmlType t) {
+  switch (t) {
+    case GgmlType::kF32: return dequant_f32;
+    case GgmlType::kF16: return dequant_f16;
+    case GgmlType::kBF16: return dequant_bf16;
+    case GgmlType::kQ4_0: return dequant_q4_0;
+    case GgmlType::kQ4_1: return dequant_q4_1;
+    case GgmlType::kQ5_0: return dequant_q5_0;
+    case GgmlType::kQ5_1: return dequant_q5_1;
+    case GgmlType::kQ8_0: return dequant_q8_0;
+    case GgmlType::kQ4_K: return dequant_q4_K;
+    case GgmlType::kQ6_K: return dequant_q6_K;
+    default: return nullptr;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Llama loading
+
+constexpr int64_t kMaxDim = int64_t{1} << 20;
+constexpr int64_t kMaxHiddenDim = int64_t{1} << 22;
+constexpr int64_t kMaxLayers = 1024;
+constexpr int64_t kMaxVocab = int64_t{1} << 24;
+constexpr int64_t kMaxSeqLen = int64_t{1} << 24;
+
+Status check_range(const std::string& path, std::string_view key, int64_t value, int64_t max) {
+  if (value < 1 || value > max) {
+    return DataLoss(fmt::format("{}: metadata '{}'={} is out of range (expected 1..{})", path, key, value, max));
+  }
+  return OkStatus();
+}
+
+Result<int64_t> get_count(const GgufFile& f, std::string_view key, int64_t max) {
+  LOWBIT_ASSIGN_OR_RETURN(uint64_t v, f.get_u64(key));
+  const int64_t s = v > static_cast<uint64_t>(max) ? max + 1 : static_cast<int64_t>(v);
+  LOWBIT_RETURN_IF_ERROR(check_range(f.path, key, s, max));
+  return s;
+}
+
+// The value at `key`, or `fallback` when the key is absent (a present key of the wrong type is an error).
+Result<float> get_f32_or(const GgufFile& f, std::string_view key, float fallback) {
+  if (f.find(key) == nullptr) return fallback;
+  return f.get_f32(key);
+}
+
+Result<LlamaConfig> llama_config(const GgufFile& f) {
+  const std::string& path = f.path;
+  LlamaConfig c;
+  LOWBIT_ASSIGN_OR_RETURN(int64_t dim, get_count(f, "llama.embedding_length", kMaxDim));
+  LOWBIT_ASSIGN_OR_RETURN(int64_t hidden, get_count(f, "llama.feed_forward_length", kMaxHiddenDim));
+  LOWBIT_ASSIGN_OR_RETURN(int64_t layers, get_count(f, "llama.block_count", kMaxLayers));
+  LOWBIT_ASSIGN_OR_RETURN(int64_t heads, get_count(f, "llama.attention.head_count", dim));
+  int64_t kv_heads = heads;
+  if (f.find("llama.attention.head_count_kv") != nullptr) {
+    LOWBIT_ASSIGN_OR_RETURN(kv_heads, get_count(f, "llama.attention.head_count_kv", heads));
+  }
+  LOWBIT_ASSIGN_OR_RETURN(int64_t seq_len, get_count(f, "llama.context_length", kMaxSeqLen));
+  if (dim % heads != 0) {
+    return DataLoss(fmt::format("{}: head_count={} does not divide embedding_length={}", path, heads, dim));
+  }
+  if (heads % kv_heads != 0) {
+    return DataLoss(fmt::format("{}: head_count_kv={} does not divide head_count={}", path, kv_heads, heads));
+  }
+  const int64_t head_dim = dim / heads;
+  if (head_dim % 2 != 0) {
+    return DataLoss(fmt::format("{}: head size {} is odd; RoPE rotates pairs, expected it even", path, head_dim));
+  }
+  if (f.find("llama.rope.dimension_count") != nullptr) {
+    LOWBIT_ASSIGN_OR_RETURN(uint64_t rot, f.get_u64("llama.rope.dimension_count"));
+    if (rot != static_cast<uint64_t>(head_dim)) {
+      return Unsupported(fmt::format("{}: llama.rope.dimension_count={} (partial RoPE) is not supported; expected "
+                                     "the head size {}",
+                                     path, rot, head_dim));
+    }
+  }
+  c.dim = static_cast<int>(dim);
+  c.hidden_dim = static_cast<int>(hidden);
+  c.n_layers = static_cast<int>(layers);
+  c.n_heads = static_cast<int>(heads);
+  c.n_kv_heads = static_cast<int>(kv_heads);
+  c.seq_len = static_cast<int>(seq_len);
+  LOWBIT_ASSIGN_OR_RETURN(c.rope_theta, get_f32_or(f, "llama.rope.freq_base", 10000.0f));
+  LOWBIT_ASSIGN_OR_RETURN(c.norm_eps, get_f32_or(f, "llama.attention.layer_norm_rms_epsilon", 1e-5f));
+  if (!(c.rope_theta > 0.0f) || !std::isfinite(c.rope_theta)) {
+    return DataLoss(fmt::format("{}: llama.rope.freq_base={} (expected a positive number)", path, c.rope_theta));
+  }
+  if (!(c.norm_eps >= 0.0f) || !std::isfinite(c.norm_eps)) {
+    return DataLoss(fmt::format("{}: llama.attention.layer_norm_rms_epsilon={} (expected >= 0)", path, c.norm_eps));
+  }
+  return c;
+}
+
+Status check_finite(const std::string& path, const std::string& name, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(x[i])) {
+      return DataLoss(fmt::format("{}: tensor {} has {} at index {}", path, name,
+                                  std::isnan(x[i]) ? "NaN" : (x[i] > 0 ? "+Inf" : "-Inf"), i));
+    }
+  }
+  return OkStatus();
+}
+
+// Binds `dest` to tensor `name` of ggml dims `expect` ([in, out] for a (out, in) matrix).
+Status bind(Model& m, const GgufFile& f, const std::string& name, std::vector<int64_t> expect, ConstTensorView* dest) {
+  const GgufTensor* t = f.find_tensor(name);
+  if (t == nullptr) return NotFound(fmt::format("{}: tensor {} is missing", f.path, name));
+  if (t->dims != expect) {
+    return DataLoss(fmt::format("{}: tensor {} has dims {} (ggml order), expected {}", f.path, name,
+                                dims_string(t->dims), dims_string(expect)));
+  }
+  const std::vector<int64_t> shape = t->shape();
+  const int64_t n = t->numel();
+  if (t->type == GgmlType::kF32 && reinterpret_cast<uintptr_t>(t->data) % alignof(float) == 0) {
+    const auto* data = reinterpret_cast<const float*>(t->data);
+    LOWBIT_RETURN_IF_ERROR(check_finite(f.path, name, data, n));
+    *dest = ConstTensorView(data, DType::kF32, std::span<const int64_t>(shape));
+    return OkStatus();
+  }
+  LOWBIT_ASSIGN_OR_RETURN(Tensor owned, dequantize_tensor(f, *t));
+  LOWBIT_RETURN_IF_ERROR(check_finite(f.path, name, owned.data_as<float>(), n));
+  *dest = ConstTensorView(owned.data(), DType::kF32, std::span<const int64_t>(shape));
+  m.owned.push_back(std::move(owned));  // the heap buffer, and so the view, survives the move
+  return OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+void put_bytes(std::string& out, const void* p, size_t n) { out.append(static_cast<const char*>(p), n); }
+template <class T>
+void put(std::string& out, T v) { put_bytes(out, &v, sizeof v); }
+void put_string(std::string& out, std::string_view s) {
+  put<uint64_t>(out, s.size());
+  out.append(s);
+}
+
+void put_scalar(std::string& out, const GgufValue::Scalar& s) {
+  std::visit(
+      [&](const auto& v) {
+        using T = std::decay_t<decltype(v)>;
+        if constexpr (std::is_same_v<T, std::string>) {
+          put_string(out, v);
+        } else if constexpr (std::is_same_v<T, bool>) {
+          put<uint8_t>(out, v ? 1 : 0);
+        } else {
+          put<T>(out, v);
+        }
+      },
+      s);
+}
+
+Status check_value(const std::string& key, const GgufValue& v) {
+  const auto bad = [&](std::string_view what) {
+    return InvalidArgument(fmt::format("GGUF metadata '{}': {}", key, what));
+  };
+  if (static_cast<uint32_t>(v.type) > 12) return bad("unknown value type");
+  if (v.type != GgufValueType::kArray) {
+    if (v.scalar.index() != alternative_of(v.type)) return bad("value does not hold its declared type");
+    return OkStatus();
+  }
+  if (static_cast<uint32_t>(v.array_type) > 12 || v.array_type == GgufValueType::kArray) {
+    return bad("array elements must be scalars or strings");
+  }
+  for (const auto& e : v.array) {
+    if (e.index() != alternative_of(v.array_type)) return bad("an array element does not hold the array's type");
+  }
+  return OkStatus();
+}
+
+void put_value(std::string& out, const GgufValue& v) {
+  put<uint32_t>(out, static_cast<uint32_t>(v.type));
+  if (v.type != GgufValueType::kArray) {
+    put_scalar(out, v.scalar);
+    return;
+  }
+  put<uint32_t>(out, static_cast<uint32_t>(v.array_type));
+  put<uint64_t>(out, v.array.size());
+  for (const auto& e : v.array) put_scalar(out, e);
+}
+
+std::string spec_text(const QuantSpec& s) { return to_string(s); }
+
+// A tensor ready to write: its GGUF type and encoded bytes.
+struct Encoded {
+  GgmlType type;
+  std::vector<int64_t> dims;  // ggml order
+  std::vector<uint8_t> bytes;
+};
+
+// lowbit int8/int4 g32 sym fp16 -> Q8_0 / Q4_0 blocks. The checks above guarantee cols % 32 == 0.
+void encode_blocks(const QuantizedTensor& q, bool int4, std::vector<uint8_t>& out) {
+  const int64_t groups = q.cols / kQK;
+  const size_t block = int4 ? sizeof(BlockQ4_0) : sizeof(BlockQ8_0);
+  out.assign(static_cast<size_t>(q.rows * groups) * block, 0);
+  uint8_t* dst = out.data();
+  for (int64_t r = 0; r < q.rows; ++r) {
+    for (int64_t g = 0; g < groups; ++g, dst += block) {
+      const size_t s = static_cast<size_t>(r * groups + g) * sizeof(ggml_half);
+      std::memcpy(dst, q.scale_codes.data() + s, sizeof(ggml_half));  // d: the fp16 scale's bits
+      const int64_t c0 = g * kQK;
+      if (int4) {
+        // ggml Q4_0: element j in the low nibble of qs[j], element j+16 in the high nibble;
+        // stored unsigned with an offset of 8.
+        for (int j = 0; j < kQK / 2; ++j) {
+          const auto lo = static_cast<uint8_t>(q.code_at(r, c0 + j) + 8);
+          const auto hi = static_cast<uint8_t>(q.code_at(r, c0 + j + kQK / 2) + 8);
+          dst[2 + j] = static_cast<uint8_t>(lo | (hi << 4));
+        }
+      } else {
+        for (int j = 0; j < kQK; ++j) dst[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(q.code_at(r, c0 + j)));
+      }
+    }
+  }
+}
+
+Result<Encoded> encode_tensor(const GgufWriteTensor& t) {
+  const auto bad = [&](const std::string& what) {
+    return InvalidArgument(fmt::format("GGUF tensor '{}': {}", t.name, what));
+  };
+  if (t.name.empty()) return InvalidArgument("GGUF tensor with an empty name");
+  if (t.shape.empty() || t.shape.size() > kMaxGgufDims) {
+    return bad(fmt::format("shape has {} dims (expected 1..4)", t.shape.size()));
+  }
+  int64_t numel = 1;
+  for (int64_t d : t.shape) {
+    if (d < 1 || d > kMaxElements || __builtin_mul_overflow(numel, d, &numel) || numel > kMaxElements) {
+      return bad(fmt::format("bad shape {} (dims must be >= 1, at most 2^40 elements)", dims_string(t.shape)));
+    }
+  }
+  Encoded e;
+  e.dims.assign(t.shape.rbegin(), t.shape.rend());
+  if (t.quant != nullptr) {
+    const QuantizedTensor& q = *t.quant;
+    const QuantSpec& s = q.spec;
+    const bool ok_spec = (s.element == Format::kInt8 || s.element == Format::kInt4) &&
+                         s.granularity == Granularity::kGroup && s.group == kQK && s.symmetric &&
+                         s.scale_format == Format::kFp16 && !s.tensor_scale && q.zero_points.empty();
+    if (!ok_spec) {
+      return bad(fmt::format("quantization spec {} has no GGUF type (accepted: int8:g32:sym:fp16 -> q8_0, "
+                             "int4:g32:sym:fp16 -> q4_0)",
+                             spec_text(s)));
+    }
+    if (q.numel() != numel || q.cols != t.shape.back()) {
+      return bad(fmt::format("shape {} does not match the quantized tensor's {}", dims_string(t.shape),
+                             q.shape.to_string()));
+    }
+    if (q.cols % kQK != 0) return bad(fmt::format("in_features {} is not a multiple of 32", q.cols));
+    if (q.scale_codes.size() != static_cast<size_t>(q.rows * (q.cols / kQK)) * sizeof(ggml_half) ||
+        q.codes.size() != static_cast<size_t>(q.rows * q.row_bytes)) {
+      return bad("quantized tensor's codes or scales have the wrong size");
+    }
+    const bool int4 = s.element == Format::kInt4;
+    e.type = int4 ? GgmlType::kQ4_0 : GgmlType::kQ8_0;
+    encode_blocks(q, int4, e.bytes);
+    return e;
+  }
+  if (t.data.size() != static_cast<size_t>(numel)) {
+    return bad(fmt::format("data has {} values, shape {} needs {}", t.data.size(), dims_string(t.shape), numel));
+  }
+  e.type = t.type;
+  if (t.type == GgmlType::kF32) {
+    e.bytes.resize(t.data.size() * sizeof(float));
+    std::memcpy(e.bytes.data(), t.data.data(), e.bytes.size());
+  } else if (t.type == GgmlType::kF16) {
+    std::vector<uint16_t> h(t.data.size());
+    f32_to_f16(t.data, h);
+    e.bytes.resize(h.size() * sizeof(uint16_t));
+    std::memcpy(e.bytes.data(), h.data(), e.bytes.size());
+  } else {
+    return bad(fmt::format("float data can be written as f32 or f16, not {} (pass a QuantizedTensor for q8_0/q4_0)",
+                           ggml_type_name(t.type)));
+  }
+  return e;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Public API
+
+const GgmlTypeTraits* ggml_type_traits(uint32_t id) {
+  for (const auto& t : kGgmlTypes) {
+    if (static_cast<uint32_t>(t.type) == id) return &t;
+  }
+  return nullptr;
+}
+
+std::string_view ggml_type_name(GgmlType type) {
+  const GgmlTypeTraits* t = ggml_type_traits(static_cast<uint32_t>(type));
+  return t ? t->name : "unknown";
+}
+
+std::string_view gguf_value_type_name(GgufValueType type) {
+  const auto i = static_cast<size_t>(type);
+  return i < kValueTypeNames.size() ? kValueTypeNames[i] : "unknown";
+}
+
+GgufValue GgufValue::of(Scalar v) {
+  GgufValue r;
+  r.type = kTypeOfAlternative[v.index()];
+  r.scalar = std::move(v);
+  return r;
+}
+
+GgufValue GgufValue::array_of(GgufValueType element_type, std::vector<Scalar> elements) {
+  GgufValue r;
+  r.type = GgufValueType::kArray;
+  r.array_type = element_type;
+  r.array = std::move(elements);
+  return r;
+}
+
+int64_t GgufTensor::numel() const {
+  int64_t n = 1;
+  for (int64_t d : dims) n *= d;
+  return n;
+}
+
+const GgufValue* GgufFile::find(std::string_view key) const {
+  for (const auto& [k, v] : metadata) {
+    if (k == key) return &v;
+  }
+  return nullptr;
+}
+
+const GgufTensor* GgufFile::find_tensor(std::string_view name) const {
+  for (const auto& t : tensors) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+namespace {
+
+Result<const GgufValue*> lookup(const GgufFile& f, std::string_view key) {
+  const GgufValue* v = f.find(key);
+  if (v == nullptr) return NotFound(fmt::format("{}: metadata key '{}' is missing", f.path, key));
+  return v;
+}
+
+Status wrong_type(const GgufFile& f, std::string_view key, const GgufValue& v, std::string_view expected) {
+  return InvalidArgument(fmt::format("{}: metadata '{}' is {}, expected {}", f.path, key,
+                                     v.type == GgufValueType::kArray
+                                         ? fmt::format("an array of {}", gguf_value_type_name(v.array_type))
+                                         : fmt::format("a {}", gguf_value_type_name(v.type)),
+                                     expected));
+}
+
+// Any integer value as a signed 128-bit number (so both u64 and i64 fit), or nullopt.
+std::optional<__int128> integer_of(const GgufValue& v) {
+  if (v.type == GgufValueType::kArray) return std::nullopt;
+  return std::visit(
+      [](const auto& x) -> std::optional<__int128> {
+        using T = std::decay_t<decltype(x)>;
+        if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) return static_cast<__int128>(x);
+        return std::nullopt;
+      },
+      v.scalar);
+}
+
+template <class T>
+Result<T> get_integer(const GgufFile& f, std::string_view key, std::string_view name) {
+  LOWBIT_ASSIGN_OR_RETURN(const GgufValue* v, lookup(f, key));
+  const std::optional<__int128> x = integer_of(*v);
+  if (!x) return wrong_type(f, key, *v, fmt::format("an integer ({})", name));
+  if (*x < static_cast<__int128>(std::numeric_limits<T>::min()) ||
+      *x > static_cast<__int128>(std::numeric_limits<T>::max())) {
+    const std::string value = *x < 0 ? std::to_string(static_cast<int64_t>(*x)) : std::to_string(static_cast<uint64_t>(*x));
+    return InvalidArgument(fmt::format("{}: metadata '{}' = {} does not fit in {}", f.path, key, value, name));
+  }
+  return static_cast<T>(*x);
+}
+
+}  // namespace
+
+Result<uint32_t> GgufFile::get_u32(std::string_view key) const { return get_integer<uint32_t>(*this, key, "u32"); }
+Result<uint64_t> GgufFile::get_u64(std::string_view key) const { return get_integer<uint64_t>(*this, key, "u64"); }
+Result<int64_t> GgufFile::get_i64(std::string_view key) const { return get_integer<int64_t>(*this, key, "i64"); }
+
+Result<float> GgufFile::get_f32(std::string_view key) const {
+  LOWBIT_ASSIGN_OR_RETURN(const GgufValue* v, lookup(*this, key));
+  if (v->type == GgufValueType::kF32) return std::get<float>(v->scalar);
+  if (v->type == GgufValueType::kF64) {
+    const double d = std::get<double>(v->scalar);
+    const auto x = static_cast<float>(d);
+    if (static_cast<double>(x) == d || std::isnan(d)) return x;
+    return InvalidArgument(fmt::format("{}: metadata '{}' = {} is an f64 that f32 cannot hold exactly", path, key, d));
+  }
+  return wrong_type(*this, key, *v, "an f32");
+}
+
+Result<bool> GgufFile::get_bool(std::string_view key) const {
+  LOWBIT_ASSIGN_OR_RETURN(const GgufValue* v, lookup(*this, key));
+  if (v->type != GgufValueType::kBool) return wrong_type(*this, key, *v, "a bool");
+  return std::get<bool>(v->scalar);
+}
+
+Result<std::string> GgufFile::get_string(std::string_view key) const {
+  LOWBIT_ASSIGN_OR_RETURN(const GgufValue* v, lookup(*this, key));
+  if (v->type != GgufValueType::kString) return wrong_type(*this, key, *v, "a string");
+  return std::get<std::string>(v->scalar);
+}
+
+Result<uint64_t> GgufFile::get_array_length(std::string_view key) const {
+  LOWBIT_ASSIGN_OR_RETURN(const GgufValue* v, lookup(*this, key));
+  if (v->type != GgufValueType::kArray) return wrong_type(*this, key, *v, "an array");
+  return static_cast<uint64_t>(v->array.size());
+}
+
+Result<GgufFile> open_gguf(const std::string& path) {
+  LOWBIT_ASSIGN_OR_RETURN(MappedFile f, MappedFile::open(path));
+  return parse(path, std::make_shared<MappedFile>(std::move(f)));
+}
+
+Result<Tensor> dequantize_tensor(const GgufFile& file, const GgufTensor& t) {
+  const DequantFn fn = dequant_fn(t.type);
+  if (fn == nullptr) {
+    return Unsupported(fmt::format("{}: tensor {} has type {}, which lowbit cannot dequantize (supported: f32, f16, "
+                                   "bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_K, q6_K)",
+                                   file.path, t.name, ggml_type_name(t.type)));
+  }
+  const std::vector<int64_t> shape = t.shape();
+  LOWBIT_ASSIGN_OR_RETURN(Tensor out, Tensor::empty(DType::kF32, std::span<const int64_t>(shape)));
+  fn(t.data, out.data_as<float>(), t.numel());
+  return out;
+}
+
+Result<Model> load_gguf(const std::string& path) {
+  LOWBIT_ASSIGN_OR_RETURN(GgufFile f, open_gguf(path));
+  LOWBIT_ASSIGN_OR_RETURN(std::string arch, f.get_string("general.architecture"));
+  if (arch != "llama") {
+    return Unsupported(fmt::format("{}: architecture {} is not supported (supported: llama)", path, arch));
+  }
+  LOWBIT_ASSIGN_OR_RETURN(LlamaConfig c, llama_config(f));
+
+  // The vocabulary size is the embedding's second ggml dim; the tokenizer, when present, must agree.
+  const GgufTensor* embd = f.find_tensor("token_embd.weight");
+  if (embd == nullptr) return NotFound(path + ": tensor token_embd.weight is missing");
+  if (embd->dims.size() != 2) {
+    return DataLoss(fmt::format("{}: tensor token_embd.weight has dims {}, expected [{}, vocab]", path,
+                                dims_string(embd->dims), c.dim));
+  }
+  const int64_t vocab = embd->dims[1];
+  LOWBIT_RETURN_IF_ERROR(check_range(path, "vocab (token_embd.weight dim 1)", vocab, kMaxVocab));
+  if (f.find("tokenizer.ggml.tokens") != nullptr) {
+    LOWBIT_ASSIGN_OR_RETURN(uint64_t n_tokens, f.get_array_length("tokenizer.ggml.tokens"));
+    if (n_tokens != static_cast<uint64_t>(vocab)) {
+      return DataLoss(fmt::format("{}: tokenizer.ggml.tokens has {} entries, token_embd.weight {} rows", path,
+                                  n_tokens, vocab));
+    }
+  }
+  c.vocab_size = static_cast<int>(vocab);
+  c.shared_classifier = f.find_tensor("output.weight") == nullptr;
+
+  Model m;
+  m.config = c;
+  m.path = path;
+  m.file = f.file;
+  m.weights.layers.resize(static_cast<size_t>(c.n_layers));
+  auto& w = m.weights;
+  const int64_t dim = c.dim, hidden = c.hidden_dim, kv_dim = c.kv_dim();
+  // GGUF lists dims fastest first, so a (out, in) matrix is [in, out]. llama.cpp's converter
+  // already permutes wq/wk from Hugging Face's rotate-half order back to Meta's interleaved
+  // pairs (llama.cpp's LLAMA_ROPE_TYPE_NORM), which is the RoPE lowbit's forward pass applies
+  // (llama2.c style): the weights are used as stored, with no un-permutation.
+  LOWBIT_RETURN_IF_ERROR(bind(m, f, "token_embd.weight", {dim, vocab}, &w.tok_embeddings));
+  for (int l = 0; l < c.n_layers; ++l) {
+    LayerWeights& L = w.layers[static_cast<size_t>(l)];
+    const std::string p = fmt::format("blk.{}.", l);
+    LOWBIT_RETURN_IF_ERROR(bind(m, f, p + "attn_norm.weight", {dim}, &L.attn_norm));
+    LOWBIT_RETURN_IF_ERROR(bind(m, f, p + "attn_q.weight", {dim, dim}, &L.wq));
+    LOWBIT_RETURN_IF_ERROR(bind(m, f, p + "attn_k.weight", {dim, kv_dim}, &L.wk));
+    LOWBIT_RETURN_IF_ERROR(bind(m, f, p + "attn_v.weight", {dim, kv_dim}, &L.wv));
+    LOWBIT_RETURN_IF_ERROR(bind(m, f, p + "attn_output.weight", {dim, dim}, &L.wo));
+    LOWBIT_RETURN_IF_ERROR(bind(m, f, p + "ffn_norm.weight", {dim}, &L.ffn_norm));
+    LOWBIT_RETURN_IF_ERROR(bind(m, f, p + "ffn_gate.weight", {dim, hidden}, &L.w1));
+    LOWBIT_RETURN_IF_ERROR(bind(m, f, p + "ffn_down.weight", {hidden, dim}, &L.w2));
+    LOWBIT_RETURN_IF_ERROR(bind(m, f, p + "ffn_up.weight", {dim, hidden}, &L.w3));
+  }
+  LOWBIT_RETURN_IF_ERROR(bind(m, f, "output_norm.weight", {dim}, &w.final_norm));
+  if (c.shared_classifier) {
+    w.classifier = w.tok_embeddings;
+  } else {
+    LOWBIT_RETURN_IF_ERROR(bind(m, f, "output.weight", {dim, vocab}, &w.classifier));
+  }
+  return m;
+}
+
+Status write_gguf(const std::string& path, const GgufWriteSpec& spec) {
+  // Validate and encode everything before the file is created.
+  uint64_t alignment = kDefaultAlignment;
+  std::set<std::string, std::less<>> keys;
+  for (const auto& [key, value] : spec.metadata) {
+    if (!keys.insert(key).second) return InvalidArgument(fmt::format("GGUF metadata '{}' appears twice", key));
+    LOWBIT_RETURN_IF_ERROR(check_value(key, value));
+    if (key == "general.alignment") {
+      if (value.type != GgufValueType::kU32 || !is_pow2(std::get<uint32_t>(value.scalar))) {
+        return InvalidArgument("GGUF metadata 'general.alignment' must be a u32 power of two");
+      }
+      alignment = std::get<uint32_t>(value.scalar);
+    }
+  }
+  std::set<std::string, std::less<>> names;
+  std::vector<Encoded> encoded;
+  encoded.reserve(spec.tensors.size());
+  for (const auto& t : spec.tensors) {
+    if (!names.insert(t.name).second) return InvalidArgument(fmt::format("GGUF tensor '{}' appears twice", t.name));
+    LOWBIT_ASSIGN_OR_RETURN(Encoded e, encode_tensor(t));
+    encoded.push_back(std::move(e));
+  }
+
+  std::string header;
+  put_bytes(header, kMagic, sizeof kMagic);
+  put<uint32_t>(header, kVersion);
+  put<uint64_t>(header, spec.tensors.size());
+  put<uint64_t>(header, spec.metadata.size());
+  for (const auto& [key, value] : spec.metadata) {
+    put_string(header, key);
+    put_value(header, value);
+  }
+  uint64_t offset = 0;
+  for (size_t i = 0; i < encoded.size(); ++i) {
+    put_string(header, spec.tensors[i].name);
+    put<uint32_t>(header, static_cast<uint32_t>(encoded[i].dims.size()));
+    for (int64_t d : encoded[i].dims) put<uint64_t>(header, static_cast<uint64_t>(d));
+    put<uint32_t>(header, static_cast<uint32_t>(encoded[i].type));
+    put<uint64_t>(header, offset);
+    offset = align_up(offset + encoded[i].bytes.size(), alignment);
+  }
+  header.resize(static_cast<size_t>(align_up(header.size(), alignment)), '\0');
+
+  LOWBIT_ASSIGN_OR_RETURN(AtomicFile out, AtomicFile::create(path));
+  LOWBIT_RETURN_IF_ERROR(out.write(header));
+  const std::string zeros(static_cast<size_t>(alignment), '\0');
+  for (const Encoded& e : encoded) {
+    LOWBIT_RETURN_IF_ERROR(out.write(std::as_bytes(std::span(e.bytes))));
+    const uint64_t pad = align_up(e.bytes.size(), alignment) - e.bytes.size();
+    if (pad != 0) LOWBIT_RETURN_IF_ERROR(out.write(std::string_view(zeros).substr(0, static_cast<size_t>(pad))));
+  }
+  return out.commit();
+}
+
+}  // namespace lowbit
