@@ -6,6 +6,7 @@
 // byte range against the file before anything touches tensor data.
 
 #include "lowbit/gguf.h"
+#include "model_internal.h"
 
 #include <algorithm>
 #include <array>
@@ -623,15 +624,6 @@ Result<LlamaConfig> llama_config(const GgufFile& f) {
   return c;
 }
 
-Status check_finite(const std::string& path, const std::string& name, const float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    if (!std::isfinite(x[i])) {
-      return DataLoss(fmt::format("{}: tensor {} has {} at index {}", path, name,
-                                  std::isnan(x[i]) ? "NaN" : (x[i] > 0 ? "+Inf" : "-Inf"), i));
-    }
-  }
-  return OkStatus();
-}
 
 // Binds `dest` to tensor `name` of ggml dims `expect` ([in, out] for a (out, in) matrix).
 Status bind(Model& m, const GgufFile& f, const std::string& name, std::vector<int64_t> expect, ConstTensorView* dest) {

@@ -25,6 +25,7 @@
 #include "lowbit/file.h"
 #include "lowbit/gguf.h"
 #include "lowbit/model.h"
+#include "model_internal.h"
 #include "lowbit/safetensors.h"
 #include "lowbit/status.h"
 #include "lowbit/tensor.h"
@@ -184,35 +185,6 @@ class Layout {
   std::vector<Entry> entries_;
   Status status_;
 };
-
-// Index of the first NaN or Inf in x[0, n), or -1. Branch-free in chunks so it vectorizes:
-// every fp32 weight of a checkpoint goes through it.
-int64_t first_non_finite(const float* x, int64_t n) {
-  constexpr int64_t kChunk = 4096;
-  constexpr uint32_t kExpMask = 0x7f800000u;
-  for (int64_t begin = 0; begin < n; begin += kChunk) {
-    const int64_t end = std::min(n, begin + kChunk);
-    uint32_t bad = 0;
-    for (int64_t i = begin; i < end; ++i) {
-      uint32_t bits;
-      std::memcpy(&bits, x + i, sizeof bits);
-      bad |= static_cast<uint32_t>((bits & kExpMask) == kExpMask);
-    }
-    if (bad) {
-      for (int64_t i = begin; i < end; ++i) {
-        if (!std::isfinite(x[i])) return i;
-      }
-    }
-  }
-  return -1;
-}
-
-Status check_finite(const std::string& path, const std::string& name, const float* x, int64_t n) {
-  const int64_t i = first_non_finite(x, n);
-  if (i < 0) return OkStatus();
-  return DataLoss(fmt::format("{}: tensor {} has {} at index {}", path, name,
-                              std::isnan(x[i]) ? "NaN" : (x[i] > 0 ? "+Inf" : "-Inf"), i));
-}
 
 ConstTensorView make_view(const void* data, int64_t rows, int64_t cols) {
   if (cols == 0) return ConstTensorView(data, DType::kF32, {rows});
@@ -389,6 +361,36 @@ Result<Model> read_llama2c(const std::string& path, std::shared_ptr<MappedFile> 
 }
 
 }  // namespace
+
+// Index of the first NaN or Inf in x[0, n), or -1. Branch-free in chunks so it vectorizes:
+// every fp32 weight of a checkpoint goes through it.
+int64_t first_non_finite(const float* x, int64_t n) {
+  constexpr int64_t kChunk = 4096;
+  constexpr uint32_t kExpMask = 0x7f800000u;
+  for (int64_t begin = 0; begin < n; begin += kChunk) {
+    const int64_t end = std::min(n, begin + kChunk);
+    uint32_t bad = 0;
+    for (int64_t i = begin; i < end; ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, x + i, sizeof bits);
+      bad |= static_cast<uint32_t>((bits & kExpMask) == kExpMask);
+    }
+    if (bad) {
+      for (int64_t i = begin; i < end; ++i) {
+        if (!std::isfinite(x[i])) return i;
+      }
+    }
+  }
+  return -1;
+}
+
+Status check_finite(const std::string& path, const std::string& name, const float* x, int64_t n) {
+  const int64_t i = first_non_finite(x, n);
+  if (i < 0) return OkStatus();
+  return DataLoss(fmt::format("{}: tensor {} has {} at index {}", path, name,
+                              std::isnan(x[i]) ? "NaN" : (x[i] > 0 ? "+Inf" : "-Inf"), i));
+}
+
 
 Result<Model> load_llama2c(const std::string& path) {
   LOWBIT_ASSIGN_OR_RETURN(std::shared_ptr<MappedFile> file, map(path));

@@ -6,6 +6,7 @@
 // type-checked first and parsing uses the non-throwing overload: no exception leaves here.
 
 #include "lowbit/safetensors.h"
+#include "model_internal.h"
 
 #include <algorithm>
 #include <bit>
@@ -405,15 +406,6 @@ Result<LlamaConfig> parse_llama_config(const std::string& path) {
   return c;
 }
 
-Status check_finite(const std::string& path, const std::string& name, const float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    if (!std::isfinite(x[i])) {
-      return DataLoss(fmt::format("{}: tensor {} has {} at index {}", path, name,
-                                  std::isnan(x[i]) ? "NaN" : (x[i] > 0 ? "+Inf" : "-Inf"), i));
-    }
-  }
-  return OkStatus();
-}
 
 // Converts `src` (F32 / F16 / BF16 bytes, (rows, cols)) to f32 rows, row r of the result
 // from row source_row(r).
