@@ -8,7 +8,6 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -16,6 +15,7 @@
 #include "lowbit/convert.h"
 #include "lowbit/cpu.h"
 #include "lowbit/tensor.h"
+#include "table_reporter.h"
 
 namespace {
 
@@ -85,35 +85,6 @@ void BM_convert(benchmark::State& state, const ConvertKernels* k, Op op) {
   finish(state, g_n * sizeof(float));
 }
 
-// Collects bytes/s per benchmark and prints the comparison table after the normal report.
-class TableReporter : public benchmark::ConsoleReporter {
- public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const Run& r : runs) {
-      if (r.run_type != Run::RT_Iteration || r.error_occurred) continue;
-      std::string name = r.benchmark_name();
-      if (const size_t p = name.rfind("/real_time"); p != std::string::npos) name.erase(p);
-      auto it = r.counters.find("bytes_per_second");
-      if (it != r.counters.end()) gbps_[name] = it->second.value / 1e9;
-    }
-  }
-  void Finalize() override {
-    ConsoleReporter::Finalize();
-    const double base = gbps_.count("memcpy") ? gbps_["memcpy"] : 0.0;
-    std::printf("\n| converter | isa | GB/s (fp32 side) | memcpy GB/s | time / memcpy time |\n|---|---|---:|---:|---:|\n");
-    for (auto& [name, g] : gbps_) {
-      if (name == "memcpy") continue;
-      const auto slash = name.find('/');
-      std::printf("| %s | %s | %.2f | %.2f | %.2f× |\n", name.substr(0, slash).c_str(), name.substr(slash + 1).c_str(), g,
-                  base, base > 0 ? base / g : 0.0);
-    }
-  }
-
- private:
-  std::map<std::string, double> gbps_;
-};
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -136,7 +107,16 @@ int main(int argc, char** argv) {
     }
   }
   benchmark::Initialize(&argc, argv);
-  TableReporter reporter;
+  lowbit::bench::TableReporter reporter([](const lowbit::bench::TableReporter::Rows& rows) {
+    const double base = lowbit::bench::TableReporter::find(rows, "memcpy");
+    std::printf("\n| converter | isa | GB/s (fp32 side) | memcpy GB/s | time / memcpy time |\n|---|---|---:|---:|---:|\n");
+    for (const auto& [name, g] : rows) {
+      if (name == "memcpy") continue;
+      const auto slash = name.find('/');
+      std::printf("| %s | %s | %.2f | %.2f | %.2f× |\n", name.substr(0, slash).c_str(), name.substr(slash + 1).c_str(), g,
+                  base, base > 0 ? base / g : 0.0);
+    }
+  });
   benchmark::RunSpecifiedBenchmarks(&reporter);
   benchmark::Shutdown();
   return 0;

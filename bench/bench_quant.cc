@@ -7,7 +7,6 @@
 
 #include <cstdio>
 #include <cstring>
-#include <map>
 #include <random>
 #include <string>
 #include <thread>
@@ -16,6 +15,7 @@
 #include "lowbit/parallel.h"
 #include "lowbit/quant.h"
 #include "lowbit/tensor.h"
+#include "table_reporter.h"
 
 namespace {
 
@@ -59,40 +59,6 @@ void BM_quantize(benchmark::State& state, std::string spec_text, int threads, bo
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * input_bytes()));
 }
 
-class TableReporter : public benchmark::ConsoleReporter {
- public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const Run& r : runs) {
-      if (r.run_type != Run::RT_Iteration || r.error_occurred) continue;
-      std::string name = r.benchmark_name();
-      if (const size_t p = name.rfind("/real_time"); p != std::string::npos) name.erase(p);
-      auto it = r.counters.find("bytes_per_second");
-      if (it != r.counters.end()) {
-        gbps_[name] = it->second.value / 1e9;
-        order_.push_back(name);
-      }
-    }
-  }
-  void Finalize() override {
-    ConsoleReporter::Finalize();
-    const double base = gbps_.count("copy") ? gbps_["copy"] : 0.0;
-    std::printf("\n| spec | path | threads | GB/s (fp32 in) | fp32 copy GB/s | time / copy time |\n|---|---|---:|---:|---:|---:|\n");
-    for (const std::string& name : order_) {
-      if (name == "copy") continue;
-      // name: quantize/<spec>/<path>/threads:<n>
-      const size_t a = name.find('/'), b = name.find('/', a + 1), c = name.find('/', b + 1);
-      std::printf("| `%s` | %s | %s | %.2f | %.2f | %.1f× |\n", name.substr(a + 1, b - a - 1).c_str(),
-                  name.substr(b + 1, c - b - 1).c_str(), name.substr(c + 9).c_str(), gbps_[name], base,
-                  base / gbps_[name]);
-    }
-  }
-
- private:
-  std::map<std::string, double> gbps_;
-  std::vector<std::string> order_;
-};
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -118,7 +84,17 @@ int main(int argc, char** argv) {
     }
   }
   benchmark::Initialize(&argc, argv);
-  TableReporter reporter;
+  lowbit::bench::TableReporter reporter([](const lowbit::bench::TableReporter::Rows& rows) {
+    const double base = lowbit::bench::TableReporter::find(rows, "copy");
+    std::printf("\n| spec | path | threads | GB/s (fp32 in) | fp32 copy GB/s | time / copy time |\n|---|---|---:|---:|---:|---:|\n");
+    for (const auto& [name, g] : rows) {
+      if (name == "copy") continue;
+      // name: quantize/<spec>/<path>/threads:<n>
+      const size_t a = name.find('/'), b = name.find('/', a + 1), c = name.find('/', b + 1);
+      std::printf("| `%s` | %s | %s | %.2f | %.2f | %.1f× |\n", name.substr(a + 1, b - a - 1).c_str(),
+                  name.substr(b + 1, c - b - 1).c_str(), name.substr(c + 9).c_str(), g, base, base / g);
+    }
+  });
   benchmark::RunSpecifiedBenchmarks(&reporter);
   benchmark::Shutdown();
   return 0;
