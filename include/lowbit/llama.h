@@ -11,6 +11,7 @@
 //   LOWBIT_RETURN_IF_ERROR(s.forward(tokens, /*pos=*/0, &logits));
 #pragma once
 
+#include <array>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -48,8 +49,32 @@ struct ActivationQuant {
   std::optional<QuantSpec> kv;            // keys and values as they enter the cache (1, kv_dim) per token
 };
 
+// The seven linears of a block, in a fixed order algorithms can iterate.
+enum class LinearSlot : int { kWq, kWk, kWv, kWo, kW1, kW2, kW3 };
+inline constexpr int kNumLinearSlots = 7;
+inline constexpr LinearSlot kLinearSlots[kNumLinearSlots] = {LinearSlot::kWq, LinearSlot::kWk, LinearSlot::kWv,
+                                                             LinearSlot::kWo, LinearSlot::kW1, LinearSlot::kW2,
+                                                             LinearSlot::kW3};
+std::string_view linear_slot_name(LinearSlot slot);  // "wq" "wk" "wv" "wo" "w1" "w2" "w3"
+// The block weight a slot reads: &LayerWeights::wq ...
+ConstTensorView LayerWeights::*linear_weight_member(LinearSlot slot);
+
+// LLM.int8()-style decomposition of one linear: the listed input columns (outlier features)
+// bypass activation quantization; `part` (out, cols.size()) holds their weight columns, kept
+// in higher precision, and adds its product to the main linear's output (whose weight has
+// zeros in those columns).
+struct OutlierSplit {
+  std::vector<int32_t> cols;
+  Linear part;
+  int64_t storage_bytes = 0;  // what `part` and the column indices cost on disk
+};
+
 struct LayerLinears {
   Linear wq, wk, wv, wo, w1, w2, w3;
+  std::array<OutlierSplit, kNumLinearSlots> outliers{};  // empty cols: no split
+
+  Linear& at(LinearSlot s);
+  const Linear& at(LinearSlot s) const;
 };
 
 // A runnable model: the config, the norms and embedding (fp32 views) and a Linear per matrix.
@@ -64,10 +89,15 @@ class LlamaModel {
   const Linear& classifier() const { return classifier_; }
   ActivationQuant& activation_quant() { return act_; }
   const ActivationQuant& activation_quant() const { return act_; }
+  // Algorithms that fold scales into norms (AWQ, SmoothQuant) replace weight views with
+  // tensors the model owns: `w = net.adopt(std::move(t))`.
+  LlamaWeights& mutable_weights() { return w_; }
+  ConstTensorView adopt(Tensor t);
 
  private:
   LlamaConfig cfg_;
   LlamaWeights w_;
+  std::vector<std::shared_ptr<const Tensor>> owned_;
   std::vector<LayerLinears> layers_;
   Linear classifier_;
   ActivationQuant act_;
@@ -87,6 +117,14 @@ class Session {
   int max_seq_;
   std::vector<float> k_cache_, v_cache_;  // (layers, max_seq, kv_dim)
 };
+
+// Sees a linear's input as the linear receives it (after activation fake-quant): x (rows, cols).
+using LinearInputHook = std::function<void(int layer, LinearSlot slot, const float* x, int64_t rows, int64_t cols)>;
+// Runs transformer block `layer` of `model` over one sequence x (n, dim), in place, at positions
+// 0..n-1 with a fresh KV cache: the unit of layer-by-layer calibration (algo). `hook` may be null.
+Status run_block(const LlamaModel& model, int layer, float* x, int64_t n, const LinearInputHook& hook = nullptr);
+// The residual stream entering block 0: x (n, dim) = the token embeddings.
+Status embed_tokens(const LlamaModel& model, std::span<const int> tokens, float* x);
 
 struct GenerateOptions {
   int max_new_tokens = 64;

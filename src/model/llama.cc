@@ -97,6 +97,212 @@ LlamaModel::LlamaModel(const Model& m) : cfg_(m.config), w_(m.weights) {
   classifier_ = Linear::fp32(w_.classifier);
 }
 
+std::string_view linear_slot_name(LinearSlot slot) {
+  static constexpr std::string_view kNames[kNumLinearSlots] = {"wq", "wk", "wv", "wo", "w1", "w2", "w3"};
+  return kNames[static_cast<int>(slot)];
+}
+
+ConstTensorView LayerWeights::*linear_weight_member(LinearSlot slot) {
+  static constexpr ConstTensorView LayerWeights::*kMembers[kNumLinearSlots] = {
+      &LayerWeights::wq, &LayerWeights::wk, &LayerWeights::wv, &LayerWeights::wo,
+      &LayerWeights::w1, &LayerWeights::w2, &LayerWeights::w3};
+  return kMembers[static_cast<int>(slot)];
+}
+
+Linear& LayerLinears::at(LinearSlot s) {
+  return const_cast<Linear&>(static_cast<const LayerLinears*>(this)->at(s));
+}
+const Linear& LayerLinears::at(LinearSlot s) const {
+  switch (s) {
+    case LinearSlot::kWq: return wq;
+    case LinearSlot::kWk: return wk;
+    case LinearSlot::kWv: return wv;
+    case LinearSlot::kWo: return wo;
+    case LinearSlot::kW1: return w1;
+    case LinearSlot::kW2: return w2;
+    case LinearSlot::kW3: return w3;
+  }
+  return wq;
+}
+
+ConstTensorView LlamaModel::adopt(Tensor t) {
+  auto owned = std::make_shared<const Tensor>(std::move(t));
+  ConstTensorView v = owned->view();
+  owned_.push_back(std::move(owned));
+  return v;
+}
+
+namespace {
+
+// Activation buffers of one forward call over n tokens.
+struct Buffers {
+  std::vector<float> xb, xb2, q, k, v, hb, hb2, part;
+  Buffers(const LlamaConfig& c, int64_t n)
+      : xb(static_cast<size_t>(n * c.dim)),                // (n, dim)
+        xb2(static_cast<size_t>(n * c.dim)),               // (n, dim)
+        q(static_cast<size_t>(n * c.dim)),                 // (n, dim)
+        k(static_cast<size_t>(n * c.kv_dim())),            // (n, kv_dim)
+        v(static_cast<size_t>(n * c.kv_dim())),            // (n, kv_dim)
+        hb(static_cast<size_t>(n * c.hidden_dim)),         // (n, hidden)
+        hb2(static_cast<size_t>(n * c.hidden_dim)) {}      // (n, hidden)
+};
+
+// y (rows, out) = linear(in (rows, in)), with the model's activation fake-quant applied to `in`
+// in place first (an outlier split keeps its columns out of it, rounded to fp16 instead).
+Status run_linear(const LlamaModel& m, int layer, LinearSlot slot, float* in, int64_t rows, float* out,
+                  std::vector<float>& part, const LinearInputHook& hook) {
+  const ActivationQuant& aq = m.activation_quant();
+  const bool is_classifier = layer < 0;
+  const Linear& l = is_classifier ? m.classifier() : m.layers()[static_cast<size_t>(layer)].at(slot);
+  const OutlierSplit* split = is_classifier ? nullptr : &m.layers()[static_cast<size_t>(layer)].outliers[static_cast<size_t>(slot)];
+  if (split && split->cols.empty()) split = nullptr;
+  const int64_t d = l.in_features();
+  std::vector<float> kept;  // (rows, cols.size()) the outlier columns
+  if (split) {
+    const int64_t k = static_cast<int64_t>(split->cols.size());
+    kept.resize(static_cast<size_t>(rows * k));
+    for (int64_t t = 0; t < rows; ++t) {
+      for (int64_t j = 0; j < k; ++j) {
+        float& x = in[t * d + split->cols[static_cast<size_t>(j)]];
+        kept[static_cast<size_t>(t * k + j)] = decode(Format::kFp16, encode(Format::kFp16, x));
+        x = 0.0f;
+      }
+    }
+  }
+  if (aq.linear_input) LOWBIT_RETURN_IF_ERROR(fake_quant(in, rows, d, *aq.linear_input));
+  if (split) {  // the outlier columns go back (fp16) for the hook and the other linears on this input
+    const int64_t k = static_cast<int64_t>(split->cols.size());
+    for (int64_t t = 0; t < rows; ++t) {
+      for (int64_t j = 0; j < k; ++j) in[t * d + split->cols[static_cast<size_t>(j)]] = kept[static_cast<size_t>(t * k + j)];
+    }
+  }
+  if (hook && !is_classifier) hook(layer, slot, in, rows, d);
+  if (split) {
+    // The main weight has zeros in the outlier columns, so `in` may carry them.
+    l.forward(in, rows, out);
+    part.resize(static_cast<size_t>(rows * l.out_features()));
+    split->part.forward(kept.data(), rows, part.data());
+    for (size_t i = 0; i < part.size(); ++i) out[i] += part[i];
+  } else {
+    l.forward(in, rows, out);
+  }
+  return OkStatus();
+}
+
+// Block `l` over x (n, dim) at positions pos..pos+n-1; kc/vc (max_seq, kv_dim) hold this
+// layer's cache for positions 0..pos-1 and receive pos..pos+n-1.
+Status layer_forward(const LlamaModel& m, int l, float* x, int64_t n, int pos, float* kc, float* vc, int max_seq,
+                     Buffers& b, const LinearInputHook& hook) {
+  const LlamaConfig& c = m.config();
+  const int dim = c.dim, kv_dim = c.kv_dim(), hs = c.head_dim();
+  const int kv_mul = c.n_heads / c.n_kv_heads;
+  const ActivationQuant& aq = m.activation_quant();
+  const LayerWeights& lw = m.weights().layers[static_cast<size_t>(l)];
+  float *xb = b.xb.data(), *xb2 = b.xb2.data(), *q = b.q.data(), *k = b.k.data(), *v = b.v.data();
+  float *hb = b.hb.data(), *hb2 = b.hb2.data();
+
+  rmsnorm(x, lw.attn_norm.data_as<float>(), n, dim, c.norm_eps, xb);
+  LOWBIT_RETURN_IF_ERROR(run_linear(m, l, LinearSlot::kWq, xb, n, q, b.part, hook));
+  // wk and wv see the same (possibly fake-quantized) input; quantizing twice is idempotent.
+  LOWBIT_RETURN_IF_ERROR(run_linear(m, l, LinearSlot::kWk, xb, n, k, b.part, hook));
+  LOWBIT_RETURN_IF_ERROR(run_linear(m, l, LinearSlot::kWv, xb, n, v, b.part, hook));
+
+  // RoPE on q and k, pairs (i, i+1), frequency from the position within the head.
+  for (int64_t t = 0; t < n; ++t) {
+    const int p = pos + static_cast<int>(t);
+    for (int i = 0; i < dim; i += 2) {
+      const int head_dim = i % hs;
+      const float freq = 1.0f / std::pow(c.rope_theta, static_cast<float>(head_dim) / static_cast<float>(hs));
+      const float val = static_cast<float>(p) * freq;
+      const float fcr = std::cos(val), fci = std::sin(val);
+      const int rotn = i < kv_dim ? 2 : 1;
+      for (int r = 0; r < rotn; ++r) {
+        float* vec = r == 0 ? &q[t * dim] : &k[t * kv_dim];
+        const float v0 = vec[i], v1 = vec[i + 1];
+        vec[i] = v0 * fcr - v1 * fci;
+        vec[i + 1] = v0 * fci + v1 * fcr;
+      }
+    }
+  }
+  if (aq.kv) {
+    LOWBIT_RETURN_IF_ERROR(fake_quant(k, n, kv_dim, *aq.kv));
+    LOWBIT_RETURN_IF_ERROR(fake_quant(v, n, kv_dim, *aq.kv));
+  }
+  std::memcpy(kc + static_cast<int64_t>(pos) * kv_dim, k, sizeof(float) * n * kv_dim);
+  std::memcpy(vc + static_cast<int64_t>(pos) * kv_dim, v, sizeof(float) * n * kv_dim);
+
+  // Causal attention: token t (position pos+t) attends to positions 0..pos+t.
+  const float inv_sqrt = 1.0f / std::sqrt(static_cast<float>(hs));
+  parallel_for(0, n * c.n_heads, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> att(static_cast<size_t>(max_seq));
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t t = i / c.n_heads;
+      const int h = static_cast<int>(i % c.n_heads);
+      const int p = pos + static_cast<int>(t);
+      const float* qh = &q[t * dim + h * hs];
+      for (int s = 0; s <= p; ++s) {
+        const float* ks = kc + static_cast<int64_t>(s) * kv_dim + (h / kv_mul) * hs;
+        float score = 0.0f;
+        for (int j = 0; j < hs; ++j) score += qh[j] * ks[j];
+        att[static_cast<size_t>(s)] = score * inv_sqrt;
+      }
+      softmax(att.data(), p + 1);
+      float* out = &xb[t * dim + h * hs];
+      std::fill(out, out + hs, 0.0f);
+      for (int s = 0; s <= p; ++s) {
+        const float* vs = vc + static_cast<int64_t>(s) * kv_dim + (h / kv_mul) * hs;
+        const float a = att[static_cast<size_t>(s)];
+        for (int j = 0; j < hs; ++j) out[j] += a * vs[j];
+      }
+    }
+  });
+  LOWBIT_RETURN_IF_ERROR(run_linear(m, l, LinearSlot::kWo, xb, n, xb2, b.part, hook));
+  for (int64_t i = 0; i < n * dim; ++i) x[i] += xb2[i];
+
+  // SwiGLU FFN: w2(silu(w1 x) * w3 x).
+  rmsnorm(x, lw.ffn_norm.data_as<float>(), n, dim, c.norm_eps, xb);
+  LOWBIT_RETURN_IF_ERROR(run_linear(m, l, LinearSlot::kW1, xb, n, hb, b.part, hook));
+  LOWBIT_RETURN_IF_ERROR(run_linear(m, l, LinearSlot::kW3, xb, n, hb2, b.part, hook));
+  const int64_t nh = n * c.hidden_dim;
+  for (int64_t i = 0; i < nh; ++i) {
+    float val = hb[i];
+    val *= 1.0f / (1.0f + std::exp(-val));
+    hb[i] = val * hb2[i];
+  }
+  LOWBIT_RETURN_IF_ERROR(run_linear(m, l, LinearSlot::kW2, hb, n, xb, b.part, hook));
+  for (int64_t i = 0; i < n * dim; ++i) x[i] += xb[i];
+  return OkStatus();
+}
+
+Status check_tokens(const LlamaConfig& c, std::span<const int> tokens) {
+  if (tokens.empty()) return InvalidArgument("forward: no tokens");
+  for (int tok : tokens) {
+    if (tok < 0 || tok >= c.vocab_size) return InvalidArgument(fmt::format("forward: token id {} outside the vocab of {}", tok, c.vocab_size));
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+Status embed_tokens(const LlamaModel& model, std::span<const int> tokens, float* x) {
+  const LlamaConfig& c = model.config();
+  LOWBIT_RETURN_IF_ERROR(check_tokens(c, tokens));
+  const float* emb = model.weights().tok_embeddings.data_as<float>();
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    std::memcpy(x + static_cast<int64_t>(t) * c.dim, emb + static_cast<int64_t>(tokens[t]) * c.dim, sizeof(float) * c.dim);
+  }
+  return OkStatus();
+}
+
+Status run_block(const LlamaModel& model, int layer, float* x, int64_t n, const LinearInputHook& hook) {
+  const LlamaConfig& c = model.config();
+  if (layer < 0 || layer >= c.n_layers) return InvalidArgument(fmt::format("run_block: layer {} of {}", layer, c.n_layers));
+  if (n < 1 || n > c.seq_len) return InvalidArgument(fmt::format("run_block: {} tokens; the context holds {}", n, c.seq_len));
+  std::vector<float> kc(static_cast<size_t>(n * c.kv_dim())), vc(static_cast<size_t>(n * c.kv_dim()));  // (n, kv_dim)
+  Buffers b(c, n);
+  return layer_forward(model, layer, x, n, 0, kc.data(), vc.data(), static_cast<int>(n), b, hook);
+}
+
 Session::Session(const LlamaModel& model, int max_seq)
     : m_(model), max_seq_(max_seq > 0 ? std::min(max_seq, model.config().seq_len) : model.config().seq_len) {
   const LlamaConfig& c = m_.config();
@@ -108,117 +314,24 @@ Session::Session(const LlamaModel& model, int max_seq)
 Status Session::forward(std::span<const int> tokens, int pos, std::vector<float>* logits, bool all_logits) {
   const LlamaConfig& c = m_.config();
   const int64_t n = static_cast<int64_t>(tokens.size());
-  if (n == 0) return InvalidArgument("forward: no tokens");
+  LOWBIT_RETURN_IF_ERROR(check_tokens(c, tokens));
   if (pos < 0 || pos + n > max_seq_) {
     return InvalidArgument(fmt::format("forward: positions {}..{} exceed the context of {} tokens", pos, pos + n - 1, max_seq_));
   }
-  for (int tok : tokens) {
-    if (tok < 0 || tok >= c.vocab_size) return InvalidArgument(fmt::format("forward: token id {} outside the vocab of {}", tok, c.vocab_size));
-  }
-  const int dim = c.dim, kv_dim = c.kv_dim(), hidden = c.hidden_dim, hs = c.head_dim();
-  const int kv_mul = c.n_heads / c.n_kv_heads;
-  const ActivationQuant& aq = m_.activation_quant();
-
-  std::vector<float> x(static_cast<size_t>(n * dim));              // (n, dim) residual stream
-  std::vector<float> xb(static_cast<size_t>(n * dim));             // (n, dim)
-  std::vector<float> xb2(static_cast<size_t>(n * dim));            // (n, dim)
-  std::vector<float> q(static_cast<size_t>(n * dim));              // (n, dim)
-  std::vector<float> k(static_cast<size_t>(n * kv_dim));           // (n, kv_dim)
-  std::vector<float> v(static_cast<size_t>(n * kv_dim));           // (n, kv_dim)
-  std::vector<float> hb(static_cast<size_t>(n * hidden));          // (n, hidden)
-  std::vector<float> hb2(static_cast<size_t>(n * hidden));         // (n, hidden)
-  const float* emb = m_.weights().tok_embeddings.data_as<float>();
-  for (int64_t t = 0; t < n; ++t) std::memcpy(&x[t * dim], emb + static_cast<int64_t>(tokens[t]) * dim, sizeof(float) * dim);
-
-  // rows: how many tokens `in` holds (all n, except for the classifier of the last token only).
-  auto linear = [&](const Linear& l, float* in, float* out, int64_t rows) -> Status {
-    if (aq.linear_input) LOWBIT_RETURN_IF_ERROR(fake_quant(in, rows, l.in_features(), *aq.linear_input));
-    l.forward(in, rows, out);
-    return OkStatus();
-  };
-
+  const int dim = c.dim, kv_dim = c.kv_dim();
+  std::vector<float> x(static_cast<size_t>(n * dim));  // (n, dim) residual stream
+  LOWBIT_RETURN_IF_ERROR(embed_tokens(m_, tokens, x.data()));
+  Buffers b(c, n);
   for (int l = 0; l < c.n_layers; ++l) {
-    const LayerWeights& lw = m_.weights().layers[static_cast<size_t>(l)];
-    const LayerLinears& ll = m_.layers()[static_cast<size_t>(l)];
-    rmsnorm(x.data(), lw.attn_norm.data_as<float>(), n, dim, c.norm_eps, xb.data());
-    LOWBIT_RETURN_IF_ERROR(linear(ll.wq, xb.data(), q.data(), n));
-    // wk and wv see the same (possibly fake-quantized) input; quantizing twice is idempotent.
-    LOWBIT_RETURN_IF_ERROR(linear(ll.wk, xb.data(), k.data(), n));
-    LOWBIT_RETURN_IF_ERROR(linear(ll.wv, xb.data(), v.data(), n));
-
-    // RoPE on q and k, pairs (i, i+1), frequency from the position within the head.
-    for (int64_t t = 0; t < n; ++t) {
-      const int p = pos + static_cast<int>(t);
-      for (int i = 0; i < dim; i += 2) {
-        const int head_dim = i % hs;
-        const float freq = 1.0f / std::pow(c.rope_theta, static_cast<float>(head_dim) / static_cast<float>(hs));
-        const float val = static_cast<float>(p) * freq;
-        const float fcr = std::cos(val), fci = std::sin(val);
-        const int rotn = i < kv_dim ? 2 : 1;
-        for (int r = 0; r < rotn; ++r) {
-          float* vec = r == 0 ? &q[t * dim] : &k[t * kv_dim];
-          const float v0 = vec[i], v1 = vec[i + 1];
-          vec[i] = v0 * fcr - v1 * fci;
-          vec[i + 1] = v0 * fci + v1 * fcr;
-        }
-      }
-    }
-    if (aq.kv) {
-      LOWBIT_RETURN_IF_ERROR(fake_quant(k.data(), n, kv_dim, *aq.kv));
-      LOWBIT_RETURN_IF_ERROR(fake_quant(v.data(), n, kv_dim, *aq.kv));
-    }
     float* kc = &k_cache_[static_cast<size_t>(l) * max_seq_ * kv_dim];
     float* vc = &v_cache_[static_cast<size_t>(l) * max_seq_ * kv_dim];
-    std::memcpy(kc + static_cast<int64_t>(pos) * kv_dim, k.data(), sizeof(float) * n * kv_dim);
-    std::memcpy(vc + static_cast<int64_t>(pos) * kv_dim, v.data(), sizeof(float) * n * kv_dim);
-
-    // Causal attention: token t (position pos+t) attends to positions 0..pos+t.
-    const float inv_sqrt = 1.0f / std::sqrt(static_cast<float>(hs));
-    parallel_for(0, n * c.n_heads, 1, [&](int64_t i0, int64_t i1) {
-      std::vector<float> att(static_cast<size_t>(max_seq_));
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t t = i / c.n_heads;
-        const int h = static_cast<int>(i % c.n_heads);
-        const int p = pos + static_cast<int>(t);
-        const float* qh = &q[t * dim + h * hs];
-        for (int s = 0; s <= p; ++s) {
-          const float* ks = kc + static_cast<int64_t>(s) * kv_dim + (h / kv_mul) * hs;
-          float score = 0.0f;
-          for (int j = 0; j < hs; ++j) score += qh[j] * ks[j];
-          att[static_cast<size_t>(s)] = score * inv_sqrt;
-        }
-        softmax(att.data(), p + 1);
-        float* out = &xb[t * dim + h * hs];
-        std::fill(out, out + hs, 0.0f);
-        for (int s = 0; s <= p; ++s) {
-          const float* vs = vc + static_cast<int64_t>(s) * kv_dim + (h / kv_mul) * hs;
-          const float a = att[static_cast<size_t>(s)];
-          for (int j = 0; j < hs; ++j) out[j] += a * vs[j];
-        }
-      }
-    });
-    LOWBIT_RETURN_IF_ERROR(linear(ll.wo, xb.data(), xb2.data(), n));
-    for (size_t i = 0; i < x.size(); ++i) x[i] += xb2[i];
-
-    // SwiGLU FFN: w2(silu(w1 x) * w3 x).
-    rmsnorm(x.data(), lw.ffn_norm.data_as<float>(), n, dim, c.norm_eps, xb.data());
-    LOWBIT_RETURN_IF_ERROR(linear(ll.w1, xb.data(), hb.data(), n));
-    LOWBIT_RETURN_IF_ERROR(linear(ll.w3, xb.data(), hb2.data(), n));
-    for (size_t i = 0; i < hb.size(); ++i) {
-      float val = hb[i];
-      val *= 1.0f / (1.0f + std::exp(-val));
-      hb[i] = val * hb2[i];
-    }
-    LOWBIT_RETURN_IF_ERROR(linear(ll.w2, hb.data(), xb.data(), n));
-    for (size_t i = 0; i < x.size(); ++i) x[i] += xb[i];
+    LOWBIT_RETURN_IF_ERROR(layer_forward(m_, l, x.data(), n, pos, kc, vc, max_seq_, b, nullptr));
   }
-
   const int64_t first = all_logits ? 0 : n - 1;
   const int64_t m = n - first;
-  rmsnorm(x.data() + first * dim, m_.weights().final_norm.data_as<float>(), m, dim, c.norm_eps, xb.data());
+  rmsnorm(x.data() + first * dim, m_.weights().final_norm.data_as<float>(), m, dim, c.norm_eps, b.xb.data());
   logits->resize(static_cast<size_t>(m * c.vocab_size));
-  LOWBIT_RETURN_IF_ERROR(linear(m_.classifier(), xb.data(), logits->data(), m));
-  return OkStatus();
+  return run_linear(m_, -1, LinearSlot::kWq, b.xb.data(), m, logits->data(), b.part, nullptr);
 }
 
 Result<std::vector<int>> generate(const LlamaModel& model, std::span<const int> prompt, const GenerateOptions& opt,
