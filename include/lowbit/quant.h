@@ -136,6 +136,20 @@ struct QuantizeOptions {
 // Quantizes an f32 tensor (any strides; at least one dimension). Errors: NaN/Inf in the input
 // (reports the first position), a scale the scale format cannot hold, an invalid spec.
 Result<QuantizedTensor> quantize(ConstTensorView x, const QuantSpec& spec, const QuantizeOptions& opt = {});
+// ---- building blocks for algorithms that choose codes themselves (GPTQ) -------------------
+// The code of x in a block with dequantization scale `scale` and zero point `zero` (the
+// element step of docs/schemes.md; `index` feeds stochastic rounding), and the value of a code.
+uint32_t quantize_value(const QuantSpec& spec, float x, float scale, int32_t zero, uint64_t index = 0);
+float dequantize_value(const QuantSpec& spec, uint32_t code, float scale, int32_t zero);
+// A (rows, cols) QuantizedTensor of `spec` with every code, scale and zero point 0, to be filled
+// with set_code / copy_block_params.
+QuantizedTensor empty_quantized(const QuantSpec& spec, int64_t rows, int64_t cols);
+// Stores element (r, c)'s raw code (as quantize_value returns it).
+void set_code(QuantizedTensor& q, int64_t r, int64_t c, uint32_t code);
+// Copies block `src_block`'s scale code, scale and zero point (grid order) of `src` into block
+// `dst_block` of `dst`; both have the same spec.
+void copy_block_params(const QuantizedTensor& src, int64_t src_block, QuantizedTensor& dst, int64_t dst_block);
+
 // Writes the dequantized values into `out` (f32, the quantized tensor's shape, any strides).
 Status dequantize(const QuantizedTensor& q, TensorView out, bool use_reference = false);
 

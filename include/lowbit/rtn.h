@@ -17,10 +17,11 @@ struct ModelSize {
   int64_t linear_params = 0;      // elements of the quantized linear weights
   int64_t linear_bytes = 0;       // their storage: codes + scales + zero points
   int64_t linear_code_bytes = 0;  // codes only
-  int64_t other_params = 0;       // embedding, classifier (if untied), norms: fp32
+  int64_t other_params = 0;       // embedding, classifier (if untied), norms
+  int64_t other_bytes = 0;        // their storage (fp32, or the classifier's / tied embedding's spec)
   double bpw_weights() const;     // linear weights, codes only
-  double bpw_total() const;       // linear weights, scales included
-  int64_t total_bytes() const { return linear_bytes + 4 * other_params; }
+  double bpw_total() const;       // linear weights, scales (and outlier columns) included
+  int64_t total_bytes() const { return linear_bytes + other_bytes; }
 };
 
 // Quantizes every linear of `net` with `weights` (RTN); `activations`, when set, fake-quantizes

@@ -63,9 +63,18 @@ ModelSize model_size(const LlamaModel& net) {
         s.linear_code_bytes += 4 * n;
       }
     }
+    for (const OutlierSplit& split : ll.outliers) s.linear_bytes += split.storage_bytes;
   }
-  s.other_params = static_cast<int64_t>(c.vocab_size) * c.dim + static_cast<int64_t>(c.n_layers) * 2 * c.dim + c.dim;
-  if (!c.shared_classifier) s.other_params += static_cast<int64_t>(c.vocab_size) * c.dim;
+  const int64_t emb = static_cast<int64_t>(c.vocab_size) * c.dim;
+  s.other_params = emb + static_cast<int64_t>(c.n_layers) * 2 * c.dim + c.dim;
+  s.other_bytes = 4 * (s.other_params - emb);
+  const QuantizedTensor* cq = net.classifier().quant();
+  if (c.shared_classifier) {
+    s.other_bytes += cq ? cq->storage_bytes() : 4 * emb;  // the classifier is the embedding
+  } else {
+    s.other_params += emb;
+    s.other_bytes += 4 * emb + (cq ? cq->storage_bytes() : 4 * emb);
+  }
   return s;
 }
 

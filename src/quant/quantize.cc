@@ -628,4 +628,51 @@ Status dequantize(const QuantizedTensor& q, TensorView out, bool use_reference) 
   return OkStatus();
 }
 
+uint32_t quantize_value(const QuantSpec& spec, float x, float scale, int32_t zero, uint64_t index) {
+  return quantize_element(spec, x, scale, zero, index);
+}
+
+float dequantize_value(const QuantSpec& spec, uint32_t code, float scale, int32_t zero) {
+  return dequantize_element(spec, code, scale, zero);
+}
+
+QuantizedTensor empty_quantized(const QuantSpec& spec, int64_t rows, int64_t cols) {
+  QuantizedTensor q;
+  q.spec = spec;
+  const int64_t dims[2] = {rows, cols};
+  q.shape = Shape::row_major(dims);
+  q.rows = rows;
+  q.cols = cols;
+  q.row_bytes = static_cast<int64_t>(packed_bytes(spec.element, static_cast<size_t>(cols)));
+  q.codes.assign(static_cast<size_t>(rows * q.row_bytes), 0);
+  const int64_t nblocks = q.grid().num_blocks();
+  q.scale_codes.assign(packed_bytes(spec.scale_format, static_cast<size_t>(nblocks)), 0);
+  q.scales.assign(static_cast<size_t>(nblocks), 0.0f);
+  if (!spec.symmetric) q.zero_points.assign(static_cast<size_t>(nblocks), 0);
+  return q;
+}
+
+void set_code(QuantizedTensor& q, int64_t r, int64_t c, uint32_t code) {
+  LOWBIT_CHECK(r >= 0 && r < q.rows && c >= 0 && c < q.cols, "set_code: element out of range");
+  uint8_t* row = q.codes.data() + r * q.row_bytes;
+  const int bits = traits(q.spec.element).bits;
+  if (bits == 4) {
+    const int shift = 4 * static_cast<int>(c & 1);
+    row[c / 2] = static_cast<uint8_t>((row[c / 2] & ~(0xFu << shift)) | ((code & 0xFu) << shift));
+  } else {
+    pack_row(q.spec.element, &code, 1, row + c * (bits / 8));
+  }
+}
+
+void copy_block_params(const QuantizedTensor& src, int64_t src_block, QuantizedTensor& dst, int64_t dst_block) {
+  LOWBIT_CHECK(src.spec == dst.spec, "copy_block_params: specs differ");
+  const Format sf = src.spec.scale_format;
+  const int bytes = traits(sf).bits / 8;
+  LOWBIT_CHECK(bytes >= 1, "copy_block_params: sub-byte scale format");
+  std::memcpy(dst.scale_codes.data() + dst_block * bytes, src.scale_codes.data() + src_block * bytes, static_cast<size_t>(bytes));
+  dst.scales[static_cast<size_t>(dst_block)] = src.scales[static_cast<size_t>(src_block)];
+  if (!src.spec.symmetric) dst.zero_points[static_cast<size_t>(dst_block)] = src.zero_points[static_cast<size_t>(src_block)];
+  dst.tensor_scale = src.tensor_scale;
+}
+
 }  // namespace lowbit

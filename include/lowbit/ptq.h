@@ -1,0 +1,100 @@
+// Post-training quantization methods, one linear (or one group of linears sharing an input)
+// at a time: GPTQ (Frantar et al. 2022), AWQ (Lin et al. 2023), SmoothQuant (Xiao et al.
+// 2022) and LLM.int8()-style outlier decomposition (Dettmers et al. 2022). The layer-by-layer
+// pipeline that feeds them calibration statistics lives in pipeline.h; the arithmetic of each
+// is in docs/algorithms.md.
+//
+//   InputStats x;  x.init(in, /*hessian=*/true, /*max_samples=*/0);
+//   x.add(acts, tokens);                                   // (tokens, in), every calibration batch
+//   LOWBIT_ASSIGN_OR_RETURN(QuantizedTensor q, gptq_quantize(w, x.hessian, spec, {}, "layers.0.wq"));
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "lowbit/quant.h"
+#include "lowbit/tensor.h"
+
+namespace lowbit {
+
+// What calibration saw at one linear input: (tokens, dim) rows accumulated batch by batch.
+struct InputStats {
+  int64_t dim = 0;
+  int64_t tokens = 0;
+  std::vector<double> hessian;  // (dim, dim) H = Σ xᵀx, when asked for
+  std::vector<float> absmax;    // (dim) max |x_j|
+  std::vector<double> abs_sum;  // (dim) Σ |x_j|
+  std::vector<float> samples;   // (≤ max_samples, dim): the first rows seen, for output-error searches
+  int64_t max_samples = 0;
+
+  void init(int64_t dim, bool hessian, int64_t max_samples);
+  void add(const float* x, int64_t rows);  // x (rows, dim)
+  int64_t sample_rows() const { return dim ? static_cast<int64_t>(samples.size()) / dim : 0; }
+  std::vector<float> mean_abs() const;     // (dim) Σ |x_j| / tokens
+};
+
+// ---- GPTQ --------------------------------------------------------------------------------
+struct GptqOptions {
+  double damp = 0.01;          // λ = damp · mean(diag H), added to the diagonal
+  int64_t block_size = 128;    // lazy-batch width (columns)
+  bool act_order = false;      // columns by decreasing diag(H)
+  bool static_groups = false;  // group scales from the original weights, fixed before any update
+  int max_damp_retries = 4;    // not positive definite: retry with 10x the damping, this many times
+};
+struct GptqStats {
+  double damp = 0;          // the damping fraction that worked
+  int64_t dead_cols = 0;    // inputs never active (diag H = 0): weights zeroed
+  double seconds = 0;
+};
+// Quantizes w (out, in) with the spec, minimising ‖X Wᵀ − X Ŵᵀ‖² for the inputs whose
+// Σ xᵀx is `hessian` (in × in, row-major). Group scales follow the spec's grid over the
+// original column order (consistent with act-order: a group's scale is fixed when its first
+// column is reached). Errors name the tensor: a spec GPTQ cannot use (stochastic rounding,
+// two-level NVFP4 scales), a Hessian of the wrong size, not positive definite after damping.
+Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double> hessian, const QuantSpec& spec,
+                                      const GptqOptions& opt, std::string_view name, GptqStats* stats = nullptr);
+
+// ‖X (W − Ŵ)ᵀ‖² over the sample rows x (n, in) — the output error the methods minimise.
+double output_error(ConstTensorView w, ConstTensorView w_hat, std::span<const float> x, int64_t n);
+
+// ---- AWQ ---------------------------------------------------------------------------------
+struct AwqOptions {
+  int grid = 20;             // α ∈ {0, 1/grid, …, 1}
+  int64_t max_samples = 512; // calibration rows used to score a candidate
+};
+struct AwqResult {
+  std::vector<float> scales;  // (in) s_j; weights are multiplied by s, the input divided by it
+  double alpha = 0;
+  double error = 0;       // Σ output error of the group with the chosen scales
+  double rtn_error = 0;   // … with s = 1 (plain RTN)
+};
+// Searches s = mean|x|^α (normalised so max·min = 1) over α for the linears `weights` (each
+// (out_i, in)) that share one input, quantized with `spec`; x_mean (in) is mean |x_j| (the
+// caller may tie channels by averaging), samples (n, in) the rows scored.
+Result<AwqResult> awq_search(std::span<const ConstTensorView> weights, std::span<const float> x_mean,
+                             std::span<const float> samples, int64_t n, const QuantSpec& spec, const AwqOptions& opt,
+                             std::string_view name);
+
+// ---- SmoothQuant -------------------------------------------------------------------------
+// s_j = max|X_j|^α / max|W_j|^(1−α) over the linears sharing the input (max over all their
+// rows); channels that never fire keep s = 1. Weights are multiplied by s, inputs divided.
+std::vector<float> smoothquant_scales(std::span<const ConstTensorView> weights, std::span<const float> act_absmax,
+                                      double alpha);
+
+// ---- LLM.int8() outlier decomposition ------------------------------------------------------
+struct OutlierDecomposition {
+  std::vector<int32_t> cols;  // input columns with max |x_j| > threshold, ascending
+  QuantizedTensor main;       // w with those columns zeroed, quantized with the spec
+  Tensor part;                // (out, cols.size()) f32 holding fp16-rounded weight columns
+  int64_t part_bytes = 0;     // fp16 values + int32 column indices
+};
+Result<OutlierDecomposition> split_outliers(ConstTensorView w, std::span<const float> act_absmax, float threshold,
+                                            const QuantSpec& spec, std::string_view name);
+
+// Scales the columns (in) of w (out, in) by s: w[:, j] *= s[j]; or its rows by 1/s.
+void scale_columns(TensorView w, std::span<const float> s);
+void divide_rows(TensorView w, std::span<const float> s);
+
+}  // namespace lowbit

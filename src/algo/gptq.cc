@@ -1,0 +1,203 @@
+// GPTQ (Frantar et al. 2022, "GPTQ: Accurate Post-Training Quantization for Generative
+// Pre-trained Transformers"), following the paper's Algorithm 1 with lazy batch updates:
+// columns are quantized one at a time in (optionally act-) order, each column's rounding
+// error is spread over the columns not yet quantized through the upper Cholesky factor of
+// H⁻¹, within a block of B columns immediately and to the rest of the matrix once per block.
+#include <Eigen/Dense>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+
+#include <fmt/format.h>
+
+#include "lowbit/parallel.h"
+#include "lowbit/ptq.h"
+#include "algo_internal.h"
+
+namespace lowbit {
+namespace {
+
+using MatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using MatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+}  // namespace
+
+void InputStats::init(int64_t d, bool want_hessian, int64_t max_rows) {
+  dim = d;
+  tokens = 0;
+  hessian.assign(want_hessian ? static_cast<size_t>(d * d) : 0, 0.0);
+  absmax.assign(static_cast<size_t>(d), 0.0f);
+  abs_sum.assign(static_cast<size_t>(d), 0.0);
+  samples.clear();
+  max_samples = max_rows;
+}
+
+void InputStats::add(const float* x, int64_t rows) {
+  for (int64_t t = 0; t < rows; ++t) {
+    const float* xt = x + t * dim;
+    for (int64_t j = 0; j < dim; ++j) {
+      const float a = std::fabs(xt[j]);
+      absmax[static_cast<size_t>(j)] = std::max(absmax[static_cast<size_t>(j)], a);
+      abs_sum[static_cast<size_t>(j)] += a;
+    }
+  }
+  if (!hessian.empty()) {
+    Eigen::Map<const MatF> X(x, rows, dim);
+    const MatF h = X.transpose() * X;  // (dim, dim), float accumulation over this batch only
+    Eigen::Map<MatD> H(hessian.data(), dim, dim);
+    H += h.cast<double>();
+  }
+  const int64_t keep = std::min(rows, max_samples - sample_rows());
+  if (keep > 0) samples.insert(samples.end(), x, x + keep * dim);
+  tokens += rows;
+}
+
+std::vector<float> InputStats::mean_abs() const {
+  std::vector<float> m(static_cast<size_t>(dim), 0.0f);
+  if (tokens > 0) {
+    for (size_t j = 0; j < m.size(); ++j) m[j] = static_cast<float>(abs_sum[j] / static_cast<double>(tokens));
+  }
+  return m;
+}
+
+double output_error(ConstTensorView w, ConstTensorView w_hat, std::span<const float> x, int64_t n) {
+  const int64_t out = w.dim(0), in = w.dim(1);
+  Eigen::Map<const MatF> W(w.data_as<float>(), out, in), Wh(w_hat.data_as<float>(), out, in);
+  Eigen::Map<const MatF> X(x.data(), n, in);
+  const MatF D = W - Wh;
+  const MatF Y = X * D.transpose();  // (n, out)
+  return Y.cast<double>().squaredNorm();
+}
+
+Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double> hessian, const QuantSpec& spec,
+                                      const GptqOptions& opt, std::string_view name, GptqStats* stats) {
+  const auto t0 = std::chrono::steady_clock::now();
+  if (w.ndim() != 2 || w.dtype() != DType::kF32) return InvalidArgument(fmt::format("{}: GPTQ needs an f32 (out, in) weight", name));
+  LOWBIT_RETURN_IF_ERROR(validate(spec));
+  if (spec.rounding != Rounding::kNearestEven) {
+    return InvalidArgument(fmt::format("{}: GPTQ needs round-to-nearest-even elements (the spec asks for stochastic rounding)", name));
+  }
+  if (spec.tensor_scale) {
+    return InvalidArgument(fmt::format("{}: GPTQ does not support two-level (NVFP4) scales; use rtn for {}", name, to_string(spec)));
+  }
+  const int64_t R = w.dim(0), C = w.dim(1);
+  if (static_cast<int64_t>(hessian.size()) != C * C) {
+    return InvalidArgument(fmt::format("{}: Hessian has {} entries, expected {} x {}", name, hessian.size(), C, C));
+  }
+  if (opt.block_size < 1 || !(opt.damp > 0)) return InvalidArgument(fmt::format("{}: GPTQ needs block_size >= 1 and damp > 0", name));
+
+  // Working copy of W; H with dead inputs neutralised.
+  LOWBIT_ASSIGN_OR_RETURN(Tensor wt, algo_internal::clone_f32(w));
+  Eigen::Map<MatF> W0(wt.data_as<float>(), R, C);
+  for (int64_t i = 0; i < R * C; ++i) {
+    if (!std::isfinite(wt.data_as<float>()[i])) {
+      return InvalidArgument(fmt::format("{}: non-finite weight at row {}, column {}", name, i / C, i % C));
+    }
+  }
+  MatD H = Eigen::Map<const MatD>(hessian.data(), C, C);
+  if (!H.allFinite()) return InvalidArgument(fmt::format("{}: the calibration Hessian has NaN/Inf (non-finite activations)", name));
+  int64_t dead = 0;
+  for (int64_t i = 0; i < C; ++i) {
+    if (H(i, i) == 0.0) {
+      H(i, i) = 1.0;
+      W0.col(i).setZero();
+      ++dead;
+    }
+  }
+
+  // Processing order.
+  std::vector<int64_t> perm(static_cast<size_t>(C));
+  std::iota(perm.begin(), perm.end(), 0);
+  if (opt.act_order) {
+    std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) { return H(a, a) > H(b, b); });
+  }
+  std::vector<int64_t> pos_of(static_cast<size_t>(C));
+  for (int64_t p = 0; p < C; ++p) pos_of[static_cast<size_t>(perm[static_cast<size_t>(p)])] = p;
+  MatD Hp(C, C);
+  for (int64_t i = 0; i < C; ++i)
+    for (int64_t j = 0; j < C; ++j) Hp(i, j) = H(perm[static_cast<size_t>(i)], perm[static_cast<size_t>(j)]);
+  MatF Wp(R, C);
+  for (int64_t p = 0; p < C; ++p) Wp.col(p) = W0.col(perm[static_cast<size_t>(p)]);
+
+  // U: upper Cholesky factor of H⁻¹ (Uᵀ U = H⁻¹), with damping retried upwards.
+  const double mean_diag = Hp.diagonal().mean();
+  double damp = opt.damp;
+  MatF U;
+  bool ok = false;
+  for (int attempt = 0; attempt <= opt.max_damp_retries && !ok; ++attempt, damp *= 10) {
+    MatD Hd = Hp;
+    Hd.diagonal().array() += damp * mean_diag;
+    Eigen::LLT<MatD> llt(Hd);
+    if (llt.info() != Eigen::Success) continue;
+    const MatD Hinv = llt.solve(MatD::Identity(C, C));
+    Eigen::LLT<MatD> llt2(Hinv);
+    if (llt2.info() != Eigen::Success) continue;
+    U = MatD(llt2.matrixU()).cast<float>();
+    ok = U.allFinite();
+    if (ok) break;
+  }
+  if (!ok) {
+    return InvalidArgument(fmt::format("{}: the Hessian is not positive definite even with damping {:.3g} x mean diag; "
+                                       "calibrate on more tokens", name, damp));
+  }
+
+  // Group parameters come from quantize() of the group's columns as they stand.
+  const BlockGrid grid = block_grid(spec, R, C);
+  QuantizedTensor out = empty_quantized(spec, R, C);
+  out.shape = w.shape();
+  std::vector<char> fixed(static_cast<size_t>(grid.grid_cols), 0);
+  auto fix_group = [&](int64_t gc, bool from_original) -> Status {
+    const int64_t c0 = gc * grid.block_cols, c1 = std::min(C, c0 + grid.block_cols);
+    Tensor g = Tensor::empty(DType::kF32, {R, c1 - c0}).value();
+    float* gd = g.data_as<float>();
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t c = c0; c < c1; ++c)
+        gd[r * (c1 - c0) + (c - c0)] = from_original ? W0(r, c) : Wp(r, pos_of[static_cast<size_t>(c)]);
+    LOWBIT_ASSIGN_OR_RETURN(QuantizedTensor qg, quantize(g.view(), spec, {.name = std::string(name)}));
+    for (int64_t gr = 0; gr < grid.grid_rows; ++gr) copy_block_params(qg, gr, out, gr * grid.grid_cols + gc);
+    fixed[static_cast<size_t>(gc)] = 1;
+    return OkStatus();
+  };
+  if (opt.static_groups) {
+    for (int64_t gc = 0; gc < grid.grid_cols; ++gc) LOWBIT_RETURN_IF_ERROR(fix_group(gc, true));
+  }
+
+  const int64_t B = opt.block_size;
+  MatF Err(R, B);
+  for (int64_t i1 = 0; i1 < C; i1 += B) {
+    const int64_t i2 = std::min(C, i1 + B), cnt = i2 - i1;
+    for (int64_t p = i1; p < i2; ++p) {
+      const int64_t c = perm[static_cast<size_t>(p)];
+      const int64_t gc = c / grid.block_cols;
+      if (!fixed[static_cast<size_t>(gc)]) LOWBIT_RETURN_IF_ERROR(fix_group(gc, false));
+      const float d = U(p, p);
+      parallel_for(0, R, std::max<int64_t>(1, 8192 / std::max<int64_t>(1, i2 - p)), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const size_t b = static_cast<size_t>((r / grid.block_rows) * grid.grid_cols + gc);
+          const float s = out.scales[b];
+          const int32_t z = spec.symmetric ? 0 : out.zero_points[b];
+          const float x = Wp(r, p);
+          const uint32_t code = quantize_value(spec, x, s, z);
+          const float qv = dequantize_value(spec, code, s, z);
+          set_code(out, r, c, code);
+          const float e = (x - qv) / d;
+          Err(r, p - i1) = e;
+          float* wr = &Wp(r, 0);
+          const float* ur = &U(p, 0);
+          for (int64_t j = p + 1; j < i2; ++j) wr[j] -= e * ur[j];
+        }
+      });
+    }
+    if (i2 < C) Wp.rightCols(C - i2).noalias() -= Err.leftCols(cnt) * U.block(i1, i2, cnt, C - i2);
+  }
+  if (stats) {
+    stats->damp = damp;
+    stats->dead_cols = dead;
+    stats->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  return out;
+}
+
+}  // namespace lowbit

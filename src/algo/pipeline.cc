@@ -1,0 +1,431 @@
+// The QuantPlan and the layer-by-layer calibration pipeline (pipeline.h).
+#include "lowbit/pipeline.h"
+
+#include <fnmatch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <map>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "algo_internal.h"
+#include "lowbit/file.h"
+#include "lowbit/parallel.h"
+
+namespace lowbit {
+namespace {
+
+using algo_internal::clone_f32;
+
+// The four places a block's linears read their input.
+enum Site { kAttnIn, kAttnOut, kFfnIn, kFfnMid, kNumSites };
+Site site_of(LinearSlot s) {
+  switch (s) {
+    case LinearSlot::kWq:
+    case LinearSlot::kWk:
+    case LinearSlot::kWv: return kAttnIn;
+    case LinearSlot::kWo: return kAttnOut;
+    case LinearSlot::kW1:
+    case LinearSlot::kW3: return kFfnIn;
+    case LinearSlot::kW2: return kFfnMid;
+  }
+  return kAttnIn;
+}
+
+std::string linear_name(int layer, LinearSlot s) { return fmt::format("layers.{}.{}", layer, linear_slot_name(s)); }
+
+Result<QuantSpec> fp16_cast() { return parse_spec("fp16:tensor:unit"); }
+
+}  // namespace
+
+Result<Method> parse_method(std::string_view name) {
+  if (name == "rtn") return Method::kRtn;
+  if (name == "gptq") return Method::kGptq;
+  if (name == "awq") return Method::kAwq;
+  if (name == "smoothquant") return Method::kSmoothQuant;
+  if (name == "outliers") return Method::kOutliers;
+  return InvalidArgument(fmt::format("unknown method '{}' (known: rtn, gptq, awq, smoothquant, outliers)", name));
+}
+
+std::string_view method_name(Method m) {
+  switch (m) {
+    case Method::kRtn: return "rtn";
+    case Method::kGptq: return "gptq";
+    case Method::kAwq: return "awq";
+    case Method::kSmoothQuant: return "smoothquant";
+    case Method::kOutliers: return "outliers";
+  }
+  return "?";
+}
+
+const PlanEntry* QuantPlan::find(std::string_view name) const {
+  for (const PlanEntry& e : entries)
+    if (e.name == name) return &e;
+  return nullptr;
+}
+
+double QuantPlan::bits_per_weight() const {
+  double bits = 0, n = 0;
+  for (const PlanEntry& e : entries) {
+    if (e.role != "linear") continue;
+    const double numel = static_cast<double>(e.shape[0] * e.shape[1]);
+    bits += numel * (e.spec ? lowbit::bits_per_weight(*e.spec, e.shape[0], e.shape[1]) : 32.0);
+    n += numel;
+  }
+  return n > 0 ? bits / n : 0.0;
+}
+
+Result<QuantPlan> make_plan(const LlamaConfig& c, const QuantSpec& weights, const std::optional<QuantSpec>& activations,
+                            const std::string& overrides_json) {
+  LOWBIT_RETURN_IF_ERROR(validate(weights));
+  if (activations) LOWBIT_RETURN_IF_ERROR(validate(*activations));
+  LOWBIT_ASSIGN_OR_RETURN(QuantSpec half, fp16_cast());
+  QuantPlan plan;
+  plan.activations = activations;
+  plan.scheme = to_string(weights) + (activations ? " / acts " + to_string(*activations) : "");
+  const int64_t dim = c.dim, hid = c.hidden_dim, kv = c.kv_dim(), vocab = c.vocab_size;
+  plan.entries.push_back({"tok_embeddings", "embedding", {vocab, dim}, half, "default: embeddings fp16"});
+  for (int l = 0; l < c.n_layers; ++l) {
+    plan.entries.push_back({fmt::format("layers.{}.attn_norm", l), "norm", {dim}, std::nullopt, "default: norms stay fp32"});
+    for (LinearSlot s : kLinearSlots) {
+      std::vector<int64_t> shape;
+      switch (s) {
+        case LinearSlot::kWq:
+        case LinearSlot::kWo: shape = {dim, dim}; break;
+        case LinearSlot::kWk:
+        case LinearSlot::kWv: shape = {kv, dim}; break;
+        case LinearSlot::kW1:
+        case LinearSlot::kW3: shape = {hid, dim}; break;
+        case LinearSlot::kW2: shape = {dim, hid}; break;
+      }
+      plan.entries.push_back({linear_name(l, s), "linear", shape, weights, "scheme"});
+    }
+    plan.entries.push_back({fmt::format("layers.{}.ffn_norm", l), "norm", {dim}, std::nullopt, "default: norms stay fp32"});
+  }
+  plan.entries.push_back({"final_norm", "norm", {dim}, std::nullopt, "default: norms stay fp32"});
+  if (!c.shared_classifier) plan.entries.push_back({"classifier", "classifier", {vocab, dim}, half, "default: classifier fp16"});
+
+  if (overrides_json.empty()) return plan;
+  LOWBIT_ASSIGN_OR_RETURN(std::string text, read_file(overrides_json));
+  nlohmann::ordered_json j = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return InvalidArgument(fmt::format("{}: expected a JSON object {{\"tensor pattern\": \"spec\" | \"fp32\", ...}}", overrides_json));
+  }
+  for (const auto& [pattern, value] : j.items()) {
+    if (!value.is_string()) return InvalidArgument(fmt::format("{}: pattern '{}': the value must be a spec string or \"fp32\"", overrides_json, pattern));
+    const std::string v = value.get<std::string>();
+    std::optional<QuantSpec> spec;
+    if (v != "fp32" && v != "none") {
+      Result<QuantSpec> s = parse_spec(v);
+      if (!s.ok()) return InvalidArgument(fmt::format("{}: pattern '{}': {}", overrides_json, pattern, s.status().message()));
+      spec = *s;
+    }
+    int matched = 0;
+    for (PlanEntry& e : plan.entries) {
+      if (fnmatch(pattern.c_str(), e.name.c_str(), 0) != 0) continue;
+      if (e.role == "norm" && spec) return InvalidArgument(fmt::format("{}: pattern '{}' matches norm {}; norms stay fp32", overrides_json, pattern, e.name));
+      e.spec = spec;
+      e.rule = "override " + pattern;
+      ++matched;
+    }
+    if (matched == 0) return InvalidArgument(fmt::format("{}: pattern '{}' matches no tensor (names look like layers.0.wq, tok_embeddings)", overrides_json, pattern));
+  }
+  return plan;
+}
+
+std::string plan_table(const QuantPlan& plan) {
+  std::string out = "| tensor | shape | spec | bpw | rule |\n|---|---|---|---:|---|\n";
+  for (const PlanEntry& e : plan.entries) {
+    std::string shape;
+    for (int64_t d : e.shape) shape += (shape.empty() ? "" : "x") + std::to_string(d);
+    const int64_t rows = e.shape.size() == 2 ? e.shape[0] : 1, cols = e.shape.back();
+    const double bpw = e.spec ? bits_per_weight(*e.spec, rows, cols) : 32.0;
+    out += fmt::format("| {} | {} | {} | {:.3f} | {} |\n", e.name, shape, e.spec ? to_string(*e.spec) : "fp32", bpw, e.rule);
+  }
+  out += fmt::format("\nactivations: {}; linear weights: {:.3f} bits per weight\n",
+                     plan.activations ? to_string(*plan.activations) : "fp32", plan.bits_per_weight());
+  return out;
+}
+
+std::string plan_json(const QuantPlan& plan) {
+  nlohmann::ordered_json j;
+  j["scheme"] = plan.scheme;
+  j["activations"] = plan.activations ? to_string(*plan.activations) : "fp32";
+  j["bpw_linear"] = plan.bits_per_weight();
+  nlohmann::ordered_json ts = nlohmann::ordered_json::array();
+  for (const PlanEntry& e : plan.entries) {
+    ts.push_back({{"name", e.name}, {"role", e.role}, {"shape", e.shape}, {"spec", e.spec ? to_string(*e.spec) : "fp32"}, {"rule", e.rule}});
+  }
+  j["tensors"] = ts;
+  return j.dump(2);
+}
+
+namespace {
+
+// Which specs a method can use; an error says which ones it can.
+Status check_method(const PipelineOptions& opt) {
+  const QuantPlan& p = opt.plan;
+  for (const PlanEntry& e : p.entries) {
+    if (e.role != "linear" || !e.spec) continue;
+    const QuantSpec& s = *e.spec;
+    switch (opt.method) {
+      case Method::kGptq:
+        if (s.tensor_scale || s.rounding != Rounding::kNearestEven) {
+          return InvalidArgument(fmt::format("{}: gptq cannot use {} (two-level or stochastic); it supports every "
+                                             "round-to-nearest spec: int8/int4/uint4/nf4/fp8/e2m1 with one-level scales", e.name, to_string(s)));
+        }
+        break;
+      case Method::kSmoothQuant:
+        if (!p.activations) {
+          return InvalidArgument("smoothquant needs a scheme that quantizes activations (w8a8, w4a8-g128, fp8-tensor, fp8-block, mxfp8)");
+        }
+        break;
+      case Method::kOutliers:
+        if (s.element != Format::kInt8 || s.granularity != Granularity::kRow || !s.symmetric) {
+          return InvalidArgument(fmt::format("{}: outliers needs int8 per-row symmetric weights (schemes w8a8, w8a16, "
+                                             "int8-channel), not {}", e.name, to_string(s)));
+        }
+        break;
+      default: break;
+    }
+  }
+  return OkStatus();
+}
+
+Status check_finite(const std::vector<float>& x, int layer, size_t window) {
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (!std::isfinite(x[i])) {
+      return InvalidArgument(fmt::format("layers.{}: non-finite activation in the block output (calibration window {}, "
+                                         "element {}); the weights or the input overflow", layer, window, i));
+    }
+  }
+  return OkStatus();
+}
+
+// x (n, dim) = mean |x| over heads that share a kv head: AWQ scales on wo's input are folded
+// into wv's rows, which feed every query head of the group alike.
+std::vector<float> tie_heads(std::vector<float> m, const LlamaConfig& c) {
+  const int hs = c.head_dim(), mul = c.n_heads / c.n_kv_heads;
+  if (mul == 1) return m;
+  for (int g = 0; g < c.n_kv_heads; ++g) {
+    for (int d = 0; d < hs; ++d) {
+      double sum = 0;
+      for (int h = g * mul; h < (g + 1) * mul; ++h) sum += m[static_cast<size_t>(h * hs + d)];
+      for (int h = g * mul; h < (g + 1) * mul; ++h) m[static_cast<size_t>(h * hs + d)] = static_cast<float>(sum / mul);
+    }
+  }
+  return m;
+}
+
+// wo's input scales (dim) as wv row scales (kv_dim): the first head of each group.
+std::vector<float> kv_rows(const std::vector<float>& s, const LlamaConfig& c) {
+  const int hs = c.head_dim(), mul = c.n_heads / c.n_kv_heads;
+  std::vector<float> r(static_cast<size_t>(c.kv_dim()));
+  for (int g = 0; g < c.n_kv_heads; ++g)
+    for (int d = 0; d < hs; ++d) r[static_cast<size_t>(g * hs + d)] = s[static_cast<size_t>(g * mul * hs + d)];
+  return r;
+}
+
+void divide_vector(TensorView v, const std::vector<float>& s) {
+  float* p = v.data_as<float>();
+  for (size_t j = 0; j < s.size(); ++j) p[j] /= s[j];
+}
+
+}  // namespace
+
+Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& opt) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const LlamaConfig& c = net.config();
+  LOWBIT_RETURN_IF_ERROR(check_method(opt));
+  const bool needs_calib = opt.method != Method::kRtn;
+  if (needs_calib && opt.calib.empty()) {
+    return InvalidArgument(fmt::format("{} needs calibration text (at least one window of tokens)", method_name(opt.method)));
+  }
+  for (size_t w = 0; w < opt.calib.size(); ++w) {
+    if (opt.calib[w].empty() || static_cast<int>(opt.calib[w].size()) > c.seq_len) {
+      return InvalidArgument(fmt::format("calibration window {} has {} tokens; windows hold 1..{}", w, opt.calib[w].size(), c.seq_len));
+    }
+  }
+  PipelineReport rep;
+  for (const auto& w : opt.calib) rep.calib_tokens += static_cast<int64_t>(w.size());
+
+  // The residual stream entering the current block, per window.
+  std::vector<std::vector<float>> xs(opt.calib.size());
+  if (needs_calib) {
+    for (size_t w = 0; w < opt.calib.size(); ++w) {
+      xs[w].resize(opt.calib[w].size() * static_cast<size_t>(c.dim));
+      LOWBIT_RETURN_IF_ERROR(embed_tokens(net, opt.calib[w], xs[w].data()));
+    }
+  }
+  const std::optional<QuantSpec> acts = opt.plan.activations;
+  net.activation_quant().linear_input.reset();  // calibration sees fp32 activations
+
+  for (int l = 0; l < c.n_layers; ++l) {
+    LayerWeights& lw = net.mutable_weights().layers[static_cast<size_t>(l)];
+    LayerLinears& ll = net.layers()[static_cast<size_t>(l)];
+    // fp32 working copies of the block's weights: the methods rescale them before quantizing.
+    std::array<Tensor, kNumLinearSlots> w;
+    for (LinearSlot s : kLinearSlots) {
+      LOWBIT_ASSIGN_OR_RETURN(w[static_cast<size_t>(s)], clone_f32(lw.*linear_weight_member(s)));
+    }
+    LOWBIT_ASSIGN_OR_RETURN(Tensor attn_norm, clone_f32(lw.attn_norm));
+    LOWBIT_ASSIGN_OR_RETURN(Tensor ffn_norm, clone_f32(lw.ffn_norm));
+
+    // 1. Statistics of the four input sites over the calibration windows (fp32 block).
+    std::array<InputStats, kNumSites> st;
+    const int64_t site_dim[kNumSites] = {c.dim, c.dim, c.dim, c.hidden_dim};
+    const int64_t samples = opt.method == Method::kAwq ? opt.awq.max_samples : 0;
+    for (int s = 0; s < kNumSites; ++s) st[static_cast<size_t>(s)].init(site_dim[s], opt.method == Method::kGptq, samples);
+    std::vector<std::vector<float>> fp32_out;
+    int64_t act_bytes = 0;
+    if (needs_calib) {
+      const LinearInputHook hook = [&](int, LinearSlot slot, const float* x, int64_t rows, int64_t) {
+        if (slot == LinearSlot::kWk || slot == LinearSlot::kWv || slot == LinearSlot::kW3) return;  // same input as wq / w1
+        st[static_cast<size_t>(site_of(slot))].add(x, rows);
+      };
+      if (!opt.sequential) fp32_out.resize(xs.size());
+      for (size_t win = 0; win < xs.size(); ++win) {
+        std::vector<float> y = xs[win];
+        LOWBIT_RETURN_IF_ERROR(run_block(net, l, y.data(), static_cast<int64_t>(opt.calib[win].size()), hook));
+        LOWBIT_RETURN_IF_ERROR(check_finite(y, l, win));
+        if (!opt.sequential) fp32_out[win] = std::move(y);
+      }
+      for (const auto& x : xs) act_bytes += static_cast<int64_t>(x.size() * sizeof(float));
+      act_bytes *= opt.sequential ? 1 : 2;
+      for (const InputStats& s : st) {
+        act_bytes += static_cast<int64_t>(s.hessian.size() * sizeof(double) + s.samples.size() * sizeof(float));
+      }
+    }
+    rep.peak_activation_bytes = std::max(rep.peak_activation_bytes, act_bytes);
+
+    auto spec_of = [&](LinearSlot s) -> std::optional<QuantSpec> {
+      const PlanEntry* e = opt.plan.find(linear_name(l, s));
+      return e ? e->spec : std::nullopt;
+    };
+    auto view = [&](LinearSlot s) { return ConstTensorView(w[static_cast<size_t>(s)].view()); };
+    std::map<LinearSlot, LinearReport> reports;
+
+    // 2. Method-specific rescaling (AWQ, SmoothQuant): weights *= s, the previous op /= s.
+    if (opt.method == Method::kAwq) {
+      struct Group { Site site; std::vector<LinearSlot> slots; };
+      const Group groups[] = {{kAttnIn, {LinearSlot::kWq, LinearSlot::kWk, LinearSlot::kWv}},
+                              {kFfnIn, {LinearSlot::kW1, LinearSlot::kW3}},
+                              {kFfnMid, {LinearSlot::kW2}},
+                              {kAttnOut, {LinearSlot::kWo}}};
+      for (const Group& g : groups) {
+        const std::optional<QuantSpec> spec = spec_of(g.slots[0]);
+        if (!spec) continue;
+        std::vector<ConstTensorView> ws;
+        for (LinearSlot s : g.slots) ws.push_back(view(s));
+        const InputStats& x = st[static_cast<size_t>(g.site)];
+        std::vector<float> mean = x.mean_abs();
+        if (g.site == kAttnOut) mean = tie_heads(std::move(mean), c);
+        LOWBIT_ASSIGN_OR_RETURN(AwqResult r, awq_search(ws, mean, x.samples, x.sample_rows(), *spec, opt.awq, linear_name(l, g.slots[0])));
+        for (LinearSlot s : g.slots) {
+          scale_columns(w[static_cast<size_t>(s)].view(), r.scales);
+          reports[s].alpha = r.alpha;
+          reports[s].rtn_error = r.rtn_error;
+          reports[s].error = r.error;
+        }
+        switch (g.site) {
+          case kAttnIn: divide_vector(attn_norm.view(), r.scales); break;
+          case kFfnIn: divide_vector(ffn_norm.view(), r.scales); break;
+          case kFfnMid: divide_rows(w[static_cast<size_t>(LinearSlot::kW3)].view(), r.scales); break;
+          case kAttnOut: divide_rows(w[static_cast<size_t>(LinearSlot::kWv)].view(), kv_rows(r.scales, c)); break;
+          default: break;
+        }
+      }
+    } else if (opt.method == Method::kSmoothQuant) {
+      const std::pair<Site, std::vector<LinearSlot>> groups[] = {
+          {kAttnIn, {LinearSlot::kWq, LinearSlot::kWk, LinearSlot::kWv}}, {kFfnIn, {LinearSlot::kW1, LinearSlot::kW3}}};
+      for (const auto& [site, slots] : groups) {
+        std::vector<ConstTensorView> ws;
+        for (LinearSlot s : slots) ws.push_back(view(s));
+        const std::vector<float> sc = smoothquant_scales(ws, st[static_cast<size_t>(site)].absmax, opt.smooth_alpha);
+        for (LinearSlot s : slots) {
+          scale_columns(w[static_cast<size_t>(s)].view(), sc);
+          reports[s].alpha = opt.smooth_alpha;
+        }
+        divide_vector((site == kAttnIn ? attn_norm : ffn_norm).view(), sc);
+      }
+    }
+
+    // 3. Quantize every linear of the block.
+    for (LinearSlot s : kLinearSlots) {
+      const std::string name = linear_name(l, s);
+      Tensor& ws = w[static_cast<size_t>(s)];
+      const std::optional<QuantSpec> spec = spec_of(s);
+      LinearReport& r = reports[s];
+      r.name = name;
+      r.spec = spec ? to_string(*spec) : "fp32";
+      ll.outliers[static_cast<size_t>(s)] = OutlierSplit{};
+      const ConstTensorView kept = net.adopt(std::move(ws));
+      lw.*linear_weight_member(s) = kept;  // the (rescaled) fp32 weight, for writers and later passes
+      if (!spec) {
+        ll.at(s) = Linear::fp32(kept);
+        rep.linears.push_back(r);
+        continue;
+      }
+      QuantizedTensor q;
+      if (opt.method == Method::kGptq) {
+        GptqStats gs;
+        LOWBIT_ASSIGN_OR_RETURN(q, gptq_quantize(kept, st[static_cast<size_t>(site_of(s))].hessian, *spec, opt.gptq, name, &gs));
+      } else if (opt.method == Method::kOutliers) {
+        LOWBIT_ASSIGN_OR_RETURN(OutlierDecomposition d, split_outliers(kept, st[static_cast<size_t>(site_of(s))].absmax, opt.outlier_threshold, *spec, name));
+        q = std::move(d.main);
+        OutlierSplit& split = ll.outliers[static_cast<size_t>(s)];
+        split.cols = d.cols;
+        split.storage_bytes = d.part_bytes;
+        if (!d.cols.empty()) split.part = Linear::fp32(net.adopt(std::move(d.part)));
+        r.outlier_cols = static_cast<int64_t>(d.cols.size());
+        r.outlier_fraction = static_cast<double>(d.cols.size()) / static_cast<double>(kept.dim(1));
+      } else {
+        LOWBIT_ASSIGN_OR_RETURN(q, quantize(kept, *spec, {.name = name}));
+      }
+      LOWBIT_ASSIGN_OR_RETURN(ll.at(s), Linear::quantized(q));
+      rep.linears.push_back(r);
+    }
+    lw.attn_norm = net.adopt(std::move(attn_norm));
+    lw.ffn_norm = net.adopt(std::move(ffn_norm));
+
+    // 4. The next block's input: this block's outputs, quantized (sequential) or fp32.
+    if (needs_calib) {
+      if (opt.sequential) {
+        net.activation_quant().linear_input = acts;
+        for (size_t win = 0; win < xs.size(); ++win) {
+          LOWBIT_RETURN_IF_ERROR(run_block(net, l, xs[win].data(), static_cast<int64_t>(opt.calib[win].size())));
+          LOWBIT_RETURN_IF_ERROR(check_finite(xs[win], l, win));
+        }
+        net.activation_quant().linear_input.reset();
+      } else {
+        xs = std::move(fp32_out);
+      }
+    }
+    if (opt.on_layer) opt.on_layer(l, c.n_layers);
+  }
+
+  // Embedding and classifier: a cast (fp16 by default) or RTN per the plan.
+  LlamaWeights& mw = net.mutable_weights();
+  if (const PlanEntry* e = opt.plan.find("tok_embeddings"); e && e->spec) {
+    LOWBIT_ASSIGN_OR_RETURN(QuantizedTensor q, quantize(mw.tok_embeddings, *e->spec, {.name = "tok_embeddings"}));
+    LOWBIT_ASSIGN_OR_RETURN(Tensor t, Tensor::empty(DType::kF32, {c.vocab_size, c.dim}));
+    LOWBIT_RETURN_IF_ERROR(dequantize(q, t.view()));
+    mw.tok_embeddings = net.adopt(std::move(t));
+    if (c.shared_classifier) {
+      mw.classifier = mw.tok_embeddings;
+      LOWBIT_ASSIGN_OR_RETURN(net.classifier(), Linear::quantized(q));
+    }
+  }
+  if (const PlanEntry* e = opt.plan.find("classifier"); e && e->spec && !c.shared_classifier) {
+    LOWBIT_ASSIGN_OR_RETURN(QuantizedTensor q, quantize(mw.classifier, *e->spec, {.name = "classifier"}));
+    LOWBIT_ASSIGN_OR_RETURN(net.classifier(), Linear::quantized(q));
+  }
+  net.activation_quant().linear_input = acts;
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return rep;
+}
+
+}  // namespace lowbit

@@ -1,0 +1,229 @@
+// lowbit quantize --model M (--scheme S | --weights SPEC [--acts SPEC]) [--method rtn|gptq|awq|smoothquant|outliers]
+//                 [--calib FILE] [--calib-tokens N] [--plan overrides.json] [--dry-run] [-o OUT]
+//                 [--eval FILE] [--json summary.json]
+// lowbit's main job: a real checkpoint and calibration text in, a quantized model out, and
+// (with --eval) what it cost against the fp32 model on held-out text.
+#include <filesystem>
+#include <memory>
+
+#include <fmt/format.h>
+
+#include "cli.h"
+#include "lowbit/eval.h"
+#include "lowbit/file.h"
+#include "lowbit/pipeline.h"
+#include "lowbit/progress.h"
+#include "lowbit/rtn.h"
+#include "lowbit/tokenizer.h"
+
+namespace lowbit::cli {
+namespace {
+
+struct QuantizeArgs {
+  std::string model, tokenizer, scheme, weights, acts, method = "rtn", calib, calib_split = "calib", plan, out, format,
+      eval_text, eval_split = "eval", json;
+  int calib_tokens = 8192, ctx = 256, eval_windows = 100, eval_ctx = 128;
+  bool dry_run = false, no_sequential = false, act_order = false, static_groups = false;
+  double damp = 0.01, alpha = 0.5;
+  float threshold = 6.0f;
+};
+
+std::vector<int> tokenize_text(const Tokenizer& tok, const std::string& path, const std::string& split) {
+  Result<std::vector<std::string>> stories = load_stories(path, split);
+  if (!stories.ok()) fail(stories.status());
+  std::vector<int> tokens;
+  for (const std::string& s : *stories) {
+    Result<std::vector<int>> ids = tok.encode(s, /*bos=*/true, /*eos=*/false);
+    if (!ids.ok()) fail(ids.status());
+    tokens.insert(tokens.end(), ids->begin(), ids->end());
+  }
+  return tokens;
+}
+
+bool same_file(const std::string& a, const std::string& b) {
+  std::error_code ec;
+  return std::filesystem::equivalent(a, b, ec);
+}
+
+void run_quantize(const QuantizeArgs& a) {
+  if (a.scheme.empty() == a.weights.empty()) fail(kExitUsage, "quantize: give exactly one of --scheme and --weights");
+  if (!a.acts.empty() && a.weights.empty()) fail(kExitUsage, "quantize: --acts needs --weights (or use --scheme)");
+  if (a.out.empty() && !a.dry_run && a.eval_text.empty()) fail(kExitUsage, "quantize: give -o OUT (or --dry-run, or --eval to measure only)");
+  Result<Method> method = parse_method(a.method);
+  if (!method.ok()) fail(kExitUsage, "--method: " + method.status().message());
+
+  QuantSpec wspec;
+  std::optional<QuantSpec> aspec;
+  std::string label;
+  if (!a.scheme.empty()) {
+    Result<Scheme> s = find_scheme(a.scheme);
+    if (!s.ok()) fail(kExitUsage, "--scheme: " + s.status().message());
+    wspec = parse_spec(s->weights).value();
+    if (!s->activations.empty()) aspec = parse_spec(s->activations).value();
+    label = a.scheme;
+  } else {
+    Result<QuantSpec> w = parse_spec(a.weights);
+    if (!w.ok()) fail(kExitUsage, "--weights: " + w.status().message());
+    wspec = *w;
+    if (!a.acts.empty()) {
+      Result<QuantSpec> as = parse_spec(a.acts);
+      if (!as.ok()) fail(kExitUsage, "--acts: " + as.status().message());
+      aspec = *as;
+    }
+    label = to_string(wspec) + (aspec ? "+" + to_string(*aspec) : "");
+  }
+  label = std::string(method_name(*method)) + " " + label;
+
+  Result<Model> model = load_model(a.model);
+  if (!model.ok()) fail(model.status());
+  const LlamaConfig& cfg = model->config;
+  Result<QuantPlan> plan = make_plan(cfg, wspec, aspec, a.plan);
+  if (!plan.ok()) fail(kExitUsage, plan.status().message());
+  if (a.dry_run) {
+    fmt::print("{}", plan_table(*plan));
+    if (!a.json.empty()) {
+      if (Status s = write_file_atomic(a.json, plan_json(*plan) + "\n"); !s.ok()) fail(s);
+    }
+    return;
+  }
+
+  PipelineOptions opt;
+  opt.method = *method;
+  opt.plan = *plan;
+  opt.sequential = !a.no_sequential;
+  opt.gptq.damp = a.damp;
+  opt.gptq.act_order = a.act_order;
+  opt.gptq.static_groups = a.static_groups;
+  opt.smooth_alpha = a.alpha;
+  opt.outlier_threshold = a.threshold;
+
+  std::unique_ptr<Tokenizer> tok;
+  std::string tok_path;
+  const bool needs_text = *method != Method::kRtn || !a.eval_text.empty();
+  if (needs_text) {
+    tok_path = a.tokenizer.empty() ? find_tokenizer(a.model, cfg.vocab_size, "quantize") : a.tokenizer;
+    Result<std::unique_ptr<Tokenizer>> t = load_tokenizer(tok_path, cfg.vocab_size);
+    if (!t.ok()) fail(t.status());
+    tok = std::move(*t);
+  }
+  const int ctx = std::min(a.ctx, cfg.seq_len);
+  if (*method != Method::kRtn) {
+    if (a.calib.empty()) fail(kExitUsage, fmt::format("quantize: --method {} needs --calib FILE", a.method));
+    if (a.calib_tokens < 1 || ctx < 2) fail(kExitUsage, "quantize: --calib-tokens must be >= 1 and --ctx >= 2");
+    const std::vector<int> tokens = tokenize_text(*tok, a.calib, a.calib_split);
+    if (static_cast<int>(tokens.size()) < ctx) {
+      fail(kExitUsage, fmt::format("{}: calibration text (split {}) has {} tokens; one window needs --ctx {}", a.calib,
+                                   a.calib_split, tokens.size(), ctx));
+    }
+    for (size_t p = 0; p + static_cast<size_t>(ctx) <= tokens.size() &&
+                       static_cast<int64_t>(opt.calib.size()) * ctx < a.calib_tokens; p += static_cast<size_t>(ctx)) {
+      opt.calib.emplace_back(tokens.begin() + static_cast<std::ptrdiff_t>(p), tokens.begin() + static_cast<std::ptrdiff_t>(p) + ctx);
+    }
+  }
+  if (!a.eval_text.empty() && !a.calib.empty() && same_file(a.calib, a.eval_text) &&
+      (a.calib_split == a.eval_split || a.calib_split == "all" || a.eval_split == "all")) {
+    fmt::print(stderr, "lowbit: warning: calibration and evaluation text overlap ({} split {} vs split {}); the "
+                       "evaluation is optimistic\n", a.calib, a.calib_split, a.eval_split);
+  }
+
+  LlamaModel net(*model);
+  std::unique_ptr<Progress> progress = std::make_unique<Progress>("quantize " + label, cfg.n_layers);
+  opt.on_layer = [&](int, int) { progress->advance(); };
+  Result<PipelineReport> rep = quantize_model(net, opt);
+  progress->finish();
+  if (!rep.ok()) fail(rep.status());
+  const ModelSize size = model_size(net);
+
+  nlohmann::json j = {{"model", a.model},
+                      {"method", a.method},
+                      {"scheme", plan->scheme},
+                      {"calib", a.calib},
+                      {"calib_split", a.calib_split},
+                      {"calib_tokens", rep->calib_tokens},
+                      {"sequential", opt.sequential},
+                      {"seconds", rep->seconds},
+                      {"peak_activation_bytes", rep->peak_activation_bytes},
+                      {"bpw", size.bpw_total()},
+                      {"bpw_weights", size.bpw_weights()},
+                      {"size_bytes", size.total_bytes()}};
+  nlohmann::json layers = nlohmann::json::array();
+  for (const LinearReport& r : rep->linears) {
+    nlohmann::json lj = {{"name", r.name}, {"spec", r.spec}};
+    if (*method == Method::kAwq || *method == Method::kSmoothQuant) lj["alpha"] = r.alpha;
+    if (*method == Method::kAwq) lj["rtn_error"] = r.rtn_error, lj["error"] = r.error;
+    if (*method == Method::kOutliers) lj["outlier_cols"] = r.outlier_cols, lj["outlier_fraction"] = r.outlier_fraction;
+    layers.push_back(lj);
+  }
+  j["linears"] = layers;
+  fmt::print("quantized {} with {} in {:.2f} s: {:.3f} bits per weight (linear weights, scales included), {:.1f} KiB\n",
+             a.model, label, rep->seconds, size.bpw_total(), static_cast<double>(size.total_bytes()) / 1024.0);
+  if (*method == Method::kOutliers) {
+    for (const LinearReport& r : rep->linears) {
+      if (r.outlier_cols > 0) fmt::print("  {}: {} outlier input columns ({:.2f}%) kept fp16\n", r.name, r.outlier_cols, 100.0 * r.outlier_fraction);
+    }
+  }
+
+  if (!a.eval_text.empty()) {
+    const std::vector<int> tokens = tokenize_text(*tok, a.eval_text, a.eval_split);
+    LlamaModel reference(*model);
+    EvalOptions eo;
+    eo.ctx = a.eval_ctx;
+    eo.max_windows = a.eval_windows;
+    std::unique_ptr<Progress> ep;
+    eo.on_window = [&](int64_t done, int64_t total) {
+      if (done == 1) ep = std::make_unique<Progress>("eval " + label, total);
+      ep->advance();
+    };
+    Result<EvalResult> r = evaluate(net, reference, tokens, eo);
+    if (ep) ep->finish();
+    if (!r.ok()) fail(r.status());
+    fmt::print("| model | PPL | ref PPL | ΔPPL ± SE | KLD mean | KLD p99 | top-1 | bpw | tokens |\n");
+    fmt::print("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    fmt::print("| {} | {:.4f} | {:.4f} | {:+.4f} ± {:.4f} | {:.6f} | {:.6f} | {:.2f}% | {:.3f} | {} |\n", label, r->ppl,
+               r->ref_ppl, r->delta_ppl, r->delta_ppl_se, r->kld_mean, r->kld_p99, 100.0 * r->top1, size.bpw_total(),
+               r->tokens_scored);
+    j["eval"] = {{"text", a.eval_text}, {"split", a.eval_split}, {"ppl", r->ppl},       {"ref_ppl", r->ref_ppl},
+                 {"delta_ppl", r->delta_ppl}, {"delta_ppl_se", r->delta_ppl_se}, {"kld_mean", r->kld_mean},
+                 {"kld_p99", r->kld_p99}, {"top1", r->top1}, {"tokens_scored", r->tokens_scored}};
+  }
+  if (!a.out.empty()) {
+    // LOWBIT_SAVE_HOOK
+  }
+  if (!a.json.empty()) {
+    if (Status s = write_file_atomic(a.json, j.dump(2) + "\n"); !s.ok()) fail(s);
+  }
+}
+
+}  // namespace
+
+void register_quantize(CLI::App& app) {
+  auto a = std::make_shared<QuantizeArgs>();
+  auto* cmd = app.add_subcommand("quantize", "Quantize a model (rtn, gptq, awq, smoothquant, outliers) and write it");
+  cmd->add_option("--model", a->model, "Checkpoint to quantize")->required();
+  cmd->add_option("--scheme", a->scheme, "Named scheme (see `lowbit schemes`)");
+  cmd->add_option("--weights", a->weights, "QuantSpec for linear weights (instead of --scheme)");
+  cmd->add_option("--acts", a->acts, "QuantSpec for linear inputs (dynamic), with --weights");
+  cmd->add_option("--method", a->method, "rtn | gptq | awq | smoothquant | outliers")->default_val("rtn");
+  cmd->add_option("--calib", a->calib, "Calibration text (stories separated by blank lines)");
+  cmd->add_option("--calib-split", a->calib_split, "Part of --calib to use: calib (first 10% of stories) | eval | all")->default_val("calib");
+  cmd->add_option("--calib-tokens", a->calib_tokens, "Calibration tokens (whole windows of --ctx)")->default_val(8192);
+  cmd->add_option("--ctx", a->ctx, "Calibration window length in tokens (clamped to the model's context)")->default_val(256);
+  cmd->add_option("--tokenizer", a->tokenizer, "Tokenizer (default: the one beside the model)");
+  cmd->add_option("--plan", a->plan, "JSON overrides {\"tensor glob\": \"spec\" | \"fp32\"}");
+  cmd->add_flag("--dry-run", a->dry_run, "Print the plan (every tensor and its spec) and stop");
+  cmd->add_flag("--no-sequential", a->no_sequential, "Feed each block the fp32 outputs of the previous one (default: quantized)");
+  cmd->add_flag("--act-order", a->act_order, "GPTQ: quantize columns by decreasing Hessian diagonal");
+  cmd->add_flag("--static-groups", a->static_groups, "GPTQ: group scales from the original weights");
+  cmd->add_option("--damp", a->damp, "GPTQ: damping as a fraction of the mean Hessian diagonal")->default_val(0.01);
+  cmd->add_option("--alpha", a->alpha, "SmoothQuant: migration strength")->default_val(0.5);
+  cmd->add_option("--threshold", a->threshold, "outliers: |x| above which an input column stays fp16")->default_val(6.0f);
+  cmd->add_option("-o,--out", a->out, "Output file");
+  cmd->add_option("--format", a->format, "safetensors | gguf (default: from the output name)");
+  cmd->add_option("--eval", a->eval_text, "Evaluate against the fp32 model on this text afterwards");
+  cmd->add_option("--eval-split", a->eval_split, "Part of --eval to score")->default_val("eval");
+  cmd->add_option("--eval-windows", a->eval_windows, "Windows to score (0: all)")->default_val(100);
+  cmd->add_option("--json", a->json, "Write a JSON summary (with --dry-run: the plan)");
+  cmd->callback([a] { run_quantize(*a); });
+}
+
+}  // namespace lowbit::cli
