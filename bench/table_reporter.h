@@ -24,6 +24,7 @@ class TableReporter : public benchmark::ConsoleReporter {
       if (r.run_type != Run::RT_Iteration || r.error_occurred) continue;
       std::string name = r.benchmark_name();
       if (const size_t p = name.rfind("/real_time"); p != std::string::npos) name.erase(p);
+      seconds_.emplace_back(name, r.iterations ? r.real_accumulated_time / static_cast<double>(r.iterations) : 0.0);
       const auto it = r.counters.find("bytes_per_second");
       if (it != r.counters.end()) rows_.emplace_back(name, it->second.value / 1e9);
     }
@@ -32,6 +33,9 @@ class TableReporter : public benchmark::ConsoleReporter {
     ConsoleReporter::Finalize();
     print_table_(rows_);
   }
+
+  // Seconds per iteration (wall clock) of every run, in run order.
+  const Rows& seconds() const { return seconds_; }
 
   // GB/s of the row called `name`, or 0 when it did not run.
   static double find(const Rows& rows, const std::string& name) {
@@ -43,6 +47,7 @@ class TableReporter : public benchmark::ConsoleReporter {
  private:
   std::function<void(const Rows&)> print_table_;
   Rows rows_;
+  Rows seconds_;
 };
 
 }  // namespace lowbit::bench

@@ -229,7 +229,7 @@ class RealModel : public ::testing::Test {
       return out;
     };
     const std::vector<int> calib = tokens("calib", 8192);
-    for (size_t p = 0; p + 256 <= calib.size() && calib_.size() < 16; p += 256) calib_.emplace_back(calib.begin() + p, calib.begin() + p + 256);
+    for (size_t p = 0; p + 256 <= calib.size() && calib_.size() < 8; p += 256) calib_.emplace_back(calib.begin() + p, calib.begin() + p + 256);
     eval_ = tokens("eval", 6000);
   }
   double kld(const std::string& weights, const std::string& acts, Method method, double alpha = 0.5) {
@@ -246,7 +246,7 @@ class RealModel : public ::testing::Test {
     EXPECT_TRUE(quantize_model(net, opt).ok());
     EvalOptions eo;
     eo.ctx = 128;
-    eo.max_windows = 60;
+    eo.max_windows = 40;
     return evaluate(net, ref, eval_, eo).value().kld_mean;
   }
   std::unique_ptr<Model> model_;
