@@ -3,6 +3,8 @@
 //                 [--eval FILE] [--json summary.json]
 // lowbit's main job: a real checkpoint and calibration text in, a quantized model out, and
 // (with --eval) what it cost against the fp32 model on held-out text.
+#include <sys/resource.h>
+
 #include <filesystem>
 #include <memory>
 
@@ -137,6 +139,7 @@ void run_quantize(const QuantizeArgs& a) {
   nlohmann::json j = {{"model", a.model},
                       {"method", a.method},
                       {"scheme", plan->scheme},
+                      {"scheme_name", a.scheme.empty() ? label : a.scheme},
                       {"calib", a.calib},
                       {"calib_split", a.calib_split},
                       {"calib_tokens", rep->calib_tokens},
@@ -189,6 +192,9 @@ void run_quantize(const QuantizeArgs& a) {
   if (!a.out.empty()) {
     // LOWBIT_SAVE_HOOK
   }
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  j["peak_rss_bytes"] = static_cast<int64_t>(ru.ru_maxrss) * 1024;
   if (!a.json.empty()) {
     if (Status s = write_file_atomic(a.json, j.dump(2) + "\n"); !s.ok()) fail(s);
   }
