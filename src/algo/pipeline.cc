@@ -339,17 +339,30 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
         }
       }
     } else if (opt.method == Method::kSmoothQuant) {
+      // The paper's two sites (inputs of the norms) and, like AWQ, the FFN hidden state (folded
+      // into w3's rows) and the attention output (folded into wv's rows, tied across the query
+      // heads that share a kv head).
       const std::pair<Site, std::vector<LinearSlot>> groups[] = {
-          {kAttnIn, {LinearSlot::kWq, LinearSlot::kWk, LinearSlot::kWv}}, {kFfnIn, {LinearSlot::kW1, LinearSlot::kW3}}};
+          {kAttnIn, {LinearSlot::kWq, LinearSlot::kWk, LinearSlot::kWv}},
+          {kFfnIn, {LinearSlot::kW1, LinearSlot::kW3}},
+          {kFfnMid, {LinearSlot::kW2}},
+          {kAttnOut, {LinearSlot::kWo}}};
       for (const auto& [site, slots] : groups) {
         std::vector<ConstTensorView> ws;
         for (LinearSlot s : slots) ws.push_back(view(s));
-        const std::vector<float> sc = smoothquant_scales(ws, st[static_cast<size_t>(site)].absmax, opt.smooth_alpha);
+        std::vector<float> sc = smoothquant_scales(ws, st[static_cast<size_t>(site)].absmax, opt.smooth_alpha);
+        if (site == kAttnOut) sc = tie_heads(std::move(sc), c);
         for (LinearSlot s : slots) {
           scale_columns(w[static_cast<size_t>(s)].view(), sc);
           reports[s].alpha = opt.smooth_alpha;
         }
-        divide_vector((site == kAttnIn ? attn_norm : ffn_norm).view(), sc);
+        switch (site) {
+          case kAttnIn: divide_vector(attn_norm.view(), sc); break;
+          case kFfnIn: divide_vector(ffn_norm.view(), sc); break;
+          case kFfnMid: divide_rows(w[static_cast<size_t>(LinearSlot::kW3)].view(), sc); break;
+          case kAttnOut: divide_rows(w[static_cast<size_t>(LinearSlot::kWv)].view(), kv_rows(sc, c)); break;
+          default: break;
+        }
       }
     }
 
