@@ -30,9 +30,9 @@ struct SaveOptions {
   // SentencePiece .model or llama2.c tokenizer.bin. GGUF embeds its vocabulary (tokenizer.ggml.*);
   // safetensors copies the file into the folder as tokenizer.model / tokenizer.bin. Empty: none
   // (a GGUF without a vocabulary loads in lowbit, not in llama.cpp).
-  std::string tokenizer_path;
+  std::string tokenizer_path{};
   // Written as string metadata (safetensors __metadata__, GGUF string keys), e.g. {"lowbit.method", "rtn"}.
-  std::vector<std::pair<std::string, std::string>> extra_metadata;
+  std::vector<std::pair<std::string, std::string>> extra_metadata{};
   // GGUF only: a quantized linear whose spec has no GGUF type (only int8:g32:sym:fp16 -> Q8_0 and
   // int4:g32:sym:fp16 -> Q4_0 have) is an error unless this is set; then it is stored dequantized as F16.
   bool gguf_fallback_f16 = false;
