@@ -10,7 +10,6 @@ Usage: test_save_cli.py LOWBIT_BINARY. Exits 77 (skip) when ../shared is missing
 """
 import json
 import os
-import struct
 import subprocess
 import sys
 import tempfile
@@ -44,30 +43,8 @@ if not os.path.exists(MODEL):
 import gguf  # noqa: E402  (test venv)
 from safetensors import safe_open  # noqa: E402
 
-
-def llama2c(path):
-    """The legacy llama2.c checkpoint as (config, {name: array}), per PROVENANCE.md's tensor order."""
-    raw = open(path, "rb").read()
-    dim, hidden, layers, heads, kv_heads, vocab, seq = struct.unpack("<7i", raw[:28])
-    x = np.frombuffer(raw, dtype="<f4", offset=28)
-    hd, kv = dim // heads, dim // heads * kv_heads
-    pos = 0
-
-    def take(*shape):
-        nonlocal pos
-        n = int(np.prod(shape))
-        a = x[pos:pos + n].reshape(shape)
-        pos += n
-        return a
-
-    w = {"tok": take(abs(vocab), dim)}
-    for name, shape in [("rms_att", (dim,)), ("wq", (dim, dim)), ("wk", (kv, dim)), ("wv", (kv, dim)),
-                        ("wo", (dim, dim)), ("rms_ffn", (dim,)), ("w1", (hidden, dim)), ("w2", (dim, hidden)),
-                        ("w3", (hidden, dim))]:
-        w[name] = [take(*shape) for _ in range(layers)]
-    w["norm"] = take(dim)
-    cfg = dict(dim=dim, hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, vocab=abs(vocab), seq=seq, hd=hd)
-    return cfg, w
+sys.path.insert(0, os.path.join(ROOT, "tests", "model"))
+from ref_llama2c import load_v0  # noqa: E402  (the numpy llama2.c reader)
 
 
 def hf_to_gguf_permute(w, n_head):
@@ -75,7 +52,10 @@ def hf_to_gguf_permute(w, n_head):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-cfg, ref = llama2c(MODEL)
+cfg, ref = load_v0(MODEL)  # ref["wq"][l] is layer l's wq; keys as ref_llama2c.py names them
+cfg.update(layers=cfg["n_layers"], heads=cfg["n_heads"], kv_heads=cfg["n_kv_heads"], seq=cfg["seq_len"],
+           hd=cfg["head_size"])
+ref["norm"] = ref["rms_final"]
 SLOTS = [("wq", "attn_q", "self_attn.q_proj"), ("wk", "attn_k", "self_attn.k_proj"), ("wv", "attn_v", "self_attn.v_proj"),
          ("wo", "attn_output", "self_attn.o_proj"), ("w1", "ffn_gate", "mlp.gate_proj"), ("w2", "ffn_down", "mlp.down_proj"),
          ("w3", "ffn_up", "mlp.up_proj")]
