@@ -78,7 +78,7 @@ void register_convert(CLI::App& app) {
   cmd->add_option("--format", a->format, "safetensors | gguf")->default_val("safetensors");
   cmd->add_option("--tokenizer", a->tokenizer,
                   "Tokenizer (.model or llama2.c .bin) to copy (safetensors) or embed (gguf); default: the one beside the model");
-  cmd->add_flag("--no-tokenizer", a->no_tokenizer, "Save without a tokenizer");
+  cmd->add_flag("--no-tokenizer", a->no_tokenizer, "Save without a tokenizer")->excludes("--tokenizer");
   cmd->add_option("--scheme", a->scheme, "Quantize the linears with a named scheme first (RTN; see `lowbit schemes`)");
   cmd->add_option("--weights", a->weights, "Quantize the linears with this QuantSpec first (RTN), e.g. int8:g32:sym:fp16 (GGUF Q8_0)");
   cmd->add_flag("--gguf-f16", a->gguf_f16, "GGUF: store linears whose spec has no GGUF type dequantized as F16");
