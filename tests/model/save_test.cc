@@ -13,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "lowbit/convert.h"
@@ -115,17 +116,11 @@ class SaveTest : public ::testing::Test {
     LlamaModel expected = net;
     std::deque<std::vector<float>> rounded;
 
-    const LlamaConfig &a = net.config(), &b = loaded.config();
-    EXPECT_EQ(a.dim, b.dim);
-    EXPECT_EQ(a.hidden_dim, b.hidden_dim);
-    EXPECT_EQ(a.n_layers, b.n_layers);
-    EXPECT_EQ(a.n_heads, b.n_heads);
-    EXPECT_EQ(a.n_kv_heads, b.n_kv_heads);
-    EXPECT_EQ(a.vocab_size, b.vocab_size);
-    EXPECT_EQ(a.seq_len, b.seq_len);
-    EXPECT_EQ(a.rope_theta, b.rope_theta);
-    EXPECT_EQ(a.norm_eps, b.norm_eps);
-    EXPECT_EQ(a.shared_classifier, b.shared_classifier);
+    const auto fields = [](const LlamaConfig& c) {
+      return std::tuple(c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, c.seq_len,
+                        c.rope_theta, c.norm_eps, c.shared_classifier);
+    };
+    EXPECT_EQ(fields(net.config()), fields(loaded.config()));
     EXPECT_TRUE(same_bits(net.weights().tok_embeddings, loaded.weights().tok_embeddings));
     EXPECT_TRUE(same_bits(net.weights().final_norm, loaded.weights().final_norm));
     EXPECT_TRUE(same_bits(net.weights().classifier, loaded.weights().classifier));
