@@ -7,11 +7,14 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "lowbit/file.h"
+#include "lowbit/quant.h"
 #include "lowbit/status.h"
 #include "lowbit/tensor.h"
 
@@ -53,14 +56,27 @@ struct LlamaWeights {
   ConstTensorView classifier;      // (vocab, dim); the embedding when shared
 };
 
+// Dynamic activation fake-quantization a saved model asks for (see ActivationQuant in llama.h).
+struct ActivationSpecs {
+  std::optional<QuantSpec> linear_input;
+  std::optional<QuantSpec> kv;
+};
+
 // A loaded model: config, views of its weights, and whatever owns their bytes (the mapped
 // file for fp32 checkpoints; dequantized buffers for int8 ones).
+//
+// Files lowbit saved quantized (save.h) also give `quantized`: the linear weights as they were
+// stored, keyed "layers.{l}.{wq|wk|wv|wo|w1|w2|w3}" and "classifier", in the forward pass's row
+// order; LlamaModel builds quantized Linears from them. `weights` still holds every matrix,
+// dequantized to f32 (so algorithms that start from f32 weights keep working).
 struct Model {
   LlamaConfig config;
   LlamaWeights weights;
   std::string path;
   std::shared_ptr<MappedFile> file;
   std::vector<Tensor> owned;
+  std::map<std::string, QuantizedTensor> quantized;
+  ActivationSpecs activations;
 };
 
 // llama2.c checkpoints: legacy version 0 (7-int32 header; negative vocab = unshared classifier)

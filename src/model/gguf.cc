@@ -648,6 +648,60 @@ Status bind(Model& m, const GgufFile& f, const std::string& name, std::vector<in
   return OkStatus();
 }
 
+// A Q8_0 / Q4_0 matrix as the QuantizedTensor it is: int8:g32:sym:fp16 / int4:g32:sym:fp16 with
+// the block's d as the group's fp16 scale and Q4_0's nibble - 8 as the int4 code. lowbit's
+// dequantization, code * scale in f32, is then ggml's x * d bit for bit.
+QuantizedTensor quantized_from_blocks(const GgufTensor& t) {
+  const bool int4 = t.type == GgmlType::kQ4_0;
+  QuantizedTensor q;
+  q.spec.element = int4 ? Format::kInt4 : Format::kInt8;
+  q.spec.granularity = Granularity::kGroup;
+  q.spec.group = kQK;
+  q.spec.scale_format = Format::kFp16;
+  const std::vector<int64_t> shape = t.shape();
+  q.shape = Shape::row_major(shape);
+  q.cols = t.dims[0];
+  q.rows = t.numel() / q.cols;
+  q.row_bytes = static_cast<int64_t>(packed_bytes(q.spec.element, static_cast<size_t>(q.cols)));
+  const int64_t groups = q.cols / kQK, blocks = q.rows * groups;
+  q.codes.assign(static_cast<size_t>(q.rows * q.row_bytes), 0);
+  q.scale_codes.resize(static_cast<size_t>(blocks) * sizeof(ggml_half));
+  q.scales.resize(static_cast<size_t>(blocks));
+  for (int64_t b = 0; b < blocks; ++b) {
+    uint8_t* row = q.codes.data() + (b / groups) * q.row_bytes;
+    const int64_t c0 = (b % groups) * kQK;
+    ggml_half d;
+    if (int4) {
+      const auto blk = load_block<BlockQ4_0>(t.data, b);
+      d = blk.d;
+      // lowbit int4: two's complement nibbles, element c in byte c/2, low nibble first.
+      for (int j = 0; j < kQK / 2; ++j) {
+        for (const auto& [c, nib] : {std::pair{c0 + j, blk.qs[j] & 0x0F}, std::pair{c0 + j + kQK / 2, blk.qs[j] >> 4}}) {
+          const auto code = static_cast<uint8_t>((nib - 8) & 0x0F);
+          row[c / 2] = static_cast<uint8_t>(row[c / 2] | (c % 2 == 0 ? code : code << 4));
+        }
+      }
+    } else {
+      const auto blk = load_block<BlockQ8_0>(t.data, b);
+      d = blk.d;
+      std::memcpy(row + c0, blk.qs, kQK);
+    }
+    std::memcpy(q.scale_codes.data() + b * static_cast<int64_t>(sizeof d), &d, sizeof d);
+    q.scales[static_cast<size_t>(b)] = half(d);
+  }
+  return q;
+}
+
+// bind() for a linear weight: Q8_0 / Q4_0 tensors are also kept as QuantizedTensors under
+// `lowbit_name` (Model::quantized), so they run and are counted as what they are.
+Status bind_linear(Model& m, const GgufFile& f, const std::string& name, std::vector<int64_t> expect,
+                   ConstTensorView* dest, const std::string& lowbit_name) {
+  LOWBIT_RETURN_IF_ERROR(bind(m, f, name, std::move(expect), dest));
+  const GgufTensor* t = f.find_tensor(name);
+  if (t->type == GgmlType::kQ8_0 || t->type == GgmlType::kQ4_0) m.quantized.emplace(lowbit_name, quantized_from_blocks(*t));
+  return OkStatus();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Writing
 
@@ -982,8 +1036,10 @@ Result<Model> load_gguf(const std::string& path) {
   m.path = path;
   m.file = f.file;
   m.weights.layers.resize(static_cast<size_t>(c.n_layers));
+  const auto meta = [&](const char* key) { return f.get_string(key).value_or(""); };
+  LOWBIT_RETURN_IF_ERROR(read_activation_specs(path, meta, &m.activations));
   auto& w = m.weights;
-  const int64_t dim = c.dim, hidden = c.hidden_dim, kv_dim = c.kv_dim();
+  const int64_t dim = c.dim;
   // GGUF lists dims fastest first, so a (out, in) matrix is [in, out]. llama.cpp's converter
   // already permutes wq/wk from Hugging Face's rotate-half order back to Meta's interleaved
   // pairs (llama.cpp's LLAMA_ROPE_TYPE_NORM), which is the RoPE lowbit's forward pass applies
@@ -993,20 +1049,17 @@ Result<Model> load_gguf(const std::string& path) {
     LayerWeights& L = w.layers[static_cast<size_t>(l)];
     const std::string p = fmt::format("blk.{}.", l);
     LOWBIT_RETURN_IF_ERROR(bind(m, f, p + "attn_norm.weight", {dim}, &L.attn_norm));
-    LOWBIT_RETURN_IF_ERROR(bind(m, f, p + "attn_q.weight", {dim, dim}, &L.wq));
-    LOWBIT_RETURN_IF_ERROR(bind(m, f, p + "attn_k.weight", {dim, kv_dim}, &L.wk));
-    LOWBIT_RETURN_IF_ERROR(bind(m, f, p + "attn_v.weight", {dim, kv_dim}, &L.wv));
-    LOWBIT_RETURN_IF_ERROR(bind(m, f, p + "attn_output.weight", {dim, dim}, &L.wo));
     LOWBIT_RETURN_IF_ERROR(bind(m, f, p + "ffn_norm.weight", {dim}, &L.ffn_norm));
-    LOWBIT_RETURN_IF_ERROR(bind(m, f, p + "ffn_gate.weight", {dim, hidden}, &L.w1));
-    LOWBIT_RETURN_IF_ERROR(bind(m, f, p + "ffn_down.weight", {hidden, dim}, &L.w2));
-    LOWBIT_RETURN_IF_ERROR(bind(m, f, p + "ffn_up.weight", {dim, hidden}, &L.w3));
+    for (const SlotInfo& s : kSlotInfo) {
+      LOWBIT_RETURN_IF_ERROR(bind_linear(m, f, fmt::format("{}{}.weight", p, s.gguf), {extent(c, s.in), extent(c, s.out)},
+                                         &(L.*s.weight), linear_name(l, s)));
+    }
   }
   LOWBIT_RETURN_IF_ERROR(bind(m, f, "output_norm.weight", {dim}, &w.final_norm));
   if (c.shared_classifier) {
     w.classifier = w.tok_embeddings;
   } else {
-    LOWBIT_RETURN_IF_ERROR(bind(m, f, "output.weight", {dim, vocab}, &w.classifier));
+    LOWBIT_RETURN_IF_ERROR(bind_linear(m, f, "output.weight", {dim, vocab}, &w.classifier, kClassifierName));
   }
   return m;
 }

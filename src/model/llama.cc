@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "lowbit/parallel.h"
+#include "model_internal.h"
 
 namespace lowbit {
 namespace {
@@ -87,14 +88,30 @@ void Linear::forward(const float* x, int64_t n, float* y) const {
   });
 }
 
+namespace {
+
+// The quantized Linear for `name` when the model carries one (files lowbit saved quantized),
+// else the fp32 one over `w`. The readers validated the quantized tensor's shape against w.
+Linear make_linear(const Model& m, const std::string& name, ConstTensorView w) {
+  const auto it = m.quantized.find(name);
+  if (it == m.quantized.end()) return Linear::fp32(w);
+  Result<Linear> l = Linear::quantized(it->second);
+  LOWBIT_CHECK(l.ok(), "LlamaModel: quantized weight " + name + ": " + l.status().message());
+  return std::move(*l);
+}
+
+}  // namespace
+
 LlamaModel::LlamaModel(const Model& m) : cfg_(m.config), w_(m.weights) {
   layers_.resize(w_.layers.size());
   for (size_t l = 0; l < w_.layers.size(); ++l) {
-    const LayerWeights& lw = w_.layers[l];
-    layers_[l] = {Linear::fp32(lw.wq), Linear::fp32(lw.wk), Linear::fp32(lw.wv), Linear::fp32(lw.wo),
-                  Linear::fp32(lw.w1), Linear::fp32(lw.w2), Linear::fp32(lw.w3)};
+    for (const SlotInfo& s : kSlotInfo) {
+      layers_[l].*s.linear = make_linear(m, linear_name(static_cast<int>(l), s), w_.layers[l].*s.weight);
+    }
   }
-  classifier_ = Linear::fp32(w_.classifier);
+  classifier_ = make_linear(m, kClassifierName, w_.classifier);
+  act_.linear_input = m.activations.linear_input;
+  act_.kv = m.activations.kv;
 }
 
 std::string_view linear_slot_name(LinearSlot slot) {

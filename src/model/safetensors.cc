@@ -294,6 +294,50 @@ int64_t hf_rope_source_row(int64_t r, int64_t head_dim) {
   return h * head_dim + (j % 2 == 0 ? j / 2 : head_dim / 2 + j / 2);
 }
 
+std::vector<int64_t> hf_rope_order(int64_t rows, int64_t head_dim) {
+  std::vector<int64_t> order(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) order[static_cast<size_t>(r)] = hf_rope_source_row(r, head_dim);
+  return order;
+}
+
+std::vector<int64_t> inverse_order(std::span<const int64_t> order) {
+  std::vector<int64_t> inv(order.size());
+  for (size_t r = 0; r < order.size(); ++r) inv[static_cast<size_t>(order[r])] = static_cast<int64_t>(r);
+  return inv;
+}
+
+std::string linear_name(int layer, const SlotInfo& s) { return fmt::format("layers.{}.{}", layer, s.name); }
+
+Result<QuantizedTensor> permute_rows(const QuantizedTensor& q, std::span<const int64_t> src) {
+  LOWBIT_CHECK(static_cast<int64_t>(src.size()) == q.rows, "permute_rows: order length != rows");
+  const BlockGrid g = q.grid();
+  const bool move_scales = g.block_rows == 1 && g.grid_rows == q.rows && q.rows > 1;
+  if (!move_scales) {
+    for (int64_t r = 0; r < q.rows; ++r) {
+      if (r / g.block_rows != src[static_cast<size_t>(r)] / g.block_rows) {
+        return Unsupported(fmt::format("{} blocks of {} rows would mix under the row permutation", to_string(q.spec),
+                                       g.block_rows));
+      }
+    }
+  }
+  QuantizedTensor out = q;
+  const auto rb = static_cast<size_t>(q.row_bytes);
+  const size_t scale_row = q.scale_codes.size() / static_cast<size_t>(std::max<int64_t>(g.grid_rows, 1));
+  const auto gc = static_cast<size_t>(g.grid_cols);
+  for (size_t r = 0; r < src.size(); ++r) {
+    const auto s = static_cast<size_t>(src[r]);
+    std::memcpy(out.codes.data() + r * rb, q.codes.data() + s * rb, rb);
+    if (!move_scales) continue;
+    std::memcpy(out.scale_codes.data() + r * scale_row, q.scale_codes.data() + s * scale_row, scale_row);
+    std::copy_n(q.scales.begin() + static_cast<std::ptrdiff_t>(s * gc), gc, out.scales.begin() + static_cast<std::ptrdiff_t>(r * gc));
+    if (!q.zero_points.empty()) {
+      std::copy_n(q.zero_points.begin() + static_cast<std::ptrdiff_t>(s * gc), gc,
+                  out.zero_points.begin() + static_cast<std::ptrdiff_t>(r * gc));
+    }
+  }
+  return out;
+}
+
 namespace {
 
 // Bounds no real model reaches; they keep every product far inside 64 bits.
@@ -425,16 +469,35 @@ void convert_rows(DType dtype, std::span<const std::byte> src, int64_t rows, int
   }
 }
 
+std::vector<std::string> split_names(const std::string& list) {
+  std::vector<std::string> out;
+  for (size_t pos = 0; pos < list.size();) {
+    const size_t end = std::min(list.find(',', pos), list.size());
+    out.push_back(list.substr(pos, end - pos));
+    pos = end + 1;
+  }
+  return out;
+}
+
 class WeightLoader {
  public:
-  WeightLoader(Model& m, const SafetensorsFile& f) : m_(m), f_(f) {}
+  WeightLoader(Model& m, const SafetensorsFile& f, std::map<std::string, QuantizedTensor> quantized,
+               std::vector<std::string> interleaved)
+      : m_(m), f_(f), quantized_(std::move(quantized)), interleaved_(std::move(interleaved)) {}
+
+  bool has(const std::string& name) const { return f_.find(name) != nullptr || quantized_.contains(name); }
 
   // One weight of shape `shape` ((rows) or (rows, cols)), as f32. `permute_head_dim` > 0
-  // reorders rows from rotate-half to interleaved RoPE pairs.
+  // reorders rows from rotate-half to interleaved RoPE pairs. A weight the file stores in
+  // lowbit's quantized layout goes to Model::quantized under `lowbit_name` (linears only) and,
+  // dequantized, to `dest`.
   Status load(const std::string& name, std::initializer_list<int64_t> shape, ConstTensorView* dest,
-              int64_t permute_head_dim = 0) {
+              int64_t permute_head_dim = 0, const std::string& lowbit_name = "") {
     const SafetensorsTensorInfo* info = f_.find(name);
     const std::vector<int64_t> want(shape);
+    if (info == nullptr && quantized_.contains(name)) {
+      return load_quantized(name, want, dest, permute_head_dim, lowbit_name);
+    }
     if (info == nullptr) {
       return NotFound(fmt::format("{}: tensor {} is missing (expected shape {})", f_.path(), name, shape_string(want)));
     }
@@ -466,6 +529,39 @@ class WeightLoader {
 
   void mark_used(const std::string& name) { used_.push_back(name); }
 
+  Status load_quantized(const std::string& name, const std::vector<int64_t>& want, ConstTensorView* dest,
+                        int64_t permute_head_dim, const std::string& lowbit_name) {
+    const QuantizedTensor& stored = quantized_.at(name);
+    for (const char* part : {".qweight", ".scales", ".zeros", ".tensor_scale"}) used_.push_back(name + part);
+    if (lowbit_name.empty()) {
+      return Unsupported(fmt::format("{}: tensor {} is quantized; lowbit runs only linear weights quantized",
+                                     f_.path(), name));
+    }
+    const std::vector<int64_t> shape(stored.shape.dims.begin(), stored.shape.dims.begin() + stored.shape.ndim);
+    if (shape != want) {
+      return DataLoss(fmt::format("{}: quantized tensor {} has shape {}, expected {} from config.json", f_.path(), name,
+                                  shape_string(shape), shape_string(want)));
+    }
+    QuantizedTensor q = stored;
+    if (permute_head_dim > 0 && std::find(interleaved_.begin(), interleaved_.end(), name) == interleaved_.end()) {
+      Result<QuantizedTensor> p = permute_rows(stored, hf_rope_order(stored.rows, permute_head_dim));
+      if (!p.ok()) {
+        return Unsupported(fmt::format("{}: quantized tensor {} is in Hugging Face's RoPE row order, which {}: {}",
+                                       f_.path(), name, "cannot be undone exactly", p.status().message()));
+      }
+      q = std::move(*p);
+    }
+    LOWBIT_ASSIGN_OR_RETURN(Tensor t, Tensor::empty(DType::kF32, std::span<const int64_t>(want)));
+    if (Status st = dequantize(q, t.view()); !st.ok()) {
+      return DataLoss(fmt::format("{}: quantized tensor {}: {}", f_.path(), name, st.message()));
+    }
+    LOWBIT_RETURN_IF_ERROR(check_finite(f_.path(), name, t.data_as<float>(), t.numel()));
+    *dest = t.view();
+    m_.owned.push_back(std::move(t));
+    m_.quantized.emplace(lowbit_name, std::move(q));
+    return OkStatus();
+  }
+
   // Tensors in the file that no weight used (Hugging Face's old rotary_emb.inv_freq buffers
   // are recomputed by the forward pass and skipped).
   Status check_unused() const {
@@ -482,6 +578,8 @@ class WeightLoader {
  private:
   Model& m_;
   const SafetensorsFile& f_;
+  std::map<std::string, QuantizedTensor> quantized_;  // by file name ("model.layers.0.self_attn.q_proj.weight")
+  std::vector<std::string> interleaved_;               // quantized q/k stored in lowbit's row order
   std::vector<std::string> used_;
 };
 
@@ -515,26 +613,32 @@ Result<Model> load_safetensors(const std::string& path_or_dir) {
   m.path = path_or_dir;
   m.file = f.file();
   m.weights.layers.resize(static_cast<size_t>(c.n_layers));
-  const int64_t dim = c.dim, hidden = c.hidden_dim, kv_dim = c.kv_dim(), hd = c.head_dim(), vocab = c.vocab_size;
-  WeightLoader w(m, f);
+  const int64_t dim = c.dim, hd = c.head_dim(), vocab = c.vocab_size;
+  std::map<std::string, QuantizedTensor> quantized;
+  if (f.metadata().contains(kQuantConfigKey)) {
+    LOWBIT_ASSIGN_OR_RETURN(quantized, read_quantized_safetensors(f));
+  }
+  const auto meta = [&](const char* key) {
+    const auto it = f.metadata().find(key);
+    return it == f.metadata().end() ? std::string() : it->second;
+  };
+  LOWBIT_RETURN_IF_ERROR(read_activation_specs(f.path(), meta, &m.activations));
+  WeightLoader w(m, f, std::move(quantized), split_names(meta(kInterleavedRopeKey)));
   LlamaWeights& lw = m.weights;
   LOWBIT_RETURN_IF_ERROR(w.load("model.embed_tokens.weight", {vocab, dim}, &lw.tok_embeddings));
   for (int l = 0; l < c.n_layers; ++l) {
     LayerWeights& L = lw.layers[static_cast<size_t>(l)];
     const std::string p = fmt::format("model.layers.{}.", l);
     LOWBIT_RETURN_IF_ERROR(w.load(p + "input_layernorm.weight", {dim}, &L.attn_norm));
-    LOWBIT_RETURN_IF_ERROR(w.load(p + "self_attn.q_proj.weight", {dim, dim}, &L.wq, hd));
-    LOWBIT_RETURN_IF_ERROR(w.load(p + "self_attn.k_proj.weight", {kv_dim, dim}, &L.wk, hd));
-    LOWBIT_RETURN_IF_ERROR(w.load(p + "self_attn.v_proj.weight", {kv_dim, dim}, &L.wv));
-    LOWBIT_RETURN_IF_ERROR(w.load(p + "self_attn.o_proj.weight", {dim, dim}, &L.wo));
     LOWBIT_RETURN_IF_ERROR(w.load(p + "post_attention_layernorm.weight", {dim}, &L.ffn_norm));
-    LOWBIT_RETURN_IF_ERROR(w.load(p + "mlp.gate_proj.weight", {hidden, dim}, &L.w1));
-    LOWBIT_RETURN_IF_ERROR(w.load(p + "mlp.down_proj.weight", {dim, hidden}, &L.w2));
-    LOWBIT_RETURN_IF_ERROR(w.load(p + "mlp.up_proj.weight", {hidden, dim}, &L.w3));
+    for (const SlotInfo& s : kSlotInfo) {
+      LOWBIT_RETURN_IF_ERROR(w.load(fmt::format("{}{}.weight", p, s.hf), {extent(c, s.out), extent(c, s.in)},
+                                    &(L.*s.weight), s.rope ? hd : 0, linear_name(l, s)));
+    }
   }
   LOWBIT_RETURN_IF_ERROR(w.load("model.norm.weight", {dim}, &lw.final_norm));
-  if (!c.shared_classifier && f.find("lm_head.weight") != nullptr) {
-    LOWBIT_RETURN_IF_ERROR(w.load("lm_head.weight", {vocab, dim}, &lw.classifier));
+  if (!c.shared_classifier && w.has("lm_head.weight")) {
+    LOWBIT_RETURN_IF_ERROR(w.load("lm_head.weight", {vocab, dim}, &lw.classifier, 0, kClassifierName));
   } else {
     w.mark_used("lm_head.weight");  // tied: Hugging Face ignores a stored copy too
     m.config.shared_classifier = true;

@@ -94,6 +94,37 @@ with tempfile.TemporaryDirectory() as tmp:
                 "--calib-tokens", "512", "--eval", TEXT, "--eval-windows", "2")
         check(p.returncode == 0 and f"| {method} {scheme} |" in p.stdout, f"{method} {scheme}: {p.stderr} {p.stdout!r}")
 
+    # Written output loads back in eval and generate; GGUF for the llama.cpp-compatible schemes.
+    out_st = os.path.join(tmp, "gptq-w4g32")
+    p = run("quantize", "--model", MODEL, "--scheme", "w4a16-g32", "--method", "gptq", "--calib", TEXT,
+            "--calib-tokens", "1024", "-o", out_st, "--eval", TEXT, "--eval-windows", "4", "--json", summary)
+    check(p.returncode == 0 and os.path.isdir(out_st), f"gptq -o safetensors: {p.stderr}")
+    with open(summary) as f:
+        kld_in_memory = json.load(f)["eval"]["kld_mean"]
+    ej = os.path.join(tmp, "e.json")
+    p = run("eval", "--model", out_st, "--ref", MODEL, "--text", TEXT, "--split", "eval", "--max-windows", "4", "--json", ej)
+    check(p.returncode == 0, f"eval of the saved model failed: {p.stderr}")
+    if p.returncode == 0:
+        with open(ej) as f:
+            e = json.load(f)
+        check(abs(e["kld_mean"] - kld_in_memory) <= 1e-9 * max(1.0, kld_in_memory),
+              f"saved model KLD {e['kld_mean']} != in-memory {kld_in_memory}")
+        check(abs(e["bpw"] - 4.5) < 0.1, f"saved model bpw {e['bpw']}")
+    p = run("generate", "--model", out_st, "--prompt", "Once upon a time", "-n", "8", "--ids")
+    check(p.returncode == 0 and len(p.stdout.split()) == 8, f"generate on the saved model: {p.stderr}")
+    out_gguf = os.path.join(tmp, "q8.gguf")
+    p = run("quantize", "--model", MODEL, "--scheme", "q8_0", "--method", "gptq", "--calib", TEXT,
+            "--calib-tokens", "512", "-o", out_gguf)
+    check(p.returncode == 0 and os.path.isfile(out_gguf), f"gptq -o gguf: {p.stderr}")
+    before = open(out_gguf, "rb").read()
+    p = run("generate", "--model", out_gguf, "--prompt", "Once upon a time", "-n", "8", "--ids")
+    check(p.returncode == 0 and len(p.stdout.split()) == 8, f"generate on the GGUF: {p.stderr}")
+    # A spec GGUF cannot hold: an error naming the tensor, the previous file intact.
+    p = run("quantize", "--model", MODEL, "--scheme", "w4a16-g128", "-o", out_gguf)
+    check(p.returncode != 0 and "layers.0" in p.stderr, f"w4a16-g128 as GGUF: exit {p.returncode} {p.stderr!r}")
+    check(open(out_gguf, "rb").read() == before, "failed quantize changed the previous output")
+    check(not [n for n in os.listdir(tmp) if n.startswith("q8.gguf.")], f"temp files left: {os.listdir(tmp)}")
+
     # Calibration and evaluation on the same split: a warning, still a result.
     p = run("quantize", "--model", MODEL, "--scheme", "w8a16", "--method", "gptq", "--calib", TEXT, "--calib-split", "eval",
             "--calib-tokens", "512", "--eval", TEXT, "--eval-windows", "2")
@@ -109,7 +140,9 @@ with tempfile.TemporaryDirectory() as tmp:
     bad_input(["quantize", "--model", MODEL, "--scheme", "int8-channel", "--method", "smoothquant", "--calib", TEXT,
                "-o", out], "w8a8", "smoothquant on a weight-only scheme", out)
     bad_input(["quantize", "--model", MODEL, "--scheme", "w4a16-g128", "--method", "outliers", "--calib", TEXT,
-               "-o", out], "int8-channel", "outliers on int4", out)
+               "--eval", TEXT], "int8-channel", "outliers on int4")
+    bad_input(["quantize", "--model", MODEL, "--scheme", "w8a8", "--method", "outliers", "--calib", TEXT, "-o", out],
+              "cannot be written", "outliers to a file", out)
     bad_input(["quantize", "--model", MODEL, "--scheme", "nvfp4", "--method", "gptq", "--calib", TEXT, "-o", out],
               "gptq cannot use", "gptq with two-level scales", out)
     bad_input(["quantize", "--model", MODEL, "--scheme", "w4a16-g32", "--method", "gptq", "-o", out], "--calib",

@@ -34,6 +34,8 @@ float parse_float_arg(const std::string& text, const std::string& what);
 // The tokenizer beside a model whose vocab matches: tok<vocab>.model/.bin, then
 // tokenizer.model/.bin; a usage error naming `cmd` when there is none.
 std::string find_tokenizer(const std::string& model_path, int vocab, std::string_view cmd);
+// The file holding a model's weights: `model_path` itself, or model.safetensors in a folder.
+std::string model_weights_file(const std::string& model_path);
 
 // Stands for a "--" after `formats encode` (see main.cc).
 inline constexpr const char* kEndOfFlagsMarker = "\x1d--";
@@ -44,5 +46,6 @@ void register_schemes(CLI::App& app);
 void register_generate(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_quantize(CLI::App& app);
+void register_convert(CLI::App& app);
 
 }  // namespace lowbit::cli

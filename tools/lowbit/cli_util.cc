@@ -47,7 +47,10 @@ float parse_float_arg(const std::string& text, const std::string& what) {
 }
 
 std::string find_tokenizer(const std::string& model_path, int vocab, std::string_view cmd) {
-  const std::filesystem::path dir = std::filesystem::path(model_path).parent_path();
+  std::error_code ec;  // a saved safetensors model is a folder holding its tokenizer
+  const std::filesystem::path dir = std::filesystem::is_directory(model_path, ec)
+                                        ? std::filesystem::path(model_path)
+                                        : std::filesystem::path(model_path).parent_path();
   const std::string names[] = {fmt::format("tok{}.model", vocab), fmt::format("tok{}.bin", vocab), "tokenizer.model",
                                "tokenizer.bin"};
   for (const std::string& name : names) {
@@ -55,6 +58,12 @@ std::string find_tokenizer(const std::string& model_path, int vocab, std::string
     if (std::filesystem::exists(p) && load_tokenizer(p.string(), vocab).ok()) return p.string();
   }
   fail(kExitUsage, fmt::format("{}: no tokenizer with a vocab of {} beside {} (pass --tokenizer)", cmd, vocab, model_path));
+}
+
+std::string model_weights_file(const std::string& model_path) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(model_path, ec)) return model_path;
+  return (std::filesystem::path(model_path) / "model.safetensors").string();
 }
 
 }  // namespace lowbit::cli

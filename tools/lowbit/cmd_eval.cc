@@ -104,7 +104,8 @@ void run_eval(const EvalArgs& a) {
   const double decode_tok_s = secs > 0 ? static_cast<double>(gen->size()) / secs : 0.0;
 
   const ModelSize size = model_size(net);
-  const int64_t file_bytes = static_cast<int64_t>(std::filesystem::file_size(a.model));
+  std::error_code ec;
+  const int64_t file_bytes = static_cast<int64_t>(std::filesystem::file_size(model_weights_file(a.model), ec));
   nlohmann::json j = {
       {"model", label},
       {"ppl", r->ppl},
@@ -126,7 +127,7 @@ void run_eval(const EvalArgs& a) {
       {"windows", r->windows},
       {"inputs",
        {{"model", a.model},
-        {"model_sha256", sha256_file(a.model)},
+        {"model_sha256", sha256_file(model_weights_file(a.model))},
         {"ref", a.ref.empty() ? a.model : a.ref},
         {"text", a.text},
         {"text_sha256", sha256_file(a.text)},

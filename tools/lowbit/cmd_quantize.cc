@@ -16,6 +16,7 @@
 #include "lowbit/pipeline.h"
 #include "lowbit/progress.h"
 #include "lowbit/rtn.h"
+#include "lowbit/save.h"
 #include "lowbit/tokenizer.h"
 
 namespace lowbit::cli {
@@ -99,9 +100,20 @@ void run_quantize(const QuantizeArgs& a) {
   opt.smooth_alpha = a.alpha;
   opt.outlier_threshold = a.threshold;
 
+  ModelFormat save_format = ModelFormat::kSafetensors;
+  if (!a.format.empty()) {
+    Result<ModelFormat> f = parse_model_format(a.format);
+    if (!f.ok()) fail(kExitUsage, "--format: " + f.status().message());
+    save_format = *f;
+  } else if (a.out.size() >= 5 && a.out.compare(a.out.size() - 5, 5, ".gguf") == 0) {
+    save_format = ModelFormat::kGguf;
+  }
+  if (*method == Method::kOutliers && !a.out.empty()) {
+    fail(kExitUsage, "quantize: -o: the outlier split (fp16 columns beside int8) cannot be written yet; use --eval to measure it");
+  }
   std::unique_ptr<Tokenizer> tok;
   std::string tok_path;
-  const bool needs_text = *method != Method::kRtn || !a.eval_text.empty();
+  const bool needs_text = *method != Method::kRtn || !a.eval_text.empty() || !a.out.empty();
   if (needs_text) {
     tok_path = a.tokenizer.empty() ? find_tokenizer(a.model, cfg.vocab_size, "quantize") : a.tokenizer;
     Result<std::unique_ptr<Tokenizer>> t = load_tokenizer(tok_path, cfg.vocab_size);
@@ -190,7 +202,20 @@ void run_quantize(const QuantizeArgs& a) {
                  {"kld_p99", r->kld_p99}, {"top1", r->top1}, {"tokens_scored", r->tokens_scored}};
   }
   if (!a.out.empty()) {
-    // LOWBIT_SAVE_HOOK
+    SaveOptions so;
+    so.format = save_format;
+    so.tokenizer_path = tok_path;
+    so.extra_metadata = {{"lowbit.method", a.method},
+                         {"lowbit.scheme", a.scheme.empty() ? label : a.scheme},
+                         {"lowbit.calib", a.calib},
+                         {"lowbit.calib_split", a.calib_split},
+                         {"lowbit.calib_tokens", std::to_string(rep->calib_tokens)},
+                         {"lowbit.sequential", opt.sequential ? "true" : "false"}};
+    Result<SaveReport> saved = save_model(net, a.out, so);
+    if (!saved.ok()) fail(saved.status());
+    for (const std::string& w : saved->warnings) fmt::print(stderr, "lowbit: warning: {}\n", w);
+    fmt::print("wrote {} ({}, {:.1f} KiB)\n", saved->path, model_format_name(saved->format), static_cast<double>(saved->bytes) / 1024.0);
+    j["output"] = {{"path", saved->path}, {"format", std::string(model_format_name(saved->format))}, {"bytes", saved->bytes}};
   }
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
@@ -223,8 +248,8 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--damp", a->damp, "GPTQ: damping as a fraction of the mean Hessian diagonal")->default_val(0.01);
   cmd->add_option("--alpha", a->alpha, "SmoothQuant: migration strength")->default_val(0.5);
   cmd->add_option("--threshold", a->threshold, "outliers: |x| above which an input column stays fp16")->default_val(6.0f);
-  cmd->add_option("-o,--out", a->out, "Output file");
-  cmd->add_option("--format", a->format, "safetensors | gguf (default: from the output name)");
+  cmd->add_option("-o,--out", a->out, "Output: a folder (safetensors) or a .gguf file; written atomically");
+  cmd->add_option("--format", a->format, "safetensors | gguf (default: gguf for a .gguf name, else safetensors)");
   cmd->add_option("--eval", a->eval_text, "Evaluate against the fp32 model on this text afterwards");
   cmd->add_option("--eval-split", a->eval_split, "Part of --eval to score")->default_val("eval");
   cmd->add_option("--eval-windows", a->eval_windows, "Windows to score (0: all)")->default_val(100);

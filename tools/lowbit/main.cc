@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
   register_generate(app);
   register_eval(app);
   register_quantize(app);
+  register_convert(app);
 
   // `formats encode` takes raw values (see cmd_formats.cc); CLI11 would treat a "--" that
   // follows FORMAT as the end of the subcommand, so hand it over as a marker instead.

@@ -1,0 +1,491 @@
+// save_model: a LlamaModel as it stands, to a safetensors folder or a GGUF file. The names,
+// keys and row orders are the readers' (load_safetensors, load_gguf), so loading the output
+// gives the same model back; docs/formats.md ("Saved models") lists them.
+
+#include "lowbit/save.h"
+#include "model_internal.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "lowbit/file.h"
+#include "lowbit/gguf.h"
+#include "lowbit/safetensors.h"
+#include "lowbit/tokenizer.h"
+
+namespace lowbit {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+// ---- what a model holds -----------------------------------------------------------------------
+
+// One weight matrix to save: a QuantizedTensor, or f32 (a view into net.weights()).
+struct Matrix {
+  std::string name;  // lowbit's: "layers.0.wq", "classifier"
+  const QuantizedTensor* quant = nullptr;
+  ConstTensorView f32;
+  bool rope = false;
+};
+
+struct Parts {
+  std::vector<Matrix> linears;         // layer-major, kSlotInfo order; then the classifier if untied
+  std::optional<Matrix> classifier;    // set when the classifier is stored (untied or quantized)
+};
+
+Result<Matrix> matrix_of(const std::string& out, const std::string& name, const Linear& lin, ConstTensorView w,
+                         bool rope) {
+  Matrix m{name, lin.quant(), w, rope};
+  if (m.quant != nullptr) return m;
+  if (w.ndim() != 2 || w.dtype() != DType::kF32 || !w.is_contiguous() || w.dim(0) != lin.out_features() ||
+      w.dim(1) != lin.in_features()) {
+    return InvalidArgument(fmt::format("{}: {}: the fp32 linear ({}, {}) does not match net.weights()' matrix {}", out,
+                                       name, lin.out_features(), lin.in_features(), w.shape().to_string()));
+  }
+  return m;
+}
+
+Result<Parts> collect(const LlamaModel& net, const std::string& out) {
+  Parts p;
+  for (size_t l = 0; l < net.layers().size(); ++l) {
+    for (const SlotInfo& s : kSlotInfo) {
+      LOWBIT_ASSIGN_OR_RETURN(Matrix m, matrix_of(out, linear_name(static_cast<int>(l), s), net.layers()[l].*s.linear,
+                                                  net.weights().layers[l].*s.weight, s.rope));
+      p.linears.push_back(m);
+    }
+  }
+  if (net.classifier().quant() != nullptr || !net.config().shared_classifier) {
+    LOWBIT_ASSIGN_OR_RETURN(Matrix m, matrix_of(out, kClassifierName, net.classifier(), net.weights().classifier, false));
+    p.classifier = m;
+  }
+  return p;
+}
+
+std::span<const std::byte> bytes_of(ConstTensorView v) {
+  return {static_cast<const std::byte*>(v.data()), static_cast<size_t>(v.numel()) * sizeof(float)};
+}
+
+// Metadata every format carries: the activation specs and the caller's extra keys.
+Result<std::vector<std::pair<std::string, std::string>>> common_metadata(const LlamaModel& net, const std::string& out,
+                                                                         const SaveOptions& opt) {
+  std::vector<std::pair<std::string, std::string>> meta;
+  const ActivationQuant& aq = net.activation_quant();
+  if (aq.linear_input) meta.emplace_back(kActLinearInputKey, to_string(*aq.linear_input));
+  if (aq.kv) meta.emplace_back(kActKvKey, to_string(*aq.kv));
+  for (const auto& [k, v] : opt.extra_metadata) {
+    if (k == kActLinearInputKey || k == kActKvKey || k == kInterleavedRopeKey || k.starts_with("general.") ||
+        k.starts_with("llama.") || k.starts_with("tokenizer.") || k == "quantization_config" || k == "format") {
+      return InvalidArgument(fmt::format("{}: extra metadata key {} is written by save_model itself", out, k));
+    }
+    meta.emplace_back(k, v);
+  }
+  return meta;
+}
+
+// ---- a folder swapped in whole ------------------------------------------------------------------
+
+// What a safetensors save puts in its folder; an existing folder is replaced only if it holds
+// nothing else, so `-o .` cannot wipe a working directory.
+const std::set<std::string, std::less<>> kFolderFiles = {"model.safetensors", "config.json", "tokenizer.model",
+                                                         "tokenizer.bin"};
+
+class TempFolder {
+ public:
+  static Result<TempFolder> create(const std::string& target) {
+    std::error_code ec;
+    if (fs::exists(target, ec)) {
+      if (!fs::is_directory(target, ec)) {
+        return InvalidArgument(fmt::format("{}: exists and is not a folder (a safetensors save is a folder)", target));
+      }
+      for (const fs::directory_entry& e : fs::directory_iterator(target, ec)) {
+        if (!e.is_regular_file() || !kFolderFiles.contains(e.path().filename().string())) {
+          return InvalidArgument(fmt::format("{}: exists and holds {}, which a saved model does not; not replacing it",
+                                             target, e.path().filename().string()));
+        }
+      }
+    }
+    fs::path t(target);
+    if (t.filename().empty()) t = t.parent_path();  // "out/"
+    std::string templ = t.string() + ".tmp.XXXXXX";
+    if (::mkdtemp(templ.data()) == nullptr) {
+      return IoError(fmt::format("{}: cannot create a temp folder beside it: {}", target, std::strerror(errno)));
+    }
+    const mode_t mask = ::umask(0);  // mkdtemp makes 0700; give the folder a plain mkdir's mode
+    ::umask(mask);
+    ::chmod(templ.c_str(), 0777 & ~mask);
+    TempFolder f;
+    f.target_ = t.string();
+    f.temp_ = templ;
+    return f;
+  }
+
+  TempFolder() = default;
+  TempFolder(TempFolder&& o) noexcept : target_(std::move(o.target_)), temp_(std::exchange(o.temp_, {})) {}
+  TempFolder& operator=(TempFolder&&) = delete;
+  ~TempFolder() {
+    std::error_code ec;
+    if (!temp_.empty()) fs::remove_all(temp_, ec);
+  }
+
+  std::string file(std::string_view name) const { return (fs::path(temp_) / name).string(); }
+
+  // Swaps the folder in: renameat2(RENAME_EXCHANGE) when the target exists (atomic), else rename.
+  Status commit() {
+    std::error_code ec;
+    if (!fs::exists(target_, ec)) {
+      if (::rename(temp_.c_str(), target_.c_str()) != 0) return rename_error();
+      temp_.clear();
+      return OkStatus();
+    }
+    if (::renameat2(AT_FDCWD, temp_.c_str(), AT_FDCWD, target_.c_str(), RENAME_EXCHANGE) != 0) {
+      if (errno != EINVAL && errno != ENOSYS) return rename_error();
+      // No exchange on this filesystem: move the old folder aside, then the new one in.
+      const std::string aside = temp_ + ".old";
+      if (::rename(target_.c_str(), aside.c_str()) != 0) return rename_error();
+      if (::rename(temp_.c_str(), target_.c_str()) != 0) {
+        const Status s = rename_error();
+        (void)::rename(aside.c_str(), target_.c_str());
+        return s;
+      }
+      fs::remove_all(aside, ec);
+      temp_.clear();
+      return OkStatus();
+    }
+    fs::remove_all(temp_, ec);  // now the old folder
+    temp_.clear();
+    return OkStatus();
+  }
+
+ private:
+  Status rename_error() const {
+    return IoError(fmt::format("{}: cannot move the finished folder into place: {}", target_, std::strerror(errno)));
+  }
+  std::string target_, temp_;
+};
+
+// ---- safetensors ---------------------------------------------------------------------------
+
+std::string hf_name(const std::string& lowbit_name) {
+  if (lowbit_name == kClassifierName) return "lm_head.weight";
+  const size_t dot = lowbit_name.find('.', 7);  // "layers.<l>.<slot>"
+  const std::string slot = lowbit_name.substr(dot + 1);
+  for (const SlotInfo& s : kSlotInfo) {
+    if (slot == s.name) return fmt::format("model.{}.{}.weight", lowbit_name.substr(0, dot), s.hf);
+  }
+  LOWBIT_CHECK(false, "hf_name: unknown linear " + lowbit_name);
+  return {};
+}
+
+json hf_config(const LlamaConfig& c, bool tied, const Tokenizer* tok) {
+  json j = {{"architectures", {"LlamaForCausalLM"}},
+            {"model_type", "llama"},
+            {"hidden_act", "silu"},
+            {"hidden_size", c.dim},
+            {"intermediate_size", c.hidden_dim},
+            {"num_hidden_layers", c.n_layers},
+            {"num_attention_heads", c.n_heads},
+            {"num_key_value_heads", c.n_kv_heads},
+            {"vocab_size", c.vocab_size},
+            {"max_position_embeddings", c.seq_len},
+            {"rope_theta", static_cast<double>(c.rope_theta)},
+            {"rms_norm_eps", static_cast<double>(c.norm_eps)},
+            {"tie_word_embeddings", tied},
+            {"torch_dtype", "float32"}};
+  if (tok != nullptr && tok->bos_id() >= 0) j["bos_token_id"] = tok->bos_id();
+  if (tok != nullptr && tok->eos_id() >= 0) j["eos_token_id"] = tok->eos_id();
+  return j;
+}
+
+Status save_safetensors(const LlamaModel& net, const std::string& out, const SaveOptions& opt, SaveReport* report) {
+  const LlamaConfig& c = net.config();
+  LOWBIT_ASSIGN_OR_RETURN(Parts parts, collect(net, out));
+  LOWBIT_ASSIGN_OR_RETURN(auto common, common_metadata(net, out, opt));
+  std::unique_ptr<Tokenizer> tok;
+  if (!opt.tokenizer_path.empty()) {
+    LOWBIT_ASSIGN_OR_RETURN(tok, load_tokenizer(opt.tokenizer_path, c.vocab_size));
+  }
+
+  std::map<std::string, QuantizedTensor> quantized;  // by Hugging Face name
+  std::vector<SafetensorsEntry> plain;
+  std::deque<std::vector<float>> permuted;  // fp32 q/k rows in Hugging Face's order (stable addresses)
+  std::vector<std::string> interleaved;
+  const LlamaWeights& w = net.weights();
+  const auto add_plain = [&](const std::string& name, ConstTensorView v) {
+    plain.push_back({name, DType::kF32, std::vector<int64_t>(v.shape().dims.begin(), v.shape().dims.begin() + v.ndim()),
+                     bytes_of(v)});
+  };
+  add_plain("model.embed_tokens.weight", w.tok_embeddings);
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    add_plain(fmt::format("model.layers.{}.input_layernorm.weight", l), w.layers[l].attn_norm);
+    add_plain(fmt::format("model.layers.{}.post_attention_layernorm.weight", l), w.layers[l].ffn_norm);
+  }
+  add_plain("model.norm.weight", w.final_norm);
+
+  std::vector<Matrix> matrices = parts.linears;
+  if (parts.classifier) matrices.push_back(*parts.classifier);
+  for (const Matrix& m : matrices) {
+    const std::string name = hf_name(m.name);
+    // The reader takes row r of q/k from Hugging Face row hf_rope_source_row(r): write the inverse.
+    if (m.quant != nullptr) {
+      if (!m.rope) {
+        quantized.emplace(name, *m.quant);
+        continue;
+      }
+      Result<QuantizedTensor> p = permute_rows(*m.quant, inverse_order(hf_rope_order(m.quant->rows, c.head_dim())));
+      if (p.ok()) {
+        quantized.emplace(name, std::move(*p));
+      } else {
+        quantized.emplace(name, *m.quant);
+        interleaved.push_back(name);
+      }
+      continue;
+    }
+    if (!m.rope) {
+      add_plain(name, m.f32);
+      continue;
+    }
+    const int64_t rows = m.f32.dim(0), cols = m.f32.dim(1);
+    const std::vector<int64_t> src = hf_rope_order(rows, c.head_dim());
+    std::vector<float>& dst = permuted.emplace_back(static_cast<size_t>(rows * cols));
+    const float* x = m.f32.data_as<float>();
+    for (int64_t r = 0; r < rows; ++r) {
+      std::memcpy(dst.data() + src[static_cast<size_t>(r)] * cols, x + r * cols, static_cast<size_t>(cols) * sizeof(float));
+    }
+    plain.push_back({name, DType::kF32, {rows, cols}, std::as_bytes(std::span<const float>(dst))});
+  }
+
+  std::map<std::string, std::string> meta(common.begin(), common.end());
+  meta["format"] = "pt";  // what Hugging Face's loaders expect of a PyTorch-style file
+  if (!interleaved.empty()) meta[kInterleavedRopeKey] = fmt::format("{}", fmt::join(interleaved, ","));
+  for (const auto& [name, q] : quantized) {
+    report->tensors.push_back({name, to_string(q.spec)});
+    if (std::find(interleaved.begin(), interleaved.end(), name) != interleaved.end()) {
+      report->warnings.push_back(fmt::format("{}: {} blocks span rows that Hugging Face's RoPE order separates: stored in "
+                                             "lowbit's interleaved row order (listed in {})",
+                                             name, to_string(q.spec), kInterleavedRopeKey));
+    }
+  }
+  for (const SafetensorsEntry& e : plain) report->tensors.push_back({e.name, "F32"});
+
+  LOWBIT_ASSIGN_OR_RETURN(TempFolder folder, TempFolder::create(out));
+  const std::string weights = folder.file("model.safetensors");
+  if (quantized.empty()) {
+    LOWBIT_RETURN_IF_ERROR(write_safetensors(weights, plain, meta));
+  } else {
+    LOWBIT_RETURN_IF_ERROR(write_quantized_safetensors(weights, quantized, plain, meta));
+  }
+  LOWBIT_RETURN_IF_ERROR(
+      write_file_atomic(folder.file("config.json"), hf_config(c, !parts.classifier, tok.get()).dump(2) + "\n"));
+  if (tok) {
+    LOWBIT_ASSIGN_OR_RETURN(std::string bytes, read_file(opt.tokenizer_path));
+    LOWBIT_RETURN_IF_ERROR(
+        write_file_atomic(folder.file(tok->kind() == "sentencepiece" ? "tokenizer.model" : "tokenizer.bin"), bytes));
+  }
+  std::error_code ec;
+  for (const fs::directory_entry& e : fs::directory_iterator(folder.file(""), ec)) {
+    report->bytes += static_cast<int64_t>(e.file_size(ec));
+  }
+  return folder.commit();
+}
+
+// ---- GGUF ------------------------------------------------------------------------------------
+
+// llama.cpp's llama_ftype values for general.file_type.
+constexpr uint32_t kFtypeAllF32 = 0, kFtypeMostlyF16 = 1, kFtypeMostlyQ4_0 = 2, kFtypeMostlyQ8_0 = 7;
+constexpr uint32_t kGgmlQuantizationVersion = 2;  // GGML_QNT_VERSION
+constexpr int64_t kGgmlBlock = 32;                // QK8_0 = QK4_0
+
+std::string gguf_name(const std::string& lowbit_name) {
+  if (lowbit_name == kClassifierName) return "output.weight";
+  const size_t dot = lowbit_name.find('.', 7);
+  const std::string layer = lowbit_name.substr(7, dot - 7), slot = lowbit_name.substr(dot + 1);
+  for (const SlotInfo& s : kSlotInfo) {
+    if (slot == s.name) return fmt::format("blk.{}.{}.weight", layer, s.gguf);
+  }
+  LOWBIT_CHECK(false, "gguf_name: unknown linear " + lowbit_name);
+  return {};
+}
+
+// "Q8_0", as llama.cpp prints type names.
+std::string upper_type_name(GgmlType t) {
+  std::string s(ggml_type_name(t));
+  for (char& ch : s) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  return s;
+}
+
+// The GGUF type a spec is stored as, if any.
+std::optional<GgmlType> gguf_type_of(const QuantSpec& s) {
+  if (s.granularity != Granularity::kGroup || s.group != kGgmlBlock || !s.symmetric ||
+      s.scale_format != Format::kFp16 || s.tensor_scale) {
+    return std::nullopt;
+  }
+  if (s.element == Format::kInt8) return GgmlType::kQ8_0;
+  if (s.element == Format::kInt4) return GgmlType::kQ4_0;
+  return std::nullopt;
+}
+
+Status add_vocab(const std::string& out, const std::string& tokenizer, int vocab, GgufWriteSpec* spec) {
+  LOWBIT_ASSIGN_OR_RETURN(TokenizerVocab v, read_tokenizer_vocab(tokenizer));
+  if (static_cast<int>(v.tokens.size()) != vocab) {
+    return InvalidArgument(fmt::format("{}: tokenizer {} has {} tokens, the model {}", out, tokenizer, v.tokens.size(),
+                                       vocab));
+  }
+  std::vector<GgufValue::Scalar> tokens, scores, types;
+  for (size_t i = 0; i < v.tokens.size(); ++i) {
+    tokens.emplace_back(v.tokens[i]);
+    scores.emplace_back(v.scores[i]);
+    types.emplace_back(v.types[i]);
+  }
+  auto& m = spec->metadata;
+  m.emplace_back("tokenizer.ggml.model", GgufValue::str("llama"));
+  m.emplace_back("tokenizer.ggml.tokens", GgufValue::array_of(GgufValueType::kString, std::move(tokens)));
+  m.emplace_back("tokenizer.ggml.scores", GgufValue::array_of(GgufValueType::kF32, std::move(scores)));
+  m.emplace_back("tokenizer.ggml.token_type", GgufValue::array_of(GgufValueType::kI32, std::move(types)));
+  for (const auto& [key, id] : {std::pair{"tokenizer.ggml.bos_token_id", v.bos}, std::pair{"tokenizer.ggml.eos_token_id", v.eos},
+                                std::pair{"tokenizer.ggml.unknown_token_id", v.unk}}) {
+    if (id >= 0) m.emplace_back(key, GgufValue::u32(static_cast<uint32_t>(id)));
+  }
+  m.emplace_back("tokenizer.ggml.add_bos_token", GgufValue::boolean(v.bos >= 0));
+  m.emplace_back("tokenizer.ggml.add_eos_token", GgufValue::boolean(false));
+  return OkStatus();
+}
+
+Status save_gguf(const LlamaModel& net, const std::string& out, const SaveOptions& opt, SaveReport* report) {
+  const LlamaConfig& c = net.config();
+  LOWBIT_ASSIGN_OR_RETURN(Parts parts, collect(net, out));
+  LOWBIT_ASSIGN_OR_RETURN(auto common, common_metadata(net, out, opt));
+
+  GgufWriteSpec spec;
+  std::deque<std::vector<float>> dequantized;  // F16 fallbacks (stable addresses)
+  const LlamaWeights& w = net.weights();
+  const auto add_f32 = [&](const std::string& name, ConstTensorView v) {
+    spec.tensors.push_back({name, std::vector<int64_t>(v.shape().dims.begin(), v.shape().dims.begin() + v.ndim()),
+                            std::span<const float>(v.data_as<float>(), static_cast<size_t>(v.numel())), GgmlType::kF32});
+  };
+  std::vector<Matrix> matrices = parts.linears;
+  if (parts.classifier) matrices.push_back(*parts.classifier);
+  bool any_q4 = false, any_q8 = false, any_f16 = false;
+  add_f32("token_embd.weight", w.tok_embeddings);
+  add_f32("output_norm.weight", w.final_norm);
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    add_f32(fmt::format("blk.{}.attn_norm.weight", l), w.layers[l].attn_norm);
+    add_f32(fmt::format("blk.{}.ffn_norm.weight", l), w.layers[l].ffn_norm);
+  }
+  // GGUF keeps lowbit's (llama2.c's) interleaved q/k row order: llama.cpp's LLAMA_ROPE_TYPE_NORM.
+  for (const Matrix& m : matrices) {
+    const std::string name = gguf_name(m.name);
+    if (m.quant == nullptr) {
+      add_f32(name, m.f32);
+      continue;
+    }
+    const QuantizedTensor& q = *m.quant;
+    const std::vector<int64_t> shape{q.rows, q.cols};
+    const std::optional<GgmlType> type = gguf_type_of(q.spec);
+    if (type && q.cols % kGgmlBlock == 0) {
+      spec.tensors.push_back({name, shape, {}, *type, &q});
+      (*type == GgmlType::kQ4_0 ? any_q4 : any_q8) = true;
+      continue;
+    }
+    if (!type && !opt.gguf_fallback_f16) {
+      return InvalidArgument(fmt::format("{}: {} ({}) is quantized {}, which GGUF cannot hold (supported: "
+                                         "int8:g32:sym:fp16 -> Q8_0, int4:g32:sym:fp16 -> Q4_0); save as safetensors, "
+                                         "or allow storing it dequantized as F16 (gguf_fallback_f16, --gguf-f16)",
+                                         out, name, m.name, to_string(q.spec)));
+    }
+    std::vector<float>& buf = dequantized.emplace_back(static_cast<size_t>(q.numel()));
+    LOWBIT_RETURN_IF_ERROR(dequantize(q, TensorView(buf.data(), DType::kF32, {q.rows, q.cols})));
+    spec.tensors.push_back({name, shape, buf, GgmlType::kF16});
+    any_f16 = true;
+    report->warnings.push_back(
+        type ? fmt::format("{}: {} rows of {} values are not a multiple of 32, which {} needs: stored dequantized as F16",
+                           name, to_string(q.spec), q.cols, upper_type_name(*type))
+             : fmt::format("{}: {} has no GGUF type: stored dequantized as F16", name, to_string(q.spec)));
+  }
+
+  const uint32_t ftype = any_q4 ? kFtypeMostlyQ4_0 : any_q8 ? kFtypeMostlyQ8_0 : any_f16 ? kFtypeMostlyF16 : kFtypeAllF32;
+  auto& md = spec.metadata;
+  const auto u32 = [](int64_t v) { return GgufValue::u32(static_cast<uint32_t>(v)); };
+  md.emplace_back("general.architecture", GgufValue::str("llama"));
+  md.emplace_back("general.name", GgufValue::str(fs::path(out).stem().string()));
+  md.emplace_back("general.file_type", GgufValue::u32(ftype));
+  if (any_q4 || any_q8) md.emplace_back("general.quantization_version", GgufValue::u32(kGgmlQuantizationVersion));
+  md.emplace_back("llama.context_length", u32(c.seq_len));
+  md.emplace_back("llama.embedding_length", u32(c.dim));
+  md.emplace_back("llama.block_count", u32(c.n_layers));
+  md.emplace_back("llama.feed_forward_length", u32(c.hidden_dim));
+  md.emplace_back("llama.attention.head_count", u32(c.n_heads));
+  md.emplace_back("llama.attention.head_count_kv", u32(c.n_kv_heads));
+  md.emplace_back("llama.rope.freq_base", GgufValue::f32(c.rope_theta));
+  md.emplace_back("llama.attention.layer_norm_rms_epsilon", GgufValue::f32(c.norm_eps));
+  md.emplace_back("llama.rope.dimension_count", u32(c.head_dim()));
+  md.emplace_back("llama.vocab_size", u32(c.vocab_size));
+  if (!opt.tokenizer_path.empty()) {
+    LOWBIT_RETURN_IF_ERROR(add_vocab(out, opt.tokenizer_path, c.vocab_size, &spec));
+  } else {
+    report->warnings.push_back("no tokenizer given: the GGUF has no tokenizer.ggml.* vocabulary (llama.cpp needs one)");
+  }
+  for (const auto& [k, v] : common) md.emplace_back(k, GgufValue::str(v));
+
+  for (const GgufWriteTensor& t : spec.tensors) {
+    report->tensors.push_back({t.name, upper_type_name(t.quant != nullptr ? *gguf_type_of(t.quant->spec) : t.type)});
+  }
+  LOWBIT_RETURN_IF_ERROR(write_gguf(out, spec));
+  std::error_code ec;
+  report->bytes = static_cast<int64_t>(fs::file_size(out, ec));
+  return OkStatus();
+}
+
+}  // namespace
+
+std::string_view model_format_name(ModelFormat f) { return f == ModelFormat::kGguf ? "gguf" : "safetensors"; }
+
+Result<ModelFormat> parse_model_format(std::string_view name) {
+  if (name == "safetensors") return ModelFormat::kSafetensors;
+  if (name == "gguf") return ModelFormat::kGguf;
+  return InvalidArgument(fmt::format("model format '{}' is not known (expected safetensors or gguf)", name));
+}
+
+Result<SaveReport> save_model(const LlamaModel& net, const std::string& out_path, const SaveOptions& opt) {
+  if (out_path.empty()) return InvalidArgument("save_model: the output path is empty");
+  for (size_t l = 0; l < net.layers().size(); ++l) {
+    for (LinearSlot s : kLinearSlots) {
+      if (!net.layers()[l].outliers[static_cast<size_t>(s)].cols.empty()) {
+        return Unsupported(fmt::format("{}: layers.{}.{} has an LLM.int8() outlier split, which neither format can "
+                                       "store yet (evaluate it in memory: lowbit quantize --method outliers --eval)",
+                                       out_path, l, linear_slot_name(s)));
+      }
+    }
+  }
+  SaveReport r;
+  r.path = out_path;
+  r.format = opt.format;
+  if (opt.format == ModelFormat::kGguf) {
+    LOWBIT_RETURN_IF_ERROR(save_gguf(net, out_path, opt, &r));
+  } else {
+    LOWBIT_RETURN_IF_ERROR(save_safetensors(net, out_path, opt, &r));
+  }
+  return r;
+}
+
+}  // namespace lowbit
