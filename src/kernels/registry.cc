@@ -394,10 +394,10 @@ Result<KernelOp> resolve_op(const PackedWeights& w, const MatmulOptions& opt) {
   KernelOp op = opt.op;
   if (op == KernelOp::kAuto) {
     switch (w.kind) {
-      case WeightKind::kInt8Row: return KernelOp::kGemmA8W8;
+      case WeightKind::kInt8Row: op = KernelOp::kGemmA8W8; break;
       case WeightKind::kInt4Group:
-      case WeightKind::kNf4Group: return KernelOp::kGemmA16W4;
-      case WeightKind::kE4m3Block: return KernelOp::kGemmFp8Block;
+      case WeightKind::kNf4Group: op = KernelOp::kGemmA16W4; break;
+      case WeightKind::kE4m3Block: op = KernelOp::kGemmFp8Block; break;
     }
   }
   const bool ok = (op == KernelOp::kGemmA8W8 && w.kind == WeightKind::kInt8Row) ||

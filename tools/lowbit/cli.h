@@ -43,5 +43,7 @@ void register_cpu(CLI::App& app);
 void register_schemes(CLI::App& app);
 void register_generate(CLI::App& app);
 void register_eval(CLI::App& app);
+void register_kernels(CLI::App& app);
+void register_bench(CLI::App& app);
 
 }  // namespace lowbit::cli
