@@ -77,16 +77,20 @@ void fill_abs(Int8Acts& acts) {
 
 // ---- drivers ----
 
-int64_t column_grain(int64_t tiles) {
-  // About four chunks per thread; results do not depend on the chunking.
-  return std::max<int64_t>(1, tiles / (4 * std::max(1, num_threads())));
+// Tiles per parallel_for chunk: about four chunks per thread, but at least ~256k multiply-adds
+// per chunk so small products do not pay for a parallel region. Results never depend on it.
+int64_t column_grain(int64_t tiles, int64_t macs_per_tile) {
+  constexpr int64_t kMinChunkMacs = 1 << 18;
+  const int64_t by_threads = tiles / (4 * std::max(1, num_threads()));
+  const int64_t by_work = (kMinChunkMacs + macs_per_tile - 1) / std::max<int64_t>(1, macs_per_tile);
+  return std::max<int64_t>({1, by_threads, by_work});
 }
 
 void run_a8w8(const ki::Microkernels& mk, const PackedWeights& w, const Int8Acts& acts, int64_t m, float* y,
               int64_t ldy) {
   const int64_t kp = w.kp, tiles = w.np / ki::kIntNr;
   const int8_t* wd = reinterpret_cast<const int8_t*>(w.data.data());
-  parallel_for(0, tiles, column_grain(tiles), [&](int64_t t0, int64_t t1) {
+  parallel_for(0, tiles, column_grain(tiles, m * kp * ki::kIntNr), [&](int64_t t0, int64_t t1) {
     int32_t out[8];
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t j0 = t * ki::kIntNr;
@@ -106,7 +110,7 @@ void run_a8w8(const ki::Microkernels& mk, const PackedWeights& w, const Int8Acts
 void run_a8w4(const ki::Microkernels& mk, const PackedWeights& w, const Int8Acts& acts, const std::vector<int32_t>& asum,
               int64_t m, float* y, int64_t ldy) {
   const int64_t kp = w.kp, tiles = w.np / ki::kIntNr, ng = w.groups_per_row();
-  parallel_for(0, tiles, column_grain(tiles), [&](int64_t t0, int64_t t1) {
+  parallel_for(0, tiles, column_grain(tiles, m * kp * ki::kIntNr), [&](int64_t t0, int64_t t1) {
     float out[8];
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t j0 = t * ki::kIntNr;
@@ -125,7 +129,7 @@ void run_a8w4(const ki::Microkernels& mk, const PackedWeights& w, const Int8Acts
 void run_a16w4(const ki::Microkernels& mk, const PackedWeights& w, const float* xp, int64_t m, float* y, int64_t ldy) {
   const int64_t kp = w.kp, tiles = w.np / ki::kIntNr, ng = w.groups_per_row();
   const int32_t* off = w.kind == WeightKind::kNf4Group ? nullptr : w.offsets.data();
-  parallel_for(0, tiles, column_grain(tiles), [&](int64_t t0, int64_t t1) {
+  parallel_for(0, tiles, column_grain(tiles, m * kp * ki::kIntNr), [&](int64_t t0, int64_t t1) {
     float out[8];
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t j0 = t * ki::kIntNr;
@@ -170,7 +174,7 @@ Fp8Acts quantize_fp8_tiles(const float* x, int64_t m, int64_t ldx, int64_t k, in
 
 void run_fp8(const ki::Microkernels& mk, const PackedWeights& w, const Fp8Acts& acts, int64_t m, float* y, int64_t ldy) {
   const int64_t kp = w.kp, nkb = kp / ki::kFp8Block, panels = w.np / ki::kFp8Nr;
-  parallel_for(0, panels, column_grain(panels), [&](int64_t p0, int64_t p1) {
+  parallel_for(0, panels, column_grain(panels, m * kp * ki::kFp8Nr), [&](int64_t p0, int64_t p1) {
     std::vector<float> ws(static_cast<size_t>(ki::kFp8Block * ki::kFp8Nr));  // (128, 16) decoded block
     std::vector<float> yt(static_cast<size_t>(m * ki::kFp8Nr));              // (m, 16) fp32 accumulators
     float scale[ki::kFp8Mr];
@@ -207,7 +211,7 @@ float truncate_significand(float x, int bits) {
 void run_fp8_emulated(const PackedWeights& w, const Fp8Acts& acts, int64_t m, float* y, int64_t ldy,
                       Fp8Accumulation mode, int bits) {
   const int64_t kp = w.kp, nkb = kp / ki::kFp8Block;
-  parallel_for(0, w.n, 16, [&](int64_t j0, int64_t j1) {
+  parallel_for(0, w.n, column_grain(w.n, m * kp), [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
       const uint8_t* panel = w.data.data() + (j / ki::kFp8Nr) * kp * ki::kFp8Nr;
       const int64_t jj = j % ki::kFp8Nr, nb = j / ki::kFp8Block;

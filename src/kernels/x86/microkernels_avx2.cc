@@ -26,8 +26,9 @@ inline __m256 hsum8_ps(const __m256* v) {
   return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
-void a8w8_tile(const int8_t* a0, const int8_t* a1, const uint8_t* absa0, const uint8_t* absa1, const int8_t* w,
-               int64_t kp, int32_t* out) {
+template <int MR>
+void a8w8_tile_impl(const int8_t* a0, const int8_t* a1, const uint8_t* absa0, const uint8_t* absa1, const int8_t* w,
+                    int64_t kp, int32_t* out) {
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i acc[8];
   for (auto& v : acc) v = _mm256_setzero_si256();
@@ -44,11 +45,24 @@ void a8w8_tile(const int8_t* a0, const int8_t* a1, const uint8_t* absa0, const u
     for (int j = 0; j < 4; ++j) {
       const __m256i wj = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[j]));
       acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(_mm256_maddubs_epi16(u0, _mm256_sign_epi8(wj, s0)), ones));
-      acc[4 + j] =
-          _mm256_add_epi32(acc[4 + j], _mm256_madd_epi16(_mm256_maddubs_epi16(u1, _mm256_sign_epi8(wj, s1)), ones));
+      if constexpr (MR == 2) {
+        acc[4 + j] =
+            _mm256_add_epi32(acc[4 + j], _mm256_madd_epi16(_mm256_maddubs_epi16(u1, _mm256_sign_epi8(wj, s1)), ones));
+      }
     }
   }
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), hsum8_epi32(acc));
+}
+
+// a1 == a0: one row (decode); the second row's lanes repeat the first.
+void a8w8_tile(const int8_t* a0, const int8_t* a1, const uint8_t* absa0, const uint8_t* absa1, const int8_t* w,
+               int64_t kp, int32_t* out) {
+  if (a1 == a0) {
+    a8w8_tile_impl<1>(a0, a1, absa0, absa1, w, kp, out);
+    for (int j = 0; j < 4; ++j) out[4 + j] = out[j];
+  } else {
+    a8w8_tile_impl<2>(a0, a1, absa0, absa1, w, kp, out);
+  }
 }
 
 // Low (0..31) or high (32..63) nibbles of a 32-byte chunk, as bytes.
@@ -57,8 +71,9 @@ inline __m256i nibbles(__m256i b, int half) {
   return half == 0 ? _mm256_and_si256(b, m) : _mm256_and_si256(_mm256_srli_epi16(b, 4), m);
 }
 
-void a8w4_tile(const int8_t* a0, const int8_t* a1, const int32_t* asum0, const int32_t* asum1, const uint8_t* w,
-               const float* s, const int32_t* off, int64_t kp, int64_t group, int64_t ng, float* out) {
+template <int MR>
+void a8w4_tile_impl(const int8_t* a0, const int8_t* a1, const int32_t* asum0, const int32_t* asum1, const uint8_t* w,
+                    const float* s, const int32_t* off, int64_t kp, int64_t group, int64_t ng, float* out) {
   const __m256i ones = _mm256_set1_epi16(1);
   const int64_t rb = kp / 2;  // bytes per weight row
   const int64_t halves_per_group = group / 32;
@@ -77,7 +92,7 @@ void a8w4_tile(const int8_t* a0, const int8_t* a1, const int32_t* asum0, const i
     for (int j = 0; j < 4; ++j) {
       const __m256i u = nibbles(wb[j], half);
       acc16[j] = _mm256_add_epi16(acc16[j], _mm256_maddubs_epi16(u, s0));
-      acc16[4 + j] = _mm256_add_epi16(acc16[4 + j], _mm256_maddubs_epi16(u, s1));
+      if constexpr (MR == 2) acc16[4 + j] = _mm256_add_epi16(acc16[4 + j], _mm256_maddubs_epi16(u, s1));
     }
     ++h_in_group;
     ++h_since_flush;
@@ -104,6 +119,16 @@ void a8w4_tile(const int8_t* a0, const int8_t* a1, const int32_t* asum0, const i
     }
   }
   _mm256_storeu_ps(out, accf);
+}
+
+void a8w4_tile(const int8_t* a0, const int8_t* a1, const int32_t* asum0, const int32_t* asum1, const uint8_t* w,
+               const float* s, const int32_t* off, int64_t kp, int64_t group, int64_t ng, float* out) {
+  if (a1 == a0) {
+    a8w4_tile_impl<1>(a0, a1, asum0, asum1, w, s, off, kp, group, ng, out);
+    for (int j = 0; j < 4; ++j) out[4 + j] = out[j];
+  } else {
+    a8w4_tile_impl<2>(a0, a1, asum0, asum1, w, s, off, kp, group, ng, out);
+  }
 }
 
 // 8 bytes at p (low half of a 128-bit lane) -> 8 floats.
