@@ -2,6 +2,7 @@
 // tile loops (threaded with parallel_for over output columns; workspaces live here, never in
 // a microkernel), contract-bearing names, and dispatch from the active ISA.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -86,11 +87,25 @@ int64_t column_grain(int64_t tiles, int64_t macs_per_tile) {
   return std::max<int64_t>({1, by_threads, by_work});
 }
 
+// Calls fn(begin, end) for chunks of `grain` of [0, count); the parallel_for threads take chunks
+// from a shared counter, so a thread the OS starts late (an oversubscribed machine) leaves its
+// share to the others instead of stalling the call. Each output is computed by exactly one chunk
+// in a fixed order, so results never depend on which thread ran it.
+template <class F>
+void for_chunks(int64_t count, int64_t grain, F&& fn) {
+  const int64_t chunks = (count + grain - 1) / grain;
+  const int64_t team = std::min<int64_t>(num_threads(), chunks);
+  std::atomic<int64_t> next{0};
+  parallel_for(0, std::max<int64_t>(team, 1), 1, [&](int64_t, int64_t) {
+    for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1)) fn(c * grain, std::min(count, (c + 1) * grain));
+  });
+}
+
 void run_a8w8(const ki::Microkernels& mk, const PackedWeights& w, const Int8Acts& acts, int64_t m, float* y,
               int64_t ldy) {
   const int64_t kp = w.kp, tiles = w.np / ki::kIntNr;
   const int8_t* wd = reinterpret_cast<const int8_t*>(w.data.data());
-  parallel_for(0, tiles, column_grain(tiles, m * kp * ki::kIntNr), [&](int64_t t0, int64_t t1) {
+  for_chunks(tiles, column_grain(tiles, m * kp * ki::kIntNr), [&](int64_t t0, int64_t t1) {
     int32_t out[8];
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t j0 = t * ki::kIntNr;
@@ -110,7 +125,7 @@ void run_a8w8(const ki::Microkernels& mk, const PackedWeights& w, const Int8Acts
 void run_a8w4(const ki::Microkernels& mk, const PackedWeights& w, const Int8Acts& acts, const std::vector<int32_t>& asum,
               int64_t m, float* y, int64_t ldy) {
   const int64_t kp = w.kp, tiles = w.np / ki::kIntNr, ng = w.groups_per_row();
-  parallel_for(0, tiles, column_grain(tiles, m * kp * ki::kIntNr), [&](int64_t t0, int64_t t1) {
+  for_chunks(tiles, column_grain(tiles, m * kp * ki::kIntNr), [&](int64_t t0, int64_t t1) {
     float out[8];
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t j0 = t * ki::kIntNr;
@@ -129,7 +144,7 @@ void run_a8w4(const ki::Microkernels& mk, const PackedWeights& w, const Int8Acts
 void run_a16w4(const ki::Microkernels& mk, const PackedWeights& w, const float* xp, int64_t m, float* y, int64_t ldy) {
   const int64_t kp = w.kp, tiles = w.np / ki::kIntNr, ng = w.groups_per_row();
   const int32_t* off = w.kind == WeightKind::kNf4Group ? nullptr : w.offsets.data();
-  parallel_for(0, tiles, column_grain(tiles, m * kp * ki::kIntNr), [&](int64_t t0, int64_t t1) {
+  for_chunks(tiles, column_grain(tiles, m * kp * ki::kIntNr), [&](int64_t t0, int64_t t1) {
     float out[8];
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t j0 = t * ki::kIntNr;
@@ -174,7 +189,7 @@ Fp8Acts quantize_fp8_tiles(const float* x, int64_t m, int64_t ldx, int64_t k, in
 
 void run_fp8(const ki::Microkernels& mk, const PackedWeights& w, const Fp8Acts& acts, int64_t m, float* y, int64_t ldy) {
   const int64_t kp = w.kp, nkb = kp / ki::kFp8Block, panels = w.np / ki::kFp8Nr;
-  parallel_for(0, panels, column_grain(panels, m * kp * ki::kFp8Nr), [&](int64_t p0, int64_t p1) {
+  for_chunks(panels, column_grain(panels, m * kp * ki::kFp8Nr), [&](int64_t p0, int64_t p1) {
     std::vector<float> ws(static_cast<size_t>(ki::kFp8Block * ki::kFp8Nr));  // (128, 16) decoded block
     std::vector<float> yt(static_cast<size_t>(m * ki::kFp8Nr));              // (m, 16) fp32 accumulators
     float scale[ki::kFp8Mr];
@@ -211,7 +226,7 @@ float truncate_significand(float x, int bits) {
 void run_fp8_emulated(const PackedWeights& w, const Fp8Acts& acts, int64_t m, float* y, int64_t ldy,
                       Fp8Accumulation mode, int bits) {
   const int64_t kp = w.kp, nkb = kp / ki::kFp8Block;
-  parallel_for(0, w.n, column_grain(w.n, m * kp), [&](int64_t j0, int64_t j1) {
+  for_chunks(w.n, column_grain(w.n, m * kp), [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
       const uint8_t* panel = w.data.data() + (j / ki::kFp8Nr) * kp * ki::kFp8Nr;
       const int64_t jj = j % ki::kFp8Nr, nb = j / ki::kFp8Block;
