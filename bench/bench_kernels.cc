@@ -53,7 +53,7 @@ class Reporter : public benchmark::ConsoleReporter {
       if (r.run_type != Run::RT_Iteration || r.error_occurred) continue;
       std::string name = r.benchmark_name();
       if (const size_t p = name.rfind("/real_time"); p != std::string::npos) name.erase(p);
-      times_[name] = r.GetAdjustedRealTime() * 1e-9;  // ns (default time unit) -> s
+      times_[name] = r.real_accumulated_time / static_cast<double>(r.iterations);  // seconds per call
     }
   }
   void Finalize() override {
