@@ -44,8 +44,8 @@ struct PackedWeights {
   int64_t np = 0, kp = 0;    // padded shape the kernels walk (zero padding)
   int64_t group = 0;         // elements of K per scale: G, 128 for e4m3 blocks, kp for int8 rows
   std::vector<uint8_t> data;     // codes, kind-specific layout
-  std::vector<float> scales;     // int8 (np); int4/nf4 (np, kp/G); e4m3 (ceil(np/128), kp/128)
-  std::vector<int32_t> offsets;  // int4: (np, kp/G) u-offsets, w = (u - offset) · scale; else empty
+  std::vector<float> scales;     // int8 (np); int4/nf4 (np/4, kp/G, 4) per tile of 4 rows; e4m3 (ceil(np/128), kp/128)
+  std::vector<int32_t> offsets;  // int4: like scales, u-offsets with w = (u - offset) · scale; else empty
   QuantSpec spec;                // the weights' spec
 
   int64_t groups_per_row() const { return group ? kp / group : 0; }

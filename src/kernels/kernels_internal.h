@@ -18,6 +18,10 @@ inline constexpr int kFp8Mr = 6;     // fp8 tile rows
 inline constexpr int kFp8Block = 128;  // DeepSeek-V3 block edge (K and N)
 inline constexpr int kChunk = 64;    // int4 packing: 64 elements in 32 bytes (low nibbles 0..31, high 32..63)
 
+// int4 / nf4 scales and offsets are interleaved per tile of 4 weight rows: (np/4, groups, 4), so a
+// microkernel loads one group's 4 values with a single 128-bit load.
+inline int64_t group_param_index(int64_t row, int64_t g, int64_t ng) { return (row / 4) * ng * 4 + g * 4 + row % 4; }
+
 struct Microkernels {
   Isa isa;
   // out[i*4 + j] = Σ_k a_i[k] · w_j[k] for i < 2, j < 4, exact int32. a_i int8 rows, absa_i = |a_i|
@@ -25,7 +29,7 @@ struct Microkernels {
   void (*a8w8_tile)(const int8_t* a0, const int8_t* a1, const uint8_t* absa0, const uint8_t* absa1,
                     const int8_t* w, int64_t kp, int32_t* out);
   // out[i*4 + j] = Σ_g fma(float(Σ_{k in g} a_i[k]·u_j[k] − off_j[g]·asum_i[g]), s_j[g], acc) in group
-  // order, starting at 0. u_j = nibble codes of weight row j (w + j*kp/2), s/off rows stride ng.
+  // order, starting at 0. u_j = nibble codes of weight row j (w + j*kp/2); s_j[g] = s[g*4 + j], same for off.
   void (*a8w4_tile)(const int8_t* a0, const int8_t* a1, const int32_t* asum0, const int32_t* asum1,
                     const uint8_t* w, const float* s, const int32_t* off, int64_t kp, int64_t group, int64_t ng,
                     float* out);

@@ -327,8 +327,8 @@ Result<PackedWeights> pack_weights(const QuantizedTensor& q) {
       const int32_t bias = q.spec.element == Format::kInt4 ? 8 : 0;  // u = code + bias in 0..15
       for (int64_t r = 0; r < p.n; ++r) {
         for (int64_t g = 0; g < grid.grid_cols; ++g) {
-          p.scales[r * ng + g] = q.scales[r * grid.grid_cols + g];
-          if (!nf4) p.offsets[r * ng + g] = bias + (q.spec.symmetric ? 0 : q.zero_points[r * grid.grid_cols + g]);
+          p.scales[ki::group_param_index(r, g, ng)] = q.scales[r * grid.grid_cols + g];
+          if (!nf4) p.offsets[ki::group_param_index(r, g, ng)] = bias + (q.spec.symmetric ? 0 : q.zero_points[r * grid.grid_cols + g]);
         }
         uint8_t* row = &p.data[r * rb];
         for (int64_t c = 0; c < p.kp; ++c) {
@@ -337,7 +337,7 @@ Result<PackedWeights> pack_weights(const QuantizedTensor& q) {
           if (c < p.k) {
             u = q.code_at(r, c) + (nf4 ? 0 : bias);
           } else if (!nf4) {
-            u = p.offsets[r * ng + c / p.group];
+            u = p.offsets[ki::group_param_index(r, c / p.group, ng)];
           }
           const int64_t ch = c / ki::kChunk, e = c % ki::kChunk;
           uint8_t& b = row[ch * (ki::kChunk / 2) + e % (ki::kChunk / 2)];
@@ -383,7 +383,7 @@ void unpack_weights(const PackedWeights& p, float* w) {
           const int64_t ch = c / ki::kChunk, e = c % ki::kChunk;
           const uint8_t b = p.data[r * (p.kp / 2) + ch * (ki::kChunk / 2) + e % (ki::kChunk / 2)];
           const int u = e < ki::kChunk / 2 ? (b & 0xF) : (b >> 4);
-          const int64_t g = r * ng + c / p.group;
+          const int64_t g = ki::group_param_index(r, c / p.group, ng);
           v = p.kind == WeightKind::kNf4Group ? kNf4Levels[static_cast<size_t>(u)] * p.scales[g]
                                              : static_cast<float>(u - p.offsets[g]) * p.scales[g];
           break;

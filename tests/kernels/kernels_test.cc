@@ -204,7 +204,7 @@ TEST(KernelPacking, NibbleAndPanelPositions) {
   EXPECT_EQ(p.data[2 * rb + 1] & 0xF, q.code_at(2, 1) + 8);
   EXPECT_EQ(p.data[2 * rb + 32] & 0xF, q.code_at(2, 64) + 8);
   EXPECT_EQ(p.data[2 * rb + 38] & 0xF, 8);  // padding (element 70) holds the offset: weight 0
-  EXPECT_EQ(p.offsets[2 * p.groups_per_row()], 8);
+  EXPECT_EQ(p.offsets[2], 8);  // (tile 0, group 0, row 2)
   // e4m3: panels of 16 weight rows, k-major.
   const QuantizedTensor f = quantize_weights("e4m3:block128x128:sym:fp32", 20, 130, 4);
   const PackedWeights pf = pack_weights(f).value();

@@ -50,8 +50,8 @@ void a8w4_tile(const int8_t* a0, const int8_t* a1, const int32_t* asum0, const i
       for (int64_t g = 0; g < ng; ++g) {
         int32_t d = 0;
         for (int64_t k = g * group; k < (g + 1) * group; ++k) d += int32_t{a[i][k]} * nibble(wj, k);
-        d -= off[j * ng + g] * asum[i][g];
-        acc = std::fma(static_cast<float>(d), s[j * ng + g], acc);
+        d -= off[g * 4 + j] * asum[i][g];
+        acc = std::fma(static_cast<float>(d), s[g * 4 + j], acc);
       }
       out[i * 4 + j] = acc;
     }
@@ -67,13 +67,13 @@ void a16w4_tile(const float* x0, const float* x1, const uint8_t* w, const float*
       float acc = 0.0f;
       for (int64_t g = 0; g < ng; ++g) {
         float p = 0.0f;
-        const float o = off ? static_cast<float>(off[j * ng + g]) : 0.0f;
+        const float o = off ? static_cast<float>(off[g * 4 + j]) : 0.0f;
         for (int64_t k = g * group; k < (g + 1) * group; ++k) {
           const int u = nibble(wj, k);
           const float v = off ? static_cast<float>(u) - o : kNf4Levels[static_cast<size_t>(u)];
           p = std::fma(x[i][k], v, p);
         }
-        acc = std::fma(p, s[j * ng + g], acc);
+        acc = std::fma(p, s[g * 4 + j], acc);
       }
       out[i * 4 + j] = acc;
     }

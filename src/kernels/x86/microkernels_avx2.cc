@@ -73,7 +73,7 @@ inline __m256i nibbles(__m256i b, int half) {
 
 template <int MR>
 void a8w4_tile_impl(const int8_t* a0, const int8_t* a1, const int32_t* asum0, const int32_t* asum1, const uint8_t* w,
-                    const float* s, const int32_t* off, int64_t kp, int64_t group, int64_t ng, float* out) {
+                    const float* s, const int32_t* off, int64_t kp, int64_t group, int64_t /*ng*/, float* out) {
   const __m256i ones = _mm256_set1_epi16(1);
   const int64_t rb = kp / 2;  // bytes per weight row
   const int64_t halves_per_group = group / 32;
@@ -106,11 +106,10 @@ void a8w4_tile_impl(const int8_t* a0, const int8_t* a1, const int32_t* asum0, co
     }
     if (group_end) {
       const __m256i d = hsum8_epi32(acc32);
-      const __m256i o = _mm256_setr_epi32(off[g], off[ng + g], off[2 * ng + g], off[3 * ng + g], off[g],
-                                          off[ng + g], off[2 * ng + g], off[3 * ng + g]);
-      const __m256i as = _mm256_setr_epi32(asum0[g], asum0[g], asum0[g], asum0[g], asum1[g], asum1[g], asum1[g], asum1[g]);
-      const __m256 sc = _mm256_setr_ps(s[g], s[ng + g], s[2 * ng + g], s[3 * ng + g], s[g], s[ng + g], s[2 * ng + g],
-                                       s[3 * ng + g]);
+      // Lanes q = i*4 + j: offsets and scales of the 4 weight rows, twice; asum of row i.
+      const __m256i o = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(off + g * 4)));
+      const __m256i as = _mm256_set_m128i(_mm_set1_epi32(asum1[g]), _mm_set1_epi32(asum0[g]));
+      const __m256 sc = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(s + g * 4));
       const __m256i dd = _mm256_sub_epi32(d, _mm256_mullo_epi32(o, as));
       accf = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dd), sc, accf);
       for (int q = 0; q < 8; ++q) acc32[q] = _mm256_setzero_si256();
@@ -141,7 +140,7 @@ inline __m256 nf4_lookup(__m256i idx, __m256 lo, __m256 hi) {
 
 template <int MR, bool kNf4>
 void a16w4_tile_impl(const float* x0, const float* x1, const uint8_t* w, const float* s, const int32_t* off,
-                     int64_t kp, int64_t group, int64_t ng, float* out) {
+                     int64_t kp, int64_t group, int64_t /*ng*/, float* out) {
   const int64_t rb = kp / 2;
   const int64_t halves_per_group = group / 32;
   const __m256 lvl_lo = _mm256_loadu_ps(kNf4Levels.data()), lvl_hi = _mm256_loadu_ps(kNf4Levels.data() + 8);
@@ -157,7 +156,7 @@ void a16w4_tile_impl(const float* x0, const float* x1, const uint8_t* w, const f
       for (int j = 0; j < 4; ++j) wb[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * rb + (h / 2) * 32));
     }
     if (!kNf4 && h_in_group == 0) {
-      for (int j = 0; j < 4; ++j) vo[j] = _mm256_set1_ps(static_cast<float>(off[j * ng + g]));
+      for (int j = 0; j < 4; ++j) vo[j] = _mm256_set1_ps(static_cast<float>(off[g * 4 + j]));
     }
     const float* xa = x0 + h * 32;
     const float* xb = x1 + h * 32;
@@ -178,8 +177,7 @@ void a16w4_tile_impl(const float* x0, const float* x1, const uint8_t* w, const f
     }
     if (++h_in_group == halves_per_group) {
       const __m256 p = hsum8_ps(acc);
-      const __m256 sc = _mm256_setr_ps(s[g], s[ng + g], s[2 * ng + g], s[3 * ng + g], s[g], s[ng + g], s[2 * ng + g],
-                                       s[3 * ng + g]);
+      const __m256 sc = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(s + g * 4));
       accf = _mm256_fmadd_ps(p, sc, accf);
       for (auto& v : acc) v = _mm256_setzero_ps();
       h_in_group = 0;
