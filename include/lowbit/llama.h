@@ -1,8 +1,8 @@
 // The Llama-family forward pass: RMSNorm, RoPE, grouped-query attention, SwiGLU FFN,
 // tied or untied classifier; prefill of a whole sequence (batched matmuls) and single-token
 // decode with a KV cache. Every weight matrix goes through one `Linear`, which holds fp32
-// or a QuantizedTensor (dequantized once, at construction, for now: the fast quantized
-// kernels replace that in the kernels layer). Mirrors llama2.c's run.c.
+// or a QuantizedTensor: repacked once for a quantized kernel (include/lowbit/kernels.h) when
+// one serves the spec, else dequantized once at construction. Mirrors llama2.c's run.c.
 //
 //   LOWBIT_ASSIGN_OR_RETURN(Model m, load_model(path));
 //   LlamaModel net(m);                                  // fp32 linears viewing m's weights
@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "lowbit/kernels.h"
 #include "lowbit/model.h"
 #include "lowbit/quant.h"
 
@@ -29,10 +30,15 @@ class Linear {
  public:
   Linear() = default;
   static Linear fp32(ConstTensorView w);
-  static Result<Linear> quantized(const QuantizedTensor& q);
+  // Weights a kernel serves (int4/uint4/nf4 groups; with `activations` int8:token also int8:row
+  // (W8A8) and int4 groups (W4A8); with e4m3:tile1x128 also e4m3:block128x128) are packed once
+  // and run by it; any other spec is dequantized to fp32 here.
+  static Result<Linear> quantized(const QuantizedTensor& q, const std::optional<QuantSpec>& activations = std::nullopt);
   int64_t out_features() const { return out_; }
   int64_t in_features() const { return in_; }
   const QuantizedTensor* quant() const { return quant_.get(); }
+  // The kernel forward runs ("gemm_a16_w4g128_f32__avx2"), or "fp32" on the fp32 path.
+  std::string kernel() const;
   void forward(const float* x, int64_t n, float* y) const;  // x (n, in), y (n, out)
 
  private:
@@ -40,6 +46,8 @@ class Linear {
   const float* w_ = nullptr;                      // (out, in)
   std::shared_ptr<const Tensor> owned_;           // dequantized weights
   std::shared_ptr<const QuantizedTensor> quant_;  // what was quantized, for size accounting
+  std::shared_ptr<const PackedWeights> packed_;   // kernel layout (then w_ is null)
+  MatmulOptions kernel_opt_;
 };
 
 // Where activations are fake-quantized (quantize -> dequantize with dynamic scales), so

@@ -398,7 +398,9 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
       } else {
         LOWBIT_ASSIGN_OR_RETURN(q, quantize(kept, *spec, {.name = name}));
       }
-      LOWBIT_ASSIGN_OR_RETURN(ll.at(s), Linear::quantized(q));
+      // The kernels quantize a linear's whole input themselves: not with an outlier split.
+      const bool split = !ll.outliers[static_cast<size_t>(s)].cols.empty();
+      LOWBIT_ASSIGN_OR_RETURN(ll.at(s), Linear::quantized(q, split ? std::nullopt : acts));
       rep.linears.push_back(r);
     }
     lw.attn_norm = net.adopt(std::move(attn_norm));

@@ -30,7 +30,7 @@ Status apply_rtn(LlamaModel& net, const QuantSpec& weights, const std::optional<
       QuantizeOptions opt;
       opt.name = name;
       LOWBIT_ASSIGN_OR_RETURN(QuantizedTensor q, quantize(w, weights, opt));
-      LOWBIT_ASSIGN_OR_RETURN(net.layers()[l].*kLinearMembers[i], Linear::quantized(q));
+      LOWBIT_ASSIGN_OR_RETURN(net.layers()[l].*kLinearMembers[i], Linear::quantized(q, activations));
     }
   }
   net.activation_quant().linear_input = activations;

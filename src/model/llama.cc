@@ -57,21 +57,55 @@ Linear Linear::fp32(ConstTensorView w) {
   return l;
 }
 
-Result<Linear> Linear::quantized(const QuantizedTensor& q) {
+namespace {
+
+// The kernel op for weights `w` with activations quantized as `act` (or fp32), if any.
+std::optional<KernelOp> linear_kernel_op(const QuantSpec& w, const std::optional<QuantSpec>& act) {
+  if (!kernel_supports(w)) return std::nullopt;
+  const bool int8_tokens = act && act->element == Format::kInt8 && act->granularity == Granularity::kRow &&
+                           act->symmetric && act->scale_format == Format::kFp32;
+  const bool fp8_tiles = act && act->element == Format::kE4m3 && act->granularity == Granularity::kBlock &&
+                         act->block_rows == 1 && act->block_cols == 128 && act->scale_format == Format::kFp32;
+  switch (w.element) {
+    case Format::kInt4:
+    case Format::kUint4: return int8_tokens ? KernelOp::kGemmA8W4 : KernelOp::kGemmA16W4;
+    case Format::kNf4: return KernelOp::kGemmA16W4;
+    case Format::kInt8: return int8_tokens ? std::optional<KernelOp>(KernelOp::kGemmA8W8) : std::nullopt;
+    case Format::kE4m3: return fp8_tiles ? std::optional<KernelOp>(KernelOp::kGemmFp8Block) : std::nullopt;
+    default: return std::nullopt;
+  }
+}
+
+}  // namespace
+
+Result<Linear> Linear::quantized(const QuantizedTensor& q, const std::optional<QuantSpec>& activations) {
   if (q.shape.ndim != 2) return InvalidArgument("Linear: a quantized weight must be 2-D (out, in)");
-  LOWBIT_ASSIGN_OR_RETURN(Tensor w, Tensor::empty(DType::kF32, {q.rows, q.cols}));
-  LOWBIT_RETURN_IF_ERROR(dequantize(q, w.view()));
   Linear l;
   l.out_ = q.rows;
   l.in_ = q.cols;
+  l.quant_ = std::make_shared<QuantizedTensor>(q);
+  if (const std::optional<KernelOp> op = linear_kernel_op(q.spec, activations)) {
+    LOWBIT_ASSIGN_OR_RETURN(PackedWeights p, pack_weights(q));
+    l.packed_ = std::make_shared<PackedWeights>(std::move(p));
+    l.kernel_opt_.op = *op;
+    return l;
+  }
+  LOWBIT_ASSIGN_OR_RETURN(Tensor w, Tensor::empty(DType::kF32, {q.rows, q.cols}));
+  LOWBIT_RETURN_IF_ERROR(dequantize(q, w.view()));
   auto owned = std::make_shared<Tensor>(std::move(w));
   l.w_ = owned->data_as<float>();
   l.owned_ = std::move(owned);
-  l.quant_ = std::make_shared<QuantizedTensor>(q);
   return l;
 }
 
+std::string Linear::kernel() const { return packed_ ? kernel_name(*packed_, kernel_opt_) : "fp32"; }
+
 void Linear::forward(const float* x, int64_t n, float* y) const {
+  if (packed_) {
+    const Status s = matmul(*packed_, x, n, in_, y, out_, kernel_opt_);
+    LOWBIT_CHECK(s.ok(), "Linear::forward: " + s.message());
+    return;
+  }
   const int64_t in = in_, out = out_;
   const float* w = w_;
   // Threads split the output features; each dot product accumulates in order, as run.c does.
@@ -95,7 +129,7 @@ namespace {
 Linear make_linear(const Model& m, const std::string& name, ConstTensorView w) {
   const auto it = m.quantized.find(name);
   if (it == m.quantized.end()) return Linear::fp32(w);
-  Result<Linear> l = Linear::quantized(it->second);
+  Result<Linear> l = Linear::quantized(it->second, m.activations.linear_input);
   LOWBIT_CHECK(l.ok(), "LlamaModel: quantized weight " + name + ": " + l.status().message());
   return std::move(*l);
 }

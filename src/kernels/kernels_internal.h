@@ -1,0 +1,54 @@
+// Internal to the kernels layer: the per-ISA microkernels behind matmul. Each ISA level
+// fills the same table; the scalar level (ref/) is the twin the SIMD ones are tested
+// against (tests/kernels). Microkernels never allocate or spawn threads; the drivers in
+// registry.cc cut the work with parallel_for and own the workspaces.
+#pragma once
+
+#include <cstdint>
+
+#include "lowbit/cpu.h"
+
+namespace lowbit::kernels_internal {
+
+// Tile shapes the drivers use.
+inline constexpr int kIntMr = 2;     // int tiles: 2 rows of activations ...
+inline constexpr int kIntNr = 4;     // ... × 4 weight rows; packed n is padded to a multiple of 4
+inline constexpr int kFp8Nr = 16;    // fp8 panels: 16 weight rows, k-major
+inline constexpr int kFp8Mr = 6;     // fp8 tile rows
+inline constexpr int kFp8Block = 128;  // DeepSeek-V3 block edge (K and N)
+inline constexpr int kChunk = 64;    // int4 packing: 64 elements in 32 bytes (low nibbles 0..31, high 32..63)
+
+// int4 / nf4 scales and offsets are interleaved per tile of 4 weight rows: (np/4, groups, 4), so a
+// microkernel loads one group's 4 values with a single 128-bit load.
+inline int64_t group_param_index(int64_t row, int64_t g, int64_t ng) { return (row / 4) * ng * 4 + g * 4 + row % 4; }
+
+struct Microkernels {
+  Isa isa;
+  // out[i*4 + j] = Σ_k a_i[k] · w_j[k] for i < 2, j < 4, exact int32. a_i int8 rows, absa_i = |a_i|
+  // (as u8), w_j = w + j*kp; kp a multiple of 32, codes in [-127, 127].
+  void (*a8w8_tile)(const int8_t* a0, const int8_t* a1, const uint8_t* absa0, const uint8_t* absa1,
+                    const int8_t* w, int64_t kp, int32_t* out);
+  // out[i*4 + j] = Σ_g fma(float(Σ_{k in g} a_i[k]·u_j[k] − off_j[g]·asum_i[g]), s_j[g], acc) in group
+  // order, starting at 0. u_j = nibble codes of weight row j (w + j*kp/2); s_j[g] = s[g*4 + j], same for off.
+  void (*a8w4_tile)(const int8_t* a0, const int8_t* a1, const int32_t* asum0, const int32_t* asum1,
+                    const uint8_t* w, const float* s, const int32_t* off, int64_t kp, int64_t group, int64_t ng,
+                    float* out);
+  // out[i*4 + j] = Σ_g s_j[g] · Σ_{k in g} x_i[k] · v_j[k], v = u − off (int4) or nf4 level[u] (off == nullptr).
+  void (*a16w4_tile)(const float* x0, const float* x1, const uint8_t* w, const float* s, const int32_t* off,
+                     int64_t kp, int64_t group, int64_t ng, float* out);
+  // ws (kc, 16) fp32 = e4m3 decode of panel codes (kc, 16) (unscaled).
+  void (*fp8_decode)(const uint8_t* codes, int64_t kc, float* ws);
+  // For rows i < mr (<= 6): p = Σ_{k<kc} xa_i[k] · ws[k, 0..15] (fp32), then y_i[0..15] = fma(p, scale[i], y_i).
+  void (*fp8_tile)(int mr, const float* xa, int64_t ldxa, const float* ws, int64_t kc, const float* scale, float* y,
+                   int64_t ldy);
+};
+
+const Microkernels& scalar_microkernels();
+#if defined(LOWBIT_HAVE_AVX2)
+const Microkernels& avx2_microkernels();
+#endif
+
+// e4m3 code -> float (NaN codes 0x7F / 0xFF decode as ±480: quantized weights never hold NaN).
+float e4m3_value(uint8_t code);
+
+}  // namespace lowbit::kernels_internal

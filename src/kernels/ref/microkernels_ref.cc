@@ -1,0 +1,105 @@
+// Scalar microkernels: the reference twins of x86/microkernels_avx2.cc (same contracts,
+// kernels_internal.h). Integer kernels are exact; the float ones accumulate in K order.
+#include <cmath>
+#include <cstring>
+
+#include "../kernels_internal.h"
+#include "lowbit/formats.h"
+
+namespace lowbit::kernels_internal {
+
+float e4m3_value(uint8_t code) {
+  // The e4m3 magnitude bits placed at the top of an fp32 mantissa/exponent, times 2^120,
+  // is the value exactly (subnormals included: the fp32 denormal scales up to a normal).
+  const uint32_t bits = static_cast<uint32_t>(code & 0x7F) << 20;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  f *= 0x1p120f;
+  return (code & 0x80) ? -f : f;
+}
+
+namespace {
+
+inline int nibble(const uint8_t* row, int64_t k) {
+  const int64_t c = k / kChunk, e = k % kChunk;
+  const uint8_t b = row[c * (kChunk / 2) + (e % (kChunk / 2))];
+  return e < kChunk / 2 ? (b & 0xF) : (b >> 4);
+}
+
+void a8w8_tile(const int8_t* a0, const int8_t* a1, const uint8_t*, const uint8_t*, const int8_t* w, int64_t kp,
+               int32_t* out) {
+  const int8_t* a[2] = {a0, a1};
+  for (int i = 0; i < 2; ++i) {
+    for (int j = 0; j < 4; ++j) {
+      const int8_t* wj = w + j * kp;
+      int32_t acc = 0;
+      for (int64_t k = 0; k < kp; ++k) acc += int32_t{a[i][k]} * int32_t{wj[k]};
+      out[i * 4 + j] = acc;
+    }
+  }
+}
+
+void a8w4_tile(const int8_t* a0, const int8_t* a1, const int32_t* asum0, const int32_t* asum1, const uint8_t* w,
+               const float* s, const int32_t* off, int64_t kp, int64_t group, int64_t ng, float* out) {
+  const int8_t* a[2] = {a0, a1};
+  const int32_t* asum[2] = {asum0, asum1};
+  for (int i = 0; i < 2; ++i) {
+    for (int j = 0; j < 4; ++j) {
+      const uint8_t* wj = w + j * (kp / 2);
+      float acc = 0.0f;
+      for (int64_t g = 0; g < ng; ++g) {
+        int32_t d = 0;
+        for (int64_t k = g * group; k < (g + 1) * group; ++k) d += int32_t{a[i][k]} * nibble(wj, k);
+        d -= off[g * 4 + j] * asum[i][g];
+        acc = std::fma(static_cast<float>(d), s[g * 4 + j], acc);
+      }
+      out[i * 4 + j] = acc;
+    }
+  }
+}
+
+void a16w4_tile(const float* x0, const float* x1, const uint8_t* w, const float* s, const int32_t* off, int64_t kp,
+                int64_t group, int64_t ng, float* out) {
+  const float* x[2] = {x0, x1};
+  for (int i = 0; i < 2; ++i) {
+    for (int j = 0; j < 4; ++j) {
+      const uint8_t* wj = w + j * (kp / 2);
+      float acc = 0.0f;
+      for (int64_t g = 0; g < ng; ++g) {
+        float p = 0.0f;
+        const float o = off ? static_cast<float>(off[g * 4 + j]) : 0.0f;
+        for (int64_t k = g * group; k < (g + 1) * group; ++k) {
+          const int u = nibble(wj, k);
+          const float v = off ? static_cast<float>(u) - o : kNf4Levels[static_cast<size_t>(u)];
+          p = std::fma(x[i][k], v, p);
+        }
+        acc = std::fma(p, s[g * 4 + j], acc);
+      }
+      out[i * 4 + j] = acc;
+    }
+  }
+}
+
+void fp8_decode(const uint8_t* codes, int64_t kc, float* ws) {
+  for (int64_t i = 0; i < kc * kFp8Nr; ++i) ws[i] = e4m3_value(codes[i]);
+}
+
+void fp8_tile(int mr, const float* xa, int64_t ldxa, const float* ws, int64_t kc, const float* scale, float* y,
+              int64_t ldy) {
+  for (int i = 0; i < mr; ++i) {
+    for (int j = 0; j < kFp8Nr; ++j) {
+      float p = 0.0f;
+      for (int64_t k = 0; k < kc; ++k) p = std::fma(xa[i * ldxa + k], ws[k * kFp8Nr + j], p);
+      y[i * ldy + j] = std::fma(p, scale[i], y[i * ldy + j]);
+    }
+  }
+}
+
+}  // namespace
+
+const Microkernels& scalar_microkernels() {
+  static const Microkernels k{Isa::kScalar, a8w8_tile, a8w4_tile, a16w4_tile, fp8_decode, fp8_tile};
+  return k;
+}
+
+}  // namespace lowbit::kernels_internal
