@@ -407,7 +407,8 @@ Status save_gguf(const LlamaModel& net, const std::string& out, const SaveOption
       (*type == GgmlType::kQ4_0 ? any_q4 : any_q8) = true;
       continue;
     }
-    if (!type && !opt.gguf_fallback_f16) {
+    const bool exact_f16 = q.spec.element == Format::kFp16 && q.spec.scale_rule == ScaleRule::kUnit;  // a plain cast
+    if (!type && !opt.gguf_fallback_f16 && !exact_f16) {
       return InvalidArgument(fmt::format("{}: {} ({}) is quantized {}, which GGUF cannot hold (supported: "
                                          "int8:g32:sym:fp16 -> Q8_0, int4:g32:sym:fp16 -> Q4_0); save as safetensors, "
                                          "or allow storing it dequantized as F16 (gguf_fallback_f16, --gguf-f16)",
@@ -417,6 +418,7 @@ Status save_gguf(const LlamaModel& net, const std::string& out, const SaveOption
     LOWBIT_RETURN_IF_ERROR(dequantize(q, TensorView(buf.data(), DType::kF32, {q.rows, q.cols})));
     spec.tensors.push_back({name, shape, buf, GgmlType::kF16});
     any_f16 = true;
+    if (exact_f16) continue;  // F16 holds it exactly
     report->warnings.push_back(
         type ? fmt::format("{}: {} rows of {} values are not a multiple of 32, which {} needs: stored dequantized as F16",
                            name, to_string(q.spec), q.cols, upper_type_name(*type))

@@ -653,7 +653,11 @@ TEST_P(GgufLlamaTest, LoadsWeightsAndMatchesTheSameWeightsLoadedDirectly) {
   const auto b = run_logits(ref);
   ASSERT_EQ(a.size(), 5u * 32u);
   ASSERT_EQ(a.size(), b.size());
-  EXPECT_TRUE(same_bits(a.data(), b.data(), a.size()));
+  // Q8_0 / Q4_0 linears load quantized and run through the packed kernels, whose float
+  // accumulation order differs from the fp32 matmul over the dequantized weights.
+  float scale = 0.0f;
+  for (float v : b) scale = std::max(scale, std::fabs(v));
+  for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], 1e-5f * scale + 1e-6f) << "logit " << i;
   for (float v : a) ASSERT_TRUE(std::isfinite(v));
 }
 
