@@ -1,6 +1,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <sys/resource.h>
 
 #include <filesystem>
 
@@ -47,6 +48,8 @@ float parse_float_arg(const std::string& text, const std::string& what) {
 }
 
 std::string find_tokenizer(const std::string& model_path, int vocab, std::string_view cmd) {
+  // A GGUF model carries its own tokenizer (tokenizer.ggml.*).
+  if (!std::filesystem::is_directory(model_path) && load_tokenizer(model_path, vocab).ok()) return model_path;
   const std::filesystem::path dir = std::filesystem::path(model_path).parent_path();
   const std::string names[] = {fmt::format("tok{}.model", vocab), fmt::format("tok{}.bin", vocab), "tokenizer.model",
                                "tokenizer.bin"};
@@ -55,6 +58,16 @@ std::string find_tokenizer(const std::string& model_path, int vocab, std::string
     if (std::filesystem::exists(p) && load_tokenizer(p.string(), vocab).ok()) return p.string();
   }
   fail(kExitUsage, fmt::format("{}: no tokenizer with a vocab of {} beside {} (pass --tokenizer)", cmd, vocab, model_path));
+}
+
+}  // namespace lowbit::cli
+
+namespace lowbit::cli {
+
+double peak_rss_mib() {
+  rusage ru{};
+  if (getrusage(RUSAGE_SELF, &ru) != 0) return 0.0;
+  return static_cast<double>(ru.ru_maxrss) / 1024.0;  // Linux reports KiB
 }
 
 }  // namespace lowbit::cli

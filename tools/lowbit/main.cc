@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
   register_schemes(app);
   register_generate(app);
   register_eval(app);
+  register_bench_model(app);
 
   // `formats encode` takes raw values (see cmd_formats.cc); CLI11 would treat a "--" that
   // follows FORMAT as the end of the subcommand, so hand it over as a marker instead.
