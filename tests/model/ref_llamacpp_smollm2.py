@@ -49,7 +49,9 @@ def tokenizer_texts():
 
 
 def load(path, **kw):
+    # logits_all: llama-cpp-python 0.3 fills Llama.scores only then (greedy reads it).
     from llama_cpp import Llama
+    kw.setdefault("logits_all", not kw.get("vocab_only", False))
     return Llama(model_path=path, n_ctx=256, n_batch=256, n_threads=int(os.environ.get("LOWBIT_LLAMACPP_THREADS", "1")), verbose=False, seed=0, **kw)
 
 
@@ -61,6 +63,7 @@ def greedy(llm, prompt_ids, steps=STEPS):
     import numpy as np
     llm.reset()
     llm.eval(prompt_ids)
+    assert np.any(llm.scores[llm.n_tokens - 1] != 0), "llama_cpp left the logits empty"
     out = []
     for _ in range(steps):
         nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
@@ -111,8 +114,6 @@ def reference():
         write_f32_gguf(q41, f32)
         llm = load(f32, type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32)
         data["greedy"] = [{"prompt": p, "prompt_ids": ids, "ids": greedy(llm, ids)} for p, ids in zip(PROMPTS, prompts)]
-        del llm
-        llm = load(f32, type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, logits_all=True)
         llm.reset()
         llm.eval(prefill_ids)
         top = []
