@@ -1,12 +1,14 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <sys/resource.h>
 
 #include <filesystem>
 
 #include <fmt/format.h>
 
+#include "lowbit/file.h"
 #include "lowbit/tokenizer.h"
 
 #include "cli.h"
@@ -49,7 +51,10 @@ float parse_float_arg(const std::string& text, const std::string& what) {
 
 std::string find_tokenizer(const std::string& model_path, int vocab, std::string_view cmd) {
   // A GGUF model carries its own tokenizer (tokenizer.ggml.*).
-  if (!std::filesystem::is_directory(model_path) && load_tokenizer(model_path, vocab).ok()) return model_path;
+  if (Result<MappedFile> f = MappedFile::open(model_path);
+      f.ok() && f->size() >= 4 && std::memcmp(f->bytes().data(), "GGUF", 4) == 0 && load_tokenizer(model_path, vocab).ok()) {
+    return model_path;
+  }
   const std::filesystem::path dir = std::filesystem::path(model_path).parent_path();
   const std::string names[] = {fmt::format("tok{}.model", vocab), fmt::format("tok{}.bin", vocab), "tokenizer.model",
                                "tokenizer.bin"};

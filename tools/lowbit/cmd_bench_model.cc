@@ -3,6 +3,9 @@
 // scheme, and — when --llamacpp-python names a Python with llama_cpp installed — llama.cpp on the
 // same file (a GGUF) in a subprocess, with the same token ids and thread count. Peak RSS of the
 // lowbit process is reported (getrusage). Without llama_cpp the peer row says "not measured".
+#include <unistd.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
