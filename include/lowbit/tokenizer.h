@@ -1,6 +1,8 @@
-// Tokenizers: text to token ids and back for Llama-family models. Two on-disk forms of the
-// same thing are read: a SentencePiece ".model" (through Debian's libsentencepiece) and the
-// llama2.c "tokenizer.bin" export, whose encoder reproduces llama2.c run.c's `encode`.
+// Tokenizers: text to token ids and back for Llama-family models. Read from a SentencePiece
+// ".model" (through Debian's libsentencepiece), the llama2.c "tokenizer.bin" export (whose encoder
+// reproduces llama2.c run.c's `encode`), or the vocabulary embedded in a GGUF file:
+// tokenizer.ggml.model "gpt2" (byte-level BPE with the model's pre-tokenizer regex, through
+// Debian's PCRE2) or "llama" (SentencePiece-style score-merge BPE, the run.c encoder).
 //
 //   LOWBIT_ASSIGN_OR_RETURN(auto tok, load_tokenizer("../shared/models/tok512.bin", m.config.vocab_size));
 //   LOWBIT_ASSIGN_OR_RETURN(std::vector<int> ids, tok->encode("Once upon a time", /*bos=*/true, /*eos=*/false));
@@ -40,13 +42,30 @@ class Tokenizer {
   virtual int vocab_size() const = 0;
   virtual int bos_id() const = 0;  // -1 if the model has none
   virtual int eos_id() const = 0;  // -1 if the model has none
-  virtual std::string_view kind() const = 0;  // "sentencepiece" | "llama2c"
+  virtual std::string_view kind() const = 0;  // "sentencepiece" | "llama2c" | "gguf-llama" | "gguf-gpt2"
+
+  // Whether the model expects BOS at the start of a sequence: GGUF tokenizer.ggml.add_bos_token
+  // (llama.cpp's default when absent: true for "llama", false for "gpt2"); true for the others.
+  virtual bool add_bos() const { return true; }
+  // The id whose text is exactly `piece` (a special token such as "<|im_end|>", or any vocab
+  // entry in the tokenizer's own spelling), or -1.
+  virtual int find_token(std::string_view piece) const = 0;
 };
 
-// ".model" (SentencePiece proto, through Debian's libsentencepiece) or llama2.c "tokenizer.bin"
-// (int32 max_token_length, then per token: float score, int32 length, bytes), chosen by content
-// (a .bin starts with a small positive int32; a SentencePiece proto does not). `expected_vocab`
-// > 0 checks the vocab matches the model's ("tok512.bin: vocab 512, model expects 32000").
+// ".model" (SentencePiece proto, through Debian's libsentencepiece), llama2.c "tokenizer.bin"
+// (int32 max_token_length, then per token: float score, int32 length, bytes) or a GGUF file's
+// embedded tokenizer (tokenizer.ggml.*), chosen by content (a GGUF starts with "GGUF"; a .bin
+// with a small positive int32; a SentencePiece proto with neither). `expected_vocab` > 0 checks
+// the vocab matches the model's ("tok512.bin: vocab 512, model expects 32000").
+//
+// GGUF "gpt2": tokens are GPT-2's byte-to-unicode spelling; merges "a b" in rank order;
+// tokenizer.ggml.pre names the pre-tokenizer ("smollm", "gpt2", "llama-bpe", ...: an unknown one
+// is Unsupported, naming it); tokens of token_type control (3) or user-defined (4) are matched
+// as whole tokens wherever they appear in the text, longest first; decode gives raw bytes, so a
+// multi-byte character split over tokens comes out whole once the pieces are concatenated.
+// GGUF "llama": tokens + scores (+ token_type: byte pieces "<0xAB>" are the byte fallback, control
+// tokens never merge), "▁" read as a space, a " " dummy prefix unless add_space_prefix is false.
+// Any other tokenizer.ggml.model is Unsupported, naming it. bos/eos ids come from metadata.
 //
 // A tokenizer.bin has no vocab count: tokens run to the end of the file. It is checked whole:
 // no truncated token, every length in [0, max_token_length], at least 259 tokens with ids 3..258

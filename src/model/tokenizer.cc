@@ -1,9 +1,15 @@
 // Tokenizers: SentencePiece .model (wrapping libsentencepiece, whose C++ API returns
-// util::Status) and llama2.c tokenizer.bin (a reimplementation of run.c's encode/decode).
+// util::Status), llama2.c tokenizer.bin (a reimplementation of run.c's encode/decode, which also
+// serves GGUF "llama" vocabularies) and GGUF "gpt2" byte-level BPE (pre-tokenizer regexes
+// through PCRE2, as llama.cpp's llama-vocab.cpp and Hugging Face tokenizers apply them).
 #include "lowbit/tokenizer.h"
 
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
 #include <sentencepiece_processor.h>
 
+#include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -11,12 +17,14 @@
 #include <exception>
 #include <limits>
 #include <queue>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 
 #include <fmt/format.h>
 
 #include "lowbit/file.h"
+#include "lowbit/gguf.h"
 
 namespace lowbit {
 namespace {
@@ -139,20 +147,41 @@ class Llama2cTokenizer final : public TableDecodingTokenizer {
  public:
   static Result<std::unique_ptr<Tokenizer>> load(const std::string& path, std::string_view data);
 
+  // A GGUF "llama" vocabulary (tokenizer.ggml.tokens / scores / token_type).
+  static Result<std::unique_ptr<Tokenizer>> load_gguf(const GgufFile& f);
+
   Result<std::vector<int>> encode(std::string_view text, bool bos, bool eos) const override;
-  std::string_view kind() const override { return "llama2c"; }
+  std::string_view kind() const override { return kind_; }
+  bool add_bos() const override { return add_bos_; }
+  int find_token(std::string_view piece) const override { return lookup(piece); }
 
  private:
   int lookup(std::string_view s) const {
     auto it = index_.find(s);
     return it == index_.end() ? -1 : it->second;
   }
+  void build_decode_table();
 
-  std::vector<std::string> pieces_;  // (vocab) as stored
+  std::string_view kind_ = "llama2c";
+  std::vector<std::string> pieces_;  // (vocab) as stored, SentencePiece's U+2581 read as ' '
   std::vector<float> scores_;        // (vocab)
-  std::unordered_map<std::string_view, int> index_;  // piece -> id, views into pieces_
-  int space_id_ = -1;                // the dummy prefix " "
+  std::unordered_map<std::string_view, int> index_;  // mergeable piece -> id, views into pieces_
+  std::array<int, 256> byte_id_{};   // byte fallback: the id of "<0xAB>" for byte 0xAB
+  int space_id_ = -1;                // the dummy prefix " "; -1: none (add_space_prefix false)
+  bool add_bos_ = true;
 };
+
+void Llama2cTokenizer::build_decode_table() {
+  const size_t n = pieces_.size();
+  text_.resize(n);
+  strip_after_bos_.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    const std::string& p = pieces_[i];
+    const int byte = byte_piece_value(p);
+    text_[i] = byte >= 0 ? std::string(1, static_cast<char>(byte)) : p;
+    strip_after_bos_[i] = !p.empty() && p[0] == ' ';
+  }
+}
 
 Result<std::unique_ptr<Tokenizer>> Llama2cTokenizer::load(const std::string& path, std::string_view data) {
   auto read_i32 = [&](size_t at) {
@@ -215,16 +244,10 @@ Result<std::unique_ptr<Tokenizer>> Llama2cTokenizer::load(const std::string& pat
   if (tok->space_id_ < 0) {
     return DataLoss(fmt::format("{}: no \" \" piece, which run.c's encode needs as the dummy prefix", path));
   }
+  for (int b = 0; b < 256; ++b) tok->byte_id_[static_cast<size_t>(b)] = b + kByteFallbackOffset;
   tok->bos_ = kLlama2cBos;
   tok->eos_ = kLlama2cEos;
-  tok->text_.resize(n);
-  tok->strip_after_bos_.resize(n);
-  for (size_t i = 0; i < n; ++i) {
-    const std::string& p = tok->pieces_[i];
-    const int byte = byte_piece_value(p);
-    tok->text_[i] = byte >= 0 ? std::string(1, static_cast<char>(byte)) : p;
-    tok->strip_after_bos_[i] = !p.empty() && p[0] == ' ';
-  }
+  tok->build_decode_table();
   return std::unique_ptr<Tokenizer>(std::move(tok));
 }
 
@@ -233,10 +256,12 @@ Result<std::unique_ptr<Tokenizer>> Llama2cTokenizer::load(const std::string& pat
 // popped, which picks the same pair at every step: the best-scoring one, leftmost on ties.
 Result<std::vector<int>> Llama2cTokenizer::encode(std::string_view text, bool bos, bool eos) const {
   LOWBIT_RETURN_IF_ERROR(check_utf8(path_, text));
+  if (bos && bos_ < 0) return InvalidArgument(fmt::format("{}: BOS asked for, but the model has none", path_));
+  if (eos && eos_ < 0) return InvalidArgument(fmt::format("{}: EOS asked for, but the model has none", path_));
   std::vector<int> out;
-  if (bos) out.push_back(kLlama2cBos);
+  if (bos) out.push_back(bos_);
   if (text.empty()) {  // run.c adds the dummy prefix only to non-empty text
-    if (eos) out.push_back(kLlama2cEos);
+    if (eos) out.push_back(eos_);
     return out;
   }
 
@@ -252,14 +277,14 @@ Result<std::vector<int>> Llama2cTokenizer::encode(std::string_view text, bool bo
     sym.push_back({id, i - 1, -1});
     if (i > 0) sym[static_cast<size_t>(i - 1)].next = i;
   };
-  append(space_id_);
+  if (space_id_ >= 0) append(space_id_);
   for (size_t i = 0; i < text.size();) {
     const size_t len = utf8_length(static_cast<unsigned char>(text[i]));
     const int id = lookup(text.substr(i, len));
     if (id >= 0) {
       append(id);
     } else {
-      for (size_t k = 0; k < len; ++k) append(static_cast<unsigned char>(text[i + k]) + kByteFallbackOffset);
+      for (size_t k = 0; k < len; ++k) append(byte_id_[static_cast<unsigned char>(text[i + k])]);
     }
     i += len;
   }
@@ -303,7 +328,7 @@ Result<std::vector<int>> Llama2cTokenizer::encode(std::string_view text, bool bo
     consider(c.left, l.next);
   }
   for (int i = 0; i >= 0; i = sym[static_cast<size_t>(i)].next) out.push_back(sym[static_cast<size_t>(i)].id);
-  if (eos) out.push_back(kLlama2cEos);
+  if (eos) out.push_back(eos_);
   return out;
 }
 
@@ -316,6 +341,10 @@ class SentencePieceTokenizer final : public TableDecodingTokenizer {
 
   Result<std::vector<int>> encode(std::string_view text, bool bos, bool eos) const override;
   std::string_view kind() const override { return "sentencepiece"; }
+  int find_token(std::string_view piece) const override {
+    const int id = sp_.PieceToId(piece);
+    return id >= 0 && sp_.IdToPiece(id) == piece ? id : -1;  // unknown pieces map to <unk>
+  }
 
  private:
   sentencepiece::SentencePieceProcessor sp_;
@@ -382,7 +411,447 @@ Result<std::vector<int>> SentencePieceTokenizer::encode(std::string_view text, b
   return out;
 }
 
+// ---- GGUF embedded tokenizers -----------------------------------------------------------
+
+// llama.cpp's llama_token_type (tokenizer.ggml.token_type).
+constexpr int32_t kTokenNormal = 1;
+constexpr int32_t kTokenControl = 3;
+constexpr int32_t kTokenUserDefined = 4;
+constexpr int32_t kTokenByte = 6;
+
+Result<std::vector<std::string>> gguf_strings(const GgufFile& f, std::string_view key) {
+  const GgufValue* v = f.find(key);
+  if (v == nullptr) return NotFound(fmt::format("{}: tokenizer key {} is missing", f.path, key));
+  if (v->type != GgufValueType::kArray || v->array_type != GgufValueType::kString) {
+    return DataLoss(fmt::format("{}: {} is not an array of strings", f.path, key));
+  }
+  std::vector<std::string> out;
+  out.reserve(v->array.size());
+  for (const auto& e : v->array) out.push_back(std::get<std::string>(e));
+  return out;
+}
+
+// An optional numeric array of `n` entries (token_type, scores); empty when the key is absent.
+template <typename T>
+Result<std::vector<T>> gguf_numbers(const GgufFile& f, std::string_view key, size_t n) {
+  std::vector<T> out;
+  const GgufValue* v = f.find(key);
+  if (v == nullptr) return out;
+  if (v->type != GgufValueType::kArray) return DataLoss(fmt::format("{}: {} is not an array", f.path, key));
+  if (v->array.size() != n) {
+    return DataLoss(fmt::format("{}: {} has {} entries, tokenizer.ggml.tokens {}", f.path, key, v->array.size(), n));
+  }
+  out.reserve(n);
+  for (const auto& e : v->array) {
+    const bool ok = std::visit(
+        [&](const auto& x) {
+          using X = std::decay_t<decltype(x)>;
+          if constexpr (std::is_arithmetic_v<X> && !std::is_same_v<X, bool>) {
+            out.push_back(static_cast<T>(x));
+            return true;
+          } else {
+            return false;
+          }
+        },
+        e);
+    if (!ok) return DataLoss(fmt::format("{}: {} holds a non-numeric entry", f.path, key));
+  }
+  return out;
+}
+
+// An optional token id key; `fallback` when absent; range-checked against the vocab.
+Result<int> gguf_token_id(const GgufFile& f, std::string_view key, int fallback, size_t vocab) {
+  if (f.find(key) == nullptr) return fallback;
+  LOWBIT_ASSIGN_OR_RETURN(int64_t id, f.get_i64(key));
+  if (id < 0 || static_cast<uint64_t>(id) >= vocab) {
+    return DataLoss(fmt::format("{}: {}={} is outside the vocab of {}", f.path, key, id, vocab));
+  }
+  return static_cast<int>(id);
+}
+
+Result<bool> gguf_bool_or(const GgufFile& f, std::string_view key, bool fallback) {
+  if (f.find(key) == nullptr) return fallback;
+  return f.get_bool(key);
+}
+
+Result<std::unique_ptr<Tokenizer>> Llama2cTokenizer::load_gguf(const GgufFile& f) {
+  auto tok = std::make_unique<Llama2cTokenizer>();
+  tok->path_ = f.path;
+  tok->kind_ = "gguf-llama";
+  LOWBIT_ASSIGN_OR_RETURN(std::vector<std::string> pieces, gguf_strings(f, "tokenizer.ggml.tokens"));
+  const size_t n = pieces.size();
+  if (n == 0 || n > static_cast<size_t>(std::numeric_limits<int>::max())) {
+    return DataLoss(fmt::format("{}: tokenizer.ggml.tokens has {} entries", f.path, n));
+  }
+  LOWBIT_ASSIGN_OR_RETURN(std::vector<float> scores, gguf_numbers<float>(f, "tokenizer.ggml.scores", n));
+  if (scores.empty()) return NotFound(fmt::format("{}: tokenizer key tokenizer.ggml.scores is missing", f.path));
+  LOWBIT_ASSIGN_OR_RETURN(std::vector<int32_t> types, gguf_numbers<int32_t>(f, "tokenizer.ggml.token_type", n));
+  for (std::string& p : pieces) {  // SentencePiece's U+2581 is a space, as in llama2.c's export
+    std::string t;
+    for (size_t k = 0; k < p.size();) {
+      if (std::string_view(p).substr(k, kSpaceMark.size()) == kSpaceMark) {
+        t += ' ';
+        k += kSpaceMark.size();
+      } else {
+        t += p[k++];
+      }
+    }
+    p = std::move(t);
+  }
+  tok->pieces_ = std::move(pieces);
+  tok->scores_ = std::move(scores);
+  tok->byte_id_.fill(-1);
+  tok->index_.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    const int32_t type = types.empty() ? kTokenNormal : types[i];
+    const int byte = byte_piece_value(tok->pieces_[i]);
+    if (byte >= 0 && (types.empty() || type == kTokenByte) && tok->byte_id_[static_cast<size_t>(byte)] < 0) {
+      tok->byte_id_[static_cast<size_t>(byte)] = static_cast<int>(i);
+    } else if (type != kTokenControl && byte < 0) {
+      tok->index_.emplace(tok->pieces_[i], static_cast<int>(i));  // a duplicate keeps its first id
+    }
+  }
+  for (int b = 0; b < 256; ++b) {
+    if (tok->byte_id_[static_cast<size_t>(b)] < 0) {
+      return DataLoss(fmt::format("{}: no byte piece <0x{:02X}> in tokenizer.ggml.tokens (the byte fallback needs "
+                                  "all 256)", f.path, b));
+    }
+  }
+  LOWBIT_ASSIGN_OR_RETURN(bool space_prefix, gguf_bool_or(f, "tokenizer.ggml.add_space_prefix", true));
+  if (space_prefix) {
+    tok->space_id_ = tok->lookup(" ");
+    if (tok->space_id_ < 0) {
+      return DataLoss(fmt::format("{}: no \"\u2581\" token for the dummy prefix (tokenizer.ggml.add_space_prefix)",
+                                  f.path));
+    }
+  }
+  LOWBIT_ASSIGN_OR_RETURN(tok->bos_, gguf_token_id(f, "tokenizer.ggml.bos_token_id", kLlama2cBos, n));
+  LOWBIT_ASSIGN_OR_RETURN(tok->eos_, gguf_token_id(f, "tokenizer.ggml.eos_token_id", kLlama2cEos, n));
+  LOWBIT_ASSIGN_OR_RETURN(tok->add_bos_, gguf_bool_or(f, "tokenizer.ggml.add_bos_token", true));
+  tok->build_decode_table();
+  if (tok->bos_ >= 0) tok->text_[static_cast<size_t>(tok->bos_)] = kBosText;
+  if (tok->eos_ >= 0) tok->text_[static_cast<size_t>(tok->eos_)] = kEosText;
+  return std::unique_ptr<Tokenizer>(std::move(tok));
+}
+
+// GPT-2's bytes_to_unicode: printable Latin-1 bytes stand for themselves, the other 68 bytes
+// (controls, space, DEL, NBSP, soft hyphen) for U+0100.. in byte order, so every byte is a
+// visible character and a token is a string of them.
+std::array<uint32_t, 256> gpt2_byte_to_codepoint() {
+  std::array<uint32_t, 256> cp{};
+  uint32_t next = 256;
+  for (uint32_t b = 0; b < 256; ++b) {
+    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+    cp[b] = printable ? b : next++;
+  }
+  return cp;
+}
+
+void append_utf8(std::string& s, uint32_t cp) {
+  if (cp < 0x80) {
+    s += static_cast<char>(cp);
+  } else if (cp < 0x800) {
+    s += static_cast<char>(0xC0 | (cp >> 6));
+    s += static_cast<char>(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    s += static_cast<char>(0xE0 | (cp >> 12));
+    s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    s += static_cast<char>(0x80 | (cp & 0x3F));
+  } else {
+    s += static_cast<char>(0xF0 | (cp >> 18));
+    s += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+    s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    s += static_cast<char>(0x80 | (cp & 0x3F));
+  }
+}
+
+// Pre-tokenizer regexes by tokenizer.ggml.pre, as llama.cpp's llama-vocab.cpp applies them: each
+// stage splits every piece of the previous one; text between matches stays a piece of its own.
+// GPT-2's pattern ends in "\s+" here, which is what llama.cpp's unmatched-gap rule amounts to.
+constexpr std::string_view kGpt2Regex =
+    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+constexpr std::string_view kLlama3Regex =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+
+struct PreTokenizer {
+  std::string_view name;
+  std::vector<std::string_view> stages;
+};
+
+const PreTokenizer* find_pre_tokenizer(std::string_view name) {
+  static const PreTokenizer kTable[] = {
+      {"default", {kGpt2Regex}},
+      {"gpt2", {kGpt2Regex}},
+      // Hugging Face's Digits(individual_digits) then ByteLevel: every digit a piece of its own.
+      {"smollm", {R"(\p{N})", kGpt2Regex}},
+      {"starcoder", {R"(\p{N})", kGpt2Regex}},
+      {"refact", {R"(\p{N})", kGpt2Regex}},
+      {"llama3", {kLlama3Regex}},
+      {"llama-bpe", {kLlama3Regex}},
+  };
+  for (const PreTokenizer& p : kTable) {
+    if (p.name == name) return &p;
+  }
+  return nullptr;
+}
+
+struct Pcre2CodeDeleter {
+  void operator()(pcre2_code* c) const { pcre2_code_free(c); }
+};
+struct Pcre2MatchDeleter {
+  void operator()(pcre2_match_data* m) const { pcre2_match_data_free(m); }
+};
+using Pcre2Code = std::unique_ptr<pcre2_code, Pcre2CodeDeleter>;
+using Pcre2Match = std::unique_ptr<pcre2_match_data, Pcre2MatchDeleter>;
+
+class Gpt2Tokenizer final : public TableDecodingTokenizer {
+ public:
+  static Result<std::unique_ptr<Tokenizer>> load(const GgufFile& f);
+
+  Result<std::vector<int>> encode(std::string_view text, bool bos, bool eos) const override;
+  std::string_view kind() const override { return "gguf-gpt2"; }
+  bool add_bos() const override { return add_bos_; }
+  int find_token(std::string_view piece) const override {
+    auto it = index_.find(piece);
+    return it == index_.end() ? -1 : it->second;
+  }
+
+ private:
+  Status encode_plain(std::string_view text, std::vector<int>* out) const;
+  Status encode_chunk(std::string_view chunk, std::vector<int>* out) const;
+
+  std::vector<std::string> tokens_;                   // (vocab) GPT-2 byte-to-unicode spelling
+  std::unordered_map<std::string_view, int> index_;   // token -> id, views into tokens_
+  std::unordered_map<std::string, int> merge_rank_;   // "left right" -> rank (lower merges first)
+  std::vector<std::pair<std::string, int>> specials_;  // control / user-defined: text, id; longest first
+  std::vector<Pcre2Code> stages_;                     // pre-tokenizer regexes, applied in turn
+  std::array<std::string, 256> byte_spelling_;        // byte -> its character, UTF-8
+  int unk_ = -1;                                      // for a byte without a token; -1: drop it
+  bool add_bos_ = false;
+};
+
+Result<std::unique_ptr<Tokenizer>> Gpt2Tokenizer::load(const GgufFile& f) {
+  auto tok = std::make_unique<Gpt2Tokenizer>();
+  tok->path_ = f.path;
+  LOWBIT_ASSIGN_OR_RETURN(std::string pre, f.find("tokenizer.ggml.pre") ? f.get_string("tokenizer.ggml.pre")
+                                                                          : Result<std::string>(std::string("default")));
+  const PreTokenizer* pt = find_pre_tokenizer(pre);
+  if (pt == nullptr) {
+    std::string known;
+    for (std::string_view n : {"default", "gpt2", "smollm", "starcoder", "refact", "llama3", "llama-bpe"}) {
+      known += known.empty() ? "" : ", ";
+      known += n;
+    }
+    return Unsupported(fmt::format("{}: tokenizer.ggml.pre '{}' is not supported (supported: {})", f.path, pre, known));
+  }
+  for (std::string_view pattern : pt->stages) {
+    int err = 0;
+    PCRE2_SIZE at = 0;
+    pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
+                                     PCRE2_UTF | PCRE2_UCP, &err, &at, nullptr);
+    if (code == nullptr) {
+      PCRE2_UCHAR msg[256];
+      pcre2_get_error_message(err, msg, sizeof msg);
+      return Internal(fmt::format("pre-tokenizer '{}': PCRE2 cannot compile its regex at {}: {}", pre, at,
+                                  reinterpret_cast<const char*>(msg)));
+    }
+    pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);  // optional speed-up; the interpreter is the fallback
+    tok->stages_.emplace_back(code);
+  }
+
+  LOWBIT_ASSIGN_OR_RETURN(tok->tokens_, gguf_strings(f, "tokenizer.ggml.tokens"));
+  const size_t n = tok->tokens_.size();
+  if (n == 0 || n > static_cast<size_t>(std::numeric_limits<int>::max())) {
+    return DataLoss(fmt::format("{}: tokenizer.ggml.tokens has {} entries", f.path, n));
+  }
+  LOWBIT_ASSIGN_OR_RETURN(std::vector<int32_t> types, gguf_numbers<int32_t>(f, "tokenizer.ggml.token_type", n));
+  LOWBIT_ASSIGN_OR_RETURN(std::vector<std::string> merges, gguf_strings(f, "tokenizer.ggml.merges"));
+  tok->index_.reserve(n);
+  for (size_t i = 0; i < n; ++i) tok->index_.emplace(tok->tokens_[i], static_cast<int>(i));
+  tok->merge_rank_.reserve(merges.size());
+  for (size_t r = 0; r < merges.size(); ++r) {
+    const size_t sp = merges[r].find(' ');
+    if (sp == std::string::npos || sp == 0 || sp + 1 == merges[r].size() ||
+        merges[r].find(' ', sp + 1) != std::string::npos) {
+      return DataLoss(fmt::format("{}: tokenizer.ggml.merges[{}] is '{}', expected two tokens joined by one space",
+                                  f.path, r, one_line(merges[r])));
+    }
+    tok->merge_rank_.emplace(std::move(merges[r]), static_cast<int>(r));  // a duplicate keeps its first rank
+  }
+
+  const std::array<uint32_t, 256> cp = gpt2_byte_to_codepoint();
+  std::unordered_map<uint32_t, int> byte_of;  // codepoint -> byte
+  for (int b = 0; b < 256; ++b) {
+    append_utf8(tok->byte_spelling_[static_cast<size_t>(b)], cp[static_cast<size_t>(b)]);
+    byte_of.emplace(cp[static_cast<size_t>(b)], b);
+  }
+  // Not every byte need have a token: SmolLM2's vocab lacks bytes no UTF-8 text holds (0xC0,
+  // 0xF5..) and a few control characters. Such a byte becomes the unknown token, or is dropped
+  // when the vocab has none (Hugging Face's BPE without unk_token does the same).
+  LOWBIT_ASSIGN_OR_RETURN(tok->unk_, gguf_token_id(f, "tokenizer.ggml.unknown_token_id", -1, n));
+
+  // Decode table: normal tokens map back through the byte spelling; special ones read as written.
+  tok->text_.resize(n);
+  tok->strip_after_bos_.assign(n, false);
+  for (size_t i = 0; i < n; ++i) {
+    const std::string& t = tok->tokens_[i];
+    const int32_t type = types.empty() ? kTokenNormal : types[i];
+    if (type == kTokenControl || type == kTokenUserDefined) {
+      tok->text_[i] = t;
+      if (!t.empty()) tok->specials_.emplace_back(t, static_cast<int>(i));
+      continue;
+    }
+    std::string bytes;
+    bool ok = first_invalid_utf8(t) == std::string_view::npos;
+    for (size_t k = 0; ok && k < t.size();) {
+      const size_t len = utf8_length(static_cast<unsigned char>(t[k]));
+      uint32_t c = static_cast<unsigned char>(t[k]) & (len == 1 ? 0x7F : len == 2 ? 0x1F : len == 3 ? 0x0F : 0x07);
+      for (size_t j = 1; j < len; ++j) c = (c << 6) | (static_cast<unsigned char>(t[k + j]) & 0x3F);
+      auto it = byte_of.find(c);
+      if (it == byte_of.end()) {
+        ok = false;
+      } else {
+        bytes += static_cast<char>(it->second);
+      }
+      k += len;
+    }
+    tok->text_[i] = ok ? bytes : t;  // a token outside the byte alphabet (none in practice) reads as written
+  }
+  std::stable_sort(tok->specials_.begin(), tok->specials_.end(),
+                   [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
+
+  LOWBIT_ASSIGN_OR_RETURN(tok->bos_, gguf_token_id(f, "tokenizer.ggml.bos_token_id", -1, n));
+  LOWBIT_ASSIGN_OR_RETURN(tok->eos_, gguf_token_id(f, "tokenizer.ggml.eos_token_id", -1, n));
+  LOWBIT_ASSIGN_OR_RETURN(tok->add_bos_, gguf_bool_or(f, "tokenizer.ggml.add_bos_token", false));
+  return std::unique_ptr<Tokenizer>(std::move(tok));
+}
+
+// Byte-level BPE of one pre-tokenized piece: spell its bytes as characters, then merge the
+// adjacent pair of lowest rank (leftmost on ties) until no pair has a rank.
+Status Gpt2Tokenizer::encode_chunk(std::string_view chunk, std::vector<int>* out) const {
+  std::vector<std::string> sym;  // (symbols) in text order
+  sym.reserve(chunk.size());
+  for (char c : chunk) sym.push_back(byte_spelling_[static_cast<unsigned char>(c)]);
+  std::string key;
+  while (sym.size() > 1) {
+    int best = std::numeric_limits<int>::max();
+    size_t at = 0;
+    for (size_t i = 0; i + 1 < sym.size(); ++i) {
+      key.assign(sym[i]).append(" ").append(sym[i + 1]);
+      auto it = merge_rank_.find(key);
+      if (it != merge_rank_.end() && it->second < best) {
+        best = it->second;
+        at = i;
+      }
+    }
+    if (best == std::numeric_limits<int>::max()) break;
+    sym[at] += sym[at + 1];
+    sym.erase(sym.begin() + static_cast<std::ptrdiff_t>(at) + 1);
+  }
+  for (const std::string& s : sym) {
+    auto it = index_.find(s);
+    if (it != index_.end()) {
+      out->push_back(it->second);
+      continue;
+    }
+    // A byte without a token, or a merge whose result is not in the vocab (an inconsistent
+    // file): its characters one by one, the unknown token (or nothing) for those without one.
+    for (size_t k = 0; k < s.size();) {
+      const size_t len = utf8_length(static_cast<unsigned char>(s[k]));
+      auto b = index_.find(std::string_view(s).substr(k, len));
+      if (b != index_.end()) {
+        out->push_back(b->second);
+      } else if (unk_ >= 0) {
+        out->push_back(unk_);
+      }
+      k += len;
+    }
+  }
+  return OkStatus();
+}
+
+// Text without special tokens: the pre-tokenizer stages, then BPE on every piece.
+Status Gpt2Tokenizer::encode_plain(std::string_view text, std::vector<int>* out) const {
+  if (text.empty()) return OkStatus();
+  std::vector<std::string_view> pieces{text}, next;
+  Pcre2Match md(pcre2_match_data_create(1, nullptr));
+  if (!md) return Internal("PCRE2: cannot allocate match data");
+  for (const Pcre2Code& re : stages_) {
+    next.clear();
+    for (std::string_view p : pieces) {
+      size_t start = 0;  // end of the last match: text before the next one is a piece too
+      size_t at = 0;
+      while (at < p.size()) {
+        const int rc = pcre2_match(re.get(), reinterpret_cast<PCRE2_SPTR>(p.data()), p.size(), at,
+                                   PCRE2_NO_UTF_CHECK, md.get(), nullptr);
+        if (rc == PCRE2_ERROR_NOMATCH) break;
+        if (rc < 0) return Internal(fmt::format("{}: PCRE2 match failed ({})", path_, rc));
+        const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.get());
+        const size_t b = ov[0], e = ov[1];
+        if (e == b) {  // empty match (no pattern here has one): step over a character
+          at = b + utf8_length(static_cast<unsigned char>(p[b]));
+          continue;
+        }
+        if (b > start) next.push_back(p.substr(start, b - start));
+        next.push_back(p.substr(b, e - b));
+        start = at = e;
+      }
+      if (start < p.size()) next.push_back(p.substr(start));
+    }
+    pieces.swap(next);
+  }
+  for (std::string_view p : pieces) LOWBIT_RETURN_IF_ERROR(encode_chunk(p, out));
+  return OkStatus();
+}
+
+Result<std::vector<int>> Gpt2Tokenizer::encode(std::string_view text, bool bos, bool eos) const {
+  LOWBIT_RETURN_IF_ERROR(check_utf8(path_, text));
+  if (bos && bos_ < 0) return InvalidArgument(fmt::format("{}: BOS asked for, but the model has none", path_));
+  if (eos && eos_ < 0) return InvalidArgument(fmt::format("{}: EOS asked for, but the model has none", path_));
+  std::vector<int> out;
+  if (bos) out.push_back(bos_);
+  size_t plain = 0;  // start of text not yet encoded
+  for (size_t i = 0; i < text.size();) {
+    const std::pair<std::string, int>* hit = nullptr;
+    for (const auto& s : specials_) {
+      if (text.substr(i, s.first.size()) == s.first) {
+        hit = &s;
+        break;
+      }
+    }
+    if (hit == nullptr) {
+      ++i;
+      continue;
+    }
+    LOWBIT_RETURN_IF_ERROR(encode_plain(text.substr(plain, i - plain), &out));
+    out.push_back(hit->second);
+    i += hit->first.size();
+    plain = i;
+  }
+  LOWBIT_RETURN_IF_ERROR(encode_plain(text.substr(plain), &out));
+  if (eos) out.push_back(eos_);
+  return out;
+}
+
+Result<std::unique_ptr<Tokenizer>> load_gguf_tokenizer(const std::string& path) {
+  LOWBIT_ASSIGN_OR_RETURN(GgufFile f, open_gguf(path));
+  if (f.find("tokenizer.ggml.model") == nullptr) {
+    return NotFound(fmt::format("{}: no embedded tokenizer (tokenizer.ggml.model is missing; pass --tokenizer)", path));
+  }
+  LOWBIT_ASSIGN_OR_RETURN(std::string model, f.get_string("tokenizer.ggml.model"));
+  if (model == "gpt2") return Gpt2Tokenizer::load(f);
+  if (model == "llama") return Llama2cTokenizer::load_gguf(f);
+  return Unsupported(fmt::format("{}: tokenizer.ggml.model '{}' is not supported (supported: gpt2, llama)", path,
+                                 one_line(model)));
+}
+
+bool is_gguf(const std::string& path) {
+  Result<MappedFile> f = MappedFile::open(path);
+  return f.ok() && f->size() >= 4 && std::memcmp(f->bytes().data(), "GGUF", 4) == 0;
+}
+
 Result<std::unique_ptr<Tokenizer>> load_tokenizer_unchecked(const std::string& path) {
+  if (is_gguf(path)) return load_gguf_tokenizer(path);
   LOWBIT_ASSIGN_OR_RETURN(const std::string data, read_file(path));
   if (data.empty()) {
     return DataLoss(fmt::format("{}: empty file, expected a SentencePiece .model or a llama2.c tokenizer.bin", path));

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "lowbit/file.h"
+#include "lowbit/gguf.h"
 
 namespace lowbit {
 namespace {
@@ -560,6 +561,72 @@ TEST_F(TokenizerFiles, InvalidUtf8TextIsAnError) {
     }
     EXPECT_TRUE(tok->encode("caf\xc3\xa9 \xf0\x9f\x98\x80", true, false).ok()) << file;
   }
+}
+
+
+// ---- GGUF embedded tokenizers ------------------------------------------------------------
+
+// tok512.bin's vocabulary written into a GGUF the way llama.cpp's converter stores a SentencePiece
+// vocab ("llama": U+2581 for spaces, token_type 3 for <unk>/<s>/</s>, 6 for the byte pieces).
+std::string write_llama_vocab_gguf(const std::string& path, const std::string& model) {
+  const std::string data = read_file(shared_path("models/tok512.bin")).value();
+  std::vector<GgufValue::Scalar> tokens, scores, types;
+  for (size_t at = 4; at < data.size();) {
+    float score;
+    int32_t len;
+    std::memcpy(&score, data.data() + at, 4);
+    std::memcpy(&len, data.data() + at + 4, 4);
+    std::string piece = data.substr(at + 8, static_cast<size_t>(len));
+    at += 8 + static_cast<size_t>(len);
+    const size_t id = tokens.size();
+    std::string spm;
+    for (char c : piece) spm += c == ' ' ? std::string("\xe2\x96\x81") : std::string(1, c);
+    tokens.emplace_back(id == 1 ? std::string("<s>") : id == 2 ? std::string("</s>") : spm);
+    scores.emplace_back(score);
+    types.emplace_back(static_cast<int32_t>(id < 3 ? 3 : id < 259 ? 6 : 1));
+  }
+  GgufWriteSpec spec;
+  spec.metadata = {{"tokenizer.ggml.model", GgufValue::str(model)},
+                   {"tokenizer.ggml.tokens", GgufValue::array_of(GgufValueType::kString, tokens)},
+                   {"tokenizer.ggml.scores", GgufValue::array_of(GgufValueType::kF32, scores)},
+                   {"tokenizer.ggml.token_type", GgufValue::array_of(GgufValueType::kI32, types)},
+                   {"tokenizer.ggml.bos_token_id", GgufValue::u32(1)},
+                   {"tokenizer.ggml.eos_token_id", GgufValue::u32(2)}};
+  EXPECT_TRUE(write_gguf(path, spec).ok());
+  return path;
+}
+
+TEST(GgufTokenizer, LlamaVocabEncodesLikeTheLlama2cTokenizer) {
+  if (!fs::exists(shared_path("models/tok512.bin"))) GTEST_SKIP() << "../shared is missing";
+  const std::string path = write_llama_vocab_gguf(
+      (fs::temp_directory_path() / ("lowbit_tok_llama_" + std::to_string(::getpid()) + ".gguf")).string(), "llama");
+  Result<std::unique_ptr<Tokenizer>> g = load_tokenizer(path, 512);
+  ASSERT_TRUE(g.ok()) << g.status().to_string();
+  Result<std::unique_ptr<Tokenizer>> ref = load_tokenizer(shared_path("models/tok512.bin"), 512);
+  ASSERT_TRUE(ref.ok());
+  EXPECT_EQ((*g)->kind(), "gguf-llama");
+  EXPECT_TRUE((*g)->add_bos());
+  for (const char* text : {"Once upon a time, there was a little girl named Lily.", "", " x  y ", "naïve café 🦙 日本",
+                           "1234 + 5678 = 6912\n\tTabs"}) {
+    Result<std::vector<int>> a = (*g)->encode(text, true, true);
+    Result<std::vector<int>> b = (*ref)->encode(text, true, true);
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ(*a, *b) << text;
+    for (size_t i = 1; i + 1 < a->size(); ++i) EXPECT_EQ((*g)->decode((*a)[i - 1], (*a)[i]), (*ref)->decode((*b)[i - 1], (*b)[i]));
+  }
+  fs::remove(path);
+}
+
+TEST(GgufTokenizer, UnsupportedModelSaysWhich) {
+  if (!fs::exists(shared_path("models/tok512.bin"))) GTEST_SKIP() << "../shared is missing";
+  const std::string path = write_llama_vocab_gguf(
+      (fs::temp_directory_path() / ("lowbit_tok_bert_" + std::to_string(::getpid()) + ".gguf")).string(), "bert");
+  Result<std::unique_ptr<Tokenizer>> g = load_tokenizer(path);
+  ASSERT_FALSE(g.ok());
+  EXPECT_EQ(g.status().code(), StatusCode::kUnsupported);
+  EXPECT_NE(g.status().message().find("tokenizer.ggml.model 'bert' is not supported (supported: gpt2, llama)"),
+            std::string::npos) << g.status().message();
+  fs::remove(path);
 }
 
 }  // namespace

@@ -31,11 +31,15 @@ nlohmann::json json_value(double v);
 // Parses a decimal, hex-float, "nan", "inf" or "-inf" fp32 value; `what` names it in errors.
 float parse_float_arg(const std::string& text, const std::string& what);
 
-// The tokenizer beside a model whose vocab matches: tok<vocab>.model/.bin, then
-// tokenizer.model/.bin; a usage error naming `cmd` when there is none.
+// The model's own tokenizer when it is a GGUF with one embedded, else the tokenizer beside a
+// model whose vocab matches: tok<vocab>.model/.bin, then tokenizer.model/.bin; a usage error
+// naming `cmd` when there is none.
 std::string find_tokenizer(const std::string& model_path, int vocab, std::string_view cmd);
 // The file holding a model's weights: `model_path` itself, or model.safetensors in a folder.
 std::string model_weights_file(const std::string& model_path);
+
+// Peak resident set size of this process so far (getrusage ru_maxrss), MiB.
+double peak_rss_mib();
 
 // Stands for a "--" after `formats encode` (see main.cc).
 inline constexpr const char* kEndOfFlagsMarker = "\x1d--";
@@ -49,5 +53,7 @@ void register_quantize(CLI::App& app);
 void register_convert(CLI::App& app);
 void register_kernels(CLI::App& app);
 void register_bench(CLI::App& app);
+// Adds `bench model` under the `bench` command register_bench makes.
+void register_bench_model(CLI::App& bench);
 
 }  // namespace lowbit::cli

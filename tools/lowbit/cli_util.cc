@@ -1,11 +1,14 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
+#include <sys/resource.h>
 
 #include <filesystem>
 
 #include <fmt/format.h>
 
+#include "lowbit/file.h"
 #include "lowbit/tokenizer.h"
 
 #include "cli.h"
@@ -47,6 +50,11 @@ float parse_float_arg(const std::string& text, const std::string& what) {
 }
 
 std::string find_tokenizer(const std::string& model_path, int vocab, std::string_view cmd) {
+  // A GGUF model carries its own tokenizer (tokenizer.ggml.*).
+  if (Result<MappedFile> f = MappedFile::open(model_path);
+      f.ok() && f->size() >= 4 && std::memcmp(f->bytes().data(), "GGUF", 4) == 0 && load_tokenizer(model_path, vocab).ok()) {
+    return model_path;
+  }
   std::error_code ec;  // a saved safetensors model is a folder holding its tokenizer
   const std::filesystem::path dir = std::filesystem::is_directory(model_path, ec)
                                         ? std::filesystem::path(model_path)
@@ -64,6 +72,16 @@ std::string model_weights_file(const std::string& model_path) {
   std::error_code ec;
   if (!std::filesystem::is_directory(model_path, ec)) return model_path;
   return (std::filesystem::path(model_path) / "model.safetensors").string();
+}
+
+}  // namespace lowbit::cli
+
+namespace lowbit::cli {
+
+double peak_rss_mib() {
+  rusage ru{};
+  if (getrusage(RUSAGE_SELF, &ru) != 0) return 0.0;
+  return static_cast<double>(ru.ru_maxrss) / 1024.0;  // Linux reports KiB
 }
 
 }  // namespace lowbit::cli

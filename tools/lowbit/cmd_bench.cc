@@ -53,6 +53,7 @@ void register_bench(CLI::App& app) {
   auto args = std::make_shared<BenchArgs>();
   auto* bench_cmd = app.add_subcommand("bench", "Benchmarks beside their baselines, measured in the same run");
   bench_cmd->require_subcommand(1);
+  register_bench_model(*bench_cmd);
   auto* cmd = bench_cmd->add_subcommand("kernels", "Quantized kernels vs OpenBLAS / oneDNN / dequantize+sgemm and the measured limits");
   cmd->add_flag("--json", args->json, "JSON rows with kernel, shape, limit_name, x_vs_baseline, pct_of_limit");
   cmd->add_option("--filter", args->filter, "Only cases whose id contains TEXT (e.g. 1x4096x4096, a8_w8)");

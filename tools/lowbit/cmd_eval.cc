@@ -52,8 +52,11 @@ void run_eval(const EvalArgs& a) {
   Result<std::vector<std::string>> stories = load_stories(a.text, a.split);
   if (!stories.ok()) fail(stories.status());
   std::vector<int> tokens;
+  // A story opens with BOS where the model expects one; otherwise (GPT-2-style vocabularies)
+  // stories keep the blank line that separates them in the file.
+  const bool bos = (*tok)->add_bos();
   for (const std::string& s : *stories) {
-    Result<std::vector<int>> ids = (*tok)->encode(s, /*bos=*/true, /*eos=*/false);
+    Result<std::vector<int>> ids = (*tok)->encode(bos ? s : s + "\n\n", bos, /*eos=*/false);
     if (!ids.ok()) fail(ids.status());
     tokens.insert(tokens.end(), ids->begin(), ids->end());
   }
@@ -125,6 +128,7 @@ void run_eval(const EvalArgs& a) {
       {"decode_tok_s", decode_tok_s},
       {"tokens_scored", r->tokens_scored},
       {"windows", r->windows},
+      {"peak_rss_mib", peak_rss_mib()},
       {"inputs",
        {{"model", a.model},
         {"model_sha256", sha256_file(model_weights_file(a.model))},
@@ -145,12 +149,12 @@ void run_eval(const EvalArgs& a) {
   if (!a.plot.empty()) {
     if (Status s = write_file_atomic(a.plot, kld_curve_svg(*r, "lowbit eval: " + label + " vs fp32")); !s.ok()) fail(s);
   }
-  fmt::print("| model | PPL | ref PPL | ΔPPL ± SE | KLD mean | KLD p99 | top-1 | bpw | size | prefill tok/s | decode tok/s | tokens |\n");
-  fmt::print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-  fmt::print("| {} | {:.4f} | {:.4f} | {:+.4f} ± {:.4f} | {:.6f} | {:.6f} | {:.2f}% | {:.3f} | {:.1f} KiB | {:.0f} | {:.0f} | {} |\n",
+  fmt::print("| model | PPL | ref PPL | ΔPPL ± SE | KLD mean | KLD p99 | top-1 | bpw | size | prefill tok/s | decode tok/s | tokens | peak RSS |\n");
+  fmt::print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  fmt::print("| {} | {:.4f} | {:.4f} | {:+.4f} ± {:.4f} | {:.6f} | {:.6f} | {:.2f}% | {:.3f} | {:.1f} KiB | {:.0f} | {:.0f} | {} | {:.0f} MiB |\n",
              label, r->ppl, r->ref_ppl, r->delta_ppl, r->delta_ppl_se, r->kld_mean, r->kld_p99, 100.0 * r->top1,
              size.bpw_total(), static_cast<double>(size.total_bytes()) / 1024.0, r->prefill_tok_s, decode_tok_s,
-             r->tokens_scored);
+             r->tokens_scored, peak_rss_mib());
 }
 
 }  // namespace

@@ -1,11 +1,14 @@
-// lowbit generate --model M [--tokenizer T] --prompt "..." [-n N] [--temp T] [--seed S] [--ids]
-// Streams generated text (or, with --ids, prints the generated token ids on one line).
+// lowbit generate --model M [--tokenizer T] --prompt "..." [--chat [--system S]] [-n N] [--temp T] [--seed S] [--ids]
+// Streams generated text (or, with --ids, prints the generated token ids on one line). A GGUF
+// model with an embedded tokenizer needs no --tokenizer; --chat wraps the prompt in the model's
+// chat template (tokenizer.chat_template; the ChatML form) and stops at <|im_end|>.
 #include <cstdio>
 #include <memory>
 
 #include <fmt/format.h>
 
 #include "cli.h"
+#include "lowbit/gguf.h"
 #include "lowbit/llama.h"
 #include "lowbit/model.h"
 #include "lowbit/tokenizer.h"
@@ -14,12 +17,45 @@ namespace lowbit::cli {
 namespace {
 
 struct GenerateArgs {
-  std::string model, tokenizer, prompt;
+  std::string model, tokenizer, prompt, system;
+  bool chat = false, system_given = false;
   int n = 64;
   float temp = 0.0f;
   uint64_t seed = 0;
   bool ids = false;
 };
+
+constexpr std::string_view kImStart = "<|im_start|>";
+constexpr std::string_view kImEnd = "<|im_end|>";
+
+// The prompt as the model's ChatML template renders one user turn with a generation prompt
+// (Hugging Face's apply_chat_template(add_generation_prompt=True)): the system turn is `system`,
+// else the default the template writes when the first message is not a system one (SmolLM2's
+// "You are a helpful AI assistant named SmolLM, ..."), else none.
+std::string chat_prompt(const std::string& model_path, const GenerateArgs& a) {
+  Result<GgufFile> f = open_gguf(model_path);
+  if (!f.ok() || f->find("tokenizer.chat_template") == nullptr) {
+    fail(kExitUsage, fmt::format("generate --chat: {} has no tokenizer.chat_template (a GGUF model with a chat "
+                                 "template is needed)", model_path));
+  }
+  Result<std::string> tmpl = f->get_string("tokenizer.chat_template");
+  if (!tmpl.ok()) fail(tmpl.status());
+  if (tmpl->find(kImStart) == std::string::npos || tmpl->find(kImEnd) == std::string::npos) {
+    fail(kExitUsage, fmt::format("generate --chat: {}: tokenizer.chat_template is not ChatML (<|im_start|>role\n"
+                                 "...<|im_end|>), the only form supported", model_path));
+  }
+  std::string system = a.system;
+  const std::string default_open = std::string(kImStart) + "system\n";
+  if (const size_t at = tmpl->find(default_open); !a.system_given && at != std::string::npos) {
+    const size_t from = at + default_open.size();
+    const size_t end = tmpl->find(kImEnd, from);
+    if (end != std::string::npos) system = tmpl->substr(from, end - from);
+  }
+  std::string out;
+  if (!system.empty()) out += fmt::format("{}system\n{}{}\n", kImStart, system, kImEnd);
+  out += fmt::format("{}user\n{}{}\n{}assistant\n", kImStart, a.prompt, kImEnd, kImStart);
+  return out;
+}
 
 void run_generate(const GenerateArgs& a) {
   Result<Model> model = load_model(a.model);
@@ -28,7 +64,8 @@ void run_generate(const GenerateArgs& a) {
   const std::string tok_path = a.tokenizer.empty() ? find_tokenizer(a.model, vocab, "generate") : a.tokenizer;
   Result<std::unique_ptr<Tokenizer>> tok = load_tokenizer(tok_path, vocab);
   if (!tok.ok()) fail(tok.status());
-  Result<std::vector<int>> prompt = (*tok)->encode(a.prompt, /*bos=*/true, /*eos=*/false);
+  const std::string text = a.chat ? chat_prompt(a.model, a) : a.prompt;
+  Result<std::vector<int>> prompt = (*tok)->encode(text, (*tok)->add_bos(), /*eos=*/false);
   if (!prompt.ok()) fail(prompt.status());
   if (a.n < 0) fail(kExitUsage, "generate: -n must be >= 0");
   if (!(a.temp >= 0.0f)) fail(kExitUsage, "generate: --temp must be >= 0");
@@ -38,10 +75,17 @@ void run_generate(const GenerateArgs& a) {
   opt.max_new_tokens = a.n;
   opt.temperature = a.temp;
   opt.seed = a.seed;
-  opt.stop_token = (*tok)->bos_id();  // as llama2.c's run.c: a new BOS ends the story
+  // As llama2.c's run.c, a new BOS ends a story; GGUF vocabularies end at EOS, a chat turn at <|im_end|>.
+  const bool runc = (*tok)->kind() == "llama2c" || (*tok)->kind() == "sentencepiece";
+  opt.stop_token = runc ? (*tok)->bos_id() : (*tok)->eos_id();
+  if (a.chat && (*tok)->find_token(kImEnd) >= 0) opt.stop_token = (*tok)->find_token(kImEnd);
+  if (prompt->empty()) fail(kExitUsage, "generate: the prompt has no tokens (give a non-empty --prompt)");
   int prev = prompt->back();
-  if (!a.ids) {
-    for (size_t i = 1; i < prompt->size(); ++i) std::fputs((*tok)->decode((*prompt)[i - 1], (*prompt)[i]).c_str(), stdout);
+  if (!a.ids && !a.chat) {
+    for (size_t i = 0; i < prompt->size(); ++i) {
+      if (i == 0 && (*prompt)[0] == (*tok)->bos_id()) continue;
+      std::fputs((*tok)->decode(i == 0 ? -1 : (*prompt)[i - 1], (*prompt)[i]).c_str(), stdout);
+    }
     std::fflush(stdout);
   }
   std::vector<int> out_ids;
@@ -65,9 +109,13 @@ void run_generate(const GenerateArgs& a) {
 void register_generate(CLI::App& app) {
   auto a = std::make_shared<GenerateArgs>();
   auto* cmd = app.add_subcommand("generate", "Generate text with a model (greedy at --temp 0)");
-  cmd->add_option("--model", a->model, "Checkpoint (llama2.c .bin)")->required();
-  cmd->add_option("--tokenizer", a->tokenizer, "Tokenizer (.model or llama2.c .bin); default: the one beside the model");
+  cmd->add_option("--model", a->model, "Checkpoint (llama2.c .bin, GGUF, safetensors folder)")->required();
+  cmd->add_option("--tokenizer", a->tokenizer,
+                  "Tokenizer (.model, llama2.c .bin or GGUF); default: the GGUF model's own, else the one beside the model");
   cmd->add_option("--prompt", a->prompt, "Prompt text")->required();
+  cmd->add_flag("--chat", a->chat, "Wrap the prompt as a user turn in the model's chat template (ChatML); print only the reply");
+  cmd->add_option("--system", a->system, "System message for --chat (default: the template's own, if any)")
+      ->each([a](const std::string&) { a->system_given = true; });
   cmd->add_option("-n", a->n, "Tokens to generate")->default_val(64);
   cmd->add_option("--temp", a->temp, "Sampling temperature; 0 = greedy")->default_val(0.0f);
   cmd->add_option("--seed", a->seed, "Sampling seed")->default_val(0);

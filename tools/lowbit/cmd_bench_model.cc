@@ -1,0 +1,199 @@
+// lowbit bench model --model M [--scheme S] [--prefill N] [--decode N] [--llamacpp-python PY] [--json out.json]
+// Prefill and decode tokens/s of one model: lowbit fp32, lowbit quantized in memory with a named
+// scheme, and — when --llamacpp-python names a Python with llama_cpp installed — llama.cpp on the
+// same file (a GGUF) in a subprocess, with the same token ids and thread count. Peak RSS of the
+// lowbit process is reported (getrusage). Without llama_cpp the peer row says "not measured".
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "cli.h"
+#include "lowbit/file.h"
+#include "lowbit/llama.h"
+#include "lowbit/parallel.h"
+#include "lowbit/rtn.h"
+
+namespace lowbit::cli {
+namespace {
+
+struct BenchModelArgs {
+  std::string model, scheme = "w4a16-g128", llamacpp_python, json;
+  int prefill = 128, decode = 32;
+};
+
+struct Speed {
+  std::string name;
+  std::optional<double> prefill_tok_s, decode_tok_s;
+  std::string note;
+};
+
+// Token ids spread over the vocab, the same for every engine (no tokenizer involved).
+std::vector<int> bench_tokens(int n, int vocab) {
+  std::vector<int> ids(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) ids[static_cast<size_t>(i)] = static_cast<int>((1000003LL * (i + 1) + 17) % vocab);
+  return ids;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// One prefill of `ids`, then `decode` single-token steps through the KV cache (greedy).
+Speed measure_lowbit(const std::string& name, const LlamaModel& net, const std::vector<int>& ids, int decode) {
+  Session warm(net, 8);
+  std::vector<float> logits;
+  if (Status s = warm.forward(std::span<const int>(ids.data(), 4), 0, &logits, false); !s.ok()) fail(s);
+
+  Session s(net, static_cast<int>(ids.size()) + decode + 1);
+  auto t0 = std::chrono::steady_clock::now();
+  if (Status st = s.forward(ids, 0, &logits, /*all_logits=*/false); !st.ok()) fail(st);
+  const double prefill_s = seconds_since(t0);
+  t0 = std::chrono::steady_clock::now();
+  int pos = static_cast<int>(ids.size());
+  for (int i = 0; i < decode; ++i) {
+    const int next[1] = {static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin())};
+    if (Status st = s.forward(next, pos++, &logits, false); !st.ok()) fail(st);
+  }
+  const double decode_s = seconds_since(t0);
+  Speed r{name, {}, {}, ""};
+  r.prefill_tok_s = static_cast<double>(ids.size()) / prefill_s;
+  if (decode > 0) r.decode_tok_s = decode / decode_s;
+  return r;
+}
+
+// llama.cpp through llama-cpp-python: the same ids, thread count and context; prints one JSON line.
+constexpr const char* kLlamaCppScript = R"PY(
+import json, sys, time
+import numpy as np
+from llama_cpp import Llama
+path, threads, decode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ids = [int(t) for t in sys.argv[4].split(",")]
+llm = Llama(model_path=path, n_ctx=len(ids) + decode + 8, n_batch=max(512, len(ids)), n_threads=threads,
+            n_threads_batch=threads, logits_all=False, verbose=False)
+llm.eval(ids[:4]); llm.reset()
+t0 = time.perf_counter(); llm.eval(ids); prefill = time.perf_counter() - t0
+t0 = time.perf_counter()
+for _ in range(decode):
+    llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+dec = time.perf_counter() - t0
+import llama_cpp
+print(json.dumps({"prefill_tok_s": len(ids) / prefill, "decode_tok_s": decode / dec if decode else None,
+                  "version": getattr(llama_cpp, "__version__", "?")}))
+)PY";
+
+std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+Speed measure_llamacpp(const BenchModelArgs& a, const std::vector<int>& ids) {
+  Speed r{"llama.cpp (llama-cpp-python)", {}, {}, ""};
+  if (a.llamacpp_python.empty()) {
+    r.note = "not measured (pass --llamacpp-python PY)";
+    return r;
+  }
+  const std::filesystem::path script =
+      std::filesystem::temp_directory_path() / fmt::format("lowbit_bench_llamacpp_{}.py", ::getpid());
+  if (Status s = write_file_atomic(script.string(), kLlamaCppScript); !s.ok()) fail(s);
+  std::string id_list;
+  for (size_t i = 0; i < ids.size(); ++i) id_list += (i ? "," : "") + std::to_string(ids[i]);
+  const std::string cmd = fmt::format("{} {} {} {} {} {}", shell_quote(a.llamacpp_python), shell_quote(script.string()),
+                                      shell_quote(a.model), num_threads(), a.decode, id_list);
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p != nullptr) {
+    char buf[4096];
+    size_t got;
+    while ((got = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, got);
+  }
+  const int rc = p != nullptr ? pclose(p) : -1;
+  std::filesystem::remove(script);
+  if (rc != 0) {
+    r.note = fmt::format("not measured ({} could not run llama_cpp, status {})", a.llamacpp_python, rc);
+    return r;
+  }
+  try {
+    const auto j = nlohmann::json::parse(out.substr(out.rfind('{')));
+    r.prefill_tok_s = j.at("prefill_tok_s").get<double>();
+    if (!j.at("decode_tok_s").is_null()) r.decode_tok_s = j.at("decode_tok_s").get<double>();
+    r.note = "llama_cpp " + j.value("version", std::string("?"));
+  } catch (const std::exception&) {
+    r.note = "not measured (unreadable output from the llama_cpp script)";
+  }
+  return r;
+}
+
+void run_bench_model(const BenchModelArgs& a) {
+  if (a.prefill < 4) fail(kExitUsage, fmt::format("bench model: --prefill must be >= 4 (got {})", a.prefill));
+  if (a.decode < 0) fail(kExitUsage, fmt::format("bench model: --decode must be >= 0 (got {})", a.decode));
+  Result<Scheme> scheme = find_scheme(a.scheme);
+  if (!scheme.ok()) fail(kExitUsage, "--scheme: " + scheme.status().message());
+  Result<Model> model = load_model(a.model);
+  if (!model.ok()) fail(model.status());
+  const LlamaConfig& c = model->config;
+  if (a.prefill + a.decode + 1 > c.seq_len) {
+    fail(kExitUsage, fmt::format("bench model: --prefill {} + --decode {} exceed the model's context {}", a.prefill,
+                                 a.decode, c.seq_len));
+  }
+  const std::vector<int> ids = bench_tokens(a.prefill, c.vocab_size);
+
+  std::vector<Speed> rows;
+  {
+    LlamaModel net(*model);
+    rows.push_back(measure_lowbit("lowbit fp32", net, ids, a.decode));
+  }
+  {
+    LlamaModel net(*model);
+    if (Status s = apply_scheme(net, *scheme); !s.ok()) fail(s);
+    rows.push_back(measure_lowbit("lowbit " + a.scheme, net, ids, a.decode));
+  }
+  const double rss = peak_rss_mib();  // before the subprocess: lowbit's own
+  rows.push_back(measure_llamacpp(a, ids));
+
+  auto num = [](const std::optional<double>& v) { return v ? fmt::format("{:.1f}", *v) : std::string("—"); };
+  fmt::print("model {} ({} layers, dim {}, vocab {}), prefill {} tokens, decode {} tokens, {} threads\n", a.model,
+             c.n_layers, c.dim, c.vocab_size, a.prefill, a.decode, num_threads());
+  fmt::print("| engine | prefill tok/s | decode tok/s | note |\n|---|---:|---:|---|\n");
+  for (const Speed& r : rows) fmt::print("| {} | {} | {} | {} |\n", r.name, num(r.prefill_tok_s), num(r.decode_tok_s), r.note);
+  fmt::print("lowbit peak RSS: {:.0f} MiB\n", rss);
+
+  if (!a.json.empty()) {
+    nlohmann::json j = {{"model", a.model}, {"prefill_tokens", a.prefill}, {"decode_tokens", a.decode},
+                        {"threads", num_threads()}, {"scheme", a.scheme}, {"peak_rss_mib", rss}};
+    for (const Speed& r : rows) {
+      j["engines"].push_back({{"name", r.name},
+                              {"prefill_tok_s", r.prefill_tok_s ? nlohmann::json(*r.prefill_tok_s) : nlohmann::json()},
+                              {"decode_tok_s", r.decode_tok_s ? nlohmann::json(*r.decode_tok_s) : nlohmann::json()},
+                              {"note", r.note}});
+    }
+    if (Status s = write_file_atomic(a.json, j.dump(2) + "\n"); !s.ok()) fail(s);
+  }
+}
+
+}  // namespace
+
+// `bench` is the parent register_bench (cmd_bench.cc) made: `lowbit bench model`.
+void register_bench_model(CLI::App& bench_parent) {
+  CLI::App* bench = &bench_parent;
+  auto a = std::make_shared<BenchModelArgs>();
+  auto* cmd = bench->add_subcommand("model", "Prefill and decode tokens/s: lowbit fp32, lowbit quantized, llama.cpp");
+  cmd->add_option("--model", a->model, "Checkpoint (GGUF for the llama.cpp comparison)")->required();
+  cmd->add_option("--scheme", a->scheme, "Named scheme for the quantized row (see `lowbit schemes`)")->default_val("w4a16-g128");
+  cmd->add_option("--prefill", a->prefill, "Prompt tokens per prefill")->default_val(128);
+  cmd->add_option("--decode", a->decode, "Tokens decoded one at a time after the prefill")->default_val(32);
+  cmd->add_option("--llamacpp-python", a->llamacpp_python, "A Python with llama_cpp installed (llama-cpp-python)");
+  cmd->add_option("--json", a->json, "Write the figures as JSON");
+  cmd->callback([a] { run_bench_model(*a); });
+}
+
+}  // namespace lowbit::cli
