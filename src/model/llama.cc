@@ -1,6 +1,9 @@
-// The Llama forward pass, following llama2.c's run.c step by step (its op order and
-// float accumulation), batched over the tokens of a prefill.
+// The Llama forward pass, following llama2.c's run.c step by step (its op order), batched over
+// the tokens of a prefill. fp32 linears are one Eigen GEMM (GEMV for one token), quantized ones
+// the packed kernels; the accumulation order therefore differs from run.c's plain loops.
 #include "lowbit/llama.h"
+
+#include <Eigen/Dense>
 
 #include <algorithm>
 #include <cmath>
@@ -106,20 +109,17 @@ void Linear::forward(const float* x, int64_t n, float* y) const {
     LOWBIT_CHECK(s.ok(), "Linear::forward: " + s.message());
     return;
   }
-  const int64_t in = in_, out = out_;
-  const float* w = w_;
-  // Threads split the output features; each dot product accumulates in order, as run.c does.
-  parallel_for(0, out, std::max<int64_t>(1, 16384 / std::max<int64_t>(in * n, 1)), [&](int64_t o0, int64_t o1) {
-    for (int64_t t = 0; t < n; ++t) {
-      const float* xt = x + t * in;
-      for (int64_t o = o0; o < o1; ++o) {
-        const float* wo = w + o * in;
-        float acc = 0.0f;
-        for (int64_t j = 0; j < in; ++j) acc += wo[j] * xt[j];
-        y[t * out + o] = acc;
-      }
-    }
-  });
+  // fp32: one GEMM (Eigen, threaded through OpenMP); y (n, out) = x (n, in) · Wᵀ.
+  using RowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  Eigen::Map<const RowMajor> W(w_, out_, in_);
+  Eigen::Map<RowMajor> Y(y, n, out_);
+  if (n == 1) {
+    Eigen::Map<const Eigen::VectorXf> xv(x, in_);
+    Eigen::Map<Eigen::VectorXf> yv(y, out_);
+    yv.noalias() = W * xv;
+  } else {
+    Y.noalias() = Eigen::Map<const RowMajor>(x, n, in_) * W.transpose();
+  }
 }
 
 namespace {
