@@ -470,6 +470,13 @@ Result<ModelFormat> parse_model_format(std::string_view name) {
 
 Result<SaveReport> save_model(const LlamaModel& net, const std::string& out_path, const SaveOptions& opt) {
   if (out_path.empty()) return InvalidArgument("save_model: the output path is empty");
+  {  // like `mkdir -p` of the folder the output goes in
+    std::error_code ec;
+    const fs::path parent = fs::path(out_path).lexically_normal().parent_path();
+    if (!parent.empty() && !fs::exists(parent, ec) && !fs::create_directories(parent, ec) && ec) {
+      return IoError(fmt::format("{}: cannot create its folder {}: {}", out_path, parent.string(), ec.message()));
+    }
+  }
   for (size_t l = 0; l < net.layers().size(); ++l) {
     for (LinearSlot s : kLinearSlots) {
       if (!net.layers()[l].outliers[static_cast<size_t>(s)].cols.empty()) {

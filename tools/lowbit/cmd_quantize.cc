@@ -178,6 +178,22 @@ void run_quantize(const QuantizeArgs& a) {
     }
   }
 
+  if (!a.out.empty()) {
+    SaveOptions so;
+    so.format = save_format;
+    so.tokenizer_path = tok_path;
+    so.extra_metadata = {{"lowbit.method", a.method},
+                         {"lowbit.scheme", a.scheme.empty() ? label : a.scheme},
+                         {"lowbit.calib", a.calib},
+                         {"lowbit.calib_split", a.calib_split},
+                         {"lowbit.calib_tokens", std::to_string(rep->calib_tokens)},
+                         {"lowbit.sequential", opt.sequential ? "true" : "false"}};
+    Result<SaveReport> saved = save_model(net, a.out, so);
+    if (!saved.ok()) fail(saved.status());
+    for (const std::string& w : saved->warnings) fmt::print(stderr, "lowbit: warning: {}\n", w);
+    fmt::print("wrote {} ({}, {:.1f} KiB)\n", saved->path, model_format_name(saved->format), static_cast<double>(saved->bytes) / 1024.0);
+    j["output"] = {{"path", saved->path}, {"format", std::string(model_format_name(saved->format))}, {"bytes", saved->bytes}};
+  }
   if (!a.eval_text.empty()) {
     const std::vector<int> tokens = tokenize_text(*tok, a.eval_text, a.eval_split);
     LlamaModel reference(*model);
@@ -200,22 +216,6 @@ void run_quantize(const QuantizeArgs& a) {
     j["eval"] = {{"text", a.eval_text}, {"split", a.eval_split}, {"ppl", r->ppl},       {"ref_ppl", r->ref_ppl},
                  {"delta_ppl", r->delta_ppl}, {"delta_ppl_se", r->delta_ppl_se}, {"kld_mean", r->kld_mean},
                  {"kld_p99", r->kld_p99}, {"top1", r->top1}, {"tokens_scored", r->tokens_scored}};
-  }
-  if (!a.out.empty()) {
-    SaveOptions so;
-    so.format = save_format;
-    so.tokenizer_path = tok_path;
-    so.extra_metadata = {{"lowbit.method", a.method},
-                         {"lowbit.scheme", a.scheme.empty() ? label : a.scheme},
-                         {"lowbit.calib", a.calib},
-                         {"lowbit.calib_split", a.calib_split},
-                         {"lowbit.calib_tokens", std::to_string(rep->calib_tokens)},
-                         {"lowbit.sequential", opt.sequential ? "true" : "false"}};
-    Result<SaveReport> saved = save_model(net, a.out, so);
-    if (!saved.ok()) fail(saved.status());
-    for (const std::string& w : saved->warnings) fmt::print(stderr, "lowbit: warning: {}\n", w);
-    fmt::print("wrote {} ({}, {:.1f} KiB)\n", saved->path, model_format_name(saved->format), static_cast<double>(saved->bytes) / 1024.0);
-    j["output"] = {{"path", saved->path}, {"format", std::string(model_format_name(saved->format))}, {"bytes", saved->bytes}};
   }
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
