@@ -9,34 +9,15 @@ import subprocess
 import sys
 import tempfile
 
-LOWBIT = sys.argv[1]
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SHARED = os.path.join(ROOT, "..", "shared")
+from clitest import LOWBIT, SHARED, bad_input, check, failures, finish, run  # noqa: F401
 MODEL = os.path.join(SHARED, "models", "stories260K.bin")
 TEXT = os.path.join(SHARED, "data", "tinystories_val.txt")
-failures = []
 
 
-def run(*args, env=None):
-    e = dict(os.environ, LOWBIT_NO_PROGRESS="1")
-    if env:
-        e.update(env)
-    return subprocess.run([LOWBIT, *args], capture_output=True, text=True, env=e, timeout=300)
 
 
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what)
 
 
-def bad_input(args, must_name, what):
-    p = run(*args)
-    lines = p.stderr.strip().splitlines()
-    check(p.returncode == 2, f"{what}: exit {p.returncode}, expected 2 (stderr: {p.stderr.strip()!r})")
-    check(len(lines) == 1 and lines[0].startswith("lowbit: "), f"{what}: stderr is not one 'lowbit: ' line: {p.stderr!r}")
-    check(p.stdout == "", f"{what}: stdout not empty: {p.stdout[:200]!r}")
-    check(must_name in p.stderr, f"{what}: message does not name {must_name!r}: {p.stderr.strip()!r}")
 
 
 if not os.path.exists(MODEL):

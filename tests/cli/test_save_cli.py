@@ -16,24 +16,15 @@ import tempfile
 
 import numpy as np
 
-LOWBIT = sys.argv[1]
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from clitest import LOWBIT, ROOT, check, failures, finish, run  # noqa: F401
 MODELS = os.path.join(ROOT, "..", "shared", "models")
 MODEL = os.path.join(MODELS, "stories260K.bin")
 TOK = os.path.join(MODELS, "tok512.model")
 TEXT = os.path.join(ROOT, "..", "shared", "data", "tinystories_val.txt")
-failures = []
 
 
-def run(*args):
-    env = dict(os.environ, LOWBIT_NO_PROGRESS="1")
-    return subprocess.run([LOWBIT, *args], capture_output=True, text=True, env=env, timeout=300)
 
 
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what)
 
 
 if not os.path.exists(MODEL):
@@ -202,5 +193,4 @@ with tempfile.TemporaryDirectory() as tmp:
     check(sorted(os.listdir(tmp)) == sorted(["f32.gguf", "q8.gguf", "st32", "st4", "e.json"]) or
           sorted(os.listdir(tmp)) == sorted(["f32.gguf", "q8.gguf", "st32", "st4"]), f"leftovers: {os.listdir(tmp)}")
 
-print(f"{len(failures)} failure(s)" if failures else "all convert checks passed")
-sys.exit(1 if failures else 0)
+finish("all convert checks passed")

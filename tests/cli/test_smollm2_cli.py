@@ -15,27 +15,19 @@ import numpy as np
 import gguf
 import smollm2
 
-LOWBIT = sys.argv[1]
-failures = []
+from clitest import LOWBIT, check, failures, finish, run  # noqa: F401
+from clitest import bad_input as _bad_input
 
 
-def run(*args):
-    env = dict(os.environ, LOWBIT_NO_PROGRESS="1")
-    return subprocess.run([LOWBIT, *args], capture_output=True, text=True, env=env, timeout=900)
 
 
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what)
+
+
+
 
 
 def bad_input(args, must_name, what):
-    p = run(*args)
-    lines = p.stderr.strip().splitlines()
-    check(p.returncode == 2, f"{what}: exit {p.returncode}, expected 2 (stderr: {p.stderr.strip()!r})")
-    check(len(lines) == 1 and lines[0].startswith("lowbit: "), f"{what}: stderr is not one 'lowbit: ' line: {p.stderr!r}")
-    check(must_name in p.stderr, f"{what}: message does not name {must_name!r}: {p.stderr.strip()!r}")
+    _bad_input(args, must_name, what, empty_stdout=False)
 
 
 model = smollm2.model_path()
@@ -67,7 +59,4 @@ if os.path.exists(stories):
 bad_input(["bench", "model", "--model", model, "--scheme", "w9"], "unknown scheme 'w9'", "bench model --scheme")
 bad_input(["bench", "model", "--model", model, "--prefill", "1"], "--prefill", "bench model --prefill")
 
-if failures:
-    print(f"{len(failures)} failure(s)")
-    sys.exit(1)
-print("ok")
+finish()
