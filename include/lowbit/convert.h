@@ -19,11 +19,50 @@
 
 namespace lowbit {
 
-// Bytes that n elements of f occupy in storage (4-bit formats: ceil(n / 2)).
+// Bytes that n elements of f occupy in storage (4-bit formats: ceil(n / 2); 3-bit: ceil(3n / 8)).
 constexpr size_t packed_bytes(Format f, size_t n) { return (n * static_cast<size_t>(traits(f).bits) + 7) / 8; }
 
-// fp32 -> codes of f in storage layout (little-endian 16/32-bit codes; 4-bit codes packed
-// two per byte, element 2i in the low nibble; an odd tail leaves the high nibble 0).
+// Code of element i of a packed row of f, and the inverse (a read-modify-write that keeps
+// the neighbouring codes of sub-byte formats). Layouts: 32/16/8-bit codes little-endian;
+// 4-bit two per byte, element 2i in the low nibble; 3-bit a little-endian bit stream,
+// element i in bits 3i..3i+2 (a code may straddle two bytes).
+inline uint32_t load_code(Format f, const uint8_t* row, size_t i) {
+  switch (const int b = traits(f).bits) {
+    case 8: return row[i];
+    case 16: return static_cast<uint32_t>(row[2 * i]) | (static_cast<uint32_t>(row[2 * i + 1]) << 8);
+    case 32:
+      return static_cast<uint32_t>(row[4 * i]) | (static_cast<uint32_t>(row[4 * i + 1]) << 8) |
+             (static_cast<uint32_t>(row[4 * i + 2]) << 16) | (static_cast<uint32_t>(row[4 * i + 3]) << 24);
+    default: {
+      const size_t bit = i * static_cast<size_t>(b), byte = bit / 8, sh = bit % 8;
+      uint32_t v = static_cast<uint32_t>(row[byte]) >> sh;
+      if (sh + static_cast<size_t>(b) > 8) v |= static_cast<uint32_t>(row[byte + 1]) << (8 - sh);
+      return v & ((1u << b) - 1u);
+    }
+  }
+}
+inline void store_code(Format f, uint8_t* row, size_t i, uint32_t code) {
+  switch (const int b = traits(f).bits) {
+    case 8: row[i] = static_cast<uint8_t>(code); return;
+    case 16:
+    case 32:
+      for (int k = 0; k < b / 8; ++k) row[static_cast<size_t>(b / 8) * i + static_cast<size_t>(k)] = static_cast<uint8_t>(code >> (8 * k));
+      return;
+    default: {
+      const uint32_t mask = (1u << b) - 1u;
+      const size_t bit = i * static_cast<size_t>(b), byte = bit / 8, sh = bit % 8;
+      code &= mask;
+      row[byte] = static_cast<uint8_t>((row[byte] & ~(mask << sh)) | (code << sh));
+      if (sh + static_cast<size_t>(b) > 8) {
+        const size_t hi = 8 - sh;  // bits already written
+        row[byte + 1] = static_cast<uint8_t>((row[byte + 1] & ~(mask >> hi)) | (code >> hi));
+      }
+    }
+  }
+}
+
+// fp32 -> codes of f in storage layout (see load_code; unused tail bits of the last byte
+// are 0).
 // `out.size()` must equal packed_bytes(f, in.size()). Stochastic rounding uses index
 // `first_index + i` for element i, so a span split across threads rounds identically.
 void encode_span(Format f, std::span<const float> in, std::span<uint8_t> out,

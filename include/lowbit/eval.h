@@ -37,12 +37,18 @@ struct EvalResult {
   double kld_mean = 0, kld_p99 = 0, kld_max = 0;  // KL(ref ‖ model) per scored position, nats
   double top1 = 0;                          // fraction of positions where the argmaxes agree
   double prefill_tok_s = 0;                 // model's prefill throughput over the windows
+  double ref_prefill_tok_s = 0;             // the reference's, over the same windows in the same run
   std::vector<float> kld_by_position;       // mean KLD at each scored offset within a window
 };
 
 // Scores `model` against `reference` (which may be the same object) on `tokens`.
 Result<EvalResult> evaluate(const LlamaModel& model, const LlamaModel& reference, std::span<const int> tokens,
                             const EvalOptions& opt = {});
+// Several models against one reference: each window's reference logits are computed once and
+// scored against every model (the results equal separate evaluate() calls, for a fraction of the
+// reference's cost). A model may be the reference object itself.
+Result<std::vector<EvalResult>> evaluate_many(std::span<const LlamaModel* const> models, const LlamaModel& reference,
+                                              std::span<const int> tokens, const EvalOptions& opt = {});
 
 // Per-position statistics of one pair of logit rows (vocab entries each).
 struct TokenScore {

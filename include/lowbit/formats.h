@@ -18,9 +18,9 @@
 namespace lowbit {
 
 enum class Format : uint8_t {
-  kFp32, kFp16, kBf16, kE4m3, kE5m2, kE8m0, kE2m1, kInt8, kUint8, kInt4, kUint4, kNf4,
+  kFp32, kFp16, kBf16, kE4m3, kE5m2, kE8m0, kE2m1, kInt8, kUint8, kInt4, kUint4, kNf4, kInt3, kUint3,
 };
-inline constexpr int kNumFormats = 12;
+inline constexpr int kNumFormats = 14;
 
 enum class FormatKind : uint8_t {
   kFloat,    // sign / exponent / mantissa fields (IEEE-like or OCP)
@@ -38,7 +38,7 @@ enum class NanStyle : uint8_t {
 struct FormatTraits {
   Format format;
   std::string_view name;
-  int bits;             // storage bits per element (4-bit formats pack two per byte)
+  int bits;             // storage bits per element (4-bit: two per byte; 3-bit: a little-endian bit stream)
   FormatKind kind;
   bool is_signed;
   int exp_bits;         // 0 for integers and lookups
@@ -93,6 +93,10 @@ inline constexpr std::array<FormatTraits, kNumFormats> kFormatTraits = {{
    "none", "unsigned nibble, packed two per byte, low nibble first"},
   {Format::kNf4,  "nf4",   4,  FormatKind::kLookup,  true, 0, 0,  0,   false, false, NanStyle::kNone,         false, 1.0,                     -1.0,                     0.07958029955625534,     0.07958029955625534,     0xFu,        0x0u,
    "none", "QLoRA NormalFloat4 (Dettmers et al. 2023), 16 levels in [-1, 1]"},
+  {Format::kInt3, "int3",  3,  FormatKind::kInteger, true, 0, 2,  0,   false, false, NanStyle::kNone,         false, 3.0,                     -4.0,                     1.0,                     1.0,                     0x3u,        0x0u,
+   "none", "two's complement, 3 bits, packed as a little-endian bit stream (element i in bits 3i..3i+2)"},
+  {Format::kUint3, "uint3", 3, FormatKind::kInteger, false, 0, 3, 0,   false, false, NanStyle::kNone,         false, 7.0,                     0.0,                      1.0,                     1.0,                     0x7u,        0x0u,
+   "none", "unsigned binary, 3 bits, packed as a little-endian bit stream (element i in bits 3i..3i+2)"},
 }};
 // clang-format on
 

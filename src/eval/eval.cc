@@ -38,14 +38,62 @@ TokenScore score_position(std::span<const float> logits, std::span<const float> 
   return s;
 }
 
-Result<EvalResult> evaluate(const LlamaModel& model, const LlamaModel& reference, std::span<const int> tokens,
-                            const EvalOptions& opt) {
-  const LlamaConfig& c = model.config();
-  if (c.vocab_size != reference.config().vocab_size) {
-    return InvalidArgument(fmt::format("eval: model vocab {} differs from the reference's {}", c.vocab_size,
-                                       reference.config().vocab_size));
+namespace {
+
+// One model's running sums over the windows.
+struct Tally {
+  std::vector<double> klds, diffs;
+  double nll = 0, ref_nll = 0, seconds = 0;
+  int64_t agree = 0;
+};
+
+EvalResult summarise(Tally& t, int64_t n_windows, int ctx, double ref_prefill_tok_s, std::vector<float> kld_by_position) {
+  EvalResult r;
+  r.windows = n_windows;
+  r.kld_by_position = std::move(kld_by_position);
+  const double n = static_cast<double>(t.klds.size());
+  r.tokens_scored = static_cast<int64_t>(t.klds.size());
+  r.nll_mean = t.nll / n;
+  r.ref_nll_mean = t.ref_nll / n;
+  r.ppl = std::exp(r.nll_mean);
+  r.ref_ppl = std::exp(r.ref_nll_mean);
+  // ln(PPL/PPL_ref) is the mean of the per-token NLL differences; its standard error carries
+  // over to ΔPPL through the derivative of exp (delta method), as llama.cpp reports it.
+  double dmean = 0, dvar = 0;
+  for (double d : t.diffs) dmean += d;
+  dmean /= n;
+  for (double d : t.diffs) dvar += (d - dmean) * (d - dmean);
+  dvar /= std::max(1.0, n - 1);
+  r.delta_ppl = r.ppl - r.ref_ppl;
+  r.delta_ppl_se = r.ppl * std::sqrt(dvar / n);
+  double ksum = 0;
+  for (double k : t.klds) ksum += k;
+  r.kld_mean = ksum / n;
+  std::vector<double> sorted = t.klds;
+  const size_t p99 = std::min(sorted.size() - 1, static_cast<size_t>(std::ceil(0.99 * n)) - 1);
+  std::nth_element(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(p99), sorted.end());
+  r.kld_p99 = sorted[p99];
+  r.kld_max = *std::max_element(t.klds.begin(), t.klds.end());
+  r.top1 = static_cast<double>(t.agree) / n;
+  r.prefill_tok_s = t.seconds > 0 ? static_cast<double>(n_windows) * ctx / t.seconds : 0.0;
+  r.ref_prefill_tok_s = ref_prefill_tok_s > 0 ? ref_prefill_tok_s : r.prefill_tok_s;
+  return r;
+}
+
+}  // namespace
+
+Result<std::vector<EvalResult>> evaluate_many(std::span<const LlamaModel* const> models, const LlamaModel& reference,
+                                              std::span<const int> tokens, const EvalOptions& opt) {
+  if (models.empty()) return InvalidArgument("eval: no model to evaluate");
+  const LlamaConfig& rc = reference.config();
+  int ctx = std::min(opt.ctx, rc.seq_len);
+  for (const LlamaModel* m : models) {
+    if (m->config().vocab_size != rc.vocab_size) {
+      return InvalidArgument(fmt::format("eval: model vocab {} differs from the reference's {}", m->config().vocab_size,
+                                         rc.vocab_size));
+    }
+    ctx = std::min(ctx, m->config().seq_len);
   }
-  const int ctx = std::min({opt.ctx, c.seq_len, reference.config().seq_len});
   if (ctx < 2) return InvalidArgument(fmt::format("eval: --ctx must be >= 2 (got {})", opt.ctx));
   const int stride = opt.stride > 0 ? opt.stride : std::max(1, ctx / 2);
   if (static_cast<int64_t>(tokens.size()) < ctx + 1) {
@@ -54,67 +102,63 @@ Result<EvalResult> evaluate(const LlamaModel& model, const LlamaModel& reference
   const int64_t n_windows_all = (static_cast<int64_t>(tokens.size()) - ctx - 1) / stride + 1;
   const int64_t n_windows = opt.max_windows > 0 ? std::min<int64_t>(opt.max_windows, n_windows_all) : n_windows_all;
   const int first_scored = ctx / 2;
-  const int V = c.vocab_size;
+  const int V = rc.vocab_size;
+  const size_t nm = models.size();
 
-  EvalResult r;
-  r.windows = n_windows;
-  r.kld_by_position.assign(static_cast<size_t>(ctx - first_scored), 0.0f);
-  std::vector<double> klds, diffs;
-  double nll = 0, ref_nll = 0;
-  int64_t agree = 0;
-  double model_seconds = 0;
-  Session sm(model, ctx), sr(reference, ctx);
-  std::vector<float> lm, lr;
+  std::vector<Tally> tally(nm);
+  std::vector<std::vector<float>> kld_pos(nm, std::vector<float>(static_cast<size_t>(ctx - first_scored), 0.0f));
+  double ref_seconds = 0;
+  Session sr(reference, ctx);
+  std::vector<Session> sm;
+  sm.reserve(nm);
+  for (const LlamaModel* m : models) sm.emplace_back(*m, ctx);
+  std::vector<float> lr, lm;
   for (int64_t w = 0; w < n_windows; ++w) {
     const std::span<const int> win = tokens.subspan(static_cast<size_t>(w * stride), static_cast<size_t>(ctx));
     const auto t0 = std::chrono::steady_clock::now();
-    LOWBIT_RETURN_IF_ERROR(sm.forward(win, 0, &lm));
-    model_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (&model == &reference) {
-      lr = lm;
-    } else {
-      LOWBIT_RETURN_IF_ERROR(sr.forward(win, 0, &lr));
-    }
-    for (int j = first_scored; j < ctx; ++j) {
-      // Logits at j predict the token after the window's j-th one.
-      const int target = tokens[static_cast<size_t>(w * stride + j + 1)];
-      const TokenScore s = score_position({lm.data() + static_cast<size_t>(j) * V, static_cast<size_t>(V)},
-                                          {lr.data() + static_cast<size_t>(j) * V, static_cast<size_t>(V)}, target);
-      nll += s.nll;
-      ref_nll += s.ref_nll;
-      klds.push_back(s.kld);
-      diffs.push_back(s.nll - s.ref_nll);
-      agree += s.top1_agree;
-      r.kld_by_position[static_cast<size_t>(j - first_scored)] += static_cast<float>(s.kld / static_cast<double>(n_windows));
+    LOWBIT_RETURN_IF_ERROR(sr.forward(win, 0, &lr));
+    ref_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    for (size_t i = 0; i < nm; ++i) {
+      Tally& t = tally[i];
+      const std::vector<float>* logits = &lr;
+      if (models[i] == &reference) {
+        t.seconds = -1;  // the reference's own time is its prefill time
+      } else {
+        const auto t1 = std::chrono::steady_clock::now();
+        LOWBIT_RETURN_IF_ERROR(sm[i].forward(win, 0, &lm));
+        t.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+        logits = &lm;
+      }
+      for (int j = first_scored; j < ctx; ++j) {
+        // Logits at j predict the token after the window's j-th one.
+        const int target = tokens[static_cast<size_t>(w * stride + j + 1)];
+        const TokenScore s = score_position({logits->data() + static_cast<size_t>(j) * V, static_cast<size_t>(V)},
+                                            {lr.data() + static_cast<size_t>(j) * V, static_cast<size_t>(V)}, target);
+        t.nll += s.nll;
+        t.ref_nll += s.ref_nll;
+        t.klds.push_back(s.kld);
+        t.diffs.push_back(s.nll - s.ref_nll);
+        t.agree += s.top1_agree;
+        kld_pos[i][static_cast<size_t>(j - first_scored)] += static_cast<float>(s.kld / static_cast<double>(n_windows));
+      }
     }
     if (opt.on_window) opt.on_window(w + 1, n_windows);
   }
-  const double n = static_cast<double>(klds.size());
-  r.tokens_scored = static_cast<int64_t>(klds.size());
-  r.nll_mean = nll / n;
-  r.ref_nll_mean = ref_nll / n;
-  r.ppl = std::exp(r.nll_mean);
-  r.ref_ppl = std::exp(r.ref_nll_mean);
-  // ln(PPL/PPL_ref) is the mean of the per-token NLL differences; its standard error carries
-  // over to ΔPPL through the derivative of exp (delta method), as llama.cpp reports it.
-  double dmean = 0, dvar = 0;
-  for (double d : diffs) dmean += d;
-  dmean /= n;
-  for (double d : diffs) dvar += (d - dmean) * (d - dmean);
-  dvar /= std::max(1.0, n - 1);
-  r.delta_ppl = r.ppl - r.ref_ppl;
-  r.delta_ppl_se = r.ppl * std::sqrt(dvar / n);
-  double ksum = 0;
-  for (double k : klds) ksum += k;
-  r.kld_mean = ksum / n;
-  std::vector<double> sorted = klds;
-  const size_t p99 = std::min(sorted.size() - 1, static_cast<size_t>(std::ceil(0.99 * n)) - 1);
-  std::nth_element(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(p99), sorted.end());
-  r.kld_p99 = sorted[p99];
-  r.kld_max = *std::max_element(klds.begin(), klds.end());
-  r.top1 = static_cast<double>(agree) / n;
-  r.prefill_tok_s = model_seconds > 0 ? static_cast<double>(n_windows) * ctx / model_seconds : 0.0;
-  return r;
+  const double ref_tok_s = ref_seconds > 0 ? static_cast<double>(n_windows) * ctx / ref_seconds : 0.0;
+  std::vector<EvalResult> out;
+  out.reserve(nm);
+  for (size_t i = 0; i < nm; ++i) {
+    if (tally[i].seconds < 0) tally[i].seconds = ref_seconds;
+    out.push_back(summarise(tally[i], n_windows, ctx, ref_tok_s, std::move(kld_pos[i])));
+  }
+  return out;
+}
+
+Result<EvalResult> evaluate(const LlamaModel& model, const LlamaModel& reference, std::span<const int> tokens,
+                            const EvalOptions& opt) {
+  const LlamaModel* one[] = {&model};
+  LOWBIT_ASSIGN_OR_RETURN(std::vector<EvalResult> r, evaluate_many(one, reference, tokens, opt));
+  return std::move(r.front());
 }
 
 }  // namespace lowbit

@@ -2,6 +2,7 @@
 // dispatch to the SIMD levels in x86/.
 #include "lowbit/convert.h"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 
@@ -169,6 +170,10 @@ void encode_span(Format f, std::span<const float> in, std::span<uint8_t> out, co
         out[i / 2] = static_cast<uint8_t>(lo | (hi << 4));
       }
       return;
+    case 3:
+      std::fill(out.begin(), out.end(), uint8_t{0});
+      for (size_t i = 0; i < n; ++i) store_code(f, out.data(), i, encode(f, in[i], opt, first_index + i));
+      return;
   }
   LOWBIT_CHECK(false, "encode_span: unsupported bit width");
 }
@@ -197,6 +202,9 @@ void decode_span(Format f, std::span<const uint8_t> in, std::span<float> out) {
       return;
     case 4:
       for (size_t i = 0; i < n; ++i) out[i] = decode(f, (in[i / 2] >> (4 * (i & 1))) & 0xFu);
+      return;
+    case 3:
+      for (size_t i = 0; i < n; ++i) out[i] = decode(f, load_code(f, in.data(), i));
       return;
   }
   LOWBIT_CHECK(false, "decode_span: unsupported bit width");

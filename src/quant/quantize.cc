@@ -130,7 +130,7 @@ const float* read_row(const float* base, const Rows& rows, int64_t r, std::vecto
 
 // ---- per-block scale ------------------------------------------------------------------
 
-bool is_signed_int(Format f) { return f == Format::kInt8 || f == Format::kInt4; }
+bool is_signed_int(Format f) { return traits(f).kind == FormatKind::kInteger && traits(f).is_signed; }
 bool is_int(Format f) { return traits(f).kind == FormatKind::kInteger; }
 
 int emax_of(Format f) { return std::ilogb(traits(f).max_finite); }
@@ -266,7 +266,7 @@ void quantize_segment_fast(const QuantKernels& k, const QuantSpec& spec, const f
   }
 }
 
-// Store codes (one uint32 or one byte per element) as a packed row.
+// Store codes (one uint32 or one byte per element) as a packed row (the layout load_code reads).
 template <class Code>
 void pack_row(Format f, const Code* codes, int64_t n, uint8_t* out) {
   switch (traits(f).bits) {
@@ -280,34 +280,14 @@ void pack_row(Format f, const Code* codes, int64_t n, uint8_t* out) {
     case 8:
       for (int64_t i = 0; i < n; ++i) out[i] = static_cast<uint8_t>(codes[i]);
       return;
-    case 16:
-      for (int64_t i = 0; i < n; ++i) {
-        const uint32_t c = static_cast<uint32_t>(codes[i]);
-        out[2 * i] = static_cast<uint8_t>(c);
-        out[2 * i + 1] = static_cast<uint8_t>(c >> 8);
-      }
-      return;
     default:
-      for (int64_t i = 0; i < n; ++i) {
-        const uint32_t c = static_cast<uint32_t>(codes[i]);
-        std::memcpy(out + 4 * i, &c, 4);
-      }
+      if (traits(f).bits < 8) std::fill(out, out + packed_bytes(f, static_cast<size_t>(n)), uint8_t{0});
+      for (int64_t i = 0; i < n; ++i) store_code(f, out, static_cast<size_t>(i), static_cast<uint32_t>(codes[i]));
   }
 }
 
 // Raw code of element i of a packed row.
-uint32_t unpack_code(Format f, const uint8_t* row, int64_t i) {
-  switch (traits(f).bits) {
-    case 4: return (row[i / 2] >> (4 * (i & 1))) & 0xFu;
-    case 8: return row[i];
-    case 16: return static_cast<uint32_t>(row[2 * i]) | (static_cast<uint32_t>(row[2 * i + 1]) << 8);
-    default: {
-      uint32_t c;
-      std::memcpy(&c, row + 4 * i, 4);
-      return c;
-    }
-  }
-}
+uint32_t unpack_code(Format f, const uint8_t* row, int64_t i) { return load_code(f, row, static_cast<size_t>(i)); }
 
 // ---- clip search (percentile, MSE) -------------------------------------------------------
 
@@ -588,12 +568,13 @@ Status dequantize(const QuantizedTensor& q, TensorView out, bool use_reference) 
         }
       } else {
         const uint8_t* codes8 = row;
-        if (traits(spec.element).bits == 4 && int8ish) {
+        if (const int bits = traits(spec.element).bits; bits < 8 && int8ish) {
           bytes.resize(static_cast<size_t>(C));
           const bool sgn = is_signed_int(spec.element);
+          const uint32_t top = 1u << (bits - 1);
           for (int64_t c = 0; c < C; ++c) {
             uint32_t v = unpack_code(spec.element, row, c);
-            if (sgn && (v & 0x8u)) v |= 0xFFFFFFF0u;  // sign-extend the nibble
+            if (sgn && (v & top)) v |= ~((top << 1) - 1u);  // sign-extend the sub-byte code
             bytes[static_cast<size_t>(c)] = static_cast<uint8_t>(v);
           }
           codes8 = bytes.data();
@@ -655,13 +636,7 @@ QuantizedTensor empty_quantized(const QuantSpec& spec, int64_t rows, int64_t col
 void set_code(QuantizedTensor& q, int64_t r, int64_t c, uint32_t code) {
   LOWBIT_CHECK(r >= 0 && r < q.rows && c >= 0 && c < q.cols, "set_code: element out of range");
   uint8_t* row = q.codes.data() + r * q.row_bytes;
-  const int bits = traits(q.spec.element).bits;
-  if (bits == 4) {
-    const int shift = 4 * static_cast<int>(c & 1);
-    row[c / 2] = static_cast<uint8_t>((row[c / 2] & ~(0xFu << shift)) | ((code & 0xFu) << shift));
-  } else {
-    pack_row(q.spec.element, &code, 1, row + c * (bits / 8));
-  }
+  store_code(q.spec.element, row, static_cast<size_t>(c), code);
 }
 
 void copy_block_params(const QuantizedTensor& src, int64_t src_block, QuantizedTensor& dst, int64_t dst_block) {

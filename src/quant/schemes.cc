@@ -8,7 +8,7 @@
 namespace lowbit {
 namespace {
 
-constexpr std::array<Scheme, 14> kSchemes = {{
+constexpr std::array<Scheme, 15> kSchemes = {{
     {"w8a8", "int8:row:sym:fp32", "int8:token:sym:fp32",
      "int8 weights per output channel, int8 activations per token (dynamic)"},
     {"w8a16", "int8:row:sym:fp32", "", "int8 weights per output channel, fp32/16 activations"},
@@ -16,6 +16,8 @@ constexpr std::array<Scheme, 14> kSchemes = {{
     {"w4a16-g32", "int4:g32:sym:fp16", "", "int4 weights in groups of 32 with fp16 scales"},
     {"q8_0", "int8:g32:sym:fp16", "", "GGUF Q8_0: int8 in blocks of 32 with an fp16 scale (llama.cpp loads it)"},
     {"q4_0", "int4:g32:sym:fp16", "", "GGUF Q4_0: int4 in blocks of 32 with an fp16 scale (llama.cpp loads it)"},
+    {"w3a16-g64", "uint3:g64:asym:fp16", "",
+     "3-bit weights in groups of 64, fp16 scales and 3-bit zero points (GPTQ's 3-bit layout)"},
     {"w4a8-g128", "int4:g128:sym:fp16", "int8:token:sym:fp32",
      "int4 weights in groups of 128, int8 activations per token (dynamic)"},
     {"fp8-block", "e4m3:block128x128:sym:fp32", "e4m3:tile1x128:sym:fp32",

@@ -266,16 +266,8 @@ int64_t QuantizedTensor::storage_bytes() const {
 
 int32_t QuantizedTensor::code_at(int64_t r, int64_t c) const {
   const int bits = traits(spec.element).bits;
-  const uint8_t* row = codes.data() + r * row_bytes;
-  uint32_t code = 0;
-  switch (bits) {
-    case 4: code = (row[c / 2] >> (4 * (c & 1))) & 0xFu; break;
-    case 8: code = row[c]; break;
-    case 16: code = static_cast<uint32_t>(row[2 * c]) | (static_cast<uint32_t>(row[2 * c + 1]) << 8); break;
-    default: code = static_cast<uint32_t>(row[4 * c]) | (static_cast<uint32_t>(row[4 * c + 1]) << 8) |
-                    (static_cast<uint32_t>(row[4 * c + 2]) << 16) | (static_cast<uint32_t>(row[4 * c + 3]) << 24);
-  }
-  if (spec.element == Format::kInt8 || spec.element == Format::kInt4) {
+  const uint32_t code = load_code(spec.element, codes.data() + r * row_bytes, static_cast<size_t>(c));
+  if (traits(spec.element).kind == FormatKind::kInteger && traits(spec.element).is_signed) {
     const int shift = 32 - bits;
     return static_cast<int32_t>(code << shift) >> shift;
   }

@@ -81,6 +81,40 @@ TEST_F(EvalTest, QuantizationCostsWhatItShould) {
   EXPECT_DOUBLE_EQ(model_size(ref).bpw_total(), 32.0);
 }
 
+// Several models in one pass over the reference give exactly what separate passes give, the
+// reference itself included (int3 weights: the 3-bit format runs end to end).
+TEST_F(EvalTest, ManyModelsEqualSeparateRuns) {
+  const LlamaModel ref(*model_);
+  LlamaModel int8(*model_), int3(*model_);
+  ASSERT_TRUE(apply_rtn(int8, parse_spec("int8:row:sym:fp32").value(), std::nullopt).ok());
+  ASSERT_TRUE(apply_rtn(int3, parse_spec("uint3:g64:asym:fp16").value(), std::nullopt).ok());
+  const LlamaModel* models[] = {&int3, &ref, &int8};
+  EvalOptions opt;
+  opt.ctx = 128;
+  opt.max_windows = 6;
+  const std::vector<EvalResult> many = evaluate_many(models, ref, tokens_, opt).value();
+  ASSERT_EQ(many.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    const EvalResult one = run(*models[i], ref, 6);
+    EXPECT_EQ(many[i].tokens_scored, one.tokens_scored) << i;
+    EXPECT_DOUBLE_EQ(many[i].ppl, one.ppl) << i;
+    EXPECT_DOUBLE_EQ(many[i].ref_ppl, one.ref_ppl) << i;
+    EXPECT_DOUBLE_EQ(many[i].kld_mean, one.kld_mean) << i;
+    EXPECT_DOUBLE_EQ(many[i].kld_p99, one.kld_p99) << i;
+    EXPECT_DOUBLE_EQ(many[i].top1, one.top1) << i;
+    EXPECT_DOUBLE_EQ(many[i].delta_ppl_se, one.delta_ppl_se) << i;
+    EXPECT_EQ(many[i].kld_by_position, one.kld_by_position) << i;
+    EXPECT_GT(many[i].prefill_tok_s, 0.0);
+    EXPECT_GT(many[i].ref_prefill_tok_s, 0.0);
+  }
+  EXPECT_DOUBLE_EQ(many[1].kld_mean, 0.0);
+  EXPECT_GT(many[0].kld_mean, many[2].kld_mean);  // 3 bits cost more than 8
+  // 3 + 16/64 + 3/64 = 3.30 bits per weight, a little more where rows (172 wide) end in a short group
+  EXPECT_NEAR(model_size(int3).bpw_total(), 3.0 + 16.0 / 64 + 3.0 / 64, 0.03);
+  const LlamaModel* none[] = {&ref};
+  EXPECT_FALSE(evaluate_many(std::span<const LlamaModel* const>(none, 0), ref, tokens_, opt).ok());
+}
+
 TEST(ScorePosition, KnownDistributions) {
   // Uniform reference over 4, model puts all mass on token 0: KL = sum p log(p/q).
   const std::vector<float> ref = {0, 0, 0, 0}, same = {0, 0, 0, 0}, peaked = {10, 0, 0, 0};

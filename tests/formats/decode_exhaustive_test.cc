@@ -17,12 +17,13 @@ namespace {
 
 constexpr Format kAllFormats[] = {Format::kFp32, Format::kFp16, Format::kBf16,  Format::kE4m3,
                                   Format::kE5m2, Format::kE8m0, Format::kE2m1,  Format::kInt8,
-                                  Format::kUint8, Format::kInt4, Format::kUint4, Format::kNf4};
+                                  Format::kUint8, Format::kInt4, Format::kUint4, Format::kNf4,
+                                  Format::kInt3,  Format::kUint3};
 
 // Formats whose code space is small enough to enumerate (<= 16 bits).
 constexpr Format kSmallFormats[] = {Format::kFp16, Format::kBf16, Format::kE4m3, Format::kE5m2,
                                     Format::kE8m0, Format::kE2m1, Format::kInt8, Format::kUint8,
-                                    Format::kInt4, Format::kUint4, Format::kNf4};
+                                    Format::kInt4, Format::kUint4, Format::kNf4, Format::kInt3, Format::kUint3};
 
 // Per-format layout, written from the spec, not read from traits().
 struct Layout {
@@ -62,6 +63,11 @@ double spec_value(Format f, uint32_t code) {
     }
     case Format::kUint4: return code & 0xF;
     case Format::kNf4: return kNf4Levels[code & 0xF];
+    case Format::kInt3: {
+      const int v = code & 0x7;
+      return v >= 4 ? v - 8 : v;
+    }
+    case Format::kUint3: return code & 0x7;
     default: break;
   }
   const Layout L = layout_of(f);
@@ -277,8 +283,8 @@ TEST(DecodeFp32, RandomBitPatternsRoundTrip) {
 // Names, bit widths and code counts: the table the rest of this file walks.
 TEST(FormatTable, NamesAndWidths) {
   const char* names[] = {"fp32", "fp16", "bf16", "e4m3", "e5m2", "e8m0",
-                         "e2m1", "int8", "uint8", "int4", "uint4", "nf4"};
-  const int bits[] = {32, 16, 16, 8, 8, 8, 4, 8, 8, 4, 4, 4};
+                         "e2m1", "int8", "uint8", "int4", "uint4", "nf4", "int3", "uint3"};
+  const int bits[] = {32, 16, 16, 8, 8, 8, 4, 8, 8, 4, 4, 4, 3, 3};
   for (int i = 0; i < kNumFormats; ++i) {
     const Format f = kAllFormats[i];
     EXPECT_EQ(format_name(f), names[i]);

@@ -54,6 +54,7 @@ int bits_of(Format f) {
   switch (f) {
     case Format::kFp16: case Format::kBf16: return 16;
     case Format::kE2m1: case Format::kInt4: case Format::kUint4: case Format::kNf4: return 4;
+    case Format::kInt3: case Format::kUint3: return 3;
     default: return 8;
   }
 }
@@ -65,6 +66,8 @@ double spec_value(Format f, uint32_t code) {
     case Format::kUint8: return code & 0xFF;
     case Format::kInt4: return (code & 0xF) >= 8 ? static_cast<int>(code & 0xF) - 16 : static_cast<int>(code & 0xF);
     case Format::kUint4: return code & 0xF;
+    case Format::kInt3: return (code & 0x7) >= 4 ? static_cast<int>(code & 0x7) - 8 : static_cast<int>(code & 0x7);
+    case Format::kUint3: return code & 0x7;
     case Format::kNf4: return kNf4Levels[code & 0xF];
     default: break;
   }
@@ -285,7 +288,8 @@ TEST_P(EncodeOracle, NanInput) {
 INSTANTIATE_TEST_SUITE_P(AllButFp32, EncodeOracle,
                          ::testing::Values(Format::kFp16, Format::kBf16, Format::kE4m3, Format::kE5m2,
                                            Format::kE8m0, Format::kE2m1, Format::kInt8, Format::kUint8,
-                                           Format::kInt4, Format::kUint4, Format::kNf4),
+                                           Format::kInt4, Format::kUint4, Format::kNf4, Format::kInt3,
+                                           Format::kUint3),
                          [](const auto& info) { return std::string(format_name(info.param)); });
 
 // The oracle itself, on the literal values the spec spells out.
@@ -394,6 +398,18 @@ TEST(EncodeLiterals, Integers) {
   EXPECT_EQ(encode(Format::kInt4, -9.0f), 0x8u);
   EXPECT_EQ(encode(Format::kUint4, 14.5f), 14u);
   EXPECT_EQ(encode(Format::kUint4, 100.0f), 15u);
+  // 3-bit integers: RNE ties to even, saturation at -4 / 3 and 0 / 7.
+  EXPECT_EQ(encode(Format::kInt3, 2.5f), 2u);
+  EXPECT_EQ(encode(Format::kInt3, 1.5f), 2u);
+  EXPECT_EQ(encode(Format::kInt3, 3.5f), 3u);
+  EXPECT_EQ(encode(Format::kInt3, -3.5f), 4u);   // -4 (even) = 0b100
+  EXPECT_EQ(encode(Format::kInt3, -2.5f), 6u);   // -2 = 0b110
+  EXPECT_EQ(encode(Format::kInt3, -100.0f), 4u);
+  EXPECT_EQ(encode(Format::kUint3, 6.5f), 6u);
+  EXPECT_EQ(encode(Format::kUint3, 9.0f), 7u);
+  EXPECT_EQ(encode(Format::kUint3, -1.0f), 0u);
+  EXPECT_EQ(decode(Format::kInt3, 4u), -4.0f);
+  EXPECT_EQ(decode(Format::kInt3, 3u), 3.0f);
 }
 
 TEST(EncodeLiterals, Nf4) {

@@ -35,6 +35,61 @@ TEST(Pack, OtherFourBitFormats) {
   EXPECT_EQ(encode_bytes(Format::kNf4, {-1.0f, 1.0f, 0.0f}), (std::vector<uint8_t>{0xF0, 0x07}));
 }
 
+// 3-bit formats: a little-endian bit stream, element i in bits 3i..3i+2 (codes straddle bytes).
+TEST(Pack, ThreeBitStreamWorkedExamples) {
+  // int3 {1, -1, 3, -4}: codes 001 111 011 100 -> stream 0b100'011'111'001 = 0x8F9
+  EXPECT_EQ(encode_bytes(Format::kInt3, {1.0f, -1.0f, 3.0f, -4.0f}), (std::vector<uint8_t>{0xF9, 0x08}));
+  // uint3 {7, 0, 5}: 111 000 101 -> 0b101'000'111 = 0x147; the unused top bits of the last byte are 0
+  EXPECT_EQ(encode_bytes(Format::kUint3, {7.0f, 0.0f, 5.0f}), (std::vector<uint8_t>{0x47, 0x01}));
+  // eight elements fill exactly three bytes: uint3 0..7 -> 0b111'110'101'100'011'010'001'000
+  EXPECT_EQ(encode_bytes(Format::kUint3, {0, 1, 2, 3, 4, 5, 6, 7}), (std::vector<uint8_t>{0x88, 0xC6, 0xFA}));
+  EXPECT_EQ(encode_bytes(Format::kInt3, {}), (std::vector<uint8_t>{}));
+  std::vector<float> out(3);
+  decode_span(Format::kUint3, std::vector<uint8_t>{0x47, 0x01}, out);
+  EXPECT_EQ(out, (std::vector<float>{7.0f, 0.0f, 5.0f}));
+  out.resize(4);
+  decode_span(Format::kInt3, std::vector<uint8_t>{0xF9, 0x08}, out);
+  EXPECT_EQ(out, (std::vector<float>{1.0f, -1.0f, 3.0f, -4.0f}));
+}
+
+// Every code in every slot of every length 1..17: encode_span / decode_span / load_code /
+// store_code agree with a bit-by-bit stream written here.
+TEST(Pack, ThreeBitRoundTripEveryLength) {
+  uint32_t state = 12345;
+  for (Format f : {Format::kInt3, Format::kUint3}) {
+    for (size_t n = 1; n <= 17; ++n) {
+      for (int trial = 0; trial < 8; ++trial) {
+        std::vector<uint32_t> codes(n);
+        for (size_t i = 0; i < n; ++i) codes[i] = (state = state * 1103515245u + 12345u) >> 29;  // 0..7
+        if (trial == 0) std::fill(codes.begin(), codes.end(), 7u);  // all ones: catches spills into neighbours
+        std::vector<uint8_t> stream(packed_bytes(f, n), 0);
+        ASSERT_EQ(stream.size(), (3 * n + 7) / 8);
+        for (size_t i = 0; i < n; ++i)
+          for (size_t t = 0; t < 3; ++t)
+            if ((codes[i] >> t) & 1u) stream[(3 * i + t) / 8] |= static_cast<uint8_t>(1u << ((3 * i + t) % 8));
+        std::vector<float> x(n);
+        for (size_t i = 0; i < n; ++i) x[i] = decode(f, codes[i]);
+        ASSERT_EQ(encode_bytes(f, x), stream) << format_name(f) << " n=" << n;
+        std::vector<float> back(n);
+        decode_span(f, stream, back);
+        ASSERT_EQ(back, x) << format_name(f) << " n=" << n;
+        std::vector<uint8_t> built(stream.size(), 0);
+        for (size_t i = 0; i < n; ++i) {
+          ASSERT_EQ(load_code(f, stream.data(), i), codes[i]) << format_name(f) << " n=" << n << " i=" << i;
+          store_code(f, built.data(), i, codes[i]);
+        }
+        ASSERT_EQ(built, stream) << format_name(f) << " n=" << n;
+        // overwriting one code keeps its neighbours
+        for (size_t i = 0; i < n; ++i) {
+          std::vector<uint8_t> edit = stream;
+          store_code(f, edit.data(), i, codes[i] ^ 5u);
+          for (size_t j = 0; j < n; ++j) ASSERT_EQ(load_code(f, edit.data(), j), j == i ? (codes[j] ^ 5u) : codes[j]);
+        }
+      }
+    }
+  }
+}
+
 TEST(Pack, WideCodesAreLittleEndian) {
   EXPECT_EQ(encode_bytes(Format::kFp16, {1.0f, -2.0f}), (std::vector<uint8_t>{0x00, 0x3C, 0x00, 0xC0}));
   EXPECT_EQ(encode_bytes(Format::kBf16, {1.0f}), (std::vector<uint8_t>{0x80, 0x3F}));
@@ -53,6 +108,11 @@ TEST(Pack, PackedBytes) {
   EXPECT_EQ(packed_bytes(Format::kFp16, 5), 10u);
   EXPECT_EQ(packed_bytes(Format::kBf16, 3), 6u);
   EXPECT_EQ(packed_bytes(Format::kFp32, 3), 12u);
+  EXPECT_EQ(packed_bytes(Format::kInt3, 1), 1u);
+  EXPECT_EQ(packed_bytes(Format::kInt3, 3), 2u);
+  EXPECT_EQ(packed_bytes(Format::kUint3, 8), 3u);
+  EXPECT_EQ(packed_bytes(Format::kUint3, 64), 24u);
+  EXPECT_EQ(packed_bytes(Format::kInt3, 65), 25u);
 }
 
 // Every byte decodes to (low nibble, high nibble).
@@ -159,7 +219,8 @@ TEST(ParseFormat, AcceptsAllNames) {
   const std::pair<const char*, Format> names[] = {
       {"fp32", Format::kFp32}, {"fp16", Format::kFp16}, {"bf16", Format::kBf16},   {"e4m3", Format::kE4m3},
       {"e5m2", Format::kE5m2}, {"e8m0", Format::kE8m0}, {"e2m1", Format::kE2m1},   {"int8", Format::kInt8},
-      {"uint8", Format::kUint8}, {"int4", Format::kInt4}, {"uint4", Format::kUint4}, {"nf4", Format::kNf4}};
+      {"uint8", Format::kUint8}, {"int4", Format::kInt4}, {"uint4", Format::kUint4}, {"nf4", Format::kNf4},
+      {"int3", Format::kInt3}, {"uint3", Format::kUint3}};
   for (const auto& [name, f] : names) {
     Result<Format> r = parse_format(name);
     ASSERT_TRUE(r.ok()) << name << ": " << r.status().to_string();

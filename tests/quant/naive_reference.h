@@ -55,6 +55,8 @@ inline float qmax_of(Format f) {
     case Format::kInt4: return 7.0f;
     case Format::kUint8: return 255.0f;
     case Format::kUint4: return 15.0f;
+    case Format::kInt3: return 3.0f;
+    case Format::kUint3: return 7.0f;
     case Format::kE4m3: return 448.0f;
     case Format::kE5m2: return 57344.0f;
     case Format::kE2m1: return 6.0f;
@@ -69,6 +71,7 @@ inline float qmin_of(Format f) {
   switch (f) {
     case Format::kInt8: return -128.0f;
     case Format::kInt4: return -8.0f;
+    case Format::kInt3: return -4.0f;
     default: return 0.0f;
   }
 }
@@ -92,10 +95,11 @@ inline bool uses_mx_rule(const QuantSpec& s) {
           !s.tensor_scale);
 }
 
-// The value code_at reports: sign-extended integer for int8/int4, the raw code otherwise.
+// The value code_at reports: sign-extended integer for int8/int4/int3, the raw code otherwise.
 inline int32_t code_value(Format f, uint32_t raw) {
   if (f == Format::kInt8) return static_cast<int8_t>(static_cast<uint8_t>(raw));
   if (f == Format::kInt4) return (raw & 0x8) ? static_cast<int32_t>(raw & 0xF) - 16 : static_cast<int32_t>(raw & 0xF);
+  if (f == Format::kInt3) return (raw & 0x4) ? static_cast<int32_t>(raw & 0x7) - 8 : static_cast<int32_t>(raw & 0x7);
   return static_cast<int32_t>(raw);
 }
 
@@ -277,7 +281,7 @@ inline Result quantize(const std::vector<float>& x, int64_t rows, int64_t cols, 
   r.scales = s_block;
   if (!spec.symmetric) r.zero_points = z_block;
 
-  // Storage layout of the codes: rows of row_bytes; 4-bit low nibble first.
+  // Storage layout of the codes: rows of row_bytes; 4-bit low nibble first; 3-bit a bit stream.
   r.packed.assign(static_cast<size_t>(rows * r.row_bytes), 0);
   const int bits = traits(ef).bits;
   for (int64_t i = 0; i < rows; ++i) {
@@ -286,6 +290,11 @@ inline Result quantize(const std::vector<float>& x, int64_t rows, int64_t cols, 
       uint8_t* row = r.packed.data() + i * r.row_bytes;
       if (bits == 4) {
         row[j / 2] |= static_cast<uint8_t>((code & 0xF) << (4 * (j & 1)));
+      } else if (bits == 3) {  // a little-endian bit stream: bit t of element j is stream bit 3j + t
+        for (int t = 0; t < 3; ++t) {
+          const int64_t bit = 3 * j + t;
+          if ((code >> t) & 1u) row[bit / 8] |= static_cast<uint8_t>(1u << (bit % 8));
+        }
       } else {
         for (int b = 0; b < bits / 8; ++b) row[j * (bits / 8) + b] = static_cast<uint8_t>(code >> (8 * b));
       }

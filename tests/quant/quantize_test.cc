@@ -848,6 +848,8 @@ TEST(QuantizeReference, RaggedGroupsMatchNaive) {
       "int8:g32:asym:bf16", "nf4:g64", "nf4:g7:sym:fp16", "e4m3:row", "e4m3:g128", "e4m3:col:sym:fp16",
       "e5m2:g32", "e4m3:g32:sym:fp32:nosat", "e2m1:g32", "e2m1:g32:e8m0", "e4m3:g32:e8m0", "e5m2:g7:e8m0",
       "e2m1:g16:e4m3*fp32", "fp16:g32", "bf16:row", "int4:g32:sym:fp32:sr7", "e4m3:g7:sym:fp32:sr3",
+      "int3:g64", "int3:g7:sym:fp16", "uint3:g64:asym:fp16", "uint3:g7:asym", "int3:g64:asym:bf16",
+      "uint3:row:asym", "int3:g32:sym:fp32:p99", "int3:g32:sym:fp32:sr5",
   };
   const std::pair<int64_t, int64_t> shapes[] = {{1, 1}, {1, 7}, {3, 127}, {2, 129}, {5, 172}, {1, 4097}};
   int ran = 0, total = 0;
@@ -868,7 +870,8 @@ TEST(QuantizeReference, BlocksMatchNaive) {
   const char* specs[] = {
       "int8:block128x128", "int8:block3x5", "int8:tile1x128", "e4m3:block128x128", "e4m3:tile1x128",
       "e4m3:block3x5:sym:fp16", "int4:block3x5:sym:bf16", "uint4:block3x5:asym", "uint8:block128x128:asym",
-      "nf4:tile1x128", "e2m1:block3x5:e8m0", "int8:block128x128:sym:fp32:sr5",
+      "nf4:tile1x128", "e2m1:block3x5:e8m0", "int8:block128x128:sym:fp32:sr5", "uint3:block3x5:asym",
+      "int3:block128x128",
   };
   uint64_t seed = 7000;
   for (const char* text : specs) {

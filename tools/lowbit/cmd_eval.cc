@@ -1,14 +1,16 @@
-// lowbit eval --model M [--scheme S | --weights SPEC [--acts SPEC]] [--ref R] --text FILE
+// lowbit eval --model M [--scheme S[,S2...] | --weights SPEC [--acts SPEC]] [--ref R] --text FILE
 //             [--tokenizer T] [--split all|calib|eval] [--ctx N] [--stride S] [--max-windows K]
 //             [--json out.json] [--plot out.svg]
-// Quantizes M in memory (RTN) when a scheme or spec is given, then measures it against the
+// Quantizes M in memory (RTN) when schemes or a spec are given, then measures each against the
 // fp32 reference (R, or M itself): PPL, ΔPPL ± SE, KLD mean / p99, top-1, bpw, size, tokens/s.
+// Several schemes share one pass of the reference over the text (one table row each).
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <openssl/evp.h>
 
 #include "cli.h"
@@ -22,7 +24,8 @@ namespace lowbit::cli {
 namespace {
 
 struct EvalArgs {
-  std::string model, ref, text, tokenizer, scheme, weights, acts, split = "all", json, plot;
+  std::string model, ref, text, tokenizer, weights, acts, split = "all", json, plot;
+  std::vector<std::string> schemes;
   int ctx = 128, stride = 0, max_windows = 0, decode_tokens = 32;
 };
 
@@ -38,9 +41,18 @@ std::string sha256_file(const std::string& path) {
 }
 
 void run_eval(const EvalArgs& a) {
-  if (!a.scheme.empty() && !a.weights.empty()) fail(kExitUsage, "eval: --scheme and --weights exclude each other");
+  if (!a.schemes.empty() && !a.weights.empty()) fail(kExitUsage, "eval: --scheme and --weights exclude each other");
   if (!a.acts.empty() && a.weights.empty()) fail(kExitUsage, "eval: --acts needs --weights (or use --scheme)");
   if (a.ctx < 2) fail(kExitUsage, fmt::format("eval: --ctx must be >= 2 (got {})", a.ctx));
+  if (!a.plot.empty() && a.schemes.size() > 1) {
+    fail(kExitUsage, fmt::format("eval: --plot draws one model; got {} schemes", a.schemes.size()));
+  }
+  std::vector<Scheme> schemes;
+  for (const std::string& name : a.schemes) {
+    Result<Scheme> s = find_scheme(name);
+    if (!s.ok()) fail(kExitUsage, "--scheme: " + s.status().message());
+    schemes.push_back(*s);
+  }
   Result<Model> model = load_model(a.model);
   if (!model.ok()) fail(model.status());
   Result<Model> ref_model = a.ref.empty() ? Result<Model>(InvalidArgument("unused")) : load_model(a.ref);
@@ -62,14 +74,15 @@ void run_eval(const EvalArgs& a) {
   }
 
   LlamaModel reference(a.ref.empty() ? *model : *ref_model);
-  LlamaModel net(*model);
-  std::string label = "fp32";
-  if (!a.scheme.empty()) {
-    Result<Scheme> s = find_scheme(a.scheme);
-    if (!s.ok()) fail(kExitUsage, "--scheme: " + s.status().message());
-    if (Status st = apply_scheme(net, *s); !st.ok()) fail(st);
-    label = a.scheme;
-  } else if (!a.weights.empty()) {
+  // One entry per row: the model itself (fp32), each scheme, or the --weights/--acts spec.
+  std::vector<std::unique_ptr<LlamaModel>> nets;
+  std::vector<std::string> labels;
+  for (const Scheme& s : schemes) {
+    nets.push_back(std::make_unique<LlamaModel>(*model));
+    if (Status st = apply_scheme(*nets.back(), s); !st.ok()) fail(st);
+    labels.emplace_back(s.name);
+  }
+  if (!a.weights.empty()) {
     Result<QuantSpec> w = parse_spec(a.weights);
     if (!w.ok()) fail(kExitUsage, "--weights: " + w.status().message());
     std::optional<QuantSpec> act;
@@ -78,92 +91,126 @@ void run_eval(const EvalArgs& a) {
       if (!as.ok()) fail(kExitUsage, "--acts: " + as.status().message());
       act = *as;
     }
-    if (Status st = apply_rtn(net, *w, act); !st.ok()) fail(st);
-    label = to_string(*w) + (act ? " / acts " + to_string(*act) : "");
+    nets.push_back(std::make_unique<LlamaModel>(*model));
+    if (Status st = apply_rtn(*nets.back(), *w, act); !st.ok()) fail(st);
+    labels.push_back(to_string(*w) + (act ? " / acts " + to_string(*act) : ""));
   }
-  const bool same = a.scheme.empty() && a.weights.empty() && a.ref.empty();
+  const bool same = nets.empty() && a.ref.empty();  // the model against itself
+  if (nets.empty() && !same) nets.push_back(std::make_unique<LlamaModel>(*model));
+  if (labels.empty()) labels.emplace_back("fp32");
+  std::vector<const LlamaModel*> evaluated;
+  for (const auto& n : nets) evaluated.push_back(n.get());
+  if (same) evaluated.push_back(&reference);
 
   EvalOptions opt;
   opt.ctx = a.ctx;
   opt.stride = a.stride;
   opt.max_windows = a.max_windows;
   std::unique_ptr<Progress> progress;
+  const std::string what = labels.size() == 1 ? labels.front() : fmt::format("{} models", labels.size());
   opt.on_window = [&](int64_t done, int64_t total) {
-    if (done == 1) progress = std::make_unique<Progress>("eval " + label, total);
+    if (done == 1) progress = std::make_unique<Progress>("eval " + what, total);
     progress->advance();
   };
-  Result<EvalResult> r = evaluate(net, same ? net : reference, tokens, opt);
+  Result<std::vector<EvalResult>> results = evaluate_many(evaluated, reference, tokens, opt);
   if (progress) progress->finish();
-  if (!r.ok()) fail(r.status());
+  if (!results.ok()) fail(results.status());
 
-  // Decode speed: greedy tokens after a short prompt, one at a time through the KV cache.
+  // Decode speed: greedy tokens after a short prompt, one at a time through the KV cache, for
+  // each model and the fp32 reference in the same run (alternating, best of two each, so a
+  // noisy neighbour or a cold cache does not favour either).
   GenerateOptions g;
   g.max_new_tokens = a.decode_tokens;
   const std::vector<int> prompt(tokens.begin(), tokens.begin() + std::min<size_t>(8, tokens.size()));
-  const auto t0 = std::chrono::steady_clock::now();
-  Result<std::vector<int>> gen = generate(net, prompt, g);
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (!gen.ok()) fail(gen.status());
-  const double decode_tok_s = secs > 0 ? static_cast<double>(gen->size()) / secs : 0.0;
+  auto decode_speed = [&](const LlamaModel& m) {
+    const auto t0 = std::chrono::steady_clock::now();
+    Result<std::vector<int>> gen = generate(m, prompt, g);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (!gen.ok()) fail(gen.status());
+    return secs > 0 ? static_cast<double>(gen->size()) / secs : 0.0;
+  };
+  std::vector<double> decode_tok_s(evaluated.size(), 0.0);
+  double ref_decode_tok_s = 0;
+  for (int rep = 0; rep < 2; ++rep) {
+    for (size_t i = 0; i < evaluated.size(); ++i) decode_tok_s[i] = std::max(decode_tok_s[i], decode_speed(*evaluated[i]));
+    ref_decode_tok_s = same ? decode_tok_s.front() : std::max(ref_decode_tok_s, decode_speed(reference));
+  }
 
-  const ModelSize size = model_size(net);
   std::error_code ec;
   const int64_t file_bytes = static_cast<int64_t>(std::filesystem::file_size(model_weights_file(a.model), ec));
-  nlohmann::json j = {
-      {"model", label},
-      {"ppl", r->ppl},
-      {"ref_ppl", r->ref_ppl},
-      {"delta_ppl", r->delta_ppl},
-      {"delta_ppl_se", r->delta_ppl_se},
-      {"kld_mean", r->kld_mean},
-      {"kld_p99", r->kld_p99},
-      {"kld_max", r->kld_max},
-      {"top1", r->top1},
-      {"bpw", size.bpw_total()},
-      {"bpw_weights", size.bpw_weights()},
-      {"size_bytes", size.total_bytes()},
-      {"linear_bytes", size.linear_bytes},
-      {"file_bytes", file_bytes},
-      {"prefill_tok_s", r->prefill_tok_s},
-      {"decode_tok_s", decode_tok_s},
-      {"tokens_scored", r->tokens_scored},
-      {"windows", r->windows},
-      {"peak_rss_mib", peak_rss_mib()},
-      {"inputs",
-       {{"model", a.model},
-        {"model_sha256", sha256_file(model_weights_file(a.model))},
-        {"ref", a.ref.empty() ? a.model : a.ref},
-        {"text", a.text},
-        {"text_sha256", sha256_file(a.text)},
-        {"tokenizer", tok_path},
-        {"split", a.split},
-        {"scheme", a.scheme},
-        {"weights", a.weights},
-        {"acts", a.acts},
-        {"ctx", std::min(a.ctx, model->config.seq_len)},
-        {"stride", a.stride > 0 ? a.stride : std::min(a.ctx, model->config.seq_len) / 2},
-        {"max_windows", a.max_windows}}}};
+  const nlohmann::json inputs = {{"model", a.model},
+                                 {"model_sha256", sha256_file(model_weights_file(a.model))},
+                                 {"ref", a.ref.empty() ? a.model : a.ref},
+                                 {"text", a.text},
+                                 {"text_sha256", sha256_file(a.text)},
+                                 {"tokenizer", tok_path},
+                                 {"split", a.split},
+                                 {"scheme", fmt::format("{}", fmt::join(a.schemes, ","))},
+                                 {"weights", a.weights},
+                                 {"acts", a.acts},
+                                 {"ctx", std::min(a.ctx, model->config.seq_len)},
+                                 {"stride", a.stride > 0 ? a.stride : std::min(a.ctx, model->config.seq_len) / 2},
+                                 {"max_windows", a.max_windows}};
+  nlohmann::json all = nlohmann::json::array();
+  std::string rows;
+  for (size_t i = 0; i < evaluated.size(); ++i) {
+    const EvalResult& r = (*results)[i];
+    const ModelSize size = model_size(*evaluated[i]);
+    const double speedup = ref_decode_tok_s > 0 ? decode_tok_s[i] / ref_decode_tok_s : 0.0;
+    all.push_back({{"model", labels[i]},
+                   {"ppl", r.ppl},
+                   {"ref_ppl", r.ref_ppl},
+                   {"delta_ppl", r.delta_ppl},
+                   {"delta_ppl_se", r.delta_ppl_se},
+                   {"kld_mean", r.kld_mean},
+                   {"kld_p99", r.kld_p99},
+                   {"kld_max", r.kld_max},
+                   {"top1", r.top1},
+                   {"bpw", size.bpw_total()},
+                   {"bpw_weights", size.bpw_weights()},
+                   {"size_bytes", size.total_bytes()},
+                   {"linear_bytes", size.linear_bytes},
+                   {"file_bytes", file_bytes},
+                   {"prefill_tok_s", r.prefill_tok_s},
+                   {"decode_tok_s", decode_tok_s[i]},
+                   {"ref_prefill_tok_s", r.ref_prefill_tok_s},
+                   {"ref_decode_tok_s", ref_decode_tok_s},
+                   {"decode_speedup", speedup},
+                   {"tokens_scored", r.tokens_scored},
+                   {"windows", r.windows},
+                   {"peak_rss_mib", peak_rss_mib()},
+                   {"inputs", inputs}});
+    rows += fmt::format("| {} | {:.4f} | {:.4f} | {:+.4f} ± {:.4f} | {:.6f} | {:.6f} | {:.2f}% | {:.3f} | {:.1f} KiB | {:.0f} | {:.1f} | {:.2f}x | {} | {:.0f} MiB |\n",
+                        labels[i], r.ppl, r.ref_ppl, r.delta_ppl, r.delta_ppl_se, r.kld_mean, r.kld_p99, 100.0 * r.top1,
+                        size.bpw_total(), static_cast<double>(size.total_bytes()) / 1024.0, r.prefill_tok_s,
+                        decode_tok_s[i], speedup, r.tokens_scored, peak_rss_mib());
+  }
   if (!a.json.empty()) {
-    if (Status s = write_file_atomic(a.json, j.dump(2) + "\n"); !s.ok()) fail(s);
+    const std::string text = (all.size() == 1 ? all.front() : all).dump(2) + "\n";
+    if (Status s = write_file_atomic(a.json, text); !s.ok()) fail(s);
   }
   if (!a.plot.empty()) {
-    if (Status s = write_file_atomic(a.plot, kld_curve_svg(*r, "lowbit eval: " + label + " vs fp32")); !s.ok()) fail(s);
+    if (Status s = write_file_atomic(a.plot, kld_curve_svg(results->front(), "lowbit eval: " + labels.front() + " vs fp32"));
+        !s.ok()) {
+      fail(s);
+    }
   }
-  fmt::print("| model | PPL | ref PPL | ΔPPL ± SE | KLD mean | KLD p99 | top-1 | bpw | size | prefill tok/s | decode tok/s | tokens | peak RSS |\n");
-  fmt::print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-  fmt::print("| {} | {:.4f} | {:.4f} | {:+.4f} ± {:.4f} | {:.6f} | {:.6f} | {:.2f}% | {:.3f} | {:.1f} KiB | {:.0f} | {:.0f} | {} | {:.0f} MiB |\n",
-             label, r->ppl, r->ref_ppl, r->delta_ppl, r->delta_ppl_se, r->kld_mean, r->kld_p99, 100.0 * r->top1,
-             size.bpw_total(), static_cast<double>(size.total_bytes()) / 1024.0, r->prefill_tok_s, decode_tok_s,
-             r->tokens_scored, peak_rss_mib());
+  fmt::print("| model | PPL | ref PPL | ΔPPL ± SE | KLD mean | KLD p99 | top-1 | bpw | size | prefill tok/s | decode tok/s | decode vs fp32 | tokens | peak RSS |\n");
+  fmt::print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  fmt::print("{}", rows);
+  fmt::print("\nfp32 reference in the same run: prefill {:.0f} tok/s, decode {:.1f} tok/s\n",
+             results->front().ref_prefill_tok_s, ref_decode_tok_s);
 }
 
 }  // namespace
-
 void register_eval(CLI::App& app) {
   auto a = std::make_shared<EvalArgs>();
   auto* cmd = app.add_subcommand("eval", "Measure a (quantized) model against the fp32 reference: PPL, KLD, top-1, size, speed");
   cmd->add_option("--model", a->model, "Checkpoint to evaluate")->required();
-  cmd->add_option("--scheme", a->scheme, "Quantize the model in memory with a named scheme (see `lowbit schemes`)");
+  cmd->add_option("--scheme", a->schemes,
+                  "Quantize the model in memory with named schemes (see `lowbit schemes`); several (S1,S2 or repeated) "
+                  "share one reference pass, a row each")
+      ->delimiter(',');
   cmd->add_option("--weights", a->weights, "Quantize linear weights with this QuantSpec (e.g. int4:g32:sym:fp16)");
   cmd->add_option("--acts", a->acts, "Fake-quantize linear inputs with this QuantSpec (dynamic), with --weights");
   cmd->add_option("--ref", a->ref, "Reference checkpoint (default: --model in fp32)");
