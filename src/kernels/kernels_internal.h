@@ -28,12 +28,20 @@ struct Microkernels {
   // (as u8), w_j = w + j*kp; kp a multiple of 32, codes in [-127, 127].
   void (*a8w8_tile)(const int8_t* a0, const int8_t* a1, const uint8_t* absa0, const uint8_t* absa1,
                     const int8_t* w, int64_t kp, int32_t* out);
-  // out[i*4 + j] = Σ_g fma(float(Σ_{k in g} a_i[k]·u_j[k] − off_j[g]·asum_i[g]), s_j[g], acc) in group
-  // order, starting at 0. u_j = nibble codes of weight row j (w + j*kp/2); s_j[g] = s[g*4 + j], same for off.
+  // u_j = nibble codes of weight row j (w + j*kp/2); s_j[g] = s[g*4 + j], same for off. Per (i, j), exactly:
+  //   d_q[g]  = Σ_{k in g, (k%32)/4 == q} a_i[k]·u_j[k]            int32, lanes q < 8
+  //   L_q     = fma(float(d_q[g]), s_j[g], L_q)  over g in order, from 0
+  //   corr    = fma(float(off_j[g]·asum_i[g]), s_j[g], corr)  over g in order, from 0
+  //   out[i*4 + j] = (((L_0+L_1)+(L_2+L_3)) + ((L_4+L_5)+(L_6+L_7))) − corr
+  // (lane q of a vpmaddubsw + vpmaddwd over a 32-element half holds elements 4q..4q+3 of it).
   void (*a8w4_tile)(const int8_t* a0, const int8_t* a1, const int32_t* asum0, const int32_t* asum1,
                     const uint8_t* w, const float* s, const int32_t* off, int64_t kp, int64_t group, int64_t ng,
                     float* out);
-  // out[i*4 + j] = Σ_g s_j[g] · Σ_{k in g} x_i[k] · v_j[k], v = u − off (int4) or nf4 level[u] (off == nullptr).
+  // Σ_g s_j[g] · Σ_{k in g} x_i[k]·v_j[k] with v = float(u − off) (int4, exact) or nf4 level[u] (off ==
+  // nullptr). Per (i, j), exactly:
+  //   P_q = fma(x_i[k], v_j[k], P_q)  over k in g with k%8 == q, in K order, from 0 (per group)
+  //   L_q = fma(P_q, s_j[g], L_q)     over g in order, from 0
+  //   out[i*4 + j] = ((L_0+L_1)+(L_2+L_3)) + ((L_4+L_5)+(L_6+L_7))
   void (*a16w4_tile)(const float* x0, const float* x1, const uint8_t* w, const float* s, const int32_t* off,
                      int64_t kp, int64_t group, int64_t ng, float* out);
   // ws (kc, 16) fp32 = e4m3 decode of panel codes (kc, 16) (unscaled).

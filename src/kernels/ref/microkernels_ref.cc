@@ -39,6 +39,9 @@ void a8w8_tile(const int8_t* a0, const int8_t* a1, const uint8_t*, const uint8_t
   }
 }
 
+// The lane tree the AVX2 kernels use to reduce 8 fp32 lanes (hadd, hadd, then the two 128-bit halves).
+inline float lane_sum(const float* f) { return ((f[0] + f[1]) + (f[2] + f[3])) + ((f[4] + f[5]) + (f[6] + f[7])); }
+
 void a8w4_tile(const int8_t* a0, const int8_t* a1, const int32_t* asum0, const int32_t* asum1, const uint8_t* w,
                const float* s, const int32_t* off, int64_t kp, int64_t group, int64_t ng, float* out) {
   const int8_t* a[2] = {a0, a1};
@@ -46,14 +49,18 @@ void a8w4_tile(const int8_t* a0, const int8_t* a1, const int32_t* asum0, const i
   for (int i = 0; i < 2; ++i) {
     for (int j = 0; j < 4; ++j) {
       const uint8_t* wj = w + j * (kp / 2);
-      float acc = 0.0f;
+      float lanes[8] = {};
+      float corr = 0.0f;
       for (int64_t g = 0; g < ng; ++g) {
-        int32_t d = 0;
-        for (int64_t k = g * group; k < (g + 1) * group; ++k) d += int32_t{a[i][k]} * nibble(wj, k);
-        d -= off[g * 4 + j] * asum[i][g];
-        acc = std::fma(static_cast<float>(d), s[g * 4 + j], acc);
+        int32_t d[8] = {};
+        for (int64_t k = g * group; k < (g + 1) * group; ++k) d[(k % 32) / 4] += int32_t{a[i][k]} * nibble(wj, k);
+        const float sg = s[g * 4 + j];
+        for (int q = 0; q < 8; ++q) lanes[q] = std::fma(static_cast<float>(d[q]), sg, lanes[q]);
       }
-      out[i * 4 + j] = acc;
+      for (int64_t g = 0; g < ng; ++g) {
+        corr = std::fma(static_cast<float>(off[g * 4 + j] * asum[i][g]), s[g * 4 + j], corr);
+      }
+      out[i * 4 + j] = lane_sum(lanes) - corr;
     }
   }
 }
@@ -64,18 +71,18 @@ void a16w4_tile(const float* x0, const float* x1, const uint8_t* w, const float*
   for (int i = 0; i < 2; ++i) {
     for (int j = 0; j < 4; ++j) {
       const uint8_t* wj = w + j * (kp / 2);
-      float acc = 0.0f;
+      float lanes[8] = {};
       for (int64_t g = 0; g < ng; ++g) {
-        float p = 0.0f;
-        const float o = off ? static_cast<float>(off[g * 4 + j]) : 0.0f;
+        float p[8] = {};
         for (int64_t k = g * group; k < (g + 1) * group; ++k) {
           const int u = nibble(wj, k);
-          const float v = off ? static_cast<float>(u) - o : kNf4Levels[static_cast<size_t>(u)];
-          p = std::fma(x[i][k], v, p);
+          const float v = off ? static_cast<float>(u - off[g * 4 + j]) : kNf4Levels[static_cast<size_t>(u)];
+          p[k % 8] = std::fma(x[i][k], v, p[k % 8]);
         }
-        acc = std::fma(p, s[g * 4 + j], acc);
+        const float sg = s[g * 4 + j];
+        for (int q = 0; q < 8; ++q) lanes[q] = std::fma(p[q], sg, lanes[q]);
       }
-      out[i * 4 + j] = acc;
+      out[i * 4 + j] = lane_sum(lanes);
     }
   }
 }
