@@ -39,7 +39,8 @@ struct Microkernels {
                     float* out);
   // Σ_g s_j[g] · Σ_{k in g} x_i[k]·v_j[k] with v = float(u − off) (int4, exact) or nf4 level[u] (off ==
   // nullptr). Per (i, j), exactly:
-  //   P_q = fma(x_i[k], v_j[k], P_q)  over k in g with k%8 == q, in K order, from 0 (per group)
+  //   P_q = fma(x_i[k], v_j[k], P_q)  over k in g with k%8 == q, from 0 (per group), ordered by
+  //         (k/64, (k%32)/8, (k%64)/32): in each chunk, 8 low-half elements then the 8 high-half ones
   //   L_q = fma(P_q, s_j[g], L_q)     over g in order, from 0
   //   out[i*4 + j] = ((L_0+L_1)+(L_2+L_3)) + ((L_4+L_5)+(L_6+L_7))
   void (*a16w4_tile)(const float* x0, const float* x1, const uint8_t* w, const float* s, const int32_t* off,

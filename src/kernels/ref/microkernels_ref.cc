@@ -73,11 +73,22 @@ void a16w4_tile(const float* x0, const float* x1, const uint8_t* w, const float*
       const uint8_t* wj = w + j * (kp / 2);
       float lanes[8] = {};
       for (int64_t g = 0; g < ng; ++g) {
+        // Lane q = k % 8; within each 64-element chunk the order is: for each 8 of a half (k % 32 / 8),
+        // the low half's 8 (k % 64 < 32) then the high half's, skipping halves outside the group.
         float p[8] = {};
-        for (int64_t k = g * group; k < (g + 1) * group; ++k) {
-          const int u = nibble(wj, k);
-          const float v = off ? static_cast<float>(u - off[g * 4 + j]) : kNf4Levels[static_cast<size_t>(u)];
-          p[k % 8] = std::fma(x[i][k], v, p[k % 8]);
+        const int64_t k0 = g * group, k1 = (g + 1) * group;
+        for (int64_t c = k0 / kChunk * kChunk; c < k1; c += kChunk) {
+          for (int64_t e = 0; e < 32; e += 8) {
+            for (int64_t hh = 0; hh < 64; hh += 32) {
+              if (c + hh < k0 || c + hh >= k1) continue;
+              for (int q = 0; q < 8; ++q) {
+                const int64_t k = c + hh + e + q;
+                const int u = nibble(wj, k);
+                const float v = off ? static_cast<float>(u - off[g * 4 + j]) : kNf4Levels[static_cast<size_t>(u)];
+                p[q] = std::fma(x[i][k], v, p[q]);
+              }
+            }
+          }
         }
         const float sg = s[g * 4 + j];
         for (int q = 0; q < 8; ++q) lanes[q] = std::fma(p[q], sg, lanes[q]);

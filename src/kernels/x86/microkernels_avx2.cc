@@ -178,10 +178,11 @@ inline __m256 nf4_lookup(__m256i idx, __m256 lo, __m256 hi) {
   return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));  // bit 3 picks hi
 }
 
-// a16w4: per weight row, fp32 lanes over a group (lane q: elements with k % 8 == q, in K order), FMA'd
-// with the group's scale into per-row fp32 lanes; one horizontal sum per row at the end. The weight is
-// float(u − off) (int4: the offset subtracted exactly in int32, so no cancellation against Σ x·u) or
-// level[u] (nf4).
+// a16w4: per weight row, fp32 lanes over a group (lane q: elements with k % 8 == q), FMA'd with the
+// group's scale into per-row fp32 lanes; one horizontal sum per row at the end. One vpmovzxbd of 8
+// packed bytes gives 8 low nibbles (elements 8p.., low half) and 8 high ones (32 + 8p..), used in that
+// order (kernels_internal.h). The weight is float(u − off) (int4: the offset subtracted exactly in
+// int32, so no cancellation against Σ x·u) or level[u] (nf4).
 template <int MR, bool kNf4>
 void a16w4_tile_impl(const float* x0, const float* x1, const uint8_t* w, const float* s, const int32_t* off, int64_t kp,
                      int64_t group, int64_t ng, float* out) {
@@ -198,12 +199,13 @@ void a16w4_tile_impl(const float* x0, const float* x1, const uint8_t* w, const f
     __m256 acc[R];
 #pragma GCC unroll 8
     for (auto& v : acc) v = _mm256_setzero_ps();
-    __m256i vo[4];
-#pragma GCC unroll 4
-    for (int j = 0; j < 4; ++j) vo[j] = kNf4 ? _mm256_setzero_si256() : _mm256_set1_epi32(off[g * 4 + j]);
-    for (int64_t h = g * hpg; h < (g + 1) * hpg; ++h) {
+    const int32_t* og = kNf4 ? nullptr : off + g * 4;
+    auto weight = [&](__m256i u, int j) {
+      return kNf4 ? nf4_lookup(u, lvl_lo, lvl_hi) : _mm256_cvtepi32_ps(_mm256_sub_epi32(u, _mm256_set1_epi32(og[j])));
+    };
+    // One half (32 elements) alone: a group that starts or ends inside a 64-element chunk.
+    auto half = [&](int64_t h) {
       const bool high = (h & 1) != 0;
-      const uint8_t* wh = w + (h / 2) * 32;
 #pragma GCC unroll 4
       for (int p = 0; p < 4; ++p) {
         __m256 xv[MR];
@@ -211,15 +213,39 @@ void a16w4_tile_impl(const float* x0, const float* x1, const uint8_t* w, const f
         for (int i = 0; i < MR; ++i) xv[i] = _mm256_loadu_ps(xr[i] + h * 32 + 8 * p);
 #pragma GCC unroll 4
         for (int j = 0; j < 4; ++j) {
-          // 8 bytes -> 8 int32 lanes; the low or the high nibble of each.
-          const __m256i d = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(wh + j * rb + 8 * p)));
-          const __m256i u = high ? _mm256_srli_epi32(d, 4) : _mm256_and_si256(d, m4);
-          const __m256 v = kNf4 ? nf4_lookup(u, lvl_lo, lvl_hi) : _mm256_cvtepi32_ps(_mm256_sub_epi32(u, vo[j]));
+          const __m256i d = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + j * rb + (h / 2) * 32 + 8 * p)));
+          const __m256 v = weight(high ? _mm256_srli_epi32(d, 4) : _mm256_and_si256(d, m4), j);
 #pragma GCC unroll 2
           for (int i = 0; i < MR; ++i) acc[i * 4 + j] = _mm256_fmadd_ps(xv[i], v, acc[i * 4 + j]);
         }
       }
+    };
+    int64_t h = g * hpg;
+    const int64_t hend = (g + 1) * hpg;
+    if (h & 1) half(h++);
+    for (; h + 1 < hend; h += 2) {  // whole chunks: for each 8 bytes, its low nibbles then its high nibbles
+      const uint8_t* wc = w + (h / 2) * 32;
+#pragma GCC unroll 4
+      for (int p = 0; p < 4; ++p) {
+        __m256 xl[MR], xh[MR];
+#pragma GCC unroll 2
+        for (int i = 0; i < MR; ++i) {
+          xl[i] = _mm256_loadu_ps(xr[i] + h * 32 + 8 * p);
+          xh[i] = _mm256_loadu_ps(xr[i] + h * 32 + 32 + 8 * p);
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+          const __m256i d = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(wc + j * rb + 8 * p)));
+          const __m256 vl = weight(_mm256_and_si256(d, m4), j), vh = weight(_mm256_srli_epi32(d, 4), j);
+#pragma GCC unroll 2
+          for (int i = 0; i < MR; ++i) {
+            acc[i * 4 + j] = _mm256_fmadd_ps(xl[i], vl, acc[i * 4 + j]);
+            acc[i * 4 + j] = _mm256_fmadd_ps(xh[i], vh, acc[i * 4 + j]);
+          }
+        }
+      }
     }
+    if (h < hend) half(h);
 #pragma GCC unroll 2
     for (int i = 0; i < MR; ++i) {
 #pragma GCC unroll 4
