@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "kernels_internal.h"
+#include "lowbit/convert.h"
 #include "lowbit/formats.h"
 #include "lowbit/kernels.h"
 #include "lowbit/parallel.h"
@@ -165,49 +166,70 @@ struct Fp8Acts {
   std::vector<float> scale;  // (m, kp/128) tile scales
 };
 
+// Rows in parallel (each row's bytes do not depend on the split); each 1x128 tile is scaled into a
+// buffer and encoded by the span codec (saturating RNE, bit-identical to encode() on every ISA).
 Fp8Acts quantize_fp8_tiles(const float* x, int64_t m, int64_t ldx, int64_t k, int64_t kp) {
   const int64_t nkb = kp / ki::kFp8Block;
   Fp8Acts acts;
   acts.xa.assign(static_cast<size_t>(m * kp), 0.0f);
   acts.scale.assign(static_cast<size_t>(m * nkb), 0.0f);
   const EncodeOptions enc{.saturate = true};
-  for (int64_t i = 0; i < m; ++i) {
-    for (int64_t kb = 0; kb < nkb; ++kb) {
-      const int64_t c0 = kb * ki::kFp8Block, c1 = std::min(k, c0 + ki::kFp8Block);
-      float amax = 0.0f;
-      for (int64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(x[i * ldx + c]));
-      const float s = amax / kE4m3Max;
-      acts.scale[i * nkb + kb] = s;
-      if (s == 0.0f) continue;
-      for (int64_t c = c0; c < c1; ++c) {
-        acts.xa[i * kp + c] = ki::e4m3_value(static_cast<uint8_t>(encode(Format::kE4m3, x[i * ldx + c] / s, enc)));
+  const int64_t grain = std::max<int64_t>(1, m / (4 * std::max(1, num_threads())));
+  parallel_for(0, m, grain, [&](int64_t i0, int64_t i1) {
+    float t[ki::kFp8Block];
+    uint8_t codes[ki::kFp8Block];
+    for (int64_t i = i0; i < i1; ++i) {
+      for (int64_t kb = 0; kb < nkb; ++kb) {
+        const int64_t c0 = kb * ki::kFp8Block, c1 = std::min(k, c0 + ki::kFp8Block), nc = c1 - c0;
+        const float* xr = x + i * ldx + c0;
+        float amax = 0.0f;
+        for (int64_t c = 0; c < nc; ++c) amax = std::max(amax, std::fabs(xr[c]));
+        const float s = amax / kE4m3Max;
+        acts.scale[i * nkb + kb] = s;
+        if (s == 0.0f) continue;
+        for (int64_t c = 0; c < nc; ++c) t[c] = xr[c] / s;
+        f32_to_e4m3({t, static_cast<size_t>(nc)}, {codes, static_cast<size_t>(nc)}, enc);
+        float* xa = &acts.xa[i * kp + c0];
+        for (int64_t c = 0; c < nc; ++c) xa[c] = ki::e4m3_value(codes[c]);
       }
     }
-  }
+  });
   return acts;
 }
 
+// Work is cut by 128-wide N blocks (8 panels, one weight scale per K block). Per block and K block
+// the 8 panels are decoded once (128 x 128 fp32, 64 KB), then every 6-row M tile runs all 8 panels
+// while its 6 x 128 activations stay in L1; the (m, 128) fp32 accumulators live in the chunk's
+// workspace. Each output still accumulates K block after K block in order, as the twin does.
 void run_fp8(const ki::Microkernels& mk, const PackedWeights& w, const Fp8Acts& acts, int64_t m, float* y, int64_t ldy) {
+  constexpr int64_t kPanels = ki::kFp8Block / ki::kFp8Nr;  // panels per N block
+  constexpr int64_t kPanelFloats = ki::kFp8Block * ki::kFp8Nr;
   const int64_t kp = w.kp, nkb = kp / ki::kFp8Block, panels = w.np / ki::kFp8Nr;
-  for_chunks(panels, column_grain(panels, m * kp * ki::kFp8Nr), [&](int64_t p0, int64_t p1) {
-    std::vector<float> ws(static_cast<size_t>(ki::kFp8Block * ki::kFp8Nr));  // (128, 16) decoded block
-    std::vector<float> yt(static_cast<size_t>(m * ki::kFp8Nr));              // (m, 16) fp32 accumulators
+  const int64_t nblocks = (panels + kPanels - 1) / kPanels;
+  for_chunks(nblocks, column_grain(nblocks, m * kp * ki::kFp8Block), [&](int64_t b0, int64_t b1) {
+    std::vector<float> ws(static_cast<size_t>(kPanels * kPanelFloats));     // 8 decoded (128, 16) blocks
+    std::vector<float> yt(static_cast<size_t>(m * ki::kFp8Block));          // (m, 128) fp32 accumulators
     float scale[ki::kFp8Mr];
-    for (int64_t p = p0; p < p1; ++p) {
+    for (int64_t nb = b0; nb < b1; ++nb) {
+      const int64_t p0 = nb * kPanels, np = std::min(panels, p0 + kPanels) - p0;
       std::fill(yt.begin(), yt.end(), 0.0f);
-      const int64_t nb = p * ki::kFp8Nr / ki::kFp8Block;
       for (int64_t kb = 0; kb < nkb; ++kb) {
-        mk.fp8_decode(w.data.data() + (p * kp + kb * ki::kFp8Block) * ki::kFp8Nr, ki::kFp8Block, ws.data());
+        for (int64_t p = 0; p < np; ++p) {
+          mk.fp8_decode(w.data.data() + ((p0 + p) * kp + kb * ki::kFp8Block) * ki::kFp8Nr, ki::kFp8Block,
+                        &ws[p * kPanelFloats]);
+        }
         const float sw = w.scales[nb * nkb + kb];
         for (int64_t i = 0; i < m; i += ki::kFp8Mr) {
           const int mr = static_cast<int>(std::min<int64_t>(ki::kFp8Mr, m - i));
           for (int r = 0; r < mr; ++r) scale[r] = acts.scale[(i + r) * nkb + kb] * sw;
-          mk.fp8_tile(mr, &acts.xa[i * kp + kb * ki::kFp8Block], kp, ws.data(), ki::kFp8Block, scale,
-                      &yt[i * ki::kFp8Nr], ki::kFp8Nr);
+          for (int64_t p = 0; p < np; ++p) {
+            mk.fp8_tile(mr, &acts.xa[i * kp + kb * ki::kFp8Block], kp, &ws[p * kPanelFloats], ki::kFp8Block, scale,
+                        &yt[i * ki::kFp8Block + p * ki::kFp8Nr], ki::kFp8Block);
+          }
         }
       }
-      const int64_t j0 = p * ki::kFp8Nr, nj = std::min<int64_t>(ki::kFp8Nr, w.n - j0);
-      for (int64_t i = 0; i < m; ++i) std::memcpy(&y[i * ldy + j0], &yt[i * ki::kFp8Nr], sizeof(float) * nj);
+      const int64_t j0 = p0 * ki::kFp8Nr, nj = std::min<int64_t>(np * ki::kFp8Nr, w.n - j0);
+      for (int64_t i = 0; i < m; ++i) std::memcpy(&y[i * ldy + j0], &yt[i * ki::kFp8Block], sizeof(float) * nj);
     }
   });
 }
