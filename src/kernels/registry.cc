@@ -161,9 +161,13 @@ void run_a16w4(const ki::Microkernels& mk, const PackedWeights& w, const float* 
   });
 }
 
+// Tiles are stored K block by K block, (kp/128, m, 128): the 6 rows a microkernel tile reads are
+// 3 KB of consecutive memory (rows kp apart would all fall in the same L1 sets).
 struct Fp8Acts {
-  std::vector<float> xa;     // (m, kp) decoded e4m3 values (unscaled)
+  int64_t m = 0;
+  std::vector<float> xa;     // (kp/128, m, 128) decoded e4m3 values (unscaled)
   std::vector<float> scale;  // (m, kp/128) tile scales
+  const float* tile(int64_t i, int64_t kb) const { return &xa[(kb * m + i) * ki::kFp8Block]; }
 };
 
 // Rows in parallel (each row's bytes do not depend on the split); each 1x128 tile is scaled into a
@@ -171,6 +175,7 @@ struct Fp8Acts {
 Fp8Acts quantize_fp8_tiles(const float* x, int64_t m, int64_t ldx, int64_t k, int64_t kp) {
   const int64_t nkb = kp / ki::kFp8Block;
   Fp8Acts acts;
+  acts.m = m;
   acts.xa.assign(static_cast<size_t>(m * kp), 0.0f);
   acts.scale.assign(static_cast<size_t>(m * nkb), 0.0f);
   const EncodeOptions enc{.saturate = true};
@@ -189,7 +194,7 @@ Fp8Acts quantize_fp8_tiles(const float* x, int64_t m, int64_t ldx, int64_t k, in
         if (s == 0.0f) continue;
         for (int64_t c = 0; c < nc; ++c) t[c] = xr[c] / s;
         f32_to_e4m3({t, static_cast<size_t>(nc)}, {codes, static_cast<size_t>(nc)}, enc);
-        float* xa = &acts.xa[i * kp + c0];
+        float* xa = &acts.xa[(kb * m + i) * ki::kFp8Block];
         for (int64_t c = 0; c < nc; ++c) xa[c] = ki::e4m3_value(codes[c]);
       }
     }
@@ -214,16 +219,27 @@ void run_fp8(const ki::Microkernels& mk, const PackedWeights& w, const Fp8Acts& 
       const int64_t p0 = nb * kPanels, np = std::min(panels, p0 + kPanels) - p0;
       std::fill(yt.begin(), yt.end(), 0.0f);
       for (int64_t kb = 0; kb < nkb; ++kb) {
-        for (int64_t p = 0; p < np; ++p) {
+        const float sw = w.scales[nb * nkb + kb];
+        auto decode = [&](int64_t p) {
           mk.fp8_decode(w.data.data() + ((p0 + p) * kp + kb * ki::kFp8Block) * ki::kFp8Nr, ki::kFp8Block,
                         &ws[p * kPanelFloats]);
+        };
+        if (m <= ki::kFp8Mr) {  // one M tile (decode): use each decoded block while it is in L1
+          const int mr = static_cast<int>(m);
+          for (int r = 0; r < mr; ++r) scale[r] = acts.scale[r * nkb + kb] * sw;
+          for (int64_t p = 0; p < np; ++p) {
+            decode(p);
+            mk.fp8_tile(mr, acts.tile(0, kb), ki::kFp8Block, &ws[p * kPanelFloats], ki::kFp8Block, scale,
+                        &yt[p * ki::kFp8Nr], ki::kFp8Block);
+          }
+          continue;
         }
-        const float sw = w.scales[nb * nkb + kb];
+        for (int64_t p = 0; p < np; ++p) decode(p);
         for (int64_t i = 0; i < m; i += ki::kFp8Mr) {
           const int mr = static_cast<int>(std::min<int64_t>(ki::kFp8Mr, m - i));
           for (int r = 0; r < mr; ++r) scale[r] = acts.scale[(i + r) * nkb + kb] * sw;
           for (int64_t p = 0; p < np; ++p) {
-            mk.fp8_tile(mr, &acts.xa[i * kp + kb * ki::kFp8Block], kp, &ws[p * kPanelFloats], ki::kFp8Block, scale,
+            mk.fp8_tile(mr, acts.tile(i, kb), ki::kFp8Block, &ws[p * kPanelFloats], ki::kFp8Block, scale,
                         &yt[i * ki::kFp8Block + p * ki::kFp8Nr], ki::kFp8Block);
           }
         }
@@ -253,10 +269,10 @@ void run_fp8_emulated(const PackedWeights& w, const Fp8Acts& acts, int64_t m, fl
       const uint8_t* panel = w.data.data() + (j / ki::kFp8Nr) * kp * ki::kFp8Nr;
       const int64_t jj = j % ki::kFp8Nr, nb = j / ki::kFp8Block;
       for (int64_t i = 0; i < m; ++i) {
-        const float* xa = &acts.xa[i * kp];
         float acc = 0.0f;  // fp32 (promoted) or the limited accumulator (unpromoted)
         for (int64_t kb = 0; kb < nkb; ++kb) {
           const float s = acts.scale[i * nkb + kb] * w.scales[nb * nkb + kb];
+          const float* xa = acts.tile(i, kb) - kb * ki::kFp8Block;  // indexed by k
           float p = 0.0f;
           for (int64_t k = kb * ki::kFp8Block; k < (kb + 1) * ki::kFp8Block; ++k) {
             const float prod = xa[k] * ki::e4m3_value(panel[k * ki::kFp8Nr + jj]);  // exact in fp32
