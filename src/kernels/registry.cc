@@ -61,14 +61,24 @@ struct Int8Acts {
   std::vector<float> scale;  // (m)
 };
 
+// Written to vectorize (omp simd; the build has no -mavx2 here): max is exact in any order, and
+// (v + 1.5·2^23) − 1.5·2^23 rounds |v| <= 127 to the nearest integer, ties to even, exactly as
+// nearbyint does in the default rounding mode, so the codes equal quantize()'s.
 void quantize_int8_row(const float* x, int64_t k, int8_t* a, float* scale) {
   float amax = 0.0f;
+#pragma omp simd reduction(max : amax)
   for (int64_t c = 0; c < k; ++c) amax = std::max(amax, std::fabs(x[c]));
   const float s = amax / kInt8Max;
   *scale = s;
+  if (s == 0.0f) {
+    std::fill(a, a + k, int8_t{0});
+    return;
+  }
+  constexpr float kRound = 0x1.8p23f;
+#pragma omp simd
   for (int64_t c = 0; c < k; ++c) {
-    const float v = s == 0.0f ? 0.0f : std::clamp(x[c] / s, -kInt8Max, kInt8Max);
-    a[c] = static_cast<int8_t>(std::nearbyint(v));
+    const float v = std::min(std::max(x[c] / s, -kInt8Max), kInt8Max);
+    a[c] = static_cast<int8_t>(static_cast<int>((v + kRound) - kRound));
   }
 }
 
@@ -76,6 +86,9 @@ void fill_abs(Int8Acts& acts) {
   acts.absa.resize(acts.a.size());
   for (size_t i = 0; i < acts.a.size(); ++i) acts.absa[i] = static_cast<uint8_t>(std::abs(int{acts.a[i]}));
 }
+
+// Rows per parallel_for chunk for the O(m·k) activation preparation: about four chunks per thread.
+int64_t row_grain(int64_t m) { return std::max<int64_t>(1, m / (4 * std::max(1, num_threads()))); }
 
 // ---- drivers ----
 
@@ -179,8 +192,7 @@ Fp8Acts quantize_fp8_tiles(const float* x, int64_t m, int64_t ldx, int64_t k, in
   acts.xa.assign(static_cast<size_t>(m * kp), 0.0f);
   acts.scale.assign(static_cast<size_t>(m * nkb), 0.0f);
   const EncodeOptions enc{.saturate = true};
-  const int64_t grain = std::max<int64_t>(1, m / (4 * std::max(1, num_threads())));
-  parallel_for(0, m, grain, [&](int64_t i0, int64_t i1) {
+  parallel_for(0, m, row_grain(m), [&](int64_t i0, int64_t i1) {
     float t[ki::kFp8Block];
     uint8_t codes[ki::kFp8Block];
     for (int64_t i = i0; i < i1; ++i) {
@@ -569,16 +581,24 @@ Status matmul(const PackedWeights& w, const float* x, int64_t m, int64_t ldx, fl
       Int8Acts acts;
       acts.a.assign(static_cast<size_t>(m * kp), 0);
       acts.scale.assign(static_cast<size_t>(m), 0.0f);
-      for (int64_t i = 0; i < m; ++i) quantize_int8_row(x + i * ldx, w.k, &acts.a[i * kp], &acts.scale[i]);
+      const int64_t ng = op == KernelOp::kGemmA8W4 ? w.groups_per_row() : 0;
+      std::vector<int32_t> asum(static_cast<size_t>(m * ng), 0);  // (m, groups), a8w4 only
+      if (op == KernelOp::kGemmA8W8) acts.absa.resize(acts.a.size());
+      // Rows in parallel: each row's codes, |codes| and group sums depend on that row alone.
+      parallel_for(0, m, row_grain(m), [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
+          int8_t* a = &acts.a[i * kp];
+          quantize_int8_row(x + i * ldx, w.k, a, &acts.scale[i]);
+          if (op == KernelOp::kGemmA8W8) {
+            for (int64_t c = 0; c < kp; ++c) acts.absa[i * kp + c] = static_cast<uint8_t>(std::abs(int{a[c]}));
+          } else {
+            for (int64_t c = 0; c < kp; ++c) asum[i * ng + c / w.group] += a[c];
+          }
+        }
+      });
       if (op == KernelOp::kGemmA8W8) {
-        fill_abs(acts);
         run_a8w8(mk, w, acts, m, y, ldy);
       } else {
-        const int64_t ng = w.groups_per_row();
-        std::vector<int32_t> asum(static_cast<size_t>(m * ng), 0);  // (m, groups)
-        for (int64_t i = 0; i < m; ++i) {
-          for (int64_t c = 0; c < kp; ++c) asum[i * ng + c / w.group] += acts.a[i * kp + c];
-        }
         run_a8w4(mk, w, acts, asum, m, y, ldy);
       }
       break;
