@@ -284,10 +284,10 @@ void run_fp8_emulated(const PackedWeights& w, const Fp8Acts& acts, int64_t m, fl
         float acc = 0.0f;  // fp32 (promoted) or the limited accumulator (unpromoted)
         for (int64_t kb = 0; kb < nkb; ++kb) {
           const float s = acts.scale[i * nkb + kb] * w.scales[nb * nkb + kb];
-          const float* xa = acts.tile(i, kb) - kb * ki::kFp8Block;  // indexed by k
+          const float* xa = acts.tile(i, kb);
           float p = 0.0f;
           for (int64_t k = kb * ki::kFp8Block; k < (kb + 1) * ki::kFp8Block; ++k) {
-            const float prod = xa[k] * ki::e4m3_value(panel[k * ki::kFp8Nr + jj]);  // exact in fp32
+            const float prod = xa[k - kb * ki::kFp8Block] * ki::e4m3_value(panel[k * ki::kFp8Nr + jj]);  // exact in fp32
             if (mode == Fp8Accumulation::kLimitedPromoted) {
               p = truncate_significand(p + prod, bits);
             } else {
