@@ -50,6 +50,10 @@ struct Microkernels {
   // For rows i < mr (<= 6): p = Σ_{k<kc} xa_i[k] · ws[k, 0..15] (fp32), then y_i[0..15] = fma(p, scale[i], y_i).
   void (*fp8_tile)(int mr, const float* xa, int64_t ldxa, const float* ws, int64_t kc, const float* scale, float* y,
                    int64_t ldy);
+  // One activation row (decode), fused: for panels p < np (codes + p*pstride, each (kc, 16) e4m3, k-major),
+  // y[p*16 + j] = fma(Σ_{k<kc} xa[k] · e4m3(code_p[k, j]), scale, y[p*16 + j]), the sum an FMA chain in K
+  // order from 0: exactly fp8_decode then fp8_tile with mr = 1, without the fp32 block in memory.
+  void (*fp8_gemv)(const uint8_t* codes, int64_t pstride, int np, const float* xa, int64_t kc, float scale, float* y);
 };
 
 const Microkernels& scalar_microkernels();

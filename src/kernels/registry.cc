@@ -236,7 +236,12 @@ void run_fp8(const ki::Microkernels& mk, const PackedWeights& w, const Fp8Acts& 
           mk.fp8_decode(w.data.data() + ((p0 + p) * kp + kb * ki::kFp8Block) * ki::kFp8Nr, ki::kFp8Block,
                         &ws[p * kPanelFloats]);
         };
-        if (m <= ki::kFp8Mr) {  // one M tile (decode): use each decoded block while it is in L1
+        if (m == 1) {  // decode: codes straight into the FMA chains, no fp32 block in memory
+          mk.fp8_gemv(w.data.data() + (p0 * kp + kb * ki::kFp8Block) * ki::kFp8Nr, kp * ki::kFp8Nr, static_cast<int>(np),
+                      acts.tile(0, kb), ki::kFp8Block, acts.scale[kb] * sw, yt.data());
+          continue;
+        }
+        if (m <= ki::kFp8Mr) {  // one M tile: use each decoded block while it is in L1
           const int mr = static_cast<int>(m);
           for (int r = 0; r < mr; ++r) scale[r] = acts.scale[r * nkb + kb] * sw;
           for (int64_t p = 0; p < np; ++p) {

@@ -113,10 +113,20 @@ void fp8_tile(int mr, const float* xa, int64_t ldxa, const float* ws, int64_t kc
   }
 }
 
+void fp8_gemv(const uint8_t* codes, int64_t pstride, int np, const float* xa, int64_t kc, float scale, float* y) {
+  for (int p = 0; p < np; ++p) {
+    for (int j = 0; j < kFp8Nr; ++j) {
+      float acc = 0.0f;
+      for (int64_t k = 0; k < kc; ++k) acc = std::fma(xa[k], e4m3_value(codes[p * pstride + k * kFp8Nr + j]), acc);
+      y[p * kFp8Nr + j] = std::fma(acc, scale, y[p * kFp8Nr + j]);
+    }
+  }
+}
+
 }  // namespace
 
 const Microkernels& scalar_microkernels() {
-  static const Microkernels k{Isa::kScalar, a8w8_tile, a8w4_tile, a16w4_tile, fp8_decode, fp8_tile};
+  static const Microkernels k{Isa::kScalar, a8w8_tile, a8w4_tile, a16w4_tile, fp8_decode, fp8_tile, fp8_gemv};
   return k;
 }
 

@@ -274,12 +274,12 @@ void a16w4_tile(const float* x0, const float* x1, const uint8_t* w, const float*
   }
 }
 
+// 8 e4m3 codes (low 8 bytes) -> 8 floats: sign-extend, shift the magnitude bits to fp32 bits 26..20 (the
+// sign copies land in 31..27), keep sign + magnitude, times 2^120 (exact, subnormals included).
 inline __m256 e4m3x8_to_ps(__m128i b8) {
-  const __m256i b = _mm256_cvtepu8_epi32(b8);
-  const __m256i mag = _mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x7F)), 20);
-  const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x80)), 24);
-  const __m256 f = _mm256_mul_ps(_mm256_castsi256_ps(mag), _mm256_set1_ps(0x1p120f));
-  return _mm256_or_ps(f, _mm256_castsi256_ps(sign));
+  const __m256i b = _mm256_slli_epi32(_mm256_cvtepi8_epi32(b8), 20);
+  const __m256i bits = _mm256_and_si256(b, _mm256_set1_epi32(static_cast<int32_t>(0x87F00000u)));
+  return _mm256_mul_ps(_mm256_castsi256_ps(bits), _mm256_set1_ps(0x1p120f));
 }
 
 void fp8_decode(const uint8_t* codes, int64_t kc, float* ws) {
@@ -326,10 +326,45 @@ void fp8_tile(int mr, const float* xa, int64_t ldxa, const float* ws, int64_t kc
   }
 }
 
+// NP panels side by side: 2·NP independent FMA chains (one panel alone is latency-bound).
+template <int NP>
+void fp8_gemv_impl(const uint8_t* codes, int64_t pstride, const float* xa, int64_t kc, float scale, float* y) {
+  __m256 c[NP][2];
+#pragma GCC unroll 4
+  for (int p = 0; p < NP; ++p) c[p][0] = c[p][1] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256 a = _mm256_broadcast_ss(xa + k);
+#pragma GCC unroll 4
+    for (int p = 0; p < NP; ++p) {
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + p * pstride + k * kFp8Nr));
+      c[p][0] = _mm256_fmadd_ps(a, e4m3x8_to_ps(b), c[p][0]);
+      c[p][1] = _mm256_fmadd_ps(a, e4m3x8_to_ps(_mm_srli_si128(b, 8)), c[p][1]);
+    }
+  }
+  const __m256 sc = _mm256_set1_ps(scale);
+#pragma GCC unroll 4
+  for (int p = 0; p < NP; ++p) {
+    float* yp = y + p * kFp8Nr;
+    _mm256_storeu_ps(yp, _mm256_fmadd_ps(c[p][0], sc, _mm256_loadu_ps(yp)));
+    _mm256_storeu_ps(yp + 8, _mm256_fmadd_ps(c[p][1], sc, _mm256_loadu_ps(yp + 8)));
+  }
+}
+
+void fp8_gemv(const uint8_t* codes, int64_t pstride, int np, const float* xa, int64_t kc, float scale, float* y) {
+  int p = 0;
+  for (; p + 4 <= np; p += 4) fp8_gemv_impl<4>(codes + p * pstride, pstride, xa, kc, scale, y + p * kFp8Nr);
+  switch (np - p) {
+    case 3: return fp8_gemv_impl<3>(codes + p * pstride, pstride, xa, kc, scale, y + p * kFp8Nr);
+    case 2: return fp8_gemv_impl<2>(codes + p * pstride, pstride, xa, kc, scale, y + p * kFp8Nr);
+    case 1: return fp8_gemv_impl<1>(codes + p * pstride, pstride, xa, kc, scale, y + p * kFp8Nr);
+    default: return;
+  }
+}
+
 }  // namespace
 
 const Microkernels& avx2_microkernels() {
-  static const Microkernels k{Isa::kAvx2, a8w8_tile, a8w4_tile, a16w4_tile, fp8_decode, fp8_tile};
+  static const Microkernels k{Isa::kAvx2, a8w8_tile, a8w4_tile, a16w4_tile, fp8_decode, fp8_tile, fp8_gemv};
   return k;
 }
 
