@@ -161,7 +161,7 @@ Limits measure_limits() {
       for (int64_t t = t0; t < t1; ++t) isink = isink + int8_peak_loop(iters);
     });
   });
-  l.int8_gops = 2.0 * 8 * 32 * static_cast<double>(iters) * threads / t_int8 / 1e9;
+  l.int8_gops = 2.0 * 6 * 32 * static_cast<double>(iters) * threads / t_int8 / 1e9;
   volatile float fsink = 0;
   const double t_fp32 = best_of(3, [&] {
     parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {

@@ -28,12 +28,21 @@ struct Microkernels {
   // (as u8), w_j = w + j*kp; kp a multiple of 32, codes in [-127, 127].
   void (*a8w8_tile)(const int8_t* a0, const int8_t* a1, const uint8_t* absa0, const uint8_t* absa1,
                     const int8_t* w, int64_t kp, int32_t* out);
-  // out[i*4 + j] = Σ_g fma(float(Σ_{k in g} a_i[k]·u_j[k] − off_j[g]·asum_i[g]), s_j[g], acc) in group
-  // order, starting at 0. u_j = nibble codes of weight row j (w + j*kp/2); s_j[g] = s[g*4 + j], same for off.
+  // u_j = nibble codes of weight row j (w + j*kp/2); s_j[g] = s[g*4 + j], same for off. Per (i, j), exactly:
+  //   d_q[g]  = Σ_{k in g, (k%32)/4 == q} a_i[k]·u_j[k]            int32, lanes q < 8
+  //   L_q     = fma(float(d_q[g]), s_j[g], L_q)  over g in order, from 0
+  //   corr    = fma(float(off_j[g]·asum_i[g]), s_j[g], corr)  over g in order, from 0
+  //   out[i*4 + j] = (((L_0+L_1)+(L_2+L_3)) + ((L_4+L_5)+(L_6+L_7))) − corr
+  // (lane q of a vpmaddubsw + vpmaddwd over a 32-element half holds elements 4q..4q+3 of it).
   void (*a8w4_tile)(const int8_t* a0, const int8_t* a1, const int32_t* asum0, const int32_t* asum1,
                     const uint8_t* w, const float* s, const int32_t* off, int64_t kp, int64_t group, int64_t ng,
                     float* out);
-  // out[i*4 + j] = Σ_g s_j[g] · Σ_{k in g} x_i[k] · v_j[k], v = u − off (int4) or nf4 level[u] (off == nullptr).
+  // Σ_g s_j[g] · Σ_{k in g} x_i[k]·v_j[k] with v = float(u − off) (int4, exact) or nf4 level[u] (off ==
+  // nullptr). Per (i, j), exactly:
+  //   P_q = fma(x_i[k], v_j[k], P_q)  over k in g with k%8 == q, from 0 (per group), ordered by
+  //         (k/64, (k%32)/8, (k%64)/32): in each chunk, 8 low-half elements then the 8 high-half ones
+  //   L_q = fma(P_q, s_j[g], L_q)     over g in order, from 0
+  //   out[i*4 + j] = ((L_0+L_1)+(L_2+L_3)) + ((L_4+L_5)+(L_6+L_7))
   void (*a16w4_tile)(const float* x0, const float* x1, const uint8_t* w, const float* s, const int32_t* off,
                      int64_t kp, int64_t group, int64_t ng, float* out);
   // ws (kc, 16) fp32 = e4m3 decode of panel codes (kc, 16) (unscaled).
@@ -41,6 +50,10 @@ struct Microkernels {
   // For rows i < mr (<= 6): p = Σ_{k<kc} xa_i[k] · ws[k, 0..15] (fp32), then y_i[0..15] = fma(p, scale[i], y_i).
   void (*fp8_tile)(int mr, const float* xa, int64_t ldxa, const float* ws, int64_t kc, const float* scale, float* y,
                    int64_t ldy);
+  // One activation row (decode), fused: for panels p < np (codes + p*pstride, each (kc, 16) e4m3, k-major),
+  // y[p*16 + j] = fma(Σ_{k<kc} xa[k] · e4m3(code_p[k, j]), scale, y[p*16 + j]), the sum an FMA chain in K
+  // order from 0: exactly fp8_decode then fp8_tile with mr = 1, without the fp32 block in memory.
+  void (*fp8_gemv)(const uint8_t* codes, int64_t pstride, int np, const float* xa, int64_t kc, float scale, float* y);
 };
 
 const Microkernels& scalar_microkernels();

@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "kernels_internal.h"
+#include "lowbit/convert.h"
 #include "lowbit/formats.h"
 #include "lowbit/kernels.h"
 #include "lowbit/parallel.h"
@@ -60,14 +61,24 @@ struct Int8Acts {
   std::vector<float> scale;  // (m)
 };
 
+// Written to vectorize (omp simd; the build has no -mavx2 here): max is exact in any order, and
+// (v + 1.5·2^23) − 1.5·2^23 rounds |v| <= 127 to the nearest integer, ties to even, exactly as
+// nearbyint does in the default rounding mode, so the codes equal quantize()'s.
 void quantize_int8_row(const float* x, int64_t k, int8_t* a, float* scale) {
   float amax = 0.0f;
+#pragma omp simd reduction(max : amax)
   for (int64_t c = 0; c < k; ++c) amax = std::max(amax, std::fabs(x[c]));
   const float s = amax / kInt8Max;
   *scale = s;
+  if (s == 0.0f) {
+    std::fill(a, a + k, int8_t{0});
+    return;
+  }
+  constexpr float kRound = 0x1.8p23f;
+#pragma omp simd
   for (int64_t c = 0; c < k; ++c) {
-    const float v = s == 0.0f ? 0.0f : std::clamp(x[c] / s, -kInt8Max, kInt8Max);
-    a[c] = static_cast<int8_t>(std::nearbyint(v));
+    const float v = std::min(std::max(x[c] / s, -kInt8Max), kInt8Max);
+    a[c] = static_cast<int8_t>(static_cast<int>((v + kRound) - kRound));
   }
 }
 
@@ -75,6 +86,9 @@ void fill_abs(Int8Acts& acts) {
   acts.absa.resize(acts.a.size());
   for (size_t i = 0; i < acts.a.size(); ++i) acts.absa[i] = static_cast<uint8_t>(std::abs(int{acts.a[i]}));
 }
+
+// Rows per parallel_for chunk for the O(m·k) activation preparation: about four chunks per thread.
+int64_t row_grain(int64_t m) { return std::max<int64_t>(1, m / (4 * std::max(1, num_threads()))); }
 
 // ---- drivers ----
 
@@ -160,54 +174,95 @@ void run_a16w4(const ki::Microkernels& mk, const PackedWeights& w, const float* 
   });
 }
 
+// Tiles are stored K block by K block, (kp/128, m, 128): the 6 rows a microkernel tile reads are
+// 3 KB of consecutive memory (rows kp apart would all fall in the same L1 sets).
 struct Fp8Acts {
-  std::vector<float> xa;     // (m, kp) decoded e4m3 values (unscaled)
+  int64_t m = 0;
+  std::vector<float> xa;     // (kp/128, m, 128) decoded e4m3 values (unscaled)
   std::vector<float> scale;  // (m, kp/128) tile scales
+  const float* tile(int64_t i, int64_t kb) const { return &xa[(kb * m + i) * ki::kFp8Block]; }
 };
 
+// Rows in parallel (each row's bytes do not depend on the split); each 1x128 tile is scaled into a
+// buffer and encoded by the span codec (saturating RNE, bit-identical to encode() on every ISA).
 Fp8Acts quantize_fp8_tiles(const float* x, int64_t m, int64_t ldx, int64_t k, int64_t kp) {
   const int64_t nkb = kp / ki::kFp8Block;
   Fp8Acts acts;
+  acts.m = m;
   acts.xa.assign(static_cast<size_t>(m * kp), 0.0f);
   acts.scale.assign(static_cast<size_t>(m * nkb), 0.0f);
   const EncodeOptions enc{.saturate = true};
-  for (int64_t i = 0; i < m; ++i) {
-    for (int64_t kb = 0; kb < nkb; ++kb) {
-      const int64_t c0 = kb * ki::kFp8Block, c1 = std::min(k, c0 + ki::kFp8Block);
-      float amax = 0.0f;
-      for (int64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(x[i * ldx + c]));
-      const float s = amax / kE4m3Max;
-      acts.scale[i * nkb + kb] = s;
-      if (s == 0.0f) continue;
-      for (int64_t c = c0; c < c1; ++c) {
-        acts.xa[i * kp + c] = ki::e4m3_value(static_cast<uint8_t>(encode(Format::kE4m3, x[i * ldx + c] / s, enc)));
+  parallel_for(0, m, row_grain(m), [&](int64_t i0, int64_t i1) {
+    float t[ki::kFp8Block];
+    uint8_t codes[ki::kFp8Block];
+    for (int64_t i = i0; i < i1; ++i) {
+      for (int64_t kb = 0; kb < nkb; ++kb) {
+        const int64_t c0 = kb * ki::kFp8Block, c1 = std::min(k, c0 + ki::kFp8Block), nc = c1 - c0;
+        const float* xr = x + i * ldx + c0;
+        float amax = 0.0f;
+        for (int64_t c = 0; c < nc; ++c) amax = std::max(amax, std::fabs(xr[c]));
+        const float s = amax / kE4m3Max;
+        acts.scale[i * nkb + kb] = s;
+        if (s == 0.0f) continue;
+        for (int64_t c = 0; c < nc; ++c) t[c] = xr[c] / s;
+        f32_to_e4m3({t, static_cast<size_t>(nc)}, {codes, static_cast<size_t>(nc)}, enc);
+        float* xa = &acts.xa[(kb * m + i) * ki::kFp8Block];
+        for (int64_t c = 0; c < nc; ++c) xa[c] = ki::e4m3_value(codes[c]);
       }
     }
-  }
+  });
   return acts;
 }
 
+// Work is cut by 128-wide N blocks (8 panels, one weight scale per K block). Per block and K block
+// the 8 panels are decoded once (128 x 128 fp32, 64 KB), then every 6-row M tile runs all 8 panels
+// while its 6 x 128 activations stay in L1; the (m, 128) fp32 accumulators live in the chunk's
+// workspace. Each output still accumulates K block after K block in order, as the twin does.
 void run_fp8(const ki::Microkernels& mk, const PackedWeights& w, const Fp8Acts& acts, int64_t m, float* y, int64_t ldy) {
+  constexpr int64_t kPanels = ki::kFp8Block / ki::kFp8Nr;  // panels per N block
+  constexpr int64_t kPanelFloats = ki::kFp8Block * ki::kFp8Nr;
   const int64_t kp = w.kp, nkb = kp / ki::kFp8Block, panels = w.np / ki::kFp8Nr;
-  for_chunks(panels, column_grain(panels, m * kp * ki::kFp8Nr), [&](int64_t p0, int64_t p1) {
-    std::vector<float> ws(static_cast<size_t>(ki::kFp8Block * ki::kFp8Nr));  // (128, 16) decoded block
-    std::vector<float> yt(static_cast<size_t>(m * ki::kFp8Nr));              // (m, 16) fp32 accumulators
+  const int64_t nblocks = (panels + kPanels - 1) / kPanels;
+  for_chunks(nblocks, column_grain(nblocks, m * kp * ki::kFp8Block), [&](int64_t b0, int64_t b1) {
+    std::vector<float> ws(static_cast<size_t>(kPanels * kPanelFloats));     // 8 decoded (128, 16) blocks
+    std::vector<float> yt(static_cast<size_t>(m * ki::kFp8Block));          // (m, 128) fp32 accumulators
     float scale[ki::kFp8Mr];
-    for (int64_t p = p0; p < p1; ++p) {
+    for (int64_t nb = b0; nb < b1; ++nb) {
+      const int64_t p0 = nb * kPanels, np = std::min(panels, p0 + kPanels) - p0;
       std::fill(yt.begin(), yt.end(), 0.0f);
-      const int64_t nb = p * ki::kFp8Nr / ki::kFp8Block;
       for (int64_t kb = 0; kb < nkb; ++kb) {
-        mk.fp8_decode(w.data.data() + (p * kp + kb * ki::kFp8Block) * ki::kFp8Nr, ki::kFp8Block, ws.data());
         const float sw = w.scales[nb * nkb + kb];
+        auto decode = [&](int64_t p) {
+          mk.fp8_decode(w.data.data() + ((p0 + p) * kp + kb * ki::kFp8Block) * ki::kFp8Nr, ki::kFp8Block,
+                        &ws[p * kPanelFloats]);
+        };
+        if (m == 1) {  // decode: codes straight into the FMA chains, no fp32 block in memory
+          mk.fp8_gemv(w.data.data() + (p0 * kp + kb * ki::kFp8Block) * ki::kFp8Nr, kp * ki::kFp8Nr, static_cast<int>(np),
+                      acts.tile(0, kb), ki::kFp8Block, acts.scale[kb] * sw, yt.data());
+          continue;
+        }
+        if (m <= ki::kFp8Mr) {  // one M tile: use each decoded block while it is in L1
+          const int mr = static_cast<int>(m);
+          for (int r = 0; r < mr; ++r) scale[r] = acts.scale[r * nkb + kb] * sw;
+          for (int64_t p = 0; p < np; ++p) {
+            decode(p);
+            mk.fp8_tile(mr, acts.tile(0, kb), ki::kFp8Block, &ws[p * kPanelFloats], ki::kFp8Block, scale,
+                        &yt[p * ki::kFp8Nr], ki::kFp8Block);
+          }
+          continue;
+        }
+        for (int64_t p = 0; p < np; ++p) decode(p);
         for (int64_t i = 0; i < m; i += ki::kFp8Mr) {
           const int mr = static_cast<int>(std::min<int64_t>(ki::kFp8Mr, m - i));
           for (int r = 0; r < mr; ++r) scale[r] = acts.scale[(i + r) * nkb + kb] * sw;
-          mk.fp8_tile(mr, &acts.xa[i * kp + kb * ki::kFp8Block], kp, ws.data(), ki::kFp8Block, scale,
-                      &yt[i * ki::kFp8Nr], ki::kFp8Nr);
+          for (int64_t p = 0; p < np; ++p) {
+            mk.fp8_tile(mr, acts.tile(i, kb), ki::kFp8Block, &ws[p * kPanelFloats], ki::kFp8Block, scale,
+                        &yt[i * ki::kFp8Block + p * ki::kFp8Nr], ki::kFp8Block);
+          }
         }
       }
-      const int64_t j0 = p * ki::kFp8Nr, nj = std::min<int64_t>(ki::kFp8Nr, w.n - j0);
-      for (int64_t i = 0; i < m; ++i) std::memcpy(&y[i * ldy + j0], &yt[i * ki::kFp8Nr], sizeof(float) * nj);
+      const int64_t j0 = p0 * ki::kFp8Nr, nj = std::min<int64_t>(np * ki::kFp8Nr, w.n - j0);
+      for (int64_t i = 0; i < m; ++i) std::memcpy(&y[i * ldy + j0], &yt[i * ki::kFp8Block], sizeof(float) * nj);
     }
   });
 }
@@ -231,13 +286,13 @@ void run_fp8_emulated(const PackedWeights& w, const Fp8Acts& acts, int64_t m, fl
       const uint8_t* panel = w.data.data() + (j / ki::kFp8Nr) * kp * ki::kFp8Nr;
       const int64_t jj = j % ki::kFp8Nr, nb = j / ki::kFp8Block;
       for (int64_t i = 0; i < m; ++i) {
-        const float* xa = &acts.xa[i * kp];
         float acc = 0.0f;  // fp32 (promoted) or the limited accumulator (unpromoted)
         for (int64_t kb = 0; kb < nkb; ++kb) {
           const float s = acts.scale[i * nkb + kb] * w.scales[nb * nkb + kb];
+          const float* xa = acts.tile(i, kb);
           float p = 0.0f;
           for (int64_t k = kb * ki::kFp8Block; k < (kb + 1) * ki::kFp8Block; ++k) {
-            const float prod = xa[k] * ki::e4m3_value(panel[k * ki::kFp8Nr + jj]);  // exact in fp32
+            const float prod = xa[k - kb * ki::kFp8Block] * ki::e4m3_value(panel[k * ki::kFp8Nr + jj]);  // exact in fp32
             if (mode == Fp8Accumulation::kLimitedPromoted) {
               p = truncate_significand(p + prod, bits);
             } else {
@@ -531,16 +586,24 @@ Status matmul(const PackedWeights& w, const float* x, int64_t m, int64_t ldx, fl
       Int8Acts acts;
       acts.a.assign(static_cast<size_t>(m * kp), 0);
       acts.scale.assign(static_cast<size_t>(m), 0.0f);
-      for (int64_t i = 0; i < m; ++i) quantize_int8_row(x + i * ldx, w.k, &acts.a[i * kp], &acts.scale[i]);
+      const int64_t ng = op == KernelOp::kGemmA8W4 ? w.groups_per_row() : 0;
+      std::vector<int32_t> asum(static_cast<size_t>(m * ng), 0);  // (m, groups), a8w4 only
+      if (op == KernelOp::kGemmA8W8) acts.absa.resize(acts.a.size());
+      // Rows in parallel: each row's codes, |codes| and group sums depend on that row alone.
+      parallel_for(0, m, row_grain(m), [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
+          int8_t* a = &acts.a[i * kp];
+          quantize_int8_row(x + i * ldx, w.k, a, &acts.scale[i]);
+          if (op == KernelOp::kGemmA8W8) {
+            for (int64_t c = 0; c < kp; ++c) acts.absa[i * kp + c] = static_cast<uint8_t>(std::abs(int{a[c]}));
+          } else {
+            for (int64_t c = 0; c < kp; ++c) asum[i * ng + c / w.group] += a[c];
+          }
+        }
+      });
       if (op == KernelOp::kGemmA8W8) {
-        fill_abs(acts);
         run_a8w8(mk, w, acts, m, y, ldy);
       } else {
-        const int64_t ng = w.groups_per_row();
-        std::vector<int32_t> asum(static_cast<size_t>(m * ng), 0);  // (m, groups)
-        for (int64_t i = 0; i < m; ++i) {
-          for (int64_t c = 0; c < kp; ++c) asum[i * ng + c / w.group] += acts.a[i * kp + c];
-        }
         run_a8w4(mk, w, acts, asum, m, y, ldy);
       }
       break;

@@ -39,6 +39,9 @@ void a8w8_tile(const int8_t* a0, const int8_t* a1, const uint8_t*, const uint8_t
   }
 }
 
+// The lane tree the AVX2 kernels use to reduce 8 fp32 lanes (hadd, hadd, then the two 128-bit halves).
+inline float lane_sum(const float* f) { return ((f[0] + f[1]) + (f[2] + f[3])) + ((f[4] + f[5]) + (f[6] + f[7])); }
+
 void a8w4_tile(const int8_t* a0, const int8_t* a1, const int32_t* asum0, const int32_t* asum1, const uint8_t* w,
                const float* s, const int32_t* off, int64_t kp, int64_t group, int64_t ng, float* out) {
   const int8_t* a[2] = {a0, a1};
@@ -46,14 +49,18 @@ void a8w4_tile(const int8_t* a0, const int8_t* a1, const int32_t* asum0, const i
   for (int i = 0; i < 2; ++i) {
     for (int j = 0; j < 4; ++j) {
       const uint8_t* wj = w + j * (kp / 2);
-      float acc = 0.0f;
+      float lanes[8] = {};
+      float corr = 0.0f;
       for (int64_t g = 0; g < ng; ++g) {
-        int32_t d = 0;
-        for (int64_t k = g * group; k < (g + 1) * group; ++k) d += int32_t{a[i][k]} * nibble(wj, k);
-        d -= off[g * 4 + j] * asum[i][g];
-        acc = std::fma(static_cast<float>(d), s[g * 4 + j], acc);
+        int32_t d[8] = {};
+        for (int64_t k = g * group; k < (g + 1) * group; ++k) d[(k % 32) / 4] += int32_t{a[i][k]} * nibble(wj, k);
+        const float sg = s[g * 4 + j];
+        for (int q = 0; q < 8; ++q) lanes[q] = std::fma(static_cast<float>(d[q]), sg, lanes[q]);
       }
-      out[i * 4 + j] = acc;
+      for (int64_t g = 0; g < ng; ++g) {
+        corr = std::fma(static_cast<float>(off[g * 4 + j] * asum[i][g]), s[g * 4 + j], corr);
+      }
+      out[i * 4 + j] = lane_sum(lanes) - corr;
     }
   }
 }
@@ -64,18 +71,29 @@ void a16w4_tile(const float* x0, const float* x1, const uint8_t* w, const float*
   for (int i = 0; i < 2; ++i) {
     for (int j = 0; j < 4; ++j) {
       const uint8_t* wj = w + j * (kp / 2);
-      float acc = 0.0f;
+      float lanes[8] = {};
       for (int64_t g = 0; g < ng; ++g) {
-        float p = 0.0f;
-        const float o = off ? static_cast<float>(off[g * 4 + j]) : 0.0f;
-        for (int64_t k = g * group; k < (g + 1) * group; ++k) {
-          const int u = nibble(wj, k);
-          const float v = off ? static_cast<float>(u) - o : kNf4Levels[static_cast<size_t>(u)];
-          p = std::fma(x[i][k], v, p);
+        // Lane q = k % 8; within each 64-element chunk the order is: for each 8 of a half (k % 32 / 8),
+        // the low half's 8 (k % 64 < 32) then the high half's, skipping halves outside the group.
+        float p[8] = {};
+        const int64_t k0 = g * group, k1 = (g + 1) * group;
+        for (int64_t c = k0 / kChunk * kChunk; c < k1; c += kChunk) {
+          for (int64_t e = 0; e < 32; e += 8) {
+            for (int64_t hh = 0; hh < 64; hh += 32) {
+              if (c + hh < k0 || c + hh >= k1) continue;
+              for (int q = 0; q < 8; ++q) {
+                const int64_t k = c + hh + e + q;
+                const int u = nibble(wj, k);
+                const float v = off ? static_cast<float>(u - off[g * 4 + j]) : kNf4Levels[static_cast<size_t>(u)];
+                p[q] = std::fma(x[i][k], v, p[q]);
+              }
+            }
+          }
         }
-        acc = std::fma(p, s[g * 4 + j], acc);
+        const float sg = s[g * 4 + j];
+        for (int q = 0; q < 8; ++q) lanes[q] = std::fma(p[q], sg, lanes[q]);
       }
-      out[i * 4 + j] = acc;
+      out[i * 4 + j] = lane_sum(lanes);
     }
   }
 }
@@ -95,10 +113,20 @@ void fp8_tile(int mr, const float* xa, int64_t ldxa, const float* ws, int64_t kc
   }
 }
 
+void fp8_gemv(const uint8_t* codes, int64_t pstride, int np, const float* xa, int64_t kc, float scale, float* y) {
+  for (int p = 0; p < np; ++p) {
+    for (int j = 0; j < kFp8Nr; ++j) {
+      float acc = 0.0f;
+      for (int64_t k = 0; k < kc; ++k) acc = std::fma(xa[k], e4m3_value(codes[p * pstride + k * kFp8Nr + j]), acc);
+      y[p * kFp8Nr + j] = std::fma(acc, scale, y[p * kFp8Nr + j]);
+    }
+  }
+}
+
 }  // namespace
 
 const Microkernels& scalar_microkernels() {
-  static const Microkernels k{Isa::kScalar, a8w8_tile, a8w4_tile, a16w4_tile, fp8_decode, fp8_tile};
+  static const Microkernels k{Isa::kScalar, a8w8_tile, a8w4_tile, a16w4_tile, fp8_decode, fp8_tile, fp8_gemv};
   return k;
 }
 

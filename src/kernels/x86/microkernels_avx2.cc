@@ -5,6 +5,8 @@
 // The fp8 tile accumulates each output in K order with FMA, as its twin does: bit-identical.
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "../kernels_internal.h"
 #include "lowbit/formats.h"
 
@@ -19,18 +21,12 @@ inline __m256i hsum8_epi32(const __m256i* v) {
   return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31));
 }
 
-inline __m256 hsum8_ps(const __m256* v) {
-  const __m256 t0 = _mm256_hadd_ps(v[0], v[1]), t1 = _mm256_hadd_ps(v[2], v[3]);
-  const __m256 t2 = _mm256_hadd_ps(v[4], v[5]), t3 = _mm256_hadd_ps(v[6], v[7]);
-  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
-  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
-}
-
 template <int MR>
 void a8w8_tile_impl(const int8_t* a0, const int8_t* a1, const uint8_t* absa0, const uint8_t* absa1, const int8_t* w,
                     int64_t kp, int32_t* out) {
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i acc[8];
+  #pragma GCC unroll 8
   for (auto& v : acc) v = _mm256_setzero_si256();
   const int8_t* w0 = w;
   const int8_t* w1 = w + kp;
@@ -42,6 +38,7 @@ void a8w8_tile_impl(const int8_t* a0, const int8_t* a1, const uint8_t* absa0, co
     const __m256i u0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(absa0 + k));
     const __m256i u1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(absa1 + k));
     const int8_t* wr[4] = {w0 + k, w1 + k, w2 + k, w3 + k};
+    #pragma GCC unroll 8
     for (int j = 0; j < 4; ++j) {
       const __m256i wj = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[j]));
       acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(_mm256_maddubs_epi16(u0, _mm256_sign_epi8(wj, s0)), ones));
@@ -65,59 +62,105 @@ void a8w8_tile(const int8_t* a0, const int8_t* a1, const uint8_t* absa0, const u
   }
 }
 
-// Low (0..31) or high (32..63) nibbles of a 32-byte chunk, as bytes.
-inline __m256i nibbles(__m256i b, int half) {
-  const __m256i m = _mm256_set1_epi8(0x0F);
-  return half == 0 ? _mm256_and_si256(b, m) : _mm256_and_si256(_mm256_srli_epi16(b, 4), m);
+// Per-row fp32 lane sums of one tile (4 rows): lane j = ((v_j[0]+v_j[1])+(v_j[2]+v_j[3]))+((v_j[4]+v_j[5])+(v_j[6]+v_j[7])).
+inline __m128 hsum4_ps(const __m256* v) {
+  const __m256 t0 = _mm256_hadd_ps(v[0], v[1]), t1 = _mm256_hadd_ps(v[2], v[3]);
+  const __m256 u = _mm256_hadd_ps(t0, t1);
+  return _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
 }
 
+// a8w4: per weight row, int16 sums of up to 8 halves (vpmaddubsw), one vpmaddwd into int32 lanes
+// per group (lane q: elements with (k % 32) / 4 == q), converted and FMA'd with the group's scale into
+// per-row fp32 lanes; one horizontal sum per row at the end, minus the zero-point term
+// corr = Σ_g s[g] · float(off[g] · Σa) computed apart (kernels_internal.h).
 template <int MR>
 void a8w4_tile_impl(const int8_t* a0, const int8_t* a1, const int32_t* asum0, const int32_t* asum1, const uint8_t* w,
-                    const float* s, const int32_t* off, int64_t kp, int64_t group, int64_t /*ng*/, float* out) {
-  const __m256i ones = _mm256_set1_epi16(1);
+                    const float* s, const int32_t* off, int64_t kp, int64_t group, int64_t ng, float* out) {
+  constexpr int R = 4 * MR;
+  const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0x0F);
   const int64_t rb = kp / 2;  // bytes per weight row
-  const int64_t halves_per_group = group / 32;
-  __m256i acc16[8], acc32[8];
-  for (int q = 0; q < 8; ++q) acc16[q] = acc32[q] = _mm256_setzero_si256();
-  __m256 accf = _mm256_setzero_ps();
-  int64_t h_in_group = 0, h_since_flush = 0, g = 0;
-  __m256i wb[4];
-  for (int64_t h = 0; h < kp / 32; ++h) {
-    const int half = static_cast<int>(h & 1);
-    if (half == 0) {
-      for (int j = 0; j < 4; ++j) wb[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * rb + (h / 2) * 32));
-    }
-    const __m256i s0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a0 + h * 32));
-    const __m256i s1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a1 + h * 32));
-    for (int j = 0; j < 4; ++j) {
-      const __m256i u = nibbles(wb[j], half);
-      acc16[j] = _mm256_add_epi16(acc16[j], _mm256_maddubs_epi16(u, s0));
-      if constexpr (MR == 2) acc16[4 + j] = _mm256_add_epi16(acc16[4 + j], _mm256_maddubs_epi16(u, s1));
-    }
-    ++h_in_group;
-    ++h_since_flush;
-    const bool group_end = h_in_group == halves_per_group;
-    if (group_end || h_since_flush == 8) {  // 8 halves of int16 pair sums stay below 2^15
-      for (int q = 0; q < 8; ++q) {
-        acc32[q] = _mm256_add_epi32(acc32[q], _mm256_madd_epi16(acc16[q], ones));
-        acc16[q] = _mm256_setzero_si256();
+  const int64_t hpg = group / 32;  // 32-element halves per group
+  const int8_t* ar[2] = {a0, a1};
+  __m256 accf[R];
+  #pragma GCC unroll 8
+  for (auto& v : accf) v = _mm256_setzero_ps();
+  for (int64_t g = 0; g < ng; ++g) {
+    __m256i acc32[R];
+    #pragma GCC unroll 8
+    for (auto& v : acc32) v = _mm256_setzero_si256();
+    for (int64_t h0 = g * hpg; h0 < (g + 1) * hpg; h0 += 8) {  // 8 halves of int16 pair sums stay below 2^15
+      const int64_t h1 = std::min(h0 + 8, (g + 1) * hpg);
+      __m256i acc16[R];
+      #pragma GCC unroll 8
+      for (auto& v : acc16) v = _mm256_setzero_si256();
+      int64_t h = h0;
+      if (h & 1) {  // group starts on a high half (group 32)
+        #pragma GCC unroll 8
+        for (int j = 0; j < 4; ++j) {
+          const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * rb + (h / 2) * 32));
+          const __m256i u = _mm256_and_si256(_mm256_srli_epi16(b, 4), m4);
+          #pragma GCC unroll 8
+          for (int i = 0; i < MR; ++i) {
+            const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ar[i] + h * 32));
+            acc16[i * 4 + j] = _mm256_add_epi16(acc16[i * 4 + j], _mm256_maddubs_epi16(u, x));
+          }
+        }
+        ++h;
       }
-      h_since_flush = 0;
+      for (; h + 1 < h1; h += 2) {  // whole 32-byte chunks: low nibbles then high nibbles
+        __m256i xl[MR], xh[MR];
+        #pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+          xl[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ar[i] + h * 32));
+          xh[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ar[i] + h * 32 + 32));
+        }
+        #pragma GCC unroll 8
+        for (int j = 0; j < 4; ++j) {
+          const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * rb + (h / 2) * 32));
+          const __m256i ul = _mm256_and_si256(b, m4), uh = _mm256_and_si256(_mm256_srli_epi16(b, 4), m4);
+          #pragma GCC unroll 8
+          for (int i = 0; i < MR; ++i) {
+            const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(ul, xl[i]), _mm256_maddubs_epi16(uh, xh[i]));
+            acc16[i * 4 + j] = _mm256_add_epi16(acc16[i * 4 + j], p);
+          }
+        }
+      }
+      if (h < h1) {  // group ends on a low half (group 32)
+        #pragma GCC unroll 8
+        for (int j = 0; j < 4; ++j) {
+          const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * rb + (h / 2) * 32));
+          const __m256i u = _mm256_and_si256(b, m4);
+          #pragma GCC unroll 8
+          for (int i = 0; i < MR; ++i) {
+            const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ar[i] + h * 32));
+            acc16[i * 4 + j] = _mm256_add_epi16(acc16[i * 4 + j], _mm256_maddubs_epi16(u, x));
+          }
+        }
+      }
+      #pragma GCC unroll 8
+      for (int q = 0; q < R; ++q) acc32[q] = _mm256_add_epi32(acc32[q], _mm256_madd_epi16(acc16[q], ones));
     }
-    if (group_end) {
-      const __m256i d = hsum8_epi32(acc32);
-      // Lanes q = i*4 + j: offsets and scales of the 4 weight rows, twice; asum of row i.
-      const __m256i o = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(off + g * 4)));
-      const __m256i as = _mm256_set_m128i(_mm_set1_epi32(asum1[g]), _mm_set1_epi32(asum0[g]));
-      const __m256 sc = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(s + g * 4));
-      const __m256i dd = _mm256_sub_epi32(d, _mm256_mullo_epi32(o, as));
-      accf = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dd), sc, accf);
-      for (int q = 0; q < 8; ++q) acc32[q] = _mm256_setzero_si256();
-      h_in_group = 0;
-      ++g;
+    #pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      #pragma GCC unroll 8
+      for (int j = 0; j < 4; ++j) {
+        accf[i * 4 + j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc32[i * 4 + j]), _mm256_broadcast_ss(s + g * 4 + j),
+                                          accf[i * 4 + j]);
+      }
     }
   }
-  _mm256_storeu_ps(out, accf);
+  // Zero-point term per (row, weight row), in group order; one 128-bit lane per activation row.
+  const int32_t* asum[2] = {asum0, asum1};
+  #pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    __m128 corr = _mm_setzero_ps();
+    for (int64_t g = 0; g < ng; ++g) {
+      const __m128i o = _mm_loadu_si128(reinterpret_cast<const __m128i*>(off + g * 4));
+      const __m128 t = _mm_cvtepi32_ps(_mm_mullo_epi32(o, _mm_set1_epi32(asum[i][g])));
+      corr = _mm_fmadd_ps(t, _mm_loadu_ps(s + g * 4), corr);
+    }
+    _mm_storeu_ps(out + i * 4, _mm_sub_ps(hsum4_ps(accf + i * 4), corr));
+  }
 }
 
 void a8w4_tile(const int8_t* a0, const int8_t* a1, const int32_t* asum0, const int32_t* asum1, const uint8_t* w,
@@ -130,61 +173,89 @@ void a8w4_tile(const int8_t* a0, const int8_t* a1, const int32_t* asum0, const i
   }
 }
 
-// 8 bytes at p (low half of a 128-bit lane) -> 8 floats.
-inline __m256 u8x8_to_ps(__m128i b) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)); }
-
 inline __m256 nf4_lookup(__m256i idx, __m256 lo, __m256 hi) {
   const __m256 a = _mm256_permutevar8x32_ps(lo, idx), b = _mm256_permutevar8x32_ps(hi, idx);
   return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));  // bit 3 picks hi
 }
 
+// a16w4: per weight row, fp32 lanes over a group (lane q: elements with k % 8 == q), FMA'd with the
+// group's scale into per-row fp32 lanes; one horizontal sum per row at the end. One vpmovzxbd of 8
+// packed bytes gives 8 low nibbles (elements 8p.., low half) and 8 high ones (32 + 8p..), used in that
+// order (kernels_internal.h). The weight is float(u − off) (int4: the offset subtracted exactly in
+// int32, so no cancellation against Σ x·u) or level[u] (nf4).
 template <int MR, bool kNf4>
-void a16w4_tile_impl(const float* x0, const float* x1, const uint8_t* w, const float* s, const int32_t* off,
-                     int64_t kp, int64_t group, int64_t /*ng*/, float* out) {
+void a16w4_tile_impl(const float* x0, const float* x1, const uint8_t* w, const float* s, const int32_t* off, int64_t kp,
+                     int64_t group, int64_t ng, float* out) {
+  constexpr int R = 4 * MR;
   const int64_t rb = kp / 2;
-  const int64_t halves_per_group = group / 32;
+  const int64_t hpg = group / 32;
   const __m256 lvl_lo = _mm256_loadu_ps(kNf4Levels.data()), lvl_hi = _mm256_loadu_ps(kNf4Levels.data() + 8);
-  __m256 acc[8];
-  for (auto& v : acc) v = _mm256_setzero_ps();
-  __m256 accf = _mm256_setzero_ps();
-  __m256 vo[4] = {};
-  int64_t h_in_group = 0, g = 0;
-  __m256i wb[4];
-  for (int64_t h = 0; h < kp / 32; ++h) {
-    const int half = static_cast<int>(h & 1);
-    if (half == 0) {
-      for (int j = 0; j < 4; ++j) wb[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * rb + (h / 2) * 32));
-    }
-    if (!kNf4 && h_in_group == 0) {
-      for (int j = 0; j < 4; ++j) vo[j] = _mm256_set1_ps(static_cast<float>(off[g * 4 + j]));
-    }
-    const float* xa = x0 + h * 32;
-    const float* xb = x1 + h * 32;
-    for (int j = 0; j < 4; ++j) {
-      const __m256i u = nibbles(wb[j], half);
-      const __m128i ul = _mm256_castsi256_si128(u), uh = _mm256_extracti128_si256(u, 1);
-      const __m128i parts[4] = {ul, _mm_srli_si128(ul, 8), uh, _mm_srli_si128(uh, 8)};
+  const __m256i m4 = _mm256_set1_epi32(0x0F);
+  const float* xr[2] = {x0, x1};
+  __m256 accf[R];
+#pragma GCC unroll 8
+  for (auto& v : accf) v = _mm256_setzero_ps();
+  for (int64_t g = 0; g < ng; ++g) {
+    __m256 acc[R];
+#pragma GCC unroll 8
+    for (auto& v : acc) v = _mm256_setzero_ps();
+    const int32_t* og = kNf4 ? nullptr : off + g * 4;
+    auto weight = [&](__m256i u, int j) {
+      return kNf4 ? nf4_lookup(u, lvl_lo, lvl_hi) : _mm256_cvtepi32_ps(_mm256_sub_epi32(u, _mm256_set1_epi32(og[j])));
+    };
+    // One half (32 elements) alone: a group that starts or ends inside a 64-element chunk.
+    auto half = [&](int64_t h) {
+      const bool high = (h & 1) != 0;
+#pragma GCC unroll 4
       for (int p = 0; p < 4; ++p) {
-        __m256 v;
-        if constexpr (kNf4) {
-          v = nf4_lookup(_mm256_cvtepu8_epi32(parts[p]), lvl_lo, lvl_hi);
-        } else {
-          v = _mm256_sub_ps(u8x8_to_ps(parts[p]), vo[j]);
+        __m256 xv[MR];
+#pragma GCC unroll 2
+        for (int i = 0; i < MR; ++i) xv[i] = _mm256_loadu_ps(xr[i] + h * 32 + 8 * p);
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+          const __m256i d = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + j * rb + (h / 2) * 32 + 8 * p)));
+          const __m256 v = weight(high ? _mm256_srli_epi32(d, 4) : _mm256_and_si256(d, m4), j);
+#pragma GCC unroll 2
+          for (int i = 0; i < MR; ++i) acc[i * 4 + j] = _mm256_fmadd_ps(xv[i], v, acc[i * 4 + j]);
         }
-        acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(xa + 8 * p), v, acc[j]);
-        if constexpr (MR == 2) acc[4 + j] = _mm256_fmadd_ps(_mm256_loadu_ps(xb + 8 * p), v, acc[4 + j]);
+      }
+    };
+    int64_t h = g * hpg;
+    const int64_t hend = (g + 1) * hpg;
+    if (h & 1) half(h++);
+    for (; h + 1 < hend; h += 2) {  // whole chunks: for each 8 bytes, its low nibbles then its high nibbles
+      const uint8_t* wc = w + (h / 2) * 32;
+#pragma GCC unroll 4
+      for (int p = 0; p < 4; ++p) {
+        __m256 xl[MR], xh[MR];
+#pragma GCC unroll 2
+        for (int i = 0; i < MR; ++i) {
+          xl[i] = _mm256_loadu_ps(xr[i] + h * 32 + 8 * p);
+          xh[i] = _mm256_loadu_ps(xr[i] + h * 32 + 32 + 8 * p);
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+          const __m256i d = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(wc + j * rb + 8 * p)));
+          const __m256 vl = weight(_mm256_and_si256(d, m4), j), vh = weight(_mm256_srli_epi32(d, 4), j);
+#pragma GCC unroll 2
+          for (int i = 0; i < MR; ++i) {
+            acc[i * 4 + j] = _mm256_fmadd_ps(xl[i], vl, acc[i * 4 + j]);
+            acc[i * 4 + j] = _mm256_fmadd_ps(xh[i], vh, acc[i * 4 + j]);
+          }
+        }
       }
     }
-    if (++h_in_group == halves_per_group) {
-      const __m256 p = hsum8_ps(acc);
-      const __m256 sc = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(s + g * 4));
-      accf = _mm256_fmadd_ps(p, sc, accf);
-      for (auto& v : acc) v = _mm256_setzero_ps();
-      h_in_group = 0;
-      ++g;
+    if (h < hend) half(h);
+#pragma GCC unroll 2
+    for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        accf[i * 4 + j] = _mm256_fmadd_ps(acc[i * 4 + j], _mm256_broadcast_ss(s + g * 4 + j), accf[i * 4 + j]);
+      }
     }
   }
-  _mm256_storeu_ps(out, accf);
+#pragma GCC unroll 2
+  for (int i = 0; i < MR; ++i) _mm_storeu_ps(out + i * 4, hsum4_ps(accf + i * 4));
 }
 
 void a16w4_tile(const float* x0, const float* x1, const uint8_t* w, const float* s, const int32_t* off, int64_t kp,
@@ -203,12 +274,12 @@ void a16w4_tile(const float* x0, const float* x1, const uint8_t* w, const float*
   }
 }
 
+// 8 e4m3 codes (low 8 bytes) -> 8 floats: sign-extend, shift the magnitude bits to fp32 bits 26..20 (the
+// sign copies land in 31..27), keep sign + magnitude, times 2^120 (exact, subnormals included).
 inline __m256 e4m3x8_to_ps(__m128i b8) {
-  const __m256i b = _mm256_cvtepu8_epi32(b8);
-  const __m256i mag = _mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x7F)), 20);
-  const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x80)), 24);
-  const __m256 f = _mm256_mul_ps(_mm256_castsi256_ps(mag), _mm256_set1_ps(0x1p120f));
-  return _mm256_or_ps(f, _mm256_castsi256_ps(sign));
+  const __m256i b = _mm256_slli_epi32(_mm256_cvtepi8_epi32(b8), 20);
+  const __m256i bits = _mm256_and_si256(b, _mm256_set1_epi32(static_cast<int32_t>(0x87F00000u)));
+  return _mm256_mul_ps(_mm256_castsi256_ps(bits), _mm256_set1_ps(0x1p120f));
 }
 
 void fp8_decode(const uint8_t* codes, int64_t kc, float* ws) {
@@ -223,15 +294,18 @@ template <int MR>
 void fp8_tile_impl(const float* xa, int64_t ldxa, const float* ws, int64_t kc, const float* scale, float* y,
                    int64_t ldy) {
   __m256 c[MR][2];
+  #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) c[i][0] = c[i][1] = _mm256_setzero_ps();
   for (int64_t k = 0; k < kc; ++k) {
     const __m256 b0 = _mm256_loadu_ps(ws + k * kFp8Nr), b1 = _mm256_loadu_ps(ws + k * kFp8Nr + 8);
+    #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const __m256 a = _mm256_broadcast_ss(xa + i * ldxa + k);
       c[i][0] = _mm256_fmadd_ps(a, b0, c[i][0]);
       c[i][1] = _mm256_fmadd_ps(a, b1, c[i][1]);
     }
   }
+  #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
     const __m256 sc = _mm256_set1_ps(scale[i]);
     float* yi = y + i * ldy;
@@ -252,10 +326,45 @@ void fp8_tile(int mr, const float* xa, int64_t ldxa, const float* ws, int64_t kc
   }
 }
 
+// NP panels side by side: 2·NP independent FMA chains (one panel alone is latency-bound).
+template <int NP>
+void fp8_gemv_impl(const uint8_t* codes, int64_t pstride, const float* xa, int64_t kc, float scale, float* y) {
+  __m256 c[NP][2];
+#pragma GCC unroll 4
+  for (int p = 0; p < NP; ++p) c[p][0] = c[p][1] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256 a = _mm256_broadcast_ss(xa + k);
+#pragma GCC unroll 4
+    for (int p = 0; p < NP; ++p) {
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + p * pstride + k * kFp8Nr));
+      c[p][0] = _mm256_fmadd_ps(a, e4m3x8_to_ps(b), c[p][0]);
+      c[p][1] = _mm256_fmadd_ps(a, e4m3x8_to_ps(_mm_srli_si128(b, 8)), c[p][1]);
+    }
+  }
+  const __m256 sc = _mm256_set1_ps(scale);
+#pragma GCC unroll 4
+  for (int p = 0; p < NP; ++p) {
+    float* yp = y + p * kFp8Nr;
+    _mm256_storeu_ps(yp, _mm256_fmadd_ps(c[p][0], sc, _mm256_loadu_ps(yp)));
+    _mm256_storeu_ps(yp + 8, _mm256_fmadd_ps(c[p][1], sc, _mm256_loadu_ps(yp + 8)));
+  }
+}
+
+void fp8_gemv(const uint8_t* codes, int64_t pstride, int np, const float* xa, int64_t kc, float scale, float* y) {
+  int p = 0;
+  for (; p + 4 <= np; p += 4) fp8_gemv_impl<4>(codes + p * pstride, pstride, xa, kc, scale, y + p * kFp8Nr);
+  switch (np - p) {
+    case 3: return fp8_gemv_impl<3>(codes + p * pstride, pstride, xa, kc, scale, y + p * kFp8Nr);
+    case 2: return fp8_gemv_impl<2>(codes + p * pstride, pstride, xa, kc, scale, y + p * kFp8Nr);
+    case 1: return fp8_gemv_impl<1>(codes + p * pstride, pstride, xa, kc, scale, y + p * kFp8Nr);
+    default: return;
+  }
+}
+
 }  // namespace
 
 const Microkernels& avx2_microkernels() {
-  static const Microkernels k{Isa::kAvx2, a8w8_tile, a8w4_tile, a16w4_tile, fp8_decode, fp8_tile};
+  static const Microkernels k{Isa::kAvx2, a8w8_tile, a8w4_tile, a16w4_tile, fp8_decode, fp8_tile, fp8_gemv};
   return k;
 }
 
