@@ -5,8 +5,13 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "lowbit/status.h"
+
+namespace lowbit {
+class Tokenizer;
+}
 
 namespace lowbit::cli {
 
@@ -35,6 +40,10 @@ float parse_float_arg(const std::string& text, const std::string& what);
 // model whose vocab matches: tok<vocab>.model/.bin, then tokenizer.model/.bin; a usage error
 // naming `cmd` when there is none.
 std::string find_tokenizer(const std::string& model_path, int vocab, std::string_view cmd);
+// The stories of `path` (split all | calib | eval) as one token stream, the way eval, quantize's
+// calibration and quantize --eval all read text: a story opens with BOS where the tokenizer
+// expects one; otherwise (GPT-2-style vocabularies) it keeps the blank line that ends it.
+std::vector<int> tokenize_stories(const Tokenizer& tok, const std::string& path, const std::string& split);
 // The file holding a model's weights: `model_path` itself, or model.safetensors in a folder.
 std::string model_weights_file(const std::string& model_path);
 

@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "lowbit/eval.h"
 #include "lowbit/file.h"
 #include "lowbit/tokenizer.h"
 
@@ -47,6 +48,19 @@ float parse_float_arg(const std::string& text, const std::string& what) {
   // ERANGE on overflow (±inf) and underflow (0 or subnormal) is fine: the fp32 value is
   // exactly what the format would receive.
   return v;
+}
+
+std::vector<int> tokenize_stories(const Tokenizer& tok, const std::string& path, const std::string& split) {
+  Result<std::vector<std::string>> stories = load_stories(path, split);
+  if (!stories.ok()) fail(stories.status());
+  const bool bos = tok.add_bos();
+  std::vector<int> tokens;
+  for (const std::string& s : *stories) {
+    Result<std::vector<int>> ids = tok.encode(bos ? s : s + "\n\n", bos, /*eos=*/false);
+    if (!ids.ok()) fail(ids.status());
+    tokens.insert(tokens.end(), ids->begin(), ids->end());
+  }
+  return tokens;
 }
 
 std::string find_tokenizer(const std::string& model_path, int vocab, std::string_view cmd) {

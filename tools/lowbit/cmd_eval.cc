@@ -61,17 +61,7 @@ void run_eval(const EvalArgs& a) {
   const std::string tok_path = a.tokenizer.empty() ? find_tokenizer(a.model, vocab, "eval") : a.tokenizer;
   Result<std::unique_ptr<Tokenizer>> tok = load_tokenizer(tok_path, vocab);
   if (!tok.ok()) fail(tok.status());
-  Result<std::vector<std::string>> stories = load_stories(a.text, a.split);
-  if (!stories.ok()) fail(stories.status());
-  std::vector<int> tokens;
-  // A story opens with BOS where the model expects one; otherwise (GPT-2-style vocabularies)
-  // stories keep the blank line that separates them in the file.
-  const bool bos = (*tok)->add_bos();
-  for (const std::string& s : *stories) {
-    Result<std::vector<int>> ids = (*tok)->encode(bos ? s : s + "\n\n", bos, /*eos=*/false);
-    if (!ids.ok()) fail(ids.status());
-    tokens.insert(tokens.end(), ids->begin(), ids->end());
-  }
+  const std::vector<int> tokens = tokenize_stories(**tok, a.text, a.split);
 
   LlamaModel reference(a.ref.empty() ? *model : *ref_model);
   // One entry per row: the model itself (fp32), each scheme, or the --weights/--acts spec.

@@ -31,18 +31,6 @@ struct QuantizeArgs {
   float threshold = 6.0f;
 };
 
-std::vector<int> tokenize_text(const Tokenizer& tok, const std::string& path, const std::string& split) {
-  Result<std::vector<std::string>> stories = load_stories(path, split);
-  if (!stories.ok()) fail(stories.status());
-  std::vector<int> tokens;
-  for (const std::string& s : *stories) {
-    Result<std::vector<int>> ids = tok.encode(s, /*bos=*/true, /*eos=*/false);
-    if (!ids.ok()) fail(ids.status());
-    tokens.insert(tokens.end(), ids->begin(), ids->end());
-  }
-  return tokens;
-}
-
 bool same_file(const std::string& a, const std::string& b) {
   std::error_code ec;
   return std::filesystem::equivalent(a, b, ec);
@@ -124,7 +112,7 @@ void run_quantize(const QuantizeArgs& a) {
   if (*method != Method::kRtn) {
     if (a.calib.empty()) fail(kExitUsage, fmt::format("quantize: --method {} needs --calib FILE", a.method));
     if (a.calib_tokens < 1 || ctx < 2) fail(kExitUsage, "quantize: --calib-tokens must be >= 1 and --ctx >= 2");
-    const std::vector<int> tokens = tokenize_text(*tok, a.calib, a.calib_split);
+    const std::vector<int> tokens = tokenize_stories(*tok, a.calib, a.calib_split);
     if (static_cast<int>(tokens.size()) < ctx) {
       fail(kExitUsage, fmt::format("{}: calibration text (split {}) has {} tokens; one window needs --ctx {}", a.calib,
                                    a.calib_split, tokens.size(), ctx));
@@ -195,7 +183,7 @@ void run_quantize(const QuantizeArgs& a) {
     j["output"] = {{"path", saved->path}, {"format", std::string(model_format_name(saved->format))}, {"bytes", saved->bytes}};
   }
   if (!a.eval_text.empty()) {
-    const std::vector<int> tokens = tokenize_text(*tok, a.eval_text, a.eval_split);
+    const std::vector<int> tokens = tokenize_stories(*tok, a.eval_text, a.eval_split);
     LlamaModel reference(*model);
     EvalOptions eo;
     eo.ctx = a.eval_ctx;
