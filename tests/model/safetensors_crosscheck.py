@@ -97,18 +97,25 @@ def verify(d):
         check(cfg["quant_method"] == "lowbit" and cfg["version"] == 1, f"config {cfg}")
         check(cfg["tensors"]["w_sym"] == {"spec": "int4:g32:sym:fp16", "shape": [5, 70]}, f"{cfg['tensors']}")
         check(cfg["tensors"]["w_asym"]["spec"].startswith("uint4:g32:asym:fp16"), f"{cfg['tensors']}")
-        for name, signed in (("w_sym", True), ("w_asym", False)):
+        check(cfg["tensors"]["w3_sym"]["spec"].startswith("int3:g32:sym:fp16"), f"{cfg['tensors']}")
+        check(cfg["tensors"]["w3_asym"]["spec"].startswith("uint3:g32:asym:fp16"), f"{cfg['tensors']}")
+        for name, signed, bits in (("w_sym", True, 4), ("w_asym", False, 4), ("w3_sym", True, 3), ("w3_asym", False, 3)):
             rows, cols = cfg["tensors"][name]["shape"]
             q = f.get_tensor(name + ".qweight")
             s = f.get_tensor(name + ".scales")
-            check(q.dtype == np.uint8 and q.shape == (rows, (cols + 1) // 2), f"{name}.qweight {q.dtype}{q.shape}")
+            check(q.dtype == np.uint8 and q.shape == (rows, (cols * bits + 7) // 8), f"{name}.qweight {q.dtype}{q.shape}")
             check(s.dtype == np.float16 and s.shape == (rows, (cols + 31) // 32), f"{name}.scales {s.dtype}{s.shape}")
-            codes = np.empty((rows, q.shape[1] * 2), dtype=np.int32)
-            codes[:, 0::2] = q & 0xF  # low nibble first
-            codes[:, 1::2] = q >> 4
-            codes = codes[:, :cols]
+            if bits == 4:
+                codes = np.empty((rows, q.shape[1] * 2), dtype=np.int32)
+                codes[:, 0::2] = q & 0xF  # low nibble first
+                codes[:, 1::2] = q >> 4
+                codes = codes[:, :cols]
+            else:  # a little-endian bit stream per row: bit t of element i is stream bit 3i + t
+                stream = np.unpackbits(q, axis=1, bitorder="little")[:, :3 * cols].reshape(rows, cols, 3)
+                codes = (stream.astype(np.int32) * np.array([1, 2, 4], dtype=np.int32)).sum(axis=2)
+            half = 1 << (bits - 1)
             if signed:
-                codes = np.where(codes >= 8, codes - 16, codes)
+                codes = np.where(codes >= half, codes - 2 * half, codes)
                 zeros = np.zeros_like(s, dtype=np.int32)
                 check(name + ".zeros" not in f.keys(), f"{name}.zeros present for a symmetric spec")
             else:

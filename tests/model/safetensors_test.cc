@@ -788,9 +788,16 @@ TEST(SafetensorsCrossCheck, WritesFilesForThePythonPackage) {
   ASSERT_TRUE(q.ok());
   Result<QuantizedTensor> qa = quantize(ConstTensorView(x.data(), DType::kF32, {5, 70}), *parse_spec("uint4:g32:asym:fp16"));
   ASSERT_TRUE(qa.ok());
+  // 3-bit: a bit stream the script unpacks with numpy.unpackbits.
+  Result<QuantizedTensor> q3 = quantize(ConstTensorView(x.data(), DType::kF32, {5, 70}), *parse_spec("int3:g32:sym:fp16"));
+  ASSERT_TRUE(q3.ok());
+  Result<QuantizedTensor> q3a = quantize(ConstTensorView(x.data(), DType::kF32, {5, 70}), *parse_spec("uint3:g32:asym:fp16"));
+  ASSERT_TRUE(q3a.ok());
   std::map<std::string, QuantizedTensor> qs;
   qs.emplace("w_sym", *q);
   qs.emplace("w_asym", *qa);
+  qs.emplace("w3_sym", *q3);
+  qs.emplace("w3_asym", *q3a);
   ASSERT_TRUE(write_quantized_safetensors((d / "cpp_quant.safetensors").string(), qs).ok());
   for (const auto& [name, qt] : qs) {
     const std::vector<float> deq = dequantized(qt);
