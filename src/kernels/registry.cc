@@ -43,7 +43,7 @@ WeightKind natural_kind(KernelOp op) {
 std::string_view kind_name(WeightKind k) {
   switch (k) {
     case WeightKind::kInt8Row: return "int8 per-channel (int8:row:sym)";
-    case WeightKind::kInt4Group: return "int4/uint4 groups (int4:g<G>[:asym])";
+    case WeightKind::kInt4Group: return "int4/uint4/int3/uint3 groups (int4:g<G>[:asym]; 3-bit widened to nibbles)";
     case WeightKind::kNf4Group: return "nf4 groups (nf4:g<G>)";
     case WeightKind::kE4m3Block: return "e4m3 128x128 blocks (e4m3:block128x128)";
   }
@@ -51,7 +51,8 @@ std::string_view kind_name(WeightKind k) {
 }
 
 constexpr const char* kSupportedSpecs =
-    "int8:row:sym, int4:g<G>[:asym], uint4:g<G>:asym, nf4:g<G> (G a multiple of 32), e4m3:block128x128";
+    "int8:row:sym, int4:g<G>[:asym], uint4:g<G>:asym, int3:g<G>[:asym], uint3:g<G>:asym, nf4:g<G> (G a multiple of 32), "
+    "e4m3:block128x128";
 
 // ---- activation preparation (shared scalar code: O(m·k), the same bytes for every ISA) ----
 
@@ -327,9 +328,11 @@ bool kernel_supports(const QuantSpec& s) {
     case Format::kInt8: return s.granularity == Granularity::kRow && s.symmetric;
     case Format::kInt4:
     case Format::kUint4:
+    case Format::kInt3:
+    case Format::kUint3:
     case Format::kNf4:
       return s.granularity == Granularity::kGroup && s.group % 32 == 0 && !s.tensor_scale &&
-             (s.element != Format::kNf4 || s.symmetric) && (s.element != Format::kUint4 || !s.symmetric);
+             (s.element != Format::kNf4 || s.symmetric) && (traits(s.element).is_signed || !s.symmetric);
     case Format::kE4m3:
       return s.granularity == Granularity::kBlock && s.block_rows == 128 && s.block_cols == 128 && s.symmetric &&
              !s.tensor_scale;
@@ -369,6 +372,8 @@ Result<PackedWeights> pack_weights(const QuantizedTensor& q) {
     }
     case Format::kInt4:
     case Format::kUint4:
+    case Format::kInt3:  // 3-bit codes widen to nibbles: the int4 kernels run them (4 bits per weight in memory)
+    case Format::kUint3:
     case Format::kNf4: {
       const bool nf4 = q.spec.element == Format::kNf4;
       p.kind = nf4 ? WeightKind::kNf4Group : WeightKind::kInt4Group;
@@ -379,7 +384,7 @@ Result<PackedWeights> pack_weights(const QuantizedTensor& q) {
       p.data.assign(static_cast<size_t>(p.np * rb), 0);
       p.scales.assign(static_cast<size_t>(p.np * ng), 0.0f);
       if (!nf4) p.offsets.assign(static_cast<size_t>(p.np * ng), 0);
-      const int32_t bias = q.spec.element == Format::kInt4 ? 8 : 0;  // u = code + bias in 0..15
+      const int32_t bias = !nf4 && traits(q.spec.element).is_signed ? 8 : 0;  // u = code + bias in 0..15
       for (int64_t r = 0; r < p.n; ++r) {
         for (int64_t g = 0; g < grid.grid_cols; ++g) {
           p.scales[ki::group_param_index(r, g, ng)] = q.scales[r * grid.grid_cols + g];

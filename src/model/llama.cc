@@ -71,7 +71,9 @@ std::optional<KernelOp> linear_kernel_op(const QuantSpec& w, const std::optional
                          act->block_rows == 1 && act->block_cols == 128 && act->scale_format == Format::kFp32;
   switch (w.element) {
     case Format::kInt4:
-    case Format::kUint4: return int8_tokens ? KernelOp::kGemmA8W4 : KernelOp::kGemmA16W4;
+    case Format::kUint4:
+    case Format::kInt3:
+    case Format::kUint3: return int8_tokens ? KernelOp::kGemmA8W4 : KernelOp::kGemmA16W4;
     case Format::kNf4: return KernelOp::kGemmA16W4;
     case Format::kInt8: return int8_tokens ? std::optional<KernelOp>(KernelOp::kGemmA8W8) : std::nullopt;
     case Format::kE4m3: return fp8_tiles ? std::optional<KernelOp>(KernelOp::kGemmFp8Block) : std::nullopt;

@@ -171,6 +171,10 @@ INSTANTIATE_TEST_SUITE_P(
                     Case{"int4:g128:asym:fp32", KernelOp::kGemmA8W4, true, 0},
                     Case{"uint4:g256:asym:fp32", KernelOp::kGemmA8W4, true, 0},
                     Case{"int4:g512:asym:fp32", KernelOp::kGemmA8W4, true, 0},
+                    Case{"uint3:g64:asym:fp16", KernelOp::kGemmA16W4, true, 0},
+                    Case{"int3:g32:sym:fp32", KernelOp::kGemmA16W4, true, 0},
+                    Case{"uint3:g64:asym:fp16", KernelOp::kGemmA8W4, true, 0},
+                    Case{"int3:g128:sym:fp16", KernelOp::kGemmA8W4, true, 0},
                     Case{"e4m3:block128x128:sym:fp32", KernelOp::kGemmFp8Block, true, 0}),
     case_name);
 
@@ -178,7 +182,8 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(KernelPacking, UnpackEqualsDequantize) {
   for (const char* spec : {"int8:row:sym:fp32", "int4:g32:sym:fp16", "int4:g128:asym:fp32", "uint4:g64:asym:fp32",
-                           "nf4:g64:sym:fp32", "e4m3:block128x128:sym:fp32"}) {
+                           "nf4:g64:sym:fp32", "e4m3:block128x128:sym:fp32", "uint3:g64:asym:fp16", "int3:g32:sym:fp32",
+                           "int3:g64:asym:fp32"}) {
     for (auto [n, k] : {std::pair<int64_t, int64_t>{1, 1}, {7, 129}, {130, 300}}) {
       SCOPED_TRACE(testing::Message() << spec << " " << n << "x" << k);
       const QuantizedTensor q = quantize_weights(spec, n, k, 5);
@@ -310,6 +315,8 @@ TEST(KernelErrors, UnsupportedSpecAndBadShapes) {
   EXPECT_EQ(r.status().code(), StatusCode::kUnsupported);
   EXPECT_NE(r.status().message().find("int8:row:sym"), std::string::npos);
   EXPECT_FALSE(kernel_supports(parse_spec("int4:g48:sym").value()));
+  EXPECT_FALSE(kernel_supports(parse_spec("uint3:g64:sym").value()));  // unsigned codes need a zero point
+  EXPECT_TRUE(kernel_supports(parse_spec("uint3:g64:asym").value()));
 
   const PackedWeights p = pack_weights(quantize_weights("int8:row:sym:fp32", 4, 8, 1)).value();
   std::vector<float> x(64), y(64);
