@@ -116,63 +116,60 @@ void for_chunks(int64_t count, int64_t grain, F&& fn) {
   });
 }
 
-void run_a8w8(const ki::Microkernels& mk, const PackedWeights& w, const Int8Acts& acts, int64_t m, float* y,
-              int64_t ldy) {
-  const int64_t kp = w.kp, tiles = w.np / ki::kIntNr;
-  const int8_t* wd = reinterpret_cast<const int8_t*>(w.data.data());
-  for_chunks(tiles, column_grain(tiles, m * kp * ki::kIntNr), [&](int64_t t0, int64_t t1) {
-    int32_t out[8];
+// The tile loop of the integer drivers: tiles of kIntNr weight rows are split across threads and
+// each runs kIntMr activation rows at a time. tile(i, i1, j0, out) fills out[r*4 + j] for rows i and
+// i1 (i1 == i on an odd last row) and weight rows j0..j0+3; store(row, col, v) writes one output.
+template <class Out, class Tile, class Store>
+void for_int_tiles(const PackedWeights& w, int64_t m, Tile&& tile, Store&& store) {
+  const int64_t tiles = w.np / ki::kIntNr;
+  for_chunks(tiles, column_grain(tiles, m * w.kp * ki::kIntNr), [&](int64_t t0, int64_t t1) {
+    Out out[8];
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t j0 = t * ki::kIntNr;
       for (int64_t i = 0; i < m; i += ki::kIntMr) {
-        const int64_t i1 = i + 1 < m ? i + 1 : i;
-        mk.a8w8_tile(&acts.a[i * kp], &acts.a[i1 * kp], &acts.absa[i * kp], &acts.absa[i1 * kp], wd + j0 * kp, kp, out);
+        tile(i, i + 1 < m ? i + 1 : i, j0, out);
         for (int r = 0; r < 2 && i + r < m; ++r) {
-          for (int j = 0; j < 4 && j0 + j < w.n; ++j) {
-            y[(i + r) * ldy + j0 + j] = static_cast<float>(out[r * 4 + j]) * acts.scale[i + r] * w.scales[j0 + j];
-          }
+          for (int j = 0; j < 4 && j0 + j < w.n; ++j) store(i + r, j0 + j, out[r * 4 + j]);
         }
       }
     }
   });
+}
+
+void run_a8w8(const ki::Microkernels& mk, const PackedWeights& w, const Int8Acts& acts, int64_t m, float* y,
+              int64_t ldy) {
+  const int64_t kp = w.kp;
+  const int8_t* wd = reinterpret_cast<const int8_t*>(w.data.data());
+  for_int_tiles<int32_t>(
+      w, m,
+      [&](int64_t i, int64_t i1, int64_t j0, int32_t* out) {
+        mk.a8w8_tile(&acts.a[i * kp], &acts.a[i1 * kp], &acts.absa[i * kp], &acts.absa[i1 * kp], wd + j0 * kp, kp, out);
+      },
+      [&](int64_t r, int64_t c, int32_t v) { y[r * ldy + c] = static_cast<float>(v) * acts.scale[r] * w.scales[c]; });
 }
 
 void run_a8w4(const ki::Microkernels& mk, const PackedWeights& w, const Int8Acts& acts, const std::vector<int32_t>& asum,
               int64_t m, float* y, int64_t ldy) {
-  const int64_t kp = w.kp, tiles = w.np / ki::kIntNr, ng = w.groups_per_row();
-  for_chunks(tiles, column_grain(tiles, m * kp * ki::kIntNr), [&](int64_t t0, int64_t t1) {
-    float out[8];
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t j0 = t * ki::kIntNr;
-      for (int64_t i = 0; i < m; i += ki::kIntMr) {
-        const int64_t i1 = i + 1 < m ? i + 1 : i;
+  const int64_t kp = w.kp, ng = w.groups_per_row();
+  for_int_tiles<float>(
+      w, m,
+      [&](int64_t i, int64_t i1, int64_t j0, float* out) {
         mk.a8w4_tile(&acts.a[i * kp], &acts.a[i1 * kp], &asum[i * ng], &asum[i1 * ng], w.data.data() + j0 * (kp / 2),
                      &w.scales[j0 * ng], &w.offsets[j0 * ng], kp, w.group, ng, out);
-        for (int r = 0; r < 2 && i + r < m; ++r) {
-          for (int j = 0; j < 4 && j0 + j < w.n; ++j) y[(i + r) * ldy + j0 + j] = out[r * 4 + j] * acts.scale[i + r];
-        }
-      }
-    }
-  });
+      },
+      [&](int64_t r, int64_t c, float v) { y[r * ldy + c] = v * acts.scale[r]; });
 }
 
 void run_a16w4(const ki::Microkernels& mk, const PackedWeights& w, const float* xp, int64_t m, float* y, int64_t ldy) {
-  const int64_t kp = w.kp, tiles = w.np / ki::kIntNr, ng = w.groups_per_row();
+  const int64_t kp = w.kp, ng = w.groups_per_row();
   const int32_t* off = w.kind == WeightKind::kNf4Group ? nullptr : w.offsets.data();
-  for_chunks(tiles, column_grain(tiles, m * kp * ki::kIntNr), [&](int64_t t0, int64_t t1) {
-    float out[8];
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t j0 = t * ki::kIntNr;
-      for (int64_t i = 0; i < m; i += ki::kIntMr) {
-        const int64_t i1 = i + 1 < m ? i + 1 : i;
+  for_int_tiles<float>(
+      w, m,
+      [&](int64_t i, int64_t i1, int64_t j0, float* out) {
         mk.a16w4_tile(xp + i * kp, xp + i1 * kp, w.data.data() + j0 * (kp / 2), &w.scales[j0 * ng],
                       off ? off + j0 * ng : nullptr, kp, w.group, ng, out);
-        for (int r = 0; r < 2 && i + r < m; ++r) {
-          for (int j = 0; j < 4 && j0 + j < w.n; ++j) y[(i + r) * ldy + j0 + j] = out[r * 4 + j];
-        }
-      }
-    }
-  });
+      },
+      [&](int64_t r, int64_t c, float v) { y[r * ldy + c] = v; });
 }
 
 // Tiles are stored K block by K block, (kp/128, m, 128): the 6 rows a microkernel tile reads are
