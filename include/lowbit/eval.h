@@ -70,4 +70,16 @@ std::string kld_curve_svg(const EvalResult& r, const std::string& title);
 Result<std::vector<std::string>> load_stories(const std::string& path, const std::string& split,
                                               double calib_fraction = 0.1);
 
+class Tokenizer;
+// The stories of `path` (split all | calib | eval) as one token stream, the way eval, quantize's
+// calibration and the Python module all read text: a story opens with BOS where the tokenizer
+// expects one (tok.add_bos()); otherwise (GPT-2-style vocabularies) it keeps the blank line that ends it.
+Result<std::vector<int>> stories_to_tokens(const Tokenizer& tok, const std::string& path, const std::string& split);
+// The model's own tokenizer when it is a GGUF with one embedded, else the tokenizer beside a model
+// whose vocab matches: tok<vocab>.model/.bin, then tokenizer.model/.bin. InvalidArgument naming
+// `what` (the caller: "eval", "quantize", ...) and the model when there is none.
+Result<std::string> find_tokenizer(const std::string& model_path, int vocab, std::string_view what);
+// The file holding a model's weights: `model_path` itself, or model.safetensors in a folder.
+std::string model_weights_file(const std::string& model_path);
+
 }  // namespace lowbit

@@ -4,8 +4,6 @@
 #include <cstring>
 #include <sys/resource.h>
 
-#include <filesystem>
-
 #include <fmt/format.h>
 
 #include "lowbit/eval.h"
@@ -51,42 +49,18 @@ float parse_float_arg(const std::string& text, const std::string& what) {
 }
 
 std::vector<int> tokenize_stories(const Tokenizer& tok, const std::string& path, const std::string& split) {
-  Result<std::vector<std::string>> stories = load_stories(path, split);
-  if (!stories.ok()) fail(stories.status());
-  const bool bos = tok.add_bos();
-  std::vector<int> tokens;
-  for (const std::string& s : *stories) {
-    Result<std::vector<int>> ids = tok.encode(bos ? s : s + "\n\n", bos, /*eos=*/false);
-    if (!ids.ok()) fail(ids.status());
-    tokens.insert(tokens.end(), ids->begin(), ids->end());
-  }
-  return tokens;
+  Result<std::vector<int>> tokens = lowbit::stories_to_tokens(tok, path, split);
+  if (!tokens.ok()) fail(tokens.status());
+  return std::move(*tokens);
 }
 
 std::string find_tokenizer(const std::string& model_path, int vocab, std::string_view cmd) {
-  // A GGUF model carries its own tokenizer (tokenizer.ggml.*).
-  if (Result<MappedFile> f = MappedFile::open(model_path);
-      f.ok() && f->size() >= 4 && std::memcmp(f->bytes().data(), "GGUF", 4) == 0 && load_tokenizer(model_path, vocab).ok()) {
-    return model_path;
-  }
-  std::error_code ec;  // a saved safetensors model is a folder holding its tokenizer
-  const std::filesystem::path dir = std::filesystem::is_directory(model_path, ec)
-                                        ? std::filesystem::path(model_path)
-                                        : std::filesystem::path(model_path).parent_path();
-  const std::string names[] = {fmt::format("tok{}.model", vocab), fmt::format("tok{}.bin", vocab), "tokenizer.model",
-                               "tokenizer.bin"};
-  for (const std::string& name : names) {
-    const std::filesystem::path p = dir / name;
-    if (std::filesystem::exists(p) && load_tokenizer(p.string(), vocab).ok()) return p.string();
-  }
-  fail(kExitUsage, fmt::format("{}: no tokenizer with a vocab of {} beside {} (pass --tokenizer)", cmd, vocab, model_path));
+  Result<std::string> path = lowbit::find_tokenizer(model_path, vocab, cmd);
+  if (!path.ok()) fail(kExitUsage, path.status().message());
+  return *path;
 }
 
-std::string model_weights_file(const std::string& model_path) {
-  std::error_code ec;
-  if (!std::filesystem::is_directory(model_path, ec)) return model_path;
-  return (std::filesystem::path(model_path) / "model.safetensors").string();
-}
+std::string model_weights_file(const std::string& model_path) { return lowbit::model_weights_file(model_path); }
 
 }  // namespace lowbit::cli
 
