@@ -8,8 +8,10 @@
 // Only this folder includes Python headers; the library never does.
 #pragma once
 
+#include <pybind11/functional.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>  // in every binding file: the same type casters everywhere (ODR)
 
 #include <cstdint>
 #include <string>

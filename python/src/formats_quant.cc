@@ -1,10 +1,10 @@
 // Bindings for the formats, quant and kernels layers: encode / decode, the traits table,
 // QuantSpec and named schemes, quantize / dequantize with QuantizedTensor's buffers as numpy
 // views, error metrics, calibration observers, and matmul through the kernel registry.
-#include <pybind11/stl.h>
 
 #include <fmt/format.h>
 
+#include <chrono>
 #include <memory>
 #include <optional>
 
@@ -282,17 +282,32 @@ void init_formats_quant(py::module_& m) {
     py::dict d;
     for (const FormatTraits& t : kFormatTraits) d[py::str(std::string(t.name))] = traits_dict(t);
     return d;
-  });
-  m.def("traits", [](const std::string& name) { return traits_dict(traits(format_arg(name))); }, py::arg("format"));
+  }, "formats() -> dict: the traits table as data, name -> traits (bits, kind, max, lowest, min_normal, ...).\n\n"
+     "    lowbit.formats()['e4m3']['max']   # 448.0");
+  m.def("traits", [](const std::string& name) { return traits_dict(traits(format_arg(name))); }, py::arg("format"),
+        "traits(format) -> dict: one row of the traits table.\n\n    lowbit.traits('e2m1')['bits']   # 4");
   m.def("encode", &encode_py, py::arg("x"), py::arg("format"), py::kw_only(), py::arg("saturate") = false,
-        py::arg("stochastic") = false, py::arg("seed") = 0, py::arg("packed") = false);
+        py::arg("stochastic") = false, py::arg("seed") = 0, py::arg("packed") = false,
+        "encode(x, format, *, saturate=False, stochastic=False, seed=0, packed=False) -> codes\n\n"
+        "float32 array (any shape, any strides) -> codes, one per element (uint8 up to 8 bits, uint16, uint32), bit for\n"
+        "bit what ml_dtypes' cast gives; round-to-nearest-even; saturate clamps overflow to +-max instead of the spec's\n"
+        "inf/NaN; stochastic rounds with a counter RNG (same seed, same bits); packed gives the storage bytes (4-bit:\n"
+        "two per byte, low nibble first; 3-bit: a bit stream).\n\n"
+        "    lowbit.encode(np.float32([0.3, 470]), 'e4m3')   # array([ 42, 127], dtype=uint8)");
   m.def("decode", &decode_py, py::arg("codes"), py::arg("format"), py::kw_only(), py::arg("packed") = false,
-        py::arg("count") = -1);
+        py::arg("count") = -1,
+        "decode(codes, format, *, packed=False, count=-1) -> float32 array\n\n"
+        "Codes one per element (the dtype encode returns) or, with packed=True, count elements' storage bytes.\n\n"
+        "    lowbit.decode(np.uint8([0x7B, 0x7C]), 'e5m2')   # array([57344., inf], dtype=float32)");
   m.def("packed_bytes", [](const std::string& f, int64_t n) { return packed_bytes(format_arg(f), static_cast<size_t>(n)); },
-        py::arg("format"), py::arg("n"));
+        py::arg("format"), py::arg("n"), "packed_bytes(format, n) -> int: bytes n elements occupy.\n\n"
+        "    lowbit.packed_bytes('int4', 5)   # 3");
 
   // ---- QuantSpec and schemes
-  py::class_<QuantSpec>(m, "QuantSpec")
+  py::class_<QuantSpec>(m, "QuantSpec",
+                        "How a tensor is quantized, parsed from its text form "
+                        "<element>:<granularity>[:sym|asym][:<scale format>][:<option>...] (docs/schemes.md).\n\n"
+                        "    s = lowbit.QuantSpec('int4:g128:sym:fp16'); s.group, s.bits_per_weight(4096, 4096)   # 128, 4.125")
       .def(py::init([](const std::string& text) { return unwrap(parse_spec(text)); }), py::arg("text"))
       .def("__str__", [](const QuantSpec& s) { return to_string(s); })
       .def("__repr__", [](const QuantSpec& s) { return fmt::format("QuantSpec('{}')", to_string(s)); })
@@ -330,7 +345,7 @@ void init_formats_quant(py::module_& m) {
         return py::make_tuple(g.grid_rows, g.grid_cols);
       }, py::arg("rows"), py::arg("cols"));
 
-  py::class_<PyScheme>(m, "Scheme")
+  py::class_<PyScheme>(m, "Scheme", "A named scheme (`lowbit schemes`): weight spec, dynamic activation spec or None.")
       .def_readonly("name", &PyScheme::name)
       .def_readonly("weights", &PyScheme::weights)
       .def_readonly("activations", &PyScheme::activations)
@@ -343,11 +358,16 @@ void init_formats_quant(py::module_& m) {
     py::dict d;
     for (const Scheme& s : named_schemes()) d[py::str(std::string(s.name))] = to_py(s);
     return d;
-  });
-  m.def("scheme", [](const std::string& name) { return to_py(unwrap(find_scheme(name))); }, py::arg("name"));
+  }, "schemes() -> dict: the named schemes, name -> Scheme.\n\n    lowbit.schemes()['w4a16-g128'].weights   # QuantSpec('int4:g128:sym:fp16')");
+  m.def("scheme", [](const std::string& name) { return to_py(unwrap(find_scheme(name))); }, py::arg("name"),
+        "scheme(name) -> Scheme (ValueError listing the known names).\n\n    lowbit.scheme('w8a8').activations");
 
   // ---- QuantizedTensor
-  py::class_<QuantizedTensor, QTensor>(m, "QuantizedTensor")
+  py::class_<QuantizedTensor, QTensor>(m, "QuantizedTensor",
+                                       "Codes + scales + zero points + spec. codes / scales / scale_codes / zero_points are "
+                                       "numpy views of this object's buffers (no copy; writing them changes what dequantize "
+                                       "reads) and keep it alive.\n\n"
+                                       "    q = lowbit.quantize(w, 'int4:g128'); q.codes.shape   # (rows, packed bytes per row)")
       .def_property_readonly("spec", [](const QuantizedTensor& q) { return q.spec; })
       .def_property_readonly("shape", [](const QuantizedTensor& q) { return shape_tuple(q.shape); })
       .def_property_readonly("rows", [](const QuantizedTensor& q) { return q.rows; })
@@ -412,9 +432,36 @@ void init_formats_quant(py::module_& m) {
     }
     return std::make_shared<QuantizedTensor>(unwrap(std::move(q)));
   }, py::arg("x"), py::arg("spec"), py::kw_only(), py::arg("clip") = py::none(), py::arg("name") = "",
-     py::arg("reference") = false);
+     py::arg("reference") = false,
+     "quantize(x, spec, *, clip=None, name='', reference=False) -> QuantizedTensor\n\n"
+     "x: float32, 1 to 4 dims, any strides (read in place); leading dims are rows, the last is cols. clip: static\n"
+     "per-block clip values from an observer. Releases the GIL.\n\n"
+     "    q = lowbit.quantize(np.random.rand(64, 256).astype(np.float32), 'int4:g128:sym:fp16')");
+  // Benchmark baseline (bench/python_quantize.py): the same C++ quantize call timed in C++, `reps` times,
+  // on the same array, so the binding's overhead is the difference measured in one process.
+  m.def("_time_quantize", [](py::handle x, py::handle spec, int reps) {
+    const QuantSpec s = spec_arg(spec);
+    FloatArray a(x, "_time_quantize: x");
+    const ConstTensorView v = a.view();
+    std::vector<double> secs;
+    Status st;
+    {
+      py::gil_scoped_release nogil;
+      for (int i = 0; i < reps && st.ok(); ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        Result<QuantizedTensor> q = quantize(v, s);
+        const auto t1 = std::chrono::steady_clock::now();
+        if (!q.ok()) st = q.status();
+        secs.push_back(std::chrono::duration<double>(t1 - t0).count());
+      }
+    }
+    check(st);
+    return secs;
+  }, py::arg("x"), py::arg("spec"), py::arg("reps"));
   m.def("dequantize", &dequantize_py, py::arg("q"), py::kw_only(), py::arg("out") = py::none(),
-        py::arg("reference") = false);
+        py::arg("reference") = false,
+        "dequantize(q, *, out=None, reference=False) -> float32 array of q.shape (written into out, any strides, if given).\n\n"
+        "    x_hat = lowbit.dequantize(q)");
 
   // ---- error metrics
   m.def("error_stats", [](py::handle x, py::handle y) {
@@ -435,17 +482,22 @@ void init_formats_quant(py::module_& m) {
     d["max_abs"] = e.max_abs;
     d["rel_frobenius"] = e.rel_frobenius;
     return d;
-  }, py::arg("x"), py::arg("y"));
+  }, py::arg("x"), py::arg("y"),
+     "error_stats(x, y) -> dict: mse, sqnr_db, cosine, max_abs, rel_frobenius (accumulated in double).\n\n"
+     "    lowbit.error_stats(x, lowbit.dequantize(lowbit.quantize(x, 'int4:g32')))['sqnr_db']");
 
   // ---- observers
-  py::class_<AbsMaxObserver>(m, "AbsMaxObserver")
+  py::class_<AbsMaxObserver>(m, "AbsMaxObserver",
+                             "Running max |x| per block of a spec over observe() calls: static scales.\n\n"
+                             "    o = lowbit.AbsMaxObserver('int8:tensor'); o.observe(x); lowbit.quantize(x, 'int8:tensor', clip=o.clip())")
       .def(py::init([](py::handle spec, const std::string& name) { return unwrap(AbsMaxObserver::create(spec_arg(spec), name)); }),
            py::arg("spec"), py::arg("name") = "")
       .def("observe", [](AbsMaxObserver& o, py::handle x) { FloatArray a(x, "observe: x"); check(o.observe(a.view())); }, py::arg("x"))
       .def("clip", [](const AbsMaxObserver& o) { return clip_array(o.clip(), o.grid()); })
       .def_property_readonly("num_observed", &AbsMaxObserver::num_observed)
       .def_property_readonly("spec", &AbsMaxObserver::spec);
-  py::class_<PercentileObserver>(m, "PercentileObserver")
+  py::class_<PercentileObserver>(m, "PercentileObserver",
+                                 "The exact P-th percentile of |x| per block.\n\n    o = lowbit.PercentileObserver('int8:tensor', 99.9)")
       .def(py::init([](py::handle spec, double p, const std::string& name) {
              return unwrap(PercentileObserver::create(spec_arg(spec), p, name));
            }), py::arg("spec"), py::arg("percentile"), py::arg("name") = "")
@@ -453,7 +505,9 @@ void init_formats_quant(py::module_& m) {
       .def("clip", [](const PercentileObserver& o) { return clip_array(o.clip(), o.grid()); })
       .def_property_readonly("num_observed", &PercentileObserver::num_observed)
       .def_property_readonly("spec", &PercentileObserver::spec);
-  py::class_<MseObserver>(m, "MseObserver")
+  py::class_<MseObserver>(m, "MseObserver",
+                          "Per block, the clip r * absmax (r in 1.00..0.50) with the smallest quantization MSE.\n\n"
+                          "    o = lowbit.MseObserver('int4:g32')")
       .def(py::init([](py::handle spec, const std::string& name) { return unwrap(MseObserver::create(spec_arg(spec), name)); }),
            py::arg("spec"), py::arg("name") = "")
       .def("observe", [](MseObserver& o, py::handle x) { FloatArray a(x, "observe: x"); check(o.observe(a.view())); }, py::arg("x"))
@@ -467,7 +521,9 @@ void init_formats_quant(py::module_& m) {
       })
       .def_property_readonly("num_observed", &MseObserver::num_observed)
       .def_property_readonly("spec", &MseObserver::spec);
-  py::class_<AmaxHistory>(m, "AmaxHistory")
+  py::class_<AmaxHistory>(m, "AmaxHistory",
+                          "Transformer Engine's delayed scaling: the scale of step t from the amaxes of earlier steps.\n\n"
+                          "    h = lowbit.AmaxHistory(16, 0, 448.0); h.record(3.5); h.scale()")
       .def(py::init([](int len, int margin, float emax, const std::string& name) {
              return unwrap(AmaxHistory::create(len, margin, emax, name));
            }), py::arg("history_len"), py::arg("margin"), py::arg("element_max"), py::arg("name") = "")
@@ -483,10 +539,13 @@ void init_formats_quant(py::module_& m) {
     std::vector<float> c = unwrap(dynamic_clip(v, s, name));
     const int64_t cols = v.ndim() ? v.dim(v.ndim() - 1) : 1;
     return clip_array(c, block_grid(s, cols ? v.numel() / cols : 0, cols));
-  }, py::arg("x"), py::arg("spec"), py::arg("name") = "");
+  }, py::arg("x"), py::arg("spec"), py::arg("name") = "",
+     "dynamic_clip(x, spec, name='') -> (grid_rows, grid_cols) float32: per-block max |x| (dynamic quantization).\n\n"
+     "    lowbit.dynamic_clip(x, 'int8:row')");
 
   // ---- kernels
-  py::class_<PackedWeights, std::shared_ptr<PackedWeights>>(m, "PackedWeights")
+  py::class_<PackedWeights, std::shared_ptr<PackedWeights>>(m, "PackedWeights",
+                                                         "Weights repacked once into a kernel's layout (lowbit.pack_weights).")
       .def_property_readonly("n", [](const PackedWeights& p) { return p.n; })
       .def_property_readonly("k", [](const PackedWeights& p) { return p.k; })
       .def_property_readonly("kind", [](const PackedWeights& p) { return kind_name(p.kind); })
@@ -505,10 +564,17 @@ void init_formats_quant(py::module_& m) {
       p = pack_weights(q);
     }
     return std::make_shared<PackedWeights>(unwrap(std::move(p)));
-  }, py::arg("q"));
-  m.def("kernel_supports", [](py::handle spec) { return kernel_supports(spec_arg(spec)); }, py::arg("spec"));
+  }, py::arg("q"), "pack_weights(q) -> PackedWeights (ValueError naming the specs kernels serve).\n\n"
+                   "    p = lowbit.pack_weights(lowbit.quantize(w, 'int4:g128')); p.kernel_name()");
+  m.def("kernel_supports", [](py::handle spec) { return kernel_supports(spec_arg(spec)); }, py::arg("spec"),
+        "kernel_supports(spec) -> bool: whether a quantized kernel serves weights of this spec.");
   m.def("matmul", &matmul_py, py::arg("x"), py::arg("w"), py::kw_only(), py::arg("op") = "auto",
-        py::arg("return_kernel") = false);
+        py::arg("return_kernel") = false,
+        "matmul(x, w, *, op='auto', return_kernel=False) -> y (m, n)  [or (y, kernel name)]\n\n"
+        "y = x @ W.T through the kernel registry (the ISA is chosen at run time; LOWBIT_ISA forces one). x: (m, k) or (k)\n"
+        "float32; w: QuantizedTensor (packed per call) or PackedWeights. op: auto | gemm_a8_w8 | gemm_a16_w4 |\n"
+        "gemm_a8_w4 | gemm_fp8_block. Releases the GIL.\n\n"
+        "    y, name = lowbit.matmul(x, lowbit.quantize(w, 'int4:g32'), return_kernel=True)   # 'gemm_a16_w4g32_f32__avx2'");
   m.def("kernels", [] {
     py::list out;
     for (const KernelInfo& k : available_kernels()) {
@@ -520,7 +586,7 @@ void init_formats_quant(py::module_& m) {
       out.append(d);
     }
     return out;
-  });
+  }, "kernels() -> list of dict: every kernel this build and CPU run (name, op, isa, contract).");
 }
 
 }  // namespace lowbit::python

@@ -2,8 +2,6 @@
 // evaluate (the figures and keys of `lowbit eval --json`) and quantize_model (`lowbit quantize`,
 // with a progress callback). Each call assembles library pieces the way the CLI subcommand does
 // (tools/lowbit/cmd_eval.cc, cmd_quantize.cc); the work itself runs without the GIL.
-#include <pybind11/functional.h>
-#include <pybind11/stl.h>
 #include <sys/resource.h>
 
 #include <chrono>
@@ -441,7 +439,9 @@ py::array tensor_view(py::handle self, const ConstTensorView& v) {
 }  // namespace
 
 void init_models(py::module_& m) {
-  py::class_<PyModel, std::shared_ptr<PyModel>>(m, "Model")
+  py::class_<PyModel, std::shared_ptr<PyModel>>(m, "Model",
+                                               "A loaded checkpoint (llama2.c .bin, GGUF, safetensors folder) and its tokenizer.\n\n"
+                                               "    m = lowbit.load_model('../shared/models/stories260K.bin'); m.generate('Once upon a time', n=32)")
       .def_property_readonly("path", [](const PyModel& p) { return p.model->path; })
       .def_property_readonly("label", [](const PyModel& p) { return p.label; })
       .def_property_readonly("tokenizer_path", [](const PyModel& p) -> py::object {
@@ -463,7 +463,7 @@ void init_models(py::module_& m) {
         d["shared_classifier"] = c.shared_classifier;
         return d;
       })
-      .def("tensors", [](py::object self) {
+      .def("tensors", [](py::object self) -> py::dict {
         const PyModel& p = self.cast<const PyModel&>();
         const LlamaWeights& w = p.net->weights();
         py::dict d;
@@ -479,7 +479,7 @@ void init_models(py::module_& m) {
         d["final_norm"] = tensor_view(self, w.final_norm);
         d["classifier"] = tensor_view(self, w.classifier);
         return d;
-      })
+      }, "tensors() -> dict: name -> read-only float32 view of the weights (zero copy; keeps the model alive).")
       .def("kernels", [](const PyModel& p) {
         py::dict d;
         for (size_t l = 0; l < p.net->layers().size(); ++l) {
@@ -489,11 +489,12 @@ void init_models(py::module_& m) {
         }
         d["classifier"] = p.net->classifier().kernel();
         return d;
-      })
+      }, "kernels() -> dict: linear name -> the kernel its forward runs ('fp32' on the fp32 path).")
       .def("tokenize", [](const PyModel& p, const std::string& text, py::object bos) {
         const Tokenizer& t = p.tokenizer();
         return unwrap(t.encode(text, bos.is_none() ? t.add_bos() : bos.cast<bool>(), false));
-      }, py::arg("text"), py::arg("bos") = py::none())
+      }, py::arg("text"), py::arg("bos") = py::none(),
+         "tokenize(text, bos=None) -> list[int] (BOS as the tokenizer expects unless bos is given).\n\n    m.tokenize('Once upon a time')")
       .def("detokenize", [](const PyModel& p, py::handle ids) {
         const Tokenizer& t = p.tokenizer();
         const std::vector<int> v = ids_arg(ids, "detokenize: ids");
@@ -503,7 +504,7 @@ void init_models(py::module_& m) {
           out += t.decode(i == 0 ? -1 : v[i - 1], v[i]);
         }
         return py::bytes(out).attr("decode")("utf-8", "replace");
-      }, py::arg("ids"))
+      }, py::arg("ids"), "detokenize(ids) -> str.\n\n    m.detokenize(m.generate([1, 403], n=8))")
       .def("logits", [](const PyModel& p, py::handle ids) {
         const std::vector<int> v = ids_arg(ids, "logits: ids");
         if (v.empty()) bad_input("logits: ids is empty");
@@ -519,7 +520,8 @@ void init_models(py::module_& m) {
         py::array_t<float> out = new_array<float>({static_cast<py::ssize_t>(v.size()), static_cast<py::ssize_t>(vocab)});
         std::copy(logits.begin(), logits.end(), out.mutable_data());
         return out;
-      }, py::arg("ids"))
+      }, py::arg("ids"), "logits(ids) -> (len(ids), vocab) float32: the forward pass from position 0. Releases the GIL.\n\n"
+                         "    m.logits(m.tokenize('Once upon a time'))[-1].argmax()")
       .def("generate", [](const PyModel& p, py::handle prompt, int n, float temp, uint64_t seed) -> py::object {
         if (n < 0) bad_input("generate: n must be >= 0");
         if (!(temp >= 0.0f)) bad_input("generate: temp must be >= 0");
@@ -547,7 +549,9 @@ void init_models(py::module_& m) {
           prev = id;
         }
         return py::bytes(s).attr("decode")("utf-8", "replace");
-      }, py::arg("prompt"), py::arg("n") = 64, py::arg("temp") = 0.0f, py::arg("seed") = 0)
+      }, py::arg("prompt"), py::arg("n") = 64, py::arg("temp") = 0.0f, py::arg("seed") = 0,
+         "generate(prompt, n=64, temp=0.0, seed=0) -> str for a str prompt, list[int] for ids (as `lowbit generate`).\n\n"
+         "    m.generate('Once upon a time', n=32)")
       .def("quantize", [](const PyModel& p, const std::string& scheme, const std::string& weights, const std::string& acts) {
         if (scheme.empty() == weights.empty()) bad_input("Model.quantize: give exactly one of scheme and weights");
         std::optional<Scheme> s;
@@ -559,17 +563,26 @@ void init_models(py::module_& m) {
         }
         q->label = !scheme.empty() ? scheme : weights + (acts.empty() ? "" : " / acts " + acts);
         return q;
-      }, py::arg("scheme") = "", py::kw_only(), py::arg("weights") = "", py::arg("acts") = "")
+      }, py::arg("scheme") = "", py::kw_only(), py::arg("weights") = "", py::arg("acts") = "",
+         "quantize(scheme='', *, weights='', acts='') -> Model: a copy with every linear quantized by RTN in memory.\n\n"
+         "    m.quantize('w4a16-g128').logits(ids)")
       .def("__repr__", [](const PyModel& p) {
         const LlamaConfig& c = p.model->config;
         return fmt::format("Model('{}', {}, dim={}, layers={}, vocab={})", p.model->path, p.label, c.dim, c.n_layers, c.vocab_size);
       });
 
-  m.def("load_model", &load_py, py::arg("path"), py::kw_only(), py::arg("tokenizer") = "");
+  m.def("load_model", &load_py, py::arg("path"), py::kw_only(), py::arg("tokenizer") = "",
+        "load_model(path, *, tokenizer='') -> Model (weights memory-mapped; the tokenizer beside the model unless given).\n\n"
+        "    m = lowbit.load_model('../shared/models/stories260K.bin')");
   m.def("evaluate", &evaluate_py, py::arg("model"), py::arg("text"), py::kw_only(),
         py::arg("schemes") = std::vector<std::string>{}, py::arg("weights") = "", py::arg("acts") = "",
         py::arg("ctx") = 128, py::arg("stride") = 0, py::arg("max_windows") = 0, py::arg("split") = "all",
-        py::arg("ref") = py::none(), py::arg("decode_tokens") = 32, py::arg("progress") = py::none());
+        py::arg("ref") = py::none(), py::arg("decode_tokens") = 32, py::arg("progress") = py::none(),
+        "evaluate(model, text, *, schemes=[], weights='', acts='', ctx=128, stride=0, max_windows=0, split='all',\n"
+        "         ref=None, decode_tokens=32, progress=None) -> dict (one row) or list of dicts\n\n"
+        "`lowbit eval --json`: the same keys and figures. Each scheme (or the weights/acts specs) is applied by RTN in\n"
+        "memory and scored against the fp32 reference (ref, or the model itself); progress(done, total) per window.\n\n"
+        "    lowbit.evaluate(m, 'val.txt', schemes=['w4a16-g128'], ctx=128)['kld_mean']");
   m.def("quantize_model",
         [](const std::string& model, const std::string& scheme, const std::string& method, const std::string& calib,
            const std::string& out, const std::string& weights, const std::string& acts, const std::string& calib_split,
@@ -587,7 +600,12 @@ void init_models(py::module_& m) {
         py::arg("tokenizer") = "", py::arg("plan") = "", py::arg("sequential") = true, py::arg("act_order") = false,
         py::arg("static_groups") = false, py::arg("damp") = 0.01, py::arg("alpha") = 0.5, py::arg("threshold") = 6.0f,
         py::arg("format") = "", py::arg("eval") = "", py::arg("eval_split") = "eval", py::arg("eval_windows") = 100,
-        py::arg("eval_ctx") = 128, py::arg("progress") = py::none());
+        py::arg("eval_ctx") = 128, py::arg("progress") = py::none(),
+        "quantize_model(model, scheme='', method='rtn', calib='', out='', *, weights='', acts='', ...) -> dict\n\n"
+        "`lowbit quantize`: the same steps, options (calib_split, calib_tokens, ctx, plan, act_order, damp, alpha, format,\n"
+        "eval, eval_windows, ...) and summary (`quantize --json`); progress(layer, layers) after each block (an exception\n"
+        "it raises stops the run before anything is written).\n\n"
+        "    lowbit.quantize_model('stories260K.bin', 'w4a16-g32', 'gptq', 'calib.txt', 'out/')['bpw']");
 }
 
 }  // namespace lowbit::python
