@@ -41,11 +41,11 @@ def model_path():
 
 @pytest.fixture(scope="session")
 def small_text(tmp_path_factory):
-    """The first 400 TinyStories stories (about 80 KB): enough windows, quick under ASan."""
+    """The first 150 TinyStories stories: enough windows and calibration tokens, quick under ASan."""
     if not os.path.exists(TEXT):
         pytest.skip(f"{TEXT} is missing (../shared holds the bundled text)")
     with open(TEXT, encoding="utf-8") as f:
         stories = f.read().split("\n\n")
     path = tmp_path_factory.mktemp("text") / "stories.txt"
-    path.write_text("\n\n".join(stories[:400]) + "\n", encoding="utf-8")
+    path.write_text("\n\n".join(stories[:150]) + "\n", encoding="utf-8")
     return str(path)

@@ -71,10 +71,10 @@ def test_logits_and_generate_agree_with_the_cli(model, model_path, cli):
 def test_evaluate_equals_cli(model, model_path, small_text, cli, tmp_path):
     out = tmp_path / "eval.json"
     run_cli(cli, "eval", "--model", model_path, "--scheme", "w4a16-g128,w8a8", "--text", small_text, "--ctx", "64",
-            "--max-windows", "12", "--json", out)
+            "--max-windows", "6", "--json", out)
     want = json.loads(out.read_text())
     seen = []
-    got = lowbit.evaluate(model, small_text, schemes=["w4a16-g128", "w8a8"], ctx=64, max_windows=12,
+    got = lowbit.evaluate(model, small_text, schemes=["w4a16-g128", "w8a8"], ctx=64, max_windows=6,
                           progress=lambda done, total: seen.append((done, total)))
     assert isinstance(got, list) and len(got) == len(want) == 2
     for g, w in zip(got, want):
@@ -83,9 +83,9 @@ def test_evaluate_equals_cli(model, model_path, small_text, cli, tmp_path):
             assert g[k] == w[k], (g["model"], k, g[k], w[k])
         assert g["inputs"] == w["inputs"]
         assert g["decode_tok_s"] > 0 and g["prefill_tok_s"] > 0
-    assert got[0]["model"] == "w4a16-g128" and got[0]["kld_mean"] > 0 and got[0]["windows"] == 12
-    assert seen[-1] == (12, 12)
-    one = lowbit.evaluate(model.quantize("w4a16-g128"), small_text, ctx=64, max_windows=12, decode_tokens=4)
+    assert got[0]["model"] == "w4a16-g128" and got[0]["kld_mean"] > 0 and got[0]["windows"] == 6
+    assert seen[-1] == (6, 6)
+    one = lowbit.evaluate(model.quantize("w4a16-g128"), small_text, ctx=64, max_windows=6, decode_tokens=4)
     assert one["model"] == "w4a16-g128" and one["ppl"] == got[0]["ppl"] and one["kld_mean"] == got[0]["kld_mean"]
     me = lowbit.evaluate(model, small_text, ctx=64, max_windows=2, decode_tokens=4)
     assert me["kld_mean"] == 0 and me["top1"] == 1 and me["ppl"] == me["ref_ppl"]
@@ -94,21 +94,20 @@ def test_evaluate_equals_cli(model, model_path, small_text, cli, tmp_path):
 def test_quantize_model_equals_cli(model_path, small_text, cli, tmp_path):
     a, b = tmp_path / "cli", tmp_path / "py"
     run_cli(cli, "quantize", "--model", model_path, "--scheme", "w4a16-g32", "--method", "gptq", "--calib", small_text,
-            "--calib-tokens", "1024", "-o", a, "--eval", small_text, "--eval-windows", "6", "--json", tmp_path / "s.json")
+            "--calib-tokens", "512", "-o", a, "--eval", small_text, "--eval-windows", "2", "--json", tmp_path / "s.json")
     want = json.loads((tmp_path / "s.json").read_text())
     layers = []
-    got = lowbit.quantize_model(model_path, "w4a16-g32", "gptq", small_text, str(b), calib_tokens=1024,
-                                eval=small_text, eval_windows=6, progress=lambda l, n: layers.append((l, n)))
-    assert layers == [(i, 5) for i in range(5)] or [n for _, n in layers] == [5] * 5
+    got = lowbit.quantize_model(model_path, "w4a16-g32", "gptq", small_text, str(b), calib_tokens=512,
+                                eval=small_text, eval_windows=2, progress=lambda l, n: layers.append((l, n)))
+    assert layers == [(i, 5) for i in range(5)]
     for k in set(want) - TIMING_KEYS - {"output"}:
         assert got[k] == want[k], (k, got[k], want[k])
     assert got["output"]["bytes"] == want["output"]["bytes"]
     # Same bytes on disk: the safetensors folder is deterministic.
     for name in sorted(os.listdir(a)):
         assert filecmp.cmp(a / name, b / name, shallow=False), name
-    back = lowbit.load_model(str(b))
-    assert set(back.kernels().values()) == {"gemm_a16_w4g32_f32__" + back.kernels()["classifier"].split("__")[-1]} or \
-        all(k.startswith("gemm_a16_w4g32_f32") for n, k in back.kernels().items() if n != "classifier")
+    back = lowbit.load_model(str(b))               # the saved model runs the int4 kernels
+    assert all(k.startswith("gemm_a16_w4g32_f32__") for n, k in back.kernels().items() if n != "classifier")
 
 
 def test_progress_callback_errors_stop_before_writing(model_path, small_text, tmp_path):
