@@ -32,8 +32,9 @@ void axpy(T* y, T a, const T* x, int n) {
   for (int i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
-// Rows per parallel_for chunk for work of `cost` flops per row (about 32k flops a chunk).
-int64_t grain_for(int64_t cost) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, cost)); }
+// Rows per parallel_for chunk for work of `cost` flops per row: about 256k flops a chunk, so small
+// tensors run inline (a fork/join costs more than they do, far more on a loaded machine).
+int64_t grain_for(int64_t cost) { return std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, cost)); }
 
 }  // namespace
 
@@ -197,7 +198,7 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* att, const 
   const int64_t qs = int64_t{NH} * hs, ks = int64_t{NKV} * hs;
   // One task per (window, kv head): it alone writes that kv head's dk and dv, so no races and a
   // fixed order of accumulation (query heads of the group, then t, then s).
-  parallel_for(0, B * NKV, 1, [&](int64_t i0, int64_t i1) {
+  parallel_for(0, B * NKV, grain_for(8 * int64_t{kv_mul} * Tn * Tn * hs), [&](int64_t i0, int64_t i1) {
     std::vector<T> datt(static_cast<size_t>(Tn));
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / NKV;

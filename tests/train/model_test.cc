@@ -188,12 +188,14 @@ TEST(TrainModel, GradientsMatchJax) {
 // Same bits whatever the thread count, for the fp32 and the fp8-blockwise recipe.
 TEST(TrainModel, DeterministicOnAnyThreadCount) {
   LlamaConfig c = odd_config(false);
-  c.dim = 48;
+  // Large enough that every op splits into several parallel chunks.
+  c.dim = 96;
   c.n_heads = 6;
   c.n_kv_heads = 2;
-  c.hidden_dim = 130;
-  c.vocab_size = 67;
-  c.seq_len = 16;
+  c.hidden_dim = 260;
+  c.vocab_size = 301;
+  c.seq_len = 32;
+  const int threads = num_threads();
   for (std::string_view r : {"fp32", "fp8-blockwise"}) {
     std::vector<float> grads[2];
     float losses[2];
@@ -201,13 +203,13 @@ TEST(TrainModel, DeterministicOnAnyThreadCount) {
       ASSERT_TRUE(set_num_threads(k == 0 ? 1 : 3).ok());
       TrainModel tm = random_model(c, 21, r);
       std::vector<int> in, tg;
-      random_batch(3, 16, c.vocab_size, 22, &in, &tg);
+      random_batch(4, 32, c.vocab_size, 22, &in, &tg);
       tm.zero_grad();
-      losses[k] = tm.forward(in, tg, 3, 16).value();
+      losses[k] = tm.forward(in, tg, 4, 32).value();
       ASSERT_TRUE(tm.backward(1.0f).ok());
       grads[k].assign(tm.grads().begin(), tm.grads().end());
     }
-    ASSERT_TRUE(set_num_threads(num_threads()).ok());
+    ASSERT_TRUE(set_num_threads(threads).ok());
     EXPECT_EQ(losses[0], losses[1]) << r;
     EXPECT_TRUE(grads[0] == grads[1]) << r << ": gradients differ between 1 and 3 threads";
   }
