@@ -110,6 +110,9 @@ class TrainModel {
   int64_t saved_activation_bytes() const;
   // Of those, the linear inputs cached for the wgrad GEMMs (fp32 or fwd_x codes + scales).
   int64_t cached_linear_input_bytes() const;
+  // Delayed-scaling amax histories (per operand), for checkpoints; empty for other recipes.
+  std::string serialize_scaling() const;
+  Status deserialize_scaling(std::string_view bytes, const std::string& name);
 
  private:
   struct Acts;
@@ -179,5 +182,92 @@ struct LrSchedule {
   float min_ratio = 0.1f;
 };
 float lr_at(const LrSchedule& s, int64_t step);  // step counts from 0
+
+// ---- the training loop -------------------------------------------------------------------------
+
+// Stories for training, consistent with eval and quantize (load_stories): the first 10% (rounded
+// up) stay PTQ calibration text and are not trained on, the last 10% (rounded up) are validation,
+// the stories between are the training split. InvalidArgument naming `name` when a split is empty.
+inline constexpr double kCalibFraction = 0.1;      // load_stories' default calib_fraction
+inline constexpr double kValidationFraction = 0.1;
+struct StorySplit {
+  std::vector<std::string> train, val;
+};
+Result<StorySplit> split_stories_for_training(const std::vector<std::string>& stories, const std::string& name);
+
+struct TrainOptions {
+  int64_t steps = 100;       // optimizer steps
+  int batch = 8;             // windows per micro-batch
+  int ctx = 128;             // tokens per window
+  int accum = 1;             // micro-batches per step
+  float lr = 1e-3f;          // peak learning rate
+  int64_t warmup = 0;        // linear warm-up steps, then cosine to min_lr_ratio · lr at `steps`
+  float min_lr_ratio = 0.1f;
+  float clip = 1.0f;         // global-norm clip; 0: none
+  float weight_decay = 0.1f;
+  bool bf16_moments = false;
+  LossScaleOptions loss_scale{};
+  uint64_t seed = 1;         // initialisation (--init) and the order of training windows
+  int val_windows = 16;      // validation windows of ctx tokens (from the start of the validation split)
+};
+
+struct TrainLogEntry {
+  int64_t step = 0;          // 1-based index of the step just taken
+  double loss = 0;           // mean training loss over the step's micro-batches
+  float lr = 0;
+  double grad_norm = 0;
+  float loss_scale = 1;
+  bool skipped = false;
+  int64_t skipped_total = 0; // the overflow counter so far
+  int64_t tokens = 0;        // trained on so far
+};
+
+// The loop: windows drawn from the training tokens by a counter-based hash of (seed, step,
+// micro-batch, row), so any step's batch is known without replaying earlier ones and a resumed
+// run sees exactly the batches an uninterrupted one would.
+class Trainer {
+ public:
+  // Errors name the option: batch/ctx/accum/steps < 1, a context the model cannot hold, too few
+  // training or validation tokens for one window.
+  static Result<Trainer> create(TrainModel model, const TrainOptions& opt, std::vector<int> train_tokens,
+                                std::vector<int> val_tokens);
+  // One optimizer step over `accum` micro-batches. A non-finite loss is an error naming the step
+  // (the model is then not updated).
+  Result<TrainLogEntry> step();
+  // Mean loss over the validation windows (forward only).
+  Result<double> validation_loss();
+  int64_t steps_done() const { return step_; }
+  TrainModel& model() { return model_; }
+  const TrainModel& model() const { return model_; }
+  const AdamW& optimizer() const { return opt_; }
+  const TrainOptions& options() const { return o_; }
+  // Everything beyond the weights a bit-exact resume needs: step, optimizer, scaling histories.
+  std::string serialize_state() const;
+  Status restore_state(std::string_view bytes, const std::string& name);
+
+ private:
+  Trainer(TrainModel model, const TrainOptions& opt, std::vector<int> train, std::vector<int> val);
+  TrainModel model_;
+  TrainOptions o_;
+  AdamW opt_;
+  std::vector<int> train_, val_;
+  int64_t step_ = 0;
+};
+
+// A checkpoint: the model as a safetensors folder (what eval, generate and quantize load; the
+// tokenizer copied in) plus `train_state.bin` (Trainer::serialize_state) inside it. The folder
+// is replaced whole (save_model), then the state file is written atomically into it.
+inline constexpr const char* kTrainStateFile = "train_state.bin";
+Status save_checkpoint(const Trainer& t, const std::string& out, const std::string& tokenizer_path);
+// Reads `dir`/train_state.bin into t (whose model was loaded from `dir`).
+Status load_train_state(Trainer& t, const std::string& dir);
+
+// One recipe's curves for `lowbit train --compare`: (step, loss) points.
+struct LossCurve {
+  std::string recipe;
+  std::vector<std::pair<int64_t, double>> train, val;
+};
+// An SVG line chart: training loss solid, validation loss dashed with markers, one colour per recipe.
+std::string loss_curves_svg(std::span<const LossCurve> curves, const std::string& title);
 
 }  // namespace lowbit

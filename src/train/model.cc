@@ -464,4 +464,49 @@ int64_t TrainModel::saved_activation_bytes() const {
   return f * static_cast<int64_t>(sizeof(float)) + cached_linear_input_bytes();
 }
 
+std::string TrainModel::serialize_scaling() const {
+  std::string out;
+  auto put = [&](const void* d, size_t n) { out.append(static_cast<const char*>(d), n); };
+  const uint64_t n = acts_->hist.size();
+  put(&n, 8);
+  for (const auto& [name, h] : acts_->hist) {
+    const uint64_t len = name.size(), cnt = h.history().size();
+    put(&len, 8);
+    put(name.data(), len);
+    put(&cnt, 8);
+    put(h.history().data(), cnt * sizeof(float));
+  }
+  return out;
+}
+
+Status TrainModel::deserialize_scaling(std::string_view b, const std::string& name) {
+  size_t off = 0;
+  auto get = [&](void* d, size_t n) -> bool {
+    if (b.size() - off < n) return false;
+    std::memcpy(d, b.data() + off, n);
+    off += n;
+    return true;
+  };
+  auto bad = [&] { return DataLoss(fmt::format("{}: scaling state truncated or corrupt", name)); };
+  uint64_t n = 0;
+  if (!get(&n, 8) || n > b.size()) return bad();
+  std::map<std::string, AmaxHistory> hist;
+  for (uint64_t i = 0; i < n; ++i) {
+    uint64_t len = 0, cnt = 0;
+    if (!get(&len, 8) || len > b.size() - off) return bad();
+    std::string key(b.substr(off, len));
+    off += len;
+    if (!get(&cnt, 8) || cnt > (b.size() - off) / sizeof(float)) return bad();
+    std::vector<float> v(cnt);
+    if (!get(v.data(), cnt * sizeof(float))) return bad();
+    // The element maximum follows from the operand's spec; any positive value reproduces clip().
+    LOWBIT_ASSIGN_OR_RETURN(AmaxHistory h, AmaxHistory::create(recipe_.amax_history_len, 0, 1.0f, key));
+    for (float x : v) LOWBIT_RETURN_IF_ERROR(h.record(x));
+    hist.emplace(std::move(key), std::move(h));
+  }
+  if (off != b.size()) return bad();
+  acts_->hist = std::move(hist);
+  return OkStatus();
+}
+
 }  // namespace lowbit
