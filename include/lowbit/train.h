@@ -231,8 +231,9 @@ class Trainer {
   // training or validation tokens for one window.
   static Result<Trainer> create(TrainModel model, const TrainOptions& opt, std::vector<int> train_tokens,
                                 std::vector<int> val_tokens);
-  // One optimizer step over `accum` micro-batches. A non-finite loss is an error naming the step
-  // (the model is then not updated).
+  // One optimizer step over `accum` micro-batches. A non-finite loss, or a non-finite gradient
+  // under a static loss scale (or a dynamic one already at its minimum), is an error naming the
+  // step; the model is then not updated. Under dynamic scaling an overflow skips the step.
   Result<TrainLogEntry> step();
   // Mean loss over the validation windows (forward only).
   Result<double> validation_loss();
@@ -255,8 +256,10 @@ class Trainer {
 };
 
 // A checkpoint: the model as a safetensors folder (what eval, generate and quantize load; the
-// tokenizer copied in) plus `train_state.bin` (Trainer::serialize_state) inside it. The folder
-// is replaced whole (save_model), then the state file is written atomically into it.
+// tokenizer copied in) plus `train_state.bin` (Trainer::serialize_state) inside it. Both are
+// written to a sibling temp folder that is then swapped in whole (renameat2 RENAME_EXCHANGE), so
+// an interrupted save leaves the previous checkpoint intact; an existing `out` holding anything
+// else is refused.
 inline constexpr const char* kTrainStateFile = "train_state.bin";
 Status save_checkpoint(const Trainer& t, const std::string& out, const std::string& tokenizer_path);
 // Reads `dir`/train_state.bin into t (whose model was loaded from `dir`).

@@ -1,5 +1,11 @@
 // The training loop, the train/validation split of a story file, and checkpoints.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 
@@ -101,6 +107,11 @@ Result<TrainLogEntry> Trainer::step() {
   }
   const LrSchedule sched{.peak = o_.lr, .warmup = o_.warmup, .total = o_.steps, .min_ratio = o_.min_lr_ratio};
   const StepResult r = opt_.step(model_, lr_at(sched, step_));
+  // An overflow with nothing left to adjust is divergence, not a step to skip forever.
+  if (r.skipped && (!o_.loss_scale.dynamic || scale <= o_.loss_scale.min_scale)) {
+    return InvalidArgument(fmt::format("step {}: non-finite gradient at loss scale {} (diverged; lower --lr{})", step_ + 1, scale,
+                                       o_.loss_scale.dynamic ? "" : " or use --loss-scale dynamic"));
+  }
   ++step_;
   TrainLogEntry e;
   e.step = step_;
@@ -184,13 +195,39 @@ Status Trainer::restore_state(std::string_view b, const std::string& name) {
 }
 
 Status save_checkpoint(const Trainer& t, const std::string& out, const std::string& tokenizer_path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path target(out);
+  if (target.filename().empty()) target = target.parent_path();  // "out/"
+  // Replace only what a checkpoint holds, so `-o .` cannot wipe a working directory.
+  static constexpr std::string_view kFiles[] = {"model.safetensors", "config.json", "tokenizer.model", "tokenizer.bin", kTrainStateFile};
+  if (fs::exists(target, ec)) {
+    if (!fs::is_directory(target, ec)) return InvalidArgument(fmt::format("{}: exists and is not a folder (a checkpoint is a folder)", out));
+    for (const fs::directory_entry& e : fs::directory_iterator(target, ec)) {
+      const std::string name = e.path().filename().string();
+      if (!e.is_regular_file() || std::find(std::begin(kFiles), std::end(kFiles), name) == std::end(kFiles)) {
+        return InvalidArgument(fmt::format("{}: exists and holds {}, which a checkpoint does not; not replacing it", out, name));
+      }
+    }
+  }
+  // The model and the state go into a fresh sibling folder, which is then swapped in whole.
+  const std::string temp = target.string() + fmt::format(".train-tmp.{}", ::getpid());
+  fs::remove_all(temp, ec);
   const Model m = t.model().to_model();
   const LlamaModel net(m);
   SaveOptions so{.format = ModelFormat::kSafetensors, .tokenizer_path = tokenizer_path,
                  .extra_metadata = {{"lowbit.train.recipe", t.model().recipe().name},
                                     {"lowbit.train.steps", std::to_string(t.steps_done())}}};
-  LOWBIT_RETURN_IF_ERROR(save_model(net, out, so).status());
-  return write_file_atomic((std::filesystem::path(out) / kTrainStateFile).string(), t.serialize_state());
+  Status st = save_model(net, temp, so).status();
+  if (st.ok()) st = write_file_atomic((fs::path(temp) / kTrainStateFile).string(), t.serialize_state());
+  if (st.ok()) {
+    const bool exists = fs::exists(target, ec);
+    const int rc = exists ? ::renameat2(AT_FDCWD, temp.c_str(), AT_FDCWD, target.c_str(), RENAME_EXCHANGE)
+                          : ::rename(temp.c_str(), target.c_str());
+    if (rc != 0) st = IoError(fmt::format("{}: cannot move the finished checkpoint into place: {}", out, std::strerror(errno)));
+  }
+  fs::remove_all(temp, ec);  // on success, the previous checkpoint
+  return st;
 }
 
 Status load_train_state(Trainer& t, const std::string& dir) {
