@@ -73,7 +73,8 @@ std::string describe_recipe(const TrainRecipe& r) {
   s += fmt::format("  wgrad    dW = dYᵀ·X  dY {:<21} X {}\n", fmt_spec(g.wgrad_dy), fmt_spec(g.wgrad_x));
   s += fmt::format("  scales   {}\n", r.scaling == ScaleMode::kDelayed ? fmt::format("delayed (amax history of {} steps)", r.amax_history_len)
                                                                         : std::string(g.fwd_x ? "online (from the tensor itself)" : "none"));
-  s += "  GEMM accumulation fp32; linears: wq wk wv wo w1 w2 w3 and the classifier\n";
+  s += "  GEMMs: every linear (wq wk wv wo w1 w2 w3, classifier); quantized operands are dequantized and summed in fp32\n"
+       "         (the arithmetic of a GEMM with FP32 promotion, up to summation order)\n";
   s += fmt::format("  linear inputs saved for wgrad: {}\n", r.cache_quantized_inputs && g.fwd_x ? fmt_spec(g.fwd_x) + " codes + scales" : "fp32");
   s += "  fp32: embedding, RMSNorm, RoPE, attention scores and softmax, SwiGLU, residuals, loss, AdamW (fp32 master weights)\n";
   return s;
