@@ -23,6 +23,7 @@
 #include <string_view>
 #include <vector>
 
+#include "lowbit/kernels.h"
 #include "lowbit/model.h"
 #include "lowbit/observer.h"
 #include "lowbit/quant.h"
@@ -45,6 +46,13 @@ enum class ScaleMode : uint8_t {
   kDelayed,  // per-tensor scales from an amax history of earlier steps (Transformer Engine)
 };
 
+// Forward and dgrad GEMMs through the kernel registry's gemm_fp8_block (e4m3 1x128 tiles x
+// 128x128 blocks) with this accumulation: the promotion experiment of docs/kernels.md in training.
+struct KernelAccumulation {
+  Fp8Accumulation mode = Fp8Accumulation::kPromoted;
+  int bits = 14;  // significand bits of the emulated accumulator
+};
+
 struct TrainRecipe {
   std::string name;
   std::string description;
@@ -54,9 +62,12 @@ struct TrainRecipe {
   // The linear inputs saved for the wgrad GEMM are kept as fwd_x codes + scales instead of fp32
   // (DeepSeek-V3 caches activations in FP8); the backward dequantizes them.
   bool cache_quantized_inputs = false;
+  // Set: forward and dgrad run gemm_fp8_block from the kernel registry (wgrad as above).
+  std::optional<KernelAccumulation> kernel_accumulation{};
 };
 
-// fp32, bf16, fp8-tensor-delayed, fp8-blockwise, fp8-seed.
+// fp32, bf16, fp8-tensor-delayed, fp8-blockwise, fp8-seed, and fp8-blockwise-kernel /
+// fp8-blockwise-noprom (forward and dgrad through gemm_fp8_block, FP32 promotion on / off).
 std::span<const TrainRecipe> train_recipes();
 // InvalidArgument naming the recipe and listing the known ones.
 Result<TrainRecipe> find_recipe(std::string_view name);

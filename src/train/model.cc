@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "lowbit/kernels.h"
 #include "lowbit/train.h"
 #include "lowbit/train_ops.h"
 
@@ -227,6 +228,20 @@ Result<const float*> operand(std::map<std::string, AmaxHistory>& hist, const Tra
   return static_cast<const float*>(out.data());
 }
 
+// y (rows, n) = x (rows, k) · Bᵀ through the kernel registry's gemm_fp8_block: B (n, k) quantized
+// to e4m3 128x128 blocks and packed, x quantized by the kernel to e4m3 1x128 tiles, accumulated as
+// `acc` says (the promotion experiment).
+Status kernel_gemm(const KernelAccumulation& acc, const float* x, int64_t rows, const float* B, int n, int k, float* y) {
+  static const QuantSpec kBlocks = parse_spec("e4m3:block128x128").value();
+  if (!all_finite(B, int64_t{n} * k) || !all_finite(x, rows * k)) {  // an overflowed gradient: let it show
+    train::matmul_forward(y, x, B, rows, k, n);
+    return OkStatus();
+  }
+  LOWBIT_ASSIGN_OR_RETURN(QuantizedTensor q, quantize(ConstTensorView(B, DType::kF32, {int64_t{n}, int64_t{k}}), kBlocks));
+  LOWBIT_ASSIGN_OR_RETURN(PackedWeights p, pack_weights(q));
+  return matmul(p, x, rows, k, y, n, {.op = KernelOp::kGemmFp8Block, .fp8_accum = acc.mode, .accum_bits = acc.bits});
+}
+
 void grow(std::vector<float>& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
 }
@@ -296,6 +311,7 @@ Result<float> TrainModel::forward(std::span<const int> inputs, std::span<const i
   };
   // y (N, out) = xq · Wᵀ with W quantized as fwd_w.
   auto gemm = [&](const float* xq, size_t widx, int in, int out, float* y) -> Status {
+    if (recipe_.kernel_accumulation) return kernel_gemm(*recipe_.kernel_accumulation, a.x.data(), N, W(widx), out, in, y);
     LOWBIT_ASSIGN_OR_RETURN(const float* w, operand(hist, recipe_, W(widx), out, in, g.fwd_w, info_[widx].name + ".w", a.wq));
     train::matmul_forward(y, xq, w, N, in, out);
     return OkStatus();
@@ -381,7 +397,19 @@ Status TrainModel::backward(float grad_scale) {
     const std::string& name = info_[widx].name;
     LOWBIT_ASSIGN_OR_RETURN(const float* dyq, operand(hist, recipe_, dy, N, out, g.dgrad_dy, name + ".dy", a.dyq));
     LOWBIT_ASSIGN_OR_RETURN(const float* wq, operand(hist, recipe_, W(widx), out, in, g.dgrad_w, name + ".w", a.wq));
-    if (dx) train::matmul_backward<float>(dx, nullptr, dyq, nullptr, wq, N, in, out);
+    if (dx && recipe_.kernel_accumulation) {
+      // dX (N, in) = dY (N, out) · W: the kernel's y = x · Bᵀ with B = Wᵀ (in, out).
+      grow(a.dtmp, N * in);
+      grow(a.tmp, int64_t{in} * out);
+      const float* w = W(widx);
+      for (int o = 0; o < out; ++o) {
+        for (int i = 0; i < in; ++i) a.tmp[static_cast<size_t>(int64_t{i} * out + o)] = w[int64_t{o} * in + i];
+      }
+      LOWBIT_RETURN_IF_ERROR(kernel_gemm(*recipe_.kernel_accumulation, dy, N, a.tmp.data(), in, out, a.dtmp.data()));
+      for (int64_t i = 0; i < N * in; ++i) dx[i] += a.dtmp[static_cast<size_t>(i)];
+    } else if (dx) {
+      train::matmul_backward<float>(dx, nullptr, dyq, nullptr, wq, N, in, out);
+    }
     LOWBIT_ASSIGN_OR_RETURN(const float* dy2, operand(hist, recipe_, dy, N, out, g.wgrad_dy, name + ".dy_wgrad", a.dy2));
     LOWBIT_ASSIGN_OR_RETURN(const float* xq, operand(hist, recipe_, x, N, in, g.wgrad_x, name + ".x_wgrad", a.xq));
     train::matmul_backward<float>(nullptr, dW(widx), dy2, xq, nullptr, N, in, out);

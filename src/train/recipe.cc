@@ -39,6 +39,22 @@ std::vector<TrainRecipe> make_recipes() {
                  .cache_quantized_inputs = true});
   }
   {
+    // The same through the kernel registry's gemm_fp8_block for forward and dgrad: with FP32
+    // promotion every 128 of K, and without (one 14-bit accumulator over all of K, the H800
+    // behaviour the DeepSeek-V3 report measures); emulated, scalar, so slow.
+    const QuantSpec tile = spec("e4m3:block1x128"), col = spec("e4m3:block128x1"), blk = spec("e4m3:block128x128");
+    r.push_back({.name = "fp8-blockwise-kernel",
+                 .description = "fp8-blockwise with forward and dgrad run by gemm_fp8_block128_f32 (kernel registry, FP32 promotion)",
+                 .gemm = {tile, blk, tile, blk, col, col},
+                 .cache_quantized_inputs = true,
+                 .kernel_accumulation = KernelAccumulation{Fp8Accumulation::kPromoted, 14}});
+    r.push_back({.name = "fp8-blockwise-noprom",
+                 .description = "fp8-blockwise with forward and dgrad accumulated in one emulated 14-bit accumulator over all of K (no FP32 promotion)",
+                 .gemm = {tile, blk, tile, blk, col, col},
+                 .cache_quantized_inputs = true,
+                 .kernel_accumulation = KernelAccumulation{Fp8Accumulation::kLimitedUnpromoted, 14}});
+  }
+  {
     const QuantSpec e4 = spec("e4m3:tensor"), e5 = spec("e5m2:tensor");
     r.push_back({.name = "fp8-seed",
                  .description = "weights e4m3, activations e5m2, gradients e4m3, per-tensor dynamic scales",
@@ -73,6 +89,12 @@ std::string describe_recipe(const TrainRecipe& r) {
   s += fmt::format("  wgrad    dW = dYᵀ·X  dY {:<21} X {}\n", fmt_spec(g.wgrad_dy), fmt_spec(g.wgrad_x));
   s += fmt::format("  scales   {}\n", r.scaling == ScaleMode::kDelayed ? fmt::format("delayed (amax history of {} steps)", r.amax_history_len)
                                                                         : std::string(g.fwd_x ? "online (from the tensor itself)" : "none"));
+  if (r.kernel_accumulation) {
+    s += fmt::format("  forward and dgrad GEMMs: gemm_fp8_block from the kernel registry, {}\n",
+                     r.kernel_accumulation->mode == Fp8Accumulation::kPromoted ? std::string("fp32 promotion every 128 of K")
+                     : fmt::format("emulated {}-bit accumulator{}", r.kernel_accumulation->bits,
+                                   r.kernel_accumulation->mode == Fp8Accumulation::kLimitedPromoted ? ", promoted every 128 of K" : " over all of K (no promotion)"));
+  }
   s += "  GEMMs: every linear (wq wk wv wo w1 w2 w3, classifier); quantized operands are dequantized and summed in fp32\n"
        "         (the arithmetic of a GEMM with FP32 promotion, up to summation order)\n";
   s += fmt::format("  linear inputs saved for wgrad: {}\n", r.cache_quantized_inputs && g.fwd_x ? fmt_spec(g.fwd_x) + " codes + scales" : "fp32");

@@ -179,3 +179,47 @@ TEST(TrainModel, Fp8BlockwiseCachesInputsInOneBytePerElement) {
 
 }  // namespace
 }  // namespace lowbit
+
+namespace lowbit {
+namespace {
+
+// gemm_fp8_block from the kernel registry (forward and dgrad) computes what fp8-blockwise's
+// quantize -> dequantize -> fp32 GEMM computes, up to summation order; without promotion (one
+// 14-bit accumulator over K = 160) it moves further away.
+TEST(TrainRecipe, KernelGemmsAgreeWithTheEmulatedOnesAndPromotionMatters) {
+  LlamaConfig c = config();
+  c.dim = 160;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.hidden_dim = 136;
+  c.vocab_size = 37;
+  const std::vector<int> t = tokens(40, 4);
+  std::vector<float> logits[3], grads[3];
+  const char* names[3] = {"fp8-blockwise", "fp8-blockwise-kernel", "fp8-blockwise-noprom"};
+  for (int k = 0; k < 3; ++k) {
+    TrainModel m = TrainModel::init(c, 5, find_recipe(names[k]).value()).value();
+    m.zero_grad();
+    ASSERT_TRUE(m.forward(std::span(t).first(20), std::span(t).subspan(1, 20), 2, 10).ok()) << names[k];
+    ASSERT_TRUE(m.backward(1.0f).ok()) << names[k];
+    logits[k].assign(m.logits().begin(), m.logits().end());
+    grads[k].assign(m.grads().begin(), m.grads().end());
+  }
+  auto rel = [](const std::vector<float>& a, const std::vector<float>& b) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      num += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+      den += static_cast<double>(b[i]) * b[i];
+    }
+    return std::sqrt(num / den);
+  };
+  const double kernel_logits = rel(logits[1], logits[0]), kernel_grads = rel(grads[1], grads[0]);
+  const double noprom_logits = rel(logits[2], logits[0]);
+  std::printf("relative L2 vs fp8-blockwise: kernel logits %.3g grads %.3g; unpromoted logits %.3g\n", kernel_logits, kernel_grads,
+              noprom_logits);
+  EXPECT_LT(kernel_logits, 1e-4);
+  EXPECT_LT(kernel_grads, 1e-3);
+  EXPECT_GT(noprom_logits, 10 * kernel_logits);
+}
+
+}  // namespace
+}  // namespace lowbit
