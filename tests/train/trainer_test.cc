@@ -189,6 +189,7 @@ namespace {
 TEST(TrainRecipe, KernelGemmsAgreeWithTheEmulatedOnesAndPromotionMatters) {
   LlamaConfig c = config();
   c.dim = 160;
+  c.n_layers = 1;
   c.n_heads = 4;
   c.n_kv_heads = 2;
   c.hidden_dim = 136;
