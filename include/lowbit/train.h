@@ -62,6 +62,9 @@ struct TrainRecipe {
   // The linear inputs saved for the wgrad GEMM are kept as fwd_x codes + scales instead of fp32
   // (DeepSeek-V3 caches activations in FP8); the backward dequantizes them.
   bool cache_quantized_inputs = false;
+  // The classifier (output head) GEMMs follow the recipe; else they stay fp32 (DeepSeek-V3 keeps
+  // the embedding and the output head in their original precision).
+  bool quantize_classifier = false;
   // Set: forward and dgrad run gemm_fp8_block from the kernel registry (wgrad as above).
   std::optional<KernelAccumulation> kernel_accumulation{};
 };

@@ -297,7 +297,8 @@ Result<float> TrainModel::forward(std::span<const int> inputs, std::span<const i
   std::map<std::string, AmaxHistory>& hist = a.hist;
 
   // Stores the input x (N, cols) of the linears at `site` and returns their forward X operand.
-  auto site_in = [&](Site& site, const float* x, int cols, const std::string& name) -> Result<const float*> {
+  const GemmOperandSpecs fp32_gemm{};
+  auto site_in = [&](Site& site, const float* x, int cols, const std::string& name, const GemmOperandSpecs& g) -> Result<const float*> {
     const bool cache_q = recipe_.cache_quantized_inputs && g.fwd_x.has_value();
     site.q.reset();
     LOWBIT_ASSIGN_OR_RETURN(const float* xq, operand(hist, recipe_, x, N, cols, g.fwd_x, name + ".x", a.xq, cache_q ? &site.q : nullptr));
@@ -310,8 +311,8 @@ Result<float> TrainModel::forward(std::span<const int> inputs, std::span<const i
     return xq;
   };
   // y (N, out) = xq · Wᵀ with W quantized as fwd_w.
-  auto gemm = [&](const float* xq, size_t widx, int in, int out, float* y) -> Status {
-    if (recipe_.kernel_accumulation) return kernel_gemm(*recipe_.kernel_accumulation, a.x.data(), N, W(widx), out, in, y);
+  auto gemm = [&](const float* xq, size_t widx, int in, int out, float* y, const GemmOperandSpecs& g) -> Status {
+    if (recipe_.kernel_accumulation && &g != &fp32_gemm) return kernel_gemm(*recipe_.kernel_accumulation, a.x.data(), N, W(widx), out, in, y);
     LOWBIT_ASSIGN_OR_RETURN(const float* w, operand(hist, recipe_, W(widx), out, in, g.fwd_w, info_[widx].name + ".w", a.wq));
     train::matmul_forward(y, xq, w, N, in, out);
     return OkStatus();
@@ -332,31 +333,32 @@ Result<float> TrainModel::forward(std::span<const int> inputs, std::span<const i
     float* tmp = a.tmp.data();
 
     train::rmsnorm_forward(x, &a.rstd1[static_cast<size_t>(l * N)], res, W(layer_param(l, kAttnNorm)), N, C, eps);
-    LOWBIT_ASSIGN_OR_RETURN(const float* xq, site_in(a.ln1[static_cast<size_t>(l)], x, C, pre + "attn_in"));
-    LOWBIT_RETURN_IF_ERROR(gemm(xq, layer_param(l, kWq), C, C, q));
-    LOWBIT_RETURN_IF_ERROR(gemm(xq, layer_param(l, kWk), C, KV, k));
-    LOWBIT_RETURN_IF_ERROR(gemm(xq, layer_param(l, kWv), C, KV, v));
+    LOWBIT_ASSIGN_OR_RETURN(const float* xq, site_in(a.ln1[static_cast<size_t>(l)], x, C, pre + "attn_in", g));
+    LOWBIT_RETURN_IF_ERROR(gemm(xq, layer_param(l, kWq), C, C, q, g));
+    LOWBIT_RETURN_IF_ERROR(gemm(xq, layer_param(l, kWk), C, KV, k, g));
+    LOWBIT_RETURN_IF_ERROR(gemm(xq, layer_param(l, kWv), C, KV, v, g));
     train::rope_forward(q, B, T, c.n_heads, hs, c.rope_theta);
     train::rope_forward(k, B, T, c.n_kv_heads, hs, c.rope_theta);
     train::attention_forward(x, att, q, k, v, B, T, c.n_heads, c.n_kv_heads, hs);
-    LOWBIT_ASSIGN_OR_RETURN(xq, site_in(a.atty[static_cast<size_t>(l)], x, C, pre + "wo_in"));
-    LOWBIT_RETURN_IF_ERROR(gemm(xq, layer_param(l, kWo), C, C, tmp));
+    LOWBIT_ASSIGN_OR_RETURN(xq, site_in(a.atty[static_cast<size_t>(l)], x, C, pre + "wo_in", g));
+    LOWBIT_RETURN_IF_ERROR(gemm(xq, layer_param(l, kWo), C, C, tmp, g));
     train::residual_forward(res2, res, tmp, N * C);
 
     train::rmsnorm_forward(x, &a.rstd2[static_cast<size_t>(l * N)], res2, W(layer_param(l, kFfnNorm)), N, C, eps);
-    LOWBIT_ASSIGN_OR_RETURN(xq, site_in(a.ln2[static_cast<size_t>(l)], x, C, pre + "ffn_in"));
-    LOWBIT_RETURN_IF_ERROR(gemm(xq, layer_param(l, kW1), C, H, h1));
-    LOWBIT_RETURN_IF_ERROR(gemm(xq, layer_param(l, kW3), C, H, h3));
+    LOWBIT_ASSIGN_OR_RETURN(xq, site_in(a.ln2[static_cast<size_t>(l)], x, C, pre + "ffn_in", g));
+    LOWBIT_RETURN_IF_ERROR(gemm(xq, layer_param(l, kW1), C, H, h1, g));
+    LOWBIT_RETURN_IF_ERROR(gemm(xq, layer_param(l, kW3), C, H, h3, g));
     train::swiglu_forward(x, h1, h3, N * H);
-    LOWBIT_ASSIGN_OR_RETURN(xq, site_in(a.hg[static_cast<size_t>(l)], x, H, pre + "w2_in"));
-    LOWBIT_RETURN_IF_ERROR(gemm(xq, layer_param(l, kW2), H, C, tmp));
+    LOWBIT_ASSIGN_OR_RETURN(xq, site_in(a.hg[static_cast<size_t>(l)], x, H, pre + "w2_in", g));
+    LOWBIT_RETURN_IF_ERROR(gemm(xq, layer_param(l, kW2), H, C, tmp, g));
     train::residual_forward(res + N * C, res2, tmp, N * C);
   }
   const size_t fnorm = layer_param(L, kAttnNorm);
   const size_t cls = c.shared_classifier ? 0 : info_.size() - 1;
   train::rmsnorm_forward(a.x.data(), a.rstdf.data(), &a.resid[static_cast<size_t>(L * N * C)], W(fnorm), N, C, eps);
-  LOWBIT_ASSIGN_OR_RETURN(const float* xq, site_in(a.lnf, a.x.data(), C, "classifier_in"));
-  LOWBIT_RETURN_IF_ERROR(gemm(xq, cls, C, V, a.logits.data()));
+  const GemmOperandSpecs& gc = recipe_.quantize_classifier ? g : fp32_gemm;
+  LOWBIT_ASSIGN_OR_RETURN(const float* xq, site_in(a.lnf, a.x.data(), C, "classifier_in", gc));
+  LOWBIT_RETURN_IF_ERROR(gemm(xq, cls, C, V, a.logits.data(), gc));
   if (!all_finite(a.logits.data(), N * V)) {
     return InvalidArgument("train: the forward pass produced a non-finite logit (the weights diverged)");
   }
@@ -377,9 +379,9 @@ Status TrainModel::backward(float grad_scale) {
   float* G = grads_.data();
   auto W = [&](size_t idx) { return P + info_[idx].offset; };
   auto dW = [&](size_t idx) { return G + info_[idx].offset; };
-  const GemmOperandSpecs& g = recipe_.gemm;
   std::map<std::string, AmaxHistory>& hist = a.hist;
   const int64_t wide = std::max<int64_t>({C, H, V});
+  const float* dlogits_ptr = nullptr;  // set below: marks the classifier's backward
   grow(a.dx, N * wide);
   grow(a.dx2, N * wide);
   grow(a.dtmp, N * wide);
@@ -393,11 +395,14 @@ Status TrainModel::backward(float grad_scale) {
     return a.x.data();
   };
   // dx (N, in) += dgrad, dW += wgrad of the linear y = x · Wᵀ given dy (N, out).
+  const GemmOperandSpecs fp32_gemm{};
   auto linear_bwd = [&](const float* x, size_t widx, const float* dy, int in, int out, float* dx) -> Status {
+    const bool head = dy == dlogits_ptr;  // the classifier's GEMMs
+    const GemmOperandSpecs& g = head && !recipe_.quantize_classifier ? fp32_gemm : recipe_.gemm;
     const std::string& name = info_[widx].name;
     LOWBIT_ASSIGN_OR_RETURN(const float* dyq, operand(hist, recipe_, dy, N, out, g.dgrad_dy, name + ".dy", a.dyq));
     LOWBIT_ASSIGN_OR_RETURN(const float* wq, operand(hist, recipe_, W(widx), out, in, g.dgrad_w, name + ".w", a.wq));
-    if (dx && recipe_.kernel_accumulation) {
+    if (dx && recipe_.kernel_accumulation && &g != &fp32_gemm) {
       // dX (N, in) = dY (N, out) · W: the kernel's y = x · Bᵀ with B = Wᵀ (in, out).
       grow(a.dtmp, N * in);
       grow(a.tmp, int64_t{in} * out);
@@ -419,6 +424,7 @@ Status TrainModel::backward(float grad_scale) {
   // Loss: mean over N tokens, times grad_scale.
   std::vector<float> dloss(static_cast<size_t>(N), grad_scale / static_cast<float>(N));
   std::vector<float> dlogits(static_cast<size_t>(N * V), 0.0f);  // (N, V)
+  dlogits_ptr = dlogits.data();
   train::crossentropy_backward(dlogits.data(), a.probs.data(), a.targets.data(), dloss.data(), N, V);
   const size_t cls = c.shared_classifier ? 0 : info_.size() - 1;
   const size_t fnorm = layer_param(L, kAttnNorm);

@@ -1,6 +1,7 @@
 // AdamW over FP32 master weights with loss scaling and global-norm clipping; the LR schedule.
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numbers>
 
 #include <fmt/format.h>

@@ -18,8 +18,9 @@ std::vector<TrainRecipe> make_recipes() {
   {
     // BF16 GEMM inputs (a plain round-to-nearest-even cast), FP32 accumulation and master weights.
     const QuantSpec b = spec("bf16:tensor:unit");
-    r.push_back({.name = "bf16", .description = "bf16 GEMM inputs, fp32 accumulation and master weights",
-                 .gemm = {b, b, b, b, b, b}});
+    r.push_back({.name = "bf16", .description = "bf16 GEMM inputs (the output head too), fp32 accumulation and master weights",
+                 .gemm = {b, b, b, b, b, b},
+                 .quantize_classifier = true});
   }
   {
     // Transformer Engine's HYBRID format: E4M3 forward, E5M2 gradients, per-tensor delayed scales.
@@ -95,8 +96,10 @@ std::string describe_recipe(const TrainRecipe& r) {
                      : fmt::format("emulated {}-bit accumulator{}", r.kernel_accumulation->bits,
                                    r.kernel_accumulation->mode == Fp8Accumulation::kLimitedPromoted ? ", promoted every 128 of K" : " over all of K (no promotion)"));
   }
-  s += "  GEMMs: every linear (wq wk wv wo w1 w2 w3, classifier); quantized operands are dequantized and summed in fp32\n"
-       "         (the arithmetic of a GEMM with FP32 promotion, up to summation order)\n";
+  s += fmt::format("  GEMMs: the block linears (wq wk wv wo w1 w2 w3){}; quantized operands are dequantized and summed in fp32\n",
+                   r.quantize_classifier ? " and the classifier" : "; the classifier (output head) stays fp32")
+    + std::string(
+       "         (the arithmetic of a GEMM with FP32 promotion, up to summation order)\n");
   s += fmt::format("  linear inputs saved for wgrad: {}\n", r.cache_quantized_inputs && g.fwd_x ? fmt_spec(g.fwd_x) + " codes + scales" : "fp32");
   s += "  fp32: embedding, RMSNorm, RoPE, attention scores and softmax, SwiGLU, residuals, loss, AdamW (fp32 master weights)\n";
   return s;
