@@ -1,0 +1,105 @@
+"""lowbit train, checked from outside: a tiny model trained from scratch on the bundled stories
+writes a checkpoint that eval, generate and quantize load; --resume continues bit for bit;
+--compare writes a table and an SVG; --dry-run says what runs in which format; bad input is
+named (exit 2, nothing written) and a diverged run stops with the last checkpoint intact.
+
+Usage: test_train_cli.py LOWBIT_BINARY. Exits 77 (skip) when ../shared is missing.
+"""
+import json
+import os
+import sys
+import tempfile
+
+from clitest import LOWBIT, ROOT, bad_input, check, finish, run  # noqa: F401
+
+MODELS = os.path.join(ROOT, "..", "shared", "models")
+TOK = os.path.join(MODELS, "tok512.bin")
+TEXT = os.path.join(ROOT, "..", "shared", "data", "tinystories_val.txt")
+if not os.path.exists(TEXT) or not os.path.exists(TOK):
+    print(f"SKIP: {TEXT} or {TOK} not found (../shared is missing)")
+    sys.exit(77)
+
+INIT = f"dim=16,layers=1,heads=2,kv-heads=1,hidden=24,vocab-from={TOK}"
+BASE = ["train", "--init", INIT, "--data", TEXT, "--batch", "2", "--ctx", "16", "--val-windows", "2", "--lr", "3e-3"]
+
+
+def log_losses(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+with tempfile.TemporaryDirectory() as d:
+    p = run("train", "--help")
+    check(p.returncode == 0 and "--recipe" in p.stdout and "--compare" in p.stdout, "train --help")
+
+    p = run(*BASE, "--recipe", "fp8-blockwise", "--dry-run")
+    check(p.returncode == 0, f"dry-run: exit {p.returncode} {p.stderr}")
+    for want in ["e4m3:block1x128", "e4m3:block128x128", "wgrad", "validation", "parameters"]:
+        check(want in p.stdout, f"dry-run names {want}: {p.stdout}")
+
+    out = os.path.join(d, "full")
+    log = os.path.join(d, "full.jsonl")
+    js = os.path.join(d, "full.json")
+    p = run(*BASE, "--steps", "4", "-o", out, "--log", log, "--json", js)
+    check(p.returncode == 0, f"train: exit {p.returncode} {p.stderr}")
+    full = log_losses(log)
+    check([e["step"] for e in full] == [1, 2, 3, 4], f"log has steps 1..4: {full}")
+    check(all(k in full[-1] for k in ["loss", "lr", "grad_norm", "loss_scale", "tok_s", "val_loss"]), f"log fields: {full[-1]}")
+    summary = json.load(open(js))
+    check(summary[0]["recipe"] == "fp32", f"--json recipe: {summary}")
+    for k in ["final_train_loss", "final_val_loss", "tokens_per_s", "peak_rss_mib"]:
+        check(k in summary[0], f"--json has {k}")
+    check(os.path.exists(os.path.join(out, "model.safetensors")) and os.path.exists(os.path.join(out, "train_state.bin")),
+          "checkpoint files")
+    # Other commands load it.
+    p = run("eval", "--model", out, "--text", TEXT, "--ctx", "16", "--max-windows", "4")
+    check(p.returncode == 0, f"eval loads the checkpoint: {p.stderr}")
+    p = run("generate", "--model", out, "--prompt", "Once", "-n", "4", "--ids")
+    check(p.returncode == 0 and len(p.stdout.split()) >= 1, f"generate loads the checkpoint: {p.stderr}")
+    p = run("quantize", "--model", out, "--scheme", "w8a16", "-o", os.path.join(d, "q"))
+    check(p.returncode == 0, f"quantize loads the checkpoint: {p.stderr}")
+
+    # Resume: 2 steps, then the rest from the checkpoint, gives the same losses bit for bit.
+    half = os.path.join(d, "half")
+    p = run(*BASE, "--steps", "4", "--until", "2", "-o", half)
+    check(p.returncode == 0, f"train --until: {p.stderr}")
+    log2 = os.path.join(d, "resumed.jsonl")
+    p = run("train", "--resume", half, *BASE[3:], "--steps", "4", "--log", log2)
+    check(p.returncode == 0, f"train --resume: {p.stderr}")
+    resumed = log_losses(log2)
+    check([e["step"] for e in resumed] == [3, 4], f"resumed steps: {resumed}")
+    check([e["loss"] for e in resumed] == [e["loss"] for e in full[2:]],
+          f"resumed losses {[e['loss'] for e in resumed]} != {[e['loss'] for e in full[2:]]}")
+
+    # --compare: one row per recipe and an SVG naming both.
+    svg = os.path.join(d, "c.svg")
+    p = run(*BASE, "--steps", "2", "--compare", "fp32,fp8-blockwise", "--plot", svg)
+    check(p.returncode == 0, f"--compare: {p.stderr}")
+    check("| fp32 |" in p.stdout and "| fp8-blockwise |" in p.stdout, f"--compare table: {p.stdout}")
+    check(os.path.exists(svg) and "fp8-blockwise" in open(svg).read() and "<polyline" in open(svg).read(), "--compare SVG")
+
+    # Bad input: named, exit 2, nothing written.
+    o = os.path.join(d, "bad")
+    bad_input([*BASE, "--recipe", "fp4", "-o", o], "fp4", "unknown recipe", out=o)
+    bad_input(["train", "--init", f"dim=16,layers=1,heads=3,hidden=24,vocab-from={TOK}", "--data", TEXT, "-o", o],
+              "heads=3", "heads do not divide dim", out=o)
+    bad_input(["train", "--init", f"dim=16,layers=1,heads=4,kv-heads=3,hidden=24,vocab-from={TOK}", "--data", TEXT, "-o", o],
+              "kv-heads=3", "kv-heads do not divide heads", out=o)
+    empty = os.path.join(d, "empty.txt")
+    open(empty, "w").close()
+    bad_input([*BASE[:3], "--data", empty, "-o", o], empty, "empty data", out=o)
+    bad_input([*BASE, "--steps", "0", "-o", o], "--steps 0", "--steps 0", out=o)
+    bad_input([*BASE, "--ctx", "100000", "-o", o], "--ctx", "context too long", out=o)
+
+    # A diverging run (absurd learning rate) stops with a named error; the checkpoint it saved
+    # before stays loadable.
+    div = os.path.join(d, "div")
+    p = run(*BASE[:-2], "--lr", "1e30", "--clip", "0", "--steps", "6", "--save-every", "1", "-o", div)
+    check(p.returncode == 1, f"diverged run: exit {p.returncode}, expected 1 ({p.stderr.strip()})")
+    check("step" in p.stderr and ("non-finite" in p.stderr or "loss is" in p.stderr), f"divergence named: {p.stderr.strip()}")
+    check("intact" in p.stderr, f"mentions the intact checkpoint: {p.stderr.strip()}")
+    p = run("generate", "--model", div, "--prompt", "Once", "-n", "1", "--ids")
+    check(os.path.exists(os.path.join(div, "train_state.bin")) and p.returncode == 0,
+          f"last good checkpoint loads after divergence: {p.stderr}")
+
+finish("train cli ok")
