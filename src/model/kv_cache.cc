@@ -577,9 +577,12 @@ void KvCache::attend(int l, int pos, int64_t n, const float* q, const float* k_r
       }
       // Keys in fp32 (window, open block): s in ke..p.
       for (int s = ke; s <= p; ++s) {
-        const float* ks = s >= pos ? k_rope + static_cast<int64_t>(s - pos) * kv_dim + kh * hs : ring_row(k_, l, s) + kh * hs;
+        // Pre-RoPE per-channel specs read raw keys rotated here (ring and chunk alike, so a
+        // prefill and a token-by-token decode compute the same bits).
+        const float* kchunk = ring_raw ? k_raw : k_rope;
+        const float* ks = s >= pos ? kchunk + static_cast<int64_t>(s - pos) * kv_dim + kh * hs : ring_row(k_, l, s) + kh * hs;
         float score = 0.0f;
-        if (ring_raw && s < pos) {
+        if (ring_raw) {
           for (int m = 0; m < half; ++m) {
             const float c = rope_cos_[static_cast<size_t>(s) * half + m], sn = rope_sin_[static_cast<size_t>(s) * half + m];
             score += qh[2 * m] * (ks[2 * m] * c - ks[2 * m + 1] * sn) + qh[2 * m + 1] * (ks[2 * m] * sn + ks[2 * m + 1] * c);
