@@ -148,6 +148,11 @@ LlamaModel::LlamaModel(const Model& m) : cfg_(m.config), w_(m.weights) {
   classifier_ = make_linear(m, kClassifierName, w_.classifier);
   act_.linear_input = m.activations.linear_input;
   act_.kv = m.activations.kv;
+  if (!m.activations.kv_cache.empty()) {  // the readers validated it against this head dim
+    Result<KvSpec> kv = parse_kv_spec(m.activations.kv_cache);
+    LOWBIT_CHECK(kv.ok() && validate_kv_spec(*kv, cfg_.head_dim()).ok(), "LlamaModel: kv cache spec " + m.activations.kv_cache);
+    kv_ = std::move(*kv);
+  }
 }
 
 Status LlamaModel::set_kv_cache(std::optional<KvSpec> spec) {

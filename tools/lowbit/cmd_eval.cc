@@ -73,6 +73,7 @@ void run_eval(const EvalArgs& a) {
   const std::vector<int> tokens = tokenize_stories(**tok, a.text, a.split);
 
   LlamaModel reference(a.ref.empty() ? *model : *ref_model);
+  (void)reference.set_kv_cache(std::nullopt);  // the reference keeps an fp32 cache, whatever a saved model records
   // One entry per row: the model itself (fp32), each scheme, or the --weights/--acts spec.
   std::vector<std::unique_ptr<LlamaModel>> nets;
   std::vector<std::string> labels;
@@ -111,9 +112,9 @@ void run_eval(const EvalArgs& a) {
     nets = std::move(rows);
     labels = std::move(row_labels);
   }
-  const bool same = nets.empty() && a.ref.empty();  // the model against itself
+  const bool same = nets.empty() && a.ref.empty() && model->activations.kv_cache.empty();  // the model against itself
   if (nets.empty() && !same) nets.push_back(std::make_unique<LlamaModel>(*model));
-  if (labels.empty()) labels.emplace_back("fp32");
+  if (labels.empty()) labels.emplace_back(model->activations.kv_cache.empty() ? "fp32" : "model + kv " + model->activations.kv_cache);
   std::vector<const LlamaModel*> evaluated;
   for (const auto& n : nets) evaluated.push_back(n.get());
   if (same) evaluated.push_back(&reference);
