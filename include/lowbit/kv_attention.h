@@ -52,6 +52,9 @@ void kv_scores(const KvRows& k, const float* x, const float* xsum, int64_t ntok,
 // out[j] += Σ_t a[t] · value(t, j) for j < width (out has width floats).
 void kv_accumulate(const KvRows& v, const float* a, int64_t ntok, float* out);
 
+// fp16 bits → fp32, exact (bit manipulation, no libm): the cache's scale decoder outside the kernels.
+float kv_half_to_float(uint16_t h);
+
 // The kernel names ("attn_qk_int8_f32__avx2", "attn_pv_e4m3_f32__scalar") for a code at an ISA.
 std::string kv_kernel_name(bool scores, KvCode code, Isa isa);
 // The ISA the kv kernels dispatch to under the active ISA.

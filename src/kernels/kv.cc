@@ -1,5 +1,7 @@
 // Dispatch and names of the quantized-cache attention kernels (include/lowbit/kv_attention.h);
 // the registry lists them beside the matmul kernels (registry.cc, available_kernels).
+#include <bit>
+
 #include <fmt/format.h>
 
 #include "kv_internal.h"
@@ -47,6 +49,17 @@ void kv_accumulate(const KvRows& v, const float* a, int64_t ntok, float* out) {
   if (ntok <= 0) return;
   check_rows(v);
   kv_microkernels().accumulate(v, a, ntok, out);
+}
+
+float kv_half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t em = h & 0x7FFFu;
+  if (em < 0x0400u) {  // zero or subnormal: em · 2^-24, exact in fp32
+    return std::bit_cast<float>(sign | std::bit_cast<uint32_t>(static_cast<float>(em) * 0x1p-24f));
+  }
+  // Normal: the exponent rebiased by 127 − 15; inf / NaN keep an all-ones exponent and the payload.
+  const uint32_t bits = em >= 0x7C00u ? 0x7F800000u | ((em & 0x3FFu) << 13) : (em << 13) + 0x38000000u;
+  return std::bit_cast<float>(sign | bits);
 }
 
 Isa kv_kernel_isa() { return kv_microkernels().isa; }

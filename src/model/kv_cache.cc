@@ -39,7 +39,7 @@ constexpr KvNamedSpec kNamed[] = {
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-float f16(uint16_t c) { return decode(Format::kFp16, c); }
+float f16(uint16_t c) { return kv_half_to_float(c); }
 
 // The smallest fp16 >= r (r >= 0), capped at the largest finite.
 uint16_t f16_up(float r) {

@@ -4,6 +4,7 @@
 // groups of 8..width, runs of 1..129 tokens, every code.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -132,6 +133,17 @@ INSTANTIATE_TEST_SUITE_P(
       return std::string(kv_code_name(i.param.code)) + "_w" + std::to_string(i.param.width) + "_g" + std::to_string(i.param.group) +
              (i.param.with_min ? "_min" : "") + (i.param.unit ? "_unit" : "");
     });
+
+TEST(KvKernelsNames, HalfToFloatIsExactForEveryCode) {
+  for (uint32_t c = 0; c < 65536; ++c) {
+    const float want = decode(Format::kFp16, c), got = kv_half_to_float(static_cast<uint16_t>(c));
+    if (std::isnan(want)) {
+      ASSERT_TRUE(std::isnan(got)) << c;
+    } else {
+      ASSERT_EQ(std::bit_cast<uint32_t>(got), std::bit_cast<uint32_t>(want)) << c;
+    }
+  }
+}
 
 TEST(KvKernelsNames, RegistryListsEveryCodeAtEveryIsa) {
   EXPECT_EQ(kv_kernel_name(true, KvCode::kInt8, Isa::kAvx2), "attn_qk_int8_f32__avx2");

@@ -21,7 +21,7 @@ float code_value(KvCode c, const uint8_t* row, int64_t j) {
   return 0.0f;
 }
 
-float half(const uint16_t* p, int64_t i) { return p ? decode(Format::kFp16, p[i]) : 1.0f; }
+float half(const uint16_t* p, int64_t i) { return p ? kv_half_to_float(p[i]) : 1.0f; }
 
 void scores(const KvRows& k, const float* x, const float* xsum, int64_t ntok, float* out) {
   const int64_t ng = k.width / k.group;
@@ -33,7 +33,7 @@ void scores(const KvRows& k, const float* x, const float* xsum, int64_t ntok, fl
       for (int64_t j = g * k.group; j < (g + 1) * k.group; ++j) p[j % 8] = std::fma(x[j], code_value(k.code, row, j), p[j % 8]);
       const float d = ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7]));
       acc = std::fma(half(k.scale, t * k.pstride + g), d, acc);
-      if (k.min) acc = std::fma(decode(Format::kFp16, k.min[t * k.pstride + g]), xsum[g], acc);
+      if (k.min) acc = std::fma(kv_half_to_float(k.min[t * k.pstride + g]), xsum[g], acc);
     }
     out[t] = acc;
   }
@@ -49,7 +49,7 @@ void accumulate(const KvRows& v, const float* a, int64_t ntok, float* out) {
     }
     if (v.min) {
       float bias = 0.0f;
-      for (int64_t t = 0; t < ntok; ++t) bias = std::fma(a[t], decode(Format::kFp16, v.min[t * v.pstride + g]), bias);
+      for (int64_t t = 0; t < ntok; ++t) bias = std::fma(a[t], kv_half_to_float(v.min[t * v.pstride + g]), bias);
       o += bias;
     }
     out[j] = o;
