@@ -50,6 +50,10 @@ Result<EvalResult> evaluate(const LlamaModel& model, const LlamaModel& reference
 Result<std::vector<EvalResult>> evaluate_many(std::span<const LlamaModel* const> models, const LlamaModel& reference,
                                               std::span<const int> tokens, const EvalOptions& opt = {});
 
+// Decode throughput at a context: prefills `prompt` (untimed), then times `n` greedy single-token
+// steps through the model's KV cache (fp32 or its kv spec). Tokens per second.
+Result<double> decode_tokens_per_second(const LlamaModel& model, std::span<const int> prompt, int n);
+
 // Per-position statistics of one pair of logit rows (vocab entries each).
 struct TokenScore {
   double nll = 0, ref_nll = 0, kld = 0;
@@ -63,6 +67,8 @@ namespace lowbit {
 
 // An SVG line chart of the mean KL divergence at each scored offset within a window.
 std::string kld_curve_svg(const EvalResult& r, const std::string& title);
+// The same chart with one curve per result (labels beside them), e.g. one per KV cache spec.
+std::string kld_curves_svg(std::span<const EvalResult> rs, std::span<const std::string> labels, const std::string& title);
 
 // Text for evaluation or calibration: TinyStories-style files hold stories separated by blank
 // lines. `split` "calib" keeps the first `calib_fraction` of the stories, "eval" the rest,

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "lowbit/kernels.h"
+#include "lowbit/kv_cache.h"
 #include "lowbit/model.h"
 #include "lowbit/quant.h"
 
@@ -97,6 +98,10 @@ class LlamaModel {
   const Linear& classifier() const { return classifier_; }
   ActivationQuant& activation_quant() { return act_; }
   const ActivationQuant& activation_quant() const { return act_; }
+  // The KV cache every Session of this model keeps: quantized per `spec` (include/lowbit/kv_cache.h),
+  // or fp32 when unset. Errors: the spec does not fit the head dim.
+  Status set_kv_cache(std::optional<KvSpec> spec);
+  const std::optional<KvSpec>& kv_cache_spec() const { return kv_; }
   // Algorithms that fold scales into norms (AWQ, SmoothQuant) replace weight views with
   // tensors the model owns: `w = net.adopt(std::move(t))`.
   LlamaWeights& mutable_weights() { return w_; }
@@ -109,6 +114,7 @@ class LlamaModel {
   std::vector<LayerLinears> layers_;
   Linear classifier_;
   ActivationQuant act_;
+  std::optional<KvSpec> kv_;
 };
 
 // Runs a LlamaModel: activation buffers and the KV cache (layers, seq_len, kv_dim) for one sequence.
@@ -119,11 +125,14 @@ class Session {
   // with (n, vocab) when `all_logits`, else (1, vocab) for the last token only.
   Status forward(std::span<const int> tokens, int pos, std::vector<float>* logits, bool all_logits = true);
   int max_seq() const { return max_seq_; }
+  // Bytes the KV cache buffers hold (the fp32 cache, or the quantized one's codes, scales and window).
+  int64_t kv_buffer_bytes() const;
 
  private:
   const LlamaModel& m_;
   int max_seq_;
-  std::vector<float> k_cache_, v_cache_;  // (layers, max_seq, kv_dim)
+  std::vector<float> k_cache_, v_cache_;  // (layers, max_seq, kv_dim); empty with a quantized cache
+  std::optional<KvCache> kv_;              // the model's kv spec, when set
 };
 
 // Sees a linear's input as the linear receives it (after activation fake-quant): x (rows, cols).

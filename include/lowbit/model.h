@@ -60,6 +60,7 @@ struct LlamaWeights {
 struct ActivationSpecs {
   std::optional<QuantSpec> linear_input;
   std::optional<QuantSpec> kv;
+  std::string kv_cache;  // a quantized KV cache spec (kv_cache.h text form) the model runs with; "" = fp32
 };
 
 // A loaded model: config, views of its weights, and whatever owns their bytes (the mapped

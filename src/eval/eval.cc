@@ -206,6 +206,66 @@ std::string kld_curve_svg(const EvalResult& r, const std::string& title) {
   return svg;
 }
 
+std::string kld_curves_svg(std::span<const EvalResult> rs, std::span<const std::string> labels, const std::string& title) {
+  constexpr double W = 720, H = 400, L = 60, R = 180, T = 40, B = 50;
+  static constexpr const char* kColors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"};
+  double ymax = 0;
+  size_t n = 0;
+  for (const EvalResult& r : rs) {
+    n = std::max(n, r.kld_by_position.size());
+    for (float v : r.kld_by_position) ymax = std::max(ymax, static_cast<double>(v));
+  }
+  if (ymax <= 0) ymax = 1e-6;
+  auto esc = [](const std::string& s) {
+    std::string o;
+    for (char ch : s) o += ch == '<' ? std::string("&lt;") : ch == '>' ? std::string("&gt;") : ch == '&' ? std::string("&amp;") : std::string(1, ch);
+    return o;
+  };
+  std::string svg = fmt::format(
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{0}\" height=\"{1}\" viewBox=\"0 0 {0} {1}\" "
+      "font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+      "<text x=\"{2}\" y=\"22\" font-size=\"14\">{3}</text>\n"
+      "<line x1=\"{2}\" y1=\"{4}\" x2=\"{5}\" y2=\"{4}\" stroke=\"black\"/>\n"
+      "<line x1=\"{2}\" y1=\"{6}\" x2=\"{2}\" y2=\"{4}\" stroke=\"black\"/>\n"
+      "<text x=\"{7}\" y=\"{8}\" text-anchor=\"middle\">scored position within the window (offset from ctx/2)</text>\n"
+      "<text x=\"{2}\" y=\"{9}\" text-anchor=\"end\" dx=\"-4\">{10:.3g}</text>\n"
+      "<text x=\"{2}\" y=\"{4}\" text-anchor=\"end\" dx=\"-4\">0</text>\n"
+      "<text x=\"14\" y=\"{11}\" transform=\"rotate(-90 14 {11})\" text-anchor=\"middle\">mean KLD (nats)</text>\n",
+      W, H, L, esc(title), H - B, W - R, T, (L + W - R) / 2, H - 12, T + 4, ymax, (T + H - B) / 2);
+  for (size_t c = 0; c < rs.size(); ++c) {
+    const std::vector<float>& k = rs[c].kld_by_position;
+    std::string pts;
+    for (size_t i = 0; i < k.size(); ++i) {
+      const double x = L + (W - L - R) * (n > 1 ? static_cast<double>(i) / static_cast<double>(n - 1) : 0.5);
+      pts += fmt::format("{:.1f},{:.1f} ", x, H - B - (H - T - B) * (k[i] / ymax));
+    }
+    const char* color = kColors[c % std::size(kColors)];
+    svg += fmt::format("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.2\" points=\"{}\"/>\n", color, pts);
+    svg += fmt::format("<text x=\"{}\" y=\"{}\" fill=\"{}\">{} (mean {:.3g})</text>\n", W - R + 8, T + 16 * (c + 1), color,
+                       esc(c < labels.size() ? labels[c] : std::string()), rs[c].kld_mean);
+  }
+  return svg + "</svg>\n";
+}
+
+Result<double> decode_tokens_per_second(const LlamaModel& model, std::span<const int> prompt, int n) {
+  if (prompt.empty() || n < 1) return InvalidArgument("decode speed: needs a prompt and at least one token");
+  const int ctx = static_cast<int>(prompt.size()) + n;
+  if (ctx > model.config().seq_len) {
+    return InvalidArgument(fmt::format("decode speed: {} prompt + {} new tokens exceed the context of {}", prompt.size(), n,
+                                       model.config().seq_len));
+  }
+  Session s(model, ctx);
+  std::vector<float> logits;
+  LOWBIT_RETURN_IF_ERROR(s.forward(prompt, 0, &logits, /*all_logits=*/false));
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < n; ++i) {
+    const int next[1] = {static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin())};
+    LOWBIT_RETURN_IF_ERROR(s.forward(next, static_cast<int>(prompt.size()) + i, &logits, false));
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return secs > 0 ? n / secs : 0.0;
+}
+
 Result<std::vector<std::string>> load_stories(const std::string& path, const std::string& split, double calib_fraction) {
   if (split != "all" && split != "calib" && split != "eval") {
     return InvalidArgument(fmt::format("--split: '{}' is not valid (accepted: all, calib, eval)", split));

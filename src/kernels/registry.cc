@@ -13,6 +13,7 @@
 #include "lowbit/convert.h"
 #include "lowbit/formats.h"
 #include "lowbit/kernels.h"
+#include "lowbit/kv_attention.h"
 #include "lowbit/parallel.h"
 
 namespace lowbit {
@@ -544,6 +545,13 @@ std::vector<KernelInfo> available_kernels() {
     }
     out.push_back({kernel_name(KernelOp::kGemmFp8Block, WeightKind::kE4m3Block, 128, isa), KernelOp::kGemmFp8Block, isa,
                    "e4m3 1x128 activation tiles x e4m3 128x128 weight blocks, fp32 promotion every 128 of K"});
+    // Attention over a quantized KV cache (kv_attention.h); listed with the op they replace nothing of.
+    for (KvCode c : {KvCode::kInt8, KvCode::kInt4, KvCode::kUint4, KvCode::kE4m3, KvCode::kE5m2}) {
+      out.push_back({kv_kernel_name(true, c, isa), KernelOp::kAuto, isa,
+                     fmt::format("fp32 query x {} cached keys (fp16 scales per token group or channel), fp32 scores", kv_code_name(c))});
+      out.push_back({kv_kernel_name(false, c, isa), KernelOp::kAuto, isa,
+                     fmt::format("fp32 probabilities x {} cached values (fp16 scales per token group), fp32 out", kv_code_name(c))});
+    }
   }
   for (const char* mode : {"promoted", "unpromoted"}) {
     out.push_back({fmt::format("gemm_fp8_block128_acc14_{}_f32__scalar", mode), KernelOp::kGemmFp8Block, Isa::kScalar,

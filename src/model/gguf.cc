@@ -1037,7 +1037,7 @@ Result<Model> load_gguf(const std::string& path) {
   m.file = f.file;
   m.weights.layers.resize(static_cast<size_t>(c.n_layers));
   const auto meta = [&](const char* key) { return f.get_string(key).value_or(""); };
-  LOWBIT_RETURN_IF_ERROR(read_activation_specs(path, meta, &m.activations));
+  LOWBIT_RETURN_IF_ERROR(read_activation_specs(path, meta, &m.activations, c.head_dim()));
   auto& w = m.weights;
   const int64_t dim = c.dim;
   // GGUF lists dims fastest first, so a (out, in) matrix is [in, out]. llama.cpp's converter

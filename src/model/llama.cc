@@ -148,6 +148,17 @@ LlamaModel::LlamaModel(const Model& m) : cfg_(m.config), w_(m.weights) {
   classifier_ = make_linear(m, kClassifierName, w_.classifier);
   act_.linear_input = m.activations.linear_input;
   act_.kv = m.activations.kv;
+  if (!m.activations.kv_cache.empty()) {  // the readers validated it against this head dim
+    Result<KvSpec> kv = parse_kv_spec(m.activations.kv_cache);
+    LOWBIT_CHECK(kv.ok() && validate_kv_spec(*kv, cfg_.head_dim()).ok(), "LlamaModel: kv cache spec " + m.activations.kv_cache);
+    kv_ = std::move(*kv);
+  }
+}
+
+Status LlamaModel::set_kv_cache(std::optional<KvSpec> spec) {
+  if (spec) LOWBIT_RETURN_IF_ERROR(validate_kv_spec(*spec, cfg_.head_dim()));
+  kv_ = std::move(spec);
+  return OkStatus();
 }
 
 std::string_view linear_slot_name(LinearSlot slot) {
@@ -245,7 +256,7 @@ Status run_linear(const LlamaModel& m, int layer, LinearSlot slot, float* in, in
 // Block `l` over x (n, dim) at positions pos..pos+n-1; kc/vc (max_seq, kv_dim) hold this
 // layer's cache for positions 0..pos-1 and receive pos..pos+n-1.
 Status layer_forward(const LlamaModel& m, int l, float* x, int64_t n, int pos, float* kc, float* vc, int max_seq,
-                     Buffers& b, const LinearInputHook& hook) {
+                     Buffers& b, const LinearInputHook& hook, KvCache* cache = nullptr) {
   const LlamaConfig& c = m.config();
   const int dim = c.dim, kv_dim = c.kv_dim(), hs = c.head_dim();
   const int kv_mul = c.n_heads / c.n_kv_heads;
@@ -260,6 +271,12 @@ Status layer_forward(const LlamaModel& m, int l, float* x, int64_t n, int pos, f
   LOWBIT_RETURN_IF_ERROR(run_linear(m, l, LinearSlot::kWk, xb, n, k, b.part, hook));
   LOWBIT_RETURN_IF_ERROR(run_linear(m, l, LinearSlot::kWv, xb, n, v, b.part, hook));
 
+  // Pre-RoPE caches quantize the keys as they leave wk: k_raw (n, kv_dim).
+  std::vector<float> k_raw;
+  if (cache && cache->spec().pre_rope) {
+    if (aq.kv) LOWBIT_RETURN_IF_ERROR(fake_quant(k, n, kv_dim, *aq.kv));
+    k_raw.assign(k, k + n * kv_dim);
+  }
   // RoPE on q and k, pairs (i, i+1), frequency from the position within the head.
   for (int64_t t = 0; t < n; ++t) {
     const int p = pos + static_cast<int>(t);
@@ -278,9 +295,14 @@ Status layer_forward(const LlamaModel& m, int l, float* x, int64_t n, int pos, f
     }
   }
   if (aq.kv) {
-    LOWBIT_RETURN_IF_ERROR(fake_quant(k, n, kv_dim, *aq.kv));
+    if (k_raw.empty()) LOWBIT_RETURN_IF_ERROR(fake_quant(k, n, kv_dim, *aq.kv));
     LOWBIT_RETURN_IF_ERROR(fake_quant(v, n, kv_dim, *aq.kv));
   }
+  if (cache) {
+    // Quantized cache: codes written, attention reads them (kv_cache.cc); no fp32 cache.
+    cache->write(l, pos, n, k, k_raw.data(), v);
+    cache->attend(l, pos, n, q, k, k_raw.data(), v, xb);
+  } else {
   std::memcpy(kc + static_cast<int64_t>(pos) * kv_dim, k, sizeof(float) * n * kv_dim);
   std::memcpy(vc + static_cast<int64_t>(pos) * kv_dim, v, sizeof(float) * n * kv_dim);
 
@@ -309,6 +331,7 @@ Status layer_forward(const LlamaModel& m, int l, float* x, int64_t n, int pos, f
       }
     }
   });
+  }
   LOWBIT_RETURN_IF_ERROR(run_linear(m, l, LinearSlot::kWo, xb, n, xb2, b.part, hook));
   for (int64_t i = 0; i < n * dim; ++i) x[i] += xb2[i];
 
@@ -359,9 +382,20 @@ Status run_block(const LlamaModel& model, int layer, float* x, int64_t n, const 
 Session::Session(const LlamaModel& model, int max_seq)
     : m_(model), max_seq_(max_seq > 0 ? std::min(max_seq, model.config().seq_len) : model.config().seq_len) {
   const LlamaConfig& c = m_.config();
+  if (const std::optional<KvSpec>& spec = m_.kv_cache_spec()) {
+    Result<KvCache> kc = KvCache::create(*spec, c, max_seq_);
+    LOWBIT_CHECK(kc.ok(), "Session: " + kc.status().message());  // set_kv_cache validated the spec
+    kv_ = std::move(*kc);
+    return;
+  }
   const size_t cache = static_cast<size_t>(c.n_layers) * static_cast<size_t>(max_seq_) * static_cast<size_t>(c.kv_dim());
   k_cache_.assign(cache, 0.0f);
   v_cache_.assign(cache, 0.0f);
+}
+
+int64_t Session::kv_buffer_bytes() const {
+  if (kv_) return kv_->buffer_bytes();
+  return static_cast<int64_t>(sizeof(float) * (k_cache_.size() + v_cache_.size()));
 }
 
 Status Session::forward(std::span<const int> tokens, int pos, std::vector<float>* logits, bool all_logits) {
@@ -376,9 +410,9 @@ Status Session::forward(std::span<const int> tokens, int pos, std::vector<float>
   LOWBIT_RETURN_IF_ERROR(embed_tokens(m_, tokens, x.data()));
   Buffers b(c, n);
   for (int l = 0; l < c.n_layers; ++l) {
-    float* kc = &k_cache_[static_cast<size_t>(l) * max_seq_ * kv_dim];
-    float* vc = &v_cache_[static_cast<size_t>(l) * max_seq_ * kv_dim];
-    LOWBIT_RETURN_IF_ERROR(layer_forward(m_, l, x.data(), n, pos, kc, vc, max_seq_, b, nullptr));
+    float* kc = kv_ ? nullptr : &k_cache_[static_cast<size_t>(l) * max_seq_ * kv_dim];
+    float* vc = kv_ ? nullptr : &v_cache_[static_cast<size_t>(l) * max_seq_ * kv_dim];
+    LOWBIT_RETURN_IF_ERROR(layer_forward(m_, l, x.data(), n, pos, kc, vc, max_seq_, b, nullptr, kv_ ? &*kv_ : nullptr));
   }
   const int64_t first = all_logits ? 0 : n - 1;
   const int64_t m = n - first;

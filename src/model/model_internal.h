@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "lowbit/llama.h"
+#include "lowbit/kv_cache.h"
 #include "lowbit/model.h"
 #include "lowbit/quant.h"
 #include "lowbit/status.h"
@@ -50,18 +51,29 @@ std::string linear_name(int layer, const SlotInfo& s);  // "layers.3.wq"
 // weights: the activation fake-quant specs, as QuantSpec text.
 inline constexpr const char* kActLinearInputKey = "lowbit.activation.linear_input";
 inline constexpr const char* kActKvKey = "lowbit.activation.kv";
+// The quantized KV cache spec (kv_cache.h text form), and the llama.cpp --cache-type-k / -v with the
+// same layout ("none" where llama.cpp has none), written for people who run the file there.
+inline constexpr const char* kKvCacheKey = "lowbit.kv_cache";
+inline constexpr const char* kKvCacheLlamaCppK = "lowbit.kv_cache.llama_cpp_cache_type_k";
+inline constexpr const char* kKvCacheLlamaCppV = "lowbit.kv_cache.llama_cpp_cache_type_v";
 // safetensors only: comma-separated names of quantized q/k tensors stored in lowbit's interleaved
 // RoPE row order, because their scale blocks span rows that Hugging Face's order would separate.
 inline constexpr const char* kInterleavedRopeKey = "lowbit.rope_interleaved";
-// Reads both keys through `get` (returns the value or "" when absent) into specs; errors name `path`.
+// Reads the keys (and the kv cache spec, checked against head_dim) through `get` (returns the value or "" when absent) into specs; errors name `path`.
 template <class Get>
-Status read_activation_specs(const std::string& path, Get get, ActivationSpecs* out) {
+Status read_activation_specs(const std::string& path, Get get, ActivationSpecs* out, int head_dim) {
   for (const char* key : {kActLinearInputKey, kActKvKey}) {
     const std::string text = get(key);
     if (text.empty()) continue;
     Result<QuantSpec> s = parse_spec(text);
     if (!s.ok()) return DataLoss(path + ": metadata " + key + ": " + s.status().message());
     (key == kActKvKey ? out->kv : out->linear_input) = *s;
+  }
+  if (const std::string text = get(kKvCacheKey); !text.empty()) {
+    Result<KvSpec> k = parse_kv_spec(text);
+    if (!k.ok()) return DataLoss(path + ": metadata " + kKvCacheKey + ": " + k.status().message());
+    if (Status st = validate_kv_spec(*k, head_dim); !st.ok()) return DataLoss(path + ": metadata " + kKvCacheKey + ": " + st.message());
+    out->kv_cache = text;
   }
   return OkStatus();
 }

@@ -622,7 +622,7 @@ Result<Model> load_safetensors(const std::string& path_or_dir) {
     const auto it = f.metadata().find(key);
     return it == f.metadata().end() ? std::string() : it->second;
   };
-  LOWBIT_RETURN_IF_ERROR(read_activation_specs(f.path(), meta, &m.activations));
+  LOWBIT_RETURN_IF_ERROR(read_activation_specs(f.path(), meta, &m.activations, c.head_dim()));
   WeightLoader w(m, f, std::move(quantized), split_names(meta(kInterleavedRopeKey)));
   LlamaWeights& lw = m.weights;
   LOWBIT_RETURN_IF_ERROR(w.load("model.embed_tokens.weight", {vocab, dim}, &lw.tok_embeddings));

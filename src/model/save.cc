@@ -93,8 +93,15 @@ Result<std::vector<std::pair<std::string, std::string>>> common_metadata(const L
   const ActivationQuant& aq = net.activation_quant();
   if (aq.linear_input) meta.emplace_back(kActLinearInputKey, to_string(*aq.linear_input));
   if (aq.kv) meta.emplace_back(kActKvKey, to_string(*aq.kv));
+  if (const std::optional<KvSpec>& kv = net.kv_cache_spec()) {
+    meta.emplace_back(kKvCacheKey, to_string(*kv));
+    const int hd = net.config().head_dim();
+    const std::string tk = llama_cpp_cache_type(kv->k, hd), tv = llama_cpp_cache_type(kv->v, hd);
+    meta.emplace_back(kKvCacheLlamaCppK, tk.empty() || kv->residual || kv->pre_rope ? "none" : tk);
+    meta.emplace_back(kKvCacheLlamaCppV, tv.empty() || kv->residual ? "none" : tv);
+  }
   for (const auto& [k, v] : opt.extra_metadata) {
-    if (k == kActLinearInputKey || k == kActKvKey || k == kInterleavedRopeKey || k.starts_with("general.") ||
+    if (k == kActLinearInputKey || k == kActKvKey || k.starts_with("lowbit.kv_cache") || k == kInterleavedRopeKey || k.starts_with("general.") ||
         k.starts_with("llama.") || k.starts_with("tokenizer.") || k == "quantization_config" || k == "format") {
       return InvalidArgument(fmt::format("{}: extra metadata key {} is written by save_model itself", out, k));
     }

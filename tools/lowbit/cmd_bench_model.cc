@@ -1,4 +1,5 @@
-// lowbit bench model --model M [--scheme S] [--prefill N] [--decode N] [--llamacpp-python PY] [--json out.json]
+// lowbit bench model --model M [--scheme S] [--kv SPEC ...] [--prefill N] [--decode N] [--llamacpp-python PY]
+//                    [--json out.json]
 // Prefill and decode tokens/s of one model: lowbit fp32, lowbit quantized in memory with a named
 // scheme, and — when --llamacpp-python names a Python with llama_cpp installed — llama.cpp on the
 // same file (a GGUF) in a subprocess, with the same token ids and thread count. Peak RSS of the
@@ -18,6 +19,7 @@
 
 #include "cli.h"
 #include "lowbit/file.h"
+#include "lowbit/kv_cache.h"
 #include "lowbit/llama.h"
 #include "lowbit/parallel.h"
 #include "lowbit/rtn.h"
@@ -27,6 +29,7 @@ namespace {
 
 struct BenchModelArgs {
   std::string model, scheme = "w4a16-g128", llamacpp_python, json;
+  std::vector<std::string> kv;
   int prefill = 128, decode = 32;
 };
 
@@ -157,6 +160,23 @@ void run_bench_model(const BenchModelArgs& a) {
     if (Status s = apply_scheme(net, *scheme); !s.ok()) fail(s);
     rows.push_back(measure_lowbit("lowbit " + a.scheme, net, ids, a.decode));
   }
+  // Quantized KV caches: the fp32 and the scheme's weights with each spec (decode at the end of
+  // the prefill reads the whole cache: the long-context cost the quantized cache cuts).
+  for (const std::string& text : a.kv) {
+    Result<KvSpec> kv = parse_kv_spec(text);
+    if (!kv.ok()) fail(kExitUsage, "--kv: " + kv.status().message());
+    const std::string bytes = fmt::format("KV {:.0f} B/token (fp32 cache {})", kv_bytes_per_token(*kv, c, a.prefill + a.decode + 1),
+                                          2 * c.n_layers * c.kv_dim() * 4);
+    for (bool quantized : {false, true}) {
+      LlamaModel net(*model);
+      if (quantized) {
+        if (Status s = apply_scheme(net, *scheme); !s.ok()) fail(s);
+      }
+      if (Status s = net.set_kv_cache(*kv); !s.ok()) fail(kExitUsage, "--kv: " + s.message());
+      rows.push_back(measure_lowbit(fmt::format("lowbit {} + {}", quantized ? a.scheme : "fp32", kv->name), net, ids, a.decode));
+      rows.back().note = bytes;
+    }
+  }
   const double rss = peak_rss_mib();  // before the subprocess: lowbit's own
   rows.push_back(measure_llamacpp(a, ids));
 
@@ -191,6 +211,8 @@ void register_bench_model(CLI::App& bench_parent) {
   cmd->add_option("--scheme", a->scheme, "Named scheme for the quantized row (see `lowbit schemes`)")->default_val("w4a16-g128");
   cmd->add_option("--prefill", a->prefill, "Prompt tokens per prefill")->default_val(128);
   cmd->add_option("--decode", a->decode, "Tokens decoded one at a time after the prefill")->default_val(32);
+  cmd->add_option("--kv", a->kv, "Also time each quantized KV cache spec (kv-int8, kv-int4-kivi, ...; repeat or ';')")
+      ->delimiter(';');
   cmd->add_option("--llamacpp-python", a->llamacpp_python, "A Python with llama_cpp installed (llama-cpp-python)");
   cmd->add_option("--json", a->json, "Write the figures as JSON");
   cmd->callback([a] { run_bench_model(*a); });

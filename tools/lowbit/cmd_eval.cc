@@ -1,9 +1,10 @@
 // lowbit eval --model M [--scheme S[,S2...] | --weights SPEC [--acts SPEC]] [--ref R] --text FILE
 //             [--tokenizer T] [--split all|calib|eval] [--ctx N] [--stride S] [--max-windows K]
-//             [--json out.json] [--plot out.svg]
+//             [--kv SPEC ...] [--decode-ctx N] [--json out.json] [--plot out.svg]
 // Quantizes M in memory (RTN) when schemes or a spec are given, then measures each against the
 // fp32 reference (R, or M itself): PPL, ΔPPL ± SE, KLD mean / p99, top-1, bpw, size, tokens/s.
-// Several schemes share one pass of the reference over the text (one table row each).
+// Several schemes share one pass of the reference over the text (one table row each). --kv runs
+// each row with a quantized KV cache per spec (include/lowbit/kv_cache.h): a row per (weights, kv).
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -16,6 +17,7 @@
 #include "cli.h"
 #include "lowbit/eval.h"
 #include "lowbit/file.h"
+#include "lowbit/kv_cache.h"
 #include "lowbit/progress.h"
 #include "lowbit/rtn.h"
 #include "lowbit/tokenizer.h"
@@ -25,8 +27,8 @@ namespace {
 
 struct EvalArgs {
   std::string model, ref, text, tokenizer, weights, acts, split = "all", json, plot;
-  std::vector<std::string> schemes;
-  int ctx = 128, stride = 0, max_windows = 0, decode_tokens = 32;
+  std::vector<std::string> schemes, kv;
+  int ctx = 128, stride = 0, max_windows = 0, decode_tokens = 32, decode_ctx = 8;
 };
 
 std::string sha256_file(const std::string& path) {
@@ -44,6 +46,13 @@ void run_eval(const EvalArgs& a) {
   if (!a.schemes.empty() && !a.weights.empty()) fail(kExitUsage, "eval: --scheme and --weights exclude each other");
   if (!a.acts.empty() && a.weights.empty()) fail(kExitUsage, "eval: --acts needs --weights (or use --scheme)");
   if (a.ctx < 2) fail(kExitUsage, fmt::format("eval: --ctx must be >= 2 (got {})", a.ctx));
+  if (a.decode_ctx < 1) fail(kExitUsage, fmt::format("eval: --decode-ctx must be >= 1 (got {})", a.decode_ctx));
+  std::vector<KvSpec> kvs;
+  for (const std::string& text : a.kv) {
+    Result<KvSpec> k = parse_kv_spec(text);
+    if (!k.ok()) fail(kExitUsage, "--kv: " + k.status().message());
+    kvs.push_back(*k);
+  }
   if (!a.plot.empty() && a.schemes.size() > 1) {
     fail(kExitUsage, fmt::format("eval: --plot draws one model; got {} schemes", a.schemes.size()));
   }
@@ -64,6 +73,7 @@ void run_eval(const EvalArgs& a) {
   const std::vector<int> tokens = tokenize_stories(**tok, a.text, a.split);
 
   LlamaModel reference(a.ref.empty() ? *model : *ref_model);
+  (void)reference.set_kv_cache(std::nullopt);  // the reference keeps an fp32 cache, whatever a saved model records
   // One entry per row: the model itself (fp32), each scheme, or the --weights/--acts spec.
   std::vector<std::unique_ptr<LlamaModel>> nets;
   std::vector<std::string> labels;
@@ -85,9 +95,26 @@ void run_eval(const EvalArgs& a) {
     if (Status st = apply_rtn(*nets.back(), *w, act); !st.ok()) fail(st);
     labels.push_back(to_string(*w) + (act ? " / acts " + to_string(*act) : ""));
   }
-  const bool same = nets.empty() && a.ref.empty();  // the model against itself
+  if (!kvs.empty() && nets.empty()) {  // KV specs alone: the fp32 weights with each cache
+    nets.push_back(std::make_unique<LlamaModel>(*model));
+    labels.emplace_back("fp32");
+  }
+  if (!kvs.empty()) {  // a row per (weights, kv spec); the linears are shared, not re-quantized
+    std::vector<std::unique_ptr<LlamaModel>> rows;
+    std::vector<std::string> row_labels;
+    for (size_t i = 0; i < nets.size(); ++i) {
+      for (const KvSpec& k : kvs) {
+        rows.push_back(std::make_unique<LlamaModel>(*nets[i]));
+        if (Status st = rows.back()->set_kv_cache(k); !st.ok()) fail(kExitUsage, "--kv: " + st.message());
+        row_labels.push_back(labels[i] + " + " + k.name);
+      }
+    }
+    nets = std::move(rows);
+    labels = std::move(row_labels);
+  }
+  const bool same = nets.empty() && a.ref.empty() && model->activations.kv_cache.empty();  // the model against itself
   if (nets.empty() && !same) nets.push_back(std::make_unique<LlamaModel>(*model));
-  if (labels.empty()) labels.emplace_back("fp32");
+  if (labels.empty()) labels.emplace_back(model->activations.kv_cache.empty() ? "fp32" : "model + kv " + model->activations.kv_cache);
   std::vector<const LlamaModel*> evaluated;
   for (const auto& n : nets) evaluated.push_back(n.get());
   if (same) evaluated.push_back(&reference);
@@ -106,18 +133,17 @@ void run_eval(const EvalArgs& a) {
   if (progress) progress->finish();
   if (!results.ok()) fail(results.status());
 
-  // Decode speed: greedy tokens after a short prompt, one at a time through the KV cache, for
-  // each model and the fp32 reference in the same run (alternating, best of two each, so a
-  // noisy neighbour or a cold cache does not favour either).
-  GenerateOptions g;
-  g.max_new_tokens = a.decode_tokens;
-  const std::vector<int> prompt(tokens.begin(), tokens.begin() + std::min<size_t>(8, tokens.size()));
+  // Decode speed: greedy tokens after a prompt of --decode-ctx tokens (prefill untimed), one at a
+  // time through the KV cache, for each model and the fp32 reference in the same run (alternating,
+  // best of two each, so a noisy neighbour or a cold cache does not favour either).
+  const int ctx_eff = std::min(a.ctx, model->config.seq_len);
+  const int decode_ctx = std::min<int>({a.decode_ctx, static_cast<int>(tokens.size()), model->config.seq_len - a.decode_tokens});
+  if (decode_ctx < 1) fail(kExitUsage, fmt::format("eval: --decode-ctx leaves no room for {} decode tokens", a.decode_tokens));
+  const std::vector<int> prompt(tokens.begin(), tokens.begin() + decode_ctx);
   auto decode_speed = [&](const LlamaModel& m) {
-    const auto t0 = std::chrono::steady_clock::now();
-    Result<std::vector<int>> gen = generate(m, prompt, g);
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (!gen.ok()) fail(gen.status());
-    return secs > 0 ? static_cast<double>(gen->size()) / secs : 0.0;
+    Result<double> r = decode_tokens_per_second(m, prompt, a.decode_tokens);
+    if (!r.ok()) fail(r.status());
+    return *r;
   };
   std::vector<double> decode_tok_s(evaluated.size(), 0.0);
   double ref_decode_tok_s = 0;
@@ -140,13 +166,18 @@ void run_eval(const EvalArgs& a) {
                                  {"acts", a.acts},
                                  {"ctx", std::min(a.ctx, model->config.seq_len)},
                                  {"stride", a.stride > 0 ? a.stride : std::min(a.ctx, model->config.seq_len) / 2},
-                                 {"max_windows", a.max_windows}};
+                                 {"max_windows", a.max_windows},
+                                 {"kv", fmt::format("{}", fmt::join(a.kv, ";"))},
+                                 {"decode_ctx", decode_ctx}};
   nlohmann::json all = nlohmann::json::array();
-  std::string rows;
+  std::string rows, kv_rows;
   for (size_t i = 0; i < evaluated.size(); ++i) {
     const EvalResult& r = (*results)[i];
     const ModelSize size = model_size(*evaluated[i]);
     const double speedup = ref_decode_tok_s > 0 ? decode_tok_s[i] / ref_decode_tok_s : 0.0;
+    const std::optional<KvSpec>& kv = evaluated[i]->kv_cache_spec();
+    const LlamaConfig& cfg = evaluated[i]->config();
+    const double kv_bytes = kv ? kv_bytes_per_token(*kv, cfg, ctx_eff) : 2.0 * cfg.n_layers * cfg.kv_dim() * sizeof(float);
     all.push_back({{"model", labels[i]},
                    {"ppl", r.ppl},
                    {"ref_ppl", r.ref_ppl},
@@ -168,28 +199,43 @@ void run_eval(const EvalArgs& a) {
                    {"decode_speedup", speedup},
                    {"tokens_scored", r.tokens_scored},
                    {"windows", r.windows},
+                   {"kv_spec", kv ? to_string(*kv) : "fp32"},
+                   {"kv_bytes_per_token", kv_bytes},
+                   {"kv_bits_per_value", kv ? kv_bits_per_value(*kv, cfg.head_dim()) : 32.0},
                    {"peak_rss_mib", peak_rss_mib()},
                    {"inputs", inputs}});
     rows += fmt::format("| {} | {:.4f} | {:.4f} | {:+.4f} ± {:.4f} | {:.6f} | {:.6f} | {:.2f}% | {:.3f} | {:.1f} KiB | {:.0f} | {:.1f} | {:.2f}x | {} | {:.0f} MiB |\n",
                         labels[i], r.ppl, r.ref_ppl, r.delta_ppl, r.delta_ppl_se, r.kld_mean, r.kld_p99, 100.0 * r.top1,
                         size.bpw_total(), static_cast<double>(size.total_bytes()) / 1024.0, r.prefill_tok_s,
                         decode_tok_s[i], speedup, r.tokens_scored, peak_rss_mib());
+    if (!kvs.empty()) {
+      kv_rows += fmt::format("| {} | {} | {:.2f} | {:.0f} | {:.6f} | {:.6f} | {:.2f}% | {:.1f} | {:.2f}x |\n", labels[i],
+                             kv ? to_string(*kv) : "fp32", kv ? kv_bits_per_value(*kv, cfg.head_dim()) : 32.0, kv_bytes,
+                             r.kld_mean, r.kld_p99, 100.0 * r.top1, decode_tok_s[i], speedup);
+    }
   }
   if (!a.json.empty()) {
     const std::string text = (all.size() == 1 ? all.front() : all).dump(2) + "\n";
     if (Status s = write_file_atomic(a.json, text); !s.ok()) fail(s);
   }
   if (!a.plot.empty()) {
-    if (Status s = write_file_atomic(a.plot, kld_curve_svg(results->front(), "lowbit eval: " + labels.front() + " vs fp32"));
-        !s.ok()) {
-      fail(s);
-    }
+    const std::string svg = results->size() > 1
+                                ? kld_curves_svg(*results, labels, fmt::format("lowbit eval: KLD by position vs fp32, ctx {}", ctx_eff))
+                                : kld_curve_svg(results->front(), "lowbit eval: " + labels.front() + " vs fp32");
+    if (Status s = write_file_atomic(a.plot, svg); !s.ok()) fail(s);
   }
   fmt::print("| model | PPL | ref PPL | ΔPPL ± SE | KLD mean | KLD p99 | top-1 | bpw | size | prefill tok/s | decode tok/s | decode vs fp32 | tokens | peak RSS |\n");
   fmt::print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   fmt::print("{}", rows);
   fmt::print("\nfp32 reference in the same run: prefill {:.0f} tok/s, decode {:.1f} tok/s\n",
              results->front().ref_prefill_tok_s, ref_decode_tok_s);
+  if (!kvs.empty()) {
+    fmt::print("\nKV cache (bytes per token at ctx {} over all layers, keys + values, window included; fp32 cache {:.0f}; "
+               "decode after {} tokens):\n",
+               ctx_eff, 2.0 * model->config.n_layers * model->config.kv_dim() * sizeof(float), decode_ctx);
+    fmt::print("| model | kv spec | bits/value | KV bytes/token | KLD mean | KLD p99 | top-1 | decode tok/s | decode vs fp32 |\n");
+    fmt::print("|---|---|---:|---:|---:|---:|---:|---:|---:|\n{}", kv_rows);
+  }
 }
 
 }  // namespace
@@ -210,6 +256,12 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--ctx", a->ctx, "Window length in tokens")->default_val(128);
   cmd->add_option("--stride", a->stride, "Window stride (default ctx/2: every token scored once)");
   cmd->add_option("--max-windows", a->max_windows, "Score at most this many windows (0: all)")->default_val(0);
+  cmd->add_option("--kv", a->kv,
+                  "Quantized KV cache spec(s): kv-int8 kv-int8-g32 kv-int4-g32 kv-int4-g32-sym kv-int4-g64 kv-int4-kivi kv-e4m3 "
+                  "kv-e5m2 kv-e4m3-tensor kv-e5m2-tensor, or k=SPEC,v=SPEC[,residual=R][,block=B][,prerope]; several "
+                  "(repeat, or separate with ';') share one reference pass, a row each")
+      ->delimiter(';');
+  cmd->add_option("--decode-ctx", a->decode_ctx, "Tokens of context before the timed decode steps")->default_val(8);
   cmd->add_option("--json", a->json, "Write every figure and the exact inputs as JSON");
   cmd->add_option("--plot", a->plot, "Write an SVG of mean KLD by position");
   cmd->callback([a] { run_eval(*a); });

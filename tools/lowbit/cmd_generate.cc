@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "cli.h"
+#include "lowbit/kv_cache.h"
 #include "lowbit/gguf.h"
 #include "lowbit/llama.h"
 #include "lowbit/model.h"
@@ -17,7 +18,7 @@ namespace lowbit::cli {
 namespace {
 
 struct GenerateArgs {
-  std::string model, tokenizer, prompt, system;
+  std::string model, tokenizer, prompt, system, kv;
   bool chat = false, system_given = false;
   int n = 64;
   float temp = 0.0f;
@@ -71,6 +72,15 @@ void run_generate(const GenerateArgs& a) {
   if (!(a.temp >= 0.0f)) fail(kExitUsage, "generate: --temp must be >= 0");
 
   LlamaModel net(*model);
+  if (!a.kv.empty()) {
+    Result<KvSpec> kv = parse_kv_spec(a.kv);
+    if (!kv.ok()) fail(kExitUsage, "--kv: " + kv.status().message());
+    if (Status st = net.set_kv_cache(*kv); !st.ok()) fail(kExitUsage, "--kv: " + st.message());
+    const LlamaConfig& c = model->config;
+    const int ctx = std::min(c.seq_len, static_cast<int>(prompt->size()) + a.n);
+    fmt::print(stderr, "kv cache {}: {:.0f} bytes/token at {} tokens (fp32 cache: {} bytes/token)\n", to_string(*kv),
+               kv_bytes_per_token(*kv, c, std::max(ctx, 1)), ctx, 2 * c.n_layers * c.kv_dim() * 4);
+  }
   GenerateOptions opt;
   opt.max_new_tokens = a.n;
   opt.temperature = a.temp;
@@ -117,6 +127,7 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--system", a->system, "System message for --chat (default: the template's own, if any)")
       ->each([a](const std::string&) { a->system_given = true; });
   cmd->add_option("-n", a->n, "Tokens to generate")->default_val(64);
+  cmd->add_option("--kv", a->kv, "Quantized KV cache spec (kv-int8, kv-int4-kivi, kv-e4m3, ...: see `lowbit eval --help`)");
   cmd->add_option("--temp", a->temp, "Sampling temperature; 0 = greedy")->default_val(0.0f);
   cmd->add_option("--seed", a->seed, "Sampling seed")->default_val(0);
   cmd->add_flag("--ids", a->ids, "Print the generated token ids (space-separated, one line) instead of text");

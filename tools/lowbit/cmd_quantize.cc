@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "cli.h"
+#include "lowbit/kv_cache.h"
 #include "lowbit/eval.h"
 #include "lowbit/file.h"
 #include "lowbit/pipeline.h"
@@ -24,7 +25,7 @@ namespace {
 
 struct QuantizeArgs {
   std::string model, tokenizer, scheme, weights, acts, method = "rtn", calib, calib_split = "calib", plan, out, format,
-      eval_text, eval_split = "eval", json;
+      eval_text, eval_split = "eval", json, kv;
   int calib_tokens = 8192, ctx = 256, eval_windows = 100, eval_ctx = 128;
   bool dry_run = false, no_sequential = false, act_order = false, static_groups = false;
   double damp = 0.01, alpha = 0.5;
@@ -129,6 +130,11 @@ void run_quantize(const QuantizeArgs& a) {
   }
 
   LlamaModel net(*model);
+  if (!a.kv.empty()) {  // recorded in the saved model's metadata; the model then runs with this cache
+    Result<KvSpec> kv = parse_kv_spec(a.kv);
+    if (!kv.ok()) fail(kExitUsage, "--kv: " + kv.status().message());
+    if (Status st = net.set_kv_cache(*kv); !st.ok()) fail(kExitUsage, "--kv: " + st.message());
+  }
   std::unique_ptr<Progress> progress = std::make_unique<Progress>("quantize " + label, cfg.n_layers);
   opt.on_layer = [&](int, int) { progress->advance(); };
   Result<PipelineReport> rep = quantize_model(net, opt);
@@ -222,6 +228,7 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--scheme", a->scheme, "Named scheme (see `lowbit schemes`)");
   cmd->add_option("--weights", a->weights, "QuantSpec for linear weights (instead of --scheme)");
   cmd->add_option("--acts", a->acts, "QuantSpec for linear inputs (dynamic), with --weights");
+  cmd->add_option("--kv", a->kv, "Quantized KV cache spec to record in the saved model (kv-int8, kv-int4-kivi, ...)");
   cmd->add_option("--method", a->method, "rtn | gptq | awq | smoothquant | outliers")->default_val("rtn");
   cmd->add_option("--calib", a->calib, "Calibration text (stories separated by blank lines)");
   cmd->add_option("--calib-split", a->calib_split, "Part of --calib to use: calib (first 10% of stories) | eval | all")->default_val("calib");

@@ -1,0 +1,21 @@
+// Internal to the kernels layer: the per-ISA microkernels behind kv_scores / kv_accumulate
+// (include/lowbit/kv_attention.h). The scalar level (ref/kv_ref.cc) is the twin the AVX2 one
+// (x86/kv_avx2.cc) is tested against, bit for bit.
+#pragma once
+
+#include "lowbit/kv_attention.h"
+
+namespace lowbit::kernels_internal {
+
+struct KvMicrokernels {
+  Isa isa;
+  void (*scores)(const KvRows& k, const float* x, const float* xsum, int64_t ntok, float* out);
+  void (*accumulate)(const KvRows& v, const float* a, int64_t ntok, float* out);
+};
+
+const KvMicrokernels& kv_scalar_microkernels();
+#if defined(LOWBIT_HAVE_AVX2)
+const KvMicrokernels& kv_avx2_microkernels();
+#endif
+
+}  // namespace lowbit::kernels_internal

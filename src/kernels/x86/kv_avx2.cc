@@ -1,0 +1,153 @@
+// AVX2 attention kernels over a quantized KV cache (compiled with -mavx2 -mfma -mf16c). Twins:
+// ../ref/kv_ref.cc. Codes become exact fp32 values in registers (int8/int4 through int32, e4m3 by
+// bit placement times 2^120, e5m2 as the top byte of an fp16), so the FMA chains, in the
+// contract's order, give the twin's bits.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "../kv_internal.h"
+
+namespace lowbit::kernels_internal {
+namespace {
+
+template <KvCode C>
+inline __m256 load8(const uint8_t* row, int64_t j) {
+  if constexpr (C == KvCode::kInt8) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + j))));
+  } else if constexpr (C == KvCode::kInt4 || C == KvCode::kUint4) {
+    int32_t w;
+    std::memcpy(&w, row + j / 2, 4);
+    const __m128i b = _mm_cvtsi32_si128(w);
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_and_si128(b, mask), hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
+    __m256i v = _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi));
+    if constexpr (C == KvCode::kInt4) v = _mm256_sub_epi32(v, _mm256_set1_epi32(8));
+    return _mm256_cvtepi32_ps(v);
+  } else if constexpr (C == KvCode::kE4m3) {
+    // Sign-extend, move the magnitude bits to fp32 bits 26..20, keep sign + magnitude, × 2^120.
+    const __m128i b8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + j));
+    const __m256i b = _mm256_slli_epi32(_mm256_cvtepi8_epi32(b8), 20);
+    const __m256i bits = _mm256_and_si256(b, _mm256_set1_epi32(static_cast<int32_t>(0x87F00000u)));
+    return _mm256_mul_ps(_mm256_castsi256_ps(bits), _mm256_set1_ps(0x1p120f));
+  } else {
+    const __m128i b8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + j));
+    return _mm256_cvtph_ps(_mm_slli_epi16(_mm_cvtepu8_epi16(b8), 8));
+  }
+}
+
+inline float half(const uint16_t* p, int64_t i) { return p ? _cvtsh_ss(p[i]) : 1.0f; }
+
+// ((P0+P4)+(P2+P6)) + ((P1+P5)+(P3+P7)).
+inline float hsum(__m256 p) {
+  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1));
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+}
+
+// Four tokens at a time: four independent FMA chains per group.
+template <KvCode C>
+void scores_impl(const KvRows& k, const float* x, const float* xsum, int64_t ntok, float* out) {
+  const int64_t ng = k.width / k.group;
+  int64_t t = 0;
+  for (; t + 4 <= ntok; t += 4) {
+    const uint8_t* r[4] = {k.codes + t * k.stride, k.codes + (t + 1) * k.stride, k.codes + (t + 2) * k.stride,
+                           k.codes + (t + 3) * k.stride};
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int64_t g = 0; g < ng; ++g) {
+      __m256 p0 = _mm256_setzero_ps(), p1 = p0, p2 = p0, p3 = p0;
+      for (int64_t j = g * k.group; j < (g + 1) * k.group; j += 8) {
+        const __m256 xv = _mm256_loadu_ps(x + j);
+        p0 = _mm256_fmadd_ps(xv, load8<C>(r[0], j), p0);
+        p1 = _mm256_fmadd_ps(xv, load8<C>(r[1], j), p1);
+        p2 = _mm256_fmadd_ps(xv, load8<C>(r[2], j), p2);
+        p3 = _mm256_fmadd_ps(xv, load8<C>(r[3], j), p3);
+      }
+      const float d[4] = {hsum(p0), hsum(p1), hsum(p2), hsum(p3)};
+      for (int u = 0; u < 4; ++u) {
+        acc[u] = __builtin_fmaf(half(k.scale, (t + u) * k.pstride + g), d[u], acc[u]);
+        if (k.min) acc[u] = __builtin_fmaf(_cvtsh_ss(k.min[(t + u) * k.pstride + g]), xsum[g], acc[u]);
+      }
+    }
+    for (int u = 0; u < 4; ++u) out[t + u] = acc[u];
+  }
+  for (; t < ntok; ++t) {
+    const uint8_t* row = k.codes + t * k.stride;
+    float acc = 0.0f;
+    for (int64_t g = 0; g < ng; ++g) {
+      __m256 p = _mm256_setzero_ps();
+      for (int64_t j = g * k.group; j < (g + 1) * k.group; j += 8) p = _mm256_fmadd_ps(_mm256_loadu_ps(x + j), load8<C>(row, j), p);
+      acc = __builtin_fmaf(half(k.scale, t * k.pstride + g), hsum(p), acc);
+      if (k.min) acc = __builtin_fmaf(_cvtsh_ss(k.min[t * k.pstride + g]), xsum[g], acc);
+    }
+    out[t] = acc;
+  }
+}
+
+// NC chunks of 8 outputs starting at j0 stay in registers over all tokens.
+template <KvCode C, int NC>
+void accumulate_chunks(const KvRows& v, const float* a, int64_t ntok, int64_t j0, float* out) {
+  __m256 o[NC];
+  int64_t g[NC];
+  for (int c = 0; c < NC; ++c) {
+    o[c] = _mm256_loadu_ps(out + j0 + 8 * c);
+    g[c] = (j0 + 8 * c) / v.group;
+  }
+  for (int64_t t = 0; t < ntok; ++t) {
+    const uint8_t* row = v.codes + t * v.stride;
+    for (int c = 0; c < NC; ++c) {
+      const __m256 w = _mm256_set1_ps(a[t] * half(v.scale, t * v.pstride + g[c]));
+      o[c] = _mm256_fmadd_ps(w, load8<C>(row, j0 + 8 * c), o[c]);
+    }
+  }
+  for (int c = 0; c < NC; ++c) _mm256_storeu_ps(out + j0 + 8 * c, o[c]);
+}
+
+template <KvCode C>
+void accumulate_impl(const KvRows& v, const float* a, int64_t ntok, float* out) {
+  int64_t j0 = 0;
+  for (; j0 + 32 <= v.width; j0 += 32) accumulate_chunks<C, 4>(v, a, ntok, j0, out);
+  switch ((v.width - j0) / 8) {
+    case 3: accumulate_chunks<C, 3>(v, a, ntok, j0, out); break;
+    case 2: accumulate_chunks<C, 2>(v, a, ntok, j0, out); break;
+    case 1: accumulate_chunks<C, 1>(v, a, ntok, j0, out); break;
+    default: break;
+  }
+  if (v.min) {
+    for (int64_t g = 0; g < v.width / v.group; ++g) {
+      float bias = 0.0f;
+      for (int64_t t = 0; t < ntok; ++t) bias = __builtin_fmaf(a[t], _cvtsh_ss(v.min[t * v.pstride + g]), bias);
+      const __m256 b = _mm256_set1_ps(bias);
+      for (int64_t j = g * v.group; j < (g + 1) * v.group; j += 8) _mm256_storeu_ps(out + j, _mm256_add_ps(_mm256_loadu_ps(out + j), b));
+    }
+  }
+}
+
+void scores(const KvRows& k, const float* x, const float* xsum, int64_t ntok, float* out) {
+  switch (k.code) {
+    case KvCode::kInt8: return scores_impl<KvCode::kInt8>(k, x, xsum, ntok, out);
+    case KvCode::kInt4: return scores_impl<KvCode::kInt4>(k, x, xsum, ntok, out);
+    case KvCode::kUint4: return scores_impl<KvCode::kUint4>(k, x, xsum, ntok, out);
+    case KvCode::kE4m3: return scores_impl<KvCode::kE4m3>(k, x, xsum, ntok, out);
+    case KvCode::kE5m2: return scores_impl<KvCode::kE5m2>(k, x, xsum, ntok, out);
+  }
+}
+
+void accumulate(const KvRows& v, const float* a, int64_t ntok, float* out) {
+  switch (v.code) {
+    case KvCode::kInt8: return accumulate_impl<KvCode::kInt8>(v, a, ntok, out);
+    case KvCode::kInt4: return accumulate_impl<KvCode::kInt4>(v, a, ntok, out);
+    case KvCode::kUint4: return accumulate_impl<KvCode::kUint4>(v, a, ntok, out);
+    case KvCode::kE4m3: return accumulate_impl<KvCode::kE4m3>(v, a, ntok, out);
+    case KvCode::kE5m2: return accumulate_impl<KvCode::kE5m2>(v, a, ntok, out);
+  }
+}
+
+}  // namespace
+
+const KvMicrokernels& kv_avx2_microkernels() {
+  static const KvMicrokernels k{Isa::kAvx2, scores, accumulate};
+  return k;
+}
+
+}  // namespace lowbit::kernels_internal
