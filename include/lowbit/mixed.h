@@ -132,6 +132,9 @@ std::string plan_overrides_json(const QuantPlan& plan);
 
 // The sensitivities as JSON and as an SVG chart (ΔKLD per unit, one series per candidate, log scale).
 std::string sensitivity_json(const SensitivityReport& s);
+// Reads sensitivity_json's output back (so `quantize --target-bpw` can reuse a measurement); the
+// units must name linears of a model with config `c`. Errors name `path` and the field.
+Result<SensitivityReport> parse_sensitivity_json(const std::string& text, const std::string& path, const LlamaConfig& c);
 std::string sensitivity_svg(const SensitivityReport& s, const std::string& title);
 
 }  // namespace lowbit

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <limits>
 #include <numeric>
+#include <set>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -500,6 +501,74 @@ std::string sensitivity_json(const SensitivityReport& s) {
   }
   j["units"] = units;
   return j.dump(2);
+}
+
+Result<SensitivityReport> parse_sensitivity_json(const std::string& text, const std::string& path, const LlamaConfig& c) {
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  auto bad = [&](const std::string& what) { return InvalidArgument(fmt::format("{}: {}", path, what)); };
+  if (j.is_discarded() || !j.is_object()) return bad("expected the JSON object `lowbit sensitivity --json` writes");
+  if (!j.contains("granularity") || !j["granularity"].is_string() || !j.contains("candidates") || !j["candidates"].is_array() ||
+      !j.contains("units") || !j["units"].is_array()) {
+    return bad("expected fields granularity (string), candidates and units (arrays)");
+  }
+  SensitivityReport s;
+  LOWBIT_ASSIGN_OR_RETURN(s.granularity, parse_granularity(j["granularity"].get<std::string>()));
+  for (const auto& cj : j["candidates"]) {
+    if (!cj.is_object() || !cj.contains("spec") || !cj["spec"].is_string() || !cj.contains("name") || !cj["name"].is_string()) {
+      return bad("candidates: each needs name and spec strings");
+    }
+    Result<Candidate> cand = parse_candidate(cj["spec"].get<std::string>());
+    if (!cand.ok()) return bad("candidates: " + cand.status().message());
+    cand->name = cj["name"].get<std::string>();
+    s.candidates.push_back(*cand);
+  }
+  if (s.candidates.empty() || s.candidates.size() > 255) return bad("candidates: expected 1..255");
+  const size_t nc = s.candidates.size();
+  std::set<std::string> seen;
+  for (const auto& uj : j["units"]) {
+    UnitSensitivity u;
+    const char* arrays[] = {"bits", "dkld", "dppl", "proxy"};
+    if (!uj.is_object() || !uj.contains("name") || !uj["name"].is_string() || !uj.contains("tensors") || !uj["tensors"].is_array()) {
+      return bad("units: each needs a name and tensors");
+    }
+    u.name = uj["name"].get<std::string>();
+    for (const char* a : arrays) {
+      if (!uj.contains(a) || !uj[a].is_array() || uj[a].size() != nc) return bad(fmt::format("unit {}: {} must hold {} numbers", u.name, a, nc));
+      for (const auto& v : uj[a]) if (!v.is_number()) return bad(fmt::format("unit {}: {} must hold numbers", u.name, a));
+    }
+    u.bits = uj["bits"].get<std::vector<int64_t>>();
+    u.dkld = uj["dkld"].get<std::vector<double>>();
+    u.dppl = uj["dppl"].get<std::vector<double>>();
+    u.proxy = uj["proxy"].get<std::vector<double>>();
+    for (const auto& t : uj["tensors"]) {
+      if (!t.is_string()) return bad(fmt::format("unit {}: tensors must be names", u.name));
+      const std::string name = t.get<std::string>();
+      int layer = -1;
+      char slot[8] = {};
+      bool ok = std::sscanf(name.c_str(), "layers.%d.%7s", &layer, slot) == 2 && layer >= 0 && layer < c.n_layers;
+      if (ok) {
+        ok = false;
+        for (LinearSlot ls : kLinearSlots) {
+          if (linear_slot_name(ls) == slot) {
+            ok = true;
+            const int64_t rows = ls == LinearSlot::kWk || ls == LinearSlot::kWv ? c.kv_dim() : ls == LinearSlot::kW1 || ls == LinearSlot::kW3 ? c.hidden_dim : c.dim;
+            const int64_t cols = ls == LinearSlot::kW2 ? c.hidden_dim : c.dim;
+            u.params += rows * cols;
+          }
+        }
+      }
+      if (!ok) return bad(fmt::format("unit {}: '{}' is not a linear of this model ({} layers)", u.name, name, c.n_layers));
+      if (!seen.insert(name).second) return bad(fmt::format("tensor {} is in two units", name));
+      u.tensors.push_back(name);
+    }
+    s.units.push_back(std::move(u));
+  }
+  if (s.units.empty()) return bad("units: empty");
+  if (j.contains("tokens_scored") && j["tokens_scored"].is_number()) s.tokens_scored = j["tokens_scored"].get<int64_t>();
+  if (j.contains("ref_ppl") && j["ref_ppl"].is_number()) s.ref_ppl = j["ref_ppl"].get<double>();
+  if (j.contains("seconds") && j["seconds"].is_number()) s.seconds = j["seconds"].get<double>();
+  if (j.contains("spearman") && j["spearman"].is_number()) s.spearman = j["spearman"].get<double>();
+  return s;
 }
 
 std::string sensitivity_svg(const SensitivityReport& s, const std::string& title) {
