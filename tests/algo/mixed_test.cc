@@ -257,6 +257,18 @@ TEST_F(MixedTiny, BudgetChoiceAndPlanRoundTrip) {
     for (size_t i = 0; i < plan.entries.size(); ++i) EXPECT_EQ(back.entries[i].spec, plan.entries[i].spec) << plan.entries[i].name;
   }
   EXPECT_EQ(prev, 0.0);  // 32 bits: everything fp32
+  // The measurement round-trips through its JSON (quantize --sensitivity), and names what it covers.
+  const SensitivityReport back = parse_sensitivity_json(sensitivity_json(s), "s.json", model.config).value();
+  ASSERT_EQ(back.units.size(), s.units.size());
+  for (size_t i = 0; i < s.units.size(); ++i) {
+    EXPECT_EQ(back.units[i].dkld, s.units[i].dkld);
+    EXPECT_EQ(back.units[i].bits, s.units[i].bits);
+    EXPECT_EQ(back.units[i].params, s.units[i].params);
+  }
+  EXPECT_EQ(choose_mix(back, 4.6).value().choice, choose_mix(s, 4.6).value().choice);
+  const Result<SensitivityReport> other = parse_sensitivity_json(sensitivity_json(s), "s.json", tiny_model(2, 5).config);
+  ASSERT_FALSE(other.ok());
+  EXPECT_NE(other.status().message().find("layers.2.wq"), std::string::npos) << other.status().message();
   const Result<MixedChoice> low = choose_mix(s, 2.0);
   ASSERT_FALSE(low.ok());
   const std::string msg = low.status().message();
