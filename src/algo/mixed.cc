@@ -204,9 +204,10 @@ Result<SensitivityReport> measure_sensitivity(LlamaModel& net, const Sensitivity
       xin[static_cast<size_t>(l)][w] = x;
       LOWBIT_RETURN_IF_ERROR(run_block(net, l, x.data(), n, hook));
     }
-    LOWBIT_RETURN_IF_ERROR(run_head(net, x.data(), n, &logits));
     const int64_t f = first_scored(w), m = n_scored(w);
-    ref_logits[w].assign(logits.begin() + f * V, logits.begin() + (f + m) * V);
+    if (m == 0) continue;
+    LOWBIT_RETURN_IF_ERROR(run_head(net, x.data() + f * c.dim, m, &logits));  // only the scored rows
+    ref_logits[w].assign(logits.begin(), logits.begin() + m * V);
     ref_lz[w].resize(static_cast<size_t>(m));
     for (int64_t j = 0; j < m; ++j) {
       const float* row = ref_logits[w].data() + j * V;
@@ -274,10 +275,11 @@ Result<SensitivityReport> measure_sensitivity(LlamaModel& net, const Sensitivity
         const int64_t n = static_cast<int64_t>(opt.windows[w].size());
         std::vector<float> x = xin[static_cast<size_t>(start)][w];
         for (int l = start; l < L; ++l) LOWBIT_RETURN_IF_ERROR(run_block(net, l, x.data(), n));
-        LOWBIT_RETURN_IF_ERROR(run_head(net, x.data(), n, &logits));
         const int64_t f = first_scored(w), m = n_scored(w);
+        if (m == 0) continue;
+        LOWBIT_RETURN_IF_ERROR(run_head(net, x.data() + f * c.dim, m, &logits));
         for (int64_t j = 0; j < m; ++j) {
-          const float* row = logits.data() + (f + j) * V;
+          const float* row = logits.data() + j * V;
           const float* ref = ref_logits[w].data() + j * V;
           const double lz = log_sum_exp(row, V), rz = ref_lz[w][static_cast<size_t>(j)];
           double kl = 0;
