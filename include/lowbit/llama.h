@@ -142,6 +142,9 @@ using LinearInputHook = std::function<void(int layer, LinearSlot slot, const flo
 Status run_block(const LlamaModel& model, int layer, float* x, int64_t n, const LinearInputHook& hook = nullptr);
 // The residual stream entering block 0: x (n, dim) = the token embeddings.
 Status embed_tokens(const LlamaModel& model, std::span<const int> tokens, float* x);
+// After the last block: logits (n, vocab) = classifier(final_norm(x (n, dim))). With embed_tokens
+// and run_block, the whole forward from position 0 (what Session::forward computes).
+Status run_head(const LlamaModel& model, const float* x, int64_t n, std::vector<float>* logits);
 
 struct GenerateOptions {
   int max_new_tokens = 64;

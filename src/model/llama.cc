@@ -398,6 +398,15 @@ int64_t Session::kv_buffer_bytes() const {
   return static_cast<int64_t>(sizeof(float) * (k_cache_.size() + v_cache_.size()));
 }
 
+Status run_head(const LlamaModel& model, const float* x, int64_t n, std::vector<float>* logits) {
+  const LlamaConfig& c = model.config();
+  if (n < 1) return InvalidArgument("run_head: no tokens");
+  std::vector<float> xb(static_cast<size_t>(n * c.dim)), part;  // (n, dim)
+  rmsnorm(x, model.weights().final_norm.data_as<float>(), n, c.dim, c.norm_eps, xb.data());
+  logits->resize(static_cast<size_t>(n * c.vocab_size));
+  return run_linear(model, -1, LinearSlot::kWq, xb.data(), n, logits->data(), part, nullptr);
+}
+
 Status Session::forward(std::span<const int> tokens, int pos, std::vector<float>* logits, bool all_logits) {
   const LlamaConfig& c = m_.config();
   const int64_t n = static_cast<int64_t>(tokens.size());

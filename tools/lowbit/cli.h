@@ -47,6 +47,11 @@ std::vector<int> tokenize_stories(const Tokenizer& tok, const std::string& path,
 // The file holding a model's weights: `model_path` itself, or model.safetensors in a folder.
 std::string model_weights_file(const std::string& model_path);
 
+// Non-overlapping windows of `ctx` tokens from the start of `tokens`, at most `max_windows`.
+std::vector<std::vector<int>> split_windows(const std::vector<int>& tokens, int ctx, int max_windows);
+// Candidates `sensitivity` and `quantize --target-bpw` try unless told: 3 to 8 bits.
+inline constexpr const char* kDefaultCandidates = "w3a16-g64,w4a16-g128,int4:g64:sym:fp16,q4_0,uint4:g32:asym:fp16,w8a16";
+
 // Peak resident set size of this process so far (getrusage ru_maxrss), MiB.
 double peak_rss_mib();
 
@@ -59,6 +64,7 @@ void register_schemes(CLI::App& app);
 void register_generate(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_quantize(CLI::App& app);
+void register_sensitivity(CLI::App& app);
 void register_convert(CLI::App& app);
 void register_kernels(CLI::App& app);
 void register_bench(CLI::App& app);

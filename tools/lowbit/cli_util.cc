@@ -72,4 +72,12 @@ double peak_rss_mib() {
   return static_cast<double>(ru.ru_maxrss) / 1024.0;  // Linux reports KiB
 }
 
+std::vector<std::vector<int>> split_windows(const std::vector<int>& tokens, int ctx, int max_windows) {
+  std::vector<std::vector<int>> out;
+  for (size_t p = 0; p + static_cast<size_t>(ctx) <= tokens.size() && static_cast<int>(out.size()) < max_windows; p += static_cast<size_t>(ctx)) {
+    out.emplace_back(tokens.begin() + static_cast<std::ptrdiff_t>(p), tokens.begin() + static_cast<std::ptrdiff_t>(p + static_cast<size_t>(ctx)));
+  }
+  return out;
+}
+
 }  // namespace lowbit::cli

@@ -1,10 +1,12 @@
-// lowbit quantize --model M (--scheme S | --weights SPEC [--acts SPEC]) [--method rtn|gptq|awq|smoothquant|outliers]
-//                 [--calib FILE] [--calib-tokens N] [--plan overrides.json] [--dry-run] [-o OUT]
-//                 [--eval FILE] [--json summary.json]
+// lowbit quantize --model M (--scheme S | --weights SPEC [--acts SPEC] | --target-bpw X [--candidates …])
+//                 [--policy deepseek] [--method rtn|gptq|awq|smoothquant|outliers]
+//                 [--calib FILE] [--calib-tokens N] [--plan overrides.json] [--plan-out plan.json] [--dry-run]
+//                 [-o OUT] [--eval FILE] [--json summary.json]
 // lowbit's main job: a real checkpoint and calibration text in, a quantized model out, and
 // (with --eval) what it cost against the fp32 model on held-out text.
 #include <sys/resource.h>
 
+#include <cmath>
 #include <filesystem>
 #include <memory>
 
@@ -14,6 +16,7 @@
 #include "lowbit/kv_cache.h"
 #include "lowbit/eval.h"
 #include "lowbit/file.h"
+#include "lowbit/mixed.h"
 #include "lowbit/pipeline.h"
 #include "lowbit/progress.h"
 #include "lowbit/rtn.h"
@@ -25,8 +28,10 @@ namespace {
 
 struct QuantizeArgs {
   std::string model, tokenizer, scheme, weights, acts, method = "rtn", calib, calib_split = "calib", plan, out, format,
-      eval_text, eval_split = "eval", json, kv;
-  int calib_tokens = 8192, ctx = 256, eval_windows = 100, eval_ctx = 128;
+      eval_text, eval_split = "eval", json, kv, candidates = kDefaultCandidates, granularity = "tensor", sensitivity, policy,
+      policy_high = "int8:row:sym:fp32", plan_out;
+  int calib_tokens = 8192, ctx = 256, eval_windows = 100, eval_ctx = 128, sens_windows = 8;
+  double target_bpw = 0;
   bool dry_run = false, no_sequential = false, act_order = false, static_groups = false;
   double damp = 0.01, alpha = 0.5;
   float threshold = 6.0f;
@@ -37,8 +42,55 @@ bool same_file(const std::string& a, const std::string& b) {
   return std::filesystem::equivalent(a, b, ec);
 }
 
+// --target-bpw: the sensitivities (measured now on --calib, or read from --sensitivity) and the
+// knapsack's choice as a plan.
+struct MixedPlan {
+  QuantPlan plan;
+  MixedChoice choice;
+  SensitivityReport sens;
+};
+MixedPlan choose_mixed_plan(const QuantizeArgs& a, const Model& model, const std::optional<QuantSpec>& acts, const Tokenizer* tok) {
+  const LlamaConfig& cfg = model.config;
+  Result<SensitivityReport> sens = InvalidArgument("unset");
+  if (!a.sensitivity.empty()) {
+    Result<std::string> text = read_file(a.sensitivity);
+    if (!text.ok()) fail(text.status());
+    sens = parse_sensitivity_json(*text, a.sensitivity, cfg);
+    if (!sens.ok()) fail(kExitUsage, sens.status().message());
+  } else {
+    Result<std::vector<Candidate>> cands = parse_candidates(a.candidates, "--candidates");
+    if (!cands.ok()) fail(kExitUsage, cands.status().message());
+    Result<UnitGranularity> g = parse_granularity(a.granularity);
+    if (!g.ok()) fail(kExitUsage, "--granularity: " + g.status().message());
+    if (a.calib.empty()) fail(kExitUsage, "quantize: --target-bpw measures sensitivity on --calib FILE (or give --sensitivity sens.json)");
+    const int ctx = std::min(a.eval_ctx, cfg.seq_len);
+    const std::vector<std::vector<int>> windows = split_windows(tokenize_stories(*tok, a.calib, a.calib_split), ctx, a.sens_windows);
+    if (windows.empty()) fail(kExitUsage, fmt::format("{}: calibration text (split {}) is shorter than one window of {} tokens", a.calib, a.calib_split, ctx));
+    LlamaModel net(model);
+    std::unique_ptr<Progress> bar;
+    SensitivityOptions so{.candidates = *cands, .granularity = *g, .windows = windows};
+    so.on_step = [&](int64_t done, int64_t total) {
+      if (done == 1) bar = std::make_unique<Progress>("sensitivity", total);
+      bar->advance();
+    };
+    sens = measure_sensitivity(net, so);
+    if (bar) bar->finish();
+    if (!sens.ok()) fail(sens.status());
+  }
+  Result<MixedChoice> m = choose_mix(*sens, a.target_bpw);
+  if (!m.ok()) fail(kExitUsage, m.status().message());
+  Result<QuantPlan> plan = make_mixed_plan(cfg, *sens, *m, acts);
+  if (!plan.ok()) fail(kExitUsage, plan.status().message());
+  return {std::move(*plan), std::move(*m), std::move(*sens)};
+}
+
 void run_quantize(const QuantizeArgs& a) {
-  if (a.scheme.empty() == a.weights.empty()) fail(kExitUsage, "quantize: give exactly one of --scheme and --weights");
+  const bool mixed = a.target_bpw != 0;
+  const int given = !a.scheme.empty() + !a.weights.empty() + mixed;
+  if (given != 1) fail(kExitUsage, "quantize: give exactly one of --scheme, --weights and --target-bpw");
+  if (mixed && !a.plan.empty()) fail(kExitUsage, "quantize: --target-bpw chooses the plan; --plan cannot be combined with it");
+  if (!a.policy.empty() && a.policy != "deepseek") fail(kExitUsage, fmt::format("--policy: unknown policy '{}' (known: deepseek)", a.policy));
+  if (!a.policy.empty() && (mixed || !a.plan.empty())) fail(kExitUsage, "quantize: --policy deepseek is a plan of its own; not with --target-bpw or --plan");
   if (!a.acts.empty() && a.weights.empty()) fail(kExitUsage, "quantize: --acts needs --weights (or use --scheme)");
   if (a.out.empty() && !a.dry_run && a.eval_text.empty()) fail(kExitUsage, "quantize: give -o OUT (or --dry-run, or --eval to measure only)");
   Result<Method> method = parse_method(a.method);
@@ -47,7 +99,15 @@ void run_quantize(const QuantizeArgs& a) {
   QuantSpec wspec;
   std::optional<QuantSpec> aspec;
   std::string label;
-  if (!a.scheme.empty()) {
+  if (mixed) {
+    if (!(a.target_bpw > 0) || !std::isfinite(a.target_bpw)) fail(kExitUsage, fmt::format("--target-bpw: expected a positive number, got {}", a.target_bpw));
+    if (!a.acts.empty()) {
+      Result<QuantSpec> as = parse_spec(a.acts);
+      if (!as.ok()) fail(kExitUsage, "--acts: " + as.status().message());
+      aspec = *as;
+    }
+    label = fmt::format("target {} bpw", a.target_bpw);
+  } else if (!a.scheme.empty()) {
     Result<Scheme> s = find_scheme(a.scheme);
     if (!s.ok()) fail(kExitUsage, "--scheme: " + s.status().message());
     wspec = parse_spec(s->weights).value();
@@ -64,15 +124,47 @@ void run_quantize(const QuantizeArgs& a) {
     }
     label = to_string(wspec) + (aspec ? "+" + to_string(*aspec) : "");
   }
+  if (!a.policy.empty()) label = "deepseek " + label;
   label = std::string(method_name(*method)) + " " + label;
 
   Result<Model> model = load_model(a.model);
   if (!model.ok()) fail(model.status());
   const LlamaConfig& cfg = model->config;
-  Result<QuantPlan> plan = make_plan(cfg, wspec, aspec, a.plan);
+  std::unique_ptr<Tokenizer> tok;
+  std::string tok_path;
+  const bool needs_text = *method != Method::kRtn || !a.eval_text.empty() || !a.out.empty() || (mixed && a.sensitivity.empty());
+  if (needs_text) {
+    tok_path = a.tokenizer.empty() ? find_tokenizer(a.model, cfg.vocab_size, "quantize") : a.tokenizer;
+    Result<std::unique_ptr<Tokenizer>> t = load_tokenizer(tok_path, cfg.vocab_size);
+    if (!t.ok()) fail(t.status());
+    tok = std::move(*t);
+  }
+  Result<QuantPlan> plan = InvalidArgument("unset");
+  std::optional<MixedPlan> mix;
+  if (mixed) {
+    mix = choose_mixed_plan(a, *model, aspec, tok.get());
+    plan = mix->plan;
+  } else if (!a.policy.empty()) {
+    Result<QuantSpec> high = parse_spec(a.policy_high);
+    if (!high.ok()) fail(kExitUsage, "--policy-high: " + high.status().message());
+    plan = deepseek_plan(cfg, wspec, *high, aspec);
+  } else {
+    plan = make_plan(cfg, wspec, aspec, a.plan);
+  }
   if (!plan.ok()) fail(kExitUsage, plan.status().message());
-  if (a.dry_run) {
+  if (!a.plan_out.empty()) {
+    if (Status s = write_file_atomic(a.plan_out, plan_overrides_json(*plan) + "\n"); !s.ok()) fail(s);
+  }
+  if (mixed) {
     fmt::print("{}", plan_table(*plan));
+    const MixedChoice& m = mix->choice;
+    fmt::print("target {:.3f} bpw: chose {:.3f} bpw over {} units ({} granularity, knapsack {}), predicted KLD {:.6f} "
+               "(sum of measured ΔKLD), predicted ΔPPL {:+.4f}\n", a.target_bpw, m.bits_per_weight, mix->sens.units.size(),
+               granularity_name(mix->sens.granularity), m.knapsack.exact ? "exact" : fmt::format("grid {} bits", m.knapsack.resolution),
+               m.predicted_kld, m.predicted_dppl);
+  }
+  if (a.dry_run) {
+    if (!mixed) fmt::print("{}", plan_table(*plan));
     if (!a.json.empty()) {
       if (Status s = write_file_atomic(a.json, plan_json(*plan) + "\n"); !s.ok()) fail(s);
     }
@@ -99,15 +191,6 @@ void run_quantize(const QuantizeArgs& a) {
   }
   if (*method == Method::kOutliers && !a.out.empty()) {
     fail(kExitUsage, "quantize: -o: the outlier split (fp16 columns beside int8) cannot be written yet; use --eval to measure it");
-  }
-  std::unique_ptr<Tokenizer> tok;
-  std::string tok_path;
-  const bool needs_text = *method != Method::kRtn || !a.eval_text.empty() || !a.out.empty();
-  if (needs_text) {
-    tok_path = a.tokenizer.empty() ? find_tokenizer(a.model, cfg.vocab_size, "quantize") : a.tokenizer;
-    Result<std::unique_ptr<Tokenizer>> t = load_tokenizer(tok_path, cfg.vocab_size);
-    if (!t.ok()) fail(t.status());
-    tok = std::move(*t);
   }
   const int ctx = std::min(a.ctx, cfg.seq_len);
   if (*method != Method::kRtn) {
@@ -164,6 +247,17 @@ void run_quantize(const QuantizeArgs& a) {
     layers.push_back(lj);
   }
   j["linears"] = layers;
+  j["bits_per_weight"] = plan->bits_per_weight();
+  j["plan"] = nlohmann::json::parse(plan_overrides_json(*plan));
+  if (mix) {
+    j["target_bpw"] = a.target_bpw;
+    j["predicted_kld"] = mix->choice.predicted_kld;
+    j["predicted_delta_ppl"] = mix->choice.predicted_dppl;
+    j["granularity"] = std::string(granularity_name(mix->sens.granularity));
+    j["knapsack_exact"] = mix->choice.knapsack.exact;
+    j["sensitivity_seconds"] = mix->sens.seconds;
+    j["sensitivity_tokens"] = mix->sens.tokens_scored;
+  }
   fmt::print("quantized {} with {} in {:.2f} s: {:.3f} bits per weight (linear weights, scales included), {:.1f} KiB\n",
              a.model, label, rep->seconds, size.bpw_total(), static_cast<double>(size.total_bytes()) / 1024.0);
   if (*method == Method::kOutliers) {
@@ -207,6 +301,12 @@ void run_quantize(const QuantizeArgs& a) {
     fmt::print("| {} | {:.4f} | {:.4f} | {:+.4f} ± {:.4f} | {:.6f} | {:.6f} | {:.2f}% | {:.3f} | {} |\n", label, r->ppl,
                r->ref_ppl, r->delta_ppl, r->delta_ppl_se, r->kld_mean, r->kld_p99, 100.0 * r->top1, size.bpw_total(),
                r->tokens_scored);
+    if (mix) {
+      const double p = mix->choice.predicted_kld;
+      fmt::print("predicted KLD {:.6f} (calibration split) vs realized {:.6f} (evaluation split): ratio {:.3f}\n", p, r->kld_mean,
+                 r->kld_mean > 0 ? p / r->kld_mean : 0.0);
+      j["realized_kld"] = r->kld_mean;
+    }
     j["eval"] = {{"text", a.eval_text}, {"split", a.eval_split}, {"ppl", r->ppl},       {"ref_ppl", r->ref_ppl},
                  {"delta_ppl", r->delta_ppl}, {"delta_ppl_se", r->delta_ppl_se}, {"kld_mean", r->kld_mean},
                  {"kld_p99", r->kld_p99}, {"top1", r->top1}, {"tokens_scored", r->tokens_scored}};
@@ -226,6 +326,14 @@ void register_quantize(CLI::App& app) {
   auto* cmd = app.add_subcommand("quantize", "Quantize a model (rtn, gptq, awq, smoothquant, outliers) and write it");
   cmd->add_option("--model", a->model, "Checkpoint to quantize")->required();
   cmd->add_option("--scheme", a->scheme, "Named scheme (see `lowbit schemes`)");
+  cmd->add_option("--target-bpw", a->target_bpw, "Choose a spec per linear (measured sensitivity, exact knapsack) within this many bits per weight");
+  cmd->add_option("--candidates", a->candidates, "--target-bpw: comma-separated schemes, specs or fp32")->default_val(kDefaultCandidates);
+  cmd->add_option("--granularity", a->granularity, "--target-bpw: tensor | layer | role")->default_val("tensor");
+  cmd->add_option("--sensitivity", a->sensitivity, "--target-bpw: reuse `lowbit sensitivity --json` output instead of measuring");
+  cmd->add_option("--sens-windows", a->sens_windows, "--target-bpw: calibration windows of 128 tokens to measure on")->default_val(8);
+  cmd->add_option("--policy", a->policy, "deepseek: norms fp32, embedding and first/last two blocks at --policy-high, the rest at --scheme");
+  cmd->add_option("--policy-high", a->policy_high, "--policy deepseek: the high-precision spec")->default_val("int8:row:sym:fp32");
+  cmd->add_option("--plan-out", a->plan_out, "Write the plan as the JSON --plan reads (one entry per tensor)");
   cmd->add_option("--weights", a->weights, "QuantSpec for linear weights (instead of --scheme)");
   cmd->add_option("--acts", a->acts, "QuantSpec for linear inputs (dynamic), with --weights");
   cmd->add_option("--kv", a->kv, "Quantized KV cache spec to record in the saved model (kv-int8, kv-int4-kivi, ...)");

@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
   register_generate(app);
   register_eval(app);
   register_quantize(app);
+  register_sensitivity(app);
   register_convert(app);
   register_kernels(app);
   register_bench(app);

@@ -1,0 +1,612 @@
+// Measured sensitivity, the multiple-choice knapsack and mixed plans (mixed.h).
+#include "lowbit/mixed.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <numeric>
+#include <set>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+namespace lowbit {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+std::string linear_name(int layer, LinearSlot s) { return fmt::format("layers.{}.{}", layer, linear_slot_name(s)); }
+
+// The input site statistics a linear reads (wq/wk/wv share one input, w1/w3 another).
+int site_of(LinearSlot s) {
+  switch (s) {
+    case LinearSlot::kWq:
+    case LinearSlot::kWk:
+    case LinearSlot::kWv: return 0;
+    case LinearSlot::kWo: return 1;
+    case LinearSlot::kW1:
+    case LinearSlot::kW3: return 2;
+    case LinearSlot::kW2: return 3;
+  }
+  return 0;
+}
+constexpr int kSites = 4;
+
+struct UnitDef {
+  std::string name;
+  std::vector<std::pair<int, LinearSlot>> linears;
+};
+
+std::vector<UnitDef> make_units(const LlamaConfig& c, UnitGranularity g) {
+  std::vector<UnitDef> units;
+  if (g == UnitGranularity::kRole) {
+    for (LinearSlot s : kLinearSlots) {
+      UnitDef u{std::string(linear_slot_name(s)), {}};
+      for (int l = 0; l < c.n_layers; ++l) u.linears.emplace_back(l, s);
+      units.push_back(std::move(u));
+    }
+    return units;
+  }
+  for (int l = 0; l < c.n_layers; ++l) {
+    if (g == UnitGranularity::kLayer) {
+      UnitDef u{fmt::format("layers.{}", l), {}};
+      for (LinearSlot s : kLinearSlots) u.linears.emplace_back(l, s);
+      units.push_back(std::move(u));
+    } else {
+      for (LinearSlot s : kLinearSlots) units.push_back({linear_name(l, s), {{l, s}}});
+    }
+  }
+  return units;
+}
+
+int64_t storage_bits(const std::optional<QuantSpec>& spec, int64_t rows, int64_t cols) {
+  const double bpw = spec ? bits_per_weight(*spec, rows, cols) : 32.0;
+  return std::llround(bpw * static_cast<double>(rows) * static_cast<double>(cols));
+}
+
+double log_sum_exp(const float* x, int64_t n) {
+  const float mx = *std::max_element(x, x + n);
+  double s = 0.0;
+  for (int64_t i = 0; i < n; ++i) s += std::exp(static_cast<double>(x[i]) - mx);
+  return mx + std::log(s);
+}
+
+std::vector<double> ranks(std::span<const double> a) {
+  std::vector<size_t> idx(a.size());
+  std::iota(idx.begin(), idx.end(), size_t{0});
+  std::sort(idx.begin(), idx.end(), [&](size_t i, size_t j) { return a[i] < a[j]; });
+  std::vector<double> r(a.size());
+  for (size_t i = 0; i < idx.size();) {
+    size_t j = i;
+    while (j + 1 < idx.size() && a[idx[j + 1]] == a[idx[i]]) ++j;
+    const double avg = 0.5 * static_cast<double>(i + j);
+    for (size_t k = i; k <= j; ++k) r[idx[k]] = avg;
+    i = j + 1;
+  }
+  return r;
+}
+
+}  // namespace
+
+Result<UnitGranularity> parse_granularity(std::string_view name) {
+  if (name == "tensor") return UnitGranularity::kTensor;
+  if (name == "layer") return UnitGranularity::kLayer;
+  if (name == "role") return UnitGranularity::kRole;
+  return InvalidArgument(fmt::format("unknown granularity '{}' (known: tensor, layer, role)", name));
+}
+
+std::string_view granularity_name(UnitGranularity g) {
+  switch (g) {
+    case UnitGranularity::kTensor: return "tensor";
+    case UnitGranularity::kLayer: return "layer";
+    case UnitGranularity::kRole: return "role";
+  }
+  return "?";
+}
+
+Result<Candidate> parse_candidate(std::string_view text) {
+  if (text == "fp32" || text == "none") return Candidate{"fp32", std::nullopt};
+  if (Result<Scheme> s = find_scheme(text); s.ok()) {
+    LOWBIT_ASSIGN_OR_RETURN(QuantSpec spec, parse_spec(s->weights));
+    return Candidate{std::string(text), spec};
+  }
+  Result<QuantSpec> spec = parse_spec(text);
+  if (!spec.ok()) {
+    return InvalidArgument(fmt::format("'{}' is neither fp32, a scheme name (see `lowbit schemes`) nor a spec: {}", text,
+                                       spec.status().message()));
+  }
+  return Candidate{std::string(text), *spec};
+}
+
+Result<std::vector<Candidate>> parse_candidates(std::string_view list, std::string_view flag) {
+  std::vector<Candidate> out;
+  size_t pos = 0;
+  while (pos <= list.size()) {
+    const size_t comma = std::min(list.find(',', pos), list.size());
+    const std::string_view item = list.substr(pos, comma - pos);
+    if (item.empty()) return InvalidArgument(fmt::format("{}: empty entry in '{}'", flag, list));
+    Result<Candidate> c = parse_candidate(item);
+    if (!c.ok()) return InvalidArgument(fmt::format("{}: {}", flag, c.status().message()));
+    for (const Candidate& o : out) {
+      if (o.name == c->name) return InvalidArgument(fmt::format("{}: '{}' is listed twice", flag, item));
+    }
+    out.push_back(*c);
+    pos = comma + 1;
+  }
+  if (out.size() > 255) return InvalidArgument(fmt::format("{}: {} candidates; at most 255", flag, out.size()));
+  return out;
+}
+
+double spearman(std::span<const double> a, std::span<const double> b) {
+  const size_t n = std::min(a.size(), b.size());
+  if (n < 2) return 0.0;
+  const std::vector<double> ra = ranks(a.first(n)), rb = ranks(b.first(n));
+  const double ma = std::accumulate(ra.begin(), ra.end(), 0.0) / static_cast<double>(n);
+  const double mb = std::accumulate(rb.begin(), rb.end(), 0.0) / static_cast<double>(n);
+  double sab = 0, saa = 0, sbb = 0;
+  for (size_t i = 0; i < n; ++i) {
+    sab += (ra[i] - ma) * (rb[i] - mb);
+    saa += (ra[i] - ma) * (ra[i] - ma);
+    sbb += (rb[i] - mb) * (rb[i] - mb);
+  }
+  return saa > 0 && sbb > 0 ? sab / std::sqrt(saa * sbb) : 0.0;
+}
+
+Result<SensitivityReport> measure_sensitivity(LlamaModel& net, const SensitivityOptions& opt) {
+  const auto t0 = Clock::now();
+  const LlamaConfig& c = net.config();
+  if (opt.candidates.empty()) return InvalidArgument("sensitivity: no candidates");
+  if (opt.windows.empty()) return InvalidArgument("sensitivity: no calibration windows");
+  for (size_t w = 0; w < opt.windows.size(); ++w) {
+    const size_t n = opt.windows[w].size();
+    if (n < 2 || static_cast<int>(n) > c.seq_len) {
+      return InvalidArgument(fmt::format("sensitivity: calibration window {} has {} tokens; windows hold 2..{}", w, n, c.seq_len));
+    }
+  }
+  for (const Candidate& cand : opt.candidates) {
+    if (cand.spec) LOWBIT_RETURN_IF_ERROR(validate(*cand.spec));
+  }
+  const int L = c.n_layers, V = c.vocab_size;
+  const size_t nw = opt.windows.size();
+  // The fp32 linears, to restore after each trial.
+  std::vector<LayerLinears> original = net.layers();
+  const std::optional<QuantSpec> acts = net.activation_quant().linear_input;
+  net.activation_quant().linear_input.reset();
+
+  // 1. Reference pass: the residual entering every block, E[x²] at every input site, the logits.
+  std::vector<std::vector<std::vector<float>>> xin(static_cast<size_t>(L), std::vector<std::vector<float>>(nw));  // [l][w] (n, dim)
+  std::vector<std::vector<double>> sumsq(static_cast<size_t>(L * kSites));  // [l·4 + site] (in)
+  std::vector<int64_t> sq_rows(static_cast<size_t>(L * kSites), 0);
+  const LinearInputHook hook = [&](int layer, LinearSlot slot, const float* x, int64_t rows, int64_t cols) {
+    if (slot == LinearSlot::kWk || slot == LinearSlot::kWv || slot == LinearSlot::kW3) return;
+    const size_t k = static_cast<size_t>(layer * kSites + site_of(slot));
+    std::vector<double>& s = sumsq[k];
+    s.resize(static_cast<size_t>(cols), 0.0);
+    for (int64_t t = 0; t < rows; ++t)
+      for (int64_t j = 0; j < cols; ++j) s[static_cast<size_t>(j)] += static_cast<double>(x[t * cols + j]) * x[t * cols + j];
+    sq_rows[k] += rows;
+  };
+  std::vector<std::vector<float>> ref_logits(nw);  // [w] (scored rows, vocab)
+  std::vector<std::vector<double>> ref_lz(nw);     // [w] (scored rows) log Σ exp
+  auto first_scored = [&](size_t w) { return static_cast<int64_t>(opt.windows[w].size()) / 2; };
+  auto n_scored = [&](size_t w) { return static_cast<int64_t>(opt.windows[w].size()) - 1 - first_scored(w); };
+  double ref_nll = 0;
+  int64_t scored = 0;
+  std::vector<float> logits;  // (n, vocab)
+  for (size_t w = 0; w < nw; ++w) {
+    const int64_t n = static_cast<int64_t>(opt.windows[w].size());
+    std::vector<float> x(static_cast<size_t>(n * c.dim));  // (n, dim)
+    LOWBIT_RETURN_IF_ERROR(embed_tokens(net, opt.windows[w], x.data()));
+    for (int l = 0; l < L; ++l) {
+      xin[static_cast<size_t>(l)][w] = x;
+      LOWBIT_RETURN_IF_ERROR(run_block(net, l, x.data(), n, hook));
+    }
+    const int64_t f = first_scored(w), m = n_scored(w);
+    if (m == 0) continue;
+    LOWBIT_RETURN_IF_ERROR(run_head(net, x.data() + f * c.dim, m, &logits));  // only the scored rows
+    ref_logits[w].assign(logits.begin(), logits.begin() + m * V);
+    ref_lz[w].resize(static_cast<size_t>(m));
+    for (int64_t j = 0; j < m; ++j) {
+      const float* row = ref_logits[w].data() + j * V;
+      ref_lz[w][static_cast<size_t>(j)] = log_sum_exp(row, V);
+      ref_nll += ref_lz[w][static_cast<size_t>(j)] - row[opt.windows[w][static_cast<size_t>(f + j + 1)]];
+    }
+    scored += m;
+  }
+  if (scored == 0) return InvalidArgument("sensitivity: the windows leave no token to score (each needs >= 2 tokens)");
+
+  SensitivityReport rep;
+  rep.candidates = opt.candidates;
+  rep.granularity = opt.granularity;
+  rep.tokens_scored = scored;
+  rep.ref_ppl = std::exp(ref_nll / static_cast<double>(scored));
+  const std::vector<UnitDef> defs = make_units(c, opt.granularity);
+  const size_t nc = opt.candidates.size();
+  const int64_t total_steps = static_cast<int64_t>(defs.size() * nc);
+  int64_t step = 0;
+  double proxy_seconds = 0;
+
+  for (const UnitDef& def : defs) {
+    UnitSensitivity u;
+    u.name = def.name;
+    int start = L;
+    for (const auto& [l, s] : def.linears) {
+      u.tensors.push_back(linear_name(l, s));
+      const ConstTensorView w = net.weights().layers[static_cast<size_t>(l)].*linear_weight_member(s);
+      u.params += w.dim(0) * w.dim(1);
+      start = std::min(start, l);
+    }
+    for (const Candidate& cand : opt.candidates) {
+      // 2. The unit's linears at this candidate (and the proxy from the same quantized weights).
+      int64_t bits = 0;
+      double proxy = 0;
+      for (const auto& [l, s] : def.linears) {
+        const ConstTensorView w = net.weights().layers[static_cast<size_t>(l)].*linear_weight_member(s);
+        const int64_t rows = w.dim(0), cols = w.dim(1);
+        bits += storage_bits(cand.spec, rows, cols);
+        if (!cand.spec) {
+          net.layers()[static_cast<size_t>(l)].at(s) = Linear::fp32(w);
+          continue;
+        }
+        const auto tq = Clock::now();
+        LOWBIT_ASSIGN_OR_RETURN(QuantizedTensor q, quantize(w, *cand.spec, {.name = linear_name(l, s)}));
+        LOWBIT_ASSIGN_OR_RETURN(Tensor w_hat, Tensor::empty(DType::kF32, {rows, cols}));  // (out, in)
+        LOWBIT_RETURN_IF_ERROR(dequantize(q, w_hat.view()));
+        const size_t k = static_cast<size_t>(l * kSites + site_of(s));
+        const std::vector<double>& sq = sumsq[k];
+        const double inv_rows = sq_rows[k] > 0 ? 1.0 / static_cast<double>(sq_rows[k]) : 0.0;
+        const float* a = w.data_as<float>();
+        const float* b = w_hat.data_as<float>();
+        for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t j = 0; j < cols; ++j) {
+            const double d = static_cast<double>(a[r * cols + j]) - b[r * cols + j];
+            proxy += d * d * (sq.empty() ? 0.0 : sq[static_cast<size_t>(j)] * inv_rows);
+          }
+        }
+        proxy_seconds += since(tq);
+        LOWBIT_ASSIGN_OR_RETURN(net.layers()[static_cast<size_t>(l)].at(s), Linear::quantized(q));
+      }
+      // 3. The forward from the first block the unit touches, scored against the reference.
+      double kld = 0, nll = 0;
+      for (size_t w = 0; w < nw; ++w) {
+        const int64_t n = static_cast<int64_t>(opt.windows[w].size());
+        std::vector<float> x = xin[static_cast<size_t>(start)][w];
+        for (int l = start; l < L; ++l) LOWBIT_RETURN_IF_ERROR(run_block(net, l, x.data(), n));
+        const int64_t f = first_scored(w), m = n_scored(w);
+        if (m == 0) continue;
+        LOWBIT_RETURN_IF_ERROR(run_head(net, x.data() + f * c.dim, m, &logits));
+        for (int64_t j = 0; j < m; ++j) {
+          const float* row = logits.data() + j * V;
+          const float* ref = ref_logits[w].data() + j * V;
+          const double lz = log_sum_exp(row, V), rz = ref_lz[w][static_cast<size_t>(j)];
+          double kl = 0;
+          for (int v = 0; v < V; ++v) {
+            const double lp_ref = ref[v] - rz, lp = row[v] - lz;
+            kl += std::exp(lp_ref) * (lp_ref - lp);
+          }
+          kld += std::max(0.0, kl);  // rounding can leave -1e-17 for identical rows
+          nll += lz - row[opt.windows[w][static_cast<size_t>(f + j + 1)]];
+        }
+      }
+      for (const auto& [l, s] : def.linears) net.layers()[static_cast<size_t>(l)].at(s) = original[static_cast<size_t>(l)].at(s);
+      u.bits.push_back(bits);
+      u.dkld.push_back(kld / static_cast<double>(scored));
+      u.dppl.push_back(std::exp(nll / static_cast<double>(scored)) - rep.ref_ppl);
+      u.proxy.push_back(proxy);
+      if (opt.on_step) opt.on_step(++step, total_steps);
+    }
+    rep.units.push_back(std::move(u));
+  }
+  net.layers() = std::move(original);
+  net.activation_quant().linear_input = acts;
+
+  std::vector<double> all_p, all_m;
+  rep.spearman_by_candidate.assign(nc, 0.0);
+  for (size_t k = 0; k < nc; ++k) {
+    if (!opt.candidates[k].spec) continue;
+    std::vector<double> p, m;
+    for (const UnitSensitivity& u : rep.units) p.push_back(u.proxy[k]), m.push_back(u.dkld[k]);
+    rep.spearman_by_candidate[k] = spearman(p, m);
+    all_p.insert(all_p.end(), p.begin(), p.end());
+    all_m.insert(all_m.end(), m.begin(), m.end());
+  }
+  rep.spearman = spearman(all_p, all_m);
+  rep.proxy_seconds = proxy_seconds;
+  rep.seconds = since(t0);
+  return rep;
+}
+
+Result<KnapsackResult> solve_knapsack(std::span<const KnapsackItem> items, int64_t budget, const KnapsackOptions& opt) {
+  int64_t g = 0, min_total = 0, max_total = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const KnapsackItem& it = items[i];
+    if (it.cost.empty() || it.cost.size() != it.value.size() || it.cost.size() > 255) {
+      return InvalidArgument(fmt::format("knapsack: item {} has {} costs and {} values (1..255 options, one value each)", i,
+                                         it.cost.size(), it.value.size()));
+    }
+    for (int64_t cst : it.cost) {
+      if (cst < 0) return InvalidArgument(fmt::format("knapsack: item {} has a negative cost {}", i, cst));
+      g = std::gcd(g, cst);
+    }
+    min_total += *std::min_element(it.cost.begin(), it.cost.end());
+    max_total += *std::max_element(it.cost.begin(), it.cost.end());
+  }
+  if (budget < min_total) {
+    return InvalidArgument(fmt::format("knapsack: budget {} bits is below the cheapest plan, {} bits", budget, min_total));
+  }
+  KnapsackResult r;
+  const size_t n = items.size();
+  if (n == 0) return r;
+  if (g == 0) g = 1;
+  const int64_t cap = std::min(budget, max_total);
+  int64_t res = g;
+  if (cap / g > opt.max_cells) {
+    res = ((cap + opt.max_cells - 1) / opt.max_cells + g - 1) / g * g;
+    r.exact = false;
+  }
+  r.resolution = res;
+  const int64_t C = cap / res;
+  std::vector<std::vector<int64_t>> cw(n);
+  int64_t min_cells = 0;
+  for (size_t i = 0; i < n; ++i) {
+    for (int64_t cst : items[i].cost) cw[i].push_back((cst + res - 1) / res);
+    min_cells += *std::min_element(cw[i].begin(), cw[i].end());
+  }
+  auto finish = [&]() {
+    r.value = 0;
+    r.cost = 0;
+    for (size_t i = 0; i < n; ++i) {
+      r.value += items[i].value[static_cast<size_t>(r.choice[i])];
+      r.cost += items[i].cost[static_cast<size_t>(r.choice[i])];
+    }
+    return r;
+  };
+  if (min_cells > C) {  // only when coarsened: the cheapest choice fits the true budget
+    for (size_t i = 0; i < n; ++i) {
+      r.choice.push_back(static_cast<int>(std::min_element(items[i].cost.begin(), items[i].cost.end()) - items[i].cost.begin()));
+    }
+    return finish();
+  }
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  const size_t cells = static_cast<size_t>(C) + 1;
+  std::vector<double> dp(cells, 0.0), next(cells);           // dp[c]: least value with cost ≤ c cells
+  std::vector<uint8_t> pick(n * cells);                      // (items, cells) option taken
+  for (size_t i = 0; i < n; ++i) {
+    const KnapsackItem& it = items[i];
+    uint8_t* pi = &pick[i * cells];
+    for (size_t c = 0; c < cells; ++c) {
+      double best = kInf;
+      uint8_t bk = 0;
+      for (size_t k = 0; k < it.cost.size(); ++k) {
+        const size_t w = static_cast<size_t>(cw[i][k]);
+        if (w > c || dp[c - w] == kInf) continue;
+        const double v = dp[c - w] + it.value[k];
+        if (v < best) best = v, bk = static_cast<uint8_t>(k);
+      }
+      next[c] = best;
+      pi[c] = bk;
+    }
+    dp.swap(next);
+  }
+  if (dp[cells - 1] == kInf) return Internal("knapsack: no feasible choice although the cheapest fits");
+  r.choice.assign(n, 0);
+  size_t c = cells - 1;
+  for (size_t i = n; i-- > 0;) {
+    const uint8_t k = pick[i * cells + c];
+    r.choice[i] = k;
+    c -= static_cast<size_t>(cw[i][k]);
+  }
+  return finish();
+}
+
+Result<MixedChoice> choose_mix(const SensitivityReport& s, double target_bpw, const KnapsackOptions& opt) {
+  if (!(target_bpw > 0) || !std::isfinite(target_bpw)) {
+    return InvalidArgument(fmt::format("--target-bpw: expected a positive number of bits per weight, got {}", target_bpw));
+  }
+  std::vector<KnapsackItem> items;
+  int64_t params = 0, cheapest = 0;
+  for (const UnitSensitivity& u : s.units) {
+    items.push_back({u.bits, u.dkld});
+    params += u.params;
+    cheapest += *std::min_element(u.bits.begin(), u.bits.end());
+  }
+  if (params == 0) return InvalidArgument("mixed precision: the sensitivity report has no units");
+  const double cheapest_bpw = static_cast<double>(cheapest) / static_cast<double>(params);
+  const int64_t budget = static_cast<int64_t>(std::floor(target_bpw * static_cast<double>(params)));
+  if (budget < cheapest) {
+    return InvalidArgument(fmt::format("--target-bpw {:.3f} is below the cheapest candidate mix, {:.3f} bits per weight",
+                                       target_bpw, cheapest_bpw));
+  }
+  LOWBIT_ASSIGN_OR_RETURN(KnapsackResult k, solve_knapsack(items, budget, opt));
+  MixedChoice m;
+  m.target_bpw = target_bpw;
+  m.choice = k.choice;
+  m.bits_per_weight = static_cast<double>(k.cost) / static_cast<double>(params);
+  m.predicted_kld = k.value;
+  for (size_t i = 0; i < s.units.size(); ++i) m.predicted_dppl += s.units[i].dppl[static_cast<size_t>(k.choice[i])];
+  m.knapsack = std::move(k);
+  return m;
+}
+
+Result<QuantPlan> make_mixed_plan(const LlamaConfig& c, const SensitivityReport& s, const MixedChoice& m,
+                                  const std::optional<QuantSpec>& activations) {
+  if (m.choice.size() != s.units.size()) {
+    return InvalidArgument(fmt::format("mixed plan: {} choices for {} units", m.choice.size(), s.units.size()));
+  }
+  LOWBIT_ASSIGN_OR_RETURN(QuantSpec half, parse_spec("fp16:tensor:unit"));
+  LOWBIT_ASSIGN_OR_RETURN(QuantPlan plan, make_plan(c, half, activations));
+  plan.scheme = fmt::format("mixed {:.3f} bpw ({} units by {})", m.bits_per_weight, s.units.size(), granularity_name(s.granularity));
+  for (size_t i = 0; i < s.units.size(); ++i) {
+    const UnitSensitivity& u = s.units[i];
+    const size_t k = static_cast<size_t>(m.choice[i]);
+    for (const std::string& t : u.tensors) {
+      auto it = std::find_if(plan.entries.begin(), plan.entries.end(), [&](const PlanEntry& e) { return e.name == t; });
+      if (it == plan.entries.end()) return InvalidArgument(fmt::format("mixed plan: unit {} names {}, which the model lacks", u.name, t));
+      it->spec = s.candidates[k].spec;
+      it->rule = fmt::format("target-bpw: {} ΔKLD {:.3g}", u.name, u.dkld[k]);
+    }
+  }
+  return plan;
+}
+
+Result<QuantPlan> deepseek_plan(const LlamaConfig& c, const QuantSpec& weights, const std::optional<QuantSpec>& high,
+                                const std::optional<QuantSpec>& activations) {
+  LOWBIT_ASSIGN_OR_RETURN(QuantSpec half, parse_spec("fp16:tensor:unit"));
+  const QuantSpec hi = high ? *high : half;
+  LOWBIT_ASSIGN_OR_RETURN(QuantPlan plan, make_plan(c, weights, activations));
+  plan.scheme = fmt::format("deepseek: {} (first/last two blocks, embedding: {})", to_string(weights), to_string(hi));
+  for (PlanEntry& e : plan.entries) {
+    if (e.role == "embedding" || e.role == "classifier") {
+      e.spec = hi;
+      e.rule = "policy deepseek: embeddings high";
+      continue;
+    }
+    if (e.role != "linear") continue;
+    int layer = -1;
+    if (std::sscanf(e.name.c_str(), "layers.%d.", &layer) != 1) continue;
+    if (layer < 2 || layer >= c.n_layers - 2) {
+      e.spec = hi;
+      e.rule = "policy deepseek: first/last two blocks high";
+    }
+  }
+  return plan;
+}
+
+std::string plan_overrides_json(const QuantPlan& plan) {
+  nlohmann::ordered_json j = nlohmann::ordered_json::object();
+  for (const PlanEntry& e : plan.entries) {
+    if (e.role == "norm") continue;
+    j[e.name] = e.spec ? to_string(*e.spec) : "fp32";
+  }
+  return j.dump(2);
+}
+
+std::string sensitivity_json(const SensitivityReport& s) {
+  nlohmann::ordered_json j;
+  j["granularity"] = std::string(granularity_name(s.granularity));
+  nlohmann::ordered_json cands = nlohmann::ordered_json::array();
+  for (const Candidate& c : s.candidates) cands.push_back({{"name", c.name}, {"spec", c.spec ? to_string(*c.spec) : "fp32"}});
+  j["candidates"] = cands;
+  j["tokens_scored"] = s.tokens_scored;
+  j["ref_ppl"] = s.ref_ppl;
+  j["seconds"] = s.seconds;
+  j["proxy_seconds"] = s.proxy_seconds;
+  j["spearman"] = s.spearman;
+  j["spearman_by_candidate"] = s.spearman_by_candidate;
+  nlohmann::ordered_json units = nlohmann::ordered_json::array();
+  for (const UnitSensitivity& u : s.units) {
+    units.push_back({{"name", u.name}, {"tensors", u.tensors}, {"params", u.params}, {"bits", u.bits},
+                     {"dkld", u.dkld}, {"dppl", u.dppl}, {"proxy", u.proxy}});
+  }
+  j["units"] = units;
+  return j.dump(2);
+}
+
+Result<SensitivityReport> parse_sensitivity_json(const std::string& text, const std::string& path, const LlamaConfig& c) {
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  auto bad = [&](const std::string& what) { return InvalidArgument(fmt::format("{}: {}", path, what)); };
+  if (j.is_discarded() || !j.is_object()) return bad("expected the JSON object `lowbit sensitivity --json` writes");
+  if (!j.contains("granularity") || !j["granularity"].is_string() || !j.contains("candidates") || !j["candidates"].is_array() ||
+      !j.contains("units") || !j["units"].is_array()) {
+    return bad("expected fields granularity (string), candidates and units (arrays)");
+  }
+  SensitivityReport s;
+  LOWBIT_ASSIGN_OR_RETURN(s.granularity, parse_granularity(j["granularity"].get<std::string>()));
+  for (const auto& cj : j["candidates"]) {
+    if (!cj.is_object() || !cj.contains("spec") || !cj["spec"].is_string() || !cj.contains("name") || !cj["name"].is_string()) {
+      return bad("candidates: each needs name and spec strings");
+    }
+    Result<Candidate> cand = parse_candidate(cj["spec"].get<std::string>());
+    if (!cand.ok()) return bad("candidates: " + cand.status().message());
+    cand->name = cj["name"].get<std::string>();
+    s.candidates.push_back(*cand);
+  }
+  if (s.candidates.empty() || s.candidates.size() > 255) return bad("candidates: expected 1..255");
+  const size_t nc = s.candidates.size();
+  std::set<std::string> seen;
+  for (const auto& uj : j["units"]) {
+    UnitSensitivity u;
+    const char* arrays[] = {"bits", "dkld", "dppl", "proxy"};
+    if (!uj.is_object() || !uj.contains("name") || !uj["name"].is_string() || !uj.contains("tensors") || !uj["tensors"].is_array()) {
+      return bad("units: each needs a name and tensors");
+    }
+    u.name = uj["name"].get<std::string>();
+    for (const char* a : arrays) {
+      if (!uj.contains(a) || !uj[a].is_array() || uj[a].size() != nc) return bad(fmt::format("unit {}: {} must hold {} numbers", u.name, a, nc));
+      for (const auto& v : uj[a]) if (!v.is_number()) return bad(fmt::format("unit {}: {} must hold numbers", u.name, a));
+    }
+    u.bits = uj["bits"].get<std::vector<int64_t>>();
+    u.dkld = uj["dkld"].get<std::vector<double>>();
+    u.dppl = uj["dppl"].get<std::vector<double>>();
+    u.proxy = uj["proxy"].get<std::vector<double>>();
+    for (const auto& t : uj["tensors"]) {
+      if (!t.is_string()) return bad(fmt::format("unit {}: tensors must be names", u.name));
+      const std::string name = t.get<std::string>();
+      int layer = -1;
+      char slot[8] = {};
+      bool ok = std::sscanf(name.c_str(), "layers.%d.%7s", &layer, slot) == 2 && layer >= 0 && layer < c.n_layers;
+      if (ok) {
+        ok = false;
+        for (LinearSlot ls : kLinearSlots) {
+          if (linear_slot_name(ls) == slot) {
+            ok = true;
+            const int64_t rows = ls == LinearSlot::kWk || ls == LinearSlot::kWv ? c.kv_dim() : ls == LinearSlot::kW1 || ls == LinearSlot::kW3 ? c.hidden_dim : c.dim;
+            const int64_t cols = ls == LinearSlot::kW2 ? c.hidden_dim : c.dim;
+            u.params += rows * cols;
+          }
+        }
+      }
+      if (!ok) return bad(fmt::format("unit {}: '{}' is not a linear of this model ({} layers)", u.name, name, c.n_layers));
+      if (!seen.insert(name).second) return bad(fmt::format("tensor {} is in two units", name));
+      u.tensors.push_back(name);
+    }
+    s.units.push_back(std::move(u));
+  }
+  if (s.units.empty()) return bad("units: empty");
+  if (j.contains("tokens_scored") && j["tokens_scored"].is_number()) s.tokens_scored = j["tokens_scored"].get<int64_t>();
+  if (j.contains("ref_ppl") && j["ref_ppl"].is_number()) s.ref_ppl = j["ref_ppl"].get<double>();
+  if (j.contains("seconds") && j["seconds"].is_number()) s.seconds = j["seconds"].get<double>();
+  if (j.contains("spearman") && j["spearman"].is_number()) s.spearman = j["spearman"].get<double>();
+  return s;
+}
+
+std::string sensitivity_svg(const SensitivityReport& s, const std::string& title) {
+  constexpr int kW = 760, kH = 380, kL = 70, kR = 150, kT = 40, kB = 50;
+  static const char* kColors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"};
+  double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+  for (const UnitSensitivity& u : s.units)
+    for (double v : u.dkld)
+      if (v > 0) lo = std::min(lo, v), hi = std::max(hi, v);
+  if (!(lo < hi)) lo = 1e-6, hi = 1.0;
+  const double ylo = std::floor(std::log10(lo)), yhi = std::ceil(std::log10(hi));
+  const size_t nu = s.units.size();
+  auto px = [&](size_t i) { return kL + (nu > 1 ? static_cast<double>(i) / static_cast<double>(nu - 1) : 0.5) * (kW - kL - kR); };
+  auto py = [&](double v) {
+    const double t = (std::log10(std::max(v, lo)) - ylo) / std::max(1e-9, yhi - ylo);
+    return kH - kB - t * (kH - kT - kB);
+  };
+  std::string out = fmt::format("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"11\">\n", kW, kH);
+  out += fmt::format("<rect width=\"{}\" height=\"{}\" fill=\"white\"/>\n<text x=\"{}\" y=\"20\" font-size=\"14\">{}</text>\n", kW, kH, kL, title);
+  for (double e = ylo; e <= yhi; e += 1) {
+    const double y = py(std::pow(10.0, e));
+    out += fmt::format("<line x1=\"{}\" x2=\"{}\" y1=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1f}\" text-anchor=\"end\">1e{}</text>\n",
+                       kL, kW - kR, y, y, kL - 4, y + 4, static_cast<int>(e));
+  }
+  out += fmt::format("<text x=\"{}\" y=\"{}\">units ({}), in model order</text>\n", kL, kH - 12, granularity_name(s.granularity));
+  out += fmt::format("<text x=\"14\" y=\"{}\" transform=\"rotate(-90 14 {})\">ΔKLD (nats, log)</text>\n", kH / 2, kH / 2);
+  for (size_t k = 0; k < s.candidates.size(); ++k) {
+    if (!s.candidates[k].spec) continue;
+    const char* col = kColors[k % 8];
+    std::string pts;
+    for (size_t i = 0; i < nu; ++i) pts += fmt::format("{:.1f},{:.1f} ", px(i), py(s.units[i].dkld[k]));
+    out += fmt::format("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\" points=\"{}\"/>\n", col, pts);
+    out += fmt::format("<text x=\"{}\" y=\"{}\" fill=\"{}\">{}</text>\n", kW - kR + 8, kT + 14 * static_cast<int>(k), col, s.candidates[k].name);
+  }
+  out += "</svg>\n";
+  return out;
+}
+
+}  // namespace lowbit

@@ -1,0 +1,296 @@
+// Mixed precision: the knapsack against brute force, sensitivity identities (an unquantized unit
+// costs exactly nothing; one quantized unit's prediction equals the model it predicts), plans
+// that round-trip through the overrides JSON, and one-line errors naming both numbers.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <random>
+
+#include <fmt/format.h>
+
+#include "lowbit/eval.h"
+#include "lowbit/mixed.h"
+#include "lowbit/pipeline.h"
+
+namespace lowbit {
+namespace {
+
+// A random Llama with `layers` blocks (GQA: 4 heads, 2 kv heads), weights owned by the Model.
+Model tiny_model(int layers, uint64_t seed) {
+  Model m;
+  LlamaConfig& c = m.config;
+  c.dim = 64;
+  c.hidden_dim = 96;
+  c.n_layers = layers;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.vocab_size = 80;
+  c.seq_len = 64;
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  auto make = [&](std::initializer_list<int64_t> dims, float sd, float mean = 0.0f) {
+    Tensor t = Tensor::empty(DType::kF32, dims).value();
+    for (int64_t i = 0; i < t.view().numel(); ++i) t.data_as<float>()[i] = mean + sd * nd(rng);
+    m.owned.push_back(std::move(t));
+    return ConstTensorView(m.owned.back().view());
+  };
+  m.owned.reserve(static_cast<size_t>(layers) * 9 + 3);
+  const int64_t d = c.dim, h = c.hidden_dim, kv = c.kv_dim();
+  m.weights.tok_embeddings = make({c.vocab_size, d}, 1.0f);
+  for (int l = 0; l < layers; ++l) {
+    LayerWeights lw;
+    lw.attn_norm = make({d}, 0.1f, 1.0f);
+    lw.wq = make({d, d}, 0.125f);
+    lw.wk = make({kv, d}, 0.125f);
+    lw.wv = make({kv, d}, 0.125f);
+    lw.wo = make({d, d}, 0.125f);
+    lw.ffn_norm = make({d}, 0.1f, 1.0f);
+    lw.w1 = make({h, d}, 0.125f);
+    lw.w2 = make({d, h}, 0.1f);
+    lw.w3 = make({h, d}, 0.125f);
+    m.weights.layers.push_back(lw);
+  }
+  m.weights.final_norm = make({d}, 0.1f, 1.0f);
+  m.weights.classifier = m.weights.tok_embeddings;
+  return m;
+}
+
+std::vector<std::vector<int>> windows(int n, int len, int vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<std::vector<int>> w(static_cast<size_t>(n), std::vector<int>(static_cast<size_t>(len)));
+  for (auto& win : w)
+    for (int& t : win) t = static_cast<int>(rng() % static_cast<uint64_t>(vocab));
+  return w;
+}
+
+// Every combination, for small instances.
+double brute_force(const std::vector<KnapsackItem>& items, int64_t budget) {
+  double best = INFINITY;
+  std::vector<size_t> k(items.size(), 0);
+  while (true) {
+    int64_t cost = 0;
+    double v = 0;
+    for (size_t i = 0; i < items.size(); ++i) cost += items[i].cost[k[i]], v += items[i].value[k[i]];
+    if (cost <= budget) best = std::min(best, v);
+    size_t i = 0;
+    while (i < items.size() && ++k[i] == items[i].cost.size()) k[i++] = 0;
+    if (i == items.size()) break;
+  }
+  return best;
+}
+
+TEST(Knapsack, ExactAgainstBruteForceWithinBudgetAndMonotone) {
+  std::mt19937_64 rng(7);
+  for (int trial = 0; trial < 300; ++trial) {
+    std::vector<KnapsackItem> items(1 + rng() % 6);
+    int64_t lo = 0, hi = 0;
+    for (KnapsackItem& it : items) {
+      const size_t k = 1 + rng() % 4;
+      for (size_t j = 0; j < k; ++j) {
+        it.cost.push_back(static_cast<int64_t>(rng() % 40) * 3);  // gcd 3 (or more): the grid
+        it.value.push_back(static_cast<double>(rng() % 1000) / 100.0);
+      }
+      lo += *std::min_element(it.cost.begin(), it.cost.end());
+      hi += *std::max_element(it.cost.begin(), it.cost.end());
+    }
+    double prev = INFINITY;
+    for (int64_t budget = lo; budget <= hi + 5; budget += 1 + static_cast<int64_t>(rng() % 7)) {
+      const KnapsackResult r = solve_knapsack(items, budget).value();
+      EXPECT_TRUE(r.exact);
+      EXPECT_LE(r.cost, budget);
+      EXPECT_NEAR(r.value, brute_force(items, budget), 1e-9) << "trial " << trial << " budget " << budget;
+      EXPECT_LE(r.value, prev + 1e-12);  // monotone in the budget
+      prev = r.value;
+      double v = 0;
+      int64_t c = 0;
+      for (size_t i = 0; i < items.size(); ++i) v += items[i].value[static_cast<size_t>(r.choice[i])], c += items[i].cost[static_cast<size_t>(r.choice[i])];
+      EXPECT_DOUBLE_EQ(v, r.value);
+      EXPECT_EQ(c, r.cost);
+    }
+  }
+}
+
+TEST(Knapsack, CoarseGridStaysWithinBudget) {
+  std::mt19937_64 rng(11);
+  for (int trial = 0; trial < 100; ++trial) {
+    std::vector<KnapsackItem> items(2 + rng() % 5);
+    int64_t lo = 0, hi = 0;
+    for (KnapsackItem& it : items) {
+      for (size_t j = 0; j < 3; ++j) it.cost.push_back(1000 + static_cast<int64_t>(rng() % 100000)), it.value.push_back(static_cast<double>(rng() % 100));
+      lo += *std::min_element(it.cost.begin(), it.cost.end());
+      hi += *std::max_element(it.cost.begin(), it.cost.end());
+    }
+    const int64_t budget = lo + static_cast<int64_t>(rng() % static_cast<uint64_t>(hi - lo + 1));
+    const KnapsackResult r = solve_knapsack(items, budget, {.max_cells = 64}).value();
+    EXPECT_LE(r.cost, budget);
+    EXPECT_FALSE(r.exact);
+    // Optimal for the budget reduced by the rounding it may have cost.
+    const int64_t reduced = budget - static_cast<int64_t>(items.size()) * r.resolution;
+    if (reduced >= lo) {
+      EXPECT_LE(r.value, brute_force(items, reduced) + 1e-9);
+    }
+  }
+}
+
+TEST(Knapsack, BudgetBelowCheapestNamesBoth) {
+  const std::vector<KnapsackItem> items = {{{10, 20}, {1.0, 0.5}}, {{7, 30}, {2.0, 0.0}}};
+  const Result<KnapsackResult> r = solve_knapsack(items, 16);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("16"), std::string::npos) << r.status().message();
+  EXPECT_NE(r.status().message().find("17"), std::string::npos) << r.status().message();
+  EXPECT_EQ(r.status().message().find('\n'), std::string::npos);
+  EXPECT_FALSE(solve_knapsack(std::vector<KnapsackItem>{{{1}, {}}}, 5).ok());
+  EXPECT_FALSE(solve_knapsack(std::vector<KnapsackItem>{{{-1}, {0.0}}}, 5).ok());
+}
+
+TEST(Spearman, RanksWithTies) {
+  const std::vector<double> a = {1, 2, 3, 4, 5}, b = {10, 20, 30, 40, 50}, c = {5, 4, 3, 2, 1};
+  EXPECT_DOUBLE_EQ(spearman(a, b), 1.0);
+  EXPECT_DOUBLE_EQ(spearman(a, c), -1.0);
+  const std::vector<double> d = {1, 1, 2, 2}, e = {3, 3, 4, 4};
+  EXPECT_DOUBLE_EQ(spearman(d, e), 1.0);
+  EXPECT_EQ(spearman(std::vector<double>{1, 1, 1}, b), 0.0);
+  // Monotone transforms do not change it; a non-linear but monotone pair still scores 1.
+  const std::vector<double> sq = {1, 4, 9, 16, 25};
+  EXPECT_DOUBLE_EQ(spearman(a, sq), 1.0);
+}
+
+TEST(Candidates, ParseSchemesSpecsAndErrors) {
+  const std::vector<Candidate> c = parse_candidates("w4a16-g128,int8:row,fp32", "--candidates").value();
+  ASSERT_EQ(c.size(), 3u);
+  EXPECT_EQ(to_string(*c[0].spec), to_string(parse_spec("int4:g128:sym:fp16").value()));
+  EXPECT_FALSE(c[2].spec.has_value());
+  const Result<std::vector<Candidate>> bad = parse_candidates("w4a16-g128,int9:row", "--candidates");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("--candidates"), std::string::npos);
+  EXPECT_NE(bad.status().message().find("int9:row"), std::string::npos);
+  EXPECT_FALSE(parse_candidates("int8:row,,fp32", "--candidates").ok());
+  EXPECT_FALSE(parse_candidates("int8:row,int8:row", "--candidates").ok());
+}
+
+class MixedTiny : public ::testing::Test {
+ protected:
+  Model model = tiny_model(3, 5);
+  std::vector<std::vector<int>> calib = windows(2, 16, 80, 9);
+  std::vector<Candidate> cands = parse_candidates("fp32,w3a16-g64,int4:g32:sym:fp16,int8:row", "c").value();
+};
+
+TEST_F(MixedTiny, UnquantizedUnitIsExactlyZeroAndUnitsAddUp) {
+  LlamaModel net(model);
+  const SensitivityReport t = measure_sensitivity(net, {.candidates = cands, .windows = calib}).value();
+  ASSERT_EQ(t.units.size(), 21u);
+  for (const UnitSensitivity& u : t.units) {
+    EXPECT_EQ(u.dkld[0], 0.0) << u.name;
+    EXPECT_EQ(u.dppl[0], 0.0) << u.name;
+    EXPECT_EQ(u.proxy[0], 0.0) << u.name;
+    EXPECT_GT(u.dkld[1], 0.0) << u.name;
+    EXPECT_GT(u.proxy[1], u.proxy[3]) << u.name;  // 3 bits errs more than 8
+    EXPECT_EQ(u.bits[0], 32 * u.params);
+  }
+  EXPECT_EQ(t.tokens_scored, 2 * 7);  // positions 8..14 of each window
+  // Layer units cover the same tensors: their bits are the sum of the tensors'.
+  const SensitivityReport l = measure_sensitivity(net, {.candidates = cands, .granularity = UnitGranularity::kLayer, .windows = calib}).value();
+  ASSERT_EQ(l.units.size(), 3u);
+  for (size_t k = 0; k < cands.size(); ++k) {
+    int64_t sum = 0;
+    for (size_t i = 0; i < 7; ++i) sum += t.units[7 + i].bits[k];
+    EXPECT_EQ(l.units[1].bits[k], sum);
+  }
+  const SensitivityReport r = measure_sensitivity(net, {.candidates = cands, .granularity = UnitGranularity::kRole, .windows = calib}).value();
+  ASSERT_EQ(r.units.size(), 7u);
+  EXPECT_EQ(r.units[5].name, "w2");
+  EXPECT_EQ(r.units[5].tensors.size(), 3u);
+  // The model comes back as it was: measuring twice gives the same figures.
+  const SensitivityReport t2 = measure_sensitivity(net, {.candidates = cands, .windows = calib}).value();
+  for (size_t i = 0; i < t.units.size(); ++i) EXPECT_EQ(t.units[i].dkld, t2.units[i].dkld);
+}
+
+// The additive prediction for a plan that quantizes one unit is that unit's measurement: the
+// plan is run by the pipeline (RTN) and scored by eval's score_position through Session.
+TEST_F(MixedTiny, OneUnitPredictionEqualsItsMeasurement) {
+  LlamaModel net(model);
+  const SensitivityReport s = measure_sensitivity(net, {.candidates = cands, .windows = calib}).value();
+  for (size_t unit : {size_t{2}, size_t{12}}) {
+    MixedChoice m;
+    m.choice.assign(s.units.size(), 0);
+    m.choice[unit] = 1;
+    for (size_t i = 0; i < s.units.size(); ++i) m.predicted_kld += s.units[i].dkld[static_cast<size_t>(m.choice[i])];
+    QuantPlan plan = make_mixed_plan(model.config, s, m, std::nullopt).value();
+    for (PlanEntry& e : plan.entries)
+      if (e.role == "embedding") e.spec.reset();  // keep the embedding fp32, as the measurement does
+    LlamaModel q(model);
+    ASSERT_TRUE(quantize_model(q, {.plan = plan}).ok());
+    double kld = 0;
+    int64_t n = 0;
+    for (const auto& w : calib) {
+      Session sq(q), sr(net);
+      std::vector<float> lq, lr;
+      ASSERT_TRUE(sq.forward(w, 0, &lq).ok());
+      ASSERT_TRUE(sr.forward(w, 0, &lr).ok());
+      const size_t V = 80;
+      for (size_t j = w.size() / 2; j + 1 < w.size(); ++j) {
+        kld += score_position({lq.data() + j * V, V}, {lr.data() + j * V, V}, w[j + 1]).kld;
+        ++n;
+      }
+    }
+    EXPECT_NEAR(kld / static_cast<double>(n), m.predicted_kld, 1e-9 + 1e-5 * m.predicted_kld) << s.units[unit].name;
+    EXPECT_GT(m.predicted_kld, 0.0);
+  }
+}
+
+TEST_F(MixedTiny, BudgetChoiceAndPlanRoundTrip) {
+  LlamaModel net(model);
+  const SensitivityReport s = measure_sensitivity(net, {.candidates = cands, .windows = calib}).value();
+  double prev = INFINITY;
+  for (double bpw : {3.4, 4.0, 4.6, 6.0, 9.0, 32.0}) {
+    const MixedChoice m = choose_mix(s, bpw).value();
+    EXPECT_LE(m.bits_per_weight, bpw);
+    EXPECT_LE(m.predicted_kld, prev);
+    prev = m.predicted_kld;
+    const QuantPlan plan = make_mixed_plan(model.config, s, m, std::nullopt).value();
+    EXPECT_NEAR(plan.bits_per_weight(), m.bits_per_weight, 1e-9);
+    const std::string path = ::testing::TempDir() + "/mixed_plan.json";
+    std::ofstream(path) << plan_overrides_json(plan);
+    const QuantPlan back = make_plan(model.config, parse_spec("int8:row").value(), std::nullopt, path).value();
+    ASSERT_EQ(back.entries.size(), plan.entries.size());
+    for (size_t i = 0; i < plan.entries.size(); ++i) EXPECT_EQ(back.entries[i].spec, plan.entries[i].spec) << plan.entries[i].name;
+  }
+  EXPECT_EQ(prev, 0.0);  // 32 bits: everything fp32
+  // The measurement round-trips through its JSON (quantize --sensitivity), and names what it covers.
+  const SensitivityReport back = parse_sensitivity_json(sensitivity_json(s), "s.json", model.config).value();
+  ASSERT_EQ(back.units.size(), s.units.size());
+  for (size_t i = 0; i < s.units.size(); ++i) {
+    EXPECT_EQ(back.units[i].dkld, s.units[i].dkld);
+    EXPECT_EQ(back.units[i].bits, s.units[i].bits);
+    EXPECT_EQ(back.units[i].params, s.units[i].params);
+  }
+  EXPECT_EQ(choose_mix(back, 4.6).value().choice, choose_mix(s, 4.6).value().choice);
+  const Result<SensitivityReport> other = parse_sensitivity_json(sensitivity_json(s), "s.json", tiny_model(2, 5).config);
+  ASSERT_FALSE(other.ok());
+  EXPECT_NE(other.status().message().find("layers.2.wq"), std::string::npos) << other.status().message();
+  const Result<MixedChoice> low = choose_mix(s, 2.0);
+  ASSERT_FALSE(low.ok());
+  const std::string msg = low.status().message();
+  EXPECT_NE(msg.find("2.000"), std::string::npos) << msg;
+  int64_t cheapest = 0, params = 0;
+  for (const UnitSensitivity& u : s.units) cheapest += u.bits[1], params += u.params;  // w3a16-g64 is the cheapest
+  EXPECT_NE(msg.find(fmt::format("{:.3f}", static_cast<double>(cheapest) / static_cast<double>(params))), std::string::npos) << msg;
+  EXPECT_EQ(msg.find('\n'), std::string::npos);
+}
+
+TEST(Deepseek, FirstAndLastTwoBlocksHighAndRoundTrip) {
+  const Model m = tiny_model(6, 3);
+  const QuantSpec w4 = parse_spec("int4:g32:sym:fp16").value(), i8 = parse_spec("int8:row").value();
+  const QuantPlan p = deepseek_plan(m.config, w4, i8, std::nullopt).value();
+  for (int l = 0; l < 6; ++l) EXPECT_EQ(*p.find(fmt::format("layers.{}.w2", l))->spec, (l < 2 || l >= 4) ? i8 : w4) << l;
+  EXPECT_EQ(*p.find("tok_embeddings")->spec, i8);
+  EXPECT_FALSE(p.find("layers.3.ffn_norm")->spec.has_value());
+  const std::string path = ::testing::TempDir() + "/deepseek_plan.json";
+  std::ofstream(path) << plan_overrides_json(p);
+  const QuantPlan back = make_plan(m.config, i8, std::nullopt, path).value();
+  for (size_t i = 0; i < p.entries.size(); ++i) EXPECT_EQ(back.entries[i].spec, p.entries[i].spec) << p.entries[i].name;
+}
+
+}  // namespace
+}  // namespace lowbit

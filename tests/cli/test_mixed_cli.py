@@ -1,0 +1,78 @@
+"""lowbit sensitivity and quantize --target-bpw / --policy deepseek from the command line, on the
+bundled model with one short calibration window: the JSON shapes, a plan that round-trips through
+--plan, the budget never exceeded, and bad input (exit 2, one line naming both numbers).
+
+Usage: test_mixed_cli.py LOWBIT_BINARY. Exits 77 (skip) when ../shared is missing.
+"""
+import json
+import os
+import sys
+import tempfile
+
+from clitest import SHARED, bad_input, check, finish, run
+MODEL = os.path.join(SHARED, "models", "stories260K.bin")
+TEXT = os.path.join(SHARED, "data", "tinystories_val.txt")
+
+if not os.path.exists(MODEL):
+    print(f"SKIP: {MODEL} not found (../shared is missing)")
+    sys.exit(77)
+
+p = run("sensitivity", "--help")
+check(p.returncode == 0 and "--candidates" in p.stdout and "--granularity" in p.stdout, "sensitivity --help")
+
+with tempfile.TemporaryDirectory() as tmp:
+    sens, svg = os.path.join(tmp, "sens.json"), os.path.join(tmp, "sens.svg")
+    p = run("sensitivity", "--model", MODEL, "--calib", TEXT, "--candidates", "fp32,w3a16-g64,w8a16", "--granularity", "role",
+            "--windows", "1", "--ctx", "64", "--json", sens, "--plot", svg)
+    check(p.returncode == 0, f"sensitivity failed: {p.stderr}")
+    check("| w2 |" in p.stdout and "Spearman" in p.stdout, f"sensitivity table: {p.stdout[:400]!r}")
+    with open(sens) as f:
+        s = json.load(f)
+    check(len(s["units"]) == 7 and s["granularity"] == "role", "seven role units")
+    check(all(u["dkld"][0] == 0.0 and u["dppl"][0] == 0.0 for u in s["units"]), "fp32 candidate: exactly zero")
+    check(all(u["dkld"][1] > u["dkld"][2] for u in s["units"]), "3 bits cost more than 8 in every role")
+    with open(svg) as f:
+        check(f.read().startswith("<svg"), "plot is an SVG")
+
+    # A budget: the chosen plan within it, written as the JSON --plan reads, and run from it.
+    plan, summary = os.path.join(tmp, "plan.json"), os.path.join(tmp, "q.json")
+    p = run("quantize", "--model", MODEL, "--target-bpw", "5", "--sensitivity", sens, "--plan-out", plan,
+            "--eval", TEXT, "--eval-windows", "2", "--json", summary)
+    check(p.returncode == 0, f"target-bpw failed: {p.stderr}")
+    check("predicted KLD" in p.stdout and "| layers.0.w2 |" in p.stdout, f"target-bpw output: {p.stdout[-600:]!r}")
+    with open(summary) as f:
+        q = json.load(f)
+    for key in ("target_bpw", "bits_per_weight", "predicted_kld", "plan", "realized_kld"):
+        check(key in q, f"quantize --json lacks {key}")
+    check(q["bits_per_weight"] <= 5.0 and q["bpw"] <= 5.0 + 1e-9, f"over budget: {q.get('bits_per_weight')} / {q.get('bpw')}")
+    with open(plan) as f:
+        pj = json.load(f)
+    check(pj == q["plan"], "--plan-out and the summary's plan agree")
+    back = os.path.join(tmp, "back.json")
+    p = run("quantize", "--model", MODEL, "--scheme", "w4a16-g128", "--plan", plan, "--dry-run", "--json", back)
+    check(p.returncode == 0, f"re-run from the plan failed: {p.stderr}")
+    with open(back) as f:
+        b = json.load(f)
+    check({t["name"]: t["spec"] for t in b["tensors"] if t["role"] != "norm"} == pj, "plan round-trips through --plan")
+    check(abs(b["bpw_linear"] - q["bits_per_weight"]) < 1e-9, "same bits per weight after the round trip")
+
+    p = run("quantize", "--model", MODEL, "--scheme", "w4a16-g128", "--policy", "deepseek", "--dry-run")
+    check(p.returncode == 0 and "| layers.0.wq | 64x64 | int8:row:sym:fp32 |" in p.stdout
+          and "| layers.2.wq | 64x64 | int4:g128:sym:fp16 |" in p.stdout, f"policy deepseek: {p.stdout[:600]!r}")
+
+    bad_input(["quantize", "--model", MODEL, "--target-bpw", "2.5", "--sensitivity", sens, "--dry-run"], "2.500",
+              "budget below the cheapest mix")
+    p = run("quantize", "--model", MODEL, "--target-bpw", "2.5", "--sensitivity", sens, "--dry-run")
+    check("3.3" in p.stderr, f"the cheapest mix is named: {p.stderr!r}")
+    bad_input(["sensitivity", "--model", MODEL, "--calib", TEXT, "--candidates", "w4a16-g128,int9:row"], "int9:row",
+              "bad candidate")
+    bad_input(["sensitivity", "--model", MODEL, "--calib", TEXT, "--granularity", "block"], "block", "bad granularity")
+    bad_input(["quantize", "--model", MODEL, "--scheme", "w4a16-g128", "--policy", "llama"], "llama", "bad policy")
+    broken = os.path.join(tmp, "broken.json")
+    with open(broken, "w") as f:
+        json.dump({"granularity": "tensor", "candidates": [{"name": "w8a16", "spec": "int8:row"}],
+                   "units": [{"name": "x", "tensors": ["layers.9.wq"], "bits": [1], "dkld": [0], "dppl": [0], "proxy": [0]}]}, f)
+    bad_input(["quantize", "--model", MODEL, "--target-bpw", "5", "--sensitivity", broken, "--dry-run"], "layers.9.wq",
+              "sensitivity of another model")
+
+finish()
