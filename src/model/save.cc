@@ -114,6 +114,9 @@ class TempFolder {
  public:
   static Result<TempFolder> create(const std::string& target) {
     std::error_code ec;
+    if (fs::is_symlink(fs::symlink_status(target, ec))) {
+      return InvalidArgument(fmt::format("{}: is a symbolic link; not replacing it (name its target instead)", target));
+    }
     if (fs::exists(target, ec)) {
       if (!fs::is_directory(target, ec)) {
         return InvalidArgument(fmt::format("{}: exists and is not a folder (a safetensors save is a folder)", target));
@@ -127,7 +130,8 @@ class TempFolder {
     }
     fs::path t(target);
     if (t.filename().empty()) t = t.parent_path();  // "out/"
-    std::string templ = t.string() + ".tmp.XXXXXX";
+    remove_stale_temps(t.string());  // folders a killed run left behind
+    std::string templ = temp_sibling_prefix(t.string()) + "XXXXXX";
     if (::mkdtemp(templ.data()) == nullptr) {
       return IoError(fmt::format("{}: cannot create a temp folder beside it: {}", target, std::strerror(errno)));
     }

@@ -47,6 +47,18 @@ std::vector<int> tokenize_stories(const Tokenizer& tok, const std::string& path,
 // The file holding a model's weights: `model_path` itself, or model.safetensors in a folder.
 std::string model_weights_file(const std::string& model_path);
 
+// One output flag's value, checked before any work: refused (exit 2, one line) when it is a
+// symbolic link, a device, FIFO or socket (or a directory, unless `folder_ok`), when it is one
+// of `inputs` (same file, by device and inode), or when it is a folder that holds one of them.
+// Entries with an empty path are skipped. Example:
+//   check_output("-o", a.out, {{"--model", a.model}, {"--calib", a.calib}}, /*folder_ok=*/true);
+struct NamedPath {
+  std::string_view flag;
+  std::string path;
+};
+void check_output(std::string_view flag, const std::string& out, const std::vector<NamedPath>& inputs,
+                  bool folder_ok = false);
+
 // Peak resident set size of this process so far (getrusage ru_maxrss), MiB.
 double peak_rss_mib();
 

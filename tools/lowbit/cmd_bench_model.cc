@@ -136,6 +136,7 @@ Speed measure_llamacpp(const BenchModelArgs& a, const std::vector<int>& ids) {
 void run_bench_model(const BenchModelArgs& a) {
   if (a.prefill < 4) fail(kExitUsage, fmt::format("bench model: --prefill must be >= 4 (got {})", a.prefill));
   if (a.decode < 0) fail(kExitUsage, fmt::format("bench model: --decode must be >= 0 (got {})", a.decode));
+  check_output("--json", a.json, {{"--model", a.model}});
   Result<Scheme> scheme = find_scheme(a.scheme);
   if (!scheme.ok()) fail(kExitUsage, "--scheme: " + scheme.status().message());
   Result<Model> model = load_model(a.model);

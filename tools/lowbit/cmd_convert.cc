@@ -22,6 +22,7 @@ struct ConvertArgs {
 };
 
 void run_convert(const ConvertArgs& a) {
+  check_output("-o", a.out, {{"--model", a.model}, {"--tokenizer", a.tokenizer}}, /*folder_ok=*/true);
   Result<ModelFormat> format = parse_model_format(a.format);
   if (!format.ok()) fail(kExitUsage, "--format: " + format.status().message());
   Result<Model> model = load_model(a.model);

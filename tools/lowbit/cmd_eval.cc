@@ -47,6 +47,12 @@ void run_eval(const EvalArgs& a) {
   if (!a.plot.empty() && a.schemes.size() > 1) {
     fail(kExitUsage, fmt::format("eval: --plot draws one model; got {} schemes", a.schemes.size()));
   }
+  const std::vector<NamedPath> input_paths = {
+      {"--model", a.model}, {"--ref", a.ref}, {"--text", a.text}, {"--tokenizer", a.tokenizer}};
+  check_output("--json", a.json, input_paths);
+  std::vector<NamedPath> plot_clashes = input_paths;
+  plot_clashes.push_back({"--json", a.json});
+  check_output("--plot", a.plot, plot_clashes);
   std::vector<Scheme> schemes;
   for (const std::string& name : a.schemes) {
     Result<Scheme> s = find_scheme(name);

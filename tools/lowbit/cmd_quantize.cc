@@ -40,6 +40,12 @@ void run_quantize(const QuantizeArgs& a) {
   if (a.scheme.empty() == a.weights.empty()) fail(kExitUsage, "quantize: give exactly one of --scheme and --weights");
   if (!a.acts.empty() && a.weights.empty()) fail(kExitUsage, "quantize: --acts needs --weights (or use --scheme)");
   if (a.out.empty() && !a.dry_run && a.eval_text.empty()) fail(kExitUsage, "quantize: give -o OUT (or --dry-run, or --eval to measure only)");
+  const std::vector<NamedPath> inputs = {{"--model", a.model}, {"--calib", a.calib}, {"--tokenizer", a.tokenizer},
+                                         {"--eval", a.eval_text}, {"--plan", a.plan}};
+  check_output("-o", a.out, inputs, /*folder_ok=*/true);
+  std::vector<NamedPath> json_clashes = inputs;
+  json_clashes.push_back({"-o", a.out});
+  check_output("--json", a.json, json_clashes);
   Result<Method> method = parse_method(a.method);
   if (!method.ok()) fail(kExitUsage, "--method: " + method.status().message());
 
