@@ -220,6 +220,9 @@ Result<std::unique_ptr<Tokenizer>> Llama2cTokenizer::load(const std::string& pat
       return DataLoss(fmt::format("{}: truncated in token {}: length {} at byte {}, only {} bytes left", path,
                                   id, len, at, data.size() - at));
     }
+    if (!std::isfinite(score)) {
+      return DataLoss(fmt::format("{}: token {} has score {}; scores must be finite", path, id, score));
+    }
     tok->pieces_.emplace_back(data.substr(at, static_cast<size_t>(len)));
     tok->scores_.push_back(score);
     at += static_cast<size_t>(len);
@@ -485,6 +488,11 @@ Result<std::unique_ptr<Tokenizer>> Llama2cTokenizer::load_gguf(const GgufFile& f
   }
   LOWBIT_ASSIGN_OR_RETURN(std::vector<float> scores, gguf_numbers<float>(f, "tokenizer.ggml.scores", n));
   if (scores.empty()) return NotFound(fmt::format("{}: tokenizer key tokenizer.ggml.scores is missing", f.path));
+  for (size_t i = 0; i < scores.size(); ++i) {  // a NaN score makes every merge comparison false
+    if (!std::isfinite(scores[i])) {
+      return DataLoss(fmt::format("{}: tokenizer.ggml.scores[{}] is {}; scores must be finite", f.path, i, scores[i]));
+    }
+  }
   LOWBIT_ASSIGN_OR_RETURN(std::vector<int32_t> types, gguf_numbers<int32_t>(f, "tokenizer.ggml.token_type", n));
   for (std::string& p : pieces) {  // SentencePiece's U+2581 is a space, as in llama2.c's export
     std::string t;

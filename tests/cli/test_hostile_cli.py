@@ -10,10 +10,13 @@ Usage: test_hostile_cli.py LOWBIT_BINARY. Exits 77 (skip) when ../shared is miss
 Device nodes are made with mknod in a temp folder (when running as root); the real /dev is
 never written.
 """
+import json
 import os
+import shutil
 import resource
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -48,6 +51,50 @@ def temps(folder):
     return sorted(n for n in os.listdir(folder) if ".tmp." in n)
 
 
+def patch_gguf(data, block_count=None, nan_score=False, alias_tensors=False):
+    """A copy of GGUF v3 bytes with one field forged (a minimal parser of the header)."""
+    b = bytearray(data)
+    pos = 8
+    n_tensors, n_kv = struct.unpack_from("<QQ", b, pos)
+    pos += 16
+    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+    def skip_value(t, pos):
+        if t == 8:
+            return pos + 8 + struct.unpack_from("<Q", b, pos)[0]
+        if t == 9:
+            et, n = struct.unpack_from("<IQ", b, pos)
+            pos += 12
+            if et == 8:
+                for _ in range(n):
+                    pos = skip_value(8, pos)
+                return pos
+            return pos + n * sizes[et]
+        return pos + sizes[t]
+    for _ in range(n_kv):
+        kl, = struct.unpack_from("<Q", b, pos)
+        key = bytes(b[pos + 8:pos + 8 + kl]).decode()
+        pos += 8 + kl
+        t, = struct.unpack_from("<I", b, pos)
+        pos += 4
+        if key == "llama.block_count" and block_count is not None:
+            struct.pack_into("<I", b, pos, block_count)
+        if key == "tokenizer.ggml.scores" and nan_score:
+            struct.pack_into("<f", b, pos + 12 + 4 * 5, float("nan"))
+        pos = skip_value(t, pos)
+    offsets = []
+    for _ in range(n_tensors):
+        nl, = struct.unpack_from("<Q", b, pos)
+        pos += 8 + nl
+        nd, = struct.unpack_from("<I", b, pos)
+        pos += 4 + 8 * nd + 4
+        offsets.append(pos)
+        pos += 8
+    if alias_tensors:
+        struct.pack_into("<Q", b, offsets[1], struct.unpack_from("<Q", b, offsets[0])[0])
+    return bytes(b)
+
+
 with tempfile.TemporaryDirectory() as tmp:
     out = lambda name: os.path.join(tmp, name)  # noqa: E731
 
@@ -77,7 +124,6 @@ with tempfile.TemporaryDirectory() as tmp:
     check(temps(tmp) == [], f"temp files left: {temps(tmp)}")
 
     # ---- an output equal to an input ----
-    import shutil
     shutil.copy(MODEL, out("m.bin"))
     shutil.copy(TEXT, out("t.txt"))
     shutil.copy(TOK, out("tok.model"))
@@ -112,25 +158,30 @@ with tempfile.TemporaryDirectory() as tmp:
         r = run("convert", "--model", MODEL, "--scheme", "w4a16-g32", *fmt_args, "-o", target)
         new = snapshot(target)
         check(r.returncode == 0 and new != old, f"convert --scheme {target}: {r.stderr.strip()!r}")
+        t0 = time.time()
         r = run("convert", "--model", MODEL, *fmt_args, "-o", target)
+        full = time.time() - t0  # kills are spread over 0 .. 2 x a whole run, however loaded the machine is
         check(snapshot(target) == old, "reconvert gives the same bytes")
         seen = {"old": 0, "new": 0}
         env = dict(os.environ, LOWBIT_NO_PROGRESS="1")
+        outputs = {"fp32": old, "w4a16-g32": new}
+        current = "fp32"
         for i in range(48):
-            scheme = ["--scheme", "w4a16-g32"] if i % 2 == 0 else []
+            intended = "w4a16-g32" if current == "fp32" else "fp32"  # always write the other one
+            scheme = ["--scheme", intended] if intended != "fp32" else []
             proc = subprocess.Popen([LOWBIT, "convert", "--model", MODEL, *scheme, *fmt_args, "-o", target],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-            time.sleep(0.0015 * (i // 2))  # 0 .. 35 ms: from before the first write to after the rename
+            time.sleep(2.0 * full * (i // 2) / 24)  # from before the first write to well after the rename
             proc.send_signal(signal.SIGKILL if i % 3 else signal.SIGTERM)
             proc.wait()
             got = snapshot(target)
-            if got == old:
+            if got == outputs[current]:
                 seen["old"] += 1
-            elif got == new:
+            elif got == outputs[intended]:
                 seen["new"] += 1
+                current = intended
             else:
                 check(False, f"kill {i} ({target}): output is neither the old nor the new one")
-            old, new = (old, new) if got == old else (new, old)  # the next run writes the other one
         check(seen["old"] > 0 and seen["new"] > 0, f"kills at every moment saw both outcomes: {seen}")
         r = run("convert", "--model", MODEL, *fmt_args, "-o", target)
         check(r.returncode == 0, f"convert after kills: {r.stderr.strip()!r}")
@@ -188,5 +239,70 @@ with tempfile.TemporaryDirectory() as tmp:
             t0 = time.time()
             bad_input(args, node, f"{what} {kind}", out=out("never"))
             check(time.time() - t0 < 20, f"{what} {kind}: took {time.time() - t0:.1f} s")
+
+    # ---- NaN / Inf / huge numbers: named and refused, never a silent NaN perplexity ----
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+    raw = open(MODEL, "rb").read()
+    for value, what in [(float("nan"), "nan"), (float("inf"), "inf"), (3.4028235e38, "3.4e+38"), (1e30, "1e+30")]:
+        b = bytearray(raw)
+        struct.pack_into("<f", b, 28 + 4 * 1000, value)  # inside token_embd (header is 7 int32)
+        open(out("bad.bin"), "wb").write(b)
+        bad_input(["eval", "--model", out("bad.bin"), "--tokenizer", TOK, "--text", TEXT, "--max-windows", "1"],
+                  "index 1000", f"llama2.c weight {what}")
+        bad_input(["quantize", "--model", out("bad.bin"), "--tokenizer", TOK, "--scheme", "w4a16-g32", "--method",
+                   "gptq", "--calib", TEXT, "-o", out("never")], "index 1000", f"gptq on a weight {what}", out=out("never"))
+    b = bytearray(raw)
+    struct.pack_into("<f", b, 28 + 4 * 1000, 1e5)  # finite, within the load bound, beyond fp16
+    open(out("big_embd.bin"), "wb").write(b)
+    bad_input(["quantize", "--model", out("big_embd.bin"), "--tokenizer", TOK, "--scheme", "w8a8", "-o", out("never")],
+              "tok_embeddings", "an embedding beyond fp16 is not clamped silently", out=out("never"))
+    for spec, key_end, value, must in [("int4:g32:sym:fp16", ".scales", np.float16(np.nan), "is nan"),
+                                       ("int4:g32:asym:fp16", ".zeros", np.int32(1 << 30), "outside int4's range"),
+                                       ("int4:g32:asym:fp16", ".zeros", np.int32(-9), "outside int4's range")]:
+        qdir = out("q_" + spec.replace(":", "_"))
+        if not os.path.isdir(qdir):
+            r = run("convert", "--model", MODEL, "--weights", spec, "-o", qdir)
+            check(r.returncode == 0, f"convert --weights {spec}: {r.stderr.strip()!r}")
+        t = load_file(os.path.join(qdir, "model.safetensors"))
+        with open(os.path.join(qdir, "model.safetensors"), "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            meta = json.loads(f.read(n)).get("__metadata__")
+        key = sorted(k for k in t if k.endswith(key_end))[0]
+        a = t[key].copy()
+        a.reshape(-1)[3] = value
+        t[key] = a
+        bdir = out("qbad")
+        shutil.rmtree(bdir, ignore_errors=True)
+        shutil.copytree(qdir, bdir)
+        save_file(t, os.path.join(bdir, "model.safetensors"), metadata=meta)
+        bad_input(["eval", "--model", bdir, "--text", TEXT, "--max-windows", "1"], must, f"{spec} {key} = {value}")
+
+    # ---- GGUF: forged headers refused; its embedded tokenizer travels to GGUF and safetensors ----
+    r = run("convert", "--model", MODEL, "--tokenizer", TOK, "--format", "gguf", "-o", out("g.gguf"))
+    check(r.returncode == 0, f"convert to gguf: {r.stderr.strip()!r}")
+    data = open(out("g.gguf"), "rb").read()
+    for kw, must in [(dict(block_count=4), "block_count is 4"), (dict(nan_score=True), "scores[5] is nan"),
+                     (dict(alias_tensors=True), "overlap")]:
+        open(out("bad.gguf"), "wb").write(patch_gguf(data, **kw))
+        bad_input(["eval", "--model", out("bad.gguf"), "--text", TEXT, "--max-windows", "1"], must, f"gguf {kw}")
+    ref = run("eval", "--model", out("g.gguf"), "--text", TEXT, "--max-windows", "2", "--json", out("g.json"))
+    check(ref.returncode == 0, f"eval g.gguf: {ref.stderr.strip()!r}")
+    r = run("convert", "--model", out("g.gguf"), "--format", "gguf", "-o", out("g2.gguf"))
+    check(r.returncode == 0, f"GGUF -> GGUF without --tokenizer: {r.stderr.strip()!r}")
+    r = run("quantize", "--model", out("g.gguf"), "--weights", "int8:g32:sym:fp16", "-o", out("g3.gguf"))
+    check(r.returncode == 0, f"quantize GGUF -> GGUF without --tokenizer: {r.stderr.strip()!r}")
+    r = run("convert", "--model", out("g.gguf"), "-o", out("gdir"))
+    check(r.returncode == 0, f"GGUF -> safetensors: {r.stderr.strip()!r}")
+    names = sorted(os.listdir(out("gdir"))) if os.path.isdir(out("gdir")) else []
+    check(names == ["config.json", "model.safetensors", "tokenizer.gguf"], f"GGUF -> safetensors folder: {names}")
+    if "tokenizer.gguf" in names:
+        size = os.path.getsize(os.path.join(out("gdir"), "tokenizer.gguf"))
+        check(size < len(data) // 10, f"tokenizer.gguf is {size} bytes: the whole GGUF ({len(data)}) was copied")
+    want = json.load(open(out("g.json")))["ppl"] if ref.returncode == 0 else None
+    for m in (out("g2.gguf"), out("gdir")):
+        r = run("eval", "--model", m, "--text", TEXT, "--max-windows", "2", "--json", out("m.json"))
+        check(r.returncode == 0 and json.load(open(out("m.json")))["ppl"] == want,
+              f"eval {m} (its tokenizer from the GGUF): {r.stderr.strip()!r}")
 
 finish("hostile-input CLI checks ok")
