@@ -305,4 +305,33 @@ with tempfile.TemporaryDirectory() as tmp:
         check(r.returncode == 0 and json.load(open(out("m.json")))["ppl"] == want,
               f"eval {m} (its tokenizer from the GGUF): {r.stderr.strip()!r}")
 
+    # ---- flags: out-of-range, empty and contradicting values are usage errors before any work ----
+    for args, must in [
+            (["bench", "model", "--model", MODEL, "--prefill", "2147483647"], "--prefill"),
+            (["bench", "model", "--model", MODEL, "--decode", "2147483647"], "--decode"),
+            (["generate", "--model", MODEL, "--prompt", "Hi", "-n", "2147483647"], "-n"),
+            (["schemes", "--shape", "9223372036854775807x9223372036854775807"], "--shape"),
+            (["schemes", "--shape", "3037000500x3037000500"], "--shape"),
+            (["schemes", "--shape", "4x4junk"], "--shape"),
+            (["eval", "--model", MODEL, "--text", TEXT, "--weights", ""], "--weights"),
+            (["eval", "--model", MODEL, "--text", TEXT, "--scheme", ""], "--scheme"),
+            (["eval", "--model", MODEL, "--text", TEXT, "--weights", "int8:row", "--acts", ""], "--acts"),
+            (["quantize", "--model", MODEL, "--scheme", "", "--dry-run"], "--scheme"),
+            (["convert", "--model", MODEL, "--weights", "", "-o", out("never")], "--weights"),
+            (["quantize", "--model", MODEL, "--weights", "int4:g128:asym:fp16:sym", "--dry-run"], "given twice"),
+            (["quantize", "--model", MODEL, "--weights", "int4:g128:fp16:bf16", "--dry-run"], "given twice"),
+            (["eval", "--model", MODEL, "--text", TEXT, "--stride", "-1"], "--stride"),
+            (["eval", "--model", MODEL, "--text", TEXT, "--max-windows", "-3"], "--max-windows"),
+            (["quantize", "--model", MODEL, "--scheme", "w8a8", "--eval", TEXT, "--eval-windows", "-1"], "--eval-windows"),
+            (["quantize", "--model", MODEL, "--scheme", "w8a8", "--method", "smoothquant", "--alpha", "1.5", "--calib",
+              TEXT, "-o", out("never")], "--alpha"),
+            (["quantize", "--model", MODEL, "--scheme", "w8a8", "--method", "smoothquant", "--alpha", "-0.1", "--calib",
+              TEXT, "-o", out("never")], "--alpha"),
+            (["quantize", "--model", MODEL, "--scheme", "w8a8", "--act-order", "-o", out("never")], "--act-order"),
+            (["generate", "--model", MODEL, "--prompt", "Hi", "--system", "be brief"], "--chat")]:
+        bad_input(args, must, " ".join(a if len(a) < 40 else "..." for a in args[:1] + args[3:]), out=out("never"))
+    # Control bytes in a name are escaped, the message stays one line.
+    weird = out("we\x1bird\nname\x07.bin")
+    bad_input(["eval", "--model", weird, "--text", TEXT], "we\\x1bird\\x0aname\\x07.bin", "control bytes escaped")
+
 finish("hostile-input CLI checks ok")

@@ -47,6 +47,13 @@ std::vector<int> tokenize_stories(const Tokenizer& tok, const std::string& path,
 // The file holding a model's weights: `model_path` itself, or model.safetensors in a folder.
 std::string model_weights_file(const std::string& model_path);
 
+// A CLI11 check that refuses an empty value (`--weights ''` must not mean "not given").
+const CLI::Validator& non_empty();
+
+// An integer flag's value in [lo, hi], else a one-line usage error naming the flag and the range
+// (checked before anything is sized from it).
+void check_range(std::string_view flag, int64_t value, int64_t lo, int64_t hi);
+
 // One output flag's value, checked before any work: refused (exit 2, one line) when it is a
 // symbolic link, a device, FIFO or socket (or a directory, unless `folder_ok`), when it is one
 // of `inputs` (same file, by device and inode), or when it is a folder that holds one of them.
@@ -58,6 +65,10 @@ struct NamedPath {
 };
 void check_output(std::string_view flag, const std::string& out, const std::vector<NamedPath>& inputs,
                   bool folder_ok = false);
+
+// `text` with control bytes (NUL, newline, ESC, DEL, ...) written as \xNN, so that an error
+// naming a hostile tensor or file name stays one line and cannot drive the terminal.
+std::string escape_control(std::string_view text);
 
 // Peak resident set size of this process so far (getrusage ru_maxrss), MiB.
 double peak_rss_mib();

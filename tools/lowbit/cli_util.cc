@@ -85,6 +85,30 @@ std::string find_tokenizer(const std::string& model_path, int vocab, std::string
   fail(kExitUsage, fmt::format("{}: no tokenizer with a vocab of {} beside {} (pass --tokenizer)", cmd, vocab, model_path));
 }
 
+std::string escape_control(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (const char ch : text) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c < 0x20 || c == 0x7f) {
+      out += fmt::format("\\x{:02x}", c);
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
+
+const CLI::Validator& non_empty() {
+  static const CLI::Validator v([](const std::string& s) { return s.empty() ? std::string("empty value") : std::string(); },
+                                "", "NONEMPTY");
+  return v;
+}
+
+void check_range(std::string_view flag, int64_t value, int64_t lo, int64_t hi) {
+  if (value < lo || value > hi) fail(kExitUsage, fmt::format("{}: {} is out of range [{}, {}]", flag, value, lo, hi));
+}
+
 void check_output(std::string_view flag, const std::string& out, const std::vector<NamedPath>& inputs,
                   bool folder_ok) {
   if (out.empty()) return;

@@ -6,7 +6,9 @@
 // Several schemes share one pass of the reference over the text (one table row each).
 #include <chrono>
 #include <cstdio>
+#include <cmath>
 #include <filesystem>
+#include <limits>
 #include <memory>
 
 #include <fmt/format.h>
@@ -44,6 +46,8 @@ void run_eval(const EvalArgs& a) {
   if (!a.schemes.empty() && !a.weights.empty()) fail(kExitUsage, "eval: --scheme and --weights exclude each other");
   if (!a.acts.empty() && a.weights.empty()) fail(kExitUsage, "eval: --acts needs --weights (or use --scheme)");
   if (a.ctx < 2) fail(kExitUsage, fmt::format("eval: --ctx must be >= 2 (got {})", a.ctx));
+  check_range("eval --stride", a.stride, 0, std::numeric_limits<int>::max());
+  check_range("eval --max-windows", a.max_windows, 0, std::numeric_limits<int>::max());
   if (!a.plot.empty() && a.schemes.size() > 1) {
     fail(kExitUsage, fmt::format("eval: --plot draws one model; got {} schemes", a.schemes.size()));
   }
@@ -206,9 +210,10 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--scheme", a->schemes,
                   "Quantize the model in memory with named schemes (see `lowbit schemes`); several (S1,S2 or repeated) "
                   "share one reference pass, a row each")
-      ->delimiter(',');
-  cmd->add_option("--weights", a->weights, "Quantize linear weights with this QuantSpec (e.g. int4:g32:sym:fp16)");
-  cmd->add_option("--acts", a->acts, "Fake-quantize linear inputs with this QuantSpec (dynamic), with --weights");
+      ->delimiter(',')
+      ->check(non_empty());
+  cmd->add_option("--weights", a->weights, "Quantize linear weights with this QuantSpec (e.g. int4:g32:sym:fp16)")->check(non_empty());
+  cmd->add_option("--acts", a->acts, "Fake-quantize linear inputs with this QuantSpec (dynamic), with --weights")->check(non_empty());
   cmd->add_option("--ref", a->ref, "Reference checkpoint (default: --model in fp32)");
   cmd->add_option("--text", a->text, "UTF-8 text to score (stories separated by blank lines)")->required();
   cmd->add_option("--tokenizer", a->tokenizer, "Tokenizer (default: the one beside the model)");

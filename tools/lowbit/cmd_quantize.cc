@@ -5,7 +5,9 @@
 // (with --eval) what it cost against the fp32 model on held-out text.
 #include <sys/resource.h>
 
+#include <cmath>
 #include <filesystem>
+#include <limits>
 #include <memory>
 
 #include <fmt/format.h>
@@ -48,6 +50,14 @@ void run_quantize(const QuantizeArgs& a) {
   check_output("--json", a.json, json_clashes);
   Result<Method> method = parse_method(a.method);
   if (!method.ok()) fail(kExitUsage, "--method: " + method.status().message());
+  check_range("quantize --eval-windows", a.eval_windows, 0, std::numeric_limits<int>::max());
+  check_range("quantize --calib-tokens", a.calib_tokens, 1, std::numeric_limits<int>::max());
+  if (!(a.alpha >= 0.0 && a.alpha <= 1.0)) fail(kExitUsage, fmt::format("quantize --alpha: {} is outside [0, 1]", a.alpha));
+  if (!(a.damp > 0.0) || !std::isfinite(a.damp)) fail(kExitUsage, fmt::format("quantize --damp: {} must be > 0", a.damp));
+  if ((a.act_order || a.static_groups) && *method != Method::kGptq) {
+    fail(kExitUsage, fmt::format("quantize: {} is a GPTQ option; --method is {}", a.act_order ? "--act-order" : "--static-groups",
+                                 a.method));
+  }
 
   QuantSpec wspec;
   std::optional<QuantSpec> aspec;
@@ -225,9 +235,9 @@ void register_quantize(CLI::App& app) {
   auto a = std::make_shared<QuantizeArgs>();
   auto* cmd = app.add_subcommand("quantize", "Quantize a model (rtn, gptq, awq, smoothquant, outliers) and write it");
   cmd->add_option("--model", a->model, "Checkpoint to quantize")->required();
-  cmd->add_option("--scheme", a->scheme, "Named scheme (see `lowbit schemes`)");
-  cmd->add_option("--weights", a->weights, "QuantSpec for linear weights (instead of --scheme)");
-  cmd->add_option("--acts", a->acts, "QuantSpec for linear inputs (dynamic), with --weights");
+  cmd->add_option("--scheme", a->scheme, "Named scheme (see `lowbit schemes`)")->check(non_empty());
+  cmd->add_option("--weights", a->weights, "QuantSpec for linear weights (instead of --scheme)")->check(non_empty());
+  cmd->add_option("--acts", a->acts, "QuantSpec for linear inputs (dynamic), with --weights")->check(non_empty());
   cmd->add_option("--method", a->method, "rtn | gptq | awq | smoothquant | outliers")->default_val("rtn");
   cmd->add_option("--calib", a->calib, "Calibration text (stories separated by blank lines)");
   cmd->add_option("--calib-split", a->calib_split, "Part of --calib to use: calib (first 10% of stories) | eval | all")->default_val("calib");
