@@ -812,8 +812,9 @@ Result<std::map<std::string, QuantizedTensor>> read_quantized_safetensors(const 
     const BlockGrid g = q.grid();
 
     // Each part must exist with exactly the dtype and shape the spec implies.
+    const std::string& qname = name;  // a structured binding: lambdas capture it only from clang 16
     auto part = [&](const std::string& suffix, DType dtype, std::vector<int64_t> want) -> Result<std::span<const std::byte>> {
-      const std::string tname = name + suffix;
+      const std::string tname = qname + suffix;
       const SafetensorsTensorInfo* info = f.find(tname);
       if (info == nullptr) return NotFound(fmt::format("{}: tensor {} is missing", path, tname));
       if (info->dtype != dtype || info->shape != want) {
