@@ -21,8 +21,8 @@ namespace lowbit {
 // A whole file mapped read-only (PROT_READ, MAP_PRIVATE). Move-only; unmapped on destruction.
 class MappedFile {
  public:
-  // NotFound if the file does not exist; IoError for a directory, a non-regular file or
-  // a refused open/mmap. Messages read "cannot open '<path>': <reason>". An empty file
+  // NotFound if the file does not exist; InvalidArgument for a directory or a non-regular
+  // file (device, FIFO: never blocks); IoError for a refused open/mmap. Messages read "cannot open '<path>': <reason>". An empty file
   // gives an empty span (nothing is mapped).
   static Result<MappedFile> open(const std::string& path);
 
@@ -45,14 +45,15 @@ class MappedFile {
   std::string path_;
 };
 
-// Writes a file atomically: create() makes "<path>.tmp.XXXXXX" beside `path` (mode 0666
+// Writes a file atomically: create() makes "<path>.tmp.<pid>-XXXXXX" beside `path` (mode 0666
 // less the umask, like a plain open), write() appends, commit() fsyncs it, renames it onto
 // `path` and fsyncs the folder. Destroyed without commit(), it removes the temp file.
 // Each write() is one or more write(2) calls: batch small pieces.
 class AtomicFile {
  public:
-  // Errors if `path` is a directory or the temp file cannot be created (folder missing,
-  // no permission); the message names `path`.
+  // InvalidArgument unless check_output_path(path) passes (a directory, symlink or special
+  // file); IoError when the temp file cannot be created (folder missing, no permission).
+  // Stale temp siblings of dead runs are removed first. The message names `path`.
   static Result<AtomicFile> create(const std::string& path);
 
   AtomicFile() = default;
@@ -79,10 +80,23 @@ class AtomicFile {
   std::string temp_path_;
 };
 
+// Whether `path` may be replaced by an output: OK when it is missing or a regular file;
+// InvalidArgument for a symbolic link (its target is not replaced silently), a directory, or a
+// device, FIFO or socket (writing `-o /dev/null` as root must not replace /dev/null).
+Status check_output_path(const std::string& path);
+
+// Temp siblings of an output are named "<path>.tmp.<pid>-XXXXXX"; this returns the part before
+// XXXXXX for this process. A trailing '/' on `path` is ignored.
+std::string temp_sibling_prefix(const std::string& path);
+// Removes temp siblings of `path` (files or folders) whose owning process no longer exists:
+// what a run killed with SIGKILL left behind. A live owner's temps are kept.
+void remove_stale_temps(const std::string& path);
+
 // create + write + commit.
 Status write_file_atomic(const std::string& path, std::string_view contents);
 
-// The whole file as bytes in a string. Errors as MappedFile::open, with "cannot read".
+// The whole file as bytes in a string; only regular files (a device or FIFO is refused, never
+// read without bound or waited on). Errors as MappedFile::open, with "cannot read".
 Result<std::string> read_file(const std::string& path);
 
 }  // namespace lowbit

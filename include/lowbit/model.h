@@ -84,7 +84,8 @@ struct Model {
 // and the versioned export (magic "ak42", version 1 fp32, version 2 int8 groups). Every size is
 // checked against the file before use; errors name the file and what was expected.
 Result<Model> load_llama2c(const std::string& path);
-// Picks the reader from the file's contents.
+// Picks the reader from the file's contents. Every fp32 weight (quantized ones dequantized) must
+// be finite and within +-1e6: a NaN, Inf or FLT_MAX is refused naming the tensor and index.
 Result<Model> load_model(const std::string& path);
 
 }  // namespace lowbit

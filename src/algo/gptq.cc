@@ -96,6 +96,9 @@ Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double>
       return InvalidArgument(fmt::format("{}: non-finite weight at row {}, column {}", name, i / C, i % C));
     }
   }
+  // Whatever RTN refuses (a scale its format cannot hold, e.g. fp16 for 1e30 weights) GPTQ
+  // refuses too, with the same message, instead of writing scales that silently underflow.
+  if (Result<QuantizedTensor> rtn = quantize(w, spec, {.name = std::string(name)}); !rtn.ok()) return rtn.status();
   MatD H = Eigen::Map<const MatD>(hessian.data(), C, C);
   if (!H.allFinite()) return InvalidArgument(fmt::format("{}: the calibration Hessian has NaN/Inf (non-finite activations)", name));
   int64_t dead = 0;

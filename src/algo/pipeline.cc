@@ -78,6 +78,26 @@ double QuantPlan::bits_per_weight() const {
   return n > 0 ? bits / n : 0.0;
 }
 
+namespace {
+
+// A plain cast (unit scale, e.g. the default fp16 embedding) would clamp what its format cannot
+// hold to the format's largest value without a word: refuse instead, naming the value.
+Status check_cast_range(ConstTensorView v, const QuantSpec& spec, std::string_view name) {
+  if (spec.scale_rule != ScaleRule::kUnit || v.dtype() != DType::kF32) return OkStatus();
+  const double max = traits(spec.element).max_finite;
+  const float* x = v.data_as<float>();
+  for (int64_t i = 0; i < v.numel(); ++i) {
+    if (std::fabs(static_cast<double>(x[i])) > max) {
+      return InvalidArgument(fmt::format("{}: value {} at index {} is beyond {}'s +-{:g}, which the plan's {} cast would "
+                                         "clamp; keep it fp32 (--plan '{{\"{}\": \"fp32\"}}')",
+                                         name, x[i], i, format_name(spec.element), max, to_string(spec), name));
+    }
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
 Result<QuantPlan> make_plan(const LlamaConfig& c, const QuantSpec& weights, const std::optional<QuantSpec>& activations,
                             const std::string& overrides_json) {
   LOWBIT_RETURN_IF_ERROR(validate(weights));
@@ -425,6 +445,7 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
   // Embedding and classifier: a cast (fp16 by default) or RTN per the plan.
   LlamaWeights& mw = net.mutable_weights();
   if (const PlanEntry* e = opt.plan.find("tok_embeddings"); e && e->spec) {
+    LOWBIT_RETURN_IF_ERROR(check_cast_range(mw.tok_embeddings, *e->spec, "tok_embeddings"));
     LOWBIT_ASSIGN_OR_RETURN(QuantizedTensor q, quantize(mw.tok_embeddings, *e->spec, {.name = "tok_embeddings"}));
     LOWBIT_ASSIGN_OR_RETURN(Tensor t, Tensor::empty(DType::kF32, {c.vocab_size, c.dim}));
     LOWBIT_RETURN_IF_ERROR(dequantize(q, t.view()));
@@ -435,6 +456,7 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
     }
   }
   if (const PlanEntry* e = opt.plan.find("classifier"); e && e->spec && !c.shared_classifier) {
+    LOWBIT_RETURN_IF_ERROR(check_cast_range(mw.classifier, *e->spec, "classifier"));
     LOWBIT_ASSIGN_OR_RETURN(QuantizedTensor q, quantize(mw.classifier, *e->spec, {.name = "classifier"}));
     LOWBIT_ASSIGN_OR_RETURN(net.classifier(), Linear::quantized(q));
   }

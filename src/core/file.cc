@@ -1,6 +1,7 @@
 #include "lowbit/file.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -26,6 +27,14 @@ Status errno_status(int err, const std::string& what) {
 
 std::string quote_path(const std::string& path) { return "'" + path + "'"; }
 
+// Why a file of this mode cannot be read as data (it is not a regular file).
+std::string kind_error(mode_t mode) {
+  if (S_ISDIR(mode)) return ": is a directory";
+  if (S_ISCHR(mode) || S_ISBLK(mode)) return ": is a device, not a regular file";
+  if (S_ISFIFO(mode)) return ": is a FIFO, not a regular file";
+  return ": not a regular file";
+}
+
 // Six filename-safe characters; uniqueness is enforced by O_EXCL, this only makes
 // collisions between concurrent writers unlikely.
 std::string temp_suffix() {
@@ -50,7 +59,62 @@ std::string parent_dir(const std::string& path) {
   return dir.empty() ? "." : dir;
 }
 
+// The pid a temp name "<name>.tmp.<pid>-XXXXXX[...]" carries after `prefix` ("<name>.tmp."), or -1.
+pid_t temp_owner(std::string_view name, std::string_view prefix) {
+  if (!name.starts_with(prefix)) return -1;
+  name.remove_prefix(prefix.size());
+  const size_t dash = name.find('-');
+  if (dash == 0 || dash == std::string_view::npos || dash > 9) return -1;
+  pid_t pid = 0;
+  for (size_t i = 0; i < dash; ++i) {
+    if (name[i] < '0' || name[i] > '9') return -1;
+    pid = pid * 10 + (name[i] - '0');
+  }
+  return pid > 0 ? pid : -1;
+}
+
 }  // namespace
+
+std::string temp_sibling_prefix(const std::string& path) {
+  std::filesystem::path p(path);
+  if (p.filename().empty()) p = p.parent_path();  // "out/"
+  return p.string() + ".tmp." + std::to_string(::getpid()) + "-";
+}
+
+void remove_stale_temps(const std::string& path) {
+  std::filesystem::path p(path);
+  if (p.filename().empty()) p = p.parent_path();
+  const std::string prefix = p.filename().string() + ".tmp.";
+  std::error_code ec;
+  const std::filesystem::path dir = p.has_parent_path() ? p.parent_path() : std::filesystem::path(".");
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    const pid_t pid = temp_owner(name, prefix);
+    if (pid < 0 || pid == ::getpid()) continue;
+    // kill(pid, 0) fails with ESRCH only when no such process exists: a live owner (or one
+    // we may not signal, EPERM) keeps its temp files.
+    if (::kill(pid, 0) == 0 || errno != ESRCH) continue;
+    std::error_code rm;
+    std::filesystem::remove_all(it->path(), rm);
+  }
+}
+
+Status check_output_path(const std::string& path) {
+  const std::string what = "cannot write " + quote_path(path);
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return OkStatus();
+    return errno_status(errno, what);
+  }
+  if (S_ISLNK(st.st_mode)) {
+    return InvalidArgument(what + ": is a symbolic link; not replacing it (name its target instead)");
+  }
+  if (S_ISDIR(st.st_mode)) return InvalidArgument(what + ": is a directory");
+  if (!S_ISREG(st.st_mode)) {
+    return InvalidArgument(what + ": is a device, FIFO or socket, not a regular file; not replacing it");
+  }
+  return OkStatus();
+}
 
 // ---- MappedFile ----
 
@@ -65,9 +129,9 @@ Result<MappedFile> MappedFile::open(const std::string& path) {
     ::close(fd);
     return errno_status(err, what);
   }
-  if (S_ISDIR(st.st_mode) || !S_ISREG(st.st_mode)) {
+  if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    return IoError(what + (S_ISDIR(st.st_mode) ? ": is a directory" : ": not a regular file"));
+    return InvalidArgument(what + kind_error(st.st_mode));
   }
   MappedFile f;
   f.path_ = path;
@@ -112,13 +176,11 @@ void MappedFile::reset() {
 
 Result<AtomicFile> AtomicFile::create(const std::string& path) {
   if (path.empty()) return InvalidArgument("cannot write '': empty output path");
-  struct stat st {};
-  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
-    return IoError("cannot write " + quote_path(path) + ": is a directory");
-  }
+  LOWBIT_RETURN_IF_ERROR(check_output_path(path));
+  remove_stale_temps(path);
   constexpr int kAttempts = 100;
   for (int i = 0; i < kAttempts; ++i) {
-    std::string temp = path + ".tmp." + temp_suffix();
+    std::string temp = temp_sibling_prefix(path) + temp_suffix();
     // Not mkstemp: its mode 0600 would leak into the final file. 0666 less the umask is
     // what a plain open (or a shell redirect) would create.
     const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
@@ -226,7 +288,8 @@ Status write_file_atomic(const std::string& path, std::string_view contents) {
 
 Result<std::string> read_file(const std::string& path) {
   const std::string what = "cannot read " + quote_path(path);
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: a FIFO is refused below instead of blocking the open.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return errno_status(errno, what);
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
@@ -234,23 +297,24 @@ Result<std::string> read_file(const std::string& path) {
     ::close(fd);
     return errno_status(err, what);
   }
-  if (S_ISDIR(st.st_mode)) {
+  // Only regular files: a device (/dev/zero) never ends and a FIFO may block; either would let
+  // an input allocate without bound. The buffer is the size the file has.
+  if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    return IoError(what + ": is a directory");
+    return InvalidArgument(what + kind_error(st.st_mode));
   }
-  // Regular files report their size; pipes and /proc files report 0 and grow as read.
-  std::string out(S_ISREG(st.st_mode) && st.st_size > 0 ? static_cast<size_t>(st.st_size) + 1 : 65536, '\0');
+  const size_t size = static_cast<size_t>(st.st_size);
+  std::string out(size, '\0');
   size_t got = 0;
-  for (;;) {
-    if (got == out.size()) out.resize(out.size() * 2);
-    const ssize_t n = ::read(fd, out.data() + got, out.size() - got);
+  while (got < size) {
+    const ssize_t n = ::read(fd, out.data() + got, size - got);
     if (n < 0) {
-      if (errno == EINTR) continue;
+      if (errno == EINTR || errno == EAGAIN) continue;
       const int err = errno;
       ::close(fd);
       return IoError(what + ": " + errno_text(err));
     }
-    if (n == 0) break;
+    if (n == 0) break;  // shrank while we read
     got += static_cast<size_t>(n);
   }
   ::close(fd);

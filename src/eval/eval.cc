@@ -134,6 +134,15 @@ Result<std::vector<EvalResult>> evaluate_many(std::span<const LlamaModel* const>
         const int target = tokens[static_cast<size_t>(w * stride + j + 1)];
         const TokenScore s = score_position({logits->data() + static_cast<size_t>(j) * V, static_cast<size_t>(V)},
                                             {lr.data() + static_cast<size_t>(j) * V, static_cast<size_t>(V)}, target);
+        // A NaN/Inf logit (damaged weights, fp32 overflow) must stop the run, not average into
+        // "PPL -nan, KLD 0, top-1 100%".
+        if (!std::isfinite(s.nll) || !std::isfinite(s.ref_nll) || !std::isfinite(s.kld)) {
+          return DataLoss(fmt::format("eval: {} gives non-finite logits at window {}, position {} (NaN/Inf weights or "
+                                      "activations overflowing fp32)",
+                                      !std::isfinite(s.ref_nll) ? std::string("the reference model")
+                                                                : fmt::format("model {} of {}", i + 1, nm),
+                                      w, j));
+        }
         t.nll += s.nll;
         t.ref_nll += s.ref_nll;
         t.klds.push_back(s.kld);

@@ -23,17 +23,20 @@ Result<std::vector<int>> stories_to_tokens(const Tokenizer& tok, const std::stri
 }
 
 Result<std::string> find_tokenizer(const std::string& model_path, int vocab, std::string_view what) {
-  // A GGUF model carries its own tokenizer (tokenizer.ggml.*).
+  // A GGUF model carries its own tokenizer (tokenizer.ggml.*); a broken one is reported as
+  // such, not as a missing one.
   if (Result<MappedFile> f = MappedFile::open(model_path);
-      f.ok() && f->size() >= 4 && std::memcmp(f->bytes().data(), "GGUF", 4) == 0 && load_tokenizer(model_path, vocab).ok()) {
-    return model_path;
+      f.ok() && f->size() >= 4 && std::memcmp(f->bytes().data(), "GGUF", 4) == 0) {
+    Result<std::unique_ptr<Tokenizer>> t = load_tokenizer(model_path, vocab);
+    if (t.ok()) return model_path;
+    if (t.status().code() != StatusCode::kNotFound) return t.status();
   }
   std::error_code ec;  // a saved safetensors model is a folder holding its tokenizer
   const std::filesystem::path dir = std::filesystem::is_directory(model_path, ec)
                                         ? std::filesystem::path(model_path)
                                         : std::filesystem::path(model_path).parent_path();
   const std::string names[] = {fmt::format("tok{}.model", vocab), fmt::format("tok{}.bin", vocab), "tokenizer.model",
-                               "tokenizer.bin"};
+                               "tokenizer.bin", "tokenizer.gguf"};
   for (const std::string& name : names) {
     const std::filesystem::path p = dir / name;
     if (std::filesystem::exists(p, ec) && load_tokenizer(p.string(), vocab).ok()) return p.string();

@@ -378,6 +378,21 @@ Result<GgufFile> parse(const std::string& path, std::shared_ptr<MappedFile> mapp
     }
     t.data = bytes.data() + begin;
   }
+  // Two tensors may not share bytes: a writer never does that, and one forged offset would
+  // otherwise make a tensor an alias of another.
+  std::vector<const GgufTensor*> by_offset;
+  for (const GgufTensor& t : f.tensors) {
+    if (t.nbytes > 0) by_offset.push_back(&t);
+  }
+  std::sort(by_offset.begin(), by_offset.end(), [](const GgufTensor* a, const GgufTensor* b) { return a->offset < b->offset; });
+  for (size_t i = 1; i < by_offset.size(); ++i) {
+    const GgufTensor& a = *by_offset[i - 1];
+    const GgufTensor& b = *by_offset[i];
+    if (b.offset < a.offset + a.nbytes) {
+      return DataLoss(fmt::format("{}: tensors {} and {} overlap (data offsets {} and {}, {} bytes)", path, a.name, b.name,
+                                  a.offset, b.offset, a.nbytes));
+    }
+  }
   f.file = std::move(mapped);
   return f;
 }
@@ -1030,6 +1045,17 @@ Result<Model> load_gguf(const std::string& path) {
   }
   c.vocab_size = static_cast<int>(vocab);
   c.shared_classifier = f.find_tensor("output.weight") == nullptr;
+  // Blocks past llama.block_count would be ignored silently: the file and its header disagree.
+  for (const GgufTensor& t : f.tensors) {
+    if (!t.name.starts_with("blk.")) continue;
+    int64_t block = 0;
+    size_t k = 4;
+    for (; k < t.name.size() && k < 14 && t.name[k] >= '0' && t.name[k] <= '9'; ++k) block = block * 10 + (t.name[k] - '0');
+    if (k > 4 && block >= c.n_layers) {
+      return DataLoss(fmt::format("{}: tensor {} is in block {}, but llama.block_count is {}", path, t.name, block,
+                                  c.n_layers));
+    }
+  }
 
   Model m;
   m.config = c;

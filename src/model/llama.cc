@@ -434,8 +434,9 @@ Result<std::vector<int>> generate(const LlamaModel& model, std::span<const int> 
                                   const std::function<void(int)>& on_token) {
   if (prompt.empty()) return InvalidArgument("generate: the prompt has no tokens");
   const int vocab = model.config().vocab_size;
-  const int budget = static_cast<int>(prompt.size()) + opt.max_new_tokens;
-  Session s(model, std::min(budget, model.config().seq_len));
+  if (opt.max_new_tokens < 0) return InvalidArgument(fmt::format("generate: max_new_tokens {} < 0", opt.max_new_tokens));
+  const int64_t budget = static_cast<int64_t>(prompt.size()) + opt.max_new_tokens;  // no int overflow at INT_MAX
+  Session s(model, static_cast<int>(std::min<int64_t>(budget, model.config().seq_len)));
   if (static_cast<int>(prompt.size()) >= s.max_seq()) {
     return InvalidArgument(fmt::format("generate: the prompt has {} tokens; the context holds {}", prompt.size(), s.max_seq()));
   }

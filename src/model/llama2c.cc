@@ -397,11 +397,55 @@ Result<Model> load_llama2c(const std::string& path) {
   return read_llama2c(path, std::move(file));
 }
 
-Result<Model> load_model(const std::string& path) {
+namespace {
+
+// Trained LLM weights (embeddings, norms, linears) stay within a few hundred in magnitude; a
+// value past this is damage. FLT_MAX or 1e30 would overflow fp32 in the first matmul and turn
+// every figure into a silent NaN (PPL -nan, KLD 0).
+constexpr float kMaxAbsWeight = 1e6f;
+
+Status check_weight_values(const Model& m) {
+  const auto one = [&](const std::string& name, ConstTensorView v) -> Status {
+    if (v.data() == nullptr || v.dtype() != DType::kF32) return OkStatus();
+    const auto* bytes = static_cast<const unsigned char*>(v.data());
+    const int64_t n = v.numel();
+    for (int64_t i = 0; i < n; ++i) {
+      float x;
+      std::memcpy(&x, bytes + i * 4, 4);
+      if (!(std::fabs(x) <= kMaxAbsWeight)) {
+        return DataLoss(fmt::format("{}: tensor {} has {} at index {}; weights must be finite and within +-{:g}", m.path,
+                                    name, x, i, kMaxAbsWeight));
+      }
+    }
+    return OkStatus();
+  };
+  const LlamaWeights& w = m.weights;
+  LOWBIT_RETURN_IF_ERROR(one("token_embd (embedding)", w.tok_embeddings));
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    const LayerWeights& L = w.layers[l];
+    const std::pair<const char*, const ConstTensorView*> slots[] = {
+        {"attn_norm", &L.attn_norm}, {"wq", &L.wq}, {"wk", &L.wk}, {"wv", &L.wv}, {"wo", &L.wo},
+        {"ffn_norm", &L.ffn_norm},   {"w1", &L.w1}, {"w2", &L.w2}, {"w3", &L.w3}};
+    for (const auto& [slot, view] : slots) LOWBIT_RETURN_IF_ERROR(one(fmt::format("layers.{}.{}", l, slot), *view));
+  }
+  LOWBIT_RETURN_IF_ERROR(one("final_norm", w.final_norm));
+  if (w.classifier.data() != w.tok_embeddings.data()) LOWBIT_RETURN_IF_ERROR(one("classifier", w.classifier));
+  return OkStatus();
+}
+
+Result<Model> load_any(const std::string& path) {
   if (std::error_code ec; std::filesystem::is_directory(path, ec) || path.ends_with(".safetensors")) return load_safetensors(path);
   LOWBIT_ASSIGN_OR_RETURN(std::shared_ptr<MappedFile> file, map(path));
   if (starts_with(file->bytes(), "GGUF")) return load_gguf(path);
   return read_llama2c(path, std::move(file));
+}
+
+}  // namespace
+
+Result<Model> load_model(const std::string& path) {
+  LOWBIT_ASSIGN_OR_RETURN(Model m, load_any(path));
+  LOWBIT_RETURN_IF_ERROR(check_weight_values(m));
+  return m;
 }
 
 }  // namespace lowbit

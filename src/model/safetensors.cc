@@ -689,7 +689,7 @@ bool element_is_zero(const QuantizedTensor& q, int64_t r, int64_t c) {
 float scale_from_code(const QuantizedTensor& q, const BlockGrid& g, int64_t b, uint32_t code) {
   const Format sf = q.spec.scale_format;
   float s = decode(sf, code);
-  if (std::isnan(s)) return 0.0f;
+  if (std::isnan(s)) return s;  // the caller refuses it, naming the block
   if (sf == Format::kE8m0 && code == 0 && !q.spec.tensor_scale) {
     const int64_t r0 = (b / g.grid_cols) * g.block_rows, c0 = (b % g.grid_cols) * g.block_cols;
     bool all_zero = true;
@@ -812,8 +812,9 @@ Result<std::map<std::string, QuantizedTensor>> read_quantized_safetensors(const 
     const BlockGrid g = q.grid();
 
     // Each part must exist with exactly the dtype and shape the spec implies.
+    const std::string& qname = name;  // a structured binding: lambdas capture it only from clang 16
     auto part = [&](const std::string& suffix, DType dtype, std::vector<int64_t> want) -> Result<std::span<const std::byte>> {
-      const std::string tname = name + suffix;
+      const std::string tname = qname + suffix;
       const SafetensorsTensorInfo* info = f.find(tname);
       if (info == nullptr) return NotFound(fmt::format("{}: tensor {} is missing", path, tname));
       if (info->dtype != dtype || info->shape != want) {
@@ -834,6 +835,14 @@ Result<std::map<std::string, QuantizedTensor>> read_quantized_safetensors(const 
       LOWBIT_ASSIGN_OR_RETURN(auto z, part(".zeros", DType::kI32, {g.grid_rows, g.grid_cols}));
       q.zero_points.resize(static_cast<size_t>(g.num_blocks()));
       if (!z.empty()) std::memcpy(q.zero_points.data(), z.data(), z.size());
+      // quantize() clamps a zero point to the element format's code range; anything else is damage.
+      const double zlo = traits(q.spec.element).lowest, zhi = traits(q.spec.element).max_finite;
+      for (size_t b = 0; b < q.zero_points.size(); ++b) {
+        if (q.zero_points[b] < zlo || q.zero_points[b] > zhi) {
+          return DataLoss(fmt::format("{}: tensor {}.zeros block {} is {}, outside {}'s range [{}, {}]", path, name, b,
+                                      q.zero_points[b], format_name(q.spec.element), zlo, zhi));
+        }
+      }
     } else if (f.find(name + ".zeros") != nullptr) {
       return DataLoss(fmt::format("{}: tensor {}.zeros present but spec {} is symmetric", path, name, to_string(q.spec)));
     }

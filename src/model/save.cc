@@ -115,12 +115,35 @@ Result<std::vector<std::pair<std::string, std::string>>> common_metadata(const L
 // What a safetensors save puts in its folder; an existing folder is replaced only if it holds
 // nothing else, so `-o .` cannot wipe a working directory.
 const std::set<std::string, std::less<>> kFolderFiles = {"model.safetensors", "config.json", "tokenizer.model",
-                                                         "tokenizer.bin"};
+                                                         "tokenizer.bin", "tokenizer.gguf"};
+
+// A GGUF tokenizer source (a GGUF model with its vocabulary embedded) travels as its tokenizer.*
+// keys, verbatim: gpt2 merges and pre-tokenizer, scores, token types, special ids, chat template.
+// Empty when `path` is not a GGUF file.
+Result<std::vector<std::pair<std::string, GgufValue>>> gguf_tokenizer_keys(const std::string& path, int vocab) {
+  std::vector<std::pair<std::string, GgufValue>> keys;
+  {
+    LOWBIT_ASSIGN_OR_RETURN(MappedFile m, MappedFile::open(path));
+    if (m.size() < 4 || std::memcmp(m.bytes().data(), "GGUF", 4) != 0) return keys;
+  }
+  LOWBIT_ASSIGN_OR_RETURN(GgufFile f, open_gguf(path));
+  LOWBIT_ASSIGN_OR_RETURN(uint64_t n, f.get_array_length("tokenizer.ggml.tokens"));
+  if (n != static_cast<uint64_t>(vocab)) {
+    return InvalidArgument(fmt::format("{}: tokenizer.ggml.tokens has {} entries, the model's vocab is {}", path, n, vocab));
+  }
+  for (const auto& [k, v] : f.metadata) {
+    if (k.starts_with("tokenizer.")) keys.emplace_back(k, v);
+  }
+  return keys;
+}
 
 class TempFolder {
  public:
   static Result<TempFolder> create(const std::string& target) {
     std::error_code ec;
+    if (fs::is_symlink(fs::symlink_status(target, ec))) {
+      return InvalidArgument(fmt::format("{}: is a symbolic link; not replacing it (name its target instead)", target));
+    }
     if (fs::exists(target, ec)) {
       if (!fs::is_directory(target, ec)) {
         return InvalidArgument(fmt::format("{}: exists and is not a folder (a safetensors save is a folder)", target));
@@ -134,7 +157,8 @@ class TempFolder {
     }
     fs::path t(target);
     if (t.filename().empty()) t = t.parent_path();  // "out/"
-    std::string templ = t.string() + ".tmp.XXXXXX";
+    remove_stale_temps(t.string());  // folders a killed run left behind
+    std::string templ = temp_sibling_prefix(t.string()) + "XXXXXX";
     if (::mkdtemp(templ.data()) == nullptr) {
       return IoError(fmt::format("{}: cannot create a temp folder beside it: {}", target, std::strerror(errno)));
     }
@@ -305,9 +329,16 @@ Status save_safetensors(const LlamaModel& net, const std::string& out, const Sav
   LOWBIT_RETURN_IF_ERROR(
       write_file_atomic(folder.file("config.json"), hf_config(c, !parts.classifier, tok.get()).dump(2) + "\n"));
   if (tok) {
-    LOWBIT_ASSIGN_OR_RETURN(std::string bytes, read_file(opt.tokenizer_path));
-    LOWBIT_RETURN_IF_ERROR(
-        write_file_atomic(folder.file(tok->kind() == "sentencepiece" ? "tokenizer.model" : "tokenizer.bin"), bytes));
+    LOWBIT_ASSIGN_OR_RETURN(auto gguf_keys, gguf_tokenizer_keys(opt.tokenizer_path, c.vocab_size));
+    if (!gguf_keys.empty()) {  // not the whole GGUF model: a GGUF holding only its tokenizer keys
+      GgufWriteSpec tspec;
+      tspec.metadata = std::move(gguf_keys);
+      LOWBIT_RETURN_IF_ERROR(write_gguf(folder.file("tokenizer.gguf"), tspec));
+    } else {
+      LOWBIT_ASSIGN_OR_RETURN(std::string bytes, read_file(opt.tokenizer_path));
+      LOWBIT_RETURN_IF_ERROR(
+          write_file_atomic(folder.file(tok->kind() == "sentencepiece" ? "tokenizer.model" : "tokenizer.bin"), bytes));
+    }
   }
   std::error_code ec;
   for (const fs::directory_entry& e : fs::directory_iterator(folder.file(""), ec)) {
@@ -353,6 +384,11 @@ std::optional<GgmlType> gguf_type_of(const QuantSpec& s) {
 }
 
 Status add_vocab(const std::string& out, const std::string& tokenizer, int vocab, GgufWriteSpec* spec) {
+  LOWBIT_ASSIGN_OR_RETURN(auto gguf_keys, gguf_tokenizer_keys(tokenizer, vocab));
+  if (!gguf_keys.empty()) {
+    for (auto& kv : gguf_keys) spec->metadata.push_back(std::move(kv));
+    return OkStatus();
+  }
   LOWBIT_ASSIGN_OR_RETURN(TokenizerVocab v, read_tokenizer_vocab(tokenizer));
   if (static_cast<int>(v.tokens.size()) != vocab) {
     return InvalidArgument(fmt::format("{}: tokenizer {} has {} tokens, the model {}", out, tokenizer, v.tokens.size(),

@@ -220,6 +220,9 @@ Result<std::unique_ptr<Tokenizer>> Llama2cTokenizer::load(const std::string& pat
       return DataLoss(fmt::format("{}: truncated in token {}: length {} at byte {}, only {} bytes left", path,
                                   id, len, at, data.size() - at));
     }
+    if (!std::isfinite(score)) {
+      return DataLoss(fmt::format("{}: token {} has score {}; scores must be finite", path, id, score));
+    }
     tok->pieces_.emplace_back(data.substr(at, static_cast<size_t>(len)));
     tok->scores_.push_back(score);
     at += static_cast<size_t>(len);
@@ -485,6 +488,11 @@ Result<std::unique_ptr<Tokenizer>> Llama2cTokenizer::load_gguf(const GgufFile& f
   }
   LOWBIT_ASSIGN_OR_RETURN(std::vector<float> scores, gguf_numbers<float>(f, "tokenizer.ggml.scores", n));
   if (scores.empty()) return NotFound(fmt::format("{}: tokenizer key tokenizer.ggml.scores is missing", f.path));
+  for (size_t i = 0; i < scores.size(); ++i) {  // a NaN score makes every merge comparison false
+    if (!std::isfinite(scores[i])) {
+      return DataLoss(fmt::format("{}: tokenizer.ggml.scores[{}] is {}; scores must be finite", f.path, i, scores[i]));
+    }
+  }
   LOWBIT_ASSIGN_OR_RETURN(std::vector<int32_t> types, gguf_numbers<int32_t>(f, "tokenizer.ggml.token_type", n));
   for (std::string& p : pieces) {  // SentencePiece's U+2581 is a space, as in llama2.c's export
     std::string t;
@@ -728,27 +736,50 @@ Result<std::unique_ptr<Tokenizer>> Gpt2Tokenizer::load(const GgufFile& f) {
 
 // Byte-level BPE of one pre-tokenized piece: spell its bytes as characters, then merge the
 // adjacent pair of lowest rank (leftmost on ties) until no pair has a rank.
+//
+// O(n log n), not O(n^2) (a 80k-letter run without a space took 196 s): the symbols form a
+// linked list and every adjacent pair with a rank waits in a min-heap keyed (rank, position of
+// its left symbol). A popped pair is stale when either side has merged since (a symbol only
+// grows, so its length tells); merging pushes the two new neighbour pairs. Popping the least
+// (rank, position) is exactly "lowest rank, leftmost on ties", so the ids are the same.
 Status Gpt2Tokenizer::encode_chunk(std::string_view chunk, std::vector<int>* out) const {
-  std::vector<std::string> sym;  // (symbols) in text order
-  sym.reserve(chunk.size());
-  for (char c : chunk) sym.push_back(byte_spelling_[static_cast<unsigned char>(c)]);
-  std::string key;
-  while (sym.size() > 1) {
-    int best = std::numeric_limits<int>::max();
-    size_t at = 0;
-    for (size_t i = 0; i + 1 < sym.size(); ++i) {
-      key.assign(sym[i]).append(" ").append(sym[i + 1]);
-      auto it = merge_rank_.find(key);
-      if (it != merge_rank_.end() && it->second < best) {
-        best = it->second;
-        at = i;
-      }
-    }
-    if (best == std::numeric_limits<int>::max()) break;
-    sym[at] += sym[at + 1];
-    sym.erase(sym.begin() + static_cast<std::ptrdiff_t>(at) + 1);
+  const size_t n = chunk.size();
+  std::vector<std::string> sym(n);         // (n) symbol starting at byte i; empty once merged away
+  std::vector<size_t> next(n), prev(n);    // (n) linked list over live symbols; n = none
+  for (size_t i = 0; i < n; ++i) {
+    sym[i] = byte_spelling_[static_cast<unsigned char>(chunk[i])];
+    next[i] = i + 1;
+    prev[i] = i == 0 ? n : i - 1;
   }
-  for (const std::string& s : sym) {
+  struct Pair {
+    int rank;
+    size_t left, right, left_len, right_len;
+    bool operator>(const Pair& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
+  };
+  std::priority_queue<Pair, std::vector<Pair>, std::greater<Pair>> heap;
+  std::string key;
+  const auto push = [&](size_t l, size_t r) {
+    if (l >= n || r >= n) return;
+    key.assign(sym[l]).append(" ").append(sym[r]);
+    if (auto it = merge_rank_.find(key); it != merge_rank_.end()) heap.push({it->second, l, r, sym[l].size(), sym[r].size()});
+  };
+  for (size_t i = 0; i + 1 < n; ++i) push(i, i + 1);
+  while (!heap.empty()) {
+    const Pair p = heap.top();
+    heap.pop();
+    if (next[p.left] != p.right || sym[p.left].size() != p.left_len || sym[p.right].size() != p.right_len ||
+        sym[p.right].empty()) {
+      continue;  // stale: a side merged since this pair was pushed
+    }
+    sym[p.left] += sym[p.right];
+    sym[p.right].clear();
+    next[p.left] = next[p.right];
+    if (next[p.left] < n) prev[next[p.left]] = p.left;
+    push(prev[p.left], p.left);
+    push(p.left, next[p.left]);
+  }
+  for (size_t i = 0; i < n; i = next[i]) {
+    const std::string& s = sym[i];
     auto it = index_.find(s);
     if (it != index_.end()) {
       out->push_back(it->second);

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -129,8 +130,20 @@ Result<QuantSpec> parse_spec(std::string_view text) {
     return bad("granularity", g, kGranularityHelp);
   }
   bool scale_given = false, rule_given = false;
+  // Each kind of field may be given once: "int4:g128:asym:fp16:sym" contradicts itself.
+  std::map<std::string_view, std::string_view> seen;  // kind -> the field that set it
   for (size_t i = 2; i < parts.size(); ++i) {
     const std::string_view p = parts[i];
+    const std::string_view kind = p == "sym" || p == "asym"                                   ? "symmetry"
+                                  : p == "absmax" || p == "mse" || (p.size() > 1 && p[0] == 'p' && p[1] >= '0' && p[1] <= '9') ? "clip rule"
+                                  : p == "pow2" || p == "unit" || p == "divide" || p == "mxfloor" ? "scale rule"
+                                  : p == "rne" || p.starts_with("sr")                             ? "rounding"
+                                  : p == "sat" || p == "nosat"                                    ? "saturation"
+                                                                                                  : "scale format";
+    const bool known = kind != "scale format" || p == "e4m3*fp32" || parse_format(p).ok();  // else: error below
+    if (const auto [it, fresh] = known ? seen.emplace(kind, p) : std::pair{seen.end(), true}; !fresh) {
+      return InvalidArgument(fmt::format("quant spec '{}': {} given twice ('{}' and '{}')", text, kind, it->second, p));
+    }
     if (p == "sym") {
       s.symmetric = true;
     } else if (p == "asym") {

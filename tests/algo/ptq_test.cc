@@ -147,6 +147,21 @@ TEST(Gptq, BadInputsNameTheTensor) {
   EXPECT_NE(r.status().message().find("NVFP4"), std::string::npos);
 }
 
+TEST(Gptq, RefusesWhatRtnRefuses) {
+  // Weights near 1e30: an fp16 scale cannot hold amax / 7. RTN refuses; GPTQ once wrote all-zero
+  // scales for the same matrix (issue 21).
+  Tensor w = random_matrix(4, 8, 3);
+  for (int64_t i = 0; i < w.numel(); ++i) w.data_as<float>()[i] *= 1e30f;
+  const QuantSpec spec = parse_spec("int4:g8:sym:fp16").value();
+  Result<QuantizedTensor> rtn = quantize(w.view(), spec, {.name = "layers.0.wq"});
+  ASSERT_FALSE(rtn.ok());
+  std::vector<double> eye(64, 0.0);
+  for (int i = 0; i < 8; ++i) eye[static_cast<size_t>(i * 8 + i)] = 1.0;
+  Result<QuantizedTensor> g = gptq_quantize(w.view(), eye, spec, {}, "layers.0.wq");
+  ASSERT_FALSE(g.ok()) << "GPTQ accepted weights RTN refuses";
+  EXPECT_EQ(g.status().message(), rtn.status().message());
+}
+
 TEST(Awq, BeatsRtnWithOutlierInputChannels) {
   const int64_t out = 64, in = 128, n = 256;
   const Tensor w1 = random_matrix(out, in, 21), w2 = random_matrix(out / 2, in, 22);

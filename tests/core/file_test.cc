@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -180,6 +182,70 @@ TEST(ReadFile, ReadsFilesThatReportSizeZero) {
   Result<std::string> r = read_file("/proc/self/status");
   ASSERT_TRUE(r.ok()) << r.status().to_string();
   EXPECT_NE(r->find("Name:"), std::string::npos);
+}
+
+TEST_F(FileTest, OutputsNeverReplaceSpecialFilesOrSymlinks) {
+  ASSERT_EQ(::mkfifo(path("fifo").c_str(), 0600), 0);
+  write_plain(path("victim"), "keep");
+  fs::create_symlink(path("victim"), path("link"));
+  for (const char* name : {"fifo", "link"}) {
+    Status s = write_file_atomic(path(name), "x");
+    ASSERT_FALSE(s.ok()) << name;
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.message();
+    EXPECT_NE(s.message().find(path(name)), std::string::npos) << s.message();
+  }
+  EXPECT_TRUE(fs::is_fifo(fs::symlink_status(path("fifo"))));
+  EXPECT_TRUE(fs::is_symlink(fs::symlink_status(path("link"))));
+  EXPECT_EQ(read_file(path("victim")).value(), "keep");
+  EXPECT_EQ(check_output_path(dir_.string()).code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(check_output_path(path("victim")).ok());
+  EXPECT_TRUE(check_output_path(path("absent")).ok());
+  if (::geteuid() == 0) {  // a /dev/null twin made here; the real one is never touched
+    ASSERT_EQ(::mknod(path("null").c_str(), S_IFCHR | 0666, ::makedev(1, 3)), 0);
+    Status s = write_file_atomic(path("null"), "x");
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.message();
+    EXPECT_NE(s.message().find("device"), std::string::npos) << s.message();
+    EXPECT_TRUE(fs::is_character_file(fs::symlink_status(path("null"))));
+  }
+  for (const std::string& e : entries()) EXPECT_EQ(e.find(".tmp."), std::string::npos) << e;
+}
+
+TEST_F(FileTest, ReadFileRefusesDevicesFifosAndFolders) {
+  ASSERT_EQ(::mkfifo(path("fifo").c_str(), 0600), 0);
+  for (const std::string& p : {path("fifo"), dir_.string(), std::string("/dev/zero")}) {
+    Result<std::string> r = read_file(p);  // must neither block (FIFO) nor read forever (/dev/zero)
+    ASSERT_FALSE(r.ok()) << p;
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << r.status().message();
+    EXPECT_NE(r.status().message().find(p), std::string::npos) << r.status().message();
+  }
+  Result<MappedFile> m = MappedFile::open("/dev/zero");
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST_F(FileTest, StaleTempsOfDeadRunsAreRemoved) {
+  // A pid that is certainly dead: a child that has exited and been reaped.
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  ASSERT_GT(child, 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  const std::string dead_file = path("out.bin.tmp." + std::to_string(child) + "-AAAAAA");
+  const std::string dead_dir = path("out.bin.tmp." + std::to_string(child) + "-BBBBBB");
+  const std::string live = path("out.bin.tmp.1-CCCCCC");  // pid 1 always exists
+  const std::string other = path("other.bin.tmp." + std::to_string(child) + "-DDDDDD");
+  write_plain(dead_file, "x");
+  fs::create_directory(dead_dir);
+  write_plain(dead_dir + "/model.safetensors", "x");
+  write_plain(live, "x");
+  write_plain(other, "x");
+  EXPECT_EQ(temp_sibling_prefix(path("out.bin")), path("out.bin.tmp." + std::to_string(::getpid()) + "-"));
+  EXPECT_EQ(temp_sibling_prefix(path("out") + "/"), path("out.tmp." + std::to_string(::getpid()) + "-"));
+  ASSERT_TRUE(write_file_atomic(path("out.bin"), "new").ok());
+  EXPECT_FALSE(fs::exists(dead_file));
+  EXPECT_FALSE(fs::exists(dead_dir));
+  EXPECT_TRUE(fs::exists(live));
+  EXPECT_TRUE(fs::exists(other)) << "temps of another output are not this one's business";
 }
 
 }  // namespace

@@ -13,6 +13,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <map>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -97,6 +100,55 @@ TEST(SmolLM2, TokenizerFromGguf) {
   for (size_t i = 0; i < ids->size(); ++i) back += t.decode(i ? (*ids)[i - 1] : -1, (*ids)[i]);
   EXPECT_EQ(back, text);
   EXPECT_FALSE(t.encode("bad \xff utf-8", false, false).ok());
+}
+
+// The textbook greedy BPE (lowest rank, leftmost on ties; O(n^2)) on ASCII letters, whose
+// byte-level spelling is themselves: the reference the heap-based merge must equal.
+std::vector<int> naive_bpe(const std::string& text, const std::map<std::string, int>& rank,
+                           const std::map<std::string, int>& id_of) {
+  std::vector<std::string> sym;
+  for (char c : text) sym.emplace_back(1, c);
+  while (sym.size() > 1) {
+    int best = std::numeric_limits<int>::max();
+    size_t at = 0;
+    for (size_t i = 0; i + 1 < sym.size(); ++i) {
+      auto it = rank.find(sym[i] + " " + sym[i + 1]);
+      if (it != rank.end() && it->second < best) best = it->second, at = i;
+    }
+    if (best == std::numeric_limits<int>::max()) break;
+    sym[at] += sym[at + 1];
+    sym.erase(sym.begin() + static_cast<std::ptrdiff_t>(at) + 1);
+  }
+  std::vector<int> ids;
+  for (const std::string& s : sym) ids.push_back(id_of.at(s));
+  return ids;
+}
+
+TEST(SmolLM2, LongRunWithoutSpacesEqualsNaiveBpe) {
+  // One pre-token of thousands of letters: the case that was quadratic (issue 21). Timings are
+  // in docs/results.md; this checks that the fast merge gives the textbook merge's ids.
+  const std::string path = smollm2_path();
+  ASSERT_FALSE(path.empty()) << kSmolLM2Missing;
+  Result<std::unique_ptr<Tokenizer>> tok = load_tokenizer(path, 49152);
+  ASSERT_TRUE(tok.ok()) << tok.status().to_string();
+  Result<GgufFile> f = open_gguf(path);
+  ASSERT_TRUE(f.ok());
+  std::map<std::string, int> rank, id_of;
+  const GgufValue* merges = f->find("tokenizer.ggml.merges");
+  const GgufValue* tokens = f->find("tokenizer.ggml.tokens");
+  ASSERT_TRUE(merges != nullptr && tokens != nullptr);
+  for (size_t i = 0; i < merges->array.size(); ++i) rank.emplace(std::get<std::string>(merges->array[i]), static_cast<int>(i));
+  for (size_t i = 0; i < tokens->array.size(); ++i) id_of.emplace(std::get<std::string>(tokens->array[i]), static_cast<int>(i));
+  std::mt19937 rng(21);
+  for (const size_t len : {size_t{1}, size_t{2}, size_t{7}, size_t{300}, kSanitized ? size_t{600} : size_t{2500}}) {
+    std::string text;
+    for (size_t i = 0; i < len; ++i) text += static_cast<char>((i % 7 == 3 ? 'A' : 'a') + rng() % 26);
+    Result<std::vector<int>> ids = (*tok)->encode(text, false, false);
+    ASSERT_TRUE(ids.ok()) << ids.status().to_string();
+    EXPECT_EQ(*ids, naive_bpe(text, rank, id_of)) << "length " << len;
+  }
+  const std::string run(kSanitized ? 600 : 2500, 'a');  // ties everywhere: leftmost must win
+  EXPECT_EQ((*tok)->encode(run, false, false).value(), naive_bpe(run, rank, id_of));
 }
 
 // ---- against the gguf package and Hugging Face tokenizers ----------------------------------

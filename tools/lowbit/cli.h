@@ -52,6 +52,29 @@ std::vector<std::vector<int>> split_windows(const std::vector<int>& tokens, int 
 // Candidates `sensitivity` and `quantize --target-bpw` try unless told: 3 to 8 bits.
 inline constexpr const char* kDefaultCandidates = "w3a16-g64,w4a16-g128,int4:g64:sym:fp16,q4_0,uint4:g32:asym:fp16,w8a16";
 
+// A CLI11 check that refuses an empty value (`--weights ''` must not mean "not given").
+const CLI::Validator& non_empty();
+
+// An integer flag's value in [lo, hi], else a one-line usage error naming the flag and the range
+// (checked before anything is sized from it).
+void check_range(std::string_view flag, int64_t value, int64_t lo, int64_t hi);
+
+// One output flag's value, checked before any work: refused (exit 2, one line) when it is a
+// symbolic link, a device, FIFO or socket (or a directory, unless `folder_ok`), when it is one
+// of `inputs` (same file, by device and inode), or when it is a folder that holds one of them.
+// Entries with an empty path are skipped. Example:
+//   check_output("-o", a.out, {{"--model", a.model}, {"--calib", a.calib}}, /*folder_ok=*/true);
+struct NamedPath {
+  std::string_view flag;
+  std::string path;
+};
+void check_output(std::string_view flag, const std::string& out, const std::vector<NamedPath>& inputs,
+                  bool folder_ok = false);
+
+// `text` with control bytes (NUL, newline, ESC, DEL, ...) written as \xNN, so that an error
+// naming a hostile tensor or file name stays one line and cannot drive the terminal.
+std::string escape_control(std::string_view text);
+
 // Peak resident set size of this process so far (getrusage ru_maxrss), MiB.
 double peak_rss_mib();
 

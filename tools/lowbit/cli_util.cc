@@ -56,11 +56,69 @@ std::vector<int> tokenize_stories(const Tokenizer& tok, const std::string& path,
 
 std::string find_tokenizer(const std::string& model_path, int vocab, std::string_view cmd) {
   Result<std::string> path = lowbit::find_tokenizer(model_path, vocab, cmd);
-  if (!path.ok()) fail(kExitUsage, path.status().message());
+  if (!path.ok()) fail(path.status());
   return *path;
 }
 
 std::string model_weights_file(const std::string& model_path) { return lowbit::model_weights_file(model_path); }
+
+std::string escape_control(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (const char ch : text) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c < 0x20 || c == 0x7f) {
+      out += fmt::format("\\x{:02x}", c);
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
+
+const CLI::Validator& non_empty() {
+  static const CLI::Validator v([](const std::string& s) { return s.empty() ? std::string("empty value") : std::string(); },
+                                "", "NONEMPTY");
+  return v;
+}
+
+void check_range(std::string_view flag, int64_t value, int64_t lo, int64_t hi) {
+  if (value < lo || value > hi) fail(kExitUsage, fmt::format("{}: {} is out of range [{}, {}]", flag, value, lo, hi));
+}
+
+void check_output(std::string_view flag, const std::string& out, const std::vector<NamedPath>& inputs,
+                  bool folder_ok) {
+  if (out.empty()) return;
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const bool is_folder = fs::is_directory(fs::symlink_status(out, ec));
+  if (!(folder_ok && is_folder)) {
+    if (Status s = check_output_path(out); !s.ok()) fail(kExitUsage, fmt::format("{}: {}", flag, s.message()));
+  } else if (fs::is_symlink(fs::symlink_status(out, ec))) {
+    fail(kExitUsage, fmt::format("{}: '{}' is a symbolic link; not replacing it (name its target instead)", flag, out));
+  }
+  const fs::path out_canon = fs::weakly_canonical(out, ec);
+  for (const NamedPath& in : inputs) {
+    if (in.path.empty()) continue;
+    std::error_code e2;
+    bool clash = fs::equivalent(out, in.path, e2);
+    if (!clash && fs::is_directory(in.path, e2)) {  // a saved model folder: its files are inputs
+      for (fs::directory_iterator it(in.path, e2), end; !e2 && !clash && it != end; it.increment(e2)) {
+        std::error_code e3;
+        clash = it->is_regular_file(e3) && fs::equivalent(out, it->path(), e3);
+      }
+    }
+    if (!clash && is_folder) {  // -o DIR would replace DIR/model.safetensors given as --model
+      const fs::path in_canon = fs::weakly_canonical(in.path, e2);
+      const std::string o = out_canon.string() + "/";
+      clash = !e2 && in_canon.string().starts_with(o);
+    }
+    if (clash) {
+      fail(kExitUsage, fmt::format("{} '{}' would overwrite the input given as {} '{}'", flag, out, in.flag, in.path));
+    }
+  }
+}
+
 
 }  // namespace lowbit::cli
 

@@ -139,11 +139,14 @@ Speed measure_llamacpp(const BenchModelArgs& a, const std::vector<int>& ids) {
 void run_bench_model(const BenchModelArgs& a) {
   if (a.prefill < 4) fail(kExitUsage, fmt::format("bench model: --prefill must be >= 4 (got {})", a.prefill));
   if (a.decode < 0) fail(kExitUsage, fmt::format("bench model: --decode must be >= 0 (got {})", a.decode));
+  check_output("--json", a.json, {{"--model", a.model}});
   Result<Scheme> scheme = find_scheme(a.scheme);
   if (!scheme.ok()) fail(kExitUsage, "--scheme: " + scheme.status().message());
   Result<Model> model = load_model(a.model);
   if (!model.ok()) fail(model.status());
   const LlamaConfig& c = model->config;
+  check_range("bench model --prefill", a.prefill, 4, c.seq_len - 1);
+  check_range("bench model --decode", a.decode, 0, c.seq_len - 1 - a.prefill);
   if (a.prefill + a.decode + 1 > c.seq_len) {
     fail(kExitUsage, fmt::format("bench model: --prefill {} + --decode {} exceed the model's context {}", a.prefill,
                                  a.decode, c.seq_len));
@@ -208,7 +211,7 @@ void register_bench_model(CLI::App& bench_parent) {
   auto a = std::make_shared<BenchModelArgs>();
   auto* cmd = bench->add_subcommand("model", "Prefill and decode tokens/s: lowbit fp32, lowbit quantized, llama.cpp");
   cmd->add_option("--model", a->model, "Checkpoint (GGUF for the llama.cpp comparison)")->required();
-  cmd->add_option("--scheme", a->scheme, "Named scheme for the quantized row (see `lowbit schemes`)")->default_val("w4a16-g128");
+  cmd->add_option("--scheme", a->scheme, "Named scheme for the quantized row (see `lowbit schemes`)")->default_val("w4a16-g128")->check(non_empty());
   cmd->add_option("--prefill", a->prefill, "Prompt tokens per prefill")->default_val(128);
   cmd->add_option("--decode", a->decode, "Tokens decoded one at a time after the prefill")->default_val(32);
   cmd->add_option("--kv", a->kv, "Also time each quantized KV cache spec (kv-int8, kv-int4-kivi, ...; repeat or ';')")

@@ -22,6 +22,7 @@ struct ConvertArgs {
 };
 
 void run_convert(const ConvertArgs& a) {
+  check_output("-o", a.out, {{"--model", a.model}, {"--tokenizer", a.tokenizer}}, /*folder_ok=*/true);
   Result<ModelFormat> format = parse_model_format(a.format);
   if (!format.ok()) fail(kExitUsage, "--format: " + format.status().message());
   Result<Model> model = load_model(a.model);
@@ -79,8 +80,8 @@ void register_convert(CLI::App& app) {
   cmd->add_option("--tokenizer", a->tokenizer,
                   "Tokenizer (.model or llama2.c .bin) to copy (safetensors) or embed (gguf); default: the one beside the model");
   cmd->add_flag("--no-tokenizer", a->no_tokenizer, "Save without a tokenizer")->excludes("--tokenizer");
-  cmd->add_option("--scheme", a->scheme, "Quantize the linears with a named scheme first (RTN; see `lowbit schemes`)");
-  cmd->add_option("--weights", a->weights, "Quantize the linears with this QuantSpec first (RTN), e.g. int8:g32:sym:fp16 (GGUF Q8_0)");
+  cmd->add_option("--scheme", a->scheme, "Quantize the linears with a named scheme first (RTN; see `lowbit schemes`)")->check(non_empty());
+  cmd->add_option("--weights", a->weights, "Quantize the linears with this QuantSpec first (RTN), e.g. int8:g32:sym:fp16 (GGUF Q8_0)")->check(non_empty());
   cmd->add_flag("--gguf-f16", a->gguf_f16, "GGUF: store linears whose spec has no GGUF type dequantized as F16");
   cmd->add_flag("--json", a->json, "Print a JSON summary (path, format, bytes, bpw, each tensor's stored type, warnings)");
   cmd->callback([a] { run_convert(*a); });

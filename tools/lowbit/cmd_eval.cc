@@ -7,7 +7,9 @@
 // each row with a quantized KV cache per spec (include/lowbit/kv_cache.h): a row per (weights, kv).
 #include <chrono>
 #include <cstdio>
+#include <cmath>
 #include <filesystem>
+#include <limits>
 #include <memory>
 
 #include <fmt/format.h>
@@ -46,6 +48,8 @@ void run_eval(const EvalArgs& a) {
   if (!a.schemes.empty() && !a.weights.empty()) fail(kExitUsage, "eval: --scheme and --weights exclude each other");
   if (!a.acts.empty() && a.weights.empty()) fail(kExitUsage, "eval: --acts needs --weights (or use --scheme)");
   if (a.ctx < 2) fail(kExitUsage, fmt::format("eval: --ctx must be >= 2 (got {})", a.ctx));
+  check_range("eval --stride", a.stride, 0, std::numeric_limits<int>::max());
+  check_range("eval --max-windows", a.max_windows, 0, std::numeric_limits<int>::max());
   if (a.decode_ctx < 1) fail(kExitUsage, fmt::format("eval: --decode-ctx must be >= 1 (got {})", a.decode_ctx));
   std::vector<KvSpec> kvs;
   for (const std::string& text : a.kv) {
@@ -56,6 +60,12 @@ void run_eval(const EvalArgs& a) {
   if (!a.plot.empty() && a.schemes.size() > 1) {
     fail(kExitUsage, fmt::format("eval: --plot draws one model; got {} schemes", a.schemes.size()));
   }
+  const std::vector<NamedPath> input_paths = {
+      {"--model", a.model}, {"--ref", a.ref}, {"--text", a.text}, {"--tokenizer", a.tokenizer}};
+  check_output("--json", a.json, input_paths);
+  std::vector<NamedPath> plot_clashes = input_paths;
+  plot_clashes.push_back({"--json", a.json});
+  check_output("--plot", a.plot, plot_clashes);
   std::vector<Scheme> schemes;
   for (const std::string& name : a.schemes) {
     Result<Scheme> s = find_scheme(name);
@@ -246,9 +256,10 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--scheme", a->schemes,
                   "Quantize the model in memory with named schemes (see `lowbit schemes`); several (S1,S2 or repeated) "
                   "share one reference pass, a row each")
-      ->delimiter(',');
-  cmd->add_option("--weights", a->weights, "Quantize linear weights with this QuantSpec (e.g. int4:g32:sym:fp16)");
-  cmd->add_option("--acts", a->acts, "Fake-quantize linear inputs with this QuantSpec (dynamic), with --weights");
+      ->delimiter(',')
+      ->check(non_empty());
+  cmd->add_option("--weights", a->weights, "Quantize linear weights with this QuantSpec (e.g. int4:g32:sym:fp16)")->check(non_empty());
+  cmd->add_option("--acts", a->acts, "Fake-quantize linear inputs with this QuantSpec (dynamic), with --weights")->check(non_empty());
   cmd->add_option("--ref", a->ref, "Reference checkpoint (default: --model in fp32)");
   cmd->add_option("--text", a->text, "UTF-8 text to score (stories separated by blank lines)")->required();
   cmd->add_option("--tokenizer", a->tokenizer, "Tokenizer (default: the one beside the model)");

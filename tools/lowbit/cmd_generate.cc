@@ -68,7 +68,8 @@ void run_generate(const GenerateArgs& a) {
   const std::string text = a.chat ? chat_prompt(a.model, a) : a.prompt;
   Result<std::vector<int>> prompt = (*tok)->encode(text, (*tok)->add_bos(), /*eos=*/false);
   if (!prompt.ok()) fail(prompt.status());
-  if (a.n < 0) fail(kExitUsage, "generate: -n must be >= 0");
+  // More than the context holds could never be generated; a bound also keeps int sums exact.
+  check_range("generate -n", a.n, 0, model->config.seq_len);
   if (!(a.temp >= 0.0f)) fail(kExitUsage, "generate: --temp must be >= 0");
 
   LlamaModel net(*model);
@@ -125,7 +126,8 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--prompt", a->prompt, "Prompt text")->required();
   cmd->add_flag("--chat", a->chat, "Wrap the prompt as a user turn in the model's chat template (ChatML); print only the reply");
   cmd->add_option("--system", a->system, "System message for --chat (default: the template's own, if any)")
-      ->each([a](const std::string&) { a->system_given = true; });
+      ->each([a](const std::string&) { a->system_given = true; })
+      ->needs("--chat");
   cmd->add_option("-n", a->n, "Tokens to generate")->default_val(64);
   cmd->add_option("--kv", a->kv, "Quantized KV cache spec (kv-int8, kv-int4-kivi, kv-e4m3, ...: see `lowbit eval --help`)");
   cmd->add_option("--temp", a->temp, "Sampling temperature; 0 = greedy")->default_val(0.0f);

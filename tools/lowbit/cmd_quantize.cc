@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <limits>
 #include <memory>
 
 #include <fmt/format.h>
@@ -93,8 +94,22 @@ void run_quantize(const QuantizeArgs& a) {
   if (!a.policy.empty() && (mixed || !a.plan.empty())) fail(kExitUsage, "quantize: --policy deepseek is a plan of its own; not with --target-bpw or --plan");
   if (!a.acts.empty() && a.weights.empty()) fail(kExitUsage, "quantize: --acts needs --weights (or use --scheme)");
   if (a.out.empty() && !a.dry_run && a.eval_text.empty()) fail(kExitUsage, "quantize: give -o OUT (or --dry-run, or --eval to measure only)");
+  const std::vector<NamedPath> inputs = {{"--model", a.model}, {"--calib", a.calib}, {"--tokenizer", a.tokenizer},
+                                         {"--eval", a.eval_text}, {"--plan", a.plan}};
+  check_output("-o", a.out, inputs, /*folder_ok=*/true);
+  std::vector<NamedPath> json_clashes = inputs;
+  json_clashes.push_back({"-o", a.out});
+  check_output("--json", a.json, json_clashes);
   Result<Method> method = parse_method(a.method);
   if (!method.ok()) fail(kExitUsage, "--method: " + method.status().message());
+  check_range("quantize --eval-windows", a.eval_windows, 0, std::numeric_limits<int>::max());
+  check_range("quantize --calib-tokens", a.calib_tokens, 1, std::numeric_limits<int>::max());
+  if (!(a.alpha >= 0.0 && a.alpha <= 1.0)) fail(kExitUsage, fmt::format("quantize --alpha: {} is outside [0, 1]", a.alpha));
+  if (!(a.damp > 0.0) || !std::isfinite(a.damp)) fail(kExitUsage, fmt::format("quantize --damp: {} must be > 0", a.damp));
+  if ((a.act_order || a.static_groups) && *method != Method::kGptq) {
+    fail(kExitUsage, fmt::format("quantize: {} is a GPTQ option; --method is {}", a.act_order ? "--act-order" : "--static-groups",
+                                 a.method));
+  }
 
   QuantSpec wspec;
   std::optional<QuantSpec> aspec;
@@ -325,7 +340,7 @@ void register_quantize(CLI::App& app) {
   auto a = std::make_shared<QuantizeArgs>();
   auto* cmd = app.add_subcommand("quantize", "Quantize a model (rtn, gptq, awq, smoothquant, outliers) and write it");
   cmd->add_option("--model", a->model, "Checkpoint to quantize")->required();
-  cmd->add_option("--scheme", a->scheme, "Named scheme (see `lowbit schemes`)");
+  cmd->add_option("--scheme", a->scheme, "Named scheme (see `lowbit schemes`)")->check(non_empty());
   cmd->add_option("--target-bpw", a->target_bpw, "Choose a spec per linear (measured sensitivity, exact knapsack) within this many bits per weight");
   cmd->add_option("--candidates", a->candidates, "--target-bpw: comma-separated schemes, specs or fp32")->default_val(kDefaultCandidates);
   cmd->add_option("--granularity", a->granularity, "--target-bpw: tensor | layer | role")->default_val("tensor");
@@ -334,8 +349,8 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--policy", a->policy, "deepseek: norms fp32, embedding and first/last two blocks at --policy-high, the rest at --scheme");
   cmd->add_option("--policy-high", a->policy_high, "--policy deepseek: the high-precision spec")->default_val("int8:row:sym:fp32");
   cmd->add_option("--plan-out", a->plan_out, "Write the plan as the JSON --plan reads (one entry per tensor)");
-  cmd->add_option("--weights", a->weights, "QuantSpec for linear weights (instead of --scheme)");
-  cmd->add_option("--acts", a->acts, "QuantSpec for linear inputs (dynamic), with --weights");
+  cmd->add_option("--weights", a->weights, "QuantSpec for linear weights (instead of --scheme)")->check(non_empty());
+  cmd->add_option("--acts", a->acts, "QuantSpec for linear inputs (dynamic), with --weights")->check(non_empty());
   cmd->add_option("--kv", a->kv, "Quantized KV cache spec to record in the saved model (kv-int8, kv-int4-kivi, ...)");
   cmd->add_option("--method", a->method, "rtn | gptq | awq | smoothquant | outliers")->default_val("rtn");
   cmd->add_option("--calib", a->calib, "Calibration text (stories separated by blank lines)");

@@ -18,9 +18,16 @@ struct SchemesArgs {
 void run_schemes(const SchemesArgs& a) {
   int64_t rows = 0, cols = 0;
   char x = 0;
-  if (std::sscanf(a.shape.c_str(), "%ld%c%ld", &rows, &x, &cols) != 3 || x != 'x' || rows < 1 || cols < 1) {
+  int n_read = 0;
+  if (std::sscanf(a.shape.c_str(), "%ld%c%ld%n", &rows, &x, &cols, &n_read) != 3 || x != 'x' ||
+      static_cast<size_t>(n_read) != a.shape.size() || rows < 1 || cols < 1) {
     fail(kExitUsage, "schemes --shape: '" + a.shape + "' is not ROWSxCOLS with positive integers (e.g. 4096x4096)");
   }
+  // 2^24 per side is past any LLM matrix (vocabularies are < 2^20) and keeps every bit count
+  // of a block grid far inside int64.
+  constexpr int64_t kMaxSide = int64_t{1} << 24;
+  check_range("schemes --shape rows", rows, 1, kMaxSide);
+  check_range("schemes --shape cols", cols, 1, kMaxSide);
   nlohmann::json out = nlohmann::json::array();
   std::string text = fmt::format("{:<12} {:>7}  {:<28} {:<26} {}\n", "scheme", "bpw", "weights", "activations", "description");
   for (const Scheme& s : named_schemes()) {

@@ -64,11 +64,11 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "lowbit: %s (see --help)\n", e.what());
+    std::fprintf(stderr, "lowbit: %s (see --help)\n", escape_control(e.what()).c_str());
     return kExitUsage;
   } catch (const CliError& e) {
     std::fflush(stdout);
-    std::fprintf(stderr, "lowbit: %s\n", e.message.c_str());
+    std::fprintf(stderr, "lowbit: %s\n", escape_control(e.message).c_str());
     return e.code;
   }
   return kExitOk;
