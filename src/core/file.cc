@@ -303,19 +303,29 @@ Result<std::string> read_file(const std::string& path) {
     ::close(fd);
     return InvalidArgument(what + kind_error(st.st_mode));
   }
+  // Files that report size 0 (/proc, /sys) are read to their end, up to kUnsizedLimit.
+  constexpr size_t kUnsizedLimit = size_t{1} << 28;
   const size_t size = static_cast<size_t>(st.st_size);
-  std::string out(size, '\0');
+  const bool unsized = size == 0;
+  std::string out(unsized ? 4096 : size, '\0');
   size_t got = 0;
-  while (got < size) {
-    const ssize_t n = ::read(fd, out.data() + got, size - got);
+  while (got < out.size()) {
+    const ssize_t n = ::read(fd, out.data() + got, out.size() - got);
     if (n < 0) {
       if (errno == EINTR || errno == EAGAIN) continue;
       const int err = errno;
       ::close(fd);
       return IoError(what + ": " + errno_text(err));
     }
-    if (n == 0) break;  // shrank while we read
+    if (n == 0) break;  // the end (or the file shrank while we read)
     got += static_cast<size_t>(n);
+    if (unsized && got == out.size()) {
+      if (out.size() >= kUnsizedLimit) {
+        ::close(fd);
+        return InvalidArgument(what + ": reports size 0 but holds more than 256 MiB");
+      }
+      out.resize(out.size() * 2);
+    }
   }
   ::close(fd);
   out.resize(got);
