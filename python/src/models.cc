@@ -15,7 +15,9 @@
 #include "common.h"
 #include "lowbit/eval.h"
 #include "lowbit/file.h"
+#include "lowbit/kv_cache.h"
 #include "lowbit/llama.h"
+#include "lowbit/mixed.h"
 #include "lowbit/model.h"
 #include "lowbit/pipeline.h"
 #include "lowbit/progress.h"
@@ -151,6 +153,12 @@ py::object evaluate_py(const PyModel& pm, const std::string& text, const std::ve
   std::vector<std::string> labels;
   std::vector<double> decode_tok_s;
   std::vector<ModelSize> sizes;
+  struct KvFields {
+    std::string spec;
+    double bytes_per_token, bits_per_value;
+  };
+  std::vector<KvFields> kv_fields;
+  int decode_ctx_used = 0;  // as eval --json reports the cache each model runs with
   double ref_decode_tok_s = 0;
   const Tokenizer& tok = pm.tokenizer();
   {
@@ -187,6 +195,7 @@ py::object evaluate_py(const PyModel& pm, const std::string& text, const std::ve
     GenerateOptions g;
     g.max_new_tokens = decode_tokens;
     const std::vector<int> prompt(tokens.begin(), tokens.begin() + std::min<size_t>(8, tokens.size()));
+    decode_ctx_used = static_cast<int>(prompt.size());
     auto decode_speed = [&](const LlamaModel& m) {
       const auto t0 = std::chrono::steady_clock::now();
       const std::vector<int> gen = unwrap(generate(m, prompt, g));
@@ -198,7 +207,15 @@ py::object evaluate_py(const PyModel& pm, const std::string& text, const std::ve
       for (size_t i = 0; i < evaluated.size(); ++i) decode_tok_s[i] = std::max(decode_tok_s[i], decode_speed(*evaluated[i]));
       ref_decode_tok_s = same ? decode_tok_s.front() : std::max(ref_decode_tok_s, decode_speed(reference));
     }
-    for (const LlamaModel* n : evaluated) sizes.push_back(model_size(*n));
+    for (const LlamaModel* n : evaluated) {
+      sizes.push_back(model_size(*n));
+      const std::optional<KvSpec>& kv = n->kv_cache_spec();
+      const LlamaConfig& cfg = n->config();
+      const int ctx_eff = std::min(ctx, cfg.seq_len);
+      kv_fields.push_back({kv ? to_string(*kv) : "fp32",
+                           kv ? kv_bytes_per_token(*kv, cfg, ctx_eff) : 2.0 * cfg.n_layers * cfg.kv_dim() * sizeof(float),
+                           kv ? kv_bits_per_value(*kv, cfg.head_dim()) : 32.0});
+    }
   }
   cb.rethrow();
 
@@ -220,6 +237,8 @@ py::object evaluate_py(const PyModel& pm, const std::string& text, const std::ve
   inputs["ctx"] = std::min(ctx, seq_len);
   inputs["stride"] = stride > 0 ? stride : std::min(ctx, seq_len) / 2;
   inputs["max_windows"] = max_windows;
+  inputs["kv"] = "";
+  inputs["decode_ctx"] = decode_ctx_used;
   py::list all;
   for (size_t i = 0; i < results.size(); ++i) {
     const EvalResult& r = results[i];
@@ -235,6 +254,9 @@ py::object evaluate_py(const PyModel& pm, const std::string& text, const std::ve
     d["kld_max"] = r.kld_max;
     d["top1"] = r.top1;
     d["bpw"] = size.bpw_total();
+    d["kv_spec"] = kv_fields[i].spec;
+    d["kv_bytes_per_token"] = kv_fields[i].bytes_per_token;
+    d["kv_bits_per_value"] = kv_fields[i].bits_per_value;
     d["bpw_weights"] = size.bpw_weights();
     d["size_bytes"] = size.total_bytes();
     d["linear_bytes"] = size.linear_bytes;
@@ -370,6 +392,8 @@ py::dict quantize_model_py(const QuantizeArgs& a, py::object progress) {
       layers.append(lj);
     }
     j["linears"] = layers;
+    j["bits_per_weight"] = plan.bits_per_weight();
+    j["plan"] = py::module_::import("json").attr("loads")(plan_overrides_json(plan));
     {
       py::gil_scoped_release again;
       if (!a.out.empty()) {

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -111,6 +112,20 @@ Result<TrainLogEntry> Trainer::step() {
   if (r.skipped && (!o_.loss_scale.dynamic || scale <= o_.loss_scale.min_scale)) {
     return InvalidArgument(fmt::format("step {}: non-finite gradient at loss scale {} (diverged; lower --lr{})", step_ + 1, scale,
                                        o_.loss_scale.dynamic ? "" : " or use --loss-scale dynamic"));
+  }
+  // A weight past what a checkpoint may hold (load_model's bound, include/lowbit/model.h) is
+  // divergence too: stop before such a state can be saved as the last good checkpoint.
+  if (!r.skipped) {
+    constexpr float kMaxAbsWeight = 1e6f;
+    const std::span<const float> p = std::as_const(model_).params();
+    for (const ParamInfo& info : model_.param_info()) {
+      for (int64_t i = 0; i < info.numel(); ++i) {
+        const float x = p[static_cast<size_t>(info.offset + i)];
+        if (!(std::fabs(x) <= kMaxAbsWeight)) {
+          return InvalidArgument(fmt::format("step {}: weight {}[{}] reached {} (diverged; lower --lr)", step_ + 1, info.name, i, x));
+        }
+      }
+    }
   }
   ++step_;
   TrainLogEntry e;

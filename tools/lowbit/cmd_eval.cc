@@ -147,11 +147,13 @@ void run_eval(const EvalArgs& a) {
   // time through the KV cache, for each model and the fp32 reference in the same run (alternating,
   // best of two each, so a noisy neighbour or a cold cache does not favour either).
   const int ctx_eff = std::min(a.ctx, model->config.seq_len);
-  const int decode_ctx = std::min<int>({a.decode_ctx, static_cast<int>(tokens.size()), model->config.seq_len - a.decode_tokens});
-  if (decode_ctx < 1) fail(kExitUsage, fmt::format("eval: --decode-ctx leaves no room for {} decode tokens", a.decode_tokens));
+  // A model with a short context (a tiny trained one) times fewer decode tokens rather than none.
+  const int decode_tokens = std::max(1, std::min(a.decode_tokens, model->config.seq_len / 2));
+  const int decode_ctx = std::min<int>({a.decode_ctx, static_cast<int>(tokens.size()), model->config.seq_len - decode_tokens});
+  if (decode_ctx < 1) fail(kExitUsage, fmt::format("eval: --decode-ctx leaves no room for {} decode tokens", decode_tokens));
   const std::vector<int> prompt(tokens.begin(), tokens.begin() + decode_ctx);
   auto decode_speed = [&](const LlamaModel& m) {
-    Result<double> r = decode_tokens_per_second(m, prompt, a.decode_tokens);
+    Result<double> r = decode_tokens_per_second(m, prompt, decode_tokens);
     if (!r.ok()) fail(r.status());
     return *r;
   };
