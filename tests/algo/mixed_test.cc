@@ -12,57 +12,13 @@
 #include "lowbit/eval.h"
 #include "lowbit/mixed.h"
 #include "lowbit/pipeline.h"
+#include "synthetic_model.h"
 
 namespace lowbit {
 namespace {
 
-// A random Llama with `layers` blocks (GQA: 4 heads, 2 kv heads), weights owned by the Model.
-Model tiny_model(int layers, uint64_t seed) {
-  Model m;
-  LlamaConfig& c = m.config;
-  c.dim = 64;
-  c.hidden_dim = 96;
-  c.n_layers = layers;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.vocab_size = 80;
-  c.seq_len = 64;
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  auto make = [&](std::initializer_list<int64_t> dims, float sd, float mean = 0.0f) {
-    Tensor t = Tensor::empty(DType::kF32, dims).value();
-    for (int64_t i = 0; i < t.view().numel(); ++i) t.data_as<float>()[i] = mean + sd * nd(rng);
-    m.owned.push_back(std::move(t));
-    return ConstTensorView(m.owned.back().view());
-  };
-  m.owned.reserve(static_cast<size_t>(layers) * 9 + 3);
-  const int64_t d = c.dim, h = c.hidden_dim, kv = c.kv_dim();
-  m.weights.tok_embeddings = make({c.vocab_size, d}, 1.0f);
-  for (int l = 0; l < layers; ++l) {
-    LayerWeights lw;
-    lw.attn_norm = make({d}, 0.1f, 1.0f);
-    lw.wq = make({d, d}, 0.125f);
-    lw.wk = make({kv, d}, 0.125f);
-    lw.wv = make({kv, d}, 0.125f);
-    lw.wo = make({d, d}, 0.125f);
-    lw.ffn_norm = make({d}, 0.1f, 1.0f);
-    lw.w1 = make({h, d}, 0.125f);
-    lw.w2 = make({d, h}, 0.1f);
-    lw.w3 = make({h, d}, 0.125f);
-    m.weights.layers.push_back(lw);
-  }
-  m.weights.final_norm = make({d}, 0.1f, 1.0f);
-  m.weights.classifier = m.weights.tok_embeddings;
-  return m;
-}
-
-std::vector<std::vector<int>> windows(int n, int len, int vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<std::vector<int>> w(static_cast<size_t>(n), std::vector<int>(static_cast<size_t>(len)));
-  for (auto& win : w)
-    for (int& t : win) t = static_cast<int>(rng() % static_cast<uint64_t>(vocab));
-  return w;
-}
+using testutil::random_windows;
+using testutil::synthetic_model;
 
 // Every combination, for small instances.
 double brute_force(const std::vector<KnapsackItem>& items, int64_t budget) {
@@ -171,8 +127,8 @@ TEST(Candidates, ParseSchemesSpecsAndErrors) {
 
 class MixedTiny : public ::testing::Test {
  protected:
-  Model model = tiny_model(3, 5);
-  std::vector<std::vector<int>> calib = windows(2, 16, 80, 9);
+  Model model = synthetic_model(3, 5);
+  std::vector<std::vector<int>> calib = random_windows(2, 16, 80, 9);
   std::vector<Candidate> cands = parse_candidates("fp32,w3a16-g64,int4:g32:sym:fp16,int8:row", "c").value();
 };
 
@@ -266,7 +222,7 @@ TEST_F(MixedTiny, BudgetChoiceAndPlanRoundTrip) {
     EXPECT_EQ(back.units[i].params, s.units[i].params);
   }
   EXPECT_EQ(choose_mix(back, 4.6).value().choice, choose_mix(s, 4.6).value().choice);
-  const Result<SensitivityReport> other = parse_sensitivity_json(sensitivity_json(s), "s.json", tiny_model(2, 5).config);
+  const Result<SensitivityReport> other = parse_sensitivity_json(sensitivity_json(s), "s.json", synthetic_model(2, 5).config);
   ASSERT_FALSE(other.ok());
   EXPECT_NE(other.status().message().find("layers.2.wq"), std::string::npos) << other.status().message();
   const Result<MixedChoice> low = choose_mix(s, 2.0);
@@ -280,7 +236,7 @@ TEST_F(MixedTiny, BudgetChoiceAndPlanRoundTrip) {
 }
 
 TEST(Deepseek, FirstAndLastTwoBlocksHighAndRoundTrip) {
-  const Model m = tiny_model(6, 3);
+  const Model m = synthetic_model(6, 3);
   const QuantSpec w4 = parse_spec("int4:g32:sym:fp16").value(), i8 = parse_spec("int8:row").value();
   const QuantPlan p = deepseek_plan(m.config, w4, i8, std::nullopt).value();
   for (int l = 0; l < 6; ++l) EXPECT_EQ(*p.find(fmt::format("layers.{}.w2", l))->spec, (l < 2 || l >= 4) ? i8 : w4) << l;
