@@ -51,6 +51,8 @@ Status fake_quant(float* x, int64_t n, int64_t d, const QuantSpec& spec) {
 
 }  // namespace
 
+std::string linear_name(int layer, const SlotInfo& s) { return fmt::format("layers.{}.{}", layer, s.name); }
+
 Linear Linear::fp32(ConstTensorView w) {
   Linear l;
   LOWBIT_CHECK(w.ndim() == 2 && w.dtype() == DType::kF32 && w.is_contiguous(), "Linear::fp32 needs a contiguous (out, in) f32 matrix");

@@ -306,7 +306,6 @@ std::vector<int64_t> inverse_order(std::span<const int64_t> order) {
   return inv;
 }
 
-std::string linear_name(int layer, const SlotInfo& s) { return fmt::format("layers.{}.{}", layer, s.name); }
 
 Result<QuantizedTensor> permute_rows(const QuantizedTensor& q, std::span<const int64_t> src) {
   LOWBIT_CHECK(static_cast<int64_t>(src.size()) == q.rows, "permute_rows: order length != rows");
