@@ -135,7 +135,14 @@ with tempfile.TemporaryDirectory() as tmp:
                            (["convert", "--model", MODEL, "-o", node], "-o"),
                            (["quantize", "--model", MODEL, "--scheme", "w8a8", "--dry-run", "--json", node], "--json"),
                            (["eval", "--model", MODEL, "--text", TEXT, "--max-windows", "1", "--json", node], "--json"),
-                           (["eval", "--model", MODEL, "--text", TEXT, "--max-windows", "1", "--plot", node], "--plot")]:
+                           (["eval", "--model", MODEL, "--text", TEXT, "--max-windows", "1", "--plot", node], "--plot"),
+                           (["quantize", "--model", MODEL, "--scheme", "w8a8", "--dry-run", "--plan-out", node], "--plan-out"),
+                           (["sensitivity", "--model", MODEL, "--calib", TEXT, "--json", node], "--json"),
+                           (["sensitivity", "--model", MODEL, "--calib", TEXT, "--plot", node], "--plot"),
+                           (["train", "--model", MODEL, "--data", TEXT, "--steps", "1", "-o", node], "-o"),
+                           (["train", "--model", MODEL, "--data", TEXT, "--steps", "1", "--log", node], "--log"),
+                           (["train", "--model", MODEL, "--data", TEXT, "--steps", "1", "--json", node], "--json"),
+                           (["train", "--model", MODEL, "--data", TEXT, "--steps", "1", "--plot", node], "--plot")]:
             bad_input(args, node, f"{flag} {kind} ({args[0]} {' '.join(args[3:5])})", empty_stdout=False)
             check(os.lstat(node).st_mode == mode_before, f"{flag} {kind}: the node was replaced")
     check(open(out("victim.txt")).read() == "keep me", "a symlink's target was written")
@@ -161,11 +168,27 @@ with tempfile.TemporaryDirectory() as tmp:
     os.symlink(out("t.txt"), out("t_alias.txt"))  # the same file under another name
     bad_input(["eval", "--model", out("m.bin"), "--text", out("t_alias.txt"), "--json", out("t.txt")], "--text",
               "eval --json = --text through a symlink")
+    bad_input(["sensitivity", "--model", out("m.bin"), "--calib", out("t.txt"), "--json", out("t.txt")], "--calib",
+              "sensitivity --json = --calib")
+    bad_input(["sensitivity", "--model", out("m.bin"), "--calib", out("t.txt"), "--plot", out("m.bin")], "--model",
+              "sensitivity --plot = --model")
+    bad_input(["quantize", "--model", out("m.bin"), "--scheme", "w8a8", "--dry-run", "--plan-out", out("m.bin")], "--model",
+              "quantize --plan-out = --model")
+    bad_input(["train", "--model", out("m.bin"), "--data", out("t.txt"), "--tokenizer", out("tok.model"), "--steps", "1",
+               "--log", out("t.txt")], "--data",
+              "train --log = --data")
+    bad_input(["train", "--model", out("m.bin"), "--data", out("t.txt"), "--tokenizer", out("tok.model"), "--steps", "1",
+               "--json", out("m.bin")], "--model",
+              "train --json = --model")
+    bad_input(["train", "--model", out("m.bin"), "--data", out("t.txt"), "--tokenizer", out("tok.model"), "--steps", "1",
+               "--plot", out("tok.model")], "--tokenizer", "train --plot = --tokenizer")
     p = run("convert", "--model", out("m.bin"), "--tokenizer", TOK, "-o", out("folder"))
     check(p.returncode == 0, f"convert to a folder: {p.stderr.strip()!r}")
     bad_input(["convert", "--model", out("folder"), "-o", out("folder")], "--model", "-o folder = --model folder")
     bad_input(["eval", "--model", out("folder"), "--text", out("t.txt"), "--json",
                os.path.join(out("folder"), "model.safetensors")], "--model", "--json = the model's weights file")
+    bad_input(["train", "--model", out("folder"), "--data", out("t.txt"), "--steps", "1", "-o", out("folder")], "--model",
+              "train -o = --model folder")
     for p_, b in before.items():
         check(snapshot(out(p_)) == b, f"input {p_} changed")
 
@@ -363,6 +386,15 @@ with tempfile.TemporaryDirectory() as tmp:
     # Control bytes in a name are escaped, the message stays one line.
     weird = out("we\x1bird\nname\x07.bin")
     bad_input(["eval", "--model", weird, "--text", TEXT], "we\\x1bird\\x0aname\\x07.bin", "control bytes escaped")
+    # ... and in warnings: the overlap warning names the calibration file.
+    weird_text = out("we\x1bird\ntext.txt")
+    shutil.copy(TEXT, weird_text)
+    p = run("quantize", "--model", MODEL, "--scheme", "w8a8", "--calib", weird_text, "--calib-split", "all", "--eval",
+            weird_text, "--eval-windows", "1")
+    ok = p.returncode == 0 and "lowbit: warning: " in p.stderr and "we\\x1bird\\x0atext.txt" in p.stderr
+    ok = ok and "\x1b" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    check(ok, f"warning with control bytes: exit {p.returncode}, stderr {p.stderr!r}")
+    tally(ok)
 
 if os.environ.get("LOWBIT_HOSTILE_TABLE"):
     print("| category | cases | handled as specified |")

@@ -75,6 +75,10 @@ void check_output(std::string_view flag, const std::string& out, const std::vect
 // naming a hostile tensor or file name stays one line and cannot drive the terminal.
 std::string escape_control(std::string_view text);
 
+// Prints "lowbit: warning: <message>" on stderr, control bytes escaped (a hostile tensor or file
+// name in a warning stays one line).
+void warn(std::string_view message);
+
 // Peak resident set size of this process so far (getrusage ru_maxrss), MiB.
 double peak_rss_mib();
 

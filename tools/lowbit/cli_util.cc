@@ -1,6 +1,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
 #include <sys/resource.h>
 
@@ -75,6 +76,8 @@ std::string escape_control(std::string_view text) {
   }
   return out;
 }
+
+void warn(std::string_view message) { std::fprintf(stderr, "lowbit: warning: %s\n", escape_control(message).c_str()); }
 
 const CLI::Validator& non_empty() {
   static const CLI::Validator v([](const std::string& s) { return s.empty() ? std::string("empty value") : std::string(); },

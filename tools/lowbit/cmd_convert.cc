@@ -48,7 +48,7 @@ void run_convert(const ConvertArgs& a) {
   }
   Result<SaveReport> r = save_model(net, a.out, opt);
   if (!r.ok()) fail(r.status());
-  for (const std::string& w : r->warnings) std::fprintf(stderr, "lowbit: warning: %s\n", w.c_str());
+  for (const std::string& w : r->warnings) warn(w);
   const ModelSize size = model_size(net);
   if (a.json) {
     nlohmann::json tensors = nlohmann::json::array();

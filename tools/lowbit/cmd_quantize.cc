@@ -95,11 +95,14 @@ void run_quantize(const QuantizeArgs& a) {
   if (!a.acts.empty() && a.weights.empty()) fail(kExitUsage, "quantize: --acts needs --weights (or use --scheme)");
   if (a.out.empty() && !a.dry_run && a.eval_text.empty()) fail(kExitUsage, "quantize: give -o OUT (or --dry-run, or --eval to measure only)");
   const std::vector<NamedPath> inputs = {{"--model", a.model}, {"--calib", a.calib}, {"--tokenizer", a.tokenizer},
-                                         {"--eval", a.eval_text}, {"--plan", a.plan}};
+                                         {"--eval", a.eval_text}, {"--plan", a.plan}, {"--sensitivity", a.sensitivity}};
   check_output("-o", a.out, inputs, /*folder_ok=*/true);
   std::vector<NamedPath> json_clashes = inputs;
   json_clashes.push_back({"-o", a.out});
   check_output("--json", a.json, json_clashes);
+  json_clashes.push_back({"--json", a.json});
+  check_output("--plan-out", a.plan_out, json_clashes);
+  if (!a.plan_out.empty() && a.plan_out == a.json) fail(kExitUsage, fmt::format("--plan-out and --json both name '{}'", a.json));
   Result<Method> method = parse_method(a.method);
   if (!method.ok()) fail(kExitUsage, "--method: " + method.status().message());
   check_range("quantize --eval-windows", a.eval_windows, 0, std::numeric_limits<int>::max());
@@ -223,8 +226,8 @@ void run_quantize(const QuantizeArgs& a) {
   }
   if (!a.eval_text.empty() && !a.calib.empty() && same_file(a.calib, a.eval_text) &&
       (a.calib_split == a.eval_split || a.calib_split == "all" || a.eval_split == "all")) {
-    fmt::print(stderr, "lowbit: warning: calibration and evaluation text overlap ({} split {} vs split {}); the "
-                       "evaluation is optimistic\n", a.calib, a.calib_split, a.eval_split);
+    warn(fmt::format("calibration and evaluation text overlap ({} split {} vs split {}); the evaluation is optimistic",
+                     a.calib, a.calib_split, a.eval_split));
   }
 
   LlamaModel net(*model);
@@ -293,7 +296,7 @@ void run_quantize(const QuantizeArgs& a) {
                          {"lowbit.sequential", opt.sequential ? "true" : "false"}};
     Result<SaveReport> saved = save_model(net, a.out, so);
     if (!saved.ok()) fail(saved.status());
-    for (const std::string& w : saved->warnings) fmt::print(stderr, "lowbit: warning: {}\n", w);
+    for (const std::string& w : saved->warnings) warn(w);
     fmt::print("wrote {} ({}, {:.1f} KiB)\n", saved->path, model_format_name(saved->format), static_cast<double>(saved->bytes) / 1024.0);
     j["output"] = {{"path", saved->path}, {"format", std::string(model_format_name(saved->format))}, {"bytes", saved->bytes}};
   }

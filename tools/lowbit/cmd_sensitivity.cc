@@ -28,6 +28,12 @@ void run_sensitivity(const SensitivityArgs& a) {
   Result<UnitGranularity> g = parse_granularity(a.granularity);
   if (!g.ok()) fail(kExitUsage, "--granularity: " + g.status().message());
   if (a.windows < 1) fail(kExitUsage, fmt::format("--windows must be >= 1 (got {})", a.windows));
+  const std::vector<NamedPath> inputs = {{"--model", a.model}, {"--calib", a.calib}, {"--tokenizer", a.tokenizer}};
+  check_output("--json", a.json, inputs);
+  std::vector<NamedPath> plot_clashes = inputs;
+  plot_clashes.push_back({"--json", a.json});
+  check_output("--plot", a.plot, plot_clashes);
+  if (!a.json.empty() && a.json == a.plot) fail(kExitUsage, fmt::format("--json and --plot both name '{}'", a.json));
   Result<Model> model = load_model(a.model);
   if (!model.ok()) fail(model.status());
   const LlamaConfig& cfg = model->config;

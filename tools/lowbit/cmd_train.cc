@@ -225,6 +225,17 @@ void run_train(const TrainArgs& a) {
     base = std::move(*m);
     if (tok_path.empty()) tok_path = find_tokenizer(path, base->config.vocab_size, "train");
   }
+  // Outputs, before any of them is written: never a special file, a symlink or an input (issue 21).
+  // -o may name the --resume folder (the run continues there).
+  const std::vector<NamedPath> inputs = {{"--model", a.model}, {"--data", a.data}, {"--tokenizer", tok_path}};
+  check_output("-o", a.out, inputs, /*folder_ok=*/true);
+  std::vector<NamedPath> file_clashes = inputs;
+  file_clashes.push_back({"--resume", a.resume});
+  file_clashes.push_back({"-o", a.out});
+  for (const auto& [flag, path] : {std::pair<std::string_view, const std::string&>{"--log", a.log}, {"--json", a.json}, {"--plot", a.plot}}) {
+    check_output(flag, path, file_clashes);
+    file_clashes.push_back({flag, path});
+  }
   const LlamaConfig cfg = init ? *init : base->config;
   if (init) {
     Result<TrainModel> probe = TrainModel::init(cfg, a.seed, recipes[0]);  // shapes checked before reading data
