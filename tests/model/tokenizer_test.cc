@@ -629,5 +629,31 @@ TEST(GgufTokenizer, UnsupportedModelSaysWhich) {
   fs::remove(path);
 }
 
+// A line longer than SentencePiece's bound (1 MiB without a newline) is a one-line error naming
+// the tokenizer, the line's length and where it starts, not gigabytes of encoder state.
+TEST(TokenizerBounds, SentencePieceRefusesLinesOverOneMiB) {
+  LOWBIT_REQUIRE_FILE(shared_path("models/tok512.model"));
+  auto sp = must_load(shared_path("models/tok512.model"), 512);
+  ASSERT_TRUE(sp);
+  constexpr size_t kLimit = size_t{1} << 20;
+  const std::string line(kLimit + 1, 'a');
+  Result<std::vector<int>> r = sp->encode(line, true, false);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("tok512.model"), std::string::npos) << r.status().message();
+  EXPECT_NE(r.status().message().find(std::to_string(kLimit + 1) + " bytes"), std::string::npos) << r.status().message();
+  EXPECT_EQ(r.status().message().find('\n'), std::string::npos);
+  // The long line after a short one: found where it starts.
+  r = sp->encode("Once upon a time.\n" + line, false, false);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("at byte 18"), std::string::npos) << r.status().message();
+  // Many short lines encode, however long the text (the bound is per line).
+  std::string text;
+  while (text.size() < 64 * 1024) text += "Once upon a time there was a cat.\n";
+  Result<std::vector<int>> ok = sp->encode(text, true, false);
+  ASSERT_TRUE(ok.ok()) << ok.status().message();
+  EXPECT_GT(ok->size(), text.size() / 8);
+}
+
 }  // namespace
 }  // namespace lowbit
