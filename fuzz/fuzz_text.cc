@@ -2,8 +2,7 @@
 // llama2.c tok512.bin when LOWBIT_FUZZ_TOKENIZER names it, else the GGUF named there).
 #include <cstdlib>
 
-#include "fuzz_util.h"
-#include "lowbit/tokenizer.h"
+#include "targets.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const std::unique_ptr<lowbit::Tokenizer> tok = [] {
@@ -12,7 +11,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     auto t = lowbit::load_tokenizer(p);
     return t.ok() ? std::move(*t) : std::unique_ptr<lowbit::Tokenizer>();
   }();
-  if (!tok) return 0;
-  (void)tok->encode(std::string(reinterpret_cast<const char*>(data), size), true, false);
+  if (tok && !lowbit::fuzz::run_text(*tok, data, size)) __builtin_trap();
   return 0;
 }
