@@ -47,6 +47,8 @@ struct SensitivityOptions {
   std::vector<Candidate> candidates{};
   UnitGranularity granularity = UnitGranularity::kTensor;
   std::vector<std::vector<int>> windows{};  // calibration windows of token ids; each is scored in its second half
+  Method method = Method::kRtn;             // how a unit's linears are quantized: rtn | gptq
+  GptqOptions gptq{};                       // with kGptq: on H = Σ xᵀx of the fp32 model's inputs on the windows
   std::function<void(int64_t done, int64_t total)> on_step = nullptr;  // after each (unit, candidate)
 };
 
@@ -63,6 +65,7 @@ struct UnitSensitivity {
 struct SensitivityReport {
   std::vector<Candidate> candidates;
   UnitGranularity granularity = UnitGranularity::kTensor;
+  Method method = Method::kRtn;
   std::vector<UnitSensitivity> units;
   int64_t tokens_scored = 0;
   double ref_ppl = 0;
@@ -72,10 +75,11 @@ struct SensitivityReport {
   std::vector<double> spearman_by_candidate;  // … within each candidate (0 for fp32)
 };
 
-// Measures every unit at every candidate: the unit's linears quantized by RTN (as Linear::quantized
-// runs them), every other linear fp32, the reference logits computed once. `net` must hold fp32
-// linears; it is restored before returning. Errors: no candidates, no windows, a window longer
-// than the context or shorter than 2 tokens.
+// Measures every unit at every candidate: the unit's linears quantized by RTN (or GPTQ, on the
+// Hessian of the fp32 model's inputs on the same windows), every other linear fp32, the reference
+// logits computed once. `net` must hold fp32 linears; it is restored before returning. Errors: no
+// candidates, no windows, a window longer than the context or shorter than 2 tokens, a method
+// other than rtn or gptq, a candidate GPTQ cannot use.
 Result<SensitivityReport> measure_sensitivity(LlamaModel& net, const SensitivityOptions& opt);
 
 // Spearman rank correlation (average ranks for ties); 0 when either side is constant or n < 2.
@@ -136,5 +140,53 @@ std::string sensitivity_json(const SensitivityReport& s);
 // units must name linears of a model with config `c`. Errors name `path` and the field.
 Result<SensitivityReport> parse_sensitivity_json(const std::string& text, const std::string& path, const LlamaConfig& c);
 std::string sensitivity_svg(const SensitivityReport& s, const std::string& title);
+
+// ---- Run-time precision selection (an experiment; docs/results.md says whether it helps) ------
+// A model that holds two precisions of its most sensitive linears — every linear at `low`, a
+// second copy of `high_tensors` at `high` — and picks one per input window from a cheap signal:
+// the mean loss (or entropy) of the low model's predictions on the window's first
+// `probe_tokens` tokens. Windows whose signal exceeds a threshold (set on calibration windows so
+// that `upgrade_fraction` of them go high) are run with the high copies.
+enum class ProbeSignal { kLoss, kEntropy };
+Result<ProbeSignal> parse_probe_signal(std::string_view name);  // loss | entropy
+
+struct DynamicPrecisionOptions {
+  QuantSpec low{};
+  QuantSpec high{};
+  std::vector<std::string> high_tensors{};  // "layers.3.w2", ...: the linears held twice
+  int probe_tokens = 16;
+  ProbeSignal signal = ProbeSignal::kLoss;
+  double upgrade_fraction = 0.25;               // of the calibration windows, sets the threshold
+  std::vector<std::vector<int>> calib{};        // windows the threshold is set on
+};
+struct DynamicTextResult {
+  std::string name;
+  int64_t windows = 0, tokens_scored = 0;   // scored: every token after the probe
+  double kld_low = 0, kld_high = 0;         // mean KL(fp32 ‖ model), nats/token: all windows low, all high
+  double kld_dynamic = 0;                   // … each window at the precision its signal picked
+  double kld_oracle = 0;                    // … the same number of windows upgraded, those with the largest gain
+  double fraction_high = 0;                 // windows the signal sent to the high copies
+  double mean_signal = 0;
+  double signal_gain_spearman = 0;          // rank correlation of a window's signal and its KLD gain (low − high)
+  double seconds_low = 0, seconds_high = 0; // forward of every window, all low / all high
+  double seconds_probe = 0;                 // the probes alone
+  double seconds_dynamic = 0;               // probes + each window at its precision (the probe is recomputed)
+};
+struct DynamicPrecisionReport {
+  double threshold = 0;
+  int64_t low_bytes = 0;          // every linear at `low`
+  int64_t static_high_bytes = 0;  // high_tensors at `high` instead: the static alternative
+  int64_t dynamic_bytes = 0;      // low plus the high copies: what the dynamic model holds
+  std::vector<DynamicTextResult> texts;
+};
+// The k linears with the largest measured ΔKLD at candidate `candidate` of a tensor-granularity
+// report (largest first). Errors: another granularity, an unknown candidate, k < 1.
+Result<std::vector<std::string>> most_sensitive_tensors(const SensitivityReport& s, std::string_view candidate, int k);
+// Runs the experiment on each named set of windows (e.g. easy and hard text) against the fp32
+// model `net` (restored before returning). Errors: no calibration windows, a window not longer
+// than probe_tokens + 1 or longer than the context, a name in high_tensors that is not a linear.
+Result<DynamicPrecisionReport> evaluate_dynamic_precision(
+    LlamaModel& net, const DynamicPrecisionOptions& opt,
+    std::span<const std::pair<std::string, std::vector<std::vector<int>>>> texts);
 
 }  // namespace lowbit

@@ -169,6 +169,10 @@ Result<SensitivityReport> measure_sensitivity(LlamaModel& net, const Sensitivity
   for (const Candidate& cand : opt.candidates) {
     if (cand.spec) LOWBIT_RETURN_IF_ERROR(validate(*cand.spec));
   }
+  if (opt.method != Method::kRtn && opt.method != Method::kGptq) {
+    return InvalidArgument(fmt::format("sensitivity: method {} is not supported (rtn, gptq)", method_name(opt.method)));
+  }
+  const bool gptq = opt.method == Method::kGptq;
   const int L = c.n_layers, V = c.vocab_size;
   const size_t nw = opt.windows.size();
   // The fp32 linears, to restore after each trial.
@@ -180,6 +184,7 @@ Result<SensitivityReport> measure_sensitivity(LlamaModel& net, const Sensitivity
   std::vector<std::vector<std::vector<float>>> xin(static_cast<size_t>(L), std::vector<std::vector<float>>(nw));  // [l][w] (n, dim)
   std::vector<std::vector<double>> sumsq(static_cast<size_t>(L * kSites));  // [l·4 + site] (in)
   std::vector<int64_t> sq_rows(static_cast<size_t>(L * kSites), 0);
+  std::vector<std::vector<double>> hess(gptq ? static_cast<size_t>(L * kSites) : 0);  // [l·4 + site] (in, in) Σ xᵀx
   const LinearInputHook hook = [&](int layer, LinearSlot slot, const float* x, int64_t rows, int64_t cols) {
     if (slot == LinearSlot::kWk || slot == LinearSlot::kWv || slot == LinearSlot::kW3) return;
     const size_t k = static_cast<size_t>(layer * kSites + site_of(slot));
@@ -188,6 +193,17 @@ Result<SensitivityReport> measure_sensitivity(LlamaModel& net, const Sensitivity
     for (int64_t t = 0; t < rows; ++t)
       for (int64_t j = 0; j < cols; ++j) s[static_cast<size_t>(j)] += static_cast<double>(x[t * cols + j]) * x[t * cols + j];
     sq_rows[k] += rows;
+    if (!gptq) return;
+    std::vector<double>& h = hess[k];  // upper triangle accumulated, mirrored after the pass
+    h.resize(static_cast<size_t>(cols * cols), 0.0);
+    for (int64_t t = 0; t < rows; ++t) {
+      const float* xr = x + t * cols;
+      for (int64_t i = 0; i < cols; ++i) {
+        const double xi = xr[i];
+        double* hi = h.data() + i * cols;
+        for (int64_t j = i; j < cols; ++j) hi[j] += xi * xr[j];
+      }
+    }
   };
   std::vector<std::vector<float>> ref_logits(nw);  // [w] (scored rows, vocab)
   std::vector<std::vector<double>> ref_lz(nw);     // [w] (scored rows) log Σ exp
@@ -217,10 +233,16 @@ Result<SensitivityReport> measure_sensitivity(LlamaModel& net, const Sensitivity
     scored += m;
   }
   if (scored == 0) return InvalidArgument("sensitivity: the windows leave no token to score (each needs >= 2 tokens)");
+  for (std::vector<double>& h : hess) {
+    const int64_t n = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(h.size()))));
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < i; ++j) h[static_cast<size_t>(i * n + j)] = h[static_cast<size_t>(j * n + i)];
+  }
 
   SensitivityReport rep;
   rep.candidates = opt.candidates;
   rep.granularity = opt.granularity;
+  rep.method = opt.method;
   rep.tokens_scored = scored;
   rep.ref_ppl = std::exp(ref_nll / static_cast<double>(scored));
   const std::vector<UnitDef> defs = make_units(c, opt.granularity);
@@ -252,10 +274,17 @@ Result<SensitivityReport> measure_sensitivity(LlamaModel& net, const Sensitivity
           continue;
         }
         const auto tq = Clock::now();
-        LOWBIT_ASSIGN_OR_RETURN(QuantizedTensor q, quantize(w, *cand.spec, {.name = linear_name(l, s)}));
+        const size_t k = static_cast<size_t>(l * kSites + site_of(s));
+        Result<QuantizedTensor> qr = gptq ? gptq_quantize(w, hess[k], *cand.spec, opt.gptq, linear_name(l, s))
+                                          : quantize(w, *cand.spec, {.name = linear_name(l, s)});
+        if (!qr.ok()) {
+          net.layers() = std::move(original);
+          net.activation_quant().linear_input = acts;
+          return qr.status();
+        }
+        const QuantizedTensor& q = *qr;
         LOWBIT_ASSIGN_OR_RETURN(Tensor w_hat, Tensor::empty(DType::kF32, {rows, cols}));  // (out, in)
         LOWBIT_RETURN_IF_ERROR(dequantize(q, w_hat.view()));
-        const size_t k = static_cast<size_t>(l * kSites + site_of(s));
         const std::vector<double>& sq = sumsq[k];
         const double inv_rows = sq_rows[k] > 0 ? 1.0 / static_cast<double>(sq_rows[k]) : 0.0;
         const float* a = w.data_as<float>();
@@ -487,6 +516,7 @@ std::string plan_overrides_json(const QuantPlan& plan) {
 std::string sensitivity_json(const SensitivityReport& s) {
   nlohmann::ordered_json j;
   j["granularity"] = std::string(granularity_name(s.granularity));
+  j["method"] = std::string(method_name(s.method));
   nlohmann::ordered_json cands = nlohmann::ordered_json::array();
   for (const Candidate& c : s.candidates) cands.push_back({{"name", c.name}, {"spec", c.spec ? to_string(*c.spec) : "fp32"}});
   j["candidates"] = cands;
@@ -515,6 +545,12 @@ Result<SensitivityReport> parse_sensitivity_json(const std::string& text, const 
   }
   SensitivityReport s;
   LOWBIT_ASSIGN_OR_RETURN(s.granularity, parse_granularity(j["granularity"].get<std::string>()));
+  if (j.contains("method")) {
+    if (!j["method"].is_string()) return bad("method must be a string (rtn, gptq)");
+    Result<Method> m = parse_method(j["method"].get<std::string>());
+    if (!m.ok()) return bad("method: " + m.status().message());
+    s.method = *m;
+  }
   for (const auto& cj : j["candidates"]) {
     if (!cj.is_object() || !cj.contains("spec") || !cj["spec"].is_string() || !cj.contains("name") || !cj["name"].is_string()) {
       return bad("candidates: each needs name and spec strings");

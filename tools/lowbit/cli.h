@@ -92,6 +92,7 @@ void register_generate(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_quantize(CLI::App& app);
 void register_sensitivity(CLI::App& app);
+void register_dynamic(CLI::App& app);
 void register_convert(CLI::App& app);
 void register_kernels(CLI::App& app);
 void register_bench(CLI::App& app);

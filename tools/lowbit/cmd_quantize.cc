@@ -69,7 +69,12 @@ MixedPlan choose_mixed_plan(const QuantizeArgs& a, const Model& model, const std
     if (windows.empty()) fail(kExitUsage, fmt::format("{}: calibration text (split {}) is shorter than one window of {} tokens", a.calib, a.calib_split, ctx));
     LlamaModel net(model);
     std::unique_ptr<Progress> bar;
-    SensitivityOptions so{.candidates = *cands, .granularity = *g, .windows = windows};
+    // GPTQ quantizes the result: the sensitivities are measured with it too (RTN otherwise).
+    SensitivityOptions so{.candidates = *cands, .granularity = *g, .windows = windows,
+                          .method = a.method == "gptq" ? Method::kGptq : Method::kRtn};
+    so.gptq.damp = a.damp;
+    so.gptq.act_order = a.act_order;
+    so.gptq.static_groups = a.static_groups;
     so.on_step = [&](int64_t done, int64_t total) {
       if (done == 1) bar = std::make_unique<Progress>("sensitivity", total);
       bar->advance();

@@ -1,4 +1,4 @@
-// lowbit sensitivity --model M --calib FILE [--candidates S1,S2,…] [--granularity tensor|layer|role]
+// lowbit sensitivity --model M --calib FILE [--candidates S1,S2,…] [--granularity tensor|layer|role] [--method rtn|gptq]
 //                    [--ctx N] [--windows K] [--json out.json] [--plot out.svg]
 // How much each linear (or block, or role) costs when it alone is quantized at each candidate:
 // ΔKLD and ΔPPL against the fp32 model on calibration text, beside the cheap diagonal-Hessian
@@ -18,7 +18,7 @@ namespace lowbit::cli {
 namespace {
 
 struct SensitivityArgs {
-  std::string model, calib, calib_split = "calib", tokenizer, candidates = kDefaultCandidates, granularity = "tensor", json, plot;
+  std::string model, calib, calib_split = "calib", tokenizer, candidates = kDefaultCandidates, granularity = "tensor", method = "rtn", json, plot;
   int ctx = 128, windows = 8;
 };
 
@@ -27,6 +27,10 @@ void run_sensitivity(const SensitivityArgs& a) {
   if (!cands.ok()) fail(kExitUsage, cands.status().message());
   Result<UnitGranularity> g = parse_granularity(a.granularity);
   if (!g.ok()) fail(kExitUsage, "--granularity: " + g.status().message());
+  Result<Method> method = parse_method(a.method);
+  if (!method.ok() || (*method != Method::kRtn && *method != Method::kGptq)) {
+    fail(kExitUsage, fmt::format("--method: '{}' is not rtn or gptq", a.method));
+  }
   if (a.windows < 1) fail(kExitUsage, fmt::format("--windows must be >= 1 (got {})", a.windows));
   const std::vector<NamedPath> inputs = {{"--model", a.model}, {"--calib", a.calib}, {"--tokenizer", a.tokenizer}};
   check_output("--json", a.json, inputs);
@@ -47,7 +51,7 @@ void run_sensitivity(const SensitivityArgs& a) {
 
   LlamaModel net(*model);
   std::unique_ptr<Progress> bar;
-  SensitivityOptions so{.candidates = *cands, .granularity = *g, .windows = windows};
+  SensitivityOptions so{.candidates = *cands, .granularity = *g, .windows = windows, .method = *method};
   so.on_step = [&](int64_t done, int64_t total) {
     if (done == 1) bar = std::make_unique<Progress>("sensitivity", total);
     bar->advance();
@@ -56,8 +60,8 @@ void run_sensitivity(const SensitivityArgs& a) {
   if (bar) bar->finish();
   if (!r.ok()) fail(r.status());
 
-  fmt::print("sensitivity of {} by {} on {} ({} windows of {} tokens, {} scored; reference PPL {:.4f}) in {:.1f} s\n",
-             a.model, a.granularity, a.calib, windows.size(), ctx, r->tokens_scored, r->ref_ppl, r->seconds);
+  fmt::print("sensitivity ({}) of {} by {} on {} ({} windows of {} tokens, {} scored; reference PPL {:.4f}) in {:.1f} s\n",
+             a.method, a.model, a.granularity, a.calib, windows.size(), ctx, r->tokens_scored, r->ref_ppl, r->seconds);
   fmt::print("ΔKLD (nats/token) when the unit alone is quantized, all else fp32; [proxy rank]\n\n| unit | params |");
   for (const Candidate& c : r->candidates) fmt::print(" {} |", c.name);
   fmt::print("\n|---|---:|");
@@ -91,6 +95,7 @@ void register_sensitivity(CLI::App& app) {
   cmd->add_option("--calib-split", a->calib_split, "Part of --calib: calib (first 10% of stories) | eval | all")->default_val("calib");
   cmd->add_option("--candidates", a->candidates, "Comma-separated schemes, specs or fp32")->default_val(kDefaultCandidates);
   cmd->add_option("--granularity", a->granularity, "tensor | layer | role (wq, …, w2 across all blocks)")->default_val("tensor");
+  cmd->add_option("--method", a->method, "rtn | gptq: how each unit is quantized (gptq: on the fp32 inputs' Hessian)")->default_val("rtn");
   cmd->add_option("--ctx", a->ctx, "Window length in tokens (the second half of each is scored)")->default_val(128);
   cmd->add_option("--windows", a->windows, "Calibration windows")->default_val(8);
   cmd->add_option("--tokenizer", a->tokenizer, "Tokenizer (default: the one beside the model)");

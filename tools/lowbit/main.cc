@@ -37,6 +37,7 @@ int main(int argc, char** argv) {
   register_eval(app);
   register_quantize(app);
   register_sensitivity(app);
+  register_dynamic(app);
   register_convert(app);
   register_kernels(app);
   register_bench(app);
