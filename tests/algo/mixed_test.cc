@@ -340,5 +340,30 @@ TEST_F(MixedTiny, DynamicPrecisionErrorsNameWhatIsWrong) {
   EXPECT_FALSE(parse_probe_signal("perplexity").ok());
 }
 
+// Sensitivities measured with GPTQ (on the fp32 inputs' Hessian): an unquantized unit still costs
+// exactly nothing, GPTQ's units cost less in total than RTN's at 3 bits, the method travels
+// through the JSON, and a method other than rtn/gptq is refused.
+TEST_F(MixedTiny, GptqSensitivityIsZeroAtFp32BelowRtnAndRoundTrips) {
+  LlamaModel net(model);
+  const std::vector<Candidate> two = parse_candidates("fp32,w3a16-g64", "c").value();
+  const SensitivityReport rtn = measure_sensitivity(net, {.candidates = two, .windows = calib}).value();
+  const SensitivityReport gptq = measure_sensitivity(net, {.candidates = two, .windows = calib, .method = Method::kGptq}).value();
+  ASSERT_EQ(gptq.units.size(), rtn.units.size());
+  EXPECT_EQ(gptq.method, Method::kGptq);
+  double sum_rtn = 0, sum_gptq = 0;
+  for (size_t i = 0; i < rtn.units.size(); ++i) {
+    EXPECT_EQ(gptq.units[i].dkld[0], 0.0) << gptq.units[i].name;
+    EXPECT_EQ(gptq.units[i].bits, rtn.units[i].bits);
+    EXPECT_NE(gptq.units[i].dkld[1], rtn.units[i].dkld[1]) << gptq.units[i].name;
+    sum_rtn += rtn.units[i].dkld[1];
+    sum_gptq += gptq.units[i].dkld[1];
+  }
+  EXPECT_LT(sum_gptq, sum_rtn);
+  const SensitivityReport back = parse_sensitivity_json(sensitivity_json(gptq), "s.json", model.config).value();
+  EXPECT_EQ(back.method, Method::kGptq);
+  const Status st = measure_sensitivity(net, {.candidates = two, .windows = calib, .method = Method::kAwq}).status();
+  EXPECT_NE(st.message().find("method awq is not supported"), std::string::npos) << st.message();
+}
+
 }  // namespace
 }  // namespace lowbit
