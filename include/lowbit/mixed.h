@@ -120,6 +120,14 @@ struct MixedChoice {
 // target below the cheapest candidate mix names both figures in bits per weight.
 Result<MixedChoice> choose_mix(const SensitivityReport& s, double target_bpw, const KnapsackOptions& opt = {});
 
+// The chosen mix measured instead of predicted: mean KL(reference ‖ quantized) over the same
+// windows and scored tokens as measure_sensitivity (the second half of each window). The additive
+// prediction misses how errors of many units compound (docs/results.md, issue 17); this costs
+// one forward of both models per window. Errors: no windows, a window shorter than 2 tokens or
+// longer than the context, models of different shapes.
+Result<double> mix_kld_on_windows(const LlamaModel& quantized, const LlamaModel& reference,
+                                  const std::vector<std::vector<int>>& windows);
+
 // The plan: make_plan's defaults (norms fp32, embedding / classifier fp16) with each linear at its
 // unit's chosen candidate; the rule column says which unit and its measured ΔKLD.
 Result<QuantPlan> make_mixed_plan(const LlamaConfig& c, const SensitivityReport& s, const MixedChoice& m,

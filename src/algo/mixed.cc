@@ -460,6 +460,48 @@ Result<MixedChoice> choose_mix(const SensitivityReport& s, double target_bpw, co
   return m;
 }
 
+Result<double> mix_kld_on_windows(const LlamaModel& quantized, const LlamaModel& reference,
+                                  const std::vector<std::vector<int>>& windows) {
+  const LlamaConfig& c = reference.config();
+  if (windows.empty()) return InvalidArgument("mix KLD: no windows");
+  if (quantized.config().dim != c.dim || quantized.config().vocab_size != c.vocab_size || quantized.config().n_layers != c.n_layers) {
+    return InvalidArgument("mix KLD: the quantized model and the reference differ in shape");
+  }
+  const int V = c.vocab_size;
+  double kld = 0;
+  int64_t scored = 0;
+  std::vector<float> lq, lr;  // (m, vocab) each
+  for (size_t w = 0; w < windows.size(); ++w) {
+    const int64_t n = static_cast<int64_t>(windows[w].size());
+    if (n < 2 || n > c.seq_len) {
+      return InvalidArgument(fmt::format("mix KLD: window {} has {} tokens; windows hold 2..{}", w, n, c.seq_len));
+    }
+    const int64_t f = n / 2, m = n - 1 - f;  // as measure_sensitivity scores
+    if (m == 0) continue;
+    for (int which = 0; which < 2; ++which) {
+      const LlamaModel& net = which == 0 ? quantized : reference;
+      std::vector<float> x(static_cast<size_t>(n * c.dim));  // (n, dim)
+      LOWBIT_RETURN_IF_ERROR(embed_tokens(net, windows[w], x.data()));
+      for (int l = 0; l < c.n_layers; ++l) LOWBIT_RETURN_IF_ERROR(run_block(net, l, x.data(), n));
+      LOWBIT_RETURN_IF_ERROR(run_head(net, x.data() + f * c.dim, m, which == 0 ? &lq : &lr));
+    }
+    for (int64_t j = 0; j < m; ++j) {
+      const float* q = lq.data() + j * V;
+      const float* r = lr.data() + j * V;
+      const double qz = log_sum_exp(q, V), rz = log_sum_exp(r, V);
+      double kl = 0;
+      for (int v = 0; v < V; ++v) {
+        const double lpr = r[v] - rz, lpq = q[v] - qz;
+        kl += std::exp(lpr) * (lpr - lpq);
+      }
+      kld += std::max(0.0, kl);
+    }
+    scored += m;
+  }
+  if (scored == 0) return InvalidArgument("mix KLD: the windows leave no token to score");
+  return kld / static_cast<double>(scored);
+}
+
 Result<QuantPlan> make_mixed_plan(const LlamaConfig& c, const SensitivityReport& s, const MixedChoice& m,
                                   const std::optional<QuantSpec>& activations) {
   if (m.choice.size() != s.units.size()) {

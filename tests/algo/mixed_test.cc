@@ -193,7 +193,12 @@ TEST_F(MixedTiny, OneUnitPredictionEqualsItsMeasurement) {
     }
     EXPECT_NEAR(kld / static_cast<double>(n), m.predicted_kld, 1e-9 + 1e-5 * m.predicted_kld) << s.units[unit].name;
     EXPECT_GT(m.predicted_kld, 0.0);
+    // mix_kld_on_windows measures the same figure directly (same windows, same scored tokens).
+    const double measured = mix_kld_on_windows(q, net, calib).value();
+    EXPECT_NEAR(measured, kld / static_cast<double>(n), 1e-9 + 1e-6 * measured) << s.units[unit].name;
   }
+  EXPECT_EQ(mix_kld_on_windows(net, net, calib).value(), 0.0);  // the reference against itself
+  EXPECT_FALSE(mix_kld_on_windows(net, net, {}).ok());
 }
 
 TEST_F(MixedTiny, BudgetChoiceAndPlanRoundTrip) {

@@ -49,10 +49,15 @@ struct MixedPlan {
   QuantPlan plan;
   MixedChoice choice;
   SensitivityReport sens;
+  std::vector<std::vector<int>> windows;  // the calibration windows (when --calib is given)
 };
 MixedPlan choose_mixed_plan(const QuantizeArgs& a, const Model& model, const std::optional<QuantSpec>& acts, const Tokenizer* tok) {
   const LlamaConfig& cfg = model.config;
   Result<SensitivityReport> sens = InvalidArgument("unset");
+  std::vector<std::vector<int>> windows;
+  if (!a.calib.empty()) {
+    windows = split_windows(tokenize_stories(*tok, a.calib, a.calib_split), std::min(a.eval_ctx, cfg.seq_len), a.sens_windows);
+  }
   if (!a.sensitivity.empty()) {
     Result<std::string> text = read_file(a.sensitivity);
     if (!text.ok()) fail(text.status());
@@ -65,7 +70,6 @@ MixedPlan choose_mixed_plan(const QuantizeArgs& a, const Model& model, const std
     if (!g.ok()) fail(kExitUsage, "--granularity: " + g.status().message());
     if (a.calib.empty()) fail(kExitUsage, "quantize: --target-bpw measures sensitivity on --calib FILE (or give --sensitivity sens.json)");
     const int ctx = std::min(a.eval_ctx, cfg.seq_len);
-    const std::vector<std::vector<int>> windows = split_windows(tokenize_stories(*tok, a.calib, a.calib_split), ctx, a.sens_windows);
     if (windows.empty()) fail(kExitUsage, fmt::format("{}: calibration text (split {}) is shorter than one window of {} tokens", a.calib, a.calib_split, ctx));
     LlamaModel net(model);
     std::unique_ptr<Progress> bar;
@@ -87,7 +91,7 @@ MixedPlan choose_mixed_plan(const QuantizeArgs& a, const Model& model, const std
   if (!m.ok()) fail(kExitUsage, m.status().message());
   Result<QuantPlan> plan = make_mixed_plan(cfg, *sens, *m, acts);
   if (!plan.ok()) fail(kExitUsage, plan.status().message());
-  return {std::move(*plan), std::move(*m), std::move(*sens)};
+  return {std::move(*plan), std::move(*m), std::move(*sens), std::move(windows)};
 }
 
 void run_quantize(const QuantizeArgs& a) {
@@ -155,7 +159,7 @@ void run_quantize(const QuantizeArgs& a) {
   const LlamaConfig& cfg = model->config;
   std::unique_ptr<Tokenizer> tok;
   std::string tok_path;
-  const bool needs_text = *method != Method::kRtn || !a.eval_text.empty() || !a.out.empty() || (mixed && a.sensitivity.empty());
+  const bool needs_text = *method != Method::kRtn || !a.eval_text.empty() || !a.out.empty() || (mixed && (a.sensitivity.empty() || !a.calib.empty()));
   if (needs_text) {
     tok_path = a.tokenizer.empty() ? find_tokenizer(a.model, cfg.vocab_size, "quantize") : a.tokenizer;
     Result<std::unique_ptr<Tokenizer>> t = load_tokenizer(tok_path, cfg.vocab_size);
@@ -280,6 +284,14 @@ void run_quantize(const QuantizeArgs& a) {
     j["knapsack_exact"] = mix->choice.knapsack.exact;
     j["sensitivity_seconds"] = mix->sens.seconds;
     j["sensitivity_tokens"] = mix->sens.tokens_scored;
+    if (!mix->windows.empty()) {  // the chosen mix measured on the calibration windows (no additivity assumed)
+      LlamaModel reference(*model);
+      Result<double> k = mix_kld_on_windows(net, reference, mix->windows);
+      if (!k.ok()) fail(k.status());
+      j["measured_calib_kld"] = *k;
+      fmt::print("mix: predicted KLD {:.6f} (sum of units), measured {:.6f} on the {} calibration windows\n", mix->choice.predicted_kld, *k,
+                 mix->windows.size());
+    }
   }
   fmt::print("quantized {} with {} in {:.2f} s: {:.3f} bits per weight (linear weights, scales included), {:.1f} KiB\n",
              a.model, label, rep->seconds, size.bpw_total(), static_cast<double>(size.total_bytes()) / 1024.0);
@@ -329,6 +341,10 @@ void run_quantize(const QuantizeArgs& a) {
       fmt::print("predicted KLD {:.6f} (calibration split) vs realized {:.6f} (evaluation split): ratio {:.3f}\n", p, r->kld_mean,
                  r->kld_mean > 0 ? p / r->kld_mean : 0.0);
       j["realized_kld"] = r->kld_mean;
+      if (j.contains("measured_calib_kld")) {
+        const double mk = j["measured_calib_kld"].get<double>();
+        fmt::print("measured on calibration {:.6f} vs realized {:.6f}: ratio {:.3f}\n", mk, r->kld_mean, r->kld_mean > 0 ? mk / r->kld_mean : 0.0);
+      }
     }
     j["eval"] = {{"text", a.eval_text}, {"split", a.eval_split}, {"ppl", r->ppl},       {"ref_ppl", r->ref_ppl},
                  {"delta_ppl", r->delta_ppl}, {"delta_ppl_se", r->delta_ppl_se}, {"kld_mean", r->kld_mean},
