@@ -226,8 +226,9 @@ void run_train(const TrainArgs& a) {
     if (tok_path.empty()) tok_path = find_tokenizer(path, base->config.vocab_size, "train");
   }
   // Outputs, before any of them is written: never a special file, a symlink or an input (issue 21).
-  // -o may name the --resume folder (the run continues there).
-  const std::vector<NamedPath> inputs = {{"--model", a.model}, {"--data", a.data}, {"--tokenizer", tok_path}};
+  // -o may name the --resume folder (the run continues there, rewriting the tokenizer found in it).
+  const std::vector<NamedPath> inputs = {{"--model", a.model}, {"--data", a.data},
+                                         {"--tokenizer", a.resume.empty() ? tok_path : a.tokenizer}};
   check_output("-o", a.out, inputs, /*folder_ok=*/true);
   std::vector<NamedPath> file_clashes = inputs;
   file_clashes.push_back({"--resume", a.resume});
