@@ -116,10 +116,17 @@ class TrainModel {
   Result<float> forward(std::span<const int> inputs, std::span<const int> targets, int B, int T);
   // Adds the gradient of grad_scale · (mean loss of the last forward) into grads().
   Status backward(float grad_scale);
+  // Adds the gradient of a loss whose gradient w.r.t. the last forward's logits is `dlogits`
+  // (B·T, vocab) into grads() (distillation losses, include/lowbit/qat.h).
+  Status backward_from_logits(std::span<const float> dlogits);
+  // QAT: the forward and dgrad GEMMs of parameter `index` read `w` (its shape; nullptr: the
+  // parameter itself) — the fake-quantized weight; the wgrad still lands in grads().
+  void set_weight_override(size_t index, const float* w);
   void zero_grad();
   // Per-token losses (B·T) and logits (B·T, vocab) of the last forward.
   std::span<const float> losses() const;
   std::span<const float> logits() const;
+  std::span<const float> probs() const;  // softmax of logits() (B·T, vocab)
   // Bytes the last forward kept for the backward (activations, probabilities, cached GEMM inputs).
   int64_t saved_activation_bytes() const;
   // Of those, the linear inputs cached for the wgrad GEMMs (fp32 or fwd_x codes + scales).
@@ -132,10 +139,12 @@ class TrainModel {
   struct Acts;
   TrainModel() = default;
   void layout();
+  Status backward_impl(float grad_scale, std::span<const float> dlogits);
   LlamaConfig cfg_;
   TrainRecipe recipe_;
   std::vector<ParamInfo> info_;
   std::vector<float> params_, grads_;
+  std::vector<const float*> weight_override_;  // (params) QAT: set_weight_override
   std::unique_ptr<Acts> acts_;
 };
 

@@ -188,6 +188,13 @@ void TrainModel::zero_grad() { std::fill(grads_.begin(), grads_.end(), 0.0f); }
 
 std::span<const float> TrainModel::losses() const { return acts_->losses; }
 std::span<const float> TrainModel::logits() const { return acts_->logits; }
+std::span<const float> TrainModel::probs() const { return acts_->probs; }
+
+void TrainModel::set_weight_override(size_t index, const float* w) {
+  LOWBIT_CHECK(index < info_.size(), "set_weight_override: parameter index out of range");
+  weight_override_.resize(info_.size(), nullptr);
+  weight_override_[index] = w;
+}
 
 namespace {
 
@@ -293,6 +300,9 @@ Result<float> TrainModel::forward(std::span<const int> inputs, std::span<const i
 
   const float* P = params_.data();
   auto W = [&](size_t idx) { return P + info_[idx].offset; };
+  auto Wf = [&](size_t idx) {  // what the forward GEMM reads (QAT: the fake-quantized weight)
+    return idx < weight_override_.size() && weight_override_[idx] ? weight_override_[idx] : W(idx);
+  };
   const GemmOperandSpecs& g = recipe_.gemm;
   std::map<std::string, AmaxHistory>& hist = a.hist;
 
@@ -313,7 +323,7 @@ Result<float> TrainModel::forward(std::span<const int> inputs, std::span<const i
   // y (N, out) = xq · Wᵀ with W quantized as fwd_w.
   auto gemm = [&](const float* xq, size_t widx, int in, int out, float* y, const GemmOperandSpecs& g) -> Status {
     if (recipe_.kernel_accumulation && &g != &fp32_gemm) return kernel_gemm(*recipe_.kernel_accumulation, a.x.data(), N, W(widx), out, in, y);
-    LOWBIT_ASSIGN_OR_RETURN(const float* w, operand(hist, recipe_, W(widx), out, in, g.fwd_w, info_[widx].name + ".w", a.wq));
+    LOWBIT_ASSIGN_OR_RETURN(const float* w, operand(hist, recipe_, Wf(widx), out, in, g.fwd_w, info_[widx].name + ".w", a.wq));
     train::matmul_forward(y, xq, w, N, in, out);
     return OkStatus();
   };
@@ -368,7 +378,10 @@ Result<float> TrainModel::forward(std::span<const int> inputs, std::span<const i
   return static_cast<float>(sum / static_cast<double>(N));
 }
 
-Status TrainModel::backward(float grad_scale) {
+Status TrainModel::backward(float grad_scale) { return backward_impl(grad_scale, {}); }
+Status TrainModel::backward_from_logits(std::span<const float> dlogits) { return backward_impl(1.0f, dlogits); }
+
+Status TrainModel::backward_impl(float grad_scale, std::span<const float> given_dlogits) {
   const LlamaConfig& c = cfg_;
   Acts& a = *acts_;
   if (a.N == 0) return InvalidArgument("train: backward() before forward()");
@@ -379,6 +392,9 @@ Status TrainModel::backward(float grad_scale) {
   float* G = grads_.data();
   auto W = [&](size_t idx) { return P + info_[idx].offset; };
   auto dW = [&](size_t idx) { return G + info_[idx].offset; };
+  auto Wf = [&](size_t idx) {  // what the forward GEMM read
+    return idx < weight_override_.size() && weight_override_[idx] ? weight_override_[idx] : W(idx);
+  };
   std::map<std::string, AmaxHistory>& hist = a.hist;
   const int64_t wide = std::max<int64_t>({C, H, V});
   const float* dlogits_ptr = nullptr;  // set below: marks the classifier's backward
@@ -401,7 +417,7 @@ Status TrainModel::backward(float grad_scale) {
     const GemmOperandSpecs& g = head && !recipe_.quantize_classifier ? fp32_gemm : recipe_.gemm;
     const std::string& name = info_[widx].name;
     LOWBIT_ASSIGN_OR_RETURN(const float* dyq, operand(hist, recipe_, dy, N, out, g.dgrad_dy, name + ".dy", a.dyq));
-    LOWBIT_ASSIGN_OR_RETURN(const float* wq, operand(hist, recipe_, W(widx), out, in, g.dgrad_w, name + ".w", a.wq));
+    LOWBIT_ASSIGN_OR_RETURN(const float* wq, operand(hist, recipe_, Wf(widx), out, in, g.dgrad_w, name + ".w", a.wq));
     if (dx && recipe_.kernel_accumulation && &g != &fp32_gemm) {
       // dX (N, in) = dY (N, out) · W: the kernel's y = x · Bᵀ with B = Wᵀ (in, out).
       grow(a.dtmp, N * in);
@@ -422,10 +438,17 @@ Status TrainModel::backward(float grad_scale) {
   };
 
   // Loss: mean over N tokens, times grad_scale.
-  std::vector<float> dloss(static_cast<size_t>(N), grad_scale / static_cast<float>(N));
   std::vector<float> dlogits(static_cast<size_t>(N * V), 0.0f);  // (N, V)
+  if (given_dlogits.empty()) {
+    std::vector<float> dloss(static_cast<size_t>(N), grad_scale / static_cast<float>(N));
+    train::crossentropy_backward(dlogits.data(), a.probs.data(), a.targets.data(), dloss.data(), N, V);
+  } else {
+    if (static_cast<int64_t>(given_dlogits.size()) != N * V) {
+      return InvalidArgument(fmt::format("train: {} logit gradients for a forward of {} x {}", given_dlogits.size(), N, V));
+    }
+    std::copy(given_dlogits.begin(), given_dlogits.end(), dlogits.begin());
+  }
   dlogits_ptr = dlogits.data();
-  train::crossentropy_backward(dlogits.data(), a.probs.data(), a.targets.data(), dloss.data(), N, V);
   const size_t cls = c.shared_classifier ? 0 : info_.size() - 1;
   const size_t fnorm = layer_param(L, kAttnNorm);
   float* dln = a.dx.data();  // (N, C) gradient of a norm's output

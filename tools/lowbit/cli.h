@@ -97,6 +97,7 @@ void register_convert(CLI::App& app);
 void register_kernels(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_train(CLI::App& app);
+void register_qat(CLI::App& app);
 // Adds `bench model` under the `bench` command register_bench makes.
 void register_bench_model(CLI::App& bench);
 

@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
   register_kernels(app);
   register_bench(app);
   register_train(app);
+  register_qat(app);
 
   // `formats encode` takes raw values (see cmd_formats.cc); CLI11 would treat a "--" that
   // follows FORMAT as the end of the subcommand, so hand it over as a marker instead.
