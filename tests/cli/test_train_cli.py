@@ -74,10 +74,15 @@ with tempfile.TemporaryDirectory() as d:
     # --compare: one row per recipe and an SVG naming both.
     svg = os.path.join(d, "c.svg")
     cj = os.path.join(d, "c.json")
-    p = run(*BASE, "--steps", "2", "--compare", "fp32,fp8-blockwise", "--plot", svg, "--json", cj)
+    one_val = [*BASE[:10], "1", *BASE[11:]]  # --val-windows 1: the validation forward has another batch size
+    check(BASE[9] == "--val-windows", "BASE layout")
+    p = run(*one_val, "--steps", "2", "--compare", "fp32,fp8-blockwise", "--plot", svg, "--json", cj)
     check(p.returncode == 0, f"--compare: {p.stderr}")
     rows = json.load(open(cj))
     check([r["recipe"] for r in rows] == ["fp32", "fp8-blockwise"], f"--compare --json rows: {rows}")
+    # Bytes per token of a training micro-batch: fp32 keeps every linear input (dim 16: wq/wk/wv, wo,
+    # w1/w3 inputs; hidden 24: w2's; the classifier's 16) as 4-byte floats.
+    check(rows[0]["cached_linear_input_bytes_per_token"] == (3 * 16 + 24 + 16) * 4, f"fp32 cached bytes/token: {rows[0]}")
     # Peak RSS is each recipe's own (the high-water mark is reset before each one) on Linux.
     check(all(r["peak_rss_scope"] == "recipe" and r["peak_rss_mib"] > 0 for r in rows), f"per-recipe peak RSS: {rows}")
     check("| fp32 |" in p.stdout and "| fp8-blockwise |" in p.stdout, f"--compare table: {p.stdout}")

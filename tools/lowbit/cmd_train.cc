@@ -170,6 +170,11 @@ RunSummary run_one(const TrainArgs& a, const TrainRecipe& recipe, const std::opt
                                      out.empty() ? "" : " in " + out));
     }
     tokens_run += int64_t{a.batch} * a.ctx * a.accum;
+    // Bytes per token of what a training micro-batch saves (before a validation forward of another
+    // batch size replaces them).
+    const int64_t toks = int64_t{a.batch} * a.ctx;
+    sum.cached_bytes_per_token = tr->model().cached_linear_input_bytes() / toks;
+    sum.saved_bytes_per_token = tr->model().saved_activation_bytes() / toks;
     losses.push_back(e->loss);
     sum.curve.train.emplace_back(e->step, e->loss);
     nlohmann::json j = {{"recipe", recipe.name}, {"step", e->step}, {"loss", json_value(e->loss)}, {"lr", e->lr},
@@ -206,9 +211,6 @@ RunSummary run_one(const TrainArgs& a, const TrainRecipe& recipe, const std::opt
   sum.skipped = tr->optimizer().skipped_steps();
   sum.peak_rss = vm_hwm_mib();
   sum.rss_per_recipe = rss_reset;
-  const int64_t toks = int64_t{a.batch} * a.ctx;
-  sum.cached_bytes_per_token = tr->model().cached_linear_input_bytes() / toks;
-  sum.saved_bytes_per_token = tr->model().saved_activation_bytes() / toks;
   return sum;
 }
 
