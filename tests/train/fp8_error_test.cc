@@ -1,5 +1,5 @@
 // How far each FP8 GEMM of fp8-blockwise moves a real training step: stories260K (genuinely
-// trained fp32) on TinyStories text, the gradient of one batch under fp32 against recipes that
+// trained fp32) on 256 tokens of TinyStories text, the gradient of one batch under fp32 against recipes that
 // quantize ONE of the three GEMMs (forward, dgrad, wgrad) and against the whole recipe. With
 // only wgrad quantized, each weight's gradient error IS that GEMM's error on real tensors (dY and
 // X are exact), so it is checked against what E4M3 (3 mantissa bits, RNE: relative rounding error
@@ -43,7 +43,7 @@ double rel_l2(std::span<const float> a, std::span<const float> b) {
 
 class Fp8Error : public ::testing::Test {
  protected:
-  static constexpr int kB = 4, kT = 128;  // 512 tokens: wgrad's K spans four 128-token tiles
+  static constexpr int kB = 2, kT = 128;  // 256 tokens: wgrad's K spans two 128-token tiles
 
   void SetUp() override {
     const std::string root = std::string(LOWBIT_SOURCE_DIR) + "/../shared/";
@@ -118,9 +118,9 @@ TEST_F(Fp8Error, EachGemmOnRealTrainingTensorsIsWithinE4m3Bounds) {
     std::printf("%-14s loss %+.2e  logits %.2e  weight grads median %.3f max %.3f (%s)\n", name, e.loss_rel, e.logits_rel,
                 e.grad_median, e.grad_max, e.worst.c_str());
   }
-  // Measured (stories260K, 512 tokens): wgrad only max 0.040, dgrad only 0.100 (its error compounds
-  // down the layers), forward only logits 0.039 and loss 1.2e-3, the whole recipe 0.31, bf16 0.023.
-  // wgrad alone is one GEMM over 512 tokens: two operands at ≈3.6% RMS each give ≈5% per product.
+  // Measured (stories260K, 256 tokens): wgrad only max 0.045, dgrad only 0.116 (its error compounds
+  // down the layers), forward only logits 0.040 and loss 2.4e-3, the whole recipe 0.35, bf16 0.028.
+  // wgrad alone is one GEMM over 256 tokens: two operands at ≈3.6% RMS each give ≈5% per product.
   EXPECT_LT(wgrad.grad_max, 0.06);
   EXPECT_EQ(wgrad.loss_rel, 0.0);  // the forward is untouched
   EXPECT_LT(dgrad.grad_max, 0.15);
