@@ -87,6 +87,17 @@ Status gemm_a8_w8(const PackedWeights& w, const int8_t* a, int64_t m, int64_t ld
 // The op matmul runs for `opt` on these weights (resolves kAuto), or an error.
 Result<KernelOp> resolve_op(const PackedWeights& w, const MatmulOptions& opt);
 
+// The wgrad GEMM of FP8 training (DeepSeek-V3): dw (n, k) += dyᵀ · x over K = m tokens, with dy
+// (m, n) row stride lddy and x (m, k) row stride ldx quantized here to e4m3 in 1×128 tiles along
+// the token axis (128 tokens × 1 feature in their (tokens, features) layout; absmax / 448 per
+// tile, saturating RNE), each 128-token partial sum promoted into the fp32 result with both
+// tiles' scales. opt.fp8_accum selects the emulated accumulators instead (scalar, any ISA).
+// Deterministic for any thread count. Errors name the bad shape or stride.
+Status gemm_fp8_wgrad(const float* dy, int64_t lddy, const float* x, int64_t ldx, int64_t m, int64_t n, int64_t k, float* dw,
+                      int64_t lddw, const MatmulOptions& opt = {});
+// The kernel gemm_fp8_wgrad runs under the active ISA: "gemm_fp8_wgrad128_f32__avx2".
+std::string wgrad_kernel_name(const MatmulOptions& opt = {});
+
 // Registry. Names carry the contract: gemm_a8_w4g128_f32__avx2.
 struct KernelInfo {
   std::string name;

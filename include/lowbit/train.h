@@ -46,8 +46,9 @@ enum class ScaleMode : uint8_t {
   kDelayed,  // per-tensor scales from an amax history of earlier steps (Transformer Engine)
 };
 
-// Forward and dgrad GEMMs through the kernel registry's gemm_fp8_block (e4m3 1x128 tiles x
-// 128x128 blocks) with this accumulation: the promotion experiment of docs/kernels.md in training.
+// All three GEMMs through the kernel registry — forward and dgrad by gemm_fp8_block (e4m3 1x128
+// tiles x 128x128 blocks), wgrad by gemm_fp8_wgrad (1x128 tiles of dY and X along the tokens) —
+// with this accumulation: the promotion experiment of docs/kernels.md in training.
 struct KernelAccumulation {
   Fp8Accumulation mode = Fp8Accumulation::kPromoted;
   int bits = 14;  // significand bits of the emulated accumulator
@@ -65,12 +66,12 @@ struct TrainRecipe {
   // The classifier (output head) GEMMs follow the recipe; else they stay fp32 (DeepSeek-V3 keeps
   // the embedding and the output head in their original precision).
   bool quantize_classifier = false;
-  // Set: forward and dgrad run gemm_fp8_block from the kernel registry (wgrad as above).
+  // Set: the three GEMMs of the block linears run through the kernel registry (see above).
   std::optional<KernelAccumulation> kernel_accumulation{};
 };
 
 // fp32, bf16, fp8-tensor-delayed, fp8-blockwise, fp8-seed, and fp8-blockwise-kernel /
-// fp8-blockwise-noprom (forward and dgrad through gemm_fp8_block, FP32 promotion on / off).
+// fp8-blockwise-noprom (all three GEMMs through the kernel registry, FP32 promotion on / off).
 std::span<const TrainRecipe> train_recipes();
 // InvalidArgument naming the recipe and listing the known ones.
 Result<TrainRecipe> find_recipe(std::string_view name);

@@ -54,6 +54,11 @@ struct Microkernels {
   // y[p*16 + j] = fma(Σ_{k<kc} xa[k] · e4m3(code_p[k, j]), scale, y[p*16 + j]), the sum an FMA chain in K
   // order from 0: exactly fp8_decode then fp8_tile with mr = 1, without the fp32 block in memory.
   void (*fp8_gemv)(const uint8_t* codes, int64_t pstride, int np, const float* xa, int64_t kc, float scale, float* y);
+  // fp8_tile with a scale per row AND per column (the wgrad GEMM: both operands in tiles along
+  // K = tokens): for rows i < mr (<= 6), p_j = Σ_{k<kc} xa_i[k] · ws[k, j] (an FMA chain in K order
+  // from 0), then y_i[j] = fma(p_j, row_scale[i] · col_scale[j], y_i[j]), j < 16.
+  void (*fp8_tile_cs)(int mr, const float* xa, int64_t ldxa, const float* ws, int64_t kc, const float* row_scale,
+                      const float* col_scale, float* y, int64_t ldy);
 };
 
 const Microkernels& scalar_microkernels();

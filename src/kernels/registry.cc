@@ -545,6 +545,8 @@ std::vector<KernelInfo> available_kernels() {
     }
     out.push_back({kernel_name(KernelOp::kGemmFp8Block, WeightKind::kE4m3Block, 128, isa), KernelOp::kGemmFp8Block, isa,
                    "e4m3 1x128 activation tiles x e4m3 128x128 weight blocks, fp32 promotion every 128 of K"});
+    out.push_back({fmt::format("gemm_fp8_wgrad128_f32__{}", isa_name(isa)), KernelOp::kGemmFp8Block, isa,
+                   "wgrad dYT x X: e4m3 1x128 tiles of both along K = tokens, fp32 promotion every 128 tokens"});
     // Attention over a quantized KV cache (kv_attention.h); listed with the op they replace nothing of.
     for (KvCode c : {KvCode::kInt8, KvCode::kInt4, KvCode::kUint4, KvCode::kE4m3, KvCode::kE5m2}) {
       out.push_back({kv_kernel_name(true, c, isa), KernelOp::kAuto, isa,

@@ -431,6 +431,11 @@ Status TrainModel::backward_impl(float grad_scale, std::span<const float> given_
     } else if (dx) {
       train::matmul_backward<float>(dx, nullptr, dyq, nullptr, wq, N, in, out);
     }
+    if (recipe_.kernel_accumulation && &g != &fp32_gemm && all_finite(dy, N * out) && all_finite(x, N * in)) {
+      // dW (out, in) += dYᵀ · X: gemm_fp8_wgrad quantizes both to e4m3 in 128-token tiles itself.
+      const KernelAccumulation& acc = *recipe_.kernel_accumulation;
+      return gemm_fp8_wgrad(dy, out, x, in, N, out, in, dW(widx), in, {.fp8_accum = acc.mode, .accum_bits = acc.bits});
+    }
     LOWBIT_ASSIGN_OR_RETURN(const float* dy2, operand(hist, recipe_, dy, N, out, g.wgrad_dy, name + ".dy_wgrad", a.dy2));
     LOWBIT_ASSIGN_OR_RETURN(const float* xq, operand(hist, recipe_, x, N, in, g.wgrad_x, name + ".x_wgrad", a.xq));
     train::matmul_backward<float>(nullptr, dW(widx), dy2, xq, nullptr, N, in, out);

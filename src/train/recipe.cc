@@ -40,17 +40,17 @@ std::vector<TrainRecipe> make_recipes() {
                  .cache_quantized_inputs = true});
   }
   {
-    // The same through the kernel registry's gemm_fp8_block for forward and dgrad: with FP32
-    // promotion every 128 of K, and without (one 14-bit accumulator over all of K, the H800
-    // behaviour the DeepSeek-V3 report measures); emulated, scalar, so slow.
+    // The same through the kernel registry: gemm_fp8_block for forward and dgrad, gemm_fp8_wgrad
+    // for wgrad; with FP32 promotion every 128 of K, and without (one 14-bit accumulator over all
+    // of K, the H800 behaviour the DeepSeek-V3 report measures; emulated, scalar, so slow).
     const QuantSpec tile = spec("e4m3:block1x128"), col = spec("e4m3:block128x1"), blk = spec("e4m3:block128x128");
     r.push_back({.name = "fp8-blockwise-kernel",
-                 .description = "fp8-blockwise with forward and dgrad run by gemm_fp8_block128_f32 (kernel registry, FP32 promotion)",
+                 .description = "fp8-blockwise with all three GEMMs run by the kernel registry (gemm_fp8_block128_f32 forward and dgrad, gemm_fp8_wgrad128_f32 wgrad; FP32 promotion)",
                  .gemm = {tile, blk, tile, blk, col, col},
                  .cache_quantized_inputs = true,
                  .kernel_accumulation = KernelAccumulation{Fp8Accumulation::kPromoted, 14}});
     r.push_back({.name = "fp8-blockwise-noprom",
-                 .description = "fp8-blockwise with forward and dgrad accumulated in one emulated 14-bit accumulator over all of K (no FP32 promotion)",
+                 .description = "fp8-blockwise with all three GEMMs accumulated in one emulated 14-bit accumulator over all of K (no FP32 promotion)",
                  .gemm = {tile, blk, tile, blk, col, col},
                  .cache_quantized_inputs = true,
                  .kernel_accumulation = KernelAccumulation{Fp8Accumulation::kLimitedUnpromoted, 14}});
@@ -91,7 +91,7 @@ std::string describe_recipe(const TrainRecipe& r) {
   s += fmt::format("  scales   {}\n", r.scaling == ScaleMode::kDelayed ? fmt::format("delayed (amax history of {} steps)", r.amax_history_len)
                                                                         : std::string(g.fwd_x ? "online (from the tensor itself)" : "none"));
   if (r.kernel_accumulation) {
-    s += fmt::format("  forward and dgrad GEMMs: gemm_fp8_block from the kernel registry, {}\n",
+    s += fmt::format("  all three GEMMs from the kernel registry (gemm_fp8_block forward and dgrad, gemm_fp8_wgrad wgrad), {}\n",
                      r.kernel_accumulation->mode == Fp8Accumulation::kPromoted ? std::string("fp32 promotion every 128 of K")
                      : fmt::format("emulated {}-bit accumulator{}", r.kernel_accumulation->bits,
                                    r.kernel_accumulation->mode == Fp8Accumulation::kLimitedPromoted ? ", promoted every 128 of K" : " over all of K (no promotion)"));

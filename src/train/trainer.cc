@@ -29,7 +29,28 @@ uint64_t mix(uint64_t x) {
 }
 
 constexpr char kStateMagic[4] = {'L', 'B', 'T', 'S'};
-constexpr uint32_t kStateVersion = 1;
+constexpr uint32_t kStateVersion = 2;  // 2: the run's flags and training data (run_signature)
+
+// What a bit-exact resume needs to be the same run: every flag that changes the arithmetic of a
+// step (by its CLI name) and a hash of the training tokens (--data / --tokenizer). Validation
+// flags (--val-windows, --eval-every) and outputs may change. One "flag value" per line.
+std::string run_signature(const TrainOptions& o, const std::vector<int>& train) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a 64 over the token ids
+  for (int t : train) {
+    for (int b = 0; b < 4; ++b) {
+      h ^= (static_cast<uint32_t>(t) >> (8 * b)) & 0xFF;
+      h *= 1099511628211ull;
+    }
+  }
+  const LossScaleOptions& ls = o.loss_scale;
+  return fmt::format(
+      "--steps {}\n--batch {}\n--ctx {}\n--accum {}\n--lr {}\n--warmup {}\nmin-lr-ratio {}\n--clip {}\n--weight-decay {}\n"
+      "--bf16-moments {}\n--loss-scale {}\n--seed {}\n--data {} training tokens, hash {:016x}\n",
+      o.steps, o.batch, o.ctx, o.accum, o.lr, o.warmup, o.min_lr_ratio, o.clip, o.weight_decay, o.bf16_moments,
+      ls.dynamic ? fmt::format("dynamic (start {}, growth every {}, min {})", ls.scale, ls.growth_interval, ls.min_scale)
+                 : fmt::format("{}", ls.scale),
+      o.seed, train.size(), h);
+}
 
 }  // namespace
 
@@ -173,6 +194,7 @@ std::string Trainer::serialize_state() const {
   put_str(model_.recipe().name);
   put_str(model_.serialize_scaling());
   put_str(opt_.serialize());
+  put_str(run_signature(o_, train_));
   return s;
 }
 
@@ -184,7 +206,7 @@ Status Trainer::restore_state(std::string_view b, const std::string& name) {
   int64_t step = 0;
   std::memcpy(&ver, b.data() + off, 4);
   off += 4;
-  if (ver != kStateVersion) return bad(fmt::format("version {}, expected {}", ver, kStateVersion));
+  if (ver != kStateVersion && ver != 1) return bad(fmt::format("version {}, expected 1 or {}", ver, kStateVersion));
   std::memcpy(&step, b.data() + off, 8);
   off += 8;
   auto get_str = [&](std::string_view* out) -> bool {
@@ -197,10 +219,28 @@ Status Trainer::restore_state(std::string_view b, const std::string& name) {
     off += n;
     return true;
   };
-  std::string_view recipe, scaling, optim;
-  if (!get_str(&recipe) || !get_str(&scaling) || !get_str(&optim) || off != b.size()) return bad("truncated or corrupt");
+  std::string_view recipe, scaling, optim, signature;
+  if (!get_str(&recipe) || !get_str(&scaling) || !get_str(&optim) || (ver >= 2 && !get_str(&signature)) || off != b.size()) {
+    return bad("truncated or corrupt");
+  }
   if (recipe != model_.recipe().name) {
     return InvalidArgument(fmt::format("{}: trained with recipe {}; resume it with --recipe {}", name, recipe, recipe));
+  }
+  if (ver >= 2) {  // version 1 states carry no flags: nothing to compare
+    const std::string mine = run_signature(o_, train_);
+    size_t a = 0, c = 0;
+    while (a < signature.size() && c < mine.size()) {
+      const size_t ea = signature.find('\n', a), ec = mine.find('\n', c);
+      const std::string_view theirs = signature.substr(a, ea - a), ours = std::string_view(mine).substr(c, ec - c);
+      if (theirs != ours) {
+        const size_t sp = ours.find(' ');
+        return InvalidArgument(fmt::format("{}: {} is '{}' here but '{}' in the checkpoint; resume with the flags (and data) the run was started with",
+                                           name, ours.substr(0, sp), ours.substr(sp + 1), theirs.substr(std::min(theirs.size(), sp + 1))));
+      }
+      a = ea == std::string_view::npos ? signature.size() : ea + 1;
+      c = ec == std::string::npos ? mine.size() : ec + 1;
+    }
+    if (a < signature.size() || c < mine.size()) return bad("truncated or corrupt run flags");
   }
   if (step < 0) return bad("negative step");
   LOWBIT_RETURN_IF_ERROR(model_.deserialize_scaling(scaling, name));

@@ -73,8 +73,18 @@ with tempfile.TemporaryDirectory() as d:
 
     # --compare: one row per recipe and an SVG naming both.
     svg = os.path.join(d, "c.svg")
-    p = run(*BASE, "--steps", "2", "--compare", "fp32,fp8-blockwise", "--plot", svg)
+    cj = os.path.join(d, "c.json")
+    one_val = [*BASE[:10], "1", *BASE[11:]]  # --val-windows 1: the validation forward has another batch size
+    check(BASE[9] == "--val-windows", "BASE layout")
+    p = run(*one_val, "--steps", "2", "--compare", "fp32,fp8-blockwise", "--plot", svg, "--json", cj)
     check(p.returncode == 0, f"--compare: {p.stderr}")
+    rows = json.load(open(cj))
+    check([r["recipe"] for r in rows] == ["fp32", "fp8-blockwise"], f"--compare --json rows: {rows}")
+    # Bytes per token of a training micro-batch: fp32 keeps every linear input (dim 16: wq/wk/wv, wo,
+    # w1/w3 inputs; hidden 24: w2's; the classifier's 16) as 4-byte floats.
+    check(rows[0]["cached_linear_input_bytes_per_token"] == (3 * 16 + 24 + 16) * 4, f"fp32 cached bytes/token: {rows[0]}")
+    # Peak RSS is each recipe's own (the high-water mark is reset before each one) on Linux.
+    check(all(r["peak_rss_scope"] == "recipe" and r["peak_rss_mib"] > 0 for r in rows), f"per-recipe peak RSS: {rows}")
     check("| fp32 |" in p.stdout and "| fp8-blockwise |" in p.stdout, f"--compare table: {p.stdout}")
     check(os.path.exists(svg) and "fp8-blockwise" in open(svg).read() and "<polyline" in open(svg).read(), "--compare SVG")
 
@@ -96,7 +106,16 @@ with tempfile.TemporaryDirectory() as d:
     div = os.path.join(d, "div")
     p = run(*BASE, "--steps", "2", "-o", div)
     check(p.returncode == 0, f"train before diverging: {p.stderr}")
-    p = run("train", "--resume", div, *BASE[3:-2], "--lr", "1e30", "--clip", "0", "--steps", "6", "--save-every", "1", "-o", div)
+    # --resume refuses flags that differ from the run's (one line naming the flag, exit 2, nothing written).
+    p = run("train", "--resume", div, *BASE[3:-2], "--lr", "1e30", "--steps", "2", "-o", div)
+    check(p.returncode == 2 and "--lr" in p.stderr and "checkpoint" in p.stderr and len(p.stderr.strip().splitlines()) == 1,
+          f"--resume with another --lr: exit {p.returncode} ({p.stderr.strip()})")
+    p = run("train", "--resume", div, *BASE[3:], "--steps", "3", "-o", div)
+    check(p.returncode == 2 and "--steps" in p.stderr, f"--resume with another --steps: exit {p.returncode} ({p.stderr.strip()})")
+    p = run("train", "--resume", div, *BASE[3:], "--recipe", "bf16", "--steps", "2", "-o", div)
+    check(p.returncode == 2 and "recipe" in p.stderr, f"--resume with another --recipe: exit {p.returncode} ({p.stderr.strip()})")
+    # Continuing the weights as a new run (--model) with an absurd learning rate diverges.
+    p = run("train", "--model", div, *BASE[3:-2], "--lr", "1e30", "--clip", "0", "--steps", "6", "--save-every", "1", "-o", div)
     check(p.returncode == 1, f"diverged run: exit {p.returncode}, expected 1 ({p.stderr.strip()})")
     check("step" in p.stderr and "diverged" in p.stderr, f"divergence named: {p.stderr.strip()}")
     check("intact" in p.stderr, f"mentions the intact checkpoint: {p.stderr.strip()}")

@@ -98,6 +98,37 @@ TEST(Trainer, ResumeReproducesTheNextLossesBitForBit) {
   }
 }
 
+// A checkpoint resumes only the run it came from: another flag or other training data is refused
+// by name (the same flags are accepted, above; validation windows may change).
+TEST(Trainer, ResumeRefusesOtherFlagsAndData) {
+  const TrainOptions o = options({}, false);
+  Trainer t = make("fp32", o);
+  ASSERT_TRUE(t.step().ok());
+  const fs::path dir = fs::temp_directory_path() / fmt::format("lowbit_resume_flags_{}", ::getpid());
+  ASSERT_TRUE(save_checkpoint(t, dir.string(), "").ok());
+  const Model m = load_model(dir.string()).value();
+  auto resume = [&](const TrainOptions& o2, std::vector<int> train) {
+    TrainModel tm = TrainModel::from_model(m, find_recipe("fp32").value()).value();
+    Trainer r = Trainer::create(std::move(tm), o2, std::move(train), tokens(100, 2)).value();
+    const Status s = load_train_state(r, dir.string());
+    return s.ok() ? std::string() : s.message();
+  };
+  TrainOptions v = o;
+  v.val_windows = 2;
+  EXPECT_EQ(resume(v, tokens(400, 1)), "");
+  TrainOptions lr = o;
+  lr.lr = 1e-3f;
+  EXPECT_NE(resume(lr, tokens(400, 1)).find("--lr is '0.001' here but '0.005' in the checkpoint"), std::string::npos) << resume(lr, tokens(400, 1));
+  TrainOptions ls = o;
+  ls.loss_scale = {.dynamic = true, .scale = 1024.0f};
+  EXPECT_NE(resume(ls, tokens(400, 1)).find("--loss-scale"), std::string::npos);
+  TrainOptions bf = o;
+  bf.bf16_moments = true;
+  EXPECT_NE(resume(bf, tokens(400, 1)).find("--bf16-moments"), std::string::npos);
+  EXPECT_NE(resume(o, tokens(400, 7)).find("--data"), std::string::npos);
+  fs::remove_all(dir);
+}
+
 TEST(Trainer, LossFallsOnLearnableTokens) {
   Trainer t = make("fp32", options({}, false));
   const double v0 = t.validation_loss().value();

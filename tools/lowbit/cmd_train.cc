@@ -6,6 +6,8 @@
 // Trains a Llama on the stories of FILE (first 10% skipped: PTQ calibration text; last 10%
 // validation) under a precision recipe; writes a checkpoint eval/generate/quantize load and
 // `train --resume` continues bit-exactly. --compare trains each recipe from the same seed and data.
+#include <malloc.h>
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -84,9 +86,32 @@ std::vector<int> tokenize(const Tokenizer& tok, const std::vector<std::string>& 
 struct RunSummary {
   std::string recipe;
   double final_train = NAN, final_val = NAN, tok_s = 0, peak_rss = 0;
+  bool rss_per_recipe = false;  // peak_rss is this recipe's (reset before it), else the process's
   int64_t steps = 0, tokens = 0, skipped = 0, cached_bytes_per_token = 0, saved_bytes_per_token = 0;
   LossCurve curve;
 };
+
+// Peak RSS per recipe: before each recipe the freed heap goes back to the OS (malloc_trim) and the
+// kernel's high-water mark is reset to the current RSS (/proc/self/clear_refs "5", Linux >= 4.0);
+// after it VmHWM is that recipe's peak, counting what the process holds across recipes (the text,
+// its tokens, the tokenizer). Where the reset is refused the figure is the process's peak so far
+// and peak_rss_scope says "process".
+bool reset_peak_rss() {
+  ::malloc_trim(0);
+  std::FILE* f = std::fopen("/proc/self/clear_refs", "w");
+  if (f == nullptr) return false;
+  const bool ok = std::fputs("5", f) >= 0;
+  return std::fclose(f) == 0 && ok;
+}
+
+double vm_hwm_mib() {
+  Result<std::string> st = read_file("/proc/self/status");
+  if (st.ok()) {
+    const size_t p = st->find("VmHWM:");
+    if (p != std::string::npos) return std::strtod(st->c_str() + p + 6, nullptr) / 1024.0;  // kB
+  }
+  return peak_rss_mib();
+}
 
 bool progress_on() {
   const char* e = std::getenv("LOWBIT_NO_PROGRESS");
@@ -96,6 +121,7 @@ bool progress_on() {
 RunSummary run_one(const TrainArgs& a, const TrainRecipe& recipe, const std::optional<LlamaConfig>& init, const Model* base,
                    const std::vector<int>& train_tok, const std::vector<int>& val_tok, const std::string& tok_path,
                    const std::string& out, AtomicFile* log) {
+  const bool rss_reset = reset_peak_rss();
   Result<TrainModel> tm = init ? TrainModel::init(*init, a.seed, recipe) : TrainModel::from_model(*base, recipe);
   if (!tm.ok()) fail(tm.status());
   TrainOptions o;
@@ -144,6 +170,11 @@ RunSummary run_one(const TrainArgs& a, const TrainRecipe& recipe, const std::opt
                                      out.empty() ? "" : " in " + out));
     }
     tokens_run += int64_t{a.batch} * a.ctx * a.accum;
+    // Bytes per token of what a training micro-batch saves (before a validation forward of another
+    // batch size replaces them).
+    const int64_t toks = int64_t{a.batch} * a.ctx;
+    sum.cached_bytes_per_token = tr->model().cached_linear_input_bytes() / toks;
+    sum.saved_bytes_per_token = tr->model().saved_activation_bytes() / toks;
     losses.push_back(e->loss);
     sum.curve.train.emplace_back(e->step, e->loss);
     nlohmann::json j = {{"recipe", recipe.name}, {"step", e->step}, {"loss", json_value(e->loss)}, {"lr", e->lr},
@@ -178,10 +209,8 @@ RunSummary run_one(const TrainArgs& a, const TrainRecipe& recipe, const std::opt
   sum.tokens = tokens_run;
   sum.tok_s = tokens_run / std::max(secs, 1e-9);
   sum.skipped = tr->optimizer().skipped_steps();
-  sum.peak_rss = peak_rss_mib();
-  const int64_t toks = int64_t{a.batch} * a.ctx;
-  sum.cached_bytes_per_token = tr->model().cached_linear_input_bytes() / toks;
-  sum.saved_bytes_per_token = tr->model().saved_activation_bytes() / toks;
+  sum.peak_rss = vm_hwm_mib();
+  sum.rss_per_recipe = rss_reset;
   return sum;
 }
 
@@ -297,7 +326,8 @@ void run_train(const TrainArgs& a) {
     nlohmann::json j = nlohmann::json::array();
     for (const RunSummary& s : runs) {
       j.push_back({{"recipe", s.recipe}, {"final_train_loss", json_value(s.final_train)}, {"final_val_loss", json_value(s.final_val)},
-                   {"tokens_per_s", s.tok_s}, {"peak_rss_mib", s.peak_rss}, {"steps", s.steps}, {"tokens", s.tokens},
+                   {"tokens_per_s", s.tok_s}, {"peak_rss_mib", s.peak_rss},
+                   {"peak_rss_scope", s.rss_per_recipe ? "recipe" : "process"}, {"steps", s.steps}, {"tokens", s.tokens},
                    {"skipped_steps", s.skipped}, {"cached_linear_input_bytes_per_token", s.cached_bytes_per_token},
                    {"saved_activation_bytes_per_token", s.saved_bytes_per_token}, {"parameters", params}});
     }

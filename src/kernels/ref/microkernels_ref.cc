@@ -113,6 +113,17 @@ void fp8_tile(int mr, const float* xa, int64_t ldxa, const float* ws, int64_t kc
   }
 }
 
+void fp8_tile_cs(int mr, const float* xa, int64_t ldxa, const float* ws, int64_t kc, const float* row_scale,
+                 const float* col_scale, float* y, int64_t ldy) {
+  for (int i = 0; i < mr; ++i) {
+    for (int j = 0; j < kFp8Nr; ++j) {
+      float p = 0.0f;
+      for (int64_t k = 0; k < kc; ++k) p = std::fma(xa[i * ldxa + k], ws[k * kFp8Nr + j], p);
+      y[i * ldy + j] = std::fma(p, row_scale[i] * col_scale[j], y[i * ldy + j]);
+    }
+  }
+}
+
 void fp8_gemv(const uint8_t* codes, int64_t pstride, int np, const float* xa, int64_t kc, float scale, float* y) {
   for (int p = 0; p < np; ++p) {
     for (int j = 0; j < kFp8Nr; ++j) {
@@ -126,7 +137,7 @@ void fp8_gemv(const uint8_t* codes, int64_t pstride, int np, const float* xa, in
 }  // namespace
 
 const Microkernels& scalar_microkernels() {
-  static const Microkernels k{Isa::kScalar, a8w8_tile, a8w4_tile, a16w4_tile, fp8_decode, fp8_tile, fp8_gemv};
+  static const Microkernels k{Isa::kScalar, a8w8_tile, a8w4_tile, a16w4_tile, fp8_decode, fp8_tile, fp8_gemv, fp8_tile_cs};
   return k;
 }
 

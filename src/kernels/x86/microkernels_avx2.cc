@@ -332,6 +332,43 @@ void fp8_tile(int mr, const float* xa, int64_t ldxa, const float* ws, int64_t kc
   }
 }
 
+template <int MR>
+void fp8_tile_cs_impl(const float* xa, int64_t ldxa, const float* ws, int64_t kc, const float* row_scale,
+                      const float* col_scale, float* y, int64_t ldy) {
+  __m256 c[MR][2];
+  #pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) c[i][0] = c[i][1] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(ws + k * kFp8Nr), b1 = _mm256_loadu_ps(ws + k * kFp8Nr + 8);
+    #pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const __m256 a = _mm256_broadcast_ss(xa + i * ldxa + k);
+      c[i][0] = _mm256_fmadd_ps(a, b0, c[i][0]);
+      c[i][1] = _mm256_fmadd_ps(a, b1, c[i][1]);
+    }
+  }
+  const __m256 cs0 = _mm256_loadu_ps(col_scale), cs1 = _mm256_loadu_ps(col_scale + 8);
+  #pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    const __m256 rs = _mm256_set1_ps(row_scale[i]);
+    float* yi = y + i * ldy;
+    _mm256_storeu_ps(yi, _mm256_fmadd_ps(c[i][0], _mm256_mul_ps(rs, cs0), _mm256_loadu_ps(yi)));
+    _mm256_storeu_ps(yi + 8, _mm256_fmadd_ps(c[i][1], _mm256_mul_ps(rs, cs1), _mm256_loadu_ps(yi + 8)));
+  }
+}
+
+void fp8_tile_cs(int mr, const float* xa, int64_t ldxa, const float* ws, int64_t kc, const float* row_scale,
+                 const float* col_scale, float* y, int64_t ldy) {
+  switch (mr) {
+    case 1: return fp8_tile_cs_impl<1>(xa, ldxa, ws, kc, row_scale, col_scale, y, ldy);
+    case 2: return fp8_tile_cs_impl<2>(xa, ldxa, ws, kc, row_scale, col_scale, y, ldy);
+    case 3: return fp8_tile_cs_impl<3>(xa, ldxa, ws, kc, row_scale, col_scale, y, ldy);
+    case 4: return fp8_tile_cs_impl<4>(xa, ldxa, ws, kc, row_scale, col_scale, y, ldy);
+    case 5: return fp8_tile_cs_impl<5>(xa, ldxa, ws, kc, row_scale, col_scale, y, ldy);
+    default: return fp8_tile_cs_impl<6>(xa, ldxa, ws, kc, row_scale, col_scale, y, ldy);
+  }
+}
+
 // NP panels side by side: 2·NP independent FMA chains (one panel alone is latency-bound).
 template <int NP>
 void fp8_gemv_impl(const uint8_t* codes, int64_t pstride, const float* xa, int64_t kc, float scale, float* y) {
@@ -370,7 +407,7 @@ void fp8_gemv(const uint8_t* codes, int64_t pstride, int np, const float* xa, in
 }  // namespace
 
 const Microkernels& avx2_microkernels() {
-  static const Microkernels k{Isa::kAvx2, a8w8_tile, a8w4_tile, a16w4_tile, fp8_decode, fp8_tile, fp8_gemv};
+  static const Microkernels k{Isa::kAvx2, a8w8_tile, a8w4_tile, a16w4_tile, fp8_decode, fp8_tile, fp8_gemv, fp8_tile_cs};
   return k;
 }
 
