@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "lowbit/model.h"
 #include "lowbit/safetensors.h"
 #include "lowbit/status.h"
 
@@ -41,5 +42,25 @@ struct ShardedCheckpoint {
 Result<ShardedCheckpoint> open_sharded(const std::string& index_path);
 // One unsharded file seen through the same interface.
 ShardedCheckpoint single_file_checkpoint(SafetensorsFile f);
+// A Hugging Face folder's config.json and weights (the index and its shards, or model.safetensors),
+// mapped, nothing converted.
+struct HfCheckpoint {
+  LlamaConfig config;
+  ShardedCheckpoint weights;
+  DType stored = DType::kF32;  // the dtype of the first block's q_proj (what the shards mostly hold)
+};
+Result<HfCheckpoint> open_hf_checkpoint(const std::string& dir);
+// Every tensor a Llama of `config` needs, present with the shape config.json implies and an
+// F32 / F16 / BF16 dtype (lm_head optional), before anything is converted or written. Errors
+// name the shard (or index) and the tensor.
+Status check_llama_tensors(const HfCheckpoint& ck);
+// One weight as an owned f32 tensor of `shape` (the stored F32 / F16 / BF16 converted); with
+// permute_head_dim > 0, q/k rows reordered from Hugging Face's rotate-half layout to the
+// interleaved pairs load_safetensors gives. Errors name the shard and the tensor.
+Result<Tensor> load_f32(const ShardedCheckpoint& ck, const std::string& name, const std::vector<int64_t>& shape,
+                        int64_t permute_head_dim = 0);
+// Drops the mapped pages of a tensor from this process (they stay in the page cache): a streamed
+// reader calls it once the tensor is converted, so resident memory stays one block.
+void release_pages(const ShardedCheckpoint& ck, const std::string& name);
 
 }  // namespace lowbit

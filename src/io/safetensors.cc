@@ -593,6 +593,8 @@ class WeightLoader {
 
 }  // namespace
 
+Result<LlamaConfig> parse_hf_llama_config(const std::string& path) { return parse_llama_config(path); }
+
 Result<Model> load_safetensors(const std::string& path_or_dir) {
   std::error_code ec;
   fs::path dir, weights;
