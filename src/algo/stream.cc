@@ -149,14 +149,17 @@ QuantPlan plan_without(const QuantPlan& p, std::initializer_list<std::string_vie
 
 }  // namespace
 
+// Allocator arenas, output and checkpoint buffers, thread stacks: a margin, not a measured part.
+constexpr int64_t kStreamMargin = int64_t{64} << 20;
+
 int64_t StreamMemory::peak() const {
-  return std::max(block_stored + block_f32 + statistics + gptq + activations, rest) + base;
+  return std::max(block_stored + block_f32 + statistics + gptq + activations, rest) + base + kStreamMargin;
 }
 
 std::string StreamMemory::formula() const {
   const auto mib = [](int64_t b) { return static_cast<double>(b) / (1 << 20); };
   return fmt::format(
-      "peak = max(block, rest) + base = {:.0f} MiB\n"
+      "peak = max(block, rest) + base + 64 MiB margin = {:.0f} MiB\n"
       "  block = stored block {:.0f} + 2 x f32 block {:.0f} + statistics {:.0f} + GPTQ factor and copies {:.0f} + "
       "calibration activations {:.0f} = {:.0f} MiB\n"
       "  rest  = embedding / classifier step {:.0f} MiB\n"
@@ -293,6 +296,7 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
   }
 
   // The rest: embedding (+ final norm) and the classifier, one at a time, in the last shard.
+  bool classifier_stored = false;  // what config.json's tie_word_embeddings must say
   {
     Model m = skeleton(c);
     LOWBIT_RETURN_IF_ERROR(adopt(m, ck, "model.embed_tokens.weight", {c.vocab_size, c.dim}, &m.weights.tok_embeddings, &rep.bytes_read));
@@ -309,6 +313,7 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
     po.residual = nullptr;
     po.on_layer = nullptr;
     LOWBIT_RETURN_IF_ERROR(quantize_model(net, po).status());
+    classifier_stored = untied || net.classifier().quant() != nullptr;
     const std::string emb_path = (work / (shard_name(L, n_shards) + ".emb")).string();
     LOWBIT_RETURN_IF_ERROR(save_safetensors_shard(net, emb_path, L, L, true, !untied, opt.save).status());
   }
@@ -354,7 +359,7 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
                                            json({{"metadata", {{"total_size", total}}}, {"weight_map", wm}}).dump(2) + "\n"));
   {
     Model m = skeleton(c);
-    m.config.shared_classifier = !((!c.shared_classifier && ck.weights.file_of("lm_head.weight") != nullptr));
+    m.config.shared_classifier = !classifier_stored;
     static const float one = 0.0f;
     const int64_t shape[2] = {1, 1};
     m.weights.classifier = ConstTensorView(&one, DType::kF32, std::span<const int64_t>(shape, 2));
