@@ -66,6 +66,15 @@ struct PipelineOptions {
   double smooth_alpha = 0.5;              // SmoothQuant migration strength α
   float outlier_threshold = 6.0f;         // LLM.int8(): |x| above which an input column stays fp16
   std::function<void(int layer, int layers)> on_layer = nullptr;  // after each block
+  // Streaming (stream.h): quantize only blocks [first_block, end_block) (-1: to the last) and,
+  // without `embeddings`, leave the embedding and classifier alone. When
+  // `residual` is set, it is the calibration residual stream entering first_block (one
+  // (tokens, dim) vector per window, instead of embedding the windows), and on return the
+  // stream leaving the range.
+  int first_block = 0;
+  int end_block = -1;
+  bool embeddings = true;
+  std::vector<std::vector<float>>* residual = nullptr;
 };
 
 struct LinearReport {

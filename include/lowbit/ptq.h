@@ -42,6 +42,8 @@ struct GptqOptions {
   bool act_order = false;      // columns by decreasing diag(H)
   bool static_groups = false;  // group scales from the original weights, fixed before any update
   int max_damp_retries = 4;    // not positive definite: retry with 10x the damping, this many times
+  bool f64_factor = false;     // H⁻¹'s factor by the double solve + second Cholesky (slow reference); else
+                               // one Cholesky + triangular inverse in float (double where float fails)
 };
 struct GptqStats {
   double damp = 0;          // the damping fraction that worked

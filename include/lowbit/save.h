@@ -77,4 +77,13 @@ struct TokenizerVocab {
 // is <unk>, ids 3..258 the byte pieces). Errors name the file.
 Result<TokenizerVocab> read_tokenizer_vocab(const std::string& path);
 
+// Streamed saves (stream.h) write a safetensors folder shard by shard. One shard holds blocks
+// [first, end) of `net` (blocks outside the range may be empty), with `embedding` the embedding
+// and final norm, with `classifier` the classifier (when stored: untied or quantized), named,
+// row-ordered and laid out as save_model's model.safetensors; written atomically to `path`.
+Result<SaveReport> save_safetensors_shard(const LlamaModel& net, const std::string& path, int first, int end, bool embedding,
+                                          bool classifier, const SaveOptions& opt);
+// config.json and the tokenizer a safetensors save puts beside its weights, into the folder `dir`.
+Status save_safetensors_sidecar(const LlamaModel& net, const std::string& dir, const SaveOptions& opt);
+
 }  // namespace lowbit

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <numeric>
+#include <type_traits>
 
 #include <fmt/format.h>
 
@@ -21,6 +22,83 @@ namespace {
 
 using MatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using MatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// L (n, n) lower triangular, inverted in place (strict upper part must be zero): recursive
+// halves, L21 ← −L22⁻¹ L21 L11⁻¹ through two triangular-matrix products, n³/3 flops in all —
+// a third of a triangular solve against the identity.
+template <class M>
+void invert_lower(Eigen::Ref<M> L) {
+  const int64_t n = L.rows();
+  if (n <= 64) {
+    M inv = M::Identity(n, n);
+    L.template triangularView<Eigen::Lower>().solveInPlace(inv);
+    L = inv;
+    return;
+  }
+  const int64_t n1 = n / 2, n2 = n - n1;
+  invert_lower<M>(L.topLeftCorner(n1, n1));
+  invert_lower<M>(L.bottomRightCorner(n2, n2));
+  const M t = L.bottomLeftCorner(n2, n1) * L.topLeftCorner(n1, n1).template triangularView<Eigen::Lower>();  // (n2, n1)
+  L.bottomLeftCorner(n2, n1).noalias() = -(L.bottomRightCorner(n2, n2).template triangularView<Eigen::Lower>() * t);
+}
+
+// U (C, C): the upper Cholesky factor of (P H Pᵀ + λI)⁻¹, i.e. Uᵀ U = H_p⁻¹, where P is the
+// column order `perm` and `diag` replaces H's diagonal. With J the order reversal, Cholesky
+// J H_p J = L Lᵀ gives H_p = V Vᵀ with V = J L J upper, so U = V⁻¹ = J L⁻¹ J: one Cholesky
+// and one triangular inverse (2/3 C³ flops) instead of the reference's solve against the
+// identity and second Cholesky (3 C³). Scalar T = float unless `f64` (GPTQ's reference
+// implementations factor in float too); false when the matrix is not positive definite.
+template <class T>
+bool inverse_factor_as(std::span<const double> hessian, std::span<const double> diag, std::span<const int64_t> perm,
+                       double lambda, MatF& u) {
+  using M = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const int64_t C = static_cast<int64_t>(perm.size());
+  M a(C, C);  // (C, C) J H_p J + λI, then L, then L⁻¹, then U
+  parallel_for(0, C, 64, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t pi = perm[static_cast<size_t>(C - 1 - i)];
+      const double* hr = hessian.data() + pi * C;
+      for (int64_t j = 0; j < C; ++j) a(i, j) = static_cast<T>(hr[perm[static_cast<size_t>(C - 1 - j)]]);
+      a(i, i) = static_cast<T>(diag[static_cast<size_t>(pi)] + lambda);
+    }
+  });
+  Eigen::LLT<Eigen::Ref<M>> llt(a);  // in place: L in the lower triangle
+  if (llt.info() != Eigen::Success) return false;
+  a.template triangularView<Eigen::StrictlyUpper>().setZero();
+  invert_lower<M>(a);
+  a.reverseInPlace();
+  if constexpr (std::is_same_v<T, float>) {
+    u = std::move(a);
+  } else {
+    u = a.template cast<float>();
+  }
+  return u.allFinite();
+}
+
+// The pre-issue-15 path, kept as the reference GptqOptions::f64_factor selects: H_p⁻¹ by a
+// double solve against the identity, then its Cholesky.
+bool reference_inverse_factor(std::span<const double> hessian, std::span<const double> diag, std::span<const int64_t> perm,
+                              double lambda, MatF& u) {
+  const int64_t C = static_cast<int64_t>(perm.size());
+  MatD hd(C, C);
+  for (int64_t i = 0; i < C; ++i) {
+    for (int64_t j = 0; j < C; ++j) hd(i, j) = hessian[static_cast<size_t>(perm[static_cast<size_t>(i)] * C + perm[static_cast<size_t>(j)])];
+    hd(i, i) = diag[static_cast<size_t>(perm[static_cast<size_t>(i)])] + lambda;
+  }
+  Eigen::LLT<MatD> llt(hd);
+  if (llt.info() != Eigen::Success) return false;
+  const MatD hinv = llt.solve(MatD::Identity(C, C));
+  Eigen::LLT<MatD> llt2(hinv);
+  if (llt2.info() != Eigen::Success) return false;
+  u = MatD(llt2.matrixU()).cast<float>();
+  return u.allFinite();
+}
+
+bool gptq_inverse_factor(std::span<const double> hessian, std::span<const double> diag, std::span<const int64_t> perm,
+                         double lambda, bool f64_reference, MatF& u) {
+  if (f64_reference) return reference_inverse_factor(hessian, diag, perm, lambda, u);
+  return inverse_factor_as<float>(hessian, diag, perm, lambda, u) || inverse_factor_as<double>(hessian, diag, perm, lambda, u);
+}
 
 }  // namespace
 
@@ -99,12 +177,15 @@ Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double>
   // Whatever RTN refuses (a scale its format cannot hold, e.g. fp16 for 1e30 weights) GPTQ
   // refuses too, with the same message, instead of writing scales that silently underflow.
   if (Result<QuantizedTensor> rtn = quantize(w, spec, {.name = std::string(name)}); !rtn.ok()) return rtn.status();
-  MatD H = Eigen::Map<const MatD>(hessian.data(), C, C);
+  Eigen::Map<const MatD> H(hessian.data(), C, C);
   if (!H.allFinite()) return InvalidArgument(fmt::format("{}: the calibration Hessian has NaN/Inf (non-finite activations)", name));
+  // Inputs never active (diag H = 0) get diag 1 and zero weights.
+  std::vector<double> diag(static_cast<size_t>(C));
   int64_t dead = 0;
   for (int64_t i = 0; i < C; ++i) {
+    diag[static_cast<size_t>(i)] = H(i, i);
     if (H(i, i) == 0.0) {
-      H(i, i) = 1.0;
+      diag[static_cast<size_t>(i)] = 1.0;
       W0.col(i).setZero();
       ++dead;
     }
@@ -114,31 +195,23 @@ Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double>
   std::vector<int64_t> perm(static_cast<size_t>(C));
   std::iota(perm.begin(), perm.end(), 0);
   if (opt.act_order) {
-    std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) { return H(a, a) > H(b, b); });
+    std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) { return diag[static_cast<size_t>(a)] > diag[static_cast<size_t>(b)]; });
   }
   std::vector<int64_t> pos_of(static_cast<size_t>(C));
   for (int64_t p = 0; p < C; ++p) pos_of[static_cast<size_t>(perm[static_cast<size_t>(p)])] = p;
-  MatD Hp(C, C);
-  for (int64_t i = 0; i < C; ++i)
-    for (int64_t j = 0; j < C; ++j) Hp(i, j) = H(perm[static_cast<size_t>(i)], perm[static_cast<size_t>(j)]);
   MatF Wp(R, C);
   for (int64_t p = 0; p < C; ++p) Wp.col(p) = W0.col(perm[static_cast<size_t>(p)]);
 
-  // U: upper Cholesky factor of H⁻¹ (Uᵀ U = H⁻¹), with damping retried upwards.
-  const double mean_diag = Hp.diagonal().mean();
+  // U: upper Cholesky factor of H⁻¹ (Uᵀ U = H⁻¹), with damping retried upwards; float first,
+  // double where float fails (see gptq_inverse_factor).
+  double mean_diag = 0;
+  for (double d : diag) mean_diag += d;
+  mean_diag /= static_cast<double>(std::max<int64_t>(1, C));
   double damp = opt.damp;
   MatF U;
   bool ok = false;
   for (int attempt = 0; attempt <= opt.max_damp_retries && !ok; ++attempt, damp *= 10) {
-    MatD Hd = Hp;
-    Hd.diagonal().array() += damp * mean_diag;
-    Eigen::LLT<MatD> llt(Hd);
-    if (llt.info() != Eigen::Success) continue;
-    const MatD Hinv = llt.solve(MatD::Identity(C, C));
-    Eigen::LLT<MatD> llt2(Hinv);
-    if (llt2.info() != Eigen::Success) continue;
-    U = MatD(llt2.matrixU()).cast<float>();
-    ok = U.allFinite();
+    ok = gptq_inverse_factor(hessian, diag, perm, damp * mean_diag, opt.f64_factor, U);
     if (ok) break;
   }
   if (!ok) {
@@ -167,31 +240,41 @@ Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double>
     for (int64_t gc = 0; gc < grid.grid_cols; ++gc) LOWBIT_RETURN_IF_ERROR(fix_group(gc, true));
   }
 
+  // Lazy batches of B columns. Within a batch, columns run in segments that need no new group
+  // parameters; each segment is one parallel pass over rows, every row walking the segment's
+  // columns (quantize, spread the error over the batch's later columns). A group is fixed at a
+  // segment's start, when every row has taken the updates of all earlier columns — the state
+  // the column-at-a-time order sees. The rest of the matrix takes the batch's errors in one GEMM.
   const int64_t B = opt.block_size;
+  constexpr int64_t kRowGrain = 16;  // rows per parallel chunk (results do not depend on it)
   MatF Err(R, B);
+  auto group_of = [&](int64_t p) { return perm[static_cast<size_t>(p)] / grid.block_cols; };
   for (int64_t i1 = 0; i1 < C; i1 += B) {
     const int64_t i2 = std::min(C, i1 + B), cnt = i2 - i1;
-    for (int64_t p = i1; p < i2; ++p) {
-      const int64_t c = perm[static_cast<size_t>(p)];
-      const int64_t gc = c / grid.block_cols;
-      if (!fixed[static_cast<size_t>(gc)]) LOWBIT_RETURN_IF_ERROR(fix_group(gc, false));
-      const float d = U(p, p);
-      parallel_for(0, R, std::max<int64_t>(1, 8192 / std::max<int64_t>(1, i2 - p)), [&](int64_t r0, int64_t r1) {
+    for (int64_t p0 = i1; p0 < i2;) {
+      if (!fixed[static_cast<size_t>(group_of(p0))]) LOWBIT_RETURN_IF_ERROR(fix_group(group_of(p0), false));
+      int64_t p1 = p0 + 1;
+      while (p1 < i2 && fixed[static_cast<size_t>(group_of(p1))]) ++p1;
+      parallel_for(0, R, kRowGrain, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
-          const size_t b = static_cast<size_t>((r / grid.block_rows) * grid.grid_cols + gc);
-          const float s = out.scales[b];
-          const int32_t z = spec.symmetric ? 0 : out.zero_points[b];
-          const float x = Wp(r, p);
-          const uint32_t code = quantize_value(spec, x, s, z);
-          const float qv = dequantize_value(spec, code, s, z);
-          set_code(out, r, c, code);
-          const float e = (x - qv) / d;
-          Err(r, p - i1) = e;
           float* wr = &Wp(r, 0);
-          const float* ur = &U(p, 0);
-          for (int64_t j = p + 1; j < i2; ++j) wr[j] -= e * ur[j];
+          for (int64_t p = p0; p < p1; ++p) {
+            const int64_t c = perm[static_cast<size_t>(p)];
+            const size_t b = static_cast<size_t>((r / grid.block_rows) * grid.grid_cols + c / grid.block_cols);
+            const float s = out.scales[b];
+            const int32_t z = spec.symmetric ? 0 : out.zero_points[b];
+            const float x = wr[p];
+            const uint32_t code = quantize_value(spec, x, s, z);
+            const float qv = dequantize_value(spec, code, s, z);
+            set_code(out, r, c, code);
+            const float e = (x - qv) / U(p, p);
+            Err(r, p - i1) = e;
+            const float* ur = &U(p, 0);
+            for (int64_t j = p + 1; j < i2; ++j) wr[j] -= e * ur[j];
+          }
         }
       });
+      p0 = p1;
     }
     if (i2 < C) Wp.rightCols(C - i2).noalias() -= Err.leftCols(cnt) * U.block(i1, i2, cnt, C - i2);
   }

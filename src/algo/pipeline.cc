@@ -273,8 +273,22 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
   for (const auto& w : opt.calib) rep.calib_tokens += static_cast<int64_t>(w.size());
 
   // The residual stream entering the current block, per window.
+  const int first = opt.first_block, end = opt.end_block < 0 ? c.n_layers : opt.end_block;
+  if (first < 0 || first > end || end > c.n_layers) {
+    return InvalidArgument(fmt::format("blocks [{}, {}) are not within the model's {}", first, end, c.n_layers));
+  }
   std::vector<std::vector<float>> xs(opt.calib.size());
-  if (needs_calib) {
+  if (needs_calib && opt.residual != nullptr) {
+    if (opt.residual->size() != opt.calib.size()) {
+      return InvalidArgument(fmt::format("residual stream has {} windows, calibration {}", opt.residual->size(), opt.calib.size()));
+    }
+    xs = std::move(*opt.residual);
+    for (size_t w = 0; w < xs.size(); ++w) {
+      if (xs[w].size() != opt.calib[w].size() * static_cast<size_t>(c.dim)) {
+        return InvalidArgument(fmt::format("residual stream window {} has {} values, expected {} x {}", w, xs[w].size(), opt.calib[w].size(), c.dim));
+      }
+    }
+  } else if (needs_calib) {
     for (size_t w = 0; w < opt.calib.size(); ++w) {
       xs[w].resize(opt.calib[w].size() * static_cast<size_t>(c.dim));
       LOWBIT_RETURN_IF_ERROR(embed_tokens(net, opt.calib[w], xs[w].data()));
@@ -283,7 +297,7 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
   const std::optional<QuantSpec> acts = opt.plan.activations;
   net.activation_quant().linear_input.reset();  // calibration sees fp32 activations
 
-  for (int l = 0; l < c.n_layers; ++l) {
+  for (int l = first; l < end; ++l) {
     LayerWeights& lw = net.mutable_weights().layers[static_cast<size_t>(l)];
     LayerLinears& ll = net.layers()[static_cast<size_t>(l)];
     // fp32 working copies of the block's weights: the methods rescale them before quantizing.
@@ -442,6 +456,12 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
     if (opt.on_layer) opt.on_layer(l, c.n_layers);
   }
 
+  if (opt.residual != nullptr) *opt.residual = std::move(xs);
+  if (!opt.embeddings) {
+    net.activation_quant().linear_input = acts;
+    rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return rep;
+  }
   // Embedding and classifier: a cast (fp16 by default) or RTN per the plan.
   LlamaWeights& mw = net.mutable_weights();
   if (const PlanEntry* e = opt.plan.find("tok_embeddings"); e && e->spec) {

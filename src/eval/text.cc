@@ -47,7 +47,10 @@ Result<std::string> find_tokenizer(const std::string& model_path, int vocab, std
 std::string model_weights_file(const std::string& model_path) {
   std::error_code ec;
   if (!std::filesystem::is_directory(model_path, ec)) return model_path;
-  return (std::filesystem::path(model_path) / "model.safetensors").string();
+  const std::filesystem::path one = std::filesystem::path(model_path) / "model.safetensors";
+  const std::filesystem::path index = std::filesystem::path(model_path) / "model.safetensors.index.json";
+  if (!std::filesystem::exists(one, ec) && std::filesystem::exists(index, ec)) return index.string();  // sharded: the index
+  return one.string();
 }
 
 }  // namespace lowbit

@@ -6,6 +6,7 @@
 // type-checked first and parsing uses the non-throwing overload: no exception leaves here.
 
 #include "lowbit/safetensors.h"
+#include "lowbit/sharded.h"
 #include "model_internal.h"
 
 #include <algorithm>
@@ -17,6 +18,7 @@
 #include <limits>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -480,11 +482,11 @@ std::vector<std::string> split_names(const std::string& list) {
 
 class WeightLoader {
  public:
-  WeightLoader(Model& m, const SafetensorsFile& f, std::map<std::string, QuantizedTensor> quantized,
+  WeightLoader(Model& m, const ShardedCheckpoint& ck, std::map<std::string, QuantizedTensor> quantized,
                std::vector<std::string> interleaved)
-      : m_(m), f_(f), quantized_(std::move(quantized)), interleaved_(std::move(interleaved)) {}
+      : m_(m), ck_(ck), quantized_(std::move(quantized)), interleaved_(std::move(interleaved)) {}
 
-  bool has(const std::string& name) const { return f_.find(name) != nullptr || quantized_.contains(name); }
+  bool has(const std::string& name) const { return ck_.file_of(name) != nullptr || quantized_.contains(name); }
 
   // One weight of shape `shape` ((rows) or (rows, cols)), as f32. `permute_head_dim` > 0
   // reorders rows from rotate-half to interleaved RoPE pairs. A weight the file stores in
@@ -492,13 +494,15 @@ class WeightLoader {
   // dequantized, to `dest`.
   Status load(const std::string& name, std::initializer_list<int64_t> shape, ConstTensorView* dest,
               int64_t permute_head_dim = 0, const std::string& lowbit_name = "") {
-    const SafetensorsTensorInfo* info = f_.find(name);
+    const SafetensorsFile* file = ck_.file_of(name);
+    const SafetensorsFile& f_ = file ? *file : ck_.shards.front();
+    const SafetensorsTensorInfo* info = file ? file->find(name) : nullptr;
     const std::vector<int64_t> want(shape);
     if (info == nullptr && quantized_.contains(name)) {
       return load_quantized(name, want, dest, permute_head_dim, lowbit_name);
     }
     if (info == nullptr) {
-      return NotFound(fmt::format("{}: tensor {} is missing (expected shape {})", f_.path(), name, shape_string(want)));
+      return NotFound(fmt::format("{}: tensor {} is missing (expected shape {})", ck_.index_path, name, shape_string(want)));
     }
     used_.push_back(name);
     if (info->shape != want) {
@@ -512,7 +516,7 @@ class WeightLoader {
     const std::span<const std::byte> src = f_.data(*info);
     const int64_t rows = want[0], cols = want.size() == 2 ? want[1] : 1;
     const bool aligned = reinterpret_cast<uintptr_t>(src.data()) % alignof(float) == 0;
-    if (info->dtype == DType::kF32 && aligned && permute_head_dim == 0) {
+    if (info->dtype == DType::kF32 && aligned && permute_head_dim == 0 && &f_ == &ck_.shards.front()) {
       const auto* data = reinterpret_cast<const float*>(src.data());
       LOWBIT_RETURN_IF_ERROR(check_finite(f_.path(), name, data, rows * cols));
       *dest = ConstTensorView(data, DType::kF32, std::span<const int64_t>(want));
@@ -531,6 +535,8 @@ class WeightLoader {
   Status load_quantized(const std::string& name, const std::vector<int64_t>& want, ConstTensorView* dest,
                         int64_t permute_head_dim, const std::string& lowbit_name) {
     const QuantizedTensor& stored = quantized_.at(name);
+    const SafetensorsFile* file = ck_.file_of(name + ".qweight");
+    const SafetensorsFile& f_ = file ? *file : ck_.shards.front();
     for (const char* part : {".qweight", ".scales", ".zeros", ".tensor_scale"}) used_.push_back(name + part);
     if (lowbit_name.empty()) {
       return Unsupported(fmt::format("{}: tensor {} is quantized; lowbit runs only linear weights quantized",
@@ -564,11 +570,14 @@ class WeightLoader {
   // Tensors in the file that no weight used (Hugging Face's old rotary_emb.inv_freq buffers
   // are recomputed by the forward pass and skipped).
   Status check_unused() const {
-    for (const SafetensorsTensorInfo& t : f_.tensors()) {
-      if (t.name.ends_with(".rotary_emb.inv_freq")) continue;
-      if (std::find(used_.begin(), used_.end(), t.name) == used_.end()) {
-        return Unsupported(fmt::format("{}: unexpected tensor {} (not part of a Llama model lowbit can run)",
-                                       f_.path(), t.name));
+    const std::set<std::string> used(used_.begin(), used_.end());
+    for (const SafetensorsFile& f : ck_.shards) {
+      for (const SafetensorsTensorInfo& t : f.tensors()) {
+        if (t.name.ends_with(".rotary_emb.inv_freq")) continue;
+        if (!used.contains(t.name)) {
+          return Unsupported(fmt::format("{}: unexpected tensor {} (not part of a Llama model lowbit can run)",
+                                         f.path(), t.name));
+        }
       }
     }
     return OkStatus();
@@ -576,7 +585,7 @@ class WeightLoader {
 
  private:
   Model& m_;
-  const SafetensorsFile& f_;
+  const ShardedCheckpoint& ck_;
   std::map<std::string, QuantizedTensor> quantized_;  // by file name ("model.layers.0.self_attn.q_proj.weight")
   std::vector<std::string> interleaved_;               // quantized q/k stored in lowbit's row order
   std::vector<std::string> used_;
@@ -584,17 +593,23 @@ class WeightLoader {
 
 }  // namespace
 
+Result<LlamaConfig> parse_hf_llama_config(const std::string& path) { return parse_llama_config(path); }
+
 Result<Model> load_safetensors(const std::string& path_or_dir) {
   std::error_code ec;
   fs::path dir, weights;
+  bool sharded = false;
   if (fs::is_directory(path_or_dir, ec)) {
     dir = path_or_dir;
     weights = dir / "model.safetensors";
-    if (!fs::exists(weights, ec) && fs::exists(dir / "model.safetensors.index.json", ec)) {
-      return Unsupported(fmt::format("{}: sharded safetensors checkpoints (model.safetensors.index.json) are not "
-                                     "supported yet; merge the shards into one model.safetensors",
-                                     path_or_dir));
+    if (!fs::exists(weights, ec) && fs::exists(dir / kShardIndexName, ec)) {
+      weights = dir / kShardIndexName;
+      sharded = true;
     }
+  } else if (fs::path(path_or_dir).filename() == kShardIndexName) {
+    weights = path_or_dir;
+    dir = weights.parent_path().empty() ? fs::path(".") : weights.parent_path();
+    sharded = true;
   } else {
     weights = path_or_dir;
     dir = weights.parent_path().empty() ? fs::path(".") : weights.parent_path();
@@ -605,24 +620,33 @@ Result<Model> load_safetensors(const std::string& path_or_dir) {
                                 dir.string()));
   }
   LOWBIT_ASSIGN_OR_RETURN(LlamaConfig c, parse_llama_config(config_path));
-  LOWBIT_ASSIGN_OR_RETURN(SafetensorsFile f, open_safetensors(weights.string()));
+  ShardedCheckpoint ck;
+  if (sharded) {
+    LOWBIT_ASSIGN_OR_RETURN(ck, open_sharded(weights.string()));
+  } else {
+    LOWBIT_ASSIGN_OR_RETURN(SafetensorsFile one, open_safetensors(weights.string()));
+    ck = single_file_checkpoint(std::move(one));
+  }
+  const SafetensorsFile& f = ck.shards.front();  // metadata: the first shard's (lowbit writes it in each)
 
   Model m;
   m.config = c;
   m.path = path_or_dir;
-  m.file = f.file();
+  m.file = f.file();  // zero-copy views only into this mapping; other shards' weights are copied
   m.weights.layers.resize(static_cast<size_t>(c.n_layers));
   const int64_t dim = c.dim, hd = c.head_dim(), vocab = c.vocab_size;
   std::map<std::string, QuantizedTensor> quantized;
-  if (f.metadata().contains(kQuantConfigKey)) {
-    LOWBIT_ASSIGN_OR_RETURN(quantized, read_quantized_safetensors(f));
+  for (const SafetensorsFile& shard : ck.shards) {
+    if (!shard.metadata().contains(kQuantConfigKey)) continue;
+    LOWBIT_ASSIGN_OR_RETURN(auto part, read_quantized_safetensors(shard));
+    quantized.merge(part);
   }
   const auto meta = [&](const char* key) {
     const auto it = f.metadata().find(key);
     return it == f.metadata().end() ? std::string() : it->second;
   };
   LOWBIT_RETURN_IF_ERROR(read_activation_specs(f.path(), meta, &m.activations, c.head_dim()));
-  WeightLoader w(m, f, std::move(quantized), split_names(meta(kInterleavedRopeKey)));
+  WeightLoader w(m, ck, std::move(quantized), split_names(meta(kInterleavedRopeKey)));
   LlamaWeights& lw = m.weights;
   LOWBIT_RETURN_IF_ERROR(w.load("model.embed_tokens.weight", {vocab, dim}, &lw.tok_embeddings));
   for (int l = 0; l < c.n_layers; ++l) {

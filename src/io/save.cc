@@ -66,16 +66,18 @@ Result<Matrix> matrix_of(const std::string& out, const std::string& name, const 
   return m;
 }
 
-Result<Parts> collect(const LlamaModel& net, const std::string& out) {
+// Blocks [first, end) and, with `rest`, the classifier.
+Result<Parts> collect(const LlamaModel& net, const std::string& out, size_t first = 0, size_t end = SIZE_MAX,
+                      bool rest = true) {
   Parts p;
-  for (size_t l = 0; l < net.layers().size(); ++l) {
+  for (size_t l = first; l < std::min(end, net.layers().size()); ++l) {
     for (const SlotInfo& s : kSlotInfo) {
       LOWBIT_ASSIGN_OR_RETURN(Matrix m, matrix_of(out, linear_name(static_cast<int>(l), s), net.layers()[l].*s.linear,
                                                   net.weights().layers[l].*s.weight, s.rope));
       p.linears.push_back(m);
     }
   }
-  if (net.classifier().quant() != nullptr || !net.config().shared_classifier) {
+  if (rest && (net.classifier().quant() != nullptr || !net.config().shared_classifier)) {
     LOWBIT_ASSIGN_OR_RETURN(Matrix m, matrix_of(out, kClassifierName, net.classifier(), net.weights().classifier, false));
     p.classifier = m;
   }
@@ -248,14 +250,13 @@ json hf_config(const LlamaConfig& c, bool tied, const Tokenizer* tok) {
   return j;
 }
 
-Status save_safetensors(const LlamaModel& net, const std::string& out, const SaveOptions& opt, SaveReport* report) {
+// The tensors of blocks [first, end) and, with `rest`, the embedding, final norm and classifier,
+// written to the file `weights` (atomically) with the names, row orders and metadata of a save.
+Status write_safetensors_part(const LlamaModel& net, const std::string& out, const std::string& weights, const SaveOptions& opt,
+                              size_t first, size_t end, bool rest, SaveReport* report, bool with_classifier = true) {
   const LlamaConfig& c = net.config();
-  LOWBIT_ASSIGN_OR_RETURN(Parts parts, collect(net, out));
+  LOWBIT_ASSIGN_OR_RETURN(Parts parts, collect(net, out, first, end, with_classifier));
   LOWBIT_ASSIGN_OR_RETURN(auto common, common_metadata(net, out, opt));
-  std::unique_ptr<Tokenizer> tok;
-  if (!opt.tokenizer_path.empty()) {
-    LOWBIT_ASSIGN_OR_RETURN(tok, load_tokenizer(opt.tokenizer_path, c.vocab_size));
-  }
 
   std::map<std::string, QuantizedTensor> quantized;  // by Hugging Face name
   std::vector<SafetensorsEntry> plain;
@@ -266,13 +267,12 @@ Status save_safetensors(const LlamaModel& net, const std::string& out, const Sav
     plain.push_back({name, DType::kF32, std::vector<int64_t>(v.shape().dims.begin(), v.shape().dims.begin() + v.ndim()),
                      bytes_of(v)});
   };
-  add_plain("model.embed_tokens.weight", w.tok_embeddings);
-  for (size_t l = 0; l < w.layers.size(); ++l) {
+  if (rest) add_plain("model.embed_tokens.weight", w.tok_embeddings);
+  for (size_t l = first; l < std::min(end, w.layers.size()); ++l) {
     add_plain(fmt::format("model.layers.{}.input_layernorm.weight", l), w.layers[l].attn_norm);
     add_plain(fmt::format("model.layers.{}.post_attention_layernorm.weight", l), w.layers[l].ffn_norm);
   }
-  add_plain("model.norm.weight", w.final_norm);
-
+  if (rest) add_plain("model.norm.weight", w.final_norm);
   std::vector<Matrix> matrices = parts.linears;
   if (parts.classifier) matrices.push_back(*parts.classifier);
   for (const Matrix& m : matrices) {
@@ -319,27 +319,43 @@ Status save_safetensors(const LlamaModel& net, const std::string& out, const Sav
   }
   for (const SafetensorsEntry& e : plain) report->tensors.push_back({e.name, "F32"});
 
-  LOWBIT_ASSIGN_OR_RETURN(TempFolder folder, TempFolder::create(out));
-  const std::string weights = folder.file("model.safetensors");
-  if (quantized.empty()) {
-    LOWBIT_RETURN_IF_ERROR(write_safetensors(weights, plain, meta));
-  } else {
-    LOWBIT_RETURN_IF_ERROR(write_quantized_safetensors(weights, quantized, plain, meta));
+  if (quantized.empty()) return write_safetensors(weights, plain, meta);
+  return write_quantized_safetensors(weights, quantized, plain, meta);
+}
+
+// config.json and the tokenizer into `dir` (a save's temp folder, or a streamed save's).
+Status write_safetensors_sidecar(const LlamaModel& net, const std::string& dir, const SaveOptions& opt) {
+  const LlamaConfig& c = net.config();
+  const bool tied = !(net.classifier().quant() != nullptr || !c.shared_classifier);
+  std::unique_ptr<Tokenizer> tok;
+  if (!opt.tokenizer_path.empty()) {
+    LOWBIT_ASSIGN_OR_RETURN(tok, load_tokenizer(opt.tokenizer_path, c.vocab_size));
   }
-  LOWBIT_RETURN_IF_ERROR(
-      write_file_atomic(folder.file("config.json"), hf_config(c, !parts.classifier, tok.get()).dump(2) + "\n"));
+  const fs::path d(dir);
+  LOWBIT_RETURN_IF_ERROR(write_file_atomic((d / "config.json").string(), hf_config(c, tied, tok.get()).dump(2) + "\n"));
   if (tok) {
     LOWBIT_ASSIGN_OR_RETURN(auto gguf_keys, gguf_tokenizer_keys(opt.tokenizer_path, c.vocab_size));
     if (!gguf_keys.empty()) {  // not the whole GGUF model: a GGUF holding only its tokenizer keys
       GgufWriteSpec tspec;
       tspec.metadata = std::move(gguf_keys);
-      LOWBIT_RETURN_IF_ERROR(write_gguf(folder.file("tokenizer.gguf"), tspec));
+      LOWBIT_RETURN_IF_ERROR(write_gguf((d / "tokenizer.gguf").string(), tspec));
     } else {
       LOWBIT_ASSIGN_OR_RETURN(std::string bytes, read_file(opt.tokenizer_path));
       LOWBIT_RETURN_IF_ERROR(
-          write_file_atomic(folder.file(tok->kind() == "sentencepiece" ? "tokenizer.model" : "tokenizer.bin"), bytes));
+          write_file_atomic((d / (tok->kind() == "sentencepiece" ? "tokenizer.model" : "tokenizer.bin")).string(), bytes));
     }
   }
+  return OkStatus();
+}
+
+Status save_safetensors(const LlamaModel& net, const std::string& out, const SaveOptions& opt, SaveReport* report) {
+  LOWBIT_RETURN_IF_ERROR(collect(net, out).status());
+  if (!opt.tokenizer_path.empty()) {
+    LOWBIT_RETURN_IF_ERROR(load_tokenizer(opt.tokenizer_path, net.config().vocab_size).status());
+  }
+  LOWBIT_ASSIGN_OR_RETURN(TempFolder folder, TempFolder::create(out));
+  LOWBIT_RETURN_IF_ERROR(write_safetensors_part(net, out, folder.file("model.safetensors"), opt, 0, SIZE_MAX, true, report));
+  LOWBIT_RETURN_IF_ERROR(write_safetensors_sidecar(net, folder.file(""), opt));
   std::error_code ec;
   for (const fs::directory_entry& e : fs::directory_iterator(folder.file(""), ec)) {
     report->bytes += static_cast<int64_t>(e.file_size(ec));
@@ -538,6 +554,21 @@ Result<SaveReport> save_model(const LlamaModel& net, const std::string& out_path
     LOWBIT_RETURN_IF_ERROR(save_safetensors(net, out_path, opt, &r));
   }
   return r;
+}
+
+Result<SaveReport> save_safetensors_shard(const LlamaModel& net, const std::string& path, int first, int end, bool embedding,
+                                          bool classifier, const SaveOptions& opt) {
+  SaveReport r;
+  r.path = path;
+  LOWBIT_RETURN_IF_ERROR(write_safetensors_part(net, path, path, opt, static_cast<size_t>(first), static_cast<size_t>(end),
+                                                embedding, &r, classifier));
+  std::error_code ec;
+  r.bytes = static_cast<int64_t>(fs::file_size(path, ec));
+  return r;
+}
+
+Status save_safetensors_sidecar(const LlamaModel& net, const std::string& dir, const SaveOptions& opt) {
+  return write_safetensors_sidecar(net, dir, opt);
 }
 
 }  // namespace lowbit

@@ -13,16 +13,21 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "lowbit/convert.h"
+#include "lowbit/file.h"
 #include "lowbit/llama.h"
 #include "lowbit/model.h"
 #include "lowbit/quant.h"
 #include "lowbit/safetensors.h"
+#include "lowbit/sharded.h"
+
+#include <nlohmann/json.hpp>
 
 namespace lowbit {
 namespace {
@@ -683,8 +688,148 @@ TEST(SafetensorsLlama, RejectsBrokenCheckpoints) {
   write_bytes((dir / "config.json").string(), tiny.config());
   write_bytes((dir / "model.safetensors.index.json").string(), R"({"weight_map":{}})");
   m = load_safetensors(dir.string());
-  EXPECT_EQ(m.status().code(), StatusCode::kUnsupported);
-  EXPECT_NE(m.status().message().find("sharded"), std::string::npos) << m.status().message();
+  EXPECT_EQ(m.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(m.status().message().find("model.safetensors.index.json: no \"weight_map\" object"), std::string::npos)
+      << m.status().message();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sharded checkpoints (model.safetensors.index.json + shards)
+
+// Splits dir/model.safetensors into one shard per block (+ one for the rest) and writes the
+// index, as Hugging Face's save_pretrained does; returns the shard names.
+std::vector<std::string> shard_checkpoint(const fs::path& dir) {
+  const SafetensorsFile whole = open_safetensors((dir / "model.safetensors").string()).value();
+  std::map<std::string, std::vector<SafetensorsEntry>> by_shard;
+  nlohmann::json index = {{"metadata", {{"total_size", 0}}}, {"weight_map", nlohmann::json::object()}};
+  for (const SafetensorsTensorInfo& t : whole.tensors()) {
+    const std::string shard = t.name.starts_with("model.layers.0.") ? "model-00001-of-00003.safetensors"
+                              : t.name.starts_with("model.layers.1.") ? "model-00002-of-00003.safetensors"
+                                                                      : "model-00003-of-00003.safetensors";
+    by_shard[shard].push_back({t.name, t.dtype, t.shape, whole.data(t)});
+    index["weight_map"][t.name] = shard;
+  }
+  std::vector<std::string> names;
+  for (const auto& [shard, entries] : by_shard) {
+    EXPECT_TRUE(write_safetensors((dir / shard).string(), entries).ok());
+    names.push_back(shard);
+  }
+  write_bytes((dir / "model.safetensors.index.json").string(), index.dump());
+  fs::remove(dir / "model.safetensors");
+  return names;
+}
+
+class ShardedDtype : public ::testing::TestWithParam<DType> {};
+
+TEST_P(ShardedDtype, LoadsTheSameWeightsAsOneFile) {
+  TempDir tmp;
+  TinyLlama tiny;
+  tiny.write(tmp.path() / "one", GetParam());
+  tiny.write(tmp.path() / "sh", GetParam());
+  EXPECT_EQ(shard_checkpoint(tmp.path() / "sh").size(), 3u);
+  const Model a = load_safetensors((tmp.path() / "one").string()).value();
+  Result<Model> b = load_model((tmp.path() / "sh").string());
+  ASSERT_TRUE(b.ok()) << b.status().to_string();
+  ASSERT_TRUE(load_safetensors((tmp.path() / "sh" / "model.safetensors.index.json").string()).ok());
+  const auto same = [](ConstTensorView x, ConstTensorView y) {
+    ASSERT_EQ(x.numel(), y.numel());
+    EXPECT_EQ(std::memcmp(x.data(), y.data(), static_cast<size_t>(x.numel()) * sizeof(float)), 0);
+  };
+  same(a.weights.tok_embeddings, b->weights.tok_embeddings);
+  same(a.weights.classifier, b->weights.classifier);
+  same(a.weights.final_norm, b->weights.final_norm);
+  for (size_t l = 0; l < a.weights.layers.size(); ++l) {
+    const LayerWeights &x = a.weights.layers[l], &y = b->weights.layers[l];
+    for (auto m : {&LayerWeights::attn_norm, &LayerWeights::wq, &LayerWeights::wk, &LayerWeights::wv, &LayerWeights::wo,
+                   &LayerWeights::ffn_norm, &LayerWeights::w1, &LayerWeights::w2, &LayerWeights::w3}) {
+      same(x.*m, y.*m);
+    }
+  }
+  const ShardedCheckpoint ck = open_sharded((tmp.path() / "sh" / "model.safetensors.index.json").string()).value();
+  EXPECT_EQ(ck.shards.size(), 3u);
+  EXPECT_EQ(ck.file_of("model.layers.1.mlp.up_proj.weight")->path(), (tmp.path() / "sh" / "model-00002-of-00003.safetensors").string());
+  EXPECT_EQ(ck.file_of("model.layers.7.mlp.up_proj.weight"), nullptr);
+  const int64_t esize = static_cast<int64_t>(dtype_size(GetParam()));
+  EXPECT_EQ(ck.bytes_with_prefix("model.layers.0."), esize * (2 * 16 + 16 * 16 * 2 + 8 * 16 * 2 + 3 * 32 * 16));
+}
+
+INSTANTIATE_TEST_SUITE_P(Safetensors, ShardedDtype, ::testing::Values(DType::kF16, DType::kBF16, DType::kF32),
+                         [](const auto& info) { return std::string(safetensors_dtype_name(info.param)); });
+
+TEST(Sharded, BrokenCheckpointsNameTheFileAndTensor) {
+  TempDir tmp;
+  TinyLlama tiny;
+  const fs::path dir = tmp.path() / "m";
+  const std::string index = (dir / "model.safetensors.index.json").string();
+  auto expect_error = [&](StatusCode code, const std::string& what) {
+    Result<Model> m = load_model(dir.string());
+    ASSERT_FALSE(m.ok()) << what;
+    EXPECT_EQ(m.status().code(), code) << m.status().message();
+    EXPECT_NE(m.status().message().find(what), std::string::npos) << m.status().message();
+    EXPECT_EQ(m.status().message().find('\n'), std::string::npos) << m.status().message();
+  };
+  auto rewrite_index = [&](const std::function<void(nlohmann::json&)>& edit) {
+    nlohmann::json j = nlohmann::json::parse(read_file(index).value());
+    edit(j);
+    write_bytes(index, j.dump());
+  };
+
+  // A shard the index names is missing.
+  tiny.write(dir, DType::kBF16);
+  shard_checkpoint(dir);
+  fs::remove(dir / "model-00002-of-00003.safetensors");
+  expect_error(StatusCode::kNotFound, (dir / "model-00002-of-00003.safetensors").string() +
+                                          ": shard is missing (model.safetensors.index.json names it for tensor model.layers.1.");
+
+  // The index names a tensor its shard does not hold.
+  fs::remove_all(dir);
+  tiny.write(dir, DType::kBF16);
+  shard_checkpoint(dir);
+  rewrite_index([](nlohmann::json& j) { j["weight_map"]["model.layers.0.mlp.up_proj.weight"] = "model-00003-of-00003.safetensors"; });
+  expect_error(StatusCode::kDataLoss, "model-00003-of-00003.safetensors: tensor model.layers.0.mlp.up_proj.weight is not in this shard");
+
+  // A shard holds a tensor the index does not name.
+  fs::remove_all(dir);
+  tiny.write(dir, DType::kBF16);
+  shard_checkpoint(dir);
+  rewrite_index([](nlohmann::json& j) { j["weight_map"].erase("model.layers.1.mlp.down_proj.weight"); });
+  expect_error(StatusCode::kDataLoss, "model-00002-of-00003.safetensors: tensor model.layers.1.mlp.down_proj.weight is not in model.safetensors.index.json");
+
+  // A shard name that leaves the folder.
+  rewrite_index([](nlohmann::json& j) { j["weight_map"]["model.norm.weight"] = "../x.safetensors"; });
+  expect_error(StatusCode::kDataLoss, "tensor model.norm.weight names shard '../x.safetensors', not a file name");
+
+  // Shape disagreeing with config.json: named with the shard that holds the tensor.
+  fs::remove_all(dir);
+  tiny.write(dir, DType::kBF16);
+  shard_checkpoint(dir);
+  tiny.hidden = 48;
+  write_bytes((dir / "config.json").string(), tiny.config());
+  expect_error(StatusCode::kDataLoss, "model-00001-of-00003.safetensors: tensor model.layers.0.mlp.gate_proj.weight has shape (32, 16), expected (48, 16) from config.json");
+  tiny.hidden = 32;
+
+  // A dtype weights cannot have.
+  fs::remove_all(dir);
+  tiny.write(dir, DType::kBF16);
+  shard_checkpoint(dir);
+  {
+    const std::string path = (dir / "model-00003-of-00003.safetensors").string();
+    const SafetensorsFile f = open_safetensors(path).value();
+    std::vector<SafetensorsEntry> entries;
+    std::vector<std::vector<std::byte>> keep;
+    for (const SafetensorsTensorInfo& t : f.tensors()) {
+      if (t.name == "model.norm.weight") {
+        keep.emplace_back(static_cast<size_t>(t.numel()) * 4);
+        entries.push_back({t.name, DType::kI32, t.shape, keep.back()});
+      } else {
+        entries.push_back({t.name, t.dtype, t.shape, f.data(t)});
+      }
+    }
+    const std::string tmpfile = path + ".new";
+    ASSERT_TRUE(write_safetensors(tmpfile, entries).ok());
+    fs::rename(tmpfile, path);
+  }
+  expect_error(StatusCode::kUnsupported, "model-00003-of-00003.safetensors: tensor model.norm.weight has dtype I32; weights must be F32, F16 or BF16");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@
 #include "lowbit/file.h"
 #include "lowbit/mixed.h"
 #include "lowbit/pipeline.h"
+#include "lowbit/sharded.h"
+#include "lowbit/stream.h"
 #include "lowbit/progress.h"
 #include "lowbit/rtn.h"
 #include "lowbit/save.h"
@@ -33,7 +35,7 @@ struct QuantizeArgs {
       policy_high = "int8:row:sym:fp32", plan_out;
   int calib_tokens = 8192, ctx = 256, eval_windows = 100, eval_ctx = 128, sens_windows = 8;
   double target_bpw = 0;
-  bool dry_run = false, no_sequential = false, act_order = false, static_groups = false;
+  bool dry_run = false, no_sequential = false, act_order = false, static_groups = false, stream = false, resume = false;
   double damp = 0.01, alpha = 0.5;
   float threshold = 6.0f;
 };
@@ -92,6 +94,86 @@ MixedPlan choose_mixed_plan(const QuantizeArgs& a, const Model& model, const std
   Result<QuantPlan> plan = make_mixed_plan(cfg, *sens, *m, acts);
   if (!plan.ok()) fail(kExitUsage, plan.status().message());
   return {std::move(*plan), std::move(*m), std::move(*sens), std::move(windows)};
+}
+
+// --stream: a Hugging Face folder block by block (stream.h); the plan comes from config.json alone.
+void run_streaming(const QuantizeArgs& a, Method method, const QuantSpec& wspec, const std::optional<QuantSpec>& aspec,
+                   const std::string& label) {
+  if (a.target_bpw > 0 || !a.policy.empty() || !a.eval_text.empty() || !a.kv.empty() || method == Method::kOutliers) {
+    fail(kExitUsage, "quantize --stream: not with --target-bpw, --policy, --eval, --kv or --method outliers");
+  }
+  if (!a.format.empty() && a.format != "safetensors") fail(kExitUsage, "quantize --stream: output is a sharded safetensors folder (--format safetensors)");
+  Result<HfCheckpoint> ck = open_hf_checkpoint(a.model);
+  if (!ck.ok()) fail(ck.status());
+  if (Status st = check_llama_tensors(*ck); !st.ok()) fail(st);
+  const LlamaConfig& cfg = ck->config;
+  Result<QuantPlan> plan = make_plan(cfg, wspec, aspec, a.plan);
+  if (!plan.ok()) fail(kExitUsage, plan.status().message());
+  const int ctx = std::min(a.ctx, cfg.seq_len);
+  const int64_t calib_tokens = method == Method::kRtn ? 0 : a.calib_tokens / ctx * ctx;
+  StreamMemory mem = stream_memory(cfg, ck->stored, method, calib_tokens, ctx);
+  mem.block_stored = ck->weights.bytes_with_prefix("model.layers.0.");
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  mem.base = static_cast<int64_t>(ru.ru_maxrss) * 1024;
+  if (a.dry_run) {
+    fmt::print("{}", plan_table(*plan));
+    fmt::print("streamed, {} blocks; memory {}", cfg.n_layers, mem.formula());
+    if (!a.json.empty()) {
+      if (Status s = write_file_atomic(a.json, plan_json(*plan) + "\n"); !s.ok()) fail(s);
+    }
+    return;
+  }
+  if (a.out.empty()) fail(kExitUsage, "quantize --stream: give -o OUT");
+  StreamOptions so;
+  so.pipeline.method = method;
+  so.pipeline.plan = *plan;
+  so.pipeline.sequential = !a.no_sequential;
+  so.pipeline.gptq.damp = a.damp;
+  so.pipeline.gptq.act_order = a.act_order;
+  so.pipeline.gptq.static_groups = a.static_groups;
+  so.pipeline.smooth_alpha = a.alpha;
+  so.resume = a.resume;
+  so.save.tokenizer_path = a.tokenizer.empty() ? find_tokenizer(a.model, cfg.vocab_size, "quantize") : a.tokenizer;
+  Result<std::unique_ptr<Tokenizer>> tok = load_tokenizer(so.save.tokenizer_path, cfg.vocab_size);
+  if (!tok.ok()) fail(tok.status());
+  if (method != Method::kRtn) {
+    if (a.calib.empty()) fail(kExitUsage, fmt::format("quantize: --method {} needs --calib FILE", a.method));
+    const std::vector<int> tokens = tokenize_stories(**tok, a.calib, a.calib_split);
+    if (static_cast<int>(tokens.size()) < ctx) {
+      fail(kExitUsage, fmt::format("{}: calibration text (split {}) has {} tokens; one window needs --ctx {}", a.calib, a.calib_split, tokens.size(), ctx));
+    }
+    for (size_t p = 0; p + static_cast<size_t>(ctx) <= tokens.size() &&
+                       static_cast<int64_t>(so.pipeline.calib.size()) * ctx < a.calib_tokens; p += static_cast<size_t>(ctx)) {
+      so.pipeline.calib.emplace_back(tokens.begin() + static_cast<std::ptrdiff_t>(p), tokens.begin() + static_cast<std::ptrdiff_t>(p) + ctx);
+    }
+  }
+  so.save.extra_metadata = {{"lowbit.method", a.method},
+                            {"lowbit.scheme", a.scheme.empty() ? label : a.scheme},
+                            {"lowbit.calib", a.calib},
+                            {"lowbit.calib_split", a.calib_split},
+                            {"lowbit.calib_tokens", std::to_string([&] { int64_t n = 0; for (const auto& w : so.pipeline.calib) n += static_cast<int64_t>(w.size()); return n; }())},
+                            {"lowbit.sequential", so.pipeline.sequential ? "true" : "false"}};
+  std::unique_ptr<Progress> progress = std::make_unique<Progress>("quantize --stream " + label, cfg.n_layers);
+  so.on_block = [&](int, int) { progress->advance(); };
+  Result<StreamReport> rep = quantize_streaming(a.model, a.out, so);
+  progress->finish();
+  if (!rep.ok()) fail(rep.status());
+  rep->memory.base = mem.base;
+  const double gib = 1024.0 * 1024 * 1024;
+  fmt::print("quantized {} with {} streamed in {:.2f} s (blocks {}..{}): read {:.2f} GB, wrote {:.2f} GB\n", a.model, label, rep->seconds,
+             rep->first_block, cfg.n_layers - 1, rep->bytes_read / 1e9, rep->bytes_written / 1e9);
+  fmt::print("peak RSS {:.2f} GiB; formula {:.2f} GiB ({})\n", rep->peak_rss_bytes / gib, rep->memory.peak() / gib,
+             rep->peak_rss_bytes <= rep->memory.peak() ? "within" : "EXCEEDED");
+  fmt::print("wrote {} (sharded safetensors)\n", a.out);
+  if (!a.json.empty()) {
+    nlohmann::json j = {{"model", a.model}, {"method", a.method}, {"scheme", plan->scheme}, {"streamed", true},
+                        {"calib_tokens", rep->pipeline.calib_tokens}, {"seconds", rep->seconds}, {"block_seconds", rep->block_seconds},
+                        {"first_block", rep->first_block}, {"bytes_read", rep->bytes_read}, {"bytes_written", rep->bytes_written},
+                        {"peak_rss_bytes", rep->peak_rss_bytes}, {"memory_formula_bytes", rep->memory.peak()},
+                        {"output", {{"path", a.out}, {"format", "safetensors"}}}};
+    if (Status s = write_file_atomic(a.json, j.dump(2) + "\n"); !s.ok()) fail(s);
+  }
 }
 
 void run_quantize(const QuantizeArgs& a) {
@@ -154,6 +236,10 @@ void run_quantize(const QuantizeArgs& a) {
   if (!a.policy.empty()) label = "deepseek " + label;
   label = std::string(method_name(*method)) + " " + label;
 
+  if (a.stream || a.resume) {
+    run_streaming(a, *method, wspec, aspec, label);
+    return;
+  }
   Result<Model> model = load_model(a.model);
   if (!model.ok()) fail(model.status());
   const LlamaConfig& cfg = model->config;
@@ -383,7 +469,9 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--ctx", a->ctx, "Calibration window length in tokens (clamped to the model's context)")->default_val(256);
   cmd->add_option("--tokenizer", a->tokenizer, "Tokenizer (default: the one beside the model)");
   cmd->add_option("--plan", a->plan, "JSON overrides {\"tensor glob\": \"spec\" | \"fp32\"}");
-  cmd->add_flag("--dry-run", a->dry_run, "Print the plan (every tensor and its spec) and stop");
+  cmd->add_flag("--dry-run", a->dry_run, "Print the plan (every tensor and its spec) and stop; with --stream also the peak-memory formula");
+  cmd->add_flag("--stream", a->stream, "Hugging Face folder (sharded or not) block by block: one block in memory, sharded safetensors out");
+  cmd->add_flag("--resume", a->resume, "--stream: continue OUT.partial from its last completed block (implies --stream)");
   cmd->add_flag("--no-sequential", a->no_sequential, "Feed each block the fp32 outputs of the previous one (default: quantized)");
   cmd->add_flag("--act-order", a->act_order, "GPTQ: quantize columns by decreasing Hessian diagonal");
   cmd->add_flag("--static-groups", a->static_groups, "GPTQ: group scales from the original weights");

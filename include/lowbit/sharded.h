@@ -1,0 +1,66 @@
+// Sharded Hugging Face checkpoints: model.safetensors.index.json ({"weight_map": {tensor: shard
+// file}}) and the shard files beside it, each memory mapped and validated; tensors stay in their
+// stored dtype (views into the mappings) until a reader converts them. load_safetensors reads a
+// folder holding an index through this; the streaming quantizer (stream.h) reads one block at a
+// time from it.
+//
+//   LOWBIT_ASSIGN_OR_RETURN(ShardedCheckpoint ck, open_sharded("Llama-3-8B/model.safetensors.index.json"));
+//   const SafetensorsFile* f = ck.file_of("model.layers.0.mlp.up_proj.weight");  // null if absent
+//   LOWBIT_ASSIGN_OR_RETURN(ConstTensorView w, f->tensor("model.layers.0.mlp.up_proj.weight"));  // BF16
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "lowbit/model.h"
+#include "lowbit/safetensors.h"
+#include "lowbit/status.h"
+
+namespace lowbit {
+
+inline constexpr const char* kShardIndexName = "model.safetensors.index.json";
+
+struct ShardedCheckpoint {
+  std::string index_path;                 // the index (or, for one file, the file itself)
+  std::vector<SafetensorsFile> shards;    // in the order the index first names them
+  std::map<std::string, size_t, std::less<>> where;  // tensor name -> position in shards
+
+  const SafetensorsFile* file_of(std::string_view tensor) const;  // null if no shard holds it
+  // Bytes of all tensors whose names start with `prefix` ("model.layers.3."), as stored.
+  int64_t bytes_with_prefix(std::string_view prefix) const;
+};
+
+// Reads the index and maps every shard it names. One-line errors naming the file and tensor:
+// the index not JSON or without a "weight_map" object of strings; a shard name that is not a
+// plain file name in the index's folder; a shard that is missing (naming a tensor the index
+// puts there) or not valid safetensors (open_safetensors' errors); a tensor the index names that
+// its shard does not hold; a tensor a shard holds that the index does not name for that shard.
+Result<ShardedCheckpoint> open_sharded(const std::string& index_path);
+// One unsharded file seen through the same interface.
+ShardedCheckpoint single_file_checkpoint(SafetensorsFile f);
+// A Hugging Face folder's config.json and weights (the index and its shards, or model.safetensors),
+// mapped, nothing converted.
+struct HfCheckpoint {
+  LlamaConfig config;
+  ShardedCheckpoint weights;
+  DType stored = DType::kF32;  // the dtype of the first block's q_proj (what the shards mostly hold)
+};
+Result<HfCheckpoint> open_hf_checkpoint(const std::string& dir);
+// Every tensor a Llama of `config` needs, present with the shape config.json implies and an
+// F32 / F16 / BF16 dtype (lm_head optional), before anything is converted or written. Errors
+// name the shard (or index) and the tensor.
+Status check_llama_tensors(const HfCheckpoint& ck);
+// One weight as an owned f32 tensor of `shape` (the stored F32 / F16 / BF16 converted); with
+// permute_head_dim > 0, q/k rows reordered from Hugging Face's rotate-half layout to the
+// interleaved pairs load_safetensors gives. Errors name the shard and the tensor.
+Result<Tensor> load_f32(const ShardedCheckpoint& ck, const std::string& name, const std::vector<int64_t>& shape,
+                        int64_t permute_head_dim = 0);
+// Drops the mapped pages of a tensor from this process (they stay in the page cache): a streamed
+// reader calls it once the tensor is converted, so resident memory stays one block.
+void release_pages(const ShardedCheckpoint& ck, const std::string& name);
+
+}  // namespace lowbit

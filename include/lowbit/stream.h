@@ -1,0 +1,69 @@
+// Quantizing models larger than RAM: a Hugging Face checkpoint (sharded or not; F32/F16/BF16) is
+// read one block at a time from its memory-mapped shards, calibrated, quantized, written as
+// one output shard and dropped, so peak memory is one block's weights + the calibration
+// activations + that block's statistics, whatever the depth. The output is a sharded
+// safetensors folder (model-0000i-of-0000n.safetensors + model.safetensors.index.json +
+// config.json + tokenizer) whose tensors are byte-identical to save_model's after
+// quantize_model; it is built in "<out>.partial" (with a per-block checkpoint of the output and
+// of the calibration residual stream feeding the next block) and renamed to <out> at the end.
+//
+//   StreamOptions so;  so.pipeline = {.method = Method::kGptq, .plan = plan, .calib = windows};
+//   so.save.tokenizer_path = "Llama-3-8B/tokenizer.model";
+//   LOWBIT_ASSIGN_OR_RETURN(StreamReport r, quantize_streaming("Llama-3-8B", "out", so));
+//   so.resume = true;  // after a crash: continue from the last completed block
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "lowbit/pipeline.h"
+#include "lowbit/save.h"
+#include "lowbit/sharded.h"
+
+namespace lowbit {
+
+// The test hook: with LOWBIT_STREAM_STOP_AFTER_BLOCK=k set, quantize_streaming stops with an
+// Internal status right after block k's checkpoint is written, as a kill there would.
+inline constexpr const char* kStreamStopEnv = "LOWBIT_STREAM_STOP_AFTER_BLOCK";
+
+struct StreamOptions {
+  PipelineOptions pipeline;  // method, plan (whole model), calibration, method options; the block range is set per block
+  SaveOptions save;          // tokenizer_path, extra_metadata (format must be safetensors)
+  bool resume = false;       // continue "<out>.partial" from its last completed block
+  std::function<void(int block, int blocks)> on_block = nullptr;
+};
+
+// What stays resident at the peak, by part (bytes): stated before a run (quantize --dry-run)
+// and compared with the measured peak after it.
+struct StreamMemory {
+  int64_t block_stored = 0;  // one block's weights as stored (mapped pages, dropped after conversion)
+  int64_t block_f32 = 0;     // one block's weights in f32, twice: as loaded and the pipeline's working copy
+  int64_t statistics = 0;    // the block's Hessians (GPTQ: 8·(3·dim² + hidden²)) or |x| statistics
+  int64_t gptq = 0;          // GPTQ's largest linear: H⁻¹ factor (4·in²) + three f32 copies of W
+  int64_t activations = 0;   // calibration residual stream (in and, for the next block, out) + one window's buffers
+  int64_t rest = 0;          // embedding (f32, dequantized after its cast) + classifier at the end
+  int64_t base = 0;          // the process without a model (code, allocator), measured by the caller
+  int64_t peak() const;      // max(block phase, rest phase) + base
+  std::string formula() const;  // one line per part, for --dry-run
+};
+StreamMemory stream_memory(const LlamaConfig& c, DType stored, Method method, int64_t calib_tokens, int64_t window);
+
+struct StreamReport {
+  PipelineReport pipeline;           // every linear quantized in this run, calibration tokens
+  std::vector<double> block_seconds; // per block run in this run (resumed blocks absent)
+  int first_block = 0;               // 0, or where --resume picked up
+  int64_t bytes_read = 0;            // stored weight bytes converted
+  int64_t bytes_written = 0;         // the output folder
+  double seconds = 0;
+  StreamMemory memory;
+  int64_t peak_rss_bytes = 0;        // getrusage's maximum resident set at the end
+};
+
+// Errors (one line, naming the file and tensor; nothing written to `out_dir`): what
+// open_hf_checkpoint / check_llama_tensors refuse, a method/plan quantize_model refuses, a
+// --resume whose checkpoint does not match this run (another model, plan, method or calibration).
+Result<StreamReport> quantize_streaming(const std::string& model_dir, const std::string& out_dir, const StreamOptions& opt);
+
+}  // namespace lowbit

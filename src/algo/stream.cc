@@ -1,0 +1,388 @@
+// quantize_streaming: a checkpoint larger than RAM, one block at a time (stream.h).
+#include "lowbit/stream.h"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "lowbit/convert.h"
+#include "lowbit/file.h"
+#include "lowbit/formats.h"
+#include "lowbit/llama.h"
+#include "lowbit/safetensors.h"
+
+namespace lowbit {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+constexpr const char* kProgress = "progress.json";     // {"key": ..., "done": blocks completed}
+constexpr const char* kResidual = "residual.f32";      // the residual stream feeding block `done`
+const float kEmpty[1] = {0.0f};
+
+ConstTensorView empty_matrix() {
+  static const int64_t shape[2] = {0, 0};
+  return ConstTensorView(kEmpty, DType::kF32, std::span<const int64_t>(shape, 2));
+}
+
+struct HfSlot { const char* hf; LinearSlot slot; bool rope; };
+constexpr HfSlot kHfSlots[] = {{"self_attn.q_proj", LinearSlot::kWq, true},  {"self_attn.k_proj", LinearSlot::kWk, true},
+                               {"self_attn.v_proj", LinearSlot::kWv, false}, {"self_attn.o_proj", LinearSlot::kWo, false},
+                               {"mlp.gate_proj", LinearSlot::kW1, false},    {"mlp.down_proj", LinearSlot::kW2, false},
+                               {"mlp.up_proj", LinearSlot::kW3, false}};
+
+// A Model whose blocks are all empty views; the caller fills in what one step needs.
+Model skeleton(const LlamaConfig& c) {
+  Model m;
+  m.config = c;
+  LayerWeights empty;
+  for (auto member : {&LayerWeights::attn_norm, &LayerWeights::wq, &LayerWeights::wk, &LayerWeights::wv, &LayerWeights::wo,
+                      &LayerWeights::ffn_norm, &LayerWeights::w1, &LayerWeights::w2, &LayerWeights::w3}) {
+    empty.*member = empty_matrix();
+  }
+  m.weights.layers.assign(static_cast<size_t>(c.n_layers), empty);
+  m.weights.tok_embeddings = m.weights.classifier = m.weights.final_norm = empty_matrix();
+  return m;
+}
+
+Status adopt(Model& m, const HfCheckpoint& ck, const std::string& name, std::vector<int64_t> shape, ConstTensorView* dest,
+             int64_t* bytes_read, int64_t permute = 0) {
+  LOWBIT_ASSIGN_OR_RETURN(Tensor t, load_f32(ck.weights, name, shape, permute));
+  const SafetensorsTensorInfo* info = ck.weights.file_of(name)->find(name);
+  *bytes_read += static_cast<int64_t>(info->end - info->begin);
+  release_pages(ck.weights, name);
+  *dest = t.view();
+  m.owned.push_back(std::move(t));
+  return OkStatus();
+}
+
+Status load_block(Model& m, const HfCheckpoint& ck, int l, int64_t* bytes_read) {
+  const LlamaConfig& c = m.config;
+  const std::string p = fmt::format("model.layers.{}.", l);
+  LayerWeights& lw = m.weights.layers[static_cast<size_t>(l)];
+  m.owned.reserve(m.owned.size() + 9);
+  LOWBIT_RETURN_IF_ERROR(adopt(m, ck, p + "input_layernorm.weight", {c.dim}, &lw.attn_norm, bytes_read));
+  LOWBIT_RETURN_IF_ERROR(adopt(m, ck, p + "post_attention_layernorm.weight", {c.dim}, &lw.ffn_norm, bytes_read));
+  for (const HfSlot& s : kHfSlots) {
+    ConstTensorView* dest = &(lw.*linear_weight_member(s.slot));
+    const int64_t out = s.slot == LinearSlot::kWk || s.slot == LinearSlot::kWv ? c.kv_dim()
+                        : s.slot == LinearSlot::kW1 || s.slot == LinearSlot::kW3 ? c.hidden_dim : c.dim;
+    const int64_t in = s.slot == LinearSlot::kW2 ? c.hidden_dim : c.dim;
+    LOWBIT_RETURN_IF_ERROR(adopt(m, ck, p + s.hf + ".weight", {out, in}, dest, bytes_read, s.rope ? c.head_dim() : 0));
+  }
+  return OkStatus();
+}
+
+// FNV-1a: the run's identity, stable across builds, for --resume.
+uint64_t fnv(std::string_view s, uint64_t h = 1469598103934665603ull) {
+  for (char ch : s) h = (h ^ static_cast<unsigned char>(ch)) * 1099511628211ull;
+  return h;
+}
+
+std::string run_key(const std::string& model_dir, const StreamOptions& opt) {
+  std::string s = fs::absolute(model_dir).lexically_normal().string() + "|" + std::string(method_name(opt.pipeline.method)) + "|" +
+                  plan_json(opt.pipeline.plan) + "|" + (opt.pipeline.sequential ? "seq" : "par") +
+                  fmt::format("|{}|{}|{}|{}|{}|{}|{}|{}", opt.pipeline.gptq.damp, opt.pipeline.gptq.block_size,
+                              opt.pipeline.gptq.act_order, opt.pipeline.gptq.static_groups, opt.pipeline.awq.grid,
+                              opt.pipeline.awq.max_samples, opt.pipeline.smooth_alpha, opt.pipeline.outlier_threshold);
+  uint64_t h = fnv(s);
+  for (const auto& w : opt.pipeline.calib) {
+    h = fnv(std::string_view(reinterpret_cast<const char*>(w.data()), w.size() * sizeof(int)), h);
+    h = fnv("|", h);
+  }
+  for (const auto& [k, v] : opt.save.extra_metadata) h = fnv(k + "=" + v + ";", h);
+  return fmt::format("{:016x}", h);
+}
+
+std::string shard_name(int i, int n) { return fmt::format("model-{:05d}-of-{:05d}.safetensors", i + 1, n); }
+
+int64_t current_peak_rss() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<int64_t>(ru.ru_maxrss) * 1024;
+}
+
+Status write_residual(const std::string& path, const std::vector<std::vector<float>>& xs) {
+  std::string bytes;
+  size_t n = 0;
+  for (const auto& x : xs) n += x.size() * sizeof(float);
+  bytes.resize(n);
+  size_t off = 0;
+  for (const auto& x : xs) {
+    std::memcpy(bytes.data() + off, x.data(), x.size() * sizeof(float));
+    off += x.size() * sizeof(float);
+  }
+  return write_file_atomic(path, bytes);
+}
+
+Status read_residual(const std::string& path, std::vector<std::vector<float>>& xs, const StreamOptions& opt, int dim) {
+  LOWBIT_ASSIGN_OR_RETURN(MappedFile f, MappedFile::open(path));
+  size_t want = 0;
+  for (const auto& w : opt.pipeline.calib) want += w.size() * static_cast<size_t>(dim) * sizeof(float);
+  if (f.size() != want) return DataLoss(fmt::format("{}: {} bytes, expected {} for this calibration", path, f.size(), want));
+  xs.assign(opt.pipeline.calib.size(), {});
+  size_t off = 0;
+  for (size_t w = 0; w < xs.size(); ++w) {
+    xs[w].resize(opt.pipeline.calib[w].size() * static_cast<size_t>(dim));
+    std::memcpy(xs[w].data(), f.bytes().data() + off, xs[w].size() * sizeof(float));
+    off += xs[w].size() * sizeof(float);
+  }
+  return OkStatus();
+}
+
+// The plan without the entries a step does not own.
+QuantPlan plan_without(const QuantPlan& p, std::initializer_list<std::string_view> names) {
+  QuantPlan q = p;
+  std::erase_if(q.entries, [&](const PlanEntry& e) { return std::find(names.begin(), names.end(), e.name) != names.end(); });
+  return q;
+}
+
+}  // namespace
+
+// Allocator arenas, output and checkpoint buffers, thread stacks: a margin, not a measured part.
+constexpr int64_t kStreamMargin = int64_t{64} << 20;
+
+int64_t StreamMemory::peak() const {
+  return std::max(block_stored + block_f32 + statistics + gptq + activations, rest) + base + kStreamMargin;
+}
+
+std::string StreamMemory::formula() const {
+  const auto mib = [](int64_t b) { return static_cast<double>(b) / (1 << 20); };
+  return fmt::format(
+      "peak = max(block, rest) + base + 64 MiB margin = {:.0f} MiB\n"
+      "  block = stored block {:.0f} + 2 x f32 block {:.0f} + statistics {:.0f} + GPTQ factor and copies {:.0f} + "
+      "calibration activations {:.0f} = {:.0f} MiB\n"
+      "  rest  = embedding / classifier step {:.0f} MiB\n"
+      "  base  = process without a model {:.0f} MiB\n",
+      mib(peak()), mib(block_stored), mib(block_f32), mib(statistics), mib(gptq), mib(activations),
+      mib(block_stored + block_f32 + statistics + gptq + activations), mib(rest), mib(base));
+}
+
+StreamMemory stream_memory(const LlamaConfig& c, DType stored, Method method, int64_t calib_tokens, int64_t window) {
+  const int64_t d = c.dim, h = c.hidden_dim, kv = c.kv_dim(), v = c.vocab_size;
+  const int64_t params = 2 * d + 2 * d * d + 2 * kv * d + 3 * h * d;
+  StreamMemory m;
+  m.block_stored = params * static_cast<int64_t>(dtype_size(stored));
+  m.block_f32 = 2 * 4 * params + params / 2;  // loaded + working copy, + the quantized codes (≤ 4 bits) and scales
+  const bool calib = method != Method::kRtn;
+  if (method == Method::kGptq) {
+    m.statistics = 8 * (3 * d * d + h * h);  // Hessians of the four input sites, double
+    m.gptq = 4 * h * h + 3 * 4 * h * d;      // float factor of the widest input + clone, permuted copy, codes of W
+  } else if (calib) {
+    m.statistics = 4 * 3 * (3 * d + h);
+  }
+  if (calib) {
+    // the stream (and the fp32 outputs without --sequential) + one window's block buffers and its Xᵀ X temporary
+    m.activations = 2 * calib_tokens * d * 4 + window * (8 * d + 3 * h + window * c.n_heads) * 4 +
+                    (method == Method::kGptq ? 4 * h * h : 0);
+  }
+  // embedding step: f32 as loaded, its cast codes (fp16: 2 bytes) and the dequantized f32 the save writes
+  m.rest = v * d * (4 + 2 + 4);
+  return m;
+}
+
+Result<StreamReport> quantize_streaming(const std::string& model_dir, const std::string& out_dir, const StreamOptions& opt) {
+  const auto t0 = std::chrono::steady_clock::now();
+  if (opt.save.format != ModelFormat::kSafetensors) {
+    return Unsupported(fmt::format("{}: a streamed save is a sharded safetensors folder (GGUF is not streamed yet)", out_dir));
+  }
+  LOWBIT_ASSIGN_OR_RETURN(HfCheckpoint ck, open_hf_checkpoint(model_dir));
+  LOWBIT_RETURN_IF_ERROR(check_llama_tensors(ck));
+  const LlamaConfig& c = ck.config;
+  const int L = c.n_layers, n_shards = L + 1;
+  const bool needs_calib = opt.pipeline.method != Method::kRtn;
+
+  fs::path out(out_dir);
+  if (out.filename().empty()) out = out.parent_path();
+  const fs::path work = out.string() + ".partial";
+  std::error_code ec;
+  if (fs::exists(out, ec) && !fs::is_directory(out, ec)) {
+    return InvalidArgument(fmt::format("{}: exists and is not a folder (a streamed save is a folder)", out.string()));
+  }
+  const std::string key = run_key(model_dir, opt);
+  StreamReport rep;
+  rep.memory = stream_memory(c, ck.stored, opt.pipeline.method, [&] {
+    int64_t n = 0;
+    for (const auto& w : opt.pipeline.calib) n += static_cast<int64_t>(w.size());
+    return n;
+  }(), opt.pipeline.calib.empty() ? 0 : static_cast<int64_t>(opt.pipeline.calib.front().size()));
+  rep.memory.block_stored = ck.weights.bytes_with_prefix("model.layers.0.");
+  for (const auto& w : opt.pipeline.calib) rep.pipeline.calib_tokens += static_cast<int64_t>(w.size());
+
+  std::vector<std::vector<float>> xs;
+  int start = 0;
+  if (opt.resume && fs::exists(work / kProgress, ec)) {
+    LOWBIT_ASSIGN_OR_RETURN(std::string text, read_file((work / kProgress).string()));
+    const json j = json::parse(text, nullptr, false);
+    if (j.is_discarded() || !j.contains("key") || !j.contains("done") || !j["done"].is_number_integer()) {
+      return DataLoss(fmt::format("{}: not a streamed-quantization checkpoint", (work / kProgress).string()));
+    }
+    if (j["key"] != key) {
+      return InvalidArgument(fmt::format("{}: the checkpoint is of another run (model, plan, method or calibration differ); "
+                                         "drop --resume to start over", (work / kProgress).string()));
+    }
+    start = std::clamp(j["done"].get<int>(), 0, L);
+    if (needs_calib && start > 0) LOWBIT_RETURN_IF_ERROR(read_residual((work / kResidual).string(), xs, opt, c.dim));
+  } else {
+    fs::remove_all(work, ec);
+    fs::create_directories(work, ec);
+    if (ec) return IoError(fmt::format("{}: cannot create the work folder: {}", work.string(), ec.message()));
+  }
+  rep.first_block = start;
+
+  if (needs_calib && start == 0) {  // the embedding rows of the calibration tokens only
+    Model m = skeleton(c);
+    const SafetensorsFile* f = ck.weights.file_of("model.embed_tokens.weight");
+    xs.resize(opt.pipeline.calib.size());
+    for (size_t w = 0; w < xs.size(); ++w) {
+      xs[w].resize(opt.pipeline.calib[w].size() * static_cast<size_t>(c.dim));
+      for (size_t t = 0; t < opt.pipeline.calib[w].size(); ++t) {
+        const int tok = opt.pipeline.calib[w][t];
+        if (tok < 0 || tok >= c.vocab_size) return InvalidArgument(fmt::format("calibration token {} is outside the vocab of {}", tok, c.vocab_size));
+      }
+    }
+    (void)f;
+    // Row by row through load_f32 would convert the whole table; convert just the rows needed.
+    const SafetensorsTensorInfo* info = f->find("model.embed_tokens.weight");
+    const std::span<const std::byte> src = f->data(*info);
+    const size_t esize = dtype_size(info->dtype);
+    for (size_t w = 0; w < xs.size(); ++w) {
+      for (size_t t = 0; t < opt.pipeline.calib[w].size(); ++t) {
+        const auto* in = reinterpret_cast<const uint8_t*>(src.data()) + static_cast<size_t>(opt.pipeline.calib[w][t]) * c.dim * esize;
+        const std::span<const uint8_t> bytes(in, static_cast<size_t>(c.dim) * esize);
+        const std::span<float> dst(xs[w].data() + t * c.dim, static_cast<size_t>(c.dim));
+        switch (info->dtype) {
+          case DType::kF16: decode_span(Format::kFp16, bytes, dst); break;
+          case DType::kBF16: decode_span(Format::kBf16, bytes, dst); break;
+          default: std::memcpy(dst.data(), in, bytes.size()); break;
+        }
+      }
+    }
+    release_pages(ck.weights, "model.embed_tokens.weight");
+  }
+
+  const char* stop_env = std::getenv(kStreamStopEnv);
+  const int stop_after = stop_env ? std::atoi(stop_env) : -1;
+  for (int l = start; l < L; ++l) {
+    const auto tb = std::chrono::steady_clock::now();
+    Model m = skeleton(c);
+    LOWBIT_RETURN_IF_ERROR(load_block(m, ck, l, &rep.bytes_read));
+    LlamaModel net(m);
+    PipelineOptions po = opt.pipeline;
+    po.first_block = l;
+    po.end_block = l + 1;
+    po.embeddings = false;
+    po.residual = needs_calib ? &xs : nullptr;
+    po.on_layer = nullptr;
+    LOWBIT_ASSIGN_OR_RETURN(PipelineReport pr, quantize_model(net, po));
+    rep.pipeline.linears.insert(rep.pipeline.linears.end(), pr.linears.begin(), pr.linears.end());
+    rep.pipeline.peak_activation_bytes = std::max(rep.pipeline.peak_activation_bytes, pr.peak_activation_bytes);
+    LOWBIT_RETURN_IF_ERROR(save_safetensors_shard(net, (work / shard_name(l, n_shards)).string(), l, l + 1, false, false, opt.save).status());
+    if (needs_calib) LOWBIT_RETURN_IF_ERROR(write_residual((work / kResidual).string(), xs));
+    LOWBIT_RETURN_IF_ERROR(write_file_atomic((work / kProgress).string(), json({{"key", key}, {"done", l + 1}}).dump() + "\n"));
+    rep.block_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - tb).count());
+    if (opt.on_block) opt.on_block(l, L);
+    if (l == stop_after) return Internal(fmt::format("stopped after block {} ({} is set)", l, kStreamStopEnv));
+  }
+
+  // The rest: embedding (+ final norm) and the classifier, one at a time, in the last shard.
+  bool classifier_stored = false;  // what config.json's tie_word_embeddings must say
+  {
+    Model m = skeleton(c);
+    LOWBIT_RETURN_IF_ERROR(adopt(m, ck, "model.embed_tokens.weight", {c.vocab_size, c.dim}, &m.weights.tok_embeddings, &rep.bytes_read));
+    LOWBIT_RETURN_IF_ERROR(adopt(m, ck, "model.norm.weight", {c.dim}, &m.weights.final_norm, &rep.bytes_read));
+    const bool untied = !c.shared_classifier && ck.weights.file_of("lm_head.weight") != nullptr;
+    m.config.shared_classifier = !untied;
+    if (!untied) m.weights.classifier = m.weights.tok_embeddings;
+    LlamaModel net(m);
+    PipelineOptions po = opt.pipeline;
+    po.plan = plan_without(opt.pipeline.plan, {"classifier"});
+    po.calib.clear();
+    po.method = Method::kRtn;  // no blocks run: only the embedding's cast / RTN, as quantize_model ends
+    po.first_block = po.end_block = L;
+    po.residual = nullptr;
+    po.on_layer = nullptr;
+    LOWBIT_RETURN_IF_ERROR(quantize_model(net, po).status());
+    classifier_stored = untied || net.classifier().quant() != nullptr;
+    const std::string emb_path = (work / (shard_name(L, n_shards) + ".emb")).string();
+    LOWBIT_RETURN_IF_ERROR(save_safetensors_shard(net, emb_path, L, L, true, !untied, opt.save).status());
+  }
+  std::vector<std::string> last_parts = {shard_name(L, n_shards) + ".emb"};
+  if (!c.shared_classifier && ck.weights.file_of("lm_head.weight") != nullptr) {
+    Model m = skeleton(c);
+    LOWBIT_RETURN_IF_ERROR(adopt(m, ck, "lm_head.weight", {c.vocab_size, c.dim}, &m.weights.classifier, &rep.bytes_read));
+    m.config.shared_classifier = false;
+    LlamaModel net(m);
+    PipelineOptions po = opt.pipeline;
+    po.plan = plan_without(opt.pipeline.plan, {"tok_embeddings"});
+    po.calib.clear();
+    po.method = Method::kRtn;
+    po.first_block = po.end_block = L;
+    po.residual = nullptr;
+    LOWBIT_RETURN_IF_ERROR(quantize_model(net, po).status());
+    const std::string head_path = (work / (shard_name(L, n_shards) + ".head")).string();
+    LOWBIT_RETURN_IF_ERROR(save_safetensors_shard(net, head_path, L, L, false, true, opt.save).status());
+    last_parts.push_back(shard_name(L, n_shards) + ".head");
+  }
+  // The classifier's file stands as shard n+1 (its name and metadata are the save's own).
+  std::vector<std::string> shards;
+  for (int l = 0; l < L; ++l) shards.push_back(shard_name(l, n_shards + static_cast<int>(last_parts.size()) - 1));
+  for (int l = 0; l < L; ++l) fs::rename(work / shard_name(l, n_shards), work / shards[static_cast<size_t>(l)], ec);
+  for (size_t i = 0; i < last_parts.size(); ++i) {
+    const std::string name = shard_name(L + static_cast<int>(i), n_shards + static_cast<int>(last_parts.size()) - 1);
+    fs::rename(work / last_parts[i], work / name, ec);
+    if (ec) return IoError(fmt::format("{}: cannot rename {}: {}", work.string(), last_parts[i], ec.message()));
+    shards.push_back(name);
+  }
+
+  // Index, config and tokenizer; then the folder is swapped in.
+  json wm = json::object();
+  int64_t total = 0;
+  for (const std::string& s : shards) {
+    LOWBIT_ASSIGN_OR_RETURN(SafetensorsFile f, open_safetensors((work / s).string()));
+    for (const SafetensorsTensorInfo& t : f.tensors()) {
+      wm[t.name] = s;
+      total += static_cast<int64_t>(t.end - t.begin);
+    }
+  }
+  LOWBIT_RETURN_IF_ERROR(write_file_atomic((work / kShardIndexName).string(),
+                                           json({{"metadata", {{"total_size", total}}}, {"weight_map", wm}}).dump(2) + "\n"));
+  {
+    Model m = skeleton(c);
+    m.config.shared_classifier = !classifier_stored;
+    static const float one = 0.0f;
+    const int64_t shape[2] = {1, 1};
+    m.weights.classifier = ConstTensorView(&one, DType::kF32, std::span<const int64_t>(shape, 2));
+    LOWBIT_RETURN_IF_ERROR(save_safetensors_sidecar(LlamaModel(m), work.string(), opt.save));
+  }
+  fs::remove(work / kProgress, ec);
+  fs::remove(work / kResidual, ec);
+  for (const fs::directory_entry& e : fs::directory_iterator(work, ec)) rep.bytes_written += static_cast<int64_t>(e.file_size(ec));
+  if (fs::exists(out, ec)) {
+    const fs::path aside = out.string() + ".old";
+    fs::remove_all(aside, ec);
+    fs::rename(out, aside, ec);
+    if (ec) return IoError(fmt::format("{}: cannot move the old folder aside: {}", out.string(), ec.message()));
+    fs::rename(work, out, ec);
+    if (ec) return IoError(fmt::format("{}: cannot move the finished folder into place: {}", out.string(), ec.message()));
+    fs::remove_all(aside, ec);
+  } else {
+    fs::rename(work, out, ec);
+    if (ec) return IoError(fmt::format("{}: cannot move the finished folder into place: {}", out.string(), ec.message()));
+  }
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  rep.peak_rss_bytes = current_peak_rss();
+  return rep;
+}
+
+}  // namespace lowbit

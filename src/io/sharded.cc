@@ -1,0 +1,199 @@
+// Sharded Hugging Face checkpoints: the index and its shards (sharded.h).
+#include "lowbit/sharded.h"
+
+#include <filesystem>
+#include <set>
+#include <string>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "lowbit/convert.h"
+#include "lowbit/file.h"
+#include "lowbit/formats.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+
+namespace lowbit {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+const SafetensorsFile* ShardedCheckpoint::file_of(std::string_view tensor) const {
+  const auto it = where.find(tensor);
+  return it == where.end() ? nullptr : &shards[it->second];
+}
+
+int64_t ShardedCheckpoint::bytes_with_prefix(std::string_view prefix) const {
+  int64_t n = 0;
+  for (auto it = where.lower_bound(prefix); it != where.end() && it->first.starts_with(prefix); ++it) {
+    const SafetensorsTensorInfo* info = shards[it->second].find(it->first);
+    if (info) n += static_cast<int64_t>(info->end - info->begin);
+  }
+  return n;
+}
+
+ShardedCheckpoint single_file_checkpoint(SafetensorsFile f) {
+  ShardedCheckpoint ck;
+  ck.index_path = f.path();
+  for (const SafetensorsTensorInfo& t : f.tensors()) ck.where.emplace(t.name, 0);
+  ck.shards.push_back(std::move(f));
+  return ck;
+}
+
+Result<ShardedCheckpoint> open_sharded(const std::string& index_path) {
+  LOWBIT_ASSIGN_OR_RETURN(std::string text, read_file(index_path));
+  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return DataLoss(index_path + ": not a JSON object");
+  const auto wm = j.find("weight_map");
+  if (wm == j.end() || !wm->is_object() || wm->empty()) {
+    return DataLoss(index_path + ": no \"weight_map\" object naming each tensor's shard");
+  }
+  const fs::path dir = fs::path(index_path).parent_path();
+  ShardedCheckpoint ck;
+  ck.index_path = index_path;
+  std::map<std::string, size_t> shard_pos;
+  for (const auto& [tensor, v] : wm->items()) {
+    if (!v.is_string()) return DataLoss(fmt::format("{}: weight_map entry for tensor {} is not a file name", index_path, tensor));
+    const std::string shard = v.get<std::string>();
+    if (shard.empty() || shard.find('/') != std::string::npos || shard.find('\\') != std::string::npos || shard == "." || shard == "..") {
+      return DataLoss(fmt::format("{}: tensor {} names shard '{}', not a file name in the index's folder", index_path, tensor, shard));
+    }
+    auto it = shard_pos.find(shard);
+    if (it == shard_pos.end()) {
+      const std::string path = (dir / shard).string();
+      std::error_code ec;
+      if (!fs::exists(path, ec)) {
+        return NotFound(fmt::format("{}: shard is missing ({} names it for tensor {})", path, kShardIndexName, tensor));
+      }
+      LOWBIT_ASSIGN_OR_RETURN(SafetensorsFile f, open_safetensors(path));
+      it = shard_pos.emplace(shard, ck.shards.size()).first;
+      ck.shards.push_back(std::move(f));
+    }
+    const SafetensorsFile& f = ck.shards[it->second];
+    if (f.find(tensor) == nullptr) {
+      return DataLoss(fmt::format("{}: tensor {} is not in this shard ({} puts it here)", f.path(), tensor, kShardIndexName));
+    }
+    ck.where.emplace(tensor, it->second);
+  }
+  for (size_t s = 0; s < ck.shards.size(); ++s) {
+    for (const SafetensorsTensorInfo& t : ck.shards[s].tensors()) {
+      const auto w = ck.where.find(t.name);
+      if (w == ck.where.end() || w->second != s) {
+        return DataLoss(fmt::format("{}: tensor {} is not in {} for this shard", ck.shards[s].path(), t.name, kShardIndexName));
+      }
+    }
+  }
+  return ck;
+}
+
+Result<LlamaConfig> parse_hf_llama_config(const std::string& path);  // safetensors.cc
+
+Result<HfCheckpoint> open_hf_checkpoint(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return InvalidArgument(fmt::format("{}: not a folder (a Hugging Face checkpoint is a folder)", dir));
+  const fs::path d(dir);
+  if (!fs::exists(d / "config.json", ec)) {
+    return NotFound(fmt::format("{}: config.json is missing (a Hugging Face checkpoint needs it beside the weights)", dir));
+  }
+  HfCheckpoint ck;
+  LOWBIT_ASSIGN_OR_RETURN(ck.config, parse_hf_llama_config((d / "config.json").string()));
+  if (fs::exists(d / "model.safetensors", ec)) {
+    LOWBIT_ASSIGN_OR_RETURN(SafetensorsFile f, open_safetensors((d / "model.safetensors").string()));
+    ck.weights = single_file_checkpoint(std::move(f));
+  } else if (fs::exists(d / kShardIndexName, ec)) {
+    LOWBIT_ASSIGN_OR_RETURN(ck.weights, open_sharded((d / kShardIndexName).string()));
+  } else {
+    return NotFound(fmt::format("{}: neither model.safetensors nor {} is there", dir, kShardIndexName));
+  }
+  if (const SafetensorsFile* f = ck.weights.file_of("model.layers.0.self_attn.q_proj.weight")) {
+    ck.stored = f->find("model.layers.0.self_attn.q_proj.weight")->dtype;
+  }
+  return ck;
+}
+
+namespace {
+
+std::string shape_text(const std::vector<int64_t>& s) {
+  std::string out = "(";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + (s.size() == 1 ? ",)" : ")");
+}
+
+Result<const SafetensorsTensorInfo*> checked(const ShardedCheckpoint& ck, const std::string& name, const std::vector<int64_t>& shape) {
+  const SafetensorsFile* f = ck.file_of(name);
+  if (f == nullptr) return NotFound(fmt::format("{}: tensor {} is missing (expected shape {})", ck.index_path, name, shape_text(shape)));
+  const SafetensorsTensorInfo* info = f->find(name);
+  if (info->shape != shape) {
+    return DataLoss(fmt::format("{}: tensor {} has shape {}, expected {} from config.json", f->path(), name, shape_text(info->shape), shape_text(shape)));
+  }
+  if (info->dtype != DType::kF32 && info->dtype != DType::kF16 && info->dtype != DType::kBF16) {
+    return Unsupported(fmt::format("{}: tensor {} has dtype {}; weights must be F32, F16 or BF16", f->path(), name, safetensors_dtype_name(info->dtype)));
+  }
+  return info;
+}
+
+}  // namespace
+
+Status check_llama_tensors(const HfCheckpoint& ck) {
+  const LlamaConfig& c = ck.config;
+  const int64_t d = c.dim, h = c.hidden_dim, kv = c.kv_dim(), v = c.vocab_size;
+  LOWBIT_RETURN_IF_ERROR(checked(ck.weights, "model.embed_tokens.weight", {v, d}).status());
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::string p = fmt::format("model.layers.{}.", l);
+    const std::pair<const char*, std::vector<int64_t>> t[] = {
+        {"input_layernorm.weight", {d}}, {"post_attention_layernorm.weight", {d}}, {"self_attn.q_proj.weight", {d, d}},
+        {"self_attn.k_proj.weight", {kv, d}}, {"self_attn.v_proj.weight", {kv, d}}, {"self_attn.o_proj.weight", {d, d}},
+        {"mlp.gate_proj.weight", {h, d}}, {"mlp.up_proj.weight", {h, d}}, {"mlp.down_proj.weight", {d, h}}};
+    for (const auto& [n, s] : t) LOWBIT_RETURN_IF_ERROR(checked(ck.weights, p + n, s).status());
+  }
+  LOWBIT_RETURN_IF_ERROR(checked(ck.weights, "model.norm.weight", {d}).status());
+  if (!c.shared_classifier && ck.weights.file_of("lm_head.weight")) {
+    LOWBIT_RETURN_IF_ERROR(checked(ck.weights, "lm_head.weight", {v, d}).status());
+  }
+  return OkStatus();
+}
+
+Result<Tensor> load_f32(const ShardedCheckpoint& ck, const std::string& name, const std::vector<int64_t>& shape,
+                        int64_t permute_head_dim) {
+  LOWBIT_ASSIGN_OR_RETURN(const SafetensorsTensorInfo* info, checked(ck, name, shape));
+  const SafetensorsFile& f = *ck.file_of(name);
+  const std::span<const std::byte> src = f.data(*info);
+  const int64_t rows = shape[0], cols = shape.size() == 2 ? shape[1] : 1;
+  LOWBIT_ASSIGN_OR_RETURN(Tensor t, Tensor::empty(DType::kF32, std::span<const int64_t>(shape)));
+  const size_t esize = dtype_size(info->dtype);
+  float* out = t.data_as<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t s = permute_head_dim > 0 ? hf_rope_source_row(r, permute_head_dim) : r;
+    const auto* in = reinterpret_cast<const uint8_t*>(src.data()) + static_cast<size_t>(s * cols) * esize;
+    const std::span<const uint8_t> bytes(in, static_cast<size_t>(cols) * esize);
+    const std::span<float> dst(out + r * cols, static_cast<size_t>(cols));
+    switch (info->dtype) {
+      case DType::kF16: decode_span(Format::kFp16, bytes, dst); break;
+      case DType::kBF16: decode_span(Format::kBf16, bytes, dst); break;
+      default: std::memcpy(dst.data(), in, bytes.size()); break;
+    }
+  }
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    if (!std::isfinite(out[i])) {
+      return DataLoss(fmt::format("{}: tensor {} has a non-finite value at index {}", f.path(), name, i));
+    }
+  }
+  return t;
+}
+
+void release_pages(const ShardedCheckpoint& ck, const std::string& name) {
+  const SafetensorsFile* f = ck.file_of(name);
+  if (f == nullptr) return;
+  const std::span<const std::byte> b = f->data(*f->find(name));
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t lo = (reinterpret_cast<uintptr_t>(b.data()) + page - 1) / page * page;  // whole pages inside the tensor
+  const uintptr_t hi = (reinterpret_cast<uintptr_t>(b.data()) + b.size()) / page * page;
+  if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+}
+
+}  // namespace lowbit
