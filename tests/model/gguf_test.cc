@@ -450,15 +450,15 @@ TEST(GgufTest, HandBuiltQ6_K) {
 TEST(GgufTest, TypesWithoutDequantizationAreUnsupported) {
   TempDir dir;
   RawGguf g;
-  g.tensors.push_back({"blk.0.ffn_up.weight", {256}, 13, std::vector<uint8_t>(176, 0), {}});  // q5_K
-  const std::string path = dir.file("q5k.gguf");
+  g.tensors.push_back({"blk.0.ffn_up.weight", {256}, 16, std::vector<uint8_t>(66, 0), {}});  // iq2_xxs
+  const std::string path = dir.file("iq2xxs.gguf");
   write_bytes(path, g.bytes());
   Result<GgufFile> f = open_gguf(path);
   ASSERT_TRUE(f.ok()) << f.status().to_string();
   Result<Tensor> t = dequantize_tensor(*f, f->tensors[0]);
   ASSERT_FALSE(t.ok());
   EXPECT_EQ(t.status().code(), StatusCode::kUnsupported);
-  EXPECT_NE(t.status().message().find("blk.0.ffn_up.weight has type q5_K"), std::string::npos) << t.status().message();
+  EXPECT_NE(t.status().message().find("blk.0.ffn_up.weight has type iq2_xxs"), std::string::npos) << t.status().message();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -905,7 +905,8 @@ TEST(GgufCrossCheck, DequantizeMatchesGgufPython) {
     seen.insert(t.type);
   }
   for (GgmlType type : {GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16, GgmlType::kQ8_0, GgmlType::kQ4_0,
-                        GgmlType::kQ4_1, GgmlType::kQ5_0, GgmlType::kQ5_1, GgmlType::kQ4_K, GgmlType::kQ6_K}) {
+                        GgmlType::kQ4_1, GgmlType::kQ5_0, GgmlType::kQ5_1, GgmlType::kQ2_K, GgmlType::kQ3_K,
+                        GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K, GgmlType::kIQ4_NL, GgmlType::kIQ4_XS}) {
     EXPECT_TRUE(seen.count(type)) << ggml_type_name(type) << " not covered by the Python file";
   }
 }
