@@ -6,6 +6,7 @@
 // byte range against the file before anything touches tensor data.
 
 #include "lowbit/gguf.h"
+#include "lowbit/ggml_quant.h"
 #include "model_internal.h"
 
 #include <algorithm>
@@ -681,6 +682,22 @@ Result<Encoded> encode_tensor(const GgufWriteTensor& t) {
   }
   Encoded e;
   e.dims.assign(t.shape.rbegin(), t.shape.rend());
+  if (t.quant != nullptr && t.quant->spec.ggml != GgmlType::kF32) {
+    // ggml blocks as lowbit chose them: the codes are the tensor's bytes.
+    const QuantizedTensor& q = *t.quant;
+    const GgmlBlockInfo* info = ggml_block_info(q.spec.ggml);
+    if (info == nullptr) return bad("unknown ggml block type");
+    if (q.numel() != numel || q.cols != t.shape.back()) {
+      return bad(fmt::format("shape {} does not match the quantized tensor's {}", dims_string(t.shape), q.shape.to_string()));
+    }
+    if (q.cols % info->block_size != 0 || q.row_bytes != ggml_row_bytes(q.spec.ggml, q.cols) ||
+        q.codes.size() != static_cast<size_t>(q.rows * q.row_bytes)) {
+      return bad(fmt::format("rows of {} values do not hold whole {} blocks of {}", q.cols, info->name, info->block_size));
+    }
+    e.type = q.spec.ggml;
+    e.bytes = q.codes;
+    return e;
+  }
   if (t.quant != nullptr) {
     const QuantizedTensor& q = *t.quant;
     const QuantSpec& s = q.spec;

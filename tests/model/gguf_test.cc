@@ -989,5 +989,41 @@ TEST(GgufCrossCheck, WritesFilesForGgufPython) {
   write_f32_file(std::string(dir) + "/cpp.vec.f32", std::vector<float>(x.begin(), x.begin() + cols));
 }
 
+// quantize (every ggml block type lowbit writes) -> write_gguf -> open_gguf -> dequantize_tensor gives
+// back lowbit's dequantize() bit for bit; the file is left for gguf_crosscheck.py, which checks that
+// the gguf package reads the same types, shapes and values.
+TEST(GgufCrossCheck, WritesGgmlBlockTypesForGgufPython) {
+  const char* dir = crosscheck_dir();
+  if (dir == nullptr) GTEST_SKIP() << "LOWBIT_GGUF_CROSSCHECK_DIR is not set (CTest's gguf_crosscheck tests set it)";
+  const int64_t rows = 4, cols = 512;
+  const auto x = random_values(23, rows * cols, 0.05f);
+  std::vector<QuantizedTensor> qs;
+  for (const GgmlBlockInfo& info : ggml_block_types()) {
+    Result<QuantizedTensor> q = quantize(ConstTensorView(x.data(), DType::kF32, {rows, cols}), ggml_spec(info.type));
+    ASSERT_TRUE(q.ok()) << q.status().to_string();
+    qs.push_back(std::move(*q));
+  }
+  GgufWriteSpec spec;
+  spec.metadata = {{"general.architecture", GgufValue::str("llama")}};
+  for (const QuantizedTensor& q : qs) {
+    spec.tensors.push_back({"blocks." + std::string(ggml_block_info(q.spec.ggml)->name), {rows, cols}, {}, GgmlType::kF32, &q});
+  }
+  const std::string path = std::string(dir) + "/cpp_blocks.gguf";
+  ASSERT_TRUE(write_gguf(path, spec).ok());
+  Result<GgufFile> f = open_gguf(path);
+  ASSERT_TRUE(f.ok()) << f.status().to_string();
+  ASSERT_EQ(f->tensors.size(), qs.size());
+  for (size_t i = 0; i < qs.size(); ++i) {
+    const GgufTensor& t = f->tensors[i];
+    EXPECT_EQ(t.type, qs[i].spec.ggml) << t.name;
+    EXPECT_EQ(t.nbytes, qs[i].codes.size()) << t.name;
+    const auto got = dequantize_all(*f, t);
+    const auto want = dequantized(qs[i]);
+    ASSERT_EQ(got.size(), want.size());
+    EXPECT_TRUE(same_bits(got.data(), want.data(), got.size())) << t.name;
+    write_f32_file(std::string(dir) + "/" + t.name + ".f32", want);
+  }
+}
+
 }  // namespace
 }  // namespace lowbit
