@@ -21,21 +21,13 @@
 #include <vector>
 
 #include "lowbit/file.h"
+#include "lowbit/ggml_blocks.h"
 #include "lowbit/model.h"
 #include "lowbit/quant.h"
 #include "lowbit/status.h"
 #include "lowbit/tensor.h"
 
 namespace lowbit {
-
-// ggml's tensor types (ggml.h enum ggml_type); the gaps are ids ggml has retired.
-enum class GgmlType : uint32_t {
-  kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ5_0 = 6, kQ5_1 = 7, kQ8_0 = 8, kQ8_1 = 9,
-  kQ2_K = 10, kQ3_K = 11, kQ4_K = 12, kQ5_K = 13, kQ6_K = 14, kQ8_K = 15,
-  kIQ2_XXS = 16, kIQ2_XS = 17, kIQ3_XXS = 18, kIQ1_S = 19, kIQ4_NL = 20, kIQ3_S = 21, kIQ2_S = 22,
-  kIQ4_XS = 23, kI8 = 24, kI16 = 25, kI32 = 26, kI64 = 27, kF64 = 28, kIQ1_M = 29, kBF16 = 30,
-  kTQ1_0 = 34, kTQ2_0 = 35, kMXFP4 = 39,
-};
 
 struct GgmlTypeTraits {
   GgmlType type;
@@ -123,7 +115,8 @@ struct GgufFile {
 Result<GgufFile> open_gguf(const std::string& path);
 
 // The tensor as f32, shape t.shape() (row-major, dims reversed), bit-exact to ggml's
-// reference dequantize_row_* for F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K.
+// reference dequantize_row_* for F32, F16, BF16 and every type in ggml_block_types() (Q4_0, Q4_1,
+// Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS).
 // Other types: Unsupported naming the type and the tensor.
 Result<Tensor> dequantize_tensor(const GgufFile& file, const GgufTensor& t);
 

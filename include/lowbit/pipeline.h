@@ -52,6 +52,12 @@ struct QuantPlan {
 // applied in file order, the last match winning. Errors name the file and the pattern.
 Result<QuantPlan> make_plan(const LlamaConfig& c, const QuantSpec& weights, const std::optional<QuantSpec>& activations,
                             const std::string& overrides_json = "");
+// `--scheme gguf-<type>` (gguf-q4_0 … gguf-iq4_xs, mixes gguf-q4_k_m, gguf-q4_k_s, gguf-q3_k_m,
+// gguf-q2_k): each tensor gets the ggml type llama-quantize gives it for that type (its per-tensor
+// rules as if an importance matrix is given, and its fallback for rows the type's block does not
+// divide, named in the entry's rule). Errors: a row no fallback fits (naming tensor, width, type).
+bool is_gguf_scheme(std::string_view scheme);
+Result<QuantPlan> make_gguf_plan(const LlamaConfig& c, std::string_view scheme, const std::string& overrides_json = "");
 // The plan as a Markdown table (tensor, shape, spec, bpw, rule) and as JSON text.
 std::string plan_table(const QuantPlan& plan);
 std::string plan_json(const QuantPlan& plan);

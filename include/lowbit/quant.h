@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "lowbit/formats.h"
+#include "lowbit/ggml_blocks.h"
 #include "lowbit/status.h"
 #include "lowbit/tensor.h"
 
@@ -62,6 +63,10 @@ struct QuantSpec {
   Rounding rounding = Rounding::kNearestEven;
   uint64_t seed = 0;         // kStochastic
   bool saturate = true;      // clamp element overflow (false: spec cast, may give inf/NaN)
+  // Not kF32: the tensor is stored as ggml blocks of this type (lowbit/ggml_blocks.h; text form
+  // "gguf:q4_K"): codes hold the blocks row by row, the fields above are ignored, cols must be a
+  // multiple of the type's block size. See docs/schemes.md ("GGUF block types").
+  GgmlType ggml = GgmlType::kF32;
 
   bool operator==(const QuantSpec&) const = default;
 };
@@ -74,6 +79,8 @@ struct QuantSpec {
 Result<QuantSpec> parse_spec(std::string_view text);
 // The canonical text form; parse_spec(to_string(s)) == s.
 std::string to_string(const QuantSpec& spec);
+// The spec of a ggml block type ("gguf:<type>").
+QuantSpec ggml_spec(GgmlType type);
 // Checks a spec built in code: group >= 1, element/affine compatibility, scale formats.
 Status validate(const QuantSpec& spec);
 
@@ -131,6 +138,9 @@ struct QuantizeOptions {
   std::string name{};         // names the tensor in error messages
   std::span<const float> clip{};  // static scales: one clip value per block from an observer (grid order)
   bool use_reference = false;   // force the scalar reference path (tests, benchmarks)
+  // ggml block specs: per-column importance (cols values, e.g. diag of XᵀX) for the weighted scale
+  // search; empty weighs all columns equally.
+  std::span<const float> importance{};
 };
 
 // Quantizes an f32 tensor (any strides; at least one dimension). Errors: NaN/Inf in the input

@@ -13,6 +13,7 @@
 
 #include <fmt/format.h>
 
+#include "lowbit/ggml_quant.h"
 #include "lowbit/parallel.h"
 #include "lowbit/ptq.h"
 #include "algo_internal.h"
@@ -100,6 +101,52 @@ bool gptq_inverse_factor(std::span<const double> hessian, std::span<const double
   return inverse_factor_as<float>(hessian, diag, perm, lambda, u) || inverse_factor_as<double>(hessian, diag, perm, lambda, u);
 }
 
+// GPTQ over ggml blocks: columns in natural order; when a block's first column is reached, each
+// row's block scales are chosen by the weighted search (importance = diag H) from the weights as
+// GPTQ has updated them so far, then every column is rounded to the nearest value those scales
+// allow and its error is spread over the columns to its right.
+QuantizedTensor gptq_ggml(const Eigen::Map<MatF>& W0, const Eigen::Map<const MatD>& H, const MatF& U, const QuantSpec& spec,
+                          ConstTensorView w) {
+  const int64_t R = W0.rows(), C = W0.cols();
+  const GgmlBlockInfo* info = ggml_block_info(spec.ggml);
+  const int64_t QB = info->block_size;
+  const int64_t B = std::max<int64_t>(QB, 128 / QB * QB);  // lazy batch: whole ggml blocks
+  QuantizedTensor out;
+  out.spec = spec;
+  out.shape = w.shape();
+  out.rows = R;
+  out.cols = C;
+  out.row_bytes = ggml_row_bytes(spec.ggml, C);
+  out.codes.assign(static_cast<size_t>(R * out.row_bytes), 0);
+  std::vector<float> imp(static_cast<size_t>(C));
+  for (int64_t c = 0; c < C; ++c) imp[static_cast<size_t>(c)] = static_cast<float>(H(c, c));
+  MatF Wp = W0;
+  MatF Err(R, B);
+  for (int64_t i1 = 0; i1 < C; i1 += B) {
+    const int64_t i2 = std::min(C, i1 + B), cnt = i2 - i1;
+    parallel_for(0, R, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        float* wr = &Wp(r, 0);
+        for (int64_t b0 = i1; b0 < i2; b0 += QB) {
+          GgmlBlockCoder coder(spec.ggml);
+          coder.fit(wr + b0, imp.data() + b0);
+          for (int64_t p = b0; p < b0 + QB; ++p) {
+            const float x = wr[p];
+            const float qv = coder.round(static_cast<int>(p - b0), x);
+            const float e = (x - qv) / U(p, p);
+            Err(r, p - i1) = e;
+            const float* ur = &U(p, 0);
+            for (int64_t j = p + 1; j < i2; ++j) wr[j] -= e * ur[j];
+          }
+          coder.pack(out.codes.data() + r * out.row_bytes + (b0 / QB) * info->type_size);
+        }
+      }
+    });
+    if (i2 < C) Wp.rightCols(C - i2).noalias() -= Err.leftCols(cnt) * U.block(i1, i2, cnt, C - i2);
+  }
+  return out;
+}
+
 }  // namespace
 
 void InputStats::init(int64_t d, bool want_hessian, int64_t max_rows) {
@@ -165,6 +212,8 @@ Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double>
     return InvalidArgument(fmt::format("{}: Hessian has {} entries, expected {} x {}", name, hessian.size(), C, C));
   }
   if (opt.block_size < 1 || !(opt.damp > 0)) return InvalidArgument(fmt::format("{}: GPTQ needs block_size >= 1 and damp > 0", name));
+  const bool ggml = spec.ggml != GgmlType::kF32;
+  if (ggml && opt.act_order) return InvalidArgument(fmt::format("{}: act-order is not supported with ggml block types ({})", name, to_string(spec)));
 
   // Working copy of W; H with dead inputs neutralised.
   LOWBIT_ASSIGN_OR_RETURN(Tensor wt, algo_internal::clone_f32(w));
@@ -219,6 +268,15 @@ Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double>
                                        "calibrate on more tokens", name, damp));
   }
 
+  if (ggml) {
+    QuantizedTensor q = gptq_ggml(W0, H, U, spec, w);
+    if (stats) {
+      stats->damp = damp;
+      stats->dead_cols = dead;
+      stats->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+    return q;
+  }
   // Group parameters come from quantize() of the group's columns as they stand.
   const BlockGrid grid = block_grid(spec, R, C);
   QuantizedTensor out = empty_quantized(spec, R, C);

@@ -6,6 +6,7 @@
 // byte range against the file before anything touches tensor data.
 
 #include "lowbit/gguf.h"
+#include "lowbit/ggml_quant.h"
 #include "model_internal.h"
 
 #include <algorithm>
@@ -47,28 +48,9 @@ constexpr uint64_t kMaxTensors = uint64_t{1} << 20;
 constexpr uint64_t kMaxKeys = uint64_t{1} << 20;
 
 // ---------------------------------------------------------------------------------------------
-// ggml block layouts (ggml-common.h). The readers memcpy blocks out of the mapping, so the
-// structs only pin sizes and field order.
+// ggml type table. The block layouts and their dequantizers live in lowbit/ggml_blocks.h.
 
-using ggml_half = uint16_t;
-constexpr int kQK = 32;    // QK4_0 = QK4_1 = QK5_0 = QK5_1 = QK8_0
-constexpr int kQK_K = 256;  // k-quant super-block
-constexpr int kKScaleSize = 12;
-
-struct BlockQ4_0 { ggml_half d; uint8_t qs[kQK / 2]; };
-struct BlockQ4_1 { ggml_half d, m; uint8_t qs[kQK / 2]; };
-struct BlockQ5_0 { ggml_half d; uint8_t qh[4]; uint8_t qs[kQK / 2]; };
-struct BlockQ5_1 { ggml_half d, m; uint8_t qh[4]; uint8_t qs[kQK / 2]; };
-struct BlockQ8_0 { ggml_half d; int8_t qs[kQK]; };
-struct BlockQ4_K { ggml_half d, dmin; uint8_t scales[kKScaleSize]; uint8_t qs[kQK_K / 2]; };
-struct BlockQ6_K { uint8_t ql[kQK_K / 2]; uint8_t qh[kQK_K / 4]; int8_t scales[kQK_K / 16]; ggml_half d; };
-static_assert(sizeof(BlockQ4_0) == 2 + 16, "ggml block_q4_0");
-static_assert(sizeof(BlockQ4_1) == 4 + 16, "ggml block_q4_1");
-static_assert(sizeof(BlockQ5_0) == 2 + 4 + 16, "ggml block_q5_0");
-static_assert(sizeof(BlockQ5_1) == 4 + 4 + 16, "ggml block_q5_1");
-static_assert(sizeof(BlockQ8_0) == 2 + 32, "ggml block_q8_0");
-static_assert(sizeof(BlockQ4_K) == 4 + 12 + 128, "ggml block_q4_K");
-static_assert(sizeof(BlockQ6_K) == 128 + 64 + 16 + 2, "ggml block_q6_K");
+constexpr int kQK = kGgmlQK;  // QK4_0 = QK8_0
 
 // clang-format off
 constexpr std::array<GgmlTypeTraits, 32> kGgmlTypes = {{
@@ -81,20 +63,20 @@ constexpr std::array<GgmlTypeTraits, 32> kGgmlTypes = {{
   {GgmlType::kQ5_1,    "q5_1",    kQK,    sizeof(BlockQ5_1),     true},
   {GgmlType::kQ8_0,    "q8_0",    kQK,    sizeof(BlockQ8_0),     true},
   {GgmlType::kQ8_1,    "q8_1",    32,     4 + 4 + 32,            false},
-  {GgmlType::kQ2_K,    "q2_K",    256,    2 + 2 + 16 + 64,       false},
-  {GgmlType::kQ3_K,    "q3_K",    256,    2 + 64 + 32 + 12,      false},
-  {GgmlType::kQ4_K,    "q4_K",    kQK_K,  sizeof(BlockQ4_K),     true},
-  {GgmlType::kQ5_K,    "q5_K",    256,    2 + 2 + 128 + 32 + 12, false},
-  {GgmlType::kQ6_K,    "q6_K",    kQK_K,  sizeof(BlockQ6_K),     true},
+  {GgmlType::kQ2_K,    "q2_K",    kGgmlQK_K, sizeof(BlockQ2_K),  true},
+  {GgmlType::kQ3_K,    "q3_K",    kGgmlQK_K, sizeof(BlockQ3_K),  true},
+  {GgmlType::kQ4_K,    "q4_K",    kGgmlQK_K, sizeof(BlockQ4_K),  true},
+  {GgmlType::kQ5_K,    "q5_K",    kGgmlQK_K, sizeof(BlockQ5_K),  true},
+  {GgmlType::kQ6_K,    "q6_K",    kGgmlQK_K, sizeof(BlockQ6_K),  true},
   {GgmlType::kQ8_K,    "q8_K",    256,    4 + 256 + 32,          false},
   {GgmlType::kIQ2_XXS, "iq2_xxs", 256,    2 + 64,                false},
   {GgmlType::kIQ2_XS,  "iq2_xs",  256,    2 + 64 + 8,            false},
   {GgmlType::kIQ3_XXS, "iq3_xxs", 256,    2 + 64 + 32,           false},
   {GgmlType::kIQ1_S,   "iq1_s",   256,    2 + 32 + 16,           false},
-  {GgmlType::kIQ4_NL,  "iq4_nl",  32,     2 + 16,                false},
+  {GgmlType::kIQ4_NL,  "iq4_nl",  kGgmlQK, sizeof(BlockIQ4_NL),  true},
   {GgmlType::kIQ3_S,   "iq3_s",   256,    2 + 64 + 32 + 8 + 4,   false},
   {GgmlType::kIQ2_S,   "iq2_s",   256,    2 + 64 + 16,           false},
-  {GgmlType::kIQ4_XS,  "iq4_xs",  256,    2 + 2 + 128 + 4,       false},
+  {GgmlType::kIQ4_XS,  "iq4_xs",  kGgmlQK_K, sizeof(BlockIQ4_XS), true},
   {GgmlType::kI8,      "i8",      1,      1,                     false},
   {GgmlType::kI16,     "i16",     1,      2,                     false},
   {GgmlType::kI32,     "i32",     1,      4,                     false},
@@ -398,8 +380,8 @@ Result<GgufFile> parse(const std::string& path, std::shared_ptr<MappedFile> mapp
 }
 
 // ---------------------------------------------------------------------------------------------
-// Dequantization: one function per type, each a transcription of ggml's reference
-// dequantize_row_* (see docs/formats.md for the layouts). `n` is a multiple of the block size.
+// Dequantization: float types here, block types through lowbit/ggml_blocks.h. `n` is a multiple of
+// the block size.
 
 float half(ggml_half h) { return decode(Format::kFp16, h); }
 
@@ -408,122 +390,6 @@ Block load_block(const std::byte* src, int64_t i) {
   Block b;
   std::memcpy(&b, src + i * static_cast<int64_t>(sizeof(Block)), sizeof(Block));
   return b;
-}
-
-void dequant_q4_0(const std::byte* src, float* y, int64_t n) {
-  for (int64_t i = 0; i < n / kQK; ++i, y += kQK) {
-    const auto b = load_block<BlockQ4_0>(src, i);
-    const float d = half(b.d);
-    for (int j = 0; j < kQK / 2; ++j) {
-      const int x0 = (b.qs[j] & 0x0F) - 8;
-      const int x1 = (b.qs[j] >> 4) - 8;
-      y[j] = static_cast<float>(x0) * d;
-      y[j + kQK / 2] = static_cast<float>(x1) * d;
-    }
-  }
-}
-
-void dequant_q4_1(const std::byte* src, float* y, int64_t n) {
-  for (int64_t i = 0; i < n / kQK; ++i, y += kQK) {
-    const auto b = load_block<BlockQ4_1>(src, i);
-    const float d = half(b.d), m = half(b.m);
-    for (int j = 0; j < kQK / 2; ++j) {
-      y[j] = static_cast<float>(b.qs[j] & 0x0F) * d + m;
-      y[j + kQK / 2] = static_cast<float>(b.qs[j] >> 4) * d + m;
-    }
-  }
-}
-
-// Q5: the fifth bit of element j is bit j of the little-endian u32 qh.
-void dequant_q5_0(const std::byte* src, float* y, int64_t n) {
-  for (int64_t i = 0; i < n / kQK; ++i, y += kQK) {
-    const auto b = load_block<BlockQ5_0>(src, i);
-    const float d = half(b.d);
-    uint32_t qh;
-    std::memcpy(&qh, b.qh, sizeof qh);
-    for (int j = 0; j < kQK / 2; ++j) {
-      const uint32_t h0 = ((qh >> j) << 4) & 0x10;
-      const uint32_t h1 = (qh >> (j + 12)) & 0x10;
-      const int x0 = static_cast<int>((b.qs[j] & 0x0Fu) | h0) - 16;
-      const int x1 = static_cast<int>((b.qs[j] >> 4) | h1) - 16;
-      y[j] = static_cast<float>(x0) * d;
-      y[j + kQK / 2] = static_cast<float>(x1) * d;
-    }
-  }
-}
-
-void dequant_q5_1(const std::byte* src, float* y, int64_t n) {
-  for (int64_t i = 0; i < n / kQK; ++i, y += kQK) {
-    const auto b = load_block<BlockQ5_1>(src, i);
-    const float d = half(b.d), m = half(b.m);
-    uint32_t qh;
-    std::memcpy(&qh, b.qh, sizeof qh);
-    for (int j = 0; j < kQK / 2; ++j) {
-      const uint32_t h0 = ((qh >> j) << 4) & 0x10;
-      const uint32_t h1 = (qh >> (j + 12)) & 0x10;
-      y[j] = static_cast<float>((b.qs[j] & 0x0Fu) | h0) * d + m;
-      y[j + kQK / 2] = static_cast<float>((b.qs[j] >> 4) | h1) * d + m;
-    }
-  }
-}
-
-void dequant_q8_0(const std::byte* src, float* y, int64_t n) {
-  for (int64_t i = 0; i < n / kQK; ++i, y += kQK) {
-    const auto b = load_block<BlockQ8_0>(src, i);
-    const float d = half(b.d);
-    for (int j = 0; j < kQK; ++j) y[j] = static_cast<float>(b.qs[j]) * d;
-  }
-}
-
-// ggml's get_scale_min_k4: eight 6-bit (scale, min) pairs packed into 12 bytes.
-void scale_min_k4(int j, const uint8_t* q, uint8_t* sc, uint8_t* m) {
-  if (j < 4) {
-    *sc = q[j] & 63;
-    *m = q[j + 4] & 63;
-  } else {
-    *sc = static_cast<uint8_t>((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4));
-    *m = static_cast<uint8_t>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
-  }
-}
-
-void dequant_q4_K(const std::byte* src, float* y, int64_t n) {
-  for (int64_t i = 0; i < n / kQK_K; ++i) {
-    const auto b = load_block<BlockQ4_K>(src, i);
-    const float d = half(b.d), dmin = half(b.dmin);
-    const uint8_t* q = b.qs;
-    for (int j = 0, is = 0; j < kQK_K; j += 64, is += 2, q += 32) {
-      uint8_t sc, m;
-      scale_min_k4(is, b.scales, &sc, &m);
-      const float d1 = d * static_cast<float>(sc), m1 = dmin * static_cast<float>(m);
-      scale_min_k4(is + 1, b.scales, &sc, &m);
-      const float d2 = d * static_cast<float>(sc), m2 = dmin * static_cast<float>(m);
-      for (int l = 0; l < 32; ++l) *y++ = d1 * static_cast<float>(q[l] & 0x0F) - m1;
-      for (int l = 0; l < 32; ++l) *y++ = d2 * static_cast<float>(q[l] >> 4) - m2;
-    }
-  }
-}
-
-void dequant_q6_K(const std::byte* src, float* y, int64_t n) {
-  for (int64_t i = 0; i < n / kQK_K; ++i) {
-    const auto b = load_block<BlockQ6_K>(src, i);
-    const float d = half(b.d);
-    const uint8_t* ql = b.ql;
-    const uint8_t* qh = b.qh;
-    const int8_t* sc = b.scales;
-    for (int half_block = 0; half_block < kQK_K; half_block += 128, y += 128, ql += 64, qh += 32, sc += 8) {
-      for (int l = 0; l < 32; ++l) {
-        const int is = l / 16;
-        const int q1 = static_cast<int>((ql[l] & 0x0F) | (((qh[l] >> 0) & 3) << 4)) - 32;
-        const int q2 = static_cast<int>((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) - 32;
-        const int q3 = static_cast<int>((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-        const int q4 = static_cast<int>((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-        y[l + 0] = d * static_cast<float>(sc[is + 0]) * static_cast<float>(q1);
-        y[l + 32] = d * static_cast<float>(sc[is + 2]) * static_cast<float>(q2);
-        y[l + 64] = d * static_cast<float>(sc[is + 4]) * static_cast<float>(q3);
-        y[l + 96] = d * static_cast<float>(sc[is + 6]) * static_cast<float>(q4);
-      }
-    }
-  }
 }
 
 void dequant_f16(const std::byte* src, float* y, int64_t n) {
@@ -552,13 +418,6 @@ DequantFn dequant_fn(GgmlType t) {
     case GgmlType::kF32: return dequant_f32;
     case GgmlType::kF16: return dequant_f16;
     case GgmlType::kBF16: return dequant_bf16;
-    case GgmlType::kQ4_0: return dequant_q4_0;
-    case GgmlType::kQ4_1: return dequant_q4_1;
-    case GgmlType::kQ5_0: return dequant_q5_0;
-    case GgmlType::kQ5_1: return dequant_q5_1;
-    case GgmlType::kQ8_0: return dequant_q8_0;
-    case GgmlType::kQ4_K: return dequant_q4_K;
-    case GgmlType::kQ6_K: return dequant_q6_K;
     default: return nullptr;
   }
 }
@@ -823,6 +682,22 @@ Result<Encoded> encode_tensor(const GgufWriteTensor& t) {
   }
   Encoded e;
   e.dims.assign(t.shape.rbegin(), t.shape.rend());
+  if (t.quant != nullptr && t.quant->spec.ggml != GgmlType::kF32) {
+    // ggml blocks as lowbit chose them: the codes are the tensor's bytes.
+    const QuantizedTensor& q = *t.quant;
+    const GgmlBlockInfo* info = ggml_block_info(q.spec.ggml);
+    if (info == nullptr) return bad("unknown ggml block type");
+    if (q.numel() != numel || q.cols != t.shape.back()) {
+      return bad(fmt::format("shape {} does not match the quantized tensor's {}", dims_string(t.shape), q.shape.to_string()));
+    }
+    if (q.cols % info->block_size != 0 || q.row_bytes != ggml_row_bytes(q.spec.ggml, q.cols) ||
+        q.codes.size() != static_cast<size_t>(q.rows * q.row_bytes)) {
+      return bad(fmt::format("rows of {} values do not hold whole {} blocks of {}", q.cols, info->name, info->block_size));
+    }
+    e.type = q.spec.ggml;
+    e.bytes = q.codes;
+    return e;
+  }
   if (t.quant != nullptr) {
     const QuantizedTensor& q = *t.quant;
     const QuantSpec& s = q.spec;
@@ -1008,14 +883,29 @@ Result<GgufFile> open_gguf(const std::string& path) {
 
 Result<Tensor> dequantize_tensor(const GgufFile& file, const GgufTensor& t) {
   const DequantFn fn = dequant_fn(t.type);
-  if (fn == nullptr) {
+  const GgmlBlockInfo* block = ggml_block_info(t.type);
+  if (fn == nullptr && block == nullptr) {
     return Unsupported(fmt::format("{}: tensor {} has type {}, which lowbit cannot dequantize (supported: f32, f16, "
-                                   "bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_K, q6_K)",
+                                   "bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_K, q3_K, q4_K, q5_K, q6_K, iq4_nl, iq4_xs)",
                                    file.path, t.name, ggml_type_name(t.type)));
   }
   const std::vector<int64_t> shape = t.shape();
   LOWBIT_ASSIGN_OR_RETURN(Tensor out, Tensor::empty(DType::kF32, std::span<const int64_t>(shape)));
-  fn(t.data, out.data_as<float>(), t.numel());
+  if (fn != nullptr) {
+    fn(t.data, out.data_as<float>(), t.numel());
+    return out;
+  }
+  // Block structs hold uint16_t fields: a file with general.alignment 1 may place a tensor at an odd
+  // offset, so such a tensor is copied to an aligned buffer first.
+  const void* blocks = t.data;
+  std::vector<uint16_t> aligned;
+  if (reinterpret_cast<uintptr_t>(t.data) % alignof(uint16_t) != 0) {
+    aligned.resize((t.nbytes + 1) / 2);
+    std::memcpy(aligned.data(), t.data, t.nbytes);
+    blocks = aligned.data();
+  }
+  const bool ok = dequantize_row(t.type, blocks, out.data_as<float>(), t.numel());
+  if (!ok) return Internal(fmt::format("{}: tensor {} ({}) failed to dequantize", file.path, t.name, block->name));
   return out;
 }
 

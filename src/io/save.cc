@@ -390,6 +390,7 @@ std::string upper_type_name(GgmlType t) {
 
 // The GGUF type a spec is stored as, if any.
 std::optional<GgmlType> gguf_type_of(const QuantSpec& s) {
+  if (s.ggml != GgmlType::kF32) return s.ggml;
   if (s.granularity != Granularity::kGroup || s.group != kGgmlBlock || !s.symmetric ||
       s.scale_format != Format::kFp16 || s.tensor_scale) {
     return std::nullopt;
@@ -445,7 +446,16 @@ Status save_gguf(const LlamaModel& net, const std::string& out, const SaveOption
   std::vector<Matrix> matrices = parts.linears;
   if (parts.classifier) matrices.push_back(*parts.classifier);
   bool any_q4 = false, any_q8 = false, any_f16 = false;
-  add_f32("token_embd.weight", w.tok_embeddings);
+  // A tied classifier quantized to ggml blocks is the token embedding llama.cpp reads (no output.weight).
+  const bool tied_blocks = c.shared_classifier && parts.classifier && parts.classifier->quant != nullptr &&
+                           parts.classifier->quant->spec.ggml != GgmlType::kF32;
+  if (tied_blocks) {
+    matrices.pop_back();
+    const QuantizedTensor& q = *parts.classifier->quant;
+    spec.tensors.push_back({"token_embd.weight", {q.rows, q.cols}, {}, q.spec.ggml, &q});
+  } else {
+    add_f32("token_embd.weight", w.tok_embeddings);
+  }
   add_f32("output_norm.weight", w.final_norm);
   for (size_t l = 0; l < w.layers.size(); ++l) {
     add_f32(fmt::format("blk.{}.attn_norm.weight", l), w.layers[l].attn_norm);
@@ -461,6 +471,11 @@ Status save_gguf(const LlamaModel& net, const std::string& out, const SaveOption
     const QuantizedTensor& q = *m.quant;
     const std::vector<int64_t> shape{q.rows, q.cols};
     const std::optional<GgmlType> type = gguf_type_of(q.spec);
+    if (type && q.spec.ggml != GgmlType::kF32) {
+      spec.tensors.push_back({name, shape, {}, *type, &q});
+      any_q4 = true;
+      continue;
+    }
     if (type && q.cols % kGgmlBlock == 0) {
       spec.tensors.push_back({name, shape, {}, *type, &q});
       (*type == GgmlType::kQ4_0 ? any_q4 : any_q8) = true;

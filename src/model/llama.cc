@@ -66,6 +66,7 @@ namespace {
 
 // The kernel op for weights `w` with activations quantized as `act` (or fp32), if any.
 std::optional<KernelOp> linear_kernel_op(const QuantSpec& w, const std::optional<QuantSpec>& act) {
+  if (w.ggml != GgmlType::kF32) return std::nullopt;  // ggml blocks: dequantized to fp32 (no native kernel yet)
   if (!kernel_supports(w)) return std::nullopt;
   const bool int8_tokens = act && act->element == Format::kInt8 && act->granularity == Granularity::kRow &&
                            act->symmetric && act->scale_format == Format::kFp32;

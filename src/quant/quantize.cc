@@ -16,6 +16,7 @@
 #include "lowbit/convert.h"
 #include "lowbit/parallel.h"
 #include "lowbit/quant.h"
+#include "lowbit/ggml_quant.h"
 #include "quant_internal.h"
 
 namespace lowbit {
@@ -126,6 +127,42 @@ const float* read_row(const float* base, const Rows& rows, int64_t r, std::vecto
   tmp.resize(static_cast<size_t>(rows.cols()));
   for (int64_t c = 0; c < rows.cols(); ++c) tmp[static_cast<size_t>(c)] = p[c * rows.col_stride()];
   return tmp.data();
+}
+
+// ggml block specs: rows of blocks in `codes`, chosen by the weighted search (ggml_quant.h).
+Result<QuantizedTensor> quantize_ggml_tensor(ConstTensorView x, const Rows& rows, const QuantSpec& spec,
+                                             const QuantizeOptions& opt, const std::string& name) {
+  const GgmlBlockInfo* info = ggml_block_info(spec.ggml);
+  const int64_t R = rows.rows(), C = rows.cols();
+  if (C % info->block_size != 0) {
+    return InvalidArgument(fmt::format("{}: rows of {} values are not a multiple of {}, which {} needs", name, C,
+                                       info->block_size, info->name));
+  }
+  if (!opt.importance.empty() && static_cast<int64_t>(opt.importance.size()) != C) {
+    return InvalidArgument(fmt::format("{}: importance has {} values, expected {}", name, opt.importance.size(), C));
+  }
+  QuantizedTensor q;
+  q.spec = spec;
+  q.shape = x.shape();
+  q.rows = R;
+  q.cols = C;
+  q.row_bytes = ggml_row_bytes(spec.ggml, C);
+  q.codes.assign(static_cast<size_t>(R * q.row_bytes), 0);
+  const float* base = x.data_as<float>();
+  const float* imp = opt.importance.empty() ? nullptr : opt.importance.data();
+  std::atomic<int64_t> bad_row{-1};
+  parallel_for(0, R, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
+    std::vector<float> tmp;
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* row = read_row(base, rows, r, tmp);
+      for (int64_t c = 0; c < C; ++c) {
+        if (!std::isfinite(row[c])) bad_row = r;
+      }
+      quantize_row_ggml(spec.ggml, row, imp, q.codes.data() + r * q.row_bytes, C);
+    }
+  });
+  if (bad_row >= 0) return InvalidArgument(fmt::format("{}: non-finite value in row {}", name, bad_row.load()));
+  return q;
 }
 
 // ---- per-block scale ------------------------------------------------------------------
@@ -334,6 +371,7 @@ Result<QuantizedTensor> quantize(ConstTensorView x, const QuantSpec& spec, const
   if (x.ndim() < 1) return InvalidArgument(fmt::format("{}: quantize expects at least one dimension", name));
 
   const Rows rows(x.shape());
+  if (spec.ggml != GgmlType::kF32) return quantize_ggml_tensor(x, rows, spec, opt, name);
   const int64_t R = rows.rows(), C = rows.cols();
   const float* base = x.data_as<float>();
   const BlockGrid grid = block_grid(spec, R, C);
@@ -546,6 +584,17 @@ Status dequantize(const QuantizedTensor& q, TensorView out, bool use_reference) 
                                        out.shape().to_string(), q.shape.to_string()));
   }
   const Rows rows(out.shape());
+  if (q.spec.ggml != GgmlType::kF32) {
+    parallel_for(0, q.rows, 16, [&](int64_t r0, int64_t r1) {
+      std::vector<float> vals(static_cast<size_t>(q.cols));
+      for (int64_t r = r0; r < r1; ++r) {
+        dequantize_row(q.spec.ggml, q.codes.data() + r * q.row_bytes, vals.data(), q.cols);
+        float* dst = out.data_as<float>() + rows.row_offset(r);
+        for (int64_t c = 0; c < q.cols; ++c) dst[c * rows.col_stride()] = vals[static_cast<size_t>(c)];
+      }
+    });
+    return OkStatus();
+  }
   const int64_t R = q.rows, C = q.cols;
   const BlockGrid grid = q.grid();
   const QuantSpec& spec = q.spec;

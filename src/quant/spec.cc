@@ -63,7 +63,23 @@ bool parse_dims(std::string_view s, int64_t* r, int64_t* c) {
 
 }  // namespace
 
+QuantSpec ggml_spec(GgmlType type) {
+  QuantSpec s;
+  s.ggml = type;
+  const GgmlBlockInfo* info = ggml_block_info(type);
+  s.granularity = Granularity::kGroup;  // the block grid: one block of block_size columns
+  s.group = info ? info->block_size : 32;
+  s.element = Format::kInt4;
+  return s;
+}
+
 Status validate(const QuantSpec& s) {
+  if (s.ggml != GgmlType::kF32) {
+    if (ggml_block_info(s.ggml) == nullptr) {
+      return InvalidArgument(fmt::format("gguf block type id {} is not one lowbit writes", static_cast<uint32_t>(s.ggml)));
+    }
+    return OkStatus();
+  }
   const FormatTraits& e = traits(s.element);
   if (s.element == Format::kE8m0) return InvalidArgument("element format: e8m0 is a scale format, not an element format");
   if (s.granularity == Granularity::kGroup && s.group < 1) {
@@ -97,6 +113,14 @@ Status validate(const QuantSpec& s) {
 }
 
 Result<QuantSpec> parse_spec(std::string_view text) {
+  if (text.starts_with("gguf:")) {
+    const GgmlBlockInfo* info = ggml_block_info(text.substr(5));
+    if (info == nullptr) {
+      return InvalidArgument(fmt::format("quant spec '{}': gguf block type '{}' is not valid (accepted: q4_0 q4_1 q5_0 "
+                                         "q5_1 q8_0 q2_K q3_K q4_K q5_K q6_K iq4_nl iq4_xs)", text, text.substr(5)));
+    }
+    return ggml_spec(info->type);
+  }
   const std::vector<std::string_view> parts = split(text, ':');
   auto bad = [&](std::string_view field, std::string_view got, std::string_view accepted) {
     return InvalidArgument(fmt::format("quant spec '{}': {} '{}' is not valid (accepted: {})", text, field, got, accepted));
@@ -203,6 +227,10 @@ Result<QuantSpec> parse_spec(std::string_view text) {
 }
 
 std::string to_string(const QuantSpec& s) {
+  if (s.ggml != GgmlType::kF32) {
+    const GgmlBlockInfo* info = ggml_block_info(s.ggml);
+    return "gguf:" + std::string(info ? info->name : "unknown");
+  }
   std::string out(format_name(s.element));
   switch (s.granularity) {
     case Granularity::kTensor: out += ":tensor"; break;
@@ -261,6 +289,10 @@ BlockGrid block_grid(const QuantSpec& s, int64_t rows, int64_t cols) {
 }
 
 double bits_per_weight(const QuantSpec& s, int64_t rows, int64_t cols) {
+  if (s.ggml != GgmlType::kF32) {
+    const GgmlBlockInfo* info = ggml_block_info(s.ggml);
+    return info ? info->bpw : 0.0;
+  }
   const BlockGrid g = block_grid(s, rows, cols);
   const int64_t row_bytes = static_cast<int64_t>(packed_bytes(s.element, cols));
   int64_t bytes = rows * row_bytes;

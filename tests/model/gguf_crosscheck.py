@@ -6,7 +6,7 @@ library), in two steps around the C++ test GgufCrossCheck.* (tests/model/gguf_te
                                  tensor, NAME.f32 = gguf.quants.dequantize() of it (raw little-endian f32)
       py_types.gguf  one tensor per ggml type lowbit dequantizes: from gguf.quants.quantize() where
                      the package can quantize the type, and from random block bytes for every type
-                     (the only way to get q4_K / q6_K, which the package only dequantizes)
+                     (the only way to get the k-quants and IQ4 types, which the package only dequantizes)
       py_llama.gguf  a tiny Llama (2 layers, dim 64) with quantized, f16, bf16 and f32 weights
   gguf_crosscheck.py read=DIR    after: reads cpp_out.gguf (written by lowbit's write_gguf) with
                                  gguf.GGUFReader and checks metadata, types, shapes and that
@@ -46,7 +46,8 @@ def random_blocks(rng, qtype, n_blocks):
     halves = {  # byte offsets of the fp16 fields in each block (ggml-common.h)
         T.Q4_0: [0], T.Q8_0: [0], T.Q5_0: [0],
         T.Q4_1: [0, 2], T.Q5_1: [0, 2], T.Q4_K: [0, 2],
-        T.Q6_K: [208],
+        T.Q6_K: [208], T.Q2_K: [80, 82], T.Q3_K: [108], T.Q5_K: [0, 2],
+        T.IQ4_NL: [0], T.IQ4_XS: [0],
     }[qtype]
     for off in halves:
         b[:, off:off + 2] = random_halves(rng, n_blocks, 0.05)
@@ -70,7 +71,8 @@ def write_types(out, rng):
     tensors.append(("bf16.random", rng.integers(0, 1 << 16, size=(rows, cols), dtype=np.uint16).view(np.uint8)
                     .reshape(rows, 2 * cols), T.BF16))
     # Block types: quantize() where the package can, random blocks for all.
-    for qtype in (T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q4_K, T.Q6_K):
+    for qtype in (T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL,
+                  T.IQ4_XS):
         name = qtype.name.lower()
         try:
             q = gguf.quants.quantize(x, qtype)
@@ -205,6 +207,34 @@ def read_cpp(out):
             bad = np.flatnonzero(got.view(np.uint32) != want.view(np.uint32)) if got.shape == want.shape else []
             fail(f"{t.name}: gguf dequantizes to other values than lowbit (first differences at {bad[:5]})")
     print(f"gguf_crosscheck: {path}: {len(fields)} keys and {len(r.tensors)} tensors match (gguf {gguf_version()})")
+    read_cpp_blocks(out)
+
+
+# What GgufCrossCheck.WritesGgmlBlockTypesForGgufPython writes: one (4, 512) tensor per ggml block type.
+CPP_BLOCK_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS]
+
+
+def read_cpp_blocks(out):
+    path = os.path.join(out, "cpp_blocks.gguf")
+    if not os.path.exists(path):
+        fail(f"{path} is missing: GgufCrossCheck.WritesGgmlBlockTypesForGgufPython did not run or failed")
+    r = gguf.GGUFReader(path)
+    # ggml's names: lower case except the k-quants' capital K ("q4_K").
+    names = {"blocks." + (t.name[:-2].lower() + "_K" if t.name.endswith("_K") else t.name.lower()): t
+             for t in CPP_BLOCK_TYPES}
+    if sorted(t.name for t in r.tensors) != sorted(names):
+        fail(f"tensor names {[t.name for t in r.tensors]} != {sorted(names)}")
+    for t in r.tensors:
+        qtype = names[t.name]
+        if t.tensor_type != qtype:
+            fail(f"{t.name}: type {t.tensor_type.name}, expected {qtype.name}")
+        if list(t.shape) != [512, 4]:
+            fail(f"{t.name}: ggml dims {list(t.shape)}, expected [512, 4]")
+        got = np.asarray(gguf.quants.dequantize(t.data, qtype), dtype=np.float32).reshape(-1)
+        want = np.fromfile(os.path.join(out, t.name + ".f32"), dtype="<f4")
+        if got.shape != want.shape or not np.array_equal(got.view(np.uint32), want.view(np.uint32)):
+            fail(f"{t.name}: gguf dequantizes lowbit's {qtype.name} blocks to other values than lowbit")
+    print(f"gguf_crosscheck: {path}: {len(r.tensors)} ggml block types match")
 
 
 def gguf_version():

@@ -450,15 +450,15 @@ TEST(GgufTest, HandBuiltQ6_K) {
 TEST(GgufTest, TypesWithoutDequantizationAreUnsupported) {
   TempDir dir;
   RawGguf g;
-  g.tensors.push_back({"blk.0.ffn_up.weight", {256}, 13, std::vector<uint8_t>(176, 0), {}});  // q5_K
-  const std::string path = dir.file("q5k.gguf");
+  g.tensors.push_back({"blk.0.ffn_up.weight", {256}, 16, std::vector<uint8_t>(66, 0), {}});  // iq2_xxs
+  const std::string path = dir.file("iq2xxs.gguf");
   write_bytes(path, g.bytes());
   Result<GgufFile> f = open_gguf(path);
   ASSERT_TRUE(f.ok()) << f.status().to_string();
   Result<Tensor> t = dequantize_tensor(*f, f->tensors[0]);
   ASSERT_FALSE(t.ok());
   EXPECT_EQ(t.status().code(), StatusCode::kUnsupported);
-  EXPECT_NE(t.status().message().find("blk.0.ffn_up.weight has type q5_K"), std::string::npos) << t.status().message();
+  EXPECT_NE(t.status().message().find("blk.0.ffn_up.weight has type iq2_xxs"), std::string::npos) << t.status().message();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -905,7 +905,8 @@ TEST(GgufCrossCheck, DequantizeMatchesGgufPython) {
     seen.insert(t.type);
   }
   for (GgmlType type : {GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16, GgmlType::kQ8_0, GgmlType::kQ4_0,
-                        GgmlType::kQ4_1, GgmlType::kQ5_0, GgmlType::kQ5_1, GgmlType::kQ4_K, GgmlType::kQ6_K}) {
+                        GgmlType::kQ4_1, GgmlType::kQ5_0, GgmlType::kQ5_1, GgmlType::kQ2_K, GgmlType::kQ3_K,
+                        GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K, GgmlType::kIQ4_NL, GgmlType::kIQ4_XS}) {
     EXPECT_TRUE(seen.count(type)) << ggml_type_name(type) << " not covered by the Python file";
   }
 }
@@ -986,6 +987,42 @@ TEST(GgufCrossCheck, WritesFilesForGgufPython) {
   write_f32_file(std::string(dir) + "/cpp.q8_0.f32", dequantized(q8));
   write_f32_file(std::string(dir) + "/cpp.q4_0.f32", dequantized(q4));
   write_f32_file(std::string(dir) + "/cpp.vec.f32", std::vector<float>(x.begin(), x.begin() + cols));
+}
+
+// quantize (every ggml block type lowbit writes) -> write_gguf -> open_gguf -> dequantize_tensor gives
+// back lowbit's dequantize() bit for bit; the file is left for gguf_crosscheck.py, which checks that
+// the gguf package reads the same types, shapes and values.
+TEST(GgufCrossCheck, WritesGgmlBlockTypesForGgufPython) {
+  const char* dir = crosscheck_dir();
+  if (dir == nullptr) GTEST_SKIP() << "LOWBIT_GGUF_CROSSCHECK_DIR is not set (CTest's gguf_crosscheck tests set it)";
+  const int64_t rows = 4, cols = 512;
+  const auto x = random_values(23, rows * cols, 0.05f);
+  std::vector<QuantizedTensor> qs;
+  for (const GgmlBlockInfo& info : ggml_block_types()) {
+    Result<QuantizedTensor> q = quantize(ConstTensorView(x.data(), DType::kF32, {rows, cols}), ggml_spec(info.type));
+    ASSERT_TRUE(q.ok()) << q.status().to_string();
+    qs.push_back(std::move(*q));
+  }
+  GgufWriteSpec spec;
+  spec.metadata = {{"general.architecture", GgufValue::str("llama")}};
+  for (const QuantizedTensor& q : qs) {
+    spec.tensors.push_back({"blocks." + std::string(ggml_block_info(q.spec.ggml)->name), {rows, cols}, {}, GgmlType::kF32, &q});
+  }
+  const std::string path = std::string(dir) + "/cpp_blocks.gguf";
+  ASSERT_TRUE(write_gguf(path, spec).ok());
+  Result<GgufFile> f = open_gguf(path);
+  ASSERT_TRUE(f.ok()) << f.status().to_string();
+  ASSERT_EQ(f->tensors.size(), qs.size());
+  for (size_t i = 0; i < qs.size(); ++i) {
+    const GgufTensor& t = f->tensors[i];
+    EXPECT_EQ(t.type, qs[i].spec.ggml) << t.name;
+    EXPECT_EQ(t.nbytes, qs[i].codes.size()) << t.name;
+    const auto got = dequantize_all(*f, t);
+    const auto want = dequantized(qs[i]);
+    ASSERT_EQ(got.size(), want.size());
+    EXPECT_TRUE(same_bits(got.data(), want.data(), got.size())) << t.name;
+    write_f32_file(std::string(dir) + "/" + t.name + ".f32", want);
+  }
 }
 
 }  // namespace

@@ -262,7 +262,7 @@ void run_quantize(const QuantizeArgs& a) {
     if (!high.ok()) fail(kExitUsage, "--policy-high: " + high.status().message());
     plan = deepseek_plan(cfg, wspec, *high, aspec);
   } else {
-    plan = make_plan(cfg, wspec, aspec, a.plan);
+    plan = is_gguf_scheme(a.scheme) ? make_gguf_plan(cfg, a.scheme, a.plan) : make_plan(cfg, wspec, aspec, a.plan);
   }
   if (!plan.ok()) fail(kExitUsage, plan.status().message());
   if (!a.plan_out.empty()) {
