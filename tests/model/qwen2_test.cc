@@ -164,8 +164,9 @@ TEST(Qwen2Reference, GreedyIdsEqualLlamaCppOnF32) {
 }
 
 // llama.cpp's F32 run and lowbit's differ in summation order and RoPE angle arithmetic (llama.cpp
-// multiplies theta_scale up; lowbit calls pow): measured max |Δlogit| is printed; the bound is 2e-2.
-constexpr double kPrefillLogitBound = 2e-2;
+// multiplies theta_scale up; lowbit calls pow): the measured max |Δlogit| (printed) was 4.1e-5 over
+// the 28 × 20 pinned logits; the bound leaves 25× room for other compilers and ISAs.
+constexpr double kPrefillLogitBound = 1e-3;
 
 TEST(Qwen2Reference, PrefillLogitsWithinBoundOfLlamaCpp) {
   QWEN2_OR_SKIP(path);

@@ -7,7 +7,7 @@ Q4_K_M (issue 14); writes tests/data/qwen2_reference.json, which tests/model/qwe
 
 What is pinned, and why:
   - "tokenize": for the tokenizer test text (whole, per paragraph, edge cases), the ids of
-    `llama-tokenize --ids --no-bos` on the Q4_K_M file and of a `tokenizers` Tokenizer built from the
+    `llama-tokenize --ids --no-bos --no-escape` on the Q4_K_M file and of a `tokenizers` Tokenizer built from the
     GGUF's vocabulary and merges with Qwen2's normalizer (NFC) and pre-tokenizer (its Split regex,
     then ByteLevel without regex), the control tokens as special added tokens.
   - "greedy" and "prefill": llama.cpp on an F32 GGUF of the same weights (`llama-quantize
@@ -76,7 +76,7 @@ def llama_tokenize(bindir, text):
     with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".txt", delete=False) as f:
         f.write(text)
     try:
-        out = subprocess.run([os.path.join(bindir, "llama-tokenize"), "-m", MODEL, "-f", f.name, "--ids", "--no-bos",
+        out = subprocess.run([os.path.join(bindir, "llama-tokenize"), "-m", MODEL, "-f", f.name, "--ids", "--no-bos", "--no-escape",
                               "--log-disable"], check=True, capture_output=True, text=True).stdout
     finally:
         os.unlink(f.name)
