@@ -1,9 +1,12 @@
 // lowbit bench model --model M [--scheme S] [--kv SPEC ...] [--prefill N] [--decode N] [--llamacpp-python PY]
-//                    [--json out.json]
+//                    [--llama-bench BIN] [--limits] [--json out.json]
 // Prefill and decode tokens/s of one model: lowbit fp32, lowbit quantized in memory with a named
 // scheme, and — when --llamacpp-python names a Python with llama_cpp installed — llama.cpp on the
-// same file (a GGUF) in a subprocess, with the same token ids and thread count. Peak RSS of the
-// lowbit process is reported (getrusage). Without llama_cpp the peer row says "not measured".
+// same file (a GGUF) in a subprocess, with the same token ids and thread count; --llama-bench times
+// the file with llama.cpp's own llama-bench instead (its prompt ids). A GGUF of k-quants (Q4_K/Q6_K)
+// runs as stored and has no quantized row. --limits measures DRAM read bandwidth in the same run and
+// prints the decode bound (bandwidth ÷ bytes one token reads). Peak RSS of the lowbit process is
+// reported (getrusage). Without llama_cpp the peer row says "not measured".
 #include <unistd.h>
 
 #include <algorithm>
