@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "lowbit/ggml_matmul.h"
 #include "lowbit/kernels.h"
 #include "lowbit/kv_cache.h"
 #include "lowbit/model.h"
@@ -35,9 +36,12 @@ class Linear {
   // (W8A8) and int4 groups (W4A8); with e4m3:tile1x128 also e4m3:block128x128) are packed once
   // and run by it; any other spec is dequantized to fp32 here.
   static Result<Linear> quantized(const QuantizedTensor& q, const std::optional<QuantSpec>& activations = std::nullopt);
+  // A GGUF k-quant matrix (Q4_K, Q6_K) run as stored by ggml_matmul; `w` views bytes that must outlive the Linear.
+  static Linear ggml(const GgmlMatrix& w);
   int64_t out_features() const { return out_; }
   int64_t in_features() const { return in_; }
   const QuantizedTensor* quant() const { return quant_.get(); }
+  const GgmlMatrix* ggml() const { return ggml_.blocks ? &ggml_ : nullptr; }
   // The kernel forward runs ("gemm_a16_w4g128_f32__avx2"), or "fp32" on the fp32 path.
   std::string kernel() const;
   void forward(const float* x, int64_t n, float* y) const;  // x (n, in), y (n, out)
@@ -49,6 +53,7 @@ class Linear {
   std::shared_ptr<const QuantizedTensor> quant_;  // what was quantized, for size accounting
   std::shared_ptr<const PackedWeights> packed_;   // kernel layout (then w_ is null)
   MatmulOptions kernel_opt_;
+  GgmlMatrix ggml_;                               // k-quant blocks (blocks null when unused)
 };
 
 // Where activations are fake-quantized (quantize -> dequantize with dynamic scales), so
@@ -94,6 +99,9 @@ class LlamaModel {
   const LlamaWeights& weights() const { return w_; }
   std::vector<LayerLinears>& layers() { return layers_; }
   const std::vector<LayerLinears>& layers() const { return layers_; }
+  // The token embedding's k-quant blocks when the file stores it so (rows are decoded per lookup),
+  // else null and weights().tok_embeddings holds it in fp32.
+  const GgmlMatrix* embedding_blocks() const { return emb_.blocks ? &emb_ : nullptr; }
   Linear& classifier() { return classifier_; }
   const Linear& classifier() const { return classifier_; }
   ActivationQuant& activation_quant() { return act_; }
@@ -113,6 +121,7 @@ class LlamaModel {
   std::vector<std::shared_ptr<const Tensor>> owned_;
   std::vector<LayerLinears> layers_;
   Linear classifier_;
+  GgmlMatrix emb_;
   ActivationQuant act_;
   std::optional<KvSpec> kv_;
 };

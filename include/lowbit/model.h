@@ -11,14 +11,40 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "lowbit/file.h"
+#include "lowbit/ggml_matmul.h"
 #include "lowbit/quant.h"
 #include "lowbit/status.h"
 #include "lowbit/tensor.h"
 
 namespace lowbit {
+
+// How RoPE pairs a head's dimensions: (2i, 2i+1) as llama2.c and llama.cpp's converted Llama
+// files (LLAMA_ROPE_TYPE_NORM), or (i, i + head_dim/2) as GPT-NeoX and Qwen2 (LLAMA_ROPE_TYPE_NEOX).
+enum class RopeStyle : uint8_t { kInterleaved, kNeox };
+
+// What differs between the architectures lowbit runs: one row each, read by the loaders (the GGUF
+// keys are "<name>.embedding_length" ...) and by the forward pass through LlamaConfig. Everything
+// else (RMSNorm, GQA, SwiGLU) is shared.
+struct Architecture {
+  std::string_view name;  // GGUF general.architecture
+  RopeStyle rope;
+  bool qkv_bias;          // blk.{l}.attn_{q,k,v}.bias
+};
+inline constexpr Architecture kArchitectures[] = {
+    {"llama", RopeStyle::kInterleaved, false},
+    {"qwen2", RopeStyle::kNeox, true},  // llama.cpp llm_arch LLM_ARCH_QWEN2: rope type NEOX, q/k/v biases
+};
+// Null for an architecture lowbit does not run.
+constexpr const Architecture* find_architecture(std::string_view name) {
+  for (const Architecture& a : kArchitectures) {
+    if (a.name == name) return &a;
+  }
+  return nullptr;
+}
 
 struct LlamaConfig {
   int dim = 0;          // model width
@@ -31,6 +57,9 @@ struct LlamaConfig {
   float rope_theta = 10000.0f;
   float norm_eps = 1e-5f;
   bool shared_classifier = true;  // classifier = token embedding
+  std::string arch = "llama";     // a kArchitectures name
+  RopeStyle rope_style = RopeStyle::kInterleaved;
+  bool qkv_bias = false;          // LayerWeights::bq/bk/bv present
 
   int head_dim() const { return dim / n_heads; }
   int kv_dim() const { return head_dim() * n_kv_heads; }
@@ -47,6 +76,7 @@ struct LayerWeights {
   ConstTensorView w1;         // (hidden, dim)  gate
   ConstTensorView w2;         // (dim, hidden)  down
   ConstTensorView w3;         // (hidden, dim)  up
+  ConstTensorView bq, bk, bv; // (dim), (kv_dim), (kv_dim): added after wq/wk/wv when qkv_bias; else empty
 };
 
 struct LlamaWeights {
@@ -77,8 +107,14 @@ struct Model {
   std::shared_ptr<MappedFile> file;
   std::vector<Tensor> owned;
   std::map<std::string, QuantizedTensor> quantized;
+  // GGUF k-quant tensors (Q4_K, Q6_K) kept in their blocks, viewing `file`, keyed like `quantized`
+  // plus "tok_embeddings": the model runs from them (ggml_matmul.h) and their `weights` views stay
+  // empty, so no fp32 copy exists.
+  std::map<std::string, GgmlMatrix> ggml;
   ActivationSpecs activations;
 };
+
+inline constexpr const char* kTokEmbeddingsName = "tok_embeddings";
 
 // llama2.c checkpoints: legacy version 0 (7-int32 header; negative vocab = unshared classifier)
 // and the versioned export (magic "ak42", version 1 fp32, version 2 int8 groups). Every size is

@@ -294,6 +294,13 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
       LOWBIT_RETURN_IF_ERROR(embed_tokens(net, opt.calib[w], xs[w].data()));
     }
   }
+  // The pipeline keeps each block's fp32 weights for writers and later passes: from k-quant blocks
+  // that would rebuild an fp32 copy of the whole model, so it refuses them (RTN decodes one matrix
+  // at a time instead: apply_rtn).
+  if (!net.layers().empty() && net.layers()[0].wq.ggml() != nullptr) {
+    return Unsupported("quantize pipeline: the model's linears are GGUF k-quant blocks (no fp32 weights); "
+                       "only RTN (lowbit eval --scheme) re-quantizes them");
+  }
   const std::optional<QuantSpec> acts = opt.plan.activations;
   net.activation_quant().linear_input.reset();  // calibration sees fp32 activations
 

@@ -1,5 +1,7 @@
 #include "lowbit/rtn.h"
 
+#include <utility>
+
 #include <fmt/format.h>
 
 namespace lowbit {
@@ -26,7 +28,15 @@ Status apply_rtn(LlamaModel& net, const QuantSpec& weights, const std::optional<
   for (size_t l = 0; l < net.layers().size(); ++l) {
     for (size_t i = 0; i < std::size(kLinearMembers); ++i) {
       const std::string name = fmt::format("layers.{}.{}", l, kLinearNames[i]);
-      const ConstTensorView w = net.weights().layers[l].*kWeightMembers[i];
+      ConstTensorView w = net.weights().layers[l].*kWeightMembers[i];
+      Tensor decoded;  // (out, in): a k-quant matrix dequantized alone, dropped after quantizing it
+      if (const GgmlMatrix* g = (net.layers()[l].*kLinearMembers[i]).ggml(); g != nullptr && w.data() == nullptr) {
+        LOWBIT_ASSIGN_OR_RETURN(decoded, Tensor::empty(DType::kF32, {g->rows, g->cols}));
+        for (int64_t r = 0; r < g->rows; ++r) {
+          LOWBIT_RETURN_IF_ERROR(ggml_decode_row(*g, r, decoded.data_as<float>() + r * g->cols));
+        }
+        w = std::as_const(decoded).view();
+      }
       QuantizeOptions opt;
       opt.name = name;
       LOWBIT_ASSIGN_OR_RETURN(QuantizedTensor q, quantize(w, weights, opt));
@@ -58,6 +68,9 @@ ModelSize model_size(const LlamaModel& net) {
       if (const QuantizedTensor* q = lin.quant()) {
         s.linear_bytes += q->storage_bytes();
         s.linear_code_bytes += static_cast<int64_t>(q->codes.size());
+      } else if (const GgmlMatrix* g = lin.ggml()) {  // k-quant blocks: scales live inside them
+        s.linear_bytes += g->bytes();
+        s.linear_code_bytes += g->bytes();
       } else {
         s.linear_bytes += 4 * n;
         s.linear_code_bytes += 4 * n;
@@ -67,13 +80,18 @@ ModelSize model_size(const LlamaModel& net) {
   }
   const int64_t emb = static_cast<int64_t>(c.vocab_size) * c.dim;
   s.other_params = emb + static_cast<int64_t>(c.n_layers) * 2 * c.dim + c.dim;
-  s.other_bytes = 4 * (s.other_params - emb);
+  s.other_bytes = 4 * (s.other_params - emb) + (c.qkv_bias ? 4 * static_cast<int64_t>(c.n_layers) * (c.dim + 2 * c.kv_dim()) : 0);
+  if (c.qkv_bias) s.other_params += static_cast<int64_t>(c.n_layers) * (c.dim + 2 * c.kv_dim());
   const QuantizedTensor* cq = net.classifier().quant();
+  const GgmlMatrix* cg = net.classifier().ggml();
+  const GgmlMatrix* eg = net.embedding_blocks();
+  const int64_t emb_bytes = eg ? eg->bytes() : 4 * emb;
+  const int64_t cls_bytes = cq ? cq->storage_bytes() : cg ? cg->bytes() : 4 * emb;
   if (c.shared_classifier) {
-    s.other_bytes += cq ? cq->storage_bytes() : 4 * emb;  // the classifier is the embedding
+    s.other_bytes += eg ? emb_bytes : cls_bytes;  // the classifier is the embedding
   } else {
     s.other_params += emb;
-    s.other_bytes += 4 * emb + (cq ? cq->storage_bytes() : 4 * emb);
+    s.other_bytes += emb_bytes + cls_bytes;
   }
   return s;
 }

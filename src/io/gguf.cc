@@ -28,6 +28,7 @@
 #include "lowbit/convert.h"
 #include "lowbit/file.h"
 #include "lowbit/formats.h"
+#include "lowbit/ggml_matmul.h"
 #include "lowbit/model.h"
 #include "lowbit/quant.h"
 #include "lowbit/status.h"
@@ -451,18 +452,20 @@ Result<float> get_f32_or(const GgufFile& f, std::string_view key, float fallback
   return f.get_f32(key);
 }
 
-Result<LlamaConfig> llama_config(const GgufFile& f) {
+Result<LlamaConfig> llama_config(const GgufFile& f, const Architecture& arch) {
   const std::string& path = f.path;
   LlamaConfig c;
-  LOWBIT_ASSIGN_OR_RETURN(int64_t dim, get_count(f, "llama.embedding_length", kMaxDim));
-  LOWBIT_ASSIGN_OR_RETURN(int64_t hidden, get_count(f, "llama.feed_forward_length", kMaxHiddenDim));
-  LOWBIT_ASSIGN_OR_RETURN(int64_t layers, get_count(f, "llama.block_count", kMaxLayers));
-  LOWBIT_ASSIGN_OR_RETURN(int64_t heads, get_count(f, "llama.attention.head_count", dim));
+  // Keys are "<arch>.embedding_length" ...: the architecture's own prefix.
+  const auto key = [&](std::string_view k) { return fmt::format("{}.{}", arch.name, k); };
+  LOWBIT_ASSIGN_OR_RETURN(int64_t dim, get_count(f, key("embedding_length"), kMaxDim));
+  LOWBIT_ASSIGN_OR_RETURN(int64_t hidden, get_count(f, key("feed_forward_length"), kMaxHiddenDim));
+  LOWBIT_ASSIGN_OR_RETURN(int64_t layers, get_count(f, key("block_count"), kMaxLayers));
+  LOWBIT_ASSIGN_OR_RETURN(int64_t heads, get_count(f, key("attention.head_count"), dim));
   int64_t kv_heads = heads;
-  if (f.find("llama.attention.head_count_kv") != nullptr) {
-    LOWBIT_ASSIGN_OR_RETURN(kv_heads, get_count(f, "llama.attention.head_count_kv", heads));
+  if (f.find(key("attention.head_count_kv")) != nullptr) {
+    LOWBIT_ASSIGN_OR_RETURN(kv_heads, get_count(f, key("attention.head_count_kv"), heads));
   }
-  LOWBIT_ASSIGN_OR_RETURN(int64_t seq_len, get_count(f, "llama.context_length", kMaxSeqLen));
+  LOWBIT_ASSIGN_OR_RETURN(int64_t seq_len, get_count(f, key("context_length"), kMaxSeqLen));
   if (dim % heads != 0) {
     return DataLoss(fmt::format("{}: head_count={} does not divide embedding_length={}", path, heads, dim));
   }
@@ -473,12 +476,12 @@ Result<LlamaConfig> llama_config(const GgufFile& f) {
   if (head_dim % 2 != 0) {
     return DataLoss(fmt::format("{}: head size {} is odd; RoPE rotates pairs, expected it even", path, head_dim));
   }
-  if (f.find("llama.rope.dimension_count") != nullptr) {
-    LOWBIT_ASSIGN_OR_RETURN(uint64_t rot, f.get_u64("llama.rope.dimension_count"));
+  if (f.find(key("rope.dimension_count")) != nullptr) {
+    LOWBIT_ASSIGN_OR_RETURN(uint64_t rot, f.get_u64(key("rope.dimension_count")));
     if (rot != static_cast<uint64_t>(head_dim)) {
-      return Unsupported(fmt::format("{}: llama.rope.dimension_count={} (partial RoPE) is not supported; expected "
+      return Unsupported(fmt::format("{}: {}={} (partial RoPE) is not supported; expected "
                                      "the head size {}",
-                                     path, rot, head_dim));
+                                     path, key("rope.dimension_count"), rot, head_dim));
     }
   }
   c.dim = static_cast<int>(dim);
@@ -487,13 +490,16 @@ Result<LlamaConfig> llama_config(const GgufFile& f) {
   c.n_heads = static_cast<int>(heads);
   c.n_kv_heads = static_cast<int>(kv_heads);
   c.seq_len = static_cast<int>(seq_len);
-  LOWBIT_ASSIGN_OR_RETURN(c.rope_theta, get_f32_or(f, "llama.rope.freq_base", 10000.0f));
-  LOWBIT_ASSIGN_OR_RETURN(c.norm_eps, get_f32_or(f, "llama.attention.layer_norm_rms_epsilon", 1e-5f));
+  c.arch = std::string(arch.name);
+  c.rope_style = arch.rope;
+  c.qkv_bias = arch.qkv_bias;
+  LOWBIT_ASSIGN_OR_RETURN(c.rope_theta, get_f32_or(f, key("rope.freq_base"), 10000.0f));
+  LOWBIT_ASSIGN_OR_RETURN(c.norm_eps, get_f32_or(f, key("attention.layer_norm_rms_epsilon"), 1e-5f));
   if (!(c.rope_theta > 0.0f) || !std::isfinite(c.rope_theta)) {
-    return DataLoss(fmt::format("{}: llama.rope.freq_base={} (expected a positive number)", path, c.rope_theta));
+    return DataLoss(fmt::format("{}: {}={} (expected a positive number)", path, key("rope.freq_base"), c.rope_theta));
   }
   if (!(c.norm_eps >= 0.0f) || !std::isfinite(c.norm_eps)) {
-    return DataLoss(fmt::format("{}: llama.attention.layer_norm_rms_epsilon={} (expected >= 0)", path, c.norm_eps));
+    return DataLoss(fmt::format("{}: {}={} (expected >= 0)", path, key("attention.layer_norm_rms_epsilon"), c.norm_eps));
   }
   return c;
 }
@@ -566,10 +572,40 @@ QuantizedTensor quantized_from_blocks(const GgufTensor& t) {
   return q;
 }
 
+// A Q4_K / Q6_K tensor (ggml_matmul serves it) of dims `expect`, kept as its blocks under
+// `lowbit_name` in Model::ggml; `dest` stays empty. Every super-block scale (d, and Q4_K's dmin) must
+// be finite: the one pass over the blocks a load makes.
+Status bind_blocks(Model& m, const GgufFile& f, const GgufTensor& t, const std::vector<int64_t>& expect,
+                   const std::string& lowbit_name) {
+  if (t.dims != expect) {
+    return DataLoss(fmt::format("{}: tensor {} has dims {} (ggml order), expected {}", f.path, t.name,
+                                dims_string(t.dims), dims_string(expect)));
+  }
+  const GgmlMatrix w{.type = t.type, .blocks = t.data, .rows = t.dims[1], .cols = t.dims[0]};
+  const bool q4 = t.type == GgmlType::kQ4_K;
+  const int64_t blocks = t.numel() / kGgmlQK_K, size = q4 ? sizeof(BlockQ4_K) : sizeof(BlockQ6_K);
+  const size_t d_at = q4 ? offsetof(BlockQ4_K, d) : offsetof(BlockQ6_K, d);
+  for (int64_t b = 0; b < blocks; ++b) {
+    for (size_t at : q4 ? std::vector<size_t>{d_at, offsetof(BlockQ4_K, dmin)} : std::vector<size_t>{d_at}) {
+      uint16_t h;
+      std::memcpy(&h, t.data + b * size + static_cast<int64_t>(at), sizeof h);
+      if ((h & 0x7C00u) == 0x7C00u) {
+        return DataLoss(fmt::format("{}: tensor {} block {} has a non-finite scale (fp16 bits 0x{:04x})", f.path, t.name, b, h));
+      }
+    }
+  }
+  m.ggml.insert_or_assign(lowbit_name, w);
+  return OkStatus();
+}
+
 // bind() for a linear weight: Q8_0 / Q4_0 tensors are also kept as QuantizedTensors under
-// `lowbit_name` (Model::quantized), so they run and are counted as what they are.
+// `lowbit_name` (Model::quantized), so they run and are counted as what they are; Q4_K / Q6_K ones
+// only as their blocks (bind_blocks), with no fp32 copy.
 Status bind_linear(Model& m, const GgufFile& f, const std::string& name, std::vector<int64_t> expect,
                    ConstTensorView* dest, const std::string& lowbit_name) {
+  if (const GgufTensor* t = f.find_tensor(name); t != nullptr && ggml_matmul_supports(t->type)) {
+    return bind_blocks(m, f, *t, expect, lowbit_name);
+  }
   LOWBIT_RETURN_IF_ERROR(bind(m, f, name, std::move(expect), dest));
   const GgufTensor* t = f.find_tensor(name);
   if (t->type == GgmlType::kQ8_0 || t->type == GgmlType::kQ4_0) m.quantized.emplace(lowbit_name, quantized_from_blocks(*t));
@@ -912,10 +948,11 @@ Result<Tensor> dequantize_tensor(const GgufFile& file, const GgufTensor& t) {
 Result<Model> load_gguf(const std::string& path) {
   LOWBIT_ASSIGN_OR_RETURN(GgufFile f, open_gguf(path));
   LOWBIT_ASSIGN_OR_RETURN(std::string arch, f.get_string("general.architecture"));
-  if (arch != "llama") {
-    return Unsupported(fmt::format("{}: architecture {} is not supported (supported: llama)", path, arch));
+  const Architecture* a = find_architecture(arch);
+  if (a == nullptr) {
+    return Unsupported(fmt::format("{}: architecture {} is not supported (supported: llama, qwen2)", path, arch));
   }
-  LOWBIT_ASSIGN_OR_RETURN(LlamaConfig c, llama_config(f));
+  LOWBIT_ASSIGN_OR_RETURN(LlamaConfig c, llama_config(f, *a));
 
   // The vocabulary size is the embedding's second ggml dim; the tokenizer, when present, must agree.
   const GgufTensor* embd = f.find_tensor("token_embd.weight");
@@ -942,7 +979,7 @@ Result<Model> load_gguf(const std::string& path) {
     size_t k = 4;
     for (; k < t.name.size() && k < 14 && t.name[k] >= '0' && t.name[k] <= '9'; ++k) block = block * 10 + (t.name[k] - '0');
     if (k > 4 && block >= c.n_layers) {
-      return DataLoss(fmt::format("{}: tensor {} is in block {}, but llama.block_count is {}", path, t.name, block,
+      return DataLoss(fmt::format("{}: tensor {} is in block {}, but {}.block_count is {}", path, t.name, block, arch,
                                   c.n_layers));
     }
   }
@@ -960,7 +997,11 @@ Result<Model> load_gguf(const std::string& path) {
   // already permutes wq/wk from Hugging Face's rotate-half order back to Meta's interleaved
   // pairs (llama.cpp's LLAMA_ROPE_TYPE_NORM), which is the RoPE lowbit's forward pass applies
   // (llama2.c style): the weights are used as stored, with no un-permutation.
-  LOWBIT_RETURN_IF_ERROR(bind(m, f, "token_embd.weight", {dim, vocab}, &w.tok_embeddings));
+  if (const GgufTensor* t = f.find_tensor("token_embd.weight"); ggml_matmul_supports(t->type)) {
+    LOWBIT_RETURN_IF_ERROR(bind_blocks(m, f, *t, {dim, vocab}, kTokEmbeddingsName));  // rows decoded per lookup
+  } else {
+    LOWBIT_RETURN_IF_ERROR(bind(m, f, "token_embd.weight", {dim, vocab}, &w.tok_embeddings));
+  }
   for (int l = 0; l < c.n_layers; ++l) {
     LayerWeights& L = w.layers[static_cast<size_t>(l)];
     const std::string p = fmt::format("blk.{}.", l);
@@ -970,10 +1011,17 @@ Result<Model> load_gguf(const std::string& path) {
       LOWBIT_RETURN_IF_ERROR(bind_linear(m, f, fmt::format("{}{}.weight", p, s.gguf), {extent(c, s.in), extent(c, s.out)},
                                          &(L.*s.weight), linear_name(l, s)));
     }
+    if (c.qkv_bias) {
+      const int64_t kv_dim = c.kv_dim();
+      LOWBIT_RETURN_IF_ERROR(bind(m, f, p + "attn_q.bias", {dim}, &L.bq));
+      LOWBIT_RETURN_IF_ERROR(bind(m, f, p + "attn_k.bias", {kv_dim}, &L.bk));
+      LOWBIT_RETURN_IF_ERROR(bind(m, f, p + "attn_v.bias", {kv_dim}, &L.bv));
+    }
   }
   LOWBIT_RETURN_IF_ERROR(bind(m, f, "output_norm.weight", {dim}, &w.final_norm));
   if (c.shared_classifier) {
     w.classifier = w.tok_embeddings;
+    if (const auto e = m.ggml.find(kTokEmbeddingsName); e != m.ggml.end()) m.ggml.insert_or_assign(kClassifierName, e->second);
   } else {
     LOWBIT_RETURN_IF_ERROR(bind_linear(m, f, "output.weight", {dim, vocab}, &w.classifier, kClassifierName));
   }

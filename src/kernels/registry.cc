@@ -12,6 +12,7 @@
 #include "kernels_internal.h"
 #include "lowbit/convert.h"
 #include "lowbit/formats.h"
+#include "lowbit/ggml_matmul.h"
 #include "lowbit/kernels.h"
 #include "lowbit/kv_attention.h"
 #include "lowbit/parallel.h"
@@ -553,6 +554,12 @@ std::vector<KernelInfo> available_kernels() {
                      fmt::format("fp32 query x {} cached keys (fp16 scales per token group or channel), fp32 scores", kv_code_name(c))});
       out.push_back({kv_kernel_name(false, c, isa), KernelOp::kAuto, isa,
                      fmt::format("fp32 probabilities x {} cached values (fp16 scales per token group), fp32 out", kv_code_name(c))});
+    }
+    // GGUF k-quant blocks as stored (ggml_matmul.h).
+    for (GgmlType t : {GgmlType::kQ4_K, GgmlType::kQ6_K}) {
+      out.push_back({ggml_kernel_name(t, isa), KernelOp::kAuto, isa,
+                     fmt::format("fp32 activations x ggml {} blocks decoded per tile (bit-exact), fp32 out",
+                                 ggml_block_info(t)->name)});
     }
   }
   for (const char* mode : {"promoted", "unpromoted"}) {

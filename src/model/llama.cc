@@ -42,6 +42,43 @@ void softmax(float* x, int n) {
   for (int i = 0; i < n; ++i) x[i] /= sum;
 }
 
+// x (n, d) += b (d) on every row.
+void add_bias(float* x, int64_t n, int d, ConstTensorView b) {
+  const float* bb = b.data_as<float>();
+  for (int64_t t = 0; t < n; ++t) {
+    for (int j = 0; j < d; ++j) x[t * d + j] += bb[j];
+  }
+}
+
+// NeoX-style RoPE on q (n, dim) and k (n, kv_dim) at positions pos..pos+n-1: in each head, pair
+// (i, i + hs/2) turns by p · theta^(-2i/hs) (llama.cpp's rope_neox).
+void rope_neox(float* q, float* k, int64_t n, int pos, const LlamaConfig& c) {
+  const int hs = c.head_dim(), half = hs / 2;
+  std::vector<float> cs(static_cast<size_t>(hs));  // (half cos, half sin) for one position
+  for (int64_t t = 0; t < n; ++t) {
+    const int p = pos + static_cast<int>(t);
+    for (int i = 0; i < half; ++i) {
+      const float freq = 1.0f / std::pow(c.rope_theta, static_cast<float>(2 * i) / static_cast<float>(hs));
+      const float val = static_cast<float>(p) * freq;
+      cs[static_cast<size_t>(i)] = std::cos(val);
+      cs[static_cast<size_t>(half + i)] = std::sin(val);
+    }
+    for (int r = 0; r < 2; ++r) {
+      float* row = r == 0 ? q + t * c.dim : k + t * c.kv_dim();
+      const int heads = r == 0 ? c.n_heads : c.n_kv_heads;
+      for (int h = 0; h < heads; ++h) {
+        float* v = row + h * hs;
+        for (int i = 0; i < half; ++i) {
+          const float fcr = cs[static_cast<size_t>(i)], fci = cs[static_cast<size_t>(half + i)];
+          const float v0 = v[i], v1 = v[i + half];
+          v[i] = v0 * fcr - v1 * fci;
+          v[i + half] = v0 * fci + v1 * fcr;
+        }
+      }
+    }
+  }
+}
+
 // In-place fake quantization of activations (n, d) with dynamic scales.
 Status fake_quant(float* x, int64_t n, int64_t d, const QuantSpec& spec) {
   TensorView v(x, DType::kF32, {n, d});
@@ -106,9 +143,26 @@ Result<Linear> Linear::quantized(const QuantizedTensor& q, const std::optional<Q
   return l;
 }
 
-std::string Linear::kernel() const { return packed_ ? kernel_name(*packed_, kernel_opt_) : "fp32"; }
+Linear Linear::ggml(const GgmlMatrix& w) {
+  LOWBIT_CHECK(ggml_matmul_supports(w.type) && w.blocks != nullptr, "Linear::ggml needs Q4_K or Q6_K blocks");
+  Linear l;
+  l.out_ = w.rows;
+  l.in_ = w.cols;
+  l.ggml_ = w;
+  return l;
+}
+
+std::string Linear::kernel() const {
+  if (ggml_.blocks) return ggml_kernel_name(ggml_.type, ggml_kernel_isa());
+  return packed_ ? kernel_name(*packed_, kernel_opt_) : "fp32";
+}
 
 void Linear::forward(const float* x, int64_t n, float* y) const {
+  if (ggml_.blocks) {
+    const Status s = ggml_matmul(ggml_, x, n, in_, y, out_);
+    LOWBIT_CHECK(s.ok(), "Linear::forward: " + s.message());
+    return;
+  }
   if (packed_) {
     const Status s = matmul(*packed_, x, n, in_, y, out_, kernel_opt_);
     LOWBIT_CHECK(s.ok(), "Linear::forward: " + s.message());
@@ -132,6 +186,7 @@ namespace {
 // The quantized Linear for `name` when the model carries one (files lowbit saved quantized),
 // else the fp32 one over `w`. The readers validated the quantized tensor's shape against w.
 Linear make_linear(const Model& m, const std::string& name, ConstTensorView w) {
+  if (const auto g = m.ggml.find(name); g != m.ggml.end()) return Linear::ggml(g->second);
   const auto it = m.quantized.find(name);
   if (it == m.quantized.end()) return Linear::fp32(w);
   Result<Linear> l = Linear::quantized(it->second, m.activations.linear_input);
@@ -149,6 +204,7 @@ LlamaModel::LlamaModel(const Model& m) : cfg_(m.config), w_(m.weights) {
     }
   }
   classifier_ = make_linear(m, kClassifierName, w_.classifier);
+  if (const auto e = m.ggml.find(kTokEmbeddingsName); e != m.ggml.end()) emb_ = e->second;
   act_.linear_input = m.activations.linear_input;
   act_.kv = m.activations.kv;
   if (!m.activations.kv_cache.empty()) {  // the readers validated it against this head dim
@@ -160,6 +216,9 @@ LlamaModel::LlamaModel(const Model& m) : cfg_(m.config), w_(m.weights) {
 
 Status LlamaModel::set_kv_cache(std::optional<KvSpec> spec) {
   if (spec) LOWBIT_RETURN_IF_ERROR(validate_kv_spec(*spec, cfg_.head_dim()));
+  if (spec && spec->pre_rope && cfg_.rope_style != RopeStyle::kInterleaved) {
+    return Unsupported(fmt::format("kv cache {}: prerope keys are rotated in interleaved pairs; {} uses NeoX RoPE", spec->name, cfg_.arch));
+  }
   kv_ = std::move(spec);
   return OkStatus();
 }
@@ -273,6 +332,11 @@ Status layer_forward(const LlamaModel& m, int l, float* x, int64_t n, int pos, f
   // wk and wv see the same (possibly fake-quantized) input; quantizing twice is idempotent.
   LOWBIT_RETURN_IF_ERROR(run_linear(m, l, LinearSlot::kWk, xb, n, k, b.part, hook));
   LOWBIT_RETURN_IF_ERROR(run_linear(m, l, LinearSlot::kWv, xb, n, v, b.part, hook));
+  if (c.qkv_bias) {  // qwen2: q/k/v biases, before RoPE (llama.cpp build_qwen2)
+    add_bias(q, n, dim, lw.bq);
+    add_bias(k, n, kv_dim, lw.bk);
+    add_bias(v, n, kv_dim, lw.bv);
+  }
 
   // Pre-RoPE caches quantize the keys as they leave wk: k_raw (n, kv_dim).
   std::vector<float> k_raw;
@@ -280,20 +344,24 @@ Status layer_forward(const LlamaModel& m, int l, float* x, int64_t n, int pos, f
     if (aq.kv) LOWBIT_RETURN_IF_ERROR(fake_quant(k, n, kv_dim, *aq.kv));
     k_raw.assign(k, k + n * kv_dim);
   }
-  // RoPE on q and k, pairs (i, i+1), frequency from the position within the head.
-  for (int64_t t = 0; t < n; ++t) {
-    const int p = pos + static_cast<int>(t);
-    for (int i = 0; i < dim; i += 2) {
-      const int head_dim = i % hs;
-      const float freq = 1.0f / std::pow(c.rope_theta, static_cast<float>(head_dim) / static_cast<float>(hs));
-      const float val = static_cast<float>(p) * freq;
-      const float fcr = std::cos(val), fci = std::sin(val);
-      const int rotn = i < kv_dim ? 2 : 1;
-      for (int r = 0; r < rotn; ++r) {
-        float* vec = r == 0 ? &q[t * dim] : &k[t * kv_dim];
-        const float v0 = vec[i], v1 = vec[i + 1];
-        vec[i] = v0 * fcr - v1 * fci;
-        vec[i + 1] = v0 * fci + v1 * fcr;
+  if (c.rope_style == RopeStyle::kNeox) {
+    rope_neox(q, k, n, pos, c);
+  } else {
+    // RoPE on q and k, pairs (i, i+1), frequency from the position within the head.
+    for (int64_t t = 0; t < n; ++t) {
+      const int p = pos + static_cast<int>(t);
+      for (int i = 0; i < dim; i += 2) {
+        const int head_dim = i % hs;
+        const float freq = 1.0f / std::pow(c.rope_theta, static_cast<float>(head_dim) / static_cast<float>(hs));
+        const float val = static_cast<float>(p) * freq;
+        const float fcr = std::cos(val), fci = std::sin(val);
+        const int rotn = i < kv_dim ? 2 : 1;
+        for (int r = 0; r < rotn; ++r) {
+          float* vec = r == 0 ? &q[t * dim] : &k[t * kv_dim];
+          const float v0 = vec[i], v1 = vec[i + 1];
+          vec[i] = v0 * fcr - v1 * fci;
+          vec[i + 1] = v0 * fci + v1 * fcr;
+        }
       }
     }
   }
@@ -366,6 +434,12 @@ Status check_tokens(const LlamaConfig& c, std::span<const int> tokens) {
 Status embed_tokens(const LlamaModel& model, std::span<const int> tokens, float* x) {
   const LlamaConfig& c = model.config();
   LOWBIT_RETURN_IF_ERROR(check_tokens(c, tokens));
+  if (const GgmlMatrix* blocks = model.embedding_blocks()) {  // decode the looked-up rows only
+    for (size_t t = 0; t < tokens.size(); ++t) {
+      LOWBIT_RETURN_IF_ERROR(ggml_decode_row(*blocks, tokens[t], x + static_cast<int64_t>(t) * c.dim));
+    }
+    return OkStatus();
+  }
   const float* emb = model.weights().tok_embeddings.data_as<float>();
   for (size_t t = 0; t < tokens.size(); ++t) {
     std::memcpy(x + static_cast<int64_t>(t) * c.dim, emb + static_cast<int64_t>(tokens[t]) * c.dim, sizeof(float) * c.dim);

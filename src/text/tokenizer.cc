@@ -596,6 +596,10 @@ constexpr std::string_view kGpt2Regex =
 constexpr std::string_view kLlama3Regex =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 
+// Qwen2 (llama.cpp LLAMA_VOCAB_PRE_TYPE_QWEN2): Llama 3's pattern with single digits (\p{N}, not \p{N}{1,3}).
+constexpr std::string_view kQwen2Regex =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+
 struct PreTokenizer {
   std::string_view name;
   std::vector<std::string_view> stages;
@@ -611,6 +615,7 @@ const PreTokenizer* find_pre_tokenizer(std::string_view name) {
       {"refact", {R"(\p{N})", kGpt2Regex}},
       {"llama3", {kLlama3Regex}},
       {"llama-bpe", {kLlama3Regex}},
+      {"qwen2", {kQwen2Regex}},
   };
   for (const PreTokenizer& p : kTable) {
     if (p.name == name) return &p;
@@ -661,7 +666,7 @@ Result<std::unique_ptr<Tokenizer>> Gpt2Tokenizer::load(const GgufFile& f) {
   const PreTokenizer* pt = find_pre_tokenizer(pre);
   if (pt == nullptr) {
     std::string known;
-    for (std::string_view n : {"default", "gpt2", "smollm", "starcoder", "refact", "llama3", "llama-bpe"}) {
+    for (std::string_view n : {"default", "gpt2", "smollm", "starcoder", "refact", "llama3", "llama-bpe", "qwen2"}) {
       known += known.empty() ? "" : ", ";
       known += n;
     }

@@ -802,7 +802,7 @@ TEST(GgufTest, LoadGgufRejectsOtherArchitecturesAndMissingTensors) {
   Result<Model> m = load_gguf(path);
   ASSERT_FALSE(m.ok());
   EXPECT_EQ(m.status().code(), StatusCode::kUnsupported);
-  EXPECT_EQ(m.status().message(), path + ": architecture gpt2 is not supported (supported: llama)");
+  EXPECT_EQ(m.status().message(), path + ": architecture gpt2 is not supported (supported: llama, qwen2)");
 
   spec = tiny.spec();
   spec.tensors.erase(spec.tensors.begin() + 18);  // blk.1.ffn_up.weight

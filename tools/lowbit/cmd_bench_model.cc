@@ -1,9 +1,12 @@
 // lowbit bench model --model M [--scheme S] [--kv SPEC ...] [--prefill N] [--decode N] [--llamacpp-python PY]
-//                    [--json out.json]
+//                    [--llama-bench BIN] [--limits] [--json out.json]
 // Prefill and decode tokens/s of one model: lowbit fp32, lowbit quantized in memory with a named
 // scheme, and — when --llamacpp-python names a Python with llama_cpp installed — llama.cpp on the
-// same file (a GGUF) in a subprocess, with the same token ids and thread count. Peak RSS of the
-// lowbit process is reported (getrusage). Without llama_cpp the peer row says "not measured".
+// same file (a GGUF) in a subprocess, with the same token ids and thread count; --llama-bench times
+// the file with llama.cpp's own llama-bench instead (its prompt ids). A GGUF of k-quants (Q4_K/Q6_K)
+// runs as stored and has no quantized row. --limits measures DRAM read bandwidth in the same run and
+// prints the decode bound (bandwidth ÷ bytes one token reads). Peak RSS of the lowbit process is
+// reported (getrusage). Without llama_cpp the peer row says "not measured".
 #include <unistd.h>
 
 #include <algorithm>
@@ -23,12 +26,14 @@
 #include "lowbit/llama.h"
 #include "lowbit/parallel.h"
 #include "lowbit/rtn.h"
+#include "kernel_harness.h"
 
 namespace lowbit::cli {
 namespace {
 
 struct BenchModelArgs {
-  std::string model, scheme = "w4a16-g128", llamacpp_python, json;
+  std::string model, scheme = "w4a16-g128", llamacpp_python, llama_bench, json;
+  bool limits = false;
   std::vector<std::string> kv;
   int prefill = 128, decode = 32;
 };
@@ -136,6 +141,54 @@ Speed measure_llamacpp(const BenchModelArgs& a, const std::vector<int>& ids) {
   return r;
 }
 
+// llama.cpp's own llama-bench on the same file: -p prefill and -n decode at this thread count, 3
+// repetitions (its mean). Its prompt is its own token ids, not ours (llama-bench takes no ids).
+Speed measure_llama_bench(const BenchModelArgs& a) {
+  Speed r{"llama.cpp (llama-bench)", {}, {}, ""};
+  const std::string cmd = fmt::format("{} -m {} -t {} -p {} -n {} -r 3 -o json 2>/dev/null", shell_quote(a.llama_bench),
+                                      shell_quote(a.model), num_threads(), a.prefill, a.decode);
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p != nullptr) {
+    char buf[4096];
+    size_t got;
+    while ((got = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, got);
+  }
+  const int rc = p != nullptr ? pclose(p) : -1;
+  if (rc != 0) {
+    r.note = fmt::format("not measured ({} exited with status {})", a.llama_bench, rc);
+    return r;
+  }
+  try {
+    for (const auto& row : nlohmann::json::parse(out.substr(out.find('[')))) {
+      const double ts = row.at("avg_ts").get<double>();
+      if (row.at("n_prompt").get<int>() > 0) r.prefill_tok_s = ts;
+      if (row.at("n_gen").get<int>() > 0) r.decode_tok_s = ts;
+      r.note = fmt::format("build {} {}", row.value("build_commit", std::string("?")), row.value("model_type", std::string()));
+    }
+  } catch (const std::exception&) {
+    r.note = "not measured (unreadable llama-bench output)";
+  }
+  return r;
+}
+
+// Bytes one decode step reads from memory: every linear and the classifier whole (in their stored
+// form), one embedding row, the norms and biases; the KV cache is left out (a few MB here).
+double weight_bytes_per_token(const LlamaModel& net) {
+  const LlamaConfig& c = net.config();
+  const auto bytes = [](const Linear& l) -> double {
+    if (const GgmlMatrix* g = l.ggml()) return static_cast<double>(g->bytes());
+    if (const QuantizedTensor* q = l.quant()) return static_cast<double>(q->storage_bytes());
+    return 4.0 * static_cast<double>(l.out_features() * l.in_features());
+  };
+  double b = bytes(net.classifier()) + 4.0 * c.dim * (2.0 * c.n_layers + 2);
+  if (c.qkv_bias) b += 4.0 * c.n_layers * (c.dim + 2 * c.kv_dim());
+  for (const LayerLinears& ll : net.layers()) {
+    for (LinearSlot s : kLinearSlots) b += bytes(ll.at(s));
+  }
+  return b;
+}
+
 void run_bench_model(const BenchModelArgs& a) {
   if (a.prefill < 4) fail(kExitUsage, fmt::format("bench model: --prefill must be >= 4 (got {})", a.prefill));
   if (a.decode < 0) fail(kExitUsage, fmt::format("bench model: --decode must be >= 0 (got {})", a.decode));
@@ -154,11 +207,15 @@ void run_bench_model(const BenchModelArgs& a) {
   const std::vector<int> ids = bench_tokens(a.prefill, c.vocab_size);
 
   std::vector<Speed> rows;
+  // A GGUF with k-quant tensors runs from its blocks (no fp32 weights exist to re-quantize).
+  const bool stored = !model->ggml.empty();
+  double per_token = 0;
   {
     LlamaModel net(*model);
-    rows.push_back(measure_lowbit("lowbit fp32", net, ids, a.decode));
+    per_token = weight_bytes_per_token(net);
+    rows.push_back(measure_lowbit(stored ? "lowbit (weights as stored: k-quant blocks)" : "lowbit fp32", net, ids, a.decode));
   }
-  {
+  if (!stored) {
     LlamaModel net(*model);
     if (Status s = apply_scheme(net, *scheme); !s.ok()) fail(s);
     rows.push_back(measure_lowbit("lowbit " + a.scheme, net, ids, a.decode));
@@ -180,8 +237,11 @@ void run_bench_model(const BenchModelArgs& a) {
       rows.back().note = bytes;
     }
   }
-  const double rss = peak_rss_mib();  // before the subprocess: lowbit's own
-  rows.push_back(measure_llamacpp(a, ids));
+  const double rss = peak_rss_mib();  // before the subprocess and the bandwidth buffer: lowbit's own
+  if (!a.llamacpp_python.empty() || a.llama_bench.empty()) rows.push_back(measure_llamacpp(a, ids));
+  if (!a.llama_bench.empty()) rows.push_back(measure_llama_bench(a));
+  // The decode bound: DRAM read bandwidth measured now ÷ bytes one token reads.
+  const double gbs = a.limits ? bench::measure_limits().dram_gbs : 0.0;
 
   auto num = [](const std::optional<double>& v) { return v ? fmt::format("{:.1f}", *v) : std::string("—"); };
   fmt::print("model {} ({} layers, dim {}, vocab {}), prefill {} tokens, decode {} tokens, {} threads\n", a.model,
@@ -189,10 +249,18 @@ void run_bench_model(const BenchModelArgs& a) {
   fmt::print("| engine | prefill tok/s | decode tok/s | note |\n|---|---:|---:|---|\n");
   for (const Speed& r : rows) fmt::print("| {} | {} | {} | {} |\n", r.name, num(r.prefill_tok_s), num(r.decode_tok_s), r.note);
   fmt::print("lowbit peak RSS: {:.0f} MiB\n", rss);
+  if (a.limits) {
+    const double bound = gbs * 1e9 / per_token;
+    fmt::print("DRAM read {:.1f} GB/s (measured in this run) / {:.0f} MB per decode token = bound {:.1f} tok/s; "
+               "lowbit decode = {:.2f} x bound\n",
+               gbs, per_token / 1e6, bound, rows.front().decode_tok_s.value_or(0.0) / bound);
+  }
 
   if (!a.json.empty()) {
     nlohmann::json j = {{"model", a.model}, {"prefill_tokens", a.prefill}, {"decode_tokens", a.decode},
-                        {"threads", num_threads()}, {"scheme", a.scheme}, {"peak_rss_mib", rss}};
+                        {"threads", num_threads()}, {"scheme", a.scheme}, {"peak_rss_mib", rss},
+                        {"bytes_per_decode_token", per_token}};
+    if (a.limits) j["dram_read_gbs"] = gbs;
     for (const Speed& r : rows) {
       j["engines"].push_back({{"name", r.name},
                               {"prefill_tok_s", r.prefill_tok_s ? nlohmann::json(*r.prefill_tok_s) : nlohmann::json()},
@@ -217,6 +285,8 @@ void register_bench_model(CLI::App& bench_parent) {
   cmd->add_option("--kv", a->kv, "Also time each quantized KV cache spec (kv-int8, kv-int4-kivi, ...; repeat or ';')")
       ->delimiter(';');
   cmd->add_option("--llamacpp-python", a->llamacpp_python, "A Python with llama_cpp installed (llama-cpp-python)");
+  cmd->add_option("--llama-bench", a->llama_bench, "llama.cpp's llama-bench binary: time the same file with it");
+  cmd->add_flag("--limits", a->limits, "Measure DRAM read bandwidth in this run and print the decode bound it implies");
   cmd->add_option("--json", a->json, "Write the figures as JSON");
   cmd->callback([a] { run_bench_model(*a); });
 }

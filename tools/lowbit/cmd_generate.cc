@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "cli.h"
+#include "lowbit/chat.h"
 #include "lowbit/kv_cache.h"
 #include "lowbit/gguf.h"
 #include "lowbit/llama.h"
@@ -26,13 +27,11 @@ struct GenerateArgs {
   bool ids = false;
 };
 
-constexpr std::string_view kImStart = "<|im_start|>";
-constexpr std::string_view kImEnd = "<|im_end|>";
+constexpr std::string_view kImEnd = kChatImEnd;
 
 // The prompt as the model's ChatML template renders one user turn with a generation prompt
-// (Hugging Face's apply_chat_template(add_generation_prompt=True)): the system turn is `system`,
-// else the default the template writes when the first message is not a system one (SmolLM2's
-// "You are a helpful AI assistant named SmolLM, ..."), else none.
+// (chat.h): the system turn is --system, else the template's default (SmolLM2's "You are a helpful
+// AI assistant named SmolLM, ...", Qwen2's "You are Qwen, created by Alibaba Cloud. ..."), else none.
 std::string chat_prompt(const std::string& model_path, const GenerateArgs& a) {
   Result<GgufFile> f = open_gguf(model_path);
   if (!f.ok() || f->find("tokenizer.chat_template") == nullptr) {
@@ -41,21 +40,9 @@ std::string chat_prompt(const std::string& model_path, const GenerateArgs& a) {
   }
   Result<std::string> tmpl = f->get_string("tokenizer.chat_template");
   if (!tmpl.ok()) fail(tmpl.status());
-  if (tmpl->find(kImStart) == std::string::npos || tmpl->find(kImEnd) == std::string::npos) {
-    fail(kExitUsage, fmt::format("generate --chat: {}: tokenizer.chat_template is not ChatML (<|im_start|>role\n"
-                                 "...<|im_end|>), the only form supported", model_path));
-  }
-  std::string system = a.system;
-  const std::string default_open = std::string(kImStart) + "system\n";
-  if (const size_t at = tmpl->find(default_open); !a.system_given && at != std::string::npos) {
-    const size_t from = at + default_open.size();
-    const size_t end = tmpl->find(kImEnd, from);
-    if (end != std::string::npos) system = tmpl->substr(from, end - from);
-  }
-  std::string out;
-  if (!system.empty()) out += fmt::format("{}system\n{}{}\n", kImStart, system, kImEnd);
-  out += fmt::format("{}user\n{}{}\n{}assistant\n", kImStart, a.prompt, kImEnd, kImStart);
-  return out;
+  Result<std::string> out = chatml_prompt(*tmpl, a.prompt, a.system_given ? std::optional<std::string>(a.system) : std::nullopt);
+  if (!out.ok()) fail(kExitUsage, fmt::format("generate --chat: {}: {}", model_path, out.status().message()));
+  return *out;
 }
 
 void run_generate(const GenerateArgs& a) {

@@ -1,0 +1,48 @@
+// Matmul straight from ggml k-quant blocks as a GGUF file stores them (Q4_K, Q6_K): y = x · Wᵀ
+// where W's rows are decoded to fp32 one cache-sized tile at a time (bit-exact to ggml's
+// dequantize_row_*, include/lowbit/ggml_blocks.h) and multiplied in fp32, so a model runs from
+// its stored 4.5 / 6.56 bits per weight and never holds an fp32 copy of a matrix.
+//
+//   GgmlMatrix w{.type = GgmlType::kQ4_K, .blocks = t.data, .rows = out, .cols = in};  // in % 256 == 0
+//   LOWBIT_RETURN_IF_ERROR(ggml_matmul(w, x, m, in, y, out));   // x (m, in) -> y (m, out)
+//   ggml_kernel_name(GgmlType::kQ4_K, active_isa());             // "gemm_a16_q4K_f32__avx2"
+//
+// Arithmetic contract and tiling: docs/kernels.md, "ggml k-quant matmul". The scalar level
+// (src/kernels/ref/ggml_ref.cc) is the twin the AVX2 one (src/kernels/x86/ggml_avx2.cc) is tested
+// against: decoding bit for bit, the products within fp32 summation-order rounding.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "lowbit/cpu.h"
+#include "lowbit/ggml_blocks.h"
+#include "lowbit/status.h"
+
+namespace lowbit {
+
+// A (rows, cols) = (out, in) matrix of ggml blocks, row after row; a view (the caller owns the bytes,
+// typically the mapped GGUF). cols is a multiple of the type's block size.
+struct GgmlMatrix {
+  GgmlType type = GgmlType::kQ4_K;
+  const void* blocks = nullptr;
+  int64_t rows = 0, cols = 0;
+
+  int64_t row_bytes() const;  // cols / block_size * type_size
+  int64_t bytes() const { return rows * row_bytes(); }
+};
+
+// Types ggml_matmul serves: Q4_K and Q6_K.
+bool ggml_matmul_supports(GgmlType type);
+// y (m, w.rows), row stride ldy  =  x (m, w.cols), row stride ldx  ·  Wᵀ. Threads over row blocks
+// (parallel_for). Errors: an unsupported type, cols not a multiple of 256, bad strides.
+Status ggml_matmul(const GgmlMatrix& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy);
+// Row r of w decoded to fp32 (cols values): an embedding lookup without a copy of the table.
+Status ggml_decode_row(const GgmlMatrix& w, int64_t r, float* out);
+
+// "gemm_a16_q4K_f32__avx2": fp32 activations, the weight type, fp32 out, the ISA.
+std::string ggml_kernel_name(GgmlType type, Isa isa);
+// The ISA ggml_matmul dispatches to under the active ISA (avx512 levels reuse avx2).
+Isa ggml_kernel_isa();
+
+}  // namespace lowbit

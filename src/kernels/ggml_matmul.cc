@@ -1,0 +1,103 @@
+// ggml_matmul's driver (include/lowbit/ggml_matmul.h): cuts W into blocks of rows × kKc columns,
+// decodes each block once into a per-thread fp32 tile and multiplies it with every token block of
+// x, accumulating over the column blocks. Threads take row blocks, so no two write one output.
+#include <algorithm>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "ggml_internal.h"
+#include "lowbit/parallel.h"
+
+namespace lowbit {
+namespace ki = kernels_internal;
+namespace {
+
+constexpr int64_t kKc = 1024;           // columns decoded per tile: 4 super-blocks (16 KiB of fp32 a row)
+constexpr int64_t kTokenBlock = 32;     // tokens per x tile: 32 × kKc fp32 = 128 KiB
+constexpr int64_t kRowsDecode = 16;     // rows per tile when m <= 4 (decode): 64 KiB of fp32, L2
+constexpr int64_t kRowsPrefill = 64;    // rows per tile otherwise: 256 KiB, reused by every token block
+constexpr int64_t kSuperBlock = 256;    // QK_K
+
+const ki::GgmlMicrokernels& microkernels() {
+#if defined(LOWBIT_HAVE_AVX2)
+  if (active_isa() >= Isa::kAvx2) return ki::ggml_avx2_microkernels();
+#endif
+  return ki::ggml_scalar_microkernels();
+}
+
+// Rows r0..r1 of w, columns c0 .. c0+kc, decoded into tile (r1-r0, kc).
+void decode_block(const ki::GgmlMicrokernels& mk, const GgmlMatrix& w, int64_t r0, int64_t r1, int64_t c0, int64_t kc,
+                  float* tile) {
+  const int64_t rb = w.row_bytes(), b0 = c0 / kSuperBlock, nb = kc / kSuperBlock;
+  for (int64_t r = r0; r < r1; ++r) {
+    const auto* row = static_cast<const std::byte*>(w.blocks) + r * rb;
+    float* out = tile + (r - r0) * kc;
+    if (w.type == GgmlType::kQ4_K) {
+      mk.decode_q4_K(reinterpret_cast<const BlockQ4_K*>(row) + b0, nb, out);
+    } else {
+      mk.decode_q6_K(reinterpret_cast<const BlockQ6_K*>(row) + b0, nb, out);
+    }
+  }
+}
+
+Status check(const GgmlMatrix& w) {
+  if (!ggml_matmul_supports(w.type)) {
+    const GgmlBlockInfo* info = ggml_block_info(w.type);
+    return Unsupported(fmt::format("ggml_matmul: type {} (supported: q4_K, q6_K)", info ? info->name : "unknown"));
+  }
+  if (w.blocks == nullptr || w.rows < 1 || w.cols < 1 || w.cols % kSuperBlock != 0) {
+    return InvalidArgument(fmt::format("ggml_matmul: a ({}, {}) matrix; expected rows >= 1 and cols a positive multiple of 256",
+                                       w.rows, w.cols));
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+int64_t GgmlMatrix::row_bytes() const {
+  const GgmlBlockInfo* info = ggml_block_info(type);
+  return info ? cols / info->block_size * info->type_size : 0;
+}
+
+bool ggml_matmul_supports(GgmlType type) { return type == GgmlType::kQ4_K || type == GgmlType::kQ6_K; }
+
+Status ggml_matmul(const GgmlMatrix& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy) {
+  LOWBIT_RETURN_IF_ERROR(check(w));
+  if (m < 0 || ldx < w.cols || ldy < w.rows) {
+    return InvalidArgument(fmt::format("ggml_matmul: m={} ldx={} ldy={} for a ({}, {}) matrix", m, ldx, ldy, w.rows, w.cols));
+  }
+  if (m == 0) return OkStatus();
+  const ki::GgmlMicrokernels& mk = microkernels();
+  const int64_t rows_per_tile = m <= 4 ? kRowsDecode : kRowsPrefill;
+  const int64_t kc_max = std::min(kKc, w.cols);
+  parallel_for(0, w.rows, rows_per_tile, [&](int64_t r0, int64_t r1) {
+    thread_local std::vector<float> tile;  // (rows_per_tile, kc_max): grows once per thread
+    if (tile.size() < static_cast<size_t>(rows_per_tile * kc_max)) tile.resize(static_cast<size_t>(rows_per_tile * kc_max));
+    for (int64_t c0 = 0; c0 < w.cols; c0 += kKc) {
+      const int64_t kc = std::min(kKc, w.cols - c0);
+      decode_block(mk, w, r0, r1, c0, kc, tile.data());
+      for (int64_t t0 = 0; t0 < m; t0 += kTokenBlock) {
+        const int64_t nt = std::min(kTokenBlock, m - t0);
+        mk.tile(tile.data(), kc, r1 - r0, x + t0 * ldx + c0, ldx, nt, kc, y + t0 * ldy + r0, ldy, c0 > 0);
+      }
+    }
+  });
+  return OkStatus();
+}
+
+Status ggml_decode_row(const GgmlMatrix& w, int64_t r, float* out) {
+  LOWBIT_RETURN_IF_ERROR(check(w));
+  if (r < 0 || r >= w.rows) return InvalidArgument(fmt::format("ggml_decode_row: row {} of {}", r, w.rows));
+  decode_block(microkernels(), w, r, r + 1, 0, w.cols, out);
+  return OkStatus();
+}
+
+std::string ggml_kernel_name(GgmlType type, Isa isa) {
+  const std::string_view t = type == GgmlType::kQ4_K ? "q4K" : type == GgmlType::kQ6_K ? "q6K" : "unsupported";
+  return fmt::format("gemm_a16_{}_f32__{}", t, isa_name(isa));
+}
+
+Isa ggml_kernel_isa() { return microkernels().isa; }
+
+}  // namespace lowbit

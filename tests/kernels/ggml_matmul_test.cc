@@ -1,0 +1,128 @@
+// ggml k-quant matmul (ggml_matmul.h): on every ISA this CPU has, decoding a row equals ggml's
+// reference dequantize_row_* bit for bit, and y = x·Wᵀ equals the fp64 product of the reference
+// dequantized weights within fp32 summation rounding; odd row counts, token counts that hit every
+// register-block tail, 1..37 super-blocks per row (the 1024-column tiles and their remainders).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "lowbit/cpu.h"
+#include "lowbit/formats.h"
+#include "lowbit/ggml_matmul.h"
+
+namespace lowbit {
+namespace {
+
+// Random blocks with finite fp16 scales in [1e-3, 1e-2] (d, dmin) and random everything else.
+std::vector<uint8_t> random_blocks(GgmlType type, int64_t rows, int64_t cols, uint32_t seed) {
+  const GgmlBlockInfo* info = ggml_block_info(type);
+  const int64_t nb = rows * cols / info->block_size;
+  std::vector<uint8_t> bytes(static_cast<size_t>(nb * info->type_size));
+  std::mt19937 rng(seed);
+  for (auto& b : bytes) b = static_cast<uint8_t>(rng());
+  std::uniform_real_distribution<float> us(1e-3f, 1e-2f);
+  for (int64_t i = 0; i < nb; ++i) {
+    uint8_t* blk = bytes.data() + i * info->type_size;
+    const auto put = [&](size_t at) {
+      const auto h = static_cast<uint16_t>(encode(Format::kFp16, us(rng)));
+      std::memcpy(blk + at, &h, 2);
+    };
+    if (type == GgmlType::kQ4_K) {
+      put(offsetof(BlockQ4_K, d));
+      put(offsetof(BlockQ4_K, dmin));
+    } else {
+      put(offsetof(BlockQ6_K, d));
+    }
+  }
+  return bytes;
+}
+
+std::vector<float> reference_rows(const GgmlMatrix& w) {  // (rows, cols)
+  std::vector<float> out(static_cast<size_t>(w.rows * w.cols));
+  for (int64_t r = 0; r < w.rows; ++r) {
+    EXPECT_TRUE(dequantize_row(w.type, static_cast<const uint8_t*>(w.blocks) + r * w.row_bytes(), out.data() + r * w.cols, w.cols));
+  }
+  return out;
+}
+
+class GgmlMatmul : public ::testing::TestWithParam<GgmlType> {};
+
+TEST_P(GgmlMatmul, DecodeIsBitExactOnEveryIsa) {
+  const GgmlType type = GetParam();
+  for (int64_t cols : {256, 1280, 2304}) {
+    const std::vector<uint8_t> bytes = random_blocks(type, 3, cols, 7);
+    const GgmlMatrix w{.type = type, .blocks = bytes.data(), .rows = 3, .cols = cols};
+    const std::vector<float> ref = reference_rows(w);
+    for (Isa isa : supported_isas()) {
+      ScopedIsa force(isa);
+      for (int64_t r = 0; r < 3; ++r) {
+        std::vector<float> got(static_cast<size_t>(cols));
+        ASSERT_TRUE(ggml_decode_row(w, r, got.data()).ok());
+        ASSERT_EQ(std::memcmp(got.data(), ref.data() + r * cols, sizeof(float) * cols), 0)
+            << isa_name(isa) << " row " << r << " cols " << cols;
+      }
+    }
+  }
+}
+
+TEST_P(GgmlMatmul, MatchesReferenceOverOddShapesOnEveryIsa) {
+  const GgmlType type = GetParam();
+  struct Shape { int64_t rows, cols, m; };
+  const Shape shapes[] = {{1, 256, 1}, {7, 256, 2}, {17, 1280, 1}, {33, 1536, 3}, {129, 256, 5},
+                          {5, 9472, 7}, {66, 2304, 37}, {3, 512, 70}};
+  for (const Shape& s : shapes) {
+    const std::vector<uint8_t> bytes = random_blocks(type, s.rows, s.cols, static_cast<uint32_t>(s.rows * 31 + s.m));
+    const GgmlMatrix w{.type = type, .blocks = bytes.data(), .rows = s.rows, .cols = s.cols};
+    const std::vector<float> wf = reference_rows(w);
+    std::mt19937 rng(11);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    const int64_t ldx = s.cols + 5, ldy = s.rows + 3;  // strided rows
+    std::vector<float> x(static_cast<size_t>(s.m * ldx));
+    for (auto& v : x) v = nd(rng);
+    for (Isa isa : supported_isas()) {
+      ScopedIsa force(isa);
+      std::vector<float> y(static_cast<size_t>(s.m * ldy), -7.0f);
+      ASSERT_TRUE(ggml_matmul(w, x.data(), s.m, ldx, y.data(), ldy).ok());
+      for (int64_t t = 0; t < s.m; ++t) {
+        for (int64_t r = 0; r < s.rows; ++r) {
+          double want = 0, mag = 0;
+          for (int64_t k = 0; k < s.cols; ++k) {
+            want += static_cast<double>(wf[r * s.cols + k]) * x[t * ldx + k];
+            mag += std::fabs(static_cast<double>(wf[r * s.cols + k]) * x[t * ldx + k]);
+          }
+          // fp32 sums of `cols` products: a few ulps of the magnitude sum per 2^10 terms.
+          const double tol = 4e-7 * std::sqrt(static_cast<double>(s.cols)) * mag + 1e-30;
+          ASSERT_NEAR(y[t * ldy + r], want, tol) << isa_name(isa) << " rows " << s.rows << " cols " << s.cols
+                                                 << " m " << s.m << " at (" << t << ", " << r << ")";
+        }
+        for (int64_t r = s.rows; r < ldy; ++r) ASSERT_EQ(y[t * ldy + r], -7.0f) << "wrote past the row";
+      }
+    }
+  }
+}
+
+TEST_P(GgmlMatmul, RejectsBadShapes) {
+  const std::vector<uint8_t> bytes = random_blocks(GetParam(), 1, 256, 1);
+  GgmlMatrix w{.type = GetParam(), .blocks = bytes.data(), .rows = 1, .cols = 200};
+  std::vector<float> x(256), y(1);
+  EXPECT_EQ(ggml_matmul(w, x.data(), 1, 256, y.data(), 1).code(), StatusCode::kInvalidArgument);
+  w.cols = 256;
+  EXPECT_EQ(ggml_matmul(w, x.data(), 1, 100, y.data(), 1).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ggml_decode_row(w, 1, x.data()).code(), StatusCode::kInvalidArgument);
+  w.type = GgmlType::kQ5_K;
+  EXPECT_EQ(ggml_matmul(w, x.data(), 1, 256, y.data(), 1).code(), StatusCode::kUnsupported);
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, GgmlMatmul, ::testing::Values(GgmlType::kQ4_K, GgmlType::kQ6_K),
+                         [](const auto& info) { return info.param == GgmlType::kQ4_K ? std::string("Q4_K") : std::string("Q6_K"); });
+
+TEST(GgmlMatmulNames, CarryTheContract) {
+  EXPECT_EQ(ggml_kernel_name(GgmlType::kQ4_K, Isa::kAvx2), "gemm_a16_q4K_f32__avx2");
+  EXPECT_EQ(ggml_kernel_name(GgmlType::kQ6_K, Isa::kScalar), "gemm_a16_q6K_f32__scalar");
+}
+
+}  // namespace
+}  // namespace lowbit
