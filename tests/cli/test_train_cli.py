@@ -7,6 +7,7 @@ Usage: test_train_cli.py LOWBIT_BINARY. Exits 77 (skip) when ../shared is missin
 """
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -115,12 +116,15 @@ with tempfile.TemporaryDirectory() as d:
     p = run("train", "--resume", div, *BASE[3:], "--recipe", "bf16", "--steps", "2", "-o", div)
     check(p.returncode == 2 and "recipe" in p.stderr, f"--resume with another --recipe: exit {p.returncode} ({p.stderr.strip()})")
     # Continuing the weights as a new run (--model) with an absurd learning rate diverges.
-    p = run("train", "--model", div, *BASE[3:-2], "--lr", "1e30", "--clip", "0", "--steps", "6", "--save-every", "1", "-o", div)
+    # (-o may not name the --model folder: that would overwrite the input.)
+    div2 = os.path.join(d, "div2")
+    shutil.copytree(div, div2)  # the output folder holds a good checkpoint before the run
+    p = run("train", "--model", div, *BASE[3:-2], "--lr", "1e30", "--clip", "0", "--steps", "6", "--save-every", "1", "-o", div2)
     check(p.returncode == 1, f"diverged run: exit {p.returncode}, expected 1 ({p.stderr.strip()})")
     check("step" in p.stderr and "diverged" in p.stderr, f"divergence named: {p.stderr.strip()}")
     check("intact" in p.stderr, f"mentions the intact checkpoint: {p.stderr.strip()}")
-    p = run("generate", "--model", div, "--prompt", "Once", "-n", "1", "--ids")
-    check(os.path.exists(os.path.join(div, "train_state.bin")) and p.returncode == 0,
+    p = run("generate", "--model", div2, "--prompt", "Once", "-n", "1", "--ids")
+    check(os.path.exists(os.path.join(div2, "train_state.bin")) and p.returncode == 0,
           f"last good checkpoint loads after divergence: {p.stderr}")
 
 finish("train cli ok")
