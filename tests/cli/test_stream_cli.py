@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 
-from clitest import ROOT, SHARED, check, finish, run
+from clitest import ROOT, SANITIZED, SHARED, check, finish, run
 
 MODEL = os.path.join(SHARED, "models", "stories260K.bin")
 TOK = os.path.join(SHARED, "models", "tok512.bin")
@@ -109,7 +109,8 @@ with tempfile.TemporaryDirectory() as tmp:
         check(os.path.exists(os.path.join(out, "model.safetensors.index.json")), f"{method}: no index")
         check(not os.path.exists(out + ".partial"), f"{method}: the work folder was left behind")
         j = json.load(open(js))
-        check(j["peak_rss_bytes"] <= j["memory_formula_bytes"], f"{method}: peak RSS {j['peak_rss_bytes']} above the formula {j['memory_formula_bytes']}")
+        if not SANITIZED:  # under ASan RSS counts the sanitizer's shadow memory and quarantine
+            check(j["peak_rss_bytes"] <= j["memory_formula_bytes"], f"{method}: peak RSS {j['peak_rss_bytes']} above the formula {j['memory_formula_bytes']}")
         # The streamed folder loads and runs.
         p = run("eval", "--model", out, "--text", TEXT, "--max-windows", "2") if method == "rtn" else None
         if p is not None:
@@ -136,7 +137,10 @@ with tempfile.TemporaryDirectory() as tmp:
           and "for tensor model.layers.2." in p.stderr, f"missing shard message: {p.stderr!r}")
     check(files_of(out) == before and not os.path.exists(out + ".partial"), "missing shard: the output folder changed")
 
-    # Flat in depth: 4 and 16 blocks of one width.
+    # Flat in depth: 4 and 16 blocks of one width (a release-build property: ASan holds freed memory back).
+    if SANITIZED:
+        print("peak RSS in depth: not measured under ASan (its quarantine keeps freed blocks)")
+        finish()
     make = os.path.join(ROOT, "scripts", "make_synthetic_model")
     peaks = {}
     for layers in (4, 16):
