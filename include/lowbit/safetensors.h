@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -91,6 +92,20 @@ struct SafetensorsEntry {
 Status write_safetensors(const std::string& path, const std::vector<SafetensorsEntry>& tensors,
                          const std::map<std::string, std::string>& metadata = {});
 
+// A tensor too large to hold whole (a streamed save's 128256 x 4096 embedding): `produce` is
+// called once, in file order, and hands `emit` exactly shape x dtype bytes in any number of
+// pieces; anything else fails the write (Internal, nothing written).
+struct SafetensorsPiecewiseEntry {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  std::function<Status(const std::function<Status(std::span<const std::byte>)>& emit)> produce;
+};
+// write_safetensors with the bytes produced while the file is written (the same header and
+// layout write_safetensors gives for the same names, dtypes, shapes and bytes).
+Status write_safetensors_piecewise(const std::string& path, const std::vector<SafetensorsPiecewiseEntry>& tensors,
+                                   const std::map<std::string, std::string>& metadata = {});
+
 // Hugging Face Llama checkpoints: a directory holding config.json (LlamaConfig, model_type
 // "llama") and model.safetensors, or the path of a .safetensors file with config.json beside
 // it. F32 weights are views into the mapping; F16 / BF16 ones are converted to f32 into
@@ -117,6 +132,12 @@ Status write_quantized_safetensors(const std::string& path,
                                    const std::map<std::string, QuantizedTensor>& quantized,
                                    const std::vector<SafetensorsEntry>& plain = {},
                                    const std::map<std::string, std::string>& metadata = {});
+// For writers that produce a quantized tensor piecewise: the storage dtype of `scale_format`'s
+// codes (the ".scales" entry), and the "quantization_config" metadata entry (key, value)
+// write_quantized_safetensors stores for tensors name -> (spec, logical shape).
+DType quantized_scale_dtype(Format scale_format);
+std::pair<std::string, std::string> quantization_config_entry(
+    const std::map<std::string, std::pair<QuantSpec, std::vector<int64_t>>>& tensors);
 // Reads every tensor quantization_config describes, validating spec strings (parse_spec),
 // dtypes and sizes (block_grid). Bit-exact inverse of write_quantized_safetensors.
 Result<std::map<std::string, QuantizedTensor>> read_quantized_safetensors(const std::string& path);

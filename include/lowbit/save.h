@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -83,6 +84,10 @@ Result<TokenizerVocab> read_tokenizer_vocab(const std::string& path);
 // row-ordered and laid out as save_model's model.safetensors; written atomically to `path`.
 Result<SaveReport> save_safetensors_shard(const LlamaModel& net, const std::string& path, int first, int end, bool embedding,
                                           bool classifier, const SaveOptions& opt);
+// The metadata save_safetensors_shard writes (activation / KV specs, extra keys, "format": "pt";
+// not quantization_config), for a streamed save that writes a shard's tensors piecewise.
+Result<std::map<std::string, std::string>> safetensors_shard_metadata(const LlamaModel& net, const std::string& path,
+                                                                      const SaveOptions& opt);
 // config.json and the tokenizer a safetensors save puts beside its weights, into the folder `dir`.
 Status save_safetensors_sidecar(const LlamaModel& net, const std::string& dir, const SaveOptions& opt);
 

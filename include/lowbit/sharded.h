@@ -59,8 +59,13 @@ Status check_llama_tensors(const HfCheckpoint& ck);
 // interleaved pairs load_safetensors gives. Errors name the shard and the tensor.
 Result<Tensor> load_f32(const ShardedCheckpoint& ck, const std::string& name, const std::vector<int64_t>& shape,
                         int64_t permute_head_dim = 0);
-// Drops the mapped pages of a tensor from this process (they stay in the page cache): a streamed
-// reader calls it once the tensor is converted, so resident memory stays one block.
-void release_pages(const ShardedCheckpoint& ck, const std::string& name);
+// Rows [first_row, end_row) of the same (no permutation unless the range is the whole tensor):
+// a (end_row - first_row, cols) tensor, for tables read a chunk at a time.
+Result<Tensor> load_f32_rows(const ShardedCheckpoint& ck, const std::string& name, const std::vector<int64_t>& shape,
+                             int64_t first_row, int64_t end_row, int64_t permute_head_dim = 0);
+// Drops the mapped pages of a tensor (or of its rows [first_row, end_row)) from this process
+// (they stay in the page cache): a streamed reader calls it once they are converted, so
+// resident memory stays one block.
+void release_pages(const ShardedCheckpoint& ck, const std::string& name, int64_t first_row = -1, int64_t end_row = -1);
 
 }  // namespace lowbit

@@ -35,18 +35,30 @@ struct StreamOptions {
   std::function<void(int block, int blocks)> on_block = nullptr;
 };
 
+// Test hook: with LOWBIT_STREAM_CHUNK_ROWS=n set, the embedding / classifier step works n rows
+// at a time instead of 64 MiB of f32 rows (so small models exercise the chunk boundaries).
+inline constexpr const char* kStreamChunkRowsEnv = "LOWBIT_STREAM_CHUNK_ROWS";
+// f32 bytes of one chunk of embedding / classifier rows (4096 rows at width 4096).
+inline constexpr int64_t kRestChunkBytes = int64_t{64} << 20;
+
 // What stays resident at the peak, by part (bytes): stated before a run (quantize --dry-run)
-// and compared with the measured peak after it.
+// and compared with the measured peak after it. A block goes through four phases, each with its
+// own resident parts; the peak is the largest phase.
 struct StreamMemory {
-  int64_t block_stored = 0;  // one block's weights as stored (mapped pages, dropped after conversion)
-  int64_t block_f32 = 0;     // one block's weights in f32, twice: as loaded and the pipeline's working copy
-  int64_t statistics = 0;    // the block's Hessians (GPTQ: 8·(3·dim² + hidden²)) or |x| statistics
-  int64_t gptq = 0;          // GPTQ's largest linear: H⁻¹ factor (4·in²) + three f32 copies of W
-  int64_t activations = 0;   // calibration residual stream (in and, for the next block, out) + one window's buffers
-  int64_t rest = 0;          // embedding (f32, dequantized after its cast) + classifier at the end
-  int64_t base = 0;          // the process without a model (code, allocator), measured by the caller
-  int64_t peak() const;      // max(block phase, rest phase) + base
-  std::string formula() const;  // one line per part, for --dry-run
+  int64_t stored_tensor = 0;  // the block's largest weight as stored (mapped pages, dropped once converted)
+  int64_t block_f32 = 0;      // one block's weights in f32 (+ a working copy for AWQ / SmoothQuant, which rescale them) + codes
+  int64_t statistics = 0;     // calibration: all four input sites' statistics (GPTQ: Hessians in double, 8·(3·dim² + hidden²))
+  int64_t statistics_gptq = 0;  // GPTQ of the widest linear: the Hessians still needed then (8·(dim² + hidden²))
+  int64_t calib_temp = 0;     // one calibration window's block buffers and its float Xᵀ X (GPTQ: 4·hidden²)
+  int64_t gptq = 0;           // GPTQ's widest linear: float H⁻¹ factor (4·hidden²) + its working copy of W + RTN check codes
+  int64_t activations = 0;    // the calibration residual stream (in and, without --sequential, out)
+  int64_t rest = 0;           // embedding / classifier step: one chunk of rows (f32, stored, codes) + the table's scales
+  int64_t base = 0;           // the process without a model (code, allocator), measured by the caller
+  int64_t load() const { return block_f32 + stored_tensor + activations; }
+  int64_t calibrate() const { return block_f32 + statistics + calib_temp + activations; }
+  int64_t quantize() const { return block_f32 + statistics_gptq + gptq + activations; }
+  int64_t peak() const;      // max(load, calibrate, quantize, rest) + base + margin
+  std::string formula() const;  // one line per phase, for --dry-run
 };
 StreamMemory stream_memory(const LlamaConfig& c, DType stored, Method method, int64_t calib_tokens, int64_t window);
 

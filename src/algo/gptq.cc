@@ -105,9 +105,9 @@ bool gptq_inverse_factor(std::span<const double> hessian, std::span<const double
 // row's block scales are chosen by the weighted search (importance = diag H) from the weights as
 // GPTQ has updated them so far, then every column is rounded to the nearest value those scales
 // allow and its error is spread over the columns to its right.
-QuantizedTensor gptq_ggml(const Eigen::Map<MatF>& W0, const Eigen::Map<const MatD>& H, const MatF& U, const QuantSpec& spec,
+QuantizedTensor gptq_ggml(MatF Wp, const Eigen::Map<const MatD>& H, const MatF& U, const QuantSpec& spec,
                           ConstTensorView w) {
-  const int64_t R = W0.rows(), C = W0.cols();
+  const int64_t R = Wp.rows(), C = Wp.cols();
   const GgmlBlockInfo* info = ggml_block_info(spec.ggml);
   const int64_t QB = info->block_size;
   const int64_t B = std::max<int64_t>(QB, 128 / QB * QB);  // lazy batch: whole ggml blocks
@@ -120,7 +120,6 @@ QuantizedTensor gptq_ggml(const Eigen::Map<MatF>& W0, const Eigen::Map<const Mat
   out.codes.assign(static_cast<size_t>(R * out.row_bytes), 0);
   std::vector<float> imp(static_cast<size_t>(C));
   for (int64_t c = 0; c < C; ++c) imp[static_cast<size_t>(c)] = static_cast<float>(H(c, c));
-  MatF Wp = W0;
   MatF Err(R, B);
   for (int64_t i1 = 0; i1 < C; i1 += B) {
     const int64_t i2 = std::min(C, i1 + B), cnt = i2 - i1;
@@ -216,10 +215,17 @@ Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double>
   if (ggml && opt.act_order) return InvalidArgument(fmt::format("{}: act-order is not supported with ggml block types ({})", name, to_string(spec)));
 
   // Working copy of W; H with dead inputs neutralised.
-  LOWBIT_ASSIGN_OR_RETURN(Tensor wt, algo_internal::clone_f32(w));
-  Eigen::Map<MatF> W0(wt.data_as<float>(), R, C);
+  // W is read in place (a contiguous f32 weight is not copied: at an 8B FFN's 14336 x 4096 a copy
+  // is 224 MiB); the only working copy is Wp, the permuted weight the updates run on.
+  Tensor wt;
+  const float* w0 = w.data_as<float>();
+  if (!w.is_contiguous()) {
+    LOWBIT_ASSIGN_OR_RETURN(wt, algo_internal::clone_f32(w));
+    w0 = wt.data_as<float>();
+  }
+  Eigen::Map<const MatF> W0(w0, R, C);
   for (int64_t i = 0; i < R * C; ++i) {
-    if (!std::isfinite(wt.data_as<float>()[i])) {
+    if (!std::isfinite(w0[i])) {
       return InvalidArgument(fmt::format("{}: non-finite weight at row {}, column {}", name, i / C, i % C));
     }
   }
@@ -235,7 +241,6 @@ Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double>
     diag[static_cast<size_t>(i)] = H(i, i);
     if (H(i, i) == 0.0) {
       diag[static_cast<size_t>(i)] = 1.0;
-      W0.col(i).setZero();
       ++dead;
     }
   }
@@ -249,7 +254,14 @@ Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double>
   std::vector<int64_t> pos_of(static_cast<size_t>(C));
   for (int64_t p = 0; p < C; ++p) pos_of[static_cast<size_t>(perm[static_cast<size_t>(p)])] = p;
   MatF Wp(R, C);
-  for (int64_t p = 0; p < C; ++p) Wp.col(p) = W0.col(perm[static_cast<size_t>(p)]);
+  if (opt.act_order) {
+    for (int64_t p = 0; p < C; ++p) Wp.col(p) = W0.col(perm[static_cast<size_t>(p)]);
+  } else {
+    Wp = W0;
+  }
+  for (int64_t i = 0; i < C; ++i) {
+    if (H(i, i) == 0.0) Wp.col(pos_of[static_cast<size_t>(i)]).setZero();  // dead input: its column is zero
+  }
 
   // U: upper Cholesky factor of H⁻¹ (Uᵀ U = H⁻¹), with damping retried upwards; float first,
   // double where float fails (see gptq_inverse_factor).
@@ -269,7 +281,7 @@ Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double>
   }
 
   if (ggml) {
-    QuantizedTensor q = gptq_ggml(W0, H, U, spec, w);
+    QuantizedTensor q = gptq_ggml(std::move(Wp), H, U, spec, w);  // act-order is refused: Wp is W
     if (stats) {
       stats->damp = damp;
       stats->dead_cols = dead;
@@ -282,20 +294,20 @@ Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double>
   QuantizedTensor out = empty_quantized(spec, R, C);
   out.shape = w.shape();
   std::vector<char> fixed(static_cast<size_t>(grid.grid_cols), 0);
-  auto fix_group = [&](int64_t gc, bool from_original) -> Status {
+  auto fix_group = [&](int64_t gc) -> Status {
     const int64_t c0 = gc * grid.block_cols, c1 = std::min(C, c0 + grid.block_cols);
     Tensor g = Tensor::empty(DType::kF32, {R, c1 - c0}).value();
     float* gd = g.data_as<float>();
     for (int64_t r = 0; r < R; ++r)
       for (int64_t c = c0; c < c1; ++c)
-        gd[r * (c1 - c0) + (c - c0)] = from_original ? W0(r, c) : Wp(r, pos_of[static_cast<size_t>(c)]);
+        gd[r * (c1 - c0) + (c - c0)] = Wp(r, pos_of[static_cast<size_t>(c)]);
     LOWBIT_ASSIGN_OR_RETURN(QuantizedTensor qg, quantize(g.view(), spec, {.name = std::string(name)}));
     for (int64_t gr = 0; gr < grid.grid_rows; ++gr) copy_block_params(qg, gr, out, gr * grid.grid_cols + gc);
     fixed[static_cast<size_t>(gc)] = 1;
     return OkStatus();
   };
   if (opt.static_groups) {
-    for (int64_t gc = 0; gc < grid.grid_cols; ++gc) LOWBIT_RETURN_IF_ERROR(fix_group(gc, true));
+    for (int64_t gc = 0; gc < grid.grid_cols; ++gc) LOWBIT_RETURN_IF_ERROR(fix_group(gc));  // before any update: Wp is still W
   }
 
   // Lazy batches of B columns. Within a batch, columns run in segments that need no new group
@@ -310,7 +322,7 @@ Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double>
   for (int64_t i1 = 0; i1 < C; i1 += B) {
     const int64_t i2 = std::min(C, i1 + B), cnt = i2 - i1;
     for (int64_t p0 = i1; p0 < i2;) {
-      if (!fixed[static_cast<size_t>(group_of(p0))]) LOWBIT_RETURN_IF_ERROR(fix_group(group_of(p0), false));
+      if (!fixed[static_cast<size_t>(group_of(p0))]) LOWBIT_RETURN_IF_ERROR(fix_group(group_of(p0)));
       int64_t p1 = p0 + 1;
       while (p1 < i2 && fixed[static_cast<size_t>(group_of(p1))]) ++p1;
       parallel_for(0, R, kRowGrain, [&](int64_t r0, int64_t r1) {

@@ -307,10 +307,17 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
   for (int l = first; l < end; ++l) {
     LayerWeights& lw = net.mutable_weights().layers[static_cast<size_t>(l)];
     LayerLinears& ll = net.layers()[static_cast<size_t>(l)];
-    // fp32 working copies of the block's weights: the methods rescale them before quantizing.
+    // fp32 working copies of the block's weights: the methods that rescale them (AWQ,
+    // SmoothQuant, outliers) get clones; RTN and GPTQ only read them, so an f32 weight is used in
+    // place (one f32 copy of the block resident, not two: what bounds a streamed 8B block).
+    const bool in_place = opt.method == Method::kRtn || opt.method == Method::kGptq;
     std::array<Tensor, kNumLinearSlots> w;
+    std::array<bool, kNumLinearSlots> cloned{};  // false: w[s] is empty, the weight is lw's own view
     for (LinearSlot s : kLinearSlots) {
-      LOWBIT_ASSIGN_OR_RETURN(w[static_cast<size_t>(s)], clone_f32(lw.*linear_weight_member(s)));
+      const ConstTensorView src = lw.*linear_weight_member(s);
+      if (in_place && src.dtype() == DType::kF32 && src.is_contiguous()) continue;
+      LOWBIT_ASSIGN_OR_RETURN(w[static_cast<size_t>(s)], clone_f32(src));
+      cloned[static_cast<size_t>(s)] = true;
     }
     LOWBIT_ASSIGN_OR_RETURN(Tensor attn_norm, clone_f32(lw.attn_norm));
     LOWBIT_ASSIGN_OR_RETURN(Tensor ffn_norm, clone_f32(lw.ffn_norm));
@@ -346,7 +353,9 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
       const PlanEntry* e = opt.plan.find(linear_name(l, s));
       return e ? e->spec : std::nullopt;
     };
-    auto view = [&](LinearSlot s) { return ConstTensorView(w[static_cast<size_t>(s)].view()); };
+    auto view = [&](LinearSlot s) {
+      return cloned[static_cast<size_t>(s)] ? ConstTensorView(w[static_cast<size_t>(s)].view()) : ConstTensorView(lw.*linear_weight_member(s));
+    };
     std::map<LinearSlot, LinearReport> reports;
 
     // 2. Method-specific rescaling (AWQ, SmoothQuant): weights *= s, the previous op /= s.
@@ -416,7 +425,7 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
       r.name = name;
       r.spec = spec ? to_string(*spec) : "fp32";
       ll.outliers[static_cast<size_t>(s)] = OutlierSplit{};
-      const ConstTensorView kept = net.adopt(std::move(ws));
+      const ConstTensorView kept = cloned[static_cast<size_t>(s)] ? net.adopt(std::move(ws)) : ConstTensorView(lw.*linear_weight_member(s));
       lw.*linear_weight_member(s) = kept;  // the (rescaled) fp32 weight, for writers and later passes
       if (!spec) {
         ll.at(s) = Linear::fp32(kept);
@@ -443,6 +452,12 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
       const bool split = !ll.outliers[static_cast<size_t>(s)].cols.empty();
       LOWBIT_ASSIGN_OR_RETURN(ll.at(s), Linear::quantized(q, split ? std::nullopt : acts));
       rep.linears.push_back(r);
+      // A site's Hessian is dropped after its last linear (wv, wo, w2, w3 in this order), so
+      // the widest one (w2's, hidden²) is not resident beside the others' when w3 runs.
+      const auto later = std::find(std::begin(kLinearSlots), std::end(kLinearSlots), s) + 1;
+      if (std::none_of(later, std::end(kLinearSlots), [&](LinearSlot t) { return site_of(t) == site_of(s); })) {
+        std::vector<double>().swap(st[static_cast<size_t>(site_of(s))].hessian);
+      }
     }
     lw.attn_norm = net.adopt(std::move(attn_norm));
     lw.ffn_norm = net.adopt(std::move(ffn_norm));

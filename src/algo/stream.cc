@@ -19,6 +19,7 @@
 #include "lowbit/formats.h"
 #include "lowbit/llama.h"
 #include "lowbit/safetensors.h"
+#include "lowbit/quant.h"
 
 namespace lowbit {
 namespace {
@@ -140,11 +141,129 @@ Status read_residual(const std::string& path, std::vector<std::vector<float>>& x
   return OkStatus();
 }
 
-// The plan without the entries a step does not own.
-QuantPlan plan_without(const QuantPlan& p, std::initializer_list<std::string_view> names) {
-  QuantPlan q = p;
-  std::erase_if(q.entries, [&](const PlanEntry& e) { return std::find(names.begin(), names.end(), e.name) != names.end(); });
-  return q;
+// ---- the embedding / classifier step, a chunk of rows at a time --------------------------------
+
+// A (rows, cols) table of the checkpoint (embedding or lm_head) read, cast or quantized and
+// written `chunk` rows at a time, so neither its f32 copy nor its output is ever whole in RAM.
+// Rows split only where quantize() is row-local: a spec without a tensor scale whose blocks
+// chunks can start on (row or group blocks; a unit-scale cast of the whole tensor, whose one scale
+// is 1 for every chunk). Otherwise the chunk is the whole table, as quantize_model does it.
+class RowStream {
+ public:
+  RowStream(const HfCheckpoint& ck, std::string hf_name, std::string name, int64_t rows, int64_t cols,
+            std::optional<QuantSpec> spec, int64_t chunk_rows)
+      : ck_(ck), hf_(std::move(hf_name)), name_(std::move(name)), rows_(rows), cols_(cols), spec_(std::move(spec)) {
+    chunk_ = rows_;
+    if (!spec_) {
+      chunk_ = std::min(rows_, chunk_rows);
+    } else if (!spec_->tensor_scale && spec_->ggml == GgmlType::kF32 && traits(spec_->scale_format).bits % 8 == 0) {
+      const BlockGrid g = block_grid(*spec_, rows_, cols_);
+      if (g.grid_rows == 1 && spec_->scale_rule == ScaleRule::kUnit) {
+        chunk_ = std::min(rows_, chunk_rows);
+        one_scale_row_ = true;
+      } else if (g.block_rows < rows_) {
+        chunk_ = std::min(rows_, (chunk_rows + g.block_rows - 1) / g.block_rows * g.block_rows);
+      }
+    }
+    chunk_ = std::max<int64_t>(1, chunk_);
+  }
+  int64_t chunk_rows() const { return chunk_; }
+  const std::optional<QuantSpec>& spec() const { return spec_; }
+
+  // The f32 rows as stored (no spec) or as the spec rounds them (dequantized), chunk by chunk.
+  Status emit_f32(const std::function<Status(std::span<const std::byte>)>& emit) {
+    for (int64_t r0 = 0; r0 < rows_; r0 += chunk_) {
+      const int64_t r1 = std::min(rows_, r0 + chunk_);
+      LOWBIT_ASSIGN_OR_RETURN(Tensor x, read(r0, r1));
+      if (spec_) {
+        LOWBIT_ASSIGN_OR_RETURN(QuantizedTensor q, quantize_rows(x, r0));
+        LOWBIT_RETURN_IF_ERROR(dequantize(q, x.view()));
+      }
+      LOWBIT_RETURN_IF_ERROR(emit(std::as_bytes(std::span<const float>(x.data_as<float>(), static_cast<size_t>(x.numel())))));
+    }
+    return OkStatus();
+  }
+  // The codes (rows, row_bytes) chunk by chunk; keeps the scale codes and zero points, which
+  // the ".scales" and ".zeros" entries written after them hand out.
+  Status emit_codes(const std::function<Status(std::span<const std::byte>)>& emit) {
+    scale_codes_.clear();
+    zeros_.clear();
+    for (int64_t r0 = 0; r0 < rows_; r0 += chunk_) {
+      const int64_t r1 = std::min(rows_, r0 + chunk_);
+      LOWBIT_ASSIGN_OR_RETURN(Tensor x, read(r0, r1));
+      LOWBIT_ASSIGN_OR_RETURN(QuantizedTensor q, quantize_rows(x, r0));
+      x = Tensor();
+      LOWBIT_RETURN_IF_ERROR(emit(std::as_bytes(std::span<const uint8_t>(q.codes))));
+      if (one_scale_row_ && r0 > 0) {
+        if (q.scale_codes != scale_codes_ || q.zero_points != zeros_) {
+          return Internal(fmt::format("{}: a unit-scale cast gave chunk {} other scales", name_, r0 / chunk_));
+        }
+        continue;
+      }
+      scale_codes_.insert(scale_codes_.end(), q.scale_codes.begin(), q.scale_codes.end());
+      zeros_.insert(zeros_.end(), q.zero_points.begin(), q.zero_points.end());
+    }
+    return OkStatus();
+  }
+  Status emit_scales(const std::function<Status(std::span<const std::byte>)>& emit) const {
+    return scale_codes_.empty() ? OkStatus() : emit(std::as_bytes(std::span<const uint8_t>(scale_codes_)));
+  }
+  Status emit_zeros(const std::function<Status(std::span<const std::byte>)>& emit) const {
+    return zeros_.empty() ? OkStatus() : emit(std::as_bytes(std::span<const int32_t>(zeros_)));
+  }
+  // The entries write_quantized_safetensors would give `hf_name` (qweight, scales, zeros), produced
+  // by this stream; `self` outlives the write.
+  std::vector<SafetensorsPiecewiseEntry> quantized_entries(const std::string& hf_name) {
+    const QuantSpec& spec = *spec_;
+    const BlockGrid g = block_grid(spec, rows_, cols_);
+    const int64_t row_bytes = static_cast<int64_t>(packed_bytes(spec.element, static_cast<size_t>(cols_)));
+    std::vector<SafetensorsPiecewiseEntry> e;
+    e.push_back({hf_name + ".qweight", DType::kU8, {rows_, row_bytes}, [this](const auto& emit) { return emit_codes(emit); }});
+    e.push_back({hf_name + ".scales", quantized_scale_dtype(spec.scale_format), {g.grid_rows, g.grid_cols},
+                 [this](const auto& emit) { return emit_scales(emit); }});
+    if (!spec.symmetric) {
+      e.push_back({hf_name + ".zeros", DType::kI32, {g.grid_rows, g.grid_cols}, [this](const auto& emit) { return emit_zeros(emit); }});
+    }
+    return e;
+  }
+
+ private:
+  Result<Tensor> read(int64_t r0, int64_t r1) {
+    LOWBIT_ASSIGN_OR_RETURN(Tensor x, load_f32_rows(ck_.weights, hf_, {rows_, cols_}, r0, r1));
+    release_pages(ck_.weights, hf_, r0, r1);
+    return x;
+  }
+  // quantize() of rows [r0, r0 + x.rows), refusing what quantize_model's cast check refuses
+  // (a value the unit-scale cast would clamp), with the index in the whole table.
+  Result<QuantizedTensor> quantize_rows(const Tensor& x, int64_t r0) const {
+    const QuantSpec& spec = *spec_;
+    if (spec.scale_rule == ScaleRule::kUnit) {
+      const double max = traits(spec.element).max_finite;
+      const float* v = x.data_as<float>();
+      for (int64_t i = 0; i < x.numel(); ++i) {
+        if (std::fabs(static_cast<double>(v[i])) > max) {
+          return InvalidArgument(fmt::format("{}: value {} at index {} is beyond {}'s +-{:g}, which the plan's {} cast would "
+                                             "clamp; keep it fp32 (--plan '{{\"{}\": \"fp32\"}}')",
+                                             name_, v[i], r0 * cols_ + i, format_name(spec.element), max, to_string(spec), name_));
+        }
+      }
+    }
+    return quantize(x.view(), spec, {.name = name_});
+  }
+
+  const HfCheckpoint& ck_;
+  std::string hf_, name_;
+  int64_t rows_, cols_;
+  std::optional<QuantSpec> spec_;
+  int64_t chunk_ = 0;
+  bool one_scale_row_ = false;  // the whole table has one row of blocks: every chunk has the same scales
+  std::vector<uint8_t> scale_codes_;
+  std::vector<int32_t> zeros_;
+};
+
+std::optional<QuantSpec> plan_spec(const QuantPlan& p, std::string_view name) {
+  const PlanEntry* e = p.find(std::string(name));
+  return e ? e->spec : std::nullopt;
 }
 
 }  // namespace
@@ -152,42 +271,48 @@ QuantPlan plan_without(const QuantPlan& p, std::initializer_list<std::string_vie
 // Allocator arenas, output and checkpoint buffers, thread stacks: a margin, not a measured part.
 constexpr int64_t kStreamMargin = int64_t{64} << 20;
 
-int64_t StreamMemory::peak() const {
-  return std::max(block_stored + block_f32 + statistics + gptq + activations, rest) + base + kStreamMargin;
-}
+int64_t StreamMemory::peak() const { return std::max({load(), calibrate(), quantize(), rest}) + base + kStreamMargin; }
 
 std::string StreamMemory::formula() const {
   const auto mib = [](int64_t b) { return static_cast<double>(b) / (1 << 20); };
   return fmt::format(
-      "peak = max(block, rest) + base + 64 MiB margin = {:.0f} MiB\n"
-      "  block = stored block {:.0f} + 2 x f32 block {:.0f} + statistics {:.0f} + GPTQ factor and copies {:.0f} + "
-      "calibration activations {:.0f} = {:.0f} MiB\n"
-      "  rest  = embedding / classifier step {:.0f} MiB\n"
-      "  base  = process without a model {:.0f} MiB\n",
-      mib(peak()), mib(block_stored), mib(block_f32), mib(statistics), mib(gptq), mib(activations),
-      mib(block_stored + block_f32 + statistics + gptq + activations), mib(rest), mib(base));
+      "peak = max(load, calibrate, quantize, rest) + base + 64 MiB margin = {:.0f} MiB\n"
+      "  load      = f32 block {:.0f} + largest stored tensor {:.0f} + calibration stream {:.0f} = {:.0f} MiB\n"
+      "  calibrate = f32 block {:.0f} + statistics {:.0f} + window buffers and X^T X {:.0f} + calibration stream {:.0f} = {:.0f} MiB\n"
+      "  quantize  = f32 block {:.0f} + Hessians still needed {:.0f} + GPTQ factor and working copy {:.0f} + calibration stream {:.0f} = {:.0f} MiB\n"
+      "  rest      = embedding / classifier, {} MiB of f32 rows at a time, + the table's scales = {:.0f} MiB\n"
+      "  base      = process without a model {:.0f} MiB\n",
+      mib(peak()), mib(block_f32), mib(stored_tensor), mib(activations), mib(load()), mib(block_f32), mib(statistics), mib(calib_temp),
+      mib(activations), mib(calibrate()), mib(block_f32), mib(statistics_gptq), mib(gptq), mib(activations), mib(quantize()),
+      kRestChunkBytes >> 20, mib(rest), mib(base));
 }
 
 StreamMemory stream_memory(const LlamaConfig& c, DType stored, Method method, int64_t calib_tokens, int64_t window) {
   const int64_t d = c.dim, h = c.hidden_dim, kv = c.kv_dim(), v = c.vocab_size;
   const int64_t params = 2 * d + 2 * d * d + 2 * kv * d + 3 * h * d;
+  const int64_t widest = std::max(d, h);
   StreamMemory m;
-  m.block_stored = params * static_cast<int64_t>(dtype_size(stored));
-  m.block_f32 = 2 * 4 * params + params / 2;  // loaded + working copy, + the quantized codes (≤ 4 bits) and scales
+  m.stored_tensor = std::max({d * d, kv * d, h * d}) * static_cast<int64_t>(dtype_size(stored));
+  // RTN and GPTQ read the loaded f32 weights in place; AWQ / SmoothQuant rescale a clone. + the codes (<= 4 bits) and scales.
+  const bool in_place = method == Method::kRtn || method == Method::kGptq;
+  m.block_f32 = (in_place ? 1 : 2) * 4 * params + params;  // + codes and scales twice (the pipeline's, the save's copy)
   const bool calib = method != Method::kRtn;
   if (method == Method::kGptq) {
-    m.statistics = 8 * (3 * d * d + h * h);  // Hessians of the four input sites, double
-    m.gptq = 4 * h * h + 3 * 4 * h * d;      // float factor of the widest input + clone, permuted copy, codes of W
+    m.statistics = 8 * (3 * d * d + h * h);          // Hessians of the four input sites, double
+    m.statistics_gptq = 8 * (d * d + h * h);         // at w1 / w2: the FFN input and hidden Hessians (the attention ones are freed)
+    m.gptq = 4 * widest * widest + 4 * h * d + h * d / 2;  // float factor of the widest input + the updated copy of W + RTN check codes
   } else if (calib) {
     m.statistics = 4 * 3 * (3 * d + h);
   }
   if (calib) {
-    // the stream (and the fp32 outputs without --sequential) + one window's block buffers and its Xᵀ X temporary
-    m.activations = 2 * calib_tokens * d * 4 + window * (8 * d + 3 * h + window * c.n_heads) * 4 +
-                    (method == Method::kGptq ? 4 * h * h : 0);
+    m.activations = 2 * calib_tokens * d * 4;
+    // one window's block buffers, and for GPTQ the float Xᵀ X of the widest site
+    m.calib_temp = window * (8 * d + 3 * h + window * c.n_heads) * 4 + (method == Method::kGptq ? 4 * widest * widest : 0);
   }
-  // embedding step: f32 as loaded, its cast codes (fp16: 2 bytes) and the dequantized f32 the save writes
-  m.rest = v * d * (4 + 2 + 4);
+  // a chunk of rows: f32, its stored bytes and its codes (<= 4 bytes each); the classifier's scale
+  // codes of the whole table (<= 2 bytes per 16 elements)
+  const int64_t chunk = std::clamp<int64_t>(kRestChunkBytes / (4 * std::max<int64_t>(1, d)), 1, std::max<int64_t>(1, v));
+  m.rest = chunk * d * (4 + static_cast<int64_t>(dtype_size(stored)) + 4) + v * d / 8;
   return m;
 }
 
@@ -216,7 +341,6 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
     for (const auto& w : opt.pipeline.calib) n += static_cast<int64_t>(w.size());
     return n;
   }(), opt.pipeline.calib.empty() ? 0 : static_cast<int64_t>(opt.pipeline.calib.front().size()));
-  rep.memory.block_stored = ck.weights.bytes_with_prefix("model.layers.0.");
   for (const auto& w : opt.pipeline.calib) rep.pipeline.calib_tokens += static_cast<int64_t>(w.size());
 
   std::vector<std::vector<float>> xs;
@@ -295,43 +419,67 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
     if (l == stop_after) return Internal(fmt::format("stopped after block {} ({} is set)", l, kStreamStopEnv));
   }
 
-  // The rest: embedding (+ final norm) and the classifier, one at a time, in the last shard.
-  bool classifier_stored = false;  // what config.json's tie_word_embeddings must say
+  // The rest: embedding (+ final norm) and the classifier, each read, cast / quantized and
+  // written a chunk of rows at a time (RowStream), in the last shard(s); the tensors, names and
+  // metadata are save_safetensors_shard's after quantize_model.
+  const bool untied = !c.shared_classifier && ck.weights.file_of("lm_head.weight") != nullptr;
+  const std::optional<QuantSpec> emb_spec = plan_spec(opt.pipeline.plan, "tok_embeddings");
+  const std::optional<QuantSpec> head_spec = untied ? plan_spec(opt.pipeline.plan, "classifier") : std::nullopt;
+  const bool classifier_stored = untied || emb_spec.has_value();  // what config.json's tie_word_embeddings must say
+  const int64_t chunk_rows = [&] {
+    const char* env = std::getenv(kStreamChunkRowsEnv);
+    const int64_t n = env ? std::atoll(env) : 0;
+    return n > 0 ? n : std::max<int64_t>(1, kRestChunkBytes / (4 * std::max<int64_t>(1, c.dim)));
+  }();
+  std::map<std::string, std::string> meta;
   {
-    Model m = skeleton(c);
-    LOWBIT_RETURN_IF_ERROR(adopt(m, ck, "model.embed_tokens.weight", {c.vocab_size, c.dim}, &m.weights.tok_embeddings, &rep.bytes_read));
-    LOWBIT_RETURN_IF_ERROR(adopt(m, ck, "model.norm.weight", {c.dim}, &m.weights.final_norm, &rep.bytes_read));
-    const bool untied = !c.shared_classifier && ck.weights.file_of("lm_head.weight") != nullptr;
-    m.config.shared_classifier = !untied;
-    if (!untied) m.weights.classifier = m.weights.tok_embeddings;
+    Model m = skeleton(c);  // the metadata of a save of this run's model (activation / KV specs, extra keys)
     LlamaModel net(m);
     PipelineOptions po = opt.pipeline;
-    po.plan = plan_without(opt.pipeline.plan, {"classifier"});
-    po.calib.clear();
-    po.method = Method::kRtn;  // no blocks run: only the embedding's cast / RTN, as quantize_model ends
-    po.first_block = po.end_block = L;
-    po.residual = nullptr;
-    po.on_layer = nullptr;
-    LOWBIT_RETURN_IF_ERROR(quantize_model(net, po).status());
-    classifier_stored = untied || net.classifier().quant() != nullptr;
-    const std::string emb_path = (work / (shard_name(L, n_shards) + ".emb")).string();
-    LOWBIT_RETURN_IF_ERROR(save_safetensors_shard(net, emb_path, L, L, true, !untied, opt.save).status());
-  }
-  std::vector<std::string> last_parts = {shard_name(L, n_shards) + ".emb"};
-  if (!c.shared_classifier && ck.weights.file_of("lm_head.weight") != nullptr) {
-    Model m = skeleton(c);
-    LOWBIT_RETURN_IF_ERROR(adopt(m, ck, "lm_head.weight", {c.vocab_size, c.dim}, &m.weights.classifier, &rep.bytes_read));
-    m.config.shared_classifier = false;
-    LlamaModel net(m);
-    PipelineOptions po = opt.pipeline;
-    po.plan = plan_without(opt.pipeline.plan, {"tok_embeddings"});
     po.calib.clear();
     po.method = Method::kRtn;
     po.first_block = po.end_block = L;
+    po.embeddings = false;
     po.residual = nullptr;
+    po.on_layer = nullptr;
     LOWBIT_RETURN_IF_ERROR(quantize_model(net, po).status());
-    const std::string head_path = (work / (shard_name(L, n_shards) + ".head")).string();
-    LOWBIT_RETURN_IF_ERROR(save_safetensors_shard(net, head_path, L, L, false, true, opt.save).status());
+    LOWBIT_ASSIGN_OR_RETURN(meta, safetensors_shard_metadata(net, out.string(), opt.save));
+  }
+  LOWBIT_ASSIGN_OR_RETURN(Tensor final_norm, load_f32(ck.weights, "model.norm.weight", {c.dim}));
+  rep.bytes_read += static_cast<int64_t>(ck.weights.file_of("model.norm.weight")->find("model.norm.weight")->end -
+                                         ck.weights.file_of("model.norm.weight")->find("model.norm.weight")->begin);
+  const auto stored_bytes = [&](const std::string& name) {
+    const SafetensorsTensorInfo* i = ck.weights.file_of(name)->find(name);
+    return static_cast<int64_t>(i->end - i->begin);
+  };
+  {
+    RowStream emb(ck, "model.embed_tokens.weight", "tok_embeddings", c.vocab_size, c.dim, emb_spec, chunk_rows);
+    RowStream tied_head(ck, "model.embed_tokens.weight", "tok_embeddings", c.vocab_size, c.dim, emb_spec, chunk_rows);
+    std::vector<SafetensorsPiecewiseEntry> entries;
+    std::map<std::string, std::string> m = meta;
+    if (!untied && emb_spec) {  // the tied classifier is the embedding's quantized table
+      entries = tied_head.quantized_entries("lm_head.weight");
+      m.insert(quantization_config_entry({{"lm_head.weight", {*emb_spec, {c.vocab_size, c.dim}}}}));
+    }
+    entries.push_back({"model.embed_tokens.weight", DType::kF32, {c.vocab_size, c.dim}, [&](const auto& emit) { return emb.emit_f32(emit); }});
+    const std::span<const std::byte> norm = std::as_bytes(std::span<const float>(final_norm.data_as<float>(), static_cast<size_t>(c.dim)));
+    entries.push_back({"model.norm.weight", DType::kF32, {c.dim}, [norm](const auto& emit) { return emit(norm); }});
+    LOWBIT_RETURN_IF_ERROR(write_safetensors_piecewise((work / (shard_name(L, n_shards) + ".emb")).string(), entries, m));
+    rep.bytes_read += stored_bytes("model.embed_tokens.weight");
+  }
+  std::vector<std::string> last_parts = {shard_name(L, n_shards) + ".emb"};
+  if (untied) {
+    RowStream head(ck, "lm_head.weight", "classifier", c.vocab_size, c.dim, head_spec, chunk_rows);
+    std::vector<SafetensorsPiecewiseEntry> entries;
+    std::map<std::string, std::string> m = meta;
+    if (head_spec) {
+      entries = head.quantized_entries("lm_head.weight");
+      m.insert(quantization_config_entry({{"lm_head.weight", {*head_spec, {c.vocab_size, c.dim}}}}));
+    } else {
+      entries.push_back({"lm_head.weight", DType::kF32, {c.vocab_size, c.dim}, [&](const auto& emit) { return head.emit_f32(emit); }});
+    }
+    LOWBIT_RETURN_IF_ERROR(write_safetensors_piecewise((work / (shard_name(L, n_shards) + ".head")).string(), entries, m));
+    rep.bytes_read += stored_bytes("lm_head.weight");
     last_parts.push_back(shard_name(L, n_shards) + ".head");
   }
   // The classifier's file stands as shard n+1 (its name and metadata are the save's own).

@@ -247,6 +247,23 @@ Result<SafetensorsFile> open_safetensors(const std::string& path) {
 
 Status write_safetensors(const std::string& path, const std::vector<SafetensorsEntry>& tensors,
                          const std::map<std::string, std::string>& metadata) {
+  std::vector<SafetensorsPiecewiseEntry> pieces;
+  pieces.reserve(tensors.size());
+  for (const SafetensorsEntry& t : tensors) {
+    const std::optional<uint64_t> bytes = byte_count(t.shape, t.dtype);
+    if (!t.name.empty() && t.name != kMetadataKey && (!bytes || *bytes != t.bytes.size())) {
+      return InvalidArgument(fmt::format("{}: tensor {} has {} bytes, but {} {} needs {}", path, t.name,
+                                         t.bytes.size(), safetensors_dtype_name(t.dtype), shape_string(t.shape),
+                                         bytes ? fmt::format("{}", *bytes) : std::string("more than 2^63")));
+    }
+    const std::span<const std::byte> b = t.bytes;
+    pieces.push_back({t.name, t.dtype, t.shape, [b](const auto& emit) { return b.empty() ? OkStatus() : emit(b); }});
+  }
+  return write_safetensors_piecewise(path, pieces, metadata);
+}
+
+Status write_safetensors_piecewise(const std::string& path, const std::vector<SafetensorsPiecewiseEntry>& tensors,
+                                   const std::map<std::string, std::string>& metadata) {
   json header = json::object();
   if (!metadata.empty()) {
     json meta = json::object();
@@ -254,21 +271,19 @@ Status write_safetensors(const std::string& path, const std::vector<SafetensorsE
     header[kMetadataKey] = std::move(meta);
   }
   uint64_t pos = 0;
-  for (const SafetensorsEntry& t : tensors) {
+  std::vector<uint64_t> sizes;
+  for (const SafetensorsPiecewiseEntry& t : tensors) {
     if (t.name.empty() || t.name == kMetadataKey) {
       return InvalidArgument(fmt::format("{}: tensor name '{}' is not allowed", path, t.name));
     }
     if (header.contains(t.name)) return InvalidArgument(fmt::format("{}: tensor {} is given twice", path, t.name));
     const std::optional<uint64_t> bytes = byte_count(t.shape, t.dtype);
-    if (!bytes || *bytes != t.bytes.size()) {
-      return InvalidArgument(fmt::format("{}: tensor {} has {} bytes, but {} {} needs {}", path, t.name,
-                                         t.bytes.size(), safetensors_dtype_name(t.dtype), shape_string(t.shape),
-                                         bytes ? fmt::format("{}", *bytes) : std::string("more than 2^63")));
-    }
+    if (!bytes) return InvalidArgument(fmt::format("{}: tensor {} {} needs more than 2^63 bytes", path, t.name, shape_string(t.shape)));
     header[t.name] = {{"dtype", std::string(safetensors_dtype_name(t.dtype))},
                       {"shape", t.shape},
                       {"data_offsets", {pos, pos + *bytes}}};
     pos += *bytes;
+    sizes.push_back(*bytes);
   }
   std::string text;
   try {  // dump() throws only on invalid UTF-8 in a name or a metadata string
@@ -283,8 +298,17 @@ Status write_safetensors(const std::string& path, const std::vector<SafetensorsE
 
   LOWBIT_ASSIGN_OR_RETURN(AtomicFile out, AtomicFile::create(path));
   LOWBIT_RETURN_IF_ERROR(out.write(prefix + text));
-  for (const SafetensorsEntry& t : tensors) {
-    if (!t.bytes.empty()) LOWBIT_RETURN_IF_ERROR(out.write(t.bytes));
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    uint64_t written = 0;
+    const auto emit = [&](std::span<const std::byte> b) -> Status {
+      written += b.size();
+      if (written > sizes[i]) return OkStatus();  // reported below, without writing past the tensor
+      return out.write(b);
+    };
+    LOWBIT_RETURN_IF_ERROR(tensors[i].produce(emit));
+    if (written != sizes[i]) {
+      return Internal(fmt::format("{}: tensor {}: {} bytes produced, {} expected", path, tensors[i].name, written, sizes[i]));
+    }
   }
   return out.commit();
 }
@@ -740,6 +764,16 @@ uint32_t scale_code_at(Format f, const std::vector<uint8_t>& packed, int64_t b) 
 }
 
 }  // namespace
+
+DType quantized_scale_dtype(Format scale_format) { return scale_dtype(scale_format); }
+
+std::pair<std::string, std::string> quantization_config_entry(
+    const std::map<std::string, std::pair<QuantSpec, std::vector<int64_t>>>& tensors) {
+  json described = json::object();
+  for (const auto& [name, t] : tensors) described[name] = {{"spec", to_string(t.first)}, {"shape", t.second}};
+  const json config = {{"quant_method", kQuantMethod}, {"version", kQuantVersion}, {"tensors", described}};
+  return {kQuantConfigKey, config.dump()};
+}
 
 Status write_quantized_safetensors(const std::string& path, const std::map<std::string, QuantizedTensor>& quantized,
                                    const std::vector<SafetensorsEntry>& plain,

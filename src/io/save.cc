@@ -582,6 +582,14 @@ Result<SaveReport> save_safetensors_shard(const LlamaModel& net, const std::stri
   return r;
 }
 
+Result<std::map<std::string, std::string>> safetensors_shard_metadata(const LlamaModel& net, const std::string& path,
+                                                                      const SaveOptions& opt) {
+  LOWBIT_ASSIGN_OR_RETURN(auto common, common_metadata(net, path, opt));
+  std::map<std::string, std::string> meta(common.begin(), common.end());
+  meta["format"] = "pt";  // as write_safetensors_part
+  return meta;
+}
+
 Status save_safetensors_sidecar(const LlamaModel& net, const std::string& dir, const SaveOptions& opt) {
   return write_safetensors_sidecar(net, dir, opt);
 }

@@ -160,38 +160,55 @@ Status check_llama_tensors(const HfCheckpoint& ck) {
 
 Result<Tensor> load_f32(const ShardedCheckpoint& ck, const std::string& name, const std::vector<int64_t>& shape,
                         int64_t permute_head_dim) {
+  return load_f32_rows(ck, name, shape, 0, shape.empty() ? 0 : shape[0], permute_head_dim);
+}
+
+Result<Tensor> load_f32_rows(const ShardedCheckpoint& ck, const std::string& name, const std::vector<int64_t>& shape,
+                             int64_t first_row, int64_t end_row, int64_t permute_head_dim) {
   LOWBIT_ASSIGN_OR_RETURN(const SafetensorsTensorInfo* info, checked(ck, name, shape));
   const SafetensorsFile& f = *ck.file_of(name);
   const std::span<const std::byte> src = f.data(*info);
   const int64_t rows = shape[0], cols = shape.size() == 2 ? shape[1] : 1;
-  LOWBIT_ASSIGN_OR_RETURN(Tensor t, Tensor::empty(DType::kF32, std::span<const int64_t>(shape)));
+  if (first_row < 0 || first_row > end_row || end_row > rows || (permute_head_dim > 0 && (first_row != 0 || end_row != rows))) {
+    return InvalidArgument(fmt::format("{}: tensor {}: rows [{}, {}) are not within its {}", f.path(), name, first_row, end_row, rows));
+  }
+  std::vector<int64_t> out_shape = shape;
+  out_shape[0] = end_row - first_row;
+  LOWBIT_ASSIGN_OR_RETURN(Tensor t, Tensor::empty(DType::kF32, std::span<const int64_t>(out_shape)));
   const size_t esize = dtype_size(info->dtype);
   float* out = t.data_as<float>();
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = first_row; r < end_row; ++r) {
     const int64_t s = permute_head_dim > 0 ? hf_rope_source_row(r, permute_head_dim) : r;
     const auto* in = reinterpret_cast<const uint8_t*>(src.data()) + static_cast<size_t>(s * cols) * esize;
     const std::span<const uint8_t> bytes(in, static_cast<size_t>(cols) * esize);
-    const std::span<float> dst(out + r * cols, static_cast<size_t>(cols));
+    const std::span<float> dst(out + (r - first_row) * cols, static_cast<size_t>(cols));
     switch (info->dtype) {
       case DType::kF16: decode_span(Format::kFp16, bytes, dst); break;
       case DType::kBF16: decode_span(Format::kBf16, bytes, dst); break;
       default: std::memcpy(dst.data(), in, bytes.size()); break;
     }
   }
-  for (int64_t i = 0; i < rows * cols; ++i) {
+  for (int64_t i = 0; i < (end_row - first_row) * cols; ++i) {
     if (!std::isfinite(out[i])) {
-      return DataLoss(fmt::format("{}: tensor {} has a non-finite value at index {}", f.path(), name, i));
+      return DataLoss(fmt::format("{}: tensor {} has a non-finite value at index {}", f.path(), name, first_row * cols + i));
     }
   }
   return t;
 }
 
-void release_pages(const ShardedCheckpoint& ck, const std::string& name) {
+void release_pages(const ShardedCheckpoint& ck, const std::string& name, int64_t first_row, int64_t end_row) {
   const SafetensorsFile* f = ck.file_of(name);
   if (f == nullptr) return;
-  const std::span<const std::byte> b = f->data(*f->find(name));
+  const SafetensorsTensorInfo* info = f->find(name);
+  std::span<const std::byte> b = f->data(*info);
+  if (first_row >= 0 && !info->shape.empty() && info->shape[0] > 0) {
+    const size_t row_bytes = b.size() / static_cast<size_t>(info->shape[0]);
+    const size_t lo_b = std::min(b.size(), static_cast<size_t>(first_row) * row_bytes);
+    const size_t hi_b = std::min(b.size(), static_cast<size_t>(std::max(first_row, end_row)) * row_bytes);
+    b = b.subspan(lo_b, hi_b - lo_b);
+  }
   const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const uintptr_t lo = (reinterpret_cast<uintptr_t>(b.data()) + page - 1) / page * page;  // whole pages inside the tensor
+  const uintptr_t lo = (reinterpret_cast<uintptr_t>(b.data()) + page - 1) / page * page;  // whole pages inside the range
   const uintptr_t hi = (reinterpret_cast<uintptr_t>(b.data()) + b.size()) / page * page;
   if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
 }

@@ -99,8 +99,9 @@ with tempfile.TemporaryDirectory() as tmp:
     for method in ("rtn", "gptq"):
         out = os.path.join(tmp, "stream-" + method)
         js = os.path.join(tmp, method + ".json")
+        # RTN: the embedding / classifier step in chunks of 7 rows (512 = 73 x 7 + 1: ragged last chunk)
         p = run("quantize", "--stream", "--model", hf, "--scheme", "w4a16-g32", "--method", method, "--calib", TEXT,
-                "--calib-tokens", "512", "-o", out, "--json", js)
+                "--calib-tokens", "512", "-o", out, "--json", js, env={"LOWBIT_STREAM_CHUNK_ROWS": "7"} if method == "rtn" else None)
         check(p.returncode == 0, f"quantize --stream {method}: {p.stderr}")
         got = tensors(out)
         check(set(got) == set(full[method]), f"{method}: streamed tensor names differ: {sorted(set(got) ^ set(full[method]))[:5]}")
@@ -137,11 +138,28 @@ with tempfile.TemporaryDirectory() as tmp:
           and "for tensor model.layers.2." in p.stderr, f"missing shard message: {p.stderr!r}")
     check(files_of(out) == before and not os.path.exists(out + ".partial"), "missing shard: the output folder changed")
 
+    make = os.path.join(ROOT, "scripts", "make_synthetic_model")
+    # An untied lm_head (the synthetic model's), quantized and cast in chunks of 33 rows (vocab
+    # 1000: ragged last chunk): the same tensors as the in-memory pipeline, for a plan whose
+    # classifier is int8 per row (row blocks) and one whose embedding is a unit-scale fp16 cast.
+    d = os.path.join(tmp, "untied")
+    subprocess.run([sys.executable, make, "--layers", "2", "--dim", "128", "--hidden", "384", "--heads", "4",
+                    "--kv-heads", "2", "--vocab", "1000", "--shard-mb", "1", "-o", d], check=True, capture_output=True)
+    plan = os.path.join(tmp, "plan.json")
+    with open(plan, "w") as f:
+        json.dump({"classifier": "int8:row:sym:fp16"}, f)
+    for extra in ([], ["--plan", plan]):
+        p = run("quantize", "--model", d, "--scheme", "w4a16-g32", *extra, "-o", d + "-full")
+        check(p.returncode == 0, f"untied in memory {extra}: {p.stderr}")
+        p = run("quantize", "--stream", "--model", d, "--scheme", "w4a16-g32", *extra, "-o", d + "-stream", env={"LOWBIT_STREAM_CHUNK_ROWS": "33"})
+        check(p.returncode == 0, f"untied streamed {extra}: {p.stderr}")
+        full, got = tensors(d + "-full"), tensors(d + "-stream")
+        check("lm_head.weight.qweight" in got or "lm_head.weight" in got, f"untied {extra}: no lm_head in {sorted(got)[:8]}")
+        check(got == full, f"untied {extra}: streamed tensors differ: {sorted(k for k in set(got) | set(full) if got.get(k) != full.get(k))[:5]}")
     # Flat in depth: 4 and 16 blocks of one width (a release-build property: ASan holds freed memory back).
     if SANITIZED:
         print("peak RSS in depth: not measured under ASan (its quarantine keeps freed blocks)")
         finish()
-    make = os.path.join(ROOT, "scripts", "make_synthetic_model")
     peaks = {}
     for layers in (4, 16):
         d = os.path.join(tmp, f"syn{layers}")
