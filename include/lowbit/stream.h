@@ -65,6 +65,7 @@ StreamMemory stream_memory(const LlamaConfig& c, DType stored, Method method, in
 struct StreamReport {
   PipelineReport pipeline;           // every linear quantized in this run, calibration tokens
   std::vector<double> block_seconds; // per block run in this run (resumed blocks absent)
+  double rest_seconds = 0;           // the embedding / classifier step
   int first_block = 0;               // 0, or where --resume picked up
   int64_t bytes_read = 0;            // stored weight bytes converted
   int64_t bytes_written = 0;         // the output folder

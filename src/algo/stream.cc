@@ -422,6 +422,7 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
   // The rest: embedding (+ final norm) and the classifier, each read, cast / quantized and
   // written a chunk of rows at a time (RowStream), in the last shard(s); the tensors, names and
   // metadata are save_safetensors_shard's after quantize_model.
+  const auto t_rest = std::chrono::steady_clock::now();
   const bool untied = !c.shared_classifier && ck.weights.file_of("lm_head.weight") != nullptr;
   const std::optional<QuantSpec> emb_spec = plan_spec(opt.pipeline.plan, "tok_embeddings");
   const std::optional<QuantSpec> head_spec = untied ? plan_spec(opt.pipeline.plan, "classifier") : std::nullopt;
@@ -482,6 +483,7 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
     rep.bytes_read += stored_bytes("lm_head.weight");
     last_parts.push_back(shard_name(L, n_shards) + ".head");
   }
+  rep.rest_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_rest).count();
   // The classifier's file stands as shard n+1 (its name and metadata are the save's own).
   std::vector<std::string> shards;
   for (int l = 0; l < L; ++l) shards.push_back(shard_name(l, n_shards + static_cast<int>(last_parts.size()) - 1));

@@ -1,6 +1,8 @@
 """lowbit quantize --stream (issue 15): a Hugging Face folder quantized block by block.
 - Streamed output tensors equal the in-memory pipeline's byte for byte (stories260K converted to
-  three-shard fp32 Hugging Face folder, RTN and GPTQ).
+  three-shard fp32 Hugging Face folder, RTN and GPTQ; SmolLM2-135M's first 3 blocks in bf16, RTN
+  and GPTQ, skipped with a message when its GGUF is absent; an untied synthetic lm_head), with
+  the embedding / classifier step in small row chunks (LOWBIT_STREAM_CHUNK_ROWS).
 - A run stopped after a random block (LOWBIT_STREAM_STOP_AFTER_BLOCK, the test hook) and
   continued with --resume gives the same folder, file for file, as an uninterrupted run.
 - Peak RSS of a 16-block and a 4-block synthetic model of one width differ by less than one
@@ -24,6 +26,7 @@ from clitest import ROOT, SANITIZED, SHARED, check, finish, run
 MODEL = os.path.join(SHARED, "models", "stories260K.bin")
 TOK = os.path.join(SHARED, "models", "tok512.bin")
 TEXT = os.path.join(SHARED, "data", "tinystories_val.txt")
+SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
 if not os.path.exists(MODEL):
     print(f"SKIP: {MODEL} not found (../shared is missing)")
     sys.exit(77)
@@ -77,6 +80,40 @@ def shard(folder):
     os.remove(os.path.join(folder, "model.safetensors"))
 
 
+def bf16_shards(folder, layers):
+    """An fp32 model.safetensors -> its first `layers` blocks in bf16 (rounded to nearest even),
+    three shards + index, config.json saying so."""
+    import numpy as np
+    t, _ = read_st(os.path.join(folder, "model.safetensors"))
+    keep = {k: v for k, v in t.items() if not k.startswith("model.layers.") or int(k.split(".")[2]) < layers}
+    parts = [{}, {}, {}]
+    for k, (dtype, shape, data) in keep.items():
+        assert dtype == "F32", k
+        u = np.frombuffer(data, np.uint32)
+        b = ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
+        i = 0 if k.startswith("model.layers.0.") else 1 if k.startswith("model.layers.") else 2
+        parts[i][k] = ("BF16", shape, b.tobytes())
+    names = [f"model-0000{i + 1}-of-00003.safetensors" for i in range(3)]
+    wm = {}
+    for name, p in zip(names, parts):
+        write_st(os.path.join(folder, name), p)
+        wm.update({k: name for k in p})
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        json.dump({"weight_map": wm}, f)
+    os.remove(os.path.join(folder, "model.safetensors"))
+    cfg = json.load(open(os.path.join(folder, "config.json")))
+    cfg.update(num_hidden_layers=layers, torch_dtype="bfloat16")
+    json.dump(cfg, open(os.path.join(folder, "config.json"), "w"))
+
+
+def run_fresh(*args, env=None):
+    """run(), through a small shell: Linux keeps the RSS high-water mark across fork + exec, so a
+    lowbit forked from this script (which has held whole safetensors files) would report this
+    script's peak as its own peak RSS."""
+    e = dict(os.environ, LOWBIT_NO_PROGRESS="1", **(env or {}))
+    return subprocess.run(["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.argv[1], *args], capture_output=True, text=True, env=e, timeout=900)
+
+
 def files_of(folder):
     out = {}
     for f in sorted(os.listdir(folder)):
@@ -100,7 +137,7 @@ with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "stream-" + method)
         js = os.path.join(tmp, method + ".json")
         # RTN: the embedding / classifier step in chunks of 7 rows (512 = 73 x 7 + 1: ragged last chunk)
-        p = run("quantize", "--stream", "--model", hf, "--scheme", "w4a16-g32", "--method", method, "--calib", TEXT,
+        p = run_fresh("quantize", "--stream", "--model", hf, "--scheme", "w4a16-g32", "--method", method, "--calib", TEXT,
                 "--calib-tokens", "512", "-o", out, "--json", js, env={"LOWBIT_STREAM_CHUNK_ROWS": "7"} if method == "rtn" else None)
         check(p.returncode == 0, f"quantize --stream {method}: {p.stderr}")
         got = tensors(out)
@@ -156,6 +193,30 @@ with tempfile.TemporaryDirectory() as tmp:
         full, got = tensors(d + "-full"), tensors(d + "-stream")
         check("lm_head.weight.qweight" in got or "lm_head.weight" in got, f"untied {extra}: no lm_head in {sorted(got)[:8]}")
         check(got == full, f"untied {extra}: streamed tensors differ: {sorted(k for k in set(got) | set(full) if got.get(k) != full.get(k))[:5]}")
+    # SmolLM2-135M (dequantized from its Q4_1 GGUF, stored bf16, 3 of its 30 blocks to stay
+    # short: width 576, GQA 9/3 heads, vocab 49152, tied embedding): streamed == in memory, RTN
+    # (embedding cast in 4000-row chunks) and GPTQ.
+    smol = next((q for q in (os.path.join(SHARED, "models", SMOL), os.path.join(ROOT, ".cache", "models", SMOL)) if os.path.exists(q)), None)
+    if smol is None:
+        print(f"SKIP (SmolLM2 part only): {SMOL} not in ../shared/models/ or .cache/models/ (scripts/setup extracts it)")
+    else:
+        sd = os.path.join(tmp, "smol")
+        p = run("convert", "--model", smol, "-o", sd)
+        check(p.returncode == 0, f"convert SmolLM2: {p.stderr}")
+        bf16_shards(sd, 3)
+        for method in ("rtn", "gptq"):
+            common = ["--model", sd, "--scheme", "w4a16-g32", "--method", method, "--calib", TEXT, "--calib-tokens", "256", "--ctx", "128"]
+            p = run("quantize", *common, "-o", sd + "-full-" + method)
+            check(p.returncode == 0, f"SmolLM2 {method} in memory: {p.stderr}")
+            p = run("quantize", "--stream", *common, "-o", sd + "-stream-" + method, env={"LOWBIT_STREAM_CHUNK_ROWS": "4000"} if method == "rtn" else None)
+            check(p.returncode == 0, f"SmolLM2 {method} streamed: {p.stderr}")
+            full, got = tensors(sd + "-full-" + method), tensors(sd + "-stream-" + method)
+            check(len(got) > 20 and "lm_head.weight.qweight" in got, f"SmolLM2 {method}: streamed tensors {sorted(got)[:8]}")
+            check(got == full, f"SmolLM2 {method}: streamed tensors differ: {sorted(k for k in set(got) | set(full) if got.get(k) != full.get(k))[:5]}")
+            shutil.rmtree(sd + "-full-" + method)
+            shutil.rmtree(sd + "-stream-" + method)
+        shutil.rmtree(sd)
+
     # Flat in depth: 4 and 16 blocks of one width (a release-build property: ASan holds freed memory back).
     if SANITIZED:
         print("peak RSS in depth: not measured under ASan (its quarantine keeps freed blocks)")
@@ -166,7 +227,7 @@ with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, make, "--layers", str(layers), "--dim", "512", "--hidden", "1536", "--heads", "8",
                         "--kv-heads", "4", "--vocab", "1000", "--shard-mb", "8", "-o", d], check=True, capture_output=True)
         js = os.path.join(tmp, f"syn{layers}.json")
-        p = run("quantize", "--stream", "--model", d, "--scheme", "w4a16-g128", "-o", d + "-q", "--json", js)
+        p = run_fresh("quantize", "--stream", "--model", d, "--scheme", "w4a16-g128", "-o", d + "-q", "--json", js)
         check(p.returncode == 0, f"synthetic {layers}: {p.stderr}")
         peaks[layers] = json.load(open(js))["peak_rss_bytes"]
         shutil.rmtree(d)
