@@ -65,7 +65,9 @@ StreamMemory stream_memory(const LlamaConfig& c, DType stored, Method method, in
 struct StreamReport {
   PipelineReport pipeline;           // every linear quantized in this run, calibration tokens
   std::vector<double> block_seconds; // per block run in this run (resumed blocks absent)
+  std::vector<double> block_cpu_seconds;  // the same blocks' CPU time (user + system, all threads): robust on a loaded machine
   double rest_seconds = 0;           // the embedding / classifier step
+  double rest_cpu_seconds = 0;
   int first_block = 0;               // 0, or where --resume picked up
   int64_t bytes_read = 0;            // stored weight bytes converted
   int64_t bytes_written = 0;         // the output folder

@@ -107,6 +107,12 @@ std::string run_key(const std::string& model_dir, const StreamOptions& opt) {
 
 std::string shard_name(int i, int n) { return fmt::format("model-{:05d}-of-{:05d}.safetensors", i + 1, n); }
 
+double cpu_seconds() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + 1e-6 * static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
 int64_t current_peak_rss() {
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
@@ -399,6 +405,7 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
   const int stop_after = stop_env ? std::atoi(stop_env) : -1;
   for (int l = start; l < L; ++l) {
     const auto tb = std::chrono::steady_clock::now();
+    const double cb = cpu_seconds();
     Model m = skeleton(c);
     LOWBIT_RETURN_IF_ERROR(load_block(m, ck, l, &rep.bytes_read));
     LlamaModel net(m);
@@ -415,6 +422,7 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
     if (needs_calib) LOWBIT_RETURN_IF_ERROR(write_residual((work / kResidual).string(), xs));
     LOWBIT_RETURN_IF_ERROR(write_file_atomic((work / kProgress).string(), json({{"key", key}, {"done", l + 1}}).dump() + "\n"));
     rep.block_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - tb).count());
+    rep.block_cpu_seconds.push_back(cpu_seconds() - cb);
     if (opt.on_block) opt.on_block(l, L);
     if (l == stop_after) return Internal(fmt::format("stopped after block {} ({} is set)", l, kStreamStopEnv));
   }
@@ -423,6 +431,7 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
   // written a chunk of rows at a time (RowStream), in the last shard(s); the tensors, names and
   // metadata are save_safetensors_shard's after quantize_model.
   const auto t_rest = std::chrono::steady_clock::now();
+  const double c_rest = cpu_seconds();
   const bool untied = !c.shared_classifier && ck.weights.file_of("lm_head.weight") != nullptr;
   const std::optional<QuantSpec> emb_spec = plan_spec(opt.pipeline.plan, "tok_embeddings");
   const std::optional<QuantSpec> head_spec = untied ? plan_spec(opt.pipeline.plan, "classifier") : std::nullopt;
@@ -484,6 +493,7 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
     last_parts.push_back(shard_name(L, n_shards) + ".head");
   }
   rep.rest_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_rest).count();
+  rep.rest_cpu_seconds = cpu_seconds() - c_rest;
   // The classifier's file stands as shard n+1 (its name and metadata are the save's own).
   std::vector<std::string> shards;
   for (int l = 0; l < L; ++l) shards.push_back(shard_name(l, n_shards + static_cast<int>(last_parts.size()) - 1));

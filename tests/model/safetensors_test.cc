@@ -27,6 +27,7 @@
 #include "lowbit/safetensors.h"
 #include "lowbit/sharded.h"
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 namespace lowbit {
@@ -166,6 +167,38 @@ TEST(Safetensors, WriterRejectsBadEntriesAndLeavesNothing) {
   s = write_safetensors(path, {{"__metadata__", DType::kF32, {3}, bytes_of(v)}});
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
   EXPECT_TRUE(fs::is_empty(tmp.path()));  // no output, no temp file left behind
+}
+
+// The piecewise writer gives write_safetensors' bytes for the same tensors, whatever the pieces;
+// a producer that hands over too few or too many bytes (or fails) leaves nothing behind.
+TEST(Safetensors, PiecewiseWriterEqualsWholeAndRefusesWrongByteCounts) {
+  TempDir tmp;
+  const std::vector<float> a = synth("a", 37), b = synth("b", 6);
+  ASSERT_TRUE(write_safetensors(tmp.file("whole.safetensors"), {{"a", DType::kF32, {37}, bytes_of(a)}, {"b", DType::kF32, {2, 3}, bytes_of(b)}},
+                                {{"k", "v"}}).ok());
+  const auto in_pieces = [](const std::vector<float>& v, size_t piece) {
+    return [&v, piece](const std::function<Status(std::span<const std::byte>)>& emit) -> Status {
+      for (size_t i = 0; i < v.size(); i += piece) {
+        LOWBIT_RETURN_IF_ERROR(emit(std::as_bytes(std::span<const float>(v.data() + i, std::min(piece, v.size() - i)))));
+      }
+      return OkStatus();
+    };
+  };
+  ASSERT_TRUE(write_safetensors_piecewise(tmp.file("pieces.safetensors"),
+                                          {{"a", DType::kF32, {37}, in_pieces(a, 5)}, {"b", DType::kF32, {2, 3}, in_pieces(b, 4)}}, {{"k", "v"}})
+                  .ok());
+  EXPECT_EQ(read_file(tmp.file("whole.safetensors")).value(), read_file(tmp.file("pieces.safetensors")).value());
+
+  const std::vector<float> short_a(a.begin(), a.begin() + 36), long_a = synth("long", 38);
+  for (const auto* v : {&short_a, &long_a}) {
+    const Status s = write_safetensors_piecewise(tmp.file("bad.safetensors"), {{"a", DType::kF32, {37}, in_pieces(*v, 7)}});
+    EXPECT_EQ(s.code(), StatusCode::kInternal);
+    EXPECT_NE(s.message().find(fmt::format("tensor a: {} bytes produced, 148 expected", v->size() * 4)), std::string::npos) << s.message();
+  }
+  const Status s = write_safetensors_piecewise(tmp.file("bad.safetensors"), {{"a", DType::kF32, {1}, [](const auto&) { return IoError("disk gone"); }}});
+  EXPECT_EQ(s.code(), StatusCode::kIoError);
+  EXPECT_FALSE(fs::exists(tmp.file("bad.safetensors")));
+  EXPECT_EQ(std::distance(fs::directory_iterator(tmp.path()), fs::directory_iterator{}), 2);  // no temp file left
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -168,6 +168,7 @@ void run_streaming(const QuantizeArgs& a, Method method, const QuantSpec& wspec,
   if (!a.json.empty()) {
     nlohmann::json j = {{"model", a.model}, {"method", a.method}, {"scheme", plan->scheme}, {"streamed", true},
                         {"calib_tokens", rep->pipeline.calib_tokens}, {"seconds", rep->seconds}, {"block_seconds", rep->block_seconds}, {"rest_seconds", rep->rest_seconds},
+                        {"block_cpu_seconds", rep->block_cpu_seconds}, {"rest_cpu_seconds", rep->rest_cpu_seconds},
                         {"first_block", rep->first_block}, {"bytes_read", rep->bytes_read}, {"bytes_written", rep->bytes_written},
                         {"peak_rss_bytes", rep->peak_rss_bytes}, {"memory_formula_bytes", rep->memory.peak()},
                         {"output", {{"path", a.out}, {"format", "safetensors"}}}};
