@@ -50,7 +50,7 @@ struct StreamMemory {
   int64_t statistics = 0;     // calibration: all four input sites' statistics (GPTQ: Hessians in double, 8·(3·dim² + hidden²))
   int64_t statistics_gptq = 0;  // GPTQ of the widest linear: the Hessians still needed then (8·(dim² + hidden²))
   int64_t calib_temp = 0;     // one calibration window's block buffers and its float Xᵀ X (GPTQ: 4·hidden²)
-  int64_t gptq = 0;           // GPTQ's widest linear: float H⁻¹ factor (4·hidden²) + its working copy of W + RTN check codes
+  int64_t gptq = 0;           // GPTQ's widest linear: float H⁻¹ factor (4·hidden²) + the inverse's temporaries (2·hidden²) + its working copy of W + codes
   int64_t activations = 0;    // the calibration residual stream (in and, without --sequential, out)
   int64_t rest = 0;           // embedding / classifier step: one chunk of rows (f32, stored, codes) + the table's scales
   int64_t base = 0;           // the process without a model (code, allocator), measured by the caller
