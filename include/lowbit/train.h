@@ -123,6 +123,10 @@ class TrainModel {
   // QAT: the forward and dgrad GEMMs of parameter `index` read `w` (its shape; nullptr: the
   // parameter itself) — the fake-quantized weight; the wgrad still lands in grads().
   void set_weight_override(size_t index, const float* w);
+  // A frozen parameter's wgrad is skipped (its gradient stays what zero_grad() left); the
+  // gradient still flows through it to the layers below. QAT freezes the classifier this way.
+  void set_frozen(size_t index, bool frozen = true);
+  bool frozen(size_t index) const { return index < frozen_.size() && frozen_[index]; }
   void zero_grad();
   // Per-token losses (B·T) and logits (B·T, vocab) of the last forward.
   std::span<const float> losses() const;
@@ -146,6 +150,7 @@ class TrainModel {
   std::vector<ParamInfo> info_;
   std::vector<float> params_, grads_;
   std::vector<const float*> weight_override_;  // (params) QAT: set_weight_override
+  std::vector<uint8_t> frozen_;                 // (params) set_frozen
   std::unique_ptr<Acts> acts_;
 };
 

@@ -62,7 +62,9 @@ StepResult AdamW::step(TrainModel& model, float lr) {
   const float b1 = opt_.beta1, b2 = opt_.beta2;
   const float bc1 = 1.0f - static_cast<float>(std::pow(static_cast<double>(b1), static_cast<double>(t_)));
   const float bc2 = 1.0f - static_cast<float>(std::pow(static_cast<double>(b2), static_cast<double>(t_)));
-  for (const ParamInfo& info : model.param_info()) {
+  for (size_t pi = 0; pi < model.param_info().size(); ++pi) {
+    const ParamInfo& info = model.param_info()[pi];
+    if (model.frozen(pi)) continue;  // no update, moments stay zero
     const float wd = info.decay ? opt_.weight_decay : 0.0f;
     parallel_for(info.offset, info.offset + info.numel(), 4096, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
