@@ -183,6 +183,8 @@ struct StepResult {
 
 class AdamW {
  public:
+  // Moments for every parameter the model does not mark frozen (TrainModel::set_frozen, before
+  // this constructor); frozen ones are never updated and hold no moments.
   AdamW(const TrainModel& m, const AdamWOptions& opt, const LossScaleOptions& ls = {});
   // One update of m.params() from m.grads() (which hold grad · loss_scale()); does not zero them.
   StepResult step(TrainModel& m, float lr);
@@ -201,6 +203,7 @@ class AdamW {
   int64_t t_ = 0, good_ = 0, skipped_ = 0;
   std::vector<float> m_, v_;          // fp32 moments
   std::vector<uint16_t> mb_, vb_;     // bf16 moments
+  std::vector<int64_t> moff_;         // (params) offset of each parameter's moments; -1: frozen
 };
 
 // Linear warm-up from 0 to peak over `warmup` steps, then cosine to min_ratio · peak at `total`.
