@@ -123,6 +123,10 @@ class TrainModel {
   // QAT: the forward and dgrad GEMMs of parameter `index` read `w` (its shape; nullptr: the
   // parameter itself) — the fake-quantized weight; the wgrad still lands in grads().
   void set_weight_override(size_t index, const float* w);
+  // A frozen parameter's wgrad is skipped (its gradient stays what zero_grad() left); the
+  // gradient still flows through it to the layers below. QAT freezes the classifier this way.
+  void set_frozen(size_t index, bool frozen = true);
+  bool frozen(size_t index) const { return index < frozen_.size() && frozen_[index]; }
   void zero_grad();
   // Per-token losses (B·T) and logits (B·T, vocab) of the last forward.
   std::span<const float> losses() const;
@@ -146,6 +150,7 @@ class TrainModel {
   std::vector<ParamInfo> info_;
   std::vector<float> params_, grads_;
   std::vector<const float*> weight_override_;  // (params) QAT: set_weight_override
+  std::vector<uint8_t> frozen_;                 // (params) set_frozen
   std::unique_ptr<Acts> acts_;
 };
 
@@ -178,6 +183,8 @@ struct StepResult {
 
 class AdamW {
  public:
+  // Moments for every parameter the model does not mark frozen (TrainModel::set_frozen, before
+  // this constructor); frozen ones are never updated and hold no moments.
   AdamW(const TrainModel& m, const AdamWOptions& opt, const LossScaleOptions& ls = {});
   // One update of m.params() from m.grads() (which hold grad · loss_scale()); does not zero them.
   StepResult step(TrainModel& m, float lr);
@@ -196,6 +203,7 @@ class AdamW {
   int64_t t_ = 0, good_ = 0, skipped_ = 0;
   std::vector<float> m_, v_;          // fp32 moments
   std::vector<uint16_t> mb_, vb_;     // bf16 moments
+  std::vector<int64_t> moff_;         // (params) offset of each parameter's moments; -1: frozen
 };
 
 // Linear warm-up from 0 to peak over `warmup` steps, then cosine to min_ratio · peak at `total`.

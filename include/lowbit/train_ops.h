@@ -37,6 +37,12 @@ void matmul_forward(T* out, const T* x, const T* W, int64_t N, int C, int OC);
 // dx (N, C) += dout (N, OC) · W (either may be null to skip), dW (OC, C) += doutᵀ · x.
 template <class T>
 void matmul_backward(T* dx, T* dW, const T* dout, const T* x, const T* W, int64_t N, int C, int OC);
+// float runs the kernels layer's register-tiled GEMMs (include/lowbit/gemm_f32.h): the same sums
+// in the same order as the loops double runs, on every ISA.
+template <>
+void matmul_forward<float>(float* out, const float* x, const float* W, int64_t N, int C, int OC);
+template <>
+void matmul_backward<float>(float* dx, float* dW, const float* dout, const float* x, const float* W, int64_t N, int C, int OC);
 
 // RoPE in place: every head of x (B·T, heads, hs) is rotated by its position t (0..T-1 within
 // its window), pairs (i, i+1),

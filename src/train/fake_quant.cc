@@ -62,6 +62,15 @@ Status FakeQuant::forward(const float* w, float* w_hat) {
   const int64_t R = q_.rows, C = q_.cols;
   std::vector<int64_t> clipped_rows(static_cast<size_t>(R), 0);
   std::vector<uint8_t> bad_rows(static_cast<size_t>(R), 0);  // a non-finite weight
+  // Integer elements (round-to-nearest-even, checked in from_quantized): quantize_element's code
+  // k = rint(clamp(v, lo, hi)) and dequantize's value (k − z)·s, written out here, so the
+  // generic encode / decode / dequantize calls run only for the other formats. Same codes and
+  // values (FakeQuant.CodesAndValuesEqualQuantizeWithTheSameBlockParameters).
+  const FormatTraits& et = traits(s.element);
+  const bool integer = et.kind == FormatKind::kInteger;
+  const float ihi = static_cast<float>(et.max_finite);
+  const float ilo = s.symmetric && et.is_signed ? -ihi : static_cast<float>(et.lowest);
+  const uint32_t mask = et.bits >= 32 ? 0xFFFFFFFFu : (1u << et.bits) - 1u;
   parallel_for(0, R, std::max<int64_t>(1, kChunkElements / C), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t br = r / g.block_rows;
@@ -78,6 +87,13 @@ Status FakeQuant::forward(const float* w, float* w_hat) {
         inside_[static_cast<size_t>(r * C + c)] = in;
         if (!in) ++clipped_rows[static_cast<size_t>(r)];
         if (learnable_) u_[static_cast<size_t>(r * C + c)] = u;
+        if (integer) {
+          const float vq = std::clamp(s.symmetric ? u : v, ilo, ihi);  // quantize_element's v
+          const int64_t k = static_cast<int64_t>(std::nearbyint(vq));
+          set_code(q_, r, c, static_cast<uint32_t>(k) & mask);
+          w_hat[r * C + c] = (static_cast<float>(k) - static_cast<float>(z)) * sc;
+          continue;
+        }
         set_code(q_, r, c, quantize_value(s, x, sc, z, static_cast<uint64_t>(r * C + c)));
       }
     }
@@ -85,6 +101,7 @@ Status FakeQuant::forward(const float* w, float* w_hat) {
   if (std::find(bad_rows.begin(), bad_rows.end(), 1) != bad_rows.end()) return InvalidArgument(fmt::format("qat: {}: non-finite master weight (training diverged; lower --lr)", name_));
   clipped_ = 0;
   for (int64_t k : clipped_rows) clipped_ += k;
+  if (integer) return OkStatus();
   // What every consumer of the codes computes: lowbit's dequantize.
   return dequantize(q_, TensorView(w_hat, DType::kF32, {R, C}));
 }

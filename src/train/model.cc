@@ -184,6 +184,12 @@ Model TrainModel::to_model() const {
   return m;
 }
 
+void TrainModel::set_frozen(size_t index, bool frozen) {
+  LOWBIT_CHECK(index < info_.size(), "set_frozen: parameter index out of range");
+  frozen_.resize(info_.size(), 0);
+  frozen_[index] = frozen ? 1 : 0;
+}
+
 void TrainModel::zero_grad() { std::fill(grads_.begin(), grads_.end(), 0.0f); }
 
 std::span<const float> TrainModel::losses() const { return acts_->losses; }
@@ -431,6 +437,7 @@ Status TrainModel::backward_impl(float grad_scale, std::span<const float> given_
     } else if (dx) {
       train::matmul_backward<float>(dx, nullptr, dyq, nullptr, wq, N, in, out);
     }
+    if (frozen(widx)) return OkStatus();
     if (recipe_.kernel_accumulation && &g != &fp32_gemm && all_finite(dy, N * out) && all_finite(x, N * in)) {
       // dW (out, in) += dYᵀ · X: gemm_fp8_wgrad quantizes both to e4m3 in 128-token tiles itself.
       const KernelAccumulation& acc = *recipe_.kernel_accumulation;
@@ -504,7 +511,7 @@ Status TrainModel::backward_impl(float grad_scale, std::span<const float> given_
     train::rmsnorm_backward(dres.data(), dW(layer_param(l, kAttnNorm)), dln, res, W(layer_param(l, kAttnNorm)),
                             &a.rstd1[static_cast<size_t>(l * N)], N, C);
   }
-  train::embedding_backward(dW(0), dres.data(), a.inputs.data(), N, C);
+  if (!frozen(0)) train::embedding_backward(dW(0), dres.data(), a.inputs.data(), N, C);
   return OkStatus();
 }
 

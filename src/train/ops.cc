@@ -8,6 +8,7 @@
 #include <cmath>
 #include <vector>
 
+#include "lowbit/gemm_f32.h"
 #include "lowbit/parallel.h"
 
 namespace lowbit::train {
@@ -290,13 +291,39 @@ void crossentropy_backward(T* dlogits, const T* probs, const int* targets, const
   });
 }
 
+// fp32: the kernels layer's fixed-order GEMMs (include/lowbit/gemm_f32.h), whose contract is the
+// loops above with T = float (its scalar level is exactly them; the AVX2 level gives the same bits).
+// One chunk per thread, whole tiles (the kernels reuse each load across a tile of rows, and a
+// one-row chunk would reload the other operand per row); no output depends on the cut.
+namespace {
+int64_t gemm_grain(int64_t rows, int64_t cost_per_row) {
+  constexpr int64_t kTile = 12;  // a multiple of the kernels' 3- and 4-row tiles
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(num_threads(), rows / std::max<int64_t>(1, grain_for(cost_per_row))));
+  const int64_t per = (rows + threads - 1) / threads;
+  return std::max<int64_t>(1, (per + kTile - 1) / kTile * kTile);
+}
+}  // namespace
+
+template <>
+void matmul_forward<float>(float* out, const float* x, const float* W, int64_t N, int C, int OC) {
+  parallel_for(0, OC, gemm_grain(OC, 2 * N * C), [&](int64_t o0, int64_t o1) { gemm_f32_xwt(out, x, W, N, C, OC, o0, o1); });
+}
+
+template <>
+void matmul_backward<float>(float* dx, float* dW, const float* dout, const float* x, const float* W, int64_t N, int C, int OC) {
+  if (dx) {
+    parallel_for(0, N, gemm_grain(N, 2 * int64_t{C} * OC), [&](int64_t n0, int64_t n1) { gemm_f32_dx(dx, dout, W, N, C, OC, n0, n1); });
+  }
+  if (dW) {
+    parallel_for(0, OC, gemm_grain(OC, 2 * N * C), [&](int64_t o0, int64_t o1) { gemm_f32_dw(dW, dout, x, N, C, OC, o0, o1); });
+  }
+}
+
 #define LOWBIT_TRAIN_OPS(T)                                                                                     \
   template void embedding_forward<T>(T*, const int*, const T*, int64_t, int);                                   \
   template void embedding_backward<T>(T*, const T*, const int*, int64_t, int);                                  \
   template void rmsnorm_forward<T>(T*, T*, const T*, const T*, int64_t, int, T);                                \
   template void rmsnorm_backward<T>(T*, T*, const T*, const T*, const T*, const T*, int64_t, int);              \
-  template void matmul_forward<T>(T*, const T*, const T*, int64_t, int, int);                                   \
-  template void matmul_backward<T>(T*, T*, const T*, const T*, const T*, int64_t, int, int);                    \
   template void rope_forward<T>(T*, int64_t, int, int, int, T);                                                 \
   template void rope_backward<T>(T*, int64_t, int, int, int, T);                                                \
   template void attention_forward<T>(T*, T*, const T*, const T*, const T*, int64_t, int, int, int, int);        \
@@ -311,5 +338,7 @@ void crossentropy_backward(T* dlogits, const T* probs, const int* targets, const
 
 LOWBIT_TRAIN_OPS(float)
 LOWBIT_TRAIN_OPS(double)
+template void matmul_forward<double>(double*, const double*, const double*, int64_t, int, int);
+template void matmul_backward<double>(double*, double*, const double*, const double*, const double*, int64_t, int, int);
 
 }  // namespace lowbit::train

@@ -22,7 +22,12 @@ constexpr uint32_t kVersion = 1;
 }  // namespace
 
 AdamW::AdamW(const TrainModel& m, const AdamWOptions& opt, const LossScaleOptions& ls) : opt_(opt), ls_(ls), scale_(ls.scale) {
-  const size_t n = static_cast<size_t>(m.num_params());
+  int64_t total = 0;
+  for (size_t pi = 0; pi < m.param_info().size(); ++pi) {
+    moff_.push_back(m.frozen(pi) ? -1 : total);
+    if (!m.frozen(pi)) total += m.param_info()[pi].numel();
+  }
+  const size_t n = static_cast<size_t>(total);
   if (opt_.bf16_moments) {
     mb_.assign(n, 0);
     vb_.assign(n, 0);
@@ -62,22 +67,25 @@ StepResult AdamW::step(TrainModel& model, float lr) {
   const float b1 = opt_.beta1, b2 = opt_.beta2;
   const float bc1 = 1.0f - static_cast<float>(std::pow(static_cast<double>(b1), static_cast<double>(t_)));
   const float bc2 = 1.0f - static_cast<float>(std::pow(static_cast<double>(b2), static_cast<double>(t_)));
-  for (const ParamInfo& info : model.param_info()) {
+  for (size_t pi = 0; pi < model.param_info().size(); ++pi) {
+    const ParamInfo& info = model.param_info()[pi];
+    if (moff_[pi] < 0) continue;  // frozen: no update, no moments
+    const int64_t mbase = moff_[pi] - info.offset;
     const float wd = info.decay ? opt_.weight_decay : 0.0f;
     parallel_for(info.offset, info.offset + info.numel(), 4096, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
-        const size_t k = static_cast<size_t>(i);
+        const size_t k = static_cast<size_t>(i), km = static_cast<size_t>(mbase + i);
         const float gi = g[k] * mult;
-        float m = opt_.bf16_moments ? from_bf16(mb_[k]) : m_[k];
-        float v = opt_.bf16_moments ? from_bf16(vb_[k]) : v_[k];
+        float m = opt_.bf16_moments ? from_bf16(mb_[km]) : m_[km];
+        float v = opt_.bf16_moments ? from_bf16(vb_[km]) : v_[km];
         m = b1 * m + (1.0f - b1) * gi;
         v = b2 * v + (1.0f - b2) * gi * gi;
         if (opt_.bf16_moments) {
-          mb_[k] = to_bf16(m);
-          vb_[k] = to_bf16(v);
+          mb_[km] = to_bf16(m);
+          vb_[km] = to_bf16(v);
         } else {
-          m_[k] = m;
-          v_[k] = v;
+          m_[km] = m;
+          v_[km] = v;
         }
         const float mhat = m / bc1, vhat = v / bc2;
         p[k] -= lr * (mhat / (std::sqrt(vhat) + opt_.eps) + wd * p[k]);
