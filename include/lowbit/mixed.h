@@ -147,6 +147,8 @@ struct RefineOptions {
   GptqOptions gptq{};                             //   input Hessians on `windows` (not the pipeline's sequential ones)
   std::optional<QuantSpec> activations{};         // as make_mixed_plan's
   int trials = 8;                                 // single/pair moves measured per round, beside the re-solve
+  int screen_windows = 0;                         // contextual ΔKLDs on the first this many windows (0: all);
+                                                  //   proposals are always measured on all of them
   KnapsackOptions knapsack{};
   std::function<void(int64_t evaluations)> on_eval = nullptr;  // after each measured forward
 };

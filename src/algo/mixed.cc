@@ -576,6 +576,7 @@ class MixEvaluator {
     ref_logits_.resize(nw);
     ref_lz_.resize(nw);
     resid_.assign(nw, std::vector<std::vector<float>>(static_cast<size_t>(L_)));
+    scored_prefix_.assign(nw + 1, 0);
     std::vector<float> logits;
     for (size_t w = 0; w < nw; ++w) {
       const int64_t n = static_cast<int64_t>(opt_.windows[w].size());
@@ -589,6 +590,7 @@ class MixEvaluator {
       ref_lz_[w].resize(static_cast<size_t>(m));
       for (int64_t j = 0; j < m; ++j) ref_lz_[w][static_cast<size_t>(j)] = log_sum_exp(ref_logits_[w].data() + j * V_, V_);
       scored_ += m;
+      scored_prefix_[w + 1] = scored_;
     }
     if (scored_ == 0) return InvalidArgument("refine: the windows leave no token to score");
     for (std::vector<double>& h : hess_) {
@@ -632,13 +634,14 @@ class MixEvaluator {
     return OkStatus();
   }
 
-  // Mean KL of the current model over the windows, from block `start` (the residuals entering it
-  // are those of the last full forward with keep = true).
-  Result<double> measure(int start, bool keep) {
+  // Mean KL of the current model over the first `nwin` windows (all when 0), from block `start`
+  // (the residuals entering it are those of the last full forward with keep = true).
+  Result<double> measure(int start, bool keep, size_t nwin = 0) {
     const LlamaConfig& c = model_.config;
+    if (nwin == 0 || nwin > opt_.windows.size()) nwin = opt_.windows.size();
     double kld = 0;
     std::vector<float> logits;
-    for (size_t w = 0; w < opt_.windows.size(); ++w) {
+    for (size_t w = 0; w < nwin; ++w) {
       const int64_t n = static_cast<int64_t>(opt_.windows[w].size());
       std::vector<float> x;
       if (start == 0) {
@@ -658,7 +661,7 @@ class MixEvaluator {
     }
     ++evaluations_;
     if (opt_.on_eval) opt_.on_eval(evaluations_);
-    return kld / static_cast<double>(scored_);
+    return scored_prefix_[nwin] > 0 ? kld / static_cast<double>(scored_prefix_[nwin]) : 0.0;
   }
 
   int start_block(size_t i) const { return start_[i]; }
@@ -673,6 +676,7 @@ class MixEvaluator {
   LlamaModel ref_, work_;
   int L_ = 0, V_ = 0;
   int64_t scored_ = 0, evaluations_ = 0;
+  std::vector<int64_t> scored_prefix_;                            // [w] tokens scored in windows [0, w)
   std::vector<std::vector<std::pair<int, LinearSlot>>> linears_;  // [unit] its linears
   std::vector<int> start_;                                        // [unit] first block it touches
   std::vector<std::vector<double>> hess_;                         // [l·4 + site] (in, in), GPTQ only
@@ -695,6 +699,7 @@ Result<RefineReport> refine_mix(const Model& model, const SensitivityReport& s, 
   const auto t0 = Clock::now();
   if (opt.rounds < 0) return InvalidArgument(fmt::format("refine: rounds must be >= 0, got {}", opt.rounds));
   if (opt.trials < 0) return InvalidArgument(fmt::format("refine: trials must be >= 0, got {}", opt.trials));
+  if (opt.screen_windows < 0) return InvalidArgument(fmt::format("refine: screen_windows must be >= 0, got {}", opt.screen_windows));
   if (opt.method != Method::kRtn && opt.method != Method::kGptq) {
     return InvalidArgument(fmt::format("refine: method {} is not supported (rtn, gptq)", method_name(opt.method)));
   }
@@ -710,6 +715,7 @@ Result<RefineReport> refine_mix(const Model& model, const SensitivityReport& s, 
     }
   }
   const size_t nu = s.units.size(), nc = s.candidates.size();
+  const size_t screen = opt.screen_windows > 0 ? std::min(opt.windows.size(), static_cast<size_t>(opt.screen_windows)) : opt.windows.size();
   int64_t params = 0;
   for (const UnitSensitivity& u : s.units) params += u.params;
   const int64_t budget = static_cast<int64_t>(std::floor(start.target_bpw * static_cast<double>(params)));
@@ -734,14 +740,19 @@ Result<RefineReport> refine_mix(const Model& model, const SensitivityReport& s, 
     RefineRound rr;
     rr.kld_before = kld;
     const int64_t ev0 = ev.evaluations();
-    // 1. Each unit moved alone against the current mix (its residual entering the unit's first block is kept).
+    // 1. Each unit moved alone against the current mix (its residual entering the unit's first block is
+    //    kept), on the first `screen_windows` windows.
+    double kld_screen = kld;
+    if (screen < opt.windows.size()) {
+      LOWBIT_ASSIGN_OR_RETURN(kld_screen, ev.measure(0, /*keep=*/false, screen));
+    }
     std::vector<std::vector<double>> d(nu, std::vector<double>(nc, 0.0));  // (units, candidates) contextual ΔKLD
     for (size_t i = 0; i < nu; ++i) {
       for (size_t k = 0; k < nc; ++k) {
         if (static_cast<int>(k) == cur[i]) continue;
         LOWBIT_RETURN_IF_ERROR(ev.set(i, k));
-        LOWBIT_ASSIGN_OR_RETURN(double kk, ev.measure(ev.start_block(i), /*keep=*/false));
-        d[i][k] = kk - kld;
+        LOWBIT_ASSIGN_OR_RETURN(double kk, ev.measure(ev.start_block(i), /*keep=*/false, screen));
+        d[i][k] = kk - kld_screen;
       }
       LOWBIT_RETURN_IF_ERROR(ev.set(i, static_cast<size_t>(cur[i])));
     }

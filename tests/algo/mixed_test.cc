@@ -427,6 +427,12 @@ TEST_F(MixedTiny, RefineKeepsBudgetNeverWorsensAndMatchesThePipeline) {
     EXPECT_EQ(again.kld_after, r.kld_after);
   }
   EXPECT_GT(improved, 0);  // the search finds something on this model (errors do interact)
+  // Screening on one window: moves are still accepted on both, so the same invariants hold.
+  const MixedChoice start = choose_mix(s, 3.4).value();
+  const RefineReport r = refine_mix(model, s, start, {.rounds = 2, .windows = windows, .trials = 4, .screen_windows = 1}).value();
+  EXPECT_LE(r.kld_after, r.kld_before);
+  EXPECT_LE(r.choice.bits_per_weight, 3.4);
+  EXPECT_NEAR(r.kld_after, pipeline_kld(r.choice), 1e-12 + 1e-9 * r.kld_after);
 }
 
 TEST_F(MixedTiny, RefineWithGptqAndErrors) {
@@ -440,6 +446,8 @@ TEST_F(MixedTiny, RefineWithGptqAndErrors) {
   EXPECT_GT(r.evaluations, 1);
   Status st = refine_mix(model, s, start, {.rounds = -1, .windows = calib}).status();
   EXPECT_NE(st.message().find("rounds"), std::string::npos) << st.message();
+  st = refine_mix(model, s, start, {.rounds = 1, .windows = calib, .screen_windows = -2}).status();
+  EXPECT_NE(st.message().find("screen_windows"), std::string::npos) << st.message();
   st = refine_mix(model, s, start, {.rounds = 1}).status();
   EXPECT_NE(st.message().find("no calibration windows"), std::string::npos) << st.message();
   st = refine_mix(model, s, start, {.rounds = 1, .windows = calib, .method = Method::kAwq}).status();

@@ -33,7 +33,7 @@ struct QuantizeArgs {
   std::string model, tokenizer, scheme, weights, acts, method = "rtn", calib, calib_split = "calib", plan, out, format,
       eval_text, eval_split = "eval", json, kv, candidates = kDefaultCandidates, granularity = "tensor", sensitivity, policy,
       policy_high = "int8:row:sym:fp32", plan_out;
-  int calib_tokens = 8192, ctx = 256, eval_windows = 100, eval_ctx = 128, sens_windows = 8, refine = 0, refine_trials = 8;
+  int calib_tokens = 8192, ctx = 256, eval_windows = 100, eval_ctx = 128, sens_windows = 8, refine = 0, refine_trials = 8, refine_screen = 0;
   double target_bpw = 0;
   bool dry_run = false, no_sequential = false, act_order = false, static_groups = false, stream = false, resume = false;
   double damp = 0.01, alpha = 0.5;
@@ -99,7 +99,7 @@ MixedPlan choose_mixed_plan(const QuantizeArgs& a, const Model& model, const std
     if (windows.empty()) fail(kExitUsage, "quantize --refine: measures the mix on --calib FILE; give --calib");
     // Mixes are measured with GPTQ when that is the method (as the sensitivities are), else RTN.
     RefineOptions ro{.rounds = a.refine, .windows = windows, .method = a.method == "gptq" ? Method::kGptq : Method::kRtn,
-                     .activations = acts, .trials = a.refine_trials};
+                     .activations = acts, .trials = a.refine_trials, .screen_windows = a.refine_screen};
     ro.gptq.damp = a.damp;
     ro.gptq.act_order = a.act_order;
     ro.gptq.static_groups = a.static_groups;
@@ -201,9 +201,12 @@ void run_quantize(const QuantizeArgs& a) {
   const int given = !a.scheme.empty() + !a.weights.empty() + mixed;
   if (given != 1) fail(kExitUsage, "quantize: give exactly one of --scheme, --weights and --target-bpw");
   if (mixed && !a.plan.empty()) fail(kExitUsage, "quantize: --target-bpw chooses the plan; --plan cannot be combined with it");
-  if ((a.refine != 0 || a.refine_trials != 8) && !mixed) fail(kExitUsage, "quantize: --refine and --refine-trials refine --target-bpw's choice; give --target-bpw");
+  if ((a.refine != 0 || a.refine_trials != 8 || a.refine_screen != 0) && !mixed) {
+    fail(kExitUsage, "quantize: --refine, --refine-trials and --refine-screen refine --target-bpw's choice; give --target-bpw");
+  }
   check_range("quantize --refine", a.refine, 0, 1000);
   check_range("quantize --refine-trials", a.refine_trials, 0, 100000);
+  check_range("quantize --refine-screen", a.refine_screen, 0, std::numeric_limits<int>::max());
   if (!a.policy.empty() && a.policy != "deepseek") fail(kExitUsage, fmt::format("--policy: unknown policy '{}' (known: deepseek)", a.policy));
   if (!a.policy.empty() && (mixed || !a.plan.empty())) fail(kExitUsage, "quantize: --policy deepseek is a plan of its own; not with --target-bpw or --plan");
   if (!a.acts.empty() && a.weights.empty()) fail(kExitUsage, "quantize: --acts needs --weights (or use --scheme)");
@@ -410,7 +413,7 @@ void run_quantize(const QuantizeArgs& a) {
       }
       int changed = 0;
       for (size_t i = 0; i < mix->choice.choice.size(); ++i) changed += mix->choice.choice[i] != mix->knapsack.choice[i];
-      j["refine"] = {{"rounds_max", a.refine}, {"trials", a.refine_trials}, {"method", a.method == "gptq" ? "gptq" : "rtn"},
+      j["refine"] = {{"rounds_max", a.refine}, {"trials", a.refine_trials}, {"screen_windows", a.refine_screen}, {"method", a.method == "gptq" ? "gptq" : "rtn"},
                      {"calib_kld_before", r.kld_before}, {"calib_kld_after", r.kld_after}, {"evaluations", r.evaluations},
                      {"seconds", r.seconds}, {"units_changed", changed}, {"rounds", rounds},
                      {"knapsack_bits_per_weight", mix->knapsack.bits_per_weight},
@@ -505,6 +508,7 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--sens-windows", a->sens_windows, "--target-bpw: calibration windows of 128 tokens to measure on")->default_val(8);
   cmd->add_option("--refine", a->refine, "--target-bpw: rounds of interaction-aware refinement (the mix measured on --calib, kept only if its KLD falls; 0: off)")->default_val(0);
   cmd->add_option("--refine-trials", a->refine_trials, "--refine: single/pair moves measured per round beside the re-solved knapsack")->default_val(8);
+  cmd->add_option("--refine-screen", a->refine_screen, "--refine: contextual sensitivities on the first N calibration windows (0: all); moves are accepted on all")->default_val(0);
   cmd->add_option("--policy", a->policy, "deepseek: norms fp32, embedding and first/last two blocks at --policy-high, the rest at --scheme");
   cmd->add_option("--policy-high", a->policy_high, "--policy deepseek: the high-precision spec")->default_val("int8:row:sym:fp32");
   cmd->add_option("--plan-out", a->plan_out, "Write the plan as the JSON --plan reads (one entry per tensor)");
