@@ -144,7 +144,9 @@ struct RefineOptions {
   int rounds = 0;                                 // 0: the start unchanged (measured only)
   std::vector<std::vector<int>> windows{};        // calibration windows the mix is measured on
   Method method = Method::kRtn;                   // each unit's linears: rtn, or gptq on the fp32 model's
-  GptqOptions gptq{};                             //   input Hessians on `windows` (not the pipeline's sequential ones)
+  GptqOptions gptq{};                             //   input Hessians (not the pipeline's sequential ones) on
+  std::vector<std::vector<int>> gptq_windows{};   //   these windows (empty: `windows`; give GPTQ's own calibration
+                                                  //   windows, disjoint from `windows`, so GPTQ's fit does not steer the search)
   std::optional<QuantSpec> activations{};         // as make_mixed_plan's
   int trials = 8;                                 // single/pair moves measured per round, beside the re-solve
   int screen_windows = 0;                         // contextual ΔKLDs on the first this many windows (0: all);

@@ -572,6 +572,16 @@ class MixEvaluator {
           for (int64_t j = i; j < cols; ++j) h[static_cast<size_t>(i * cols + j)] += static_cast<double>(xr[i]) * xr[j];
       }
     };
+    if (gptq && !opt_.gptq_windows.empty()) {  // Σ xᵀx on GPTQ's own windows
+      for (const std::vector<int>& win : opt_.gptq_windows) {
+        const int64_t n = static_cast<int64_t>(win.size());
+        if (n < 1 || n > c.seq_len) return InvalidArgument(fmt::format("refine: a GPTQ window has {} tokens; windows hold 1..{}", n, c.seq_len));
+        std::vector<float> x(static_cast<size_t>(n * c.dim));  // (n, dim)
+        LOWBIT_RETURN_IF_ERROR(embed_tokens(ref_, win, x.data()));
+        for (int l = 0; l < L_; ++l) LOWBIT_RETURN_IF_ERROR(run_block(ref_, l, x.data(), n, hook));
+      }
+    }
+    const bool hook_here = gptq && opt_.gptq_windows.empty();
     const size_t nw = opt_.windows.size();
     ref_logits_.resize(nw);
     ref_lz_.resize(nw);
@@ -582,7 +592,7 @@ class MixEvaluator {
       const int64_t n = static_cast<int64_t>(opt_.windows[w].size());
       std::vector<float> x(static_cast<size_t>(n * c.dim));  // (n, dim)
       LOWBIT_RETURN_IF_ERROR(embed_tokens(ref_, opt_.windows[w], x.data()));
-      for (int l = 0; l < L_; ++l) LOWBIT_RETURN_IF_ERROR(run_block(ref_, l, x.data(), n, gptq ? hook : LinearInputHook{}));
+      for (int l = 0; l < L_; ++l) LOWBIT_RETURN_IF_ERROR(run_block(ref_, l, x.data(), n, hook_here ? hook : LinearInputHook{}));
       const int64_t f = n / 2, m = n - 1 - f;
       if (m == 0) continue;
       LOWBIT_RETURN_IF_ERROR(run_head(ref_, x.data() + f * c.dim, m, &logits));

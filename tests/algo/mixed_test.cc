@@ -444,6 +444,12 @@ TEST_F(MixedTiny, RefineWithGptqAndErrors) {
   EXPECT_LE(r.kld_after, r.kld_before);
   EXPECT_LE(r.choice.bits_per_weight, 4.0);
   EXPECT_GT(r.evaluations, 1);
+  // GPTQ fitted on windows of its own (disjoint from those the mixes are measured on).
+  const RefineReport own = refine_mix(model, s, start, {.rounds = 1, .windows = calib, .method = Method::kGptq,
+                                                        .gptq_windows = random_windows(2, 32, 80, 41), .trials = 2}).value();
+  EXPECT_LE(own.kld_after, own.kld_before);
+  EXPECT_LE(own.choice.bits_per_weight, 4.0);
+  EXPECT_NE(own.kld_before, r.kld_before);  // other Hessians, other GPTQ weights
   Status st = refine_mix(model, s, start, {.rounds = -1, .windows = calib}).status();
   EXPECT_NE(st.message().find("rounds"), std::string::npos) << st.message();
   st = refine_mix(model, s, start, {.rounds = 1, .windows = calib, .screen_windows = -2}).status();

@@ -54,6 +54,7 @@ struct MixedPlan {
   std::vector<std::vector<int>> windows;  // the calibration windows (when --calib is given)
   MixedChoice knapsack;                   // the knapsack's choice before refinement
   std::optional<RefineReport> refine;
+  int64_t refine_offset = 0;              // --method gptq: the refinement's windows start after GPTQ's calibration tokens
 };
 MixedPlan choose_mixed_plan(const QuantizeArgs& a, const Model& model, const std::optional<QuantSpec>& acts, const Tokenizer* tok) {
   const LlamaConfig& cfg = model.config;
@@ -95,6 +96,7 @@ MixedPlan choose_mixed_plan(const QuantizeArgs& a, const Model& model, const std
   if (!m.ok()) fail(kExitUsage, m.status().message());
   const MixedChoice knapsack = *m;
   std::optional<RefineReport> refined;
+  int64_t refined_offset = 0;
   if (a.refine > 0) {
     if (windows.empty()) fail(kExitUsage, "quantize --refine: measures the mix on --calib FILE; give --calib");
     // Mixes are measured with GPTQ when that is the method (as the sensitivities are), else RTN.
@@ -103,6 +105,26 @@ MixedPlan choose_mixed_plan(const QuantizeArgs& a, const Model& model, const std
     ro.gptq.damp = a.damp;
     ro.gptq.act_order = a.act_order;
     ro.gptq.static_groups = a.static_groups;
+    int64_t offset = 0;
+    if (ro.method == Method::kGptq) {
+      // GPTQ fits its calibration windows (the first --calib-tokens of the split, as the pipeline
+      // takes them); the mixes are measured on the windows after those, so that fit does not steer the search.
+      const std::vector<int> tokens = tokenize_stories(*tok, a.calib, a.calib_split);
+      const int gctx = std::min(a.ctx, cfg.seq_len);
+      size_t p = 0;
+      for (; p + static_cast<size_t>(gctx) <= tokens.size() && static_cast<int64_t>(ro.gptq_windows.size()) * gctx < a.calib_tokens;
+           p += static_cast<size_t>(gctx)) {
+        ro.gptq_windows.emplace_back(tokens.begin() + static_cast<std::ptrdiff_t>(p), tokens.begin() + static_cast<std::ptrdiff_t>(p) + gctx);
+      }
+      offset = static_cast<int64_t>(p);
+      ro.windows = split_windows(std::vector<int>(tokens.begin() + static_cast<std::ptrdiff_t>(p), tokens.end()),
+                                 std::min(a.eval_ctx, cfg.seq_len), a.sens_windows);
+      if (static_cast<int>(ro.windows.size()) < a.sens_windows) {
+        fail(kExitUsage, fmt::format("quantize --refine --method gptq: {} (split {}) leaves {} windows of {} tokens after GPTQ's {} "
+                                     "calibration tokens; --sens-windows asks for {}", a.calib, a.calib_split, ro.windows.size(),
+                                     std::min(a.eval_ctx, cfg.seq_len), p, a.sens_windows));
+      }
+    }
     Progress bar("refine", 0);
     ro.on_eval = [&](int64_t) { bar.advance(); };
     Result<RefineReport> r = refine_mix(model, *sens, *m, ro);
@@ -110,10 +132,11 @@ MixedPlan choose_mixed_plan(const QuantizeArgs& a, const Model& model, const std
     if (!r.ok()) fail(r.status());
     *m = r->choice;
     refined = std::move(*r);
+    refined_offset = offset;
   }
   Result<QuantPlan> plan = make_mixed_plan(cfg, *sens, *m, acts);
   if (!plan.ok()) fail(kExitUsage, plan.status().message());
-  return {std::move(*plan), std::move(*m), std::move(*sens), std::move(windows), knapsack, std::move(refined)};
+  return {std::move(*plan), std::move(*m), std::move(*sens), std::move(windows), knapsack, std::move(refined), refined_offset};
 }
 
 // --stream: a Hugging Face folder block by block (stream.h); the plan comes from config.json alone.
@@ -303,9 +326,10 @@ void run_quantize(const QuantizeArgs& a) {
                m.predicted_kld, m.predicted_dppl);
     if (mix->refine) {
       const RefineReport& r = *mix->refine;
-      fmt::print("refine: {} round(s), {} forwards in {:.2f} s; measured KLD on the {} calibration windows {:.6f} -> {:.6f} "
+      fmt::print("refine: {} round(s), {} forwards in {:.2f} s; measured KLD on {} calibration windows{} {:.6f} -> {:.6f} "
                  "({} of {} units changed; knapsack's plan {:.3f} bpw, predicted {:.6f})\n",
-                 r.rounds.size(), r.evaluations, r.seconds, mix->windows.size(), r.kld_before, r.kld_after,
+                 r.rounds.size(), r.evaluations, r.seconds, mix->windows.size(),
+                 mix->refine_offset > 0 ? fmt::format(" (after GPTQ's {} calibration tokens)", mix->refine_offset) : "", r.kld_before, r.kld_after,
                  [&] { int n = 0; for (size_t i = 0; i < m.choice.size(); ++i) n += m.choice[i] != mix->knapsack.choice[i]; return n; }(),
                  m.choice.size(), mix->knapsack.bits_per_weight, mix->knapsack.predicted_kld);
     }
@@ -413,7 +437,7 @@ void run_quantize(const QuantizeArgs& a) {
       }
       int changed = 0;
       for (size_t i = 0; i < mix->choice.choice.size(); ++i) changed += mix->choice.choice[i] != mix->knapsack.choice[i];
-      j["refine"] = {{"rounds_max", a.refine}, {"trials", a.refine_trials}, {"screen_windows", a.refine_screen}, {"method", a.method == "gptq" ? "gptq" : "rtn"},
+      j["refine"] = {{"rounds_max", a.refine}, {"trials", a.refine_trials}, {"screen_windows", a.refine_screen}, {"windows_offset_tokens", mix->refine_offset}, {"method", a.method == "gptq" ? "gptq" : "rtn"},
                      {"calib_kld_before", r.kld_before}, {"calib_kld_after", r.kld_after}, {"evaluations", r.evaluations},
                      {"seconds", r.seconds}, {"units_changed", changed}, {"rounds", rounds},
                      {"knapsack_bits_per_weight", mix->knapsack.bits_per_weight},
