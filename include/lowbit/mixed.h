@@ -9,6 +9,8 @@
 //   LOWBIT_ASSIGN_OR_RETURN(MixedChoice m, choose_mix(s, /*target_bpw=*/4.5));
 //   LOWBIT_ASSIGN_OR_RETURN(QuantPlan plan, make_mixed_plan(net.config(), s, m, std::nullopt));
 //   write_file_atomic("plan.json", plan_overrides_json(plan));
+//   // Optionally, improve the additive choice with the mix itself measured (refine_mix):
+//   LOWBIT_ASSIGN_OR_RETURN(RefineReport r, refine_mix(model, s, m, {.rounds = 4, .windows = calib}));
 //
 // The arithmetic (proxy, additivity, the knapsack grid) is in docs/algorithms.md.
 #pragma once
@@ -127,6 +129,47 @@ Result<MixedChoice> choose_mix(const SensitivityReport& s, double target_bpw, co
 // longer than the context, models of different shapes.
 Result<double> mix_kld_on_windows(const LlamaModel& quantized, const LlamaModel& reference,
                                   const std::vector<std::vector<int>>& windows);
+
+// ---- Interaction-aware refinement (quantize --target-bpw X --refine N) --------------------------
+// The knapsack adds unit-alone ΔKLDs; at low budgets the errors of many units compound and the
+// additive choice is not the best mix. refine_mix starts from it and searches under the same
+// budget with the mix itself measured (mean KL on `windows`, scored as mix_kld_on_windows does):
+// each round measures every unit's ΔKLD when it alone moves to another candidate *with the rest
+// at the current mix*, then tries (a) the knapsack re-solved on those contextual ΔKLDs and (b) the
+// `trials` single moves and pairs (one unit up, one down) they predict best, measures each, and
+// accepts the best one only if it lowers the measured KLD. It stops after `rounds` rounds or a
+// round with no improvement, so the refined mix never measures worse than the start and never
+// exceeds the budget. Windows are calibration text: evaluate the result on other text.
+struct RefineOptions {
+  int rounds = 0;                                 // 0: the start unchanged (measured only)
+  std::vector<std::vector<int>> windows{};        // calibration windows the mix is measured on
+  Method method = Method::kRtn;                   // each unit's linears: rtn, or gptq on the fp32 model's
+  GptqOptions gptq{};                             //   input Hessians (not the pipeline's sequential ones) on
+  std::vector<std::vector<int>> gptq_windows{};   //   these windows (empty: `windows`; give GPTQ's own calibration
+                                                  //   windows, disjoint from `windows`, so GPTQ's fit does not steer the search)
+  std::optional<QuantSpec> activations{};         // as make_mixed_plan's
+  int trials = 8;                                 // single/pair moves measured per round, beside the re-solve
+  int screen_windows = 0;                         // contextual ΔKLDs on the first this many windows (0: all);
+                                                  //   proposals are always measured on all of them
+  KnapsackOptions knapsack{};
+  std::function<void(int64_t evaluations)> on_eval = nullptr;  // after each measured forward
+};
+struct RefineRound {
+  double kld_before = 0, kld_after = 0;  // measured mix KLD on the windows
+  int64_t evaluations = 0;               // forwards this round (contextual units + proposals)
+  int changed_units = 0;                 // by the accepted move; 0: nothing improved, the search stopped
+  std::string move;                      // "re-solve" | "single" | "pair" | "none"
+};
+struct RefineReport {
+  MixedChoice choice;  // the refined mix; predicted_kld is still the additive Σ of its units' ΔKLD
+  double kld_before = 0, kld_after = 0;  // measured on the windows: the start, the refined mix
+  std::vector<RefineRound> rounds;
+  int64_t evaluations = 0;
+  double seconds = 0;
+};
+// `model`: the fp32 weights the sensitivities were measured on. Errors: what choose_mix and
+// mix_kld_on_windows reject, a start of another size, rounds < 0, a method other than rtn or gptq.
+Result<RefineReport> refine_mix(const Model& model, const SensitivityReport& s, const MixedChoice& start, const RefineOptions& opt);
 
 // The plan: make_plan's defaults (norms fp32, embedding / classifier fp16) with each linear at its
 // unit's chosen candidate; the rule column says which unit and its measured ΔKLD.

@@ -502,6 +502,350 @@ Result<double> mix_kld_on_windows(const LlamaModel& quantized, const LlamaModel&
   return kld / static_cast<double>(scored);
 }
 
+namespace {
+
+// KL(reference ‖ model) summed over m rows of logits (m, vocab) against the reference rows and
+// their log Σ exp.
+double kl_sum(const float* logits, const float* ref, const double* ref_lz, int64_t m, int V) {
+  double kld = 0;
+  for (int64_t j = 0; j < m; ++j) {
+    const float* q = logits + j * V;
+    const float* r = ref + j * V;
+    const double qz = log_sum_exp(q, V), rz = ref_lz[j];
+    double kl = 0;
+    for (int v = 0; v < V; ++v) {
+      const double lpr = r[v] - rz, lpq = q[v] - qz;
+      kl += std::exp(lpr) * (lpr - lpq);
+    }
+    kld += std::max(0.0, kl);
+  }
+  return kld;
+}
+
+// "layers.3.wq" → (3, wq); nullopt for anything else.
+std::optional<std::pair<int, LinearSlot>> parse_linear_name(const std::string& name, int n_layers) {
+  int layer = -1;
+  char slot[8] = {};
+  if (std::sscanf(name.c_str(), "layers.%d.%7s", &layer, slot) != 2 || layer < 0 || layer >= n_layers) return std::nullopt;
+  for (LinearSlot ls : kLinearSlots) {
+    if (linear_slot_name(ls) == slot && name == linear_name(layer, ls)) return std::make_pair(layer, ls);
+  }
+  return std::nullopt;
+}
+
+// The mix measured on the windows, with every (unit, candidate)'s linears quantized once and
+// swapped in: a full forward keeps the residual entering every block, so a unit moved alone
+// against the current mix runs only from its first block.
+class MixEvaluator {
+ public:
+  MixEvaluator(const Model& model, const SensitivityReport& s, const RefineOptions& opt)
+      : model_(model), s_(s), opt_(opt), ref_(model), work_(model) {}
+
+  Status init(const QuantPlan& start_plan) {
+    const LlamaConfig& c = model_.config;
+    L_ = c.n_layers;
+    V_ = c.vocab_size;
+    // The non-linear tensors as the plan has them (embedding / classifier casts): the RTN pipeline.
+    LOWBIT_RETURN_IF_ERROR(quantize_model(work_, {.plan = start_plan}).status());
+    for (const UnitSensitivity& u : s_.units) {
+      std::vector<std::pair<int, LinearSlot>> ls;
+      int start = L_;
+      for (const std::string& t : u.tensors) {
+        const auto p = parse_linear_name(t, L_);
+        if (!p) return InvalidArgument(fmt::format("refine: unit {} names '{}', not a linear of this model", u.name, t));
+        ls.push_back(*p);
+        start = std::min(start, p->first);
+      }
+      linears_.push_back(std::move(ls));
+      start_.push_back(start);
+    }
+    // The reference logits on the scored rows (and, for GPTQ, Σ xᵀx at every input site).
+    const bool gptq = opt_.method == Method::kGptq;
+    if (gptq) hess_.resize(static_cast<size_t>(L_ * kSites));
+    const LinearInputHook hook = [&](int layer, LinearSlot slot, const float* x, int64_t rows, int64_t cols) {
+      if (slot == LinearSlot::kWk || slot == LinearSlot::kWv || slot == LinearSlot::kW3) return;
+      std::vector<double>& h = hess_[static_cast<size_t>(layer * kSites + site_of(slot))];
+      h.resize(static_cast<size_t>(cols * cols), 0.0);
+      for (int64_t t = 0; t < rows; ++t) {
+        const float* xr = x + t * cols;
+        for (int64_t i = 0; i < cols; ++i)
+          for (int64_t j = i; j < cols; ++j) h[static_cast<size_t>(i * cols + j)] += static_cast<double>(xr[i]) * xr[j];
+      }
+    };
+    if (gptq && !opt_.gptq_windows.empty()) {  // Σ xᵀx on GPTQ's own windows
+      for (const std::vector<int>& win : opt_.gptq_windows) {
+        const int64_t n = static_cast<int64_t>(win.size());
+        if (n < 1 || n > c.seq_len) return InvalidArgument(fmt::format("refine: a GPTQ window has {} tokens; windows hold 1..{}", n, c.seq_len));
+        std::vector<float> x(static_cast<size_t>(n * c.dim));  // (n, dim)
+        LOWBIT_RETURN_IF_ERROR(embed_tokens(ref_, win, x.data()));
+        for (int l = 0; l < L_; ++l) LOWBIT_RETURN_IF_ERROR(run_block(ref_, l, x.data(), n, hook));
+      }
+    }
+    const bool hook_here = gptq && opt_.gptq_windows.empty();
+    const size_t nw = opt_.windows.size();
+    ref_logits_.resize(nw);
+    ref_lz_.resize(nw);
+    resid_.assign(nw, std::vector<std::vector<float>>(static_cast<size_t>(L_)));
+    scored_prefix_.assign(nw + 1, 0);
+    std::vector<float> logits;
+    for (size_t w = 0; w < nw; ++w) {
+      const int64_t n = static_cast<int64_t>(opt_.windows[w].size());
+      std::vector<float> x(static_cast<size_t>(n * c.dim));  // (n, dim)
+      LOWBIT_RETURN_IF_ERROR(embed_tokens(ref_, opt_.windows[w], x.data()));
+      for (int l = 0; l < L_; ++l) LOWBIT_RETURN_IF_ERROR(run_block(ref_, l, x.data(), n, hook_here ? hook : LinearInputHook{}));
+      const int64_t f = n / 2, m = n - 1 - f;
+      if (m == 0) continue;
+      LOWBIT_RETURN_IF_ERROR(run_head(ref_, x.data() + f * c.dim, m, &logits));
+      ref_logits_[w].assign(logits.begin(), logits.begin() + m * V_);
+      ref_lz_[w].resize(static_cast<size_t>(m));
+      for (int64_t j = 0; j < m; ++j) ref_lz_[w][static_cast<size_t>(j)] = log_sum_exp(ref_logits_[w].data() + j * V_, V_);
+      scored_ += m;
+      scored_prefix_[w + 1] = scored_;
+    }
+    if (scored_ == 0) return InvalidArgument("refine: the windows leave no token to score");
+    for (std::vector<double>& h : hess_) {
+      const int64_t n = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(h.size()))));
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < i; ++j) h[static_cast<size_t>(i * n + j)] = h[static_cast<size_t>(j * n + i)];
+    }
+    cache_.assign(s_.units.size(), std::vector<std::vector<Linear>>(s_.candidates.size()));
+    return OkStatus();
+  }
+
+  // Puts unit i's linears at candidate k (quantized on first use).
+  Status set(size_t i, size_t k) {
+    std::vector<Linear>& lin = cache_[i][k];
+    if (lin.empty()) {
+      const std::optional<QuantSpec>& spec = s_.candidates[k].spec;
+      for (const auto& [l, slot] : linears_[i]) {
+        const ConstTensorView w = model_weights(l, slot);
+        if (!spec) {
+          lin.push_back(Linear::fp32(w));
+          continue;
+        }
+        const std::string name = linear_name(l, slot);
+        Result<QuantizedTensor> q = opt_.method == Method::kGptq
+                                        ? gptq_quantize(w, hess_[static_cast<size_t>(l * kSites + site_of(slot))], *spec, opt_.gptq, name)
+                                        : quantize(w, *spec, {.name = name});
+        if (!q.ok()) return q.status();
+        LOWBIT_ASSIGN_OR_RETURN(Linear ql, Linear::quantized(*q, opt_.activations));
+        lin.push_back(std::move(ql));
+      }
+    }
+    for (size_t t = 0; t < linears_[i].size(); ++t) {
+      const auto& [l, slot] = linears_[i][t];
+      work_.layers()[static_cast<size_t>(l)].at(slot) = lin[t];
+    }
+    return OkStatus();
+  }
+
+  Status set_all(const std::vector<int>& choice) {
+    for (size_t i = 0; i < choice.size(); ++i) LOWBIT_RETURN_IF_ERROR(set(i, static_cast<size_t>(choice[i])));
+    return OkStatus();
+  }
+
+  // Mean KL of the current model over the first `nwin` windows (all when 0), from block `start`
+  // (the residuals entering it are those of the last full forward with keep = true).
+  Result<double> measure(int start, bool keep, size_t nwin = 0) {
+    const LlamaConfig& c = model_.config;
+    if (nwin == 0 || nwin > opt_.windows.size()) nwin = opt_.windows.size();
+    double kld = 0;
+    std::vector<float> logits;
+    for (size_t w = 0; w < nwin; ++w) {
+      const int64_t n = static_cast<int64_t>(opt_.windows[w].size());
+      std::vector<float> x;
+      if (start == 0) {
+        x.resize(static_cast<size_t>(n * c.dim));  // (n, dim)
+        LOWBIT_RETURN_IF_ERROR(embed_tokens(work_, opt_.windows[w], x.data()));
+      } else {
+        x = resid_[w][static_cast<size_t>(start)];
+      }
+      for (int l = start; l < L_; ++l) {
+        if (keep) resid_[w][static_cast<size_t>(l)] = x;
+        LOWBIT_RETURN_IF_ERROR(run_block(work_, l, x.data(), n));
+      }
+      const int64_t f = n / 2, m = n - 1 - f;
+      if (m == 0) continue;
+      LOWBIT_RETURN_IF_ERROR(run_head(work_, x.data() + f * c.dim, m, &logits));
+      kld += kl_sum(logits.data(), ref_logits_[w].data(), ref_lz_[w].data(), m, V_);
+    }
+    ++evaluations_;
+    if (opt_.on_eval) opt_.on_eval(evaluations_);
+    return scored_prefix_[nwin] > 0 ? kld / static_cast<double>(scored_prefix_[nwin]) : 0.0;
+  }
+
+  int start_block(size_t i) const { return start_[i]; }
+  int64_t evaluations() const { return evaluations_; }
+
+ private:
+  ConstTensorView model_weights(int l, LinearSlot slot) const { return ref_.weights().layers[static_cast<size_t>(l)].*linear_weight_member(slot); }
+
+  const Model& model_;
+  const SensitivityReport& s_;
+  const RefineOptions& opt_;
+  LlamaModel ref_, work_;
+  int L_ = 0, V_ = 0;
+  int64_t scored_ = 0, evaluations_ = 0;
+  std::vector<int64_t> scored_prefix_;                            // [w] tokens scored in windows [0, w)
+  std::vector<std::vector<std::pair<int, LinearSlot>>> linears_;  // [unit] its linears
+  std::vector<int> start_;                                        // [unit] first block it touches
+  std::vector<std::vector<double>> hess_;                         // [l·4 + site] (in, in), GPTQ only
+  std::vector<std::vector<float>> ref_logits_;                    // [w] (scored rows, vocab)
+  std::vector<std::vector<double>> ref_lz_;                       // [w] (scored rows)
+  std::vector<std::vector<std::vector<float>>> resid_;            // [w][l] (n, dim) entering block l
+  std::vector<std::vector<std::vector<Linear>>> cache_;           // [unit][candidate] its linears
+};
+
+// A proposal: units and the candidates they move to, its bits and the contextual prediction.
+struct Move {
+  std::vector<std::pair<size_t, int>> changes;
+  double predicted = 0;
+  std::string kind;
+};
+
+}  // namespace
+
+Result<RefineReport> refine_mix(const Model& model, const SensitivityReport& s, const MixedChoice& start, const RefineOptions& opt) {
+  const auto t0 = Clock::now();
+  if (opt.rounds < 0) return InvalidArgument(fmt::format("refine: rounds must be >= 0, got {}", opt.rounds));
+  if (opt.trials < 0) return InvalidArgument(fmt::format("refine: trials must be >= 0, got {}", opt.trials));
+  if (opt.screen_windows < 0) return InvalidArgument(fmt::format("refine: screen_windows must be >= 0, got {}", opt.screen_windows));
+  if (opt.method != Method::kRtn && opt.method != Method::kGptq) {
+    return InvalidArgument(fmt::format("refine: method {} is not supported (rtn, gptq)", method_name(opt.method)));
+  }
+  if (start.choice.size() != s.units.size()) {
+    return InvalidArgument(fmt::format("refine: {} choices for {} units", start.choice.size(), s.units.size()));
+  }
+  if (opt.windows.empty()) return InvalidArgument("refine: no calibration windows");
+  const LlamaConfig& c = model.config;
+  for (size_t w = 0; w < opt.windows.size(); ++w) {
+    const size_t n = opt.windows[w].size();
+    if (n < 2 || static_cast<int>(n) > c.seq_len) {
+      return InvalidArgument(fmt::format("refine: window {} has {} tokens; windows hold 2..{}", w, n, c.seq_len));
+    }
+  }
+  const size_t nu = s.units.size(), nc = s.candidates.size();
+  const size_t screen = opt.screen_windows > 0 ? std::min(opt.windows.size(), static_cast<size_t>(opt.screen_windows)) : opt.windows.size();
+  int64_t params = 0;
+  for (const UnitSensitivity& u : s.units) params += u.params;
+  const int64_t budget = static_cast<int64_t>(std::floor(start.target_bpw * static_cast<double>(params)));
+  auto bits_of = [&](const std::vector<int>& ch) {
+    int64_t b = 0;
+    for (size_t i = 0; i < nu; ++i) b += s.units[i].bits[static_cast<size_t>(ch[i])];
+    return b;
+  };
+  if (params == 0 || bits_of(start.choice) > budget) {
+    return InvalidArgument(fmt::format("refine: the start mix ({} bits) exceeds the budget of {:.3f} bpw", bits_of(start.choice), start.target_bpw));
+  }
+  LOWBIT_ASSIGN_OR_RETURN(QuantPlan plan, make_mixed_plan(c, s, start, opt.activations));
+  MixEvaluator ev(model, s, opt);
+  LOWBIT_RETURN_IF_ERROR(ev.init(plan));
+
+  std::vector<int> cur = start.choice;
+  LOWBIT_RETURN_IF_ERROR(ev.set_all(cur));
+  LOWBIT_ASSIGN_OR_RETURN(double kld, ev.measure(0, /*keep=*/true));
+  RefineReport rep;
+  rep.kld_before = kld;
+  for (int round = 0; round < opt.rounds; ++round) {
+    RefineRound rr;
+    rr.kld_before = kld;
+    const int64_t ev0 = ev.evaluations();
+    // 1. Each unit moved alone against the current mix (its residual entering the unit's first block is
+    //    kept), on the first `screen_windows` windows.
+    double kld_screen = kld;
+    if (screen < opt.windows.size()) {
+      LOWBIT_ASSIGN_OR_RETURN(kld_screen, ev.measure(0, /*keep=*/false, screen));
+    }
+    std::vector<std::vector<double>> d(nu, std::vector<double>(nc, 0.0));  // (units, candidates) contextual ΔKLD
+    for (size_t i = 0; i < nu; ++i) {
+      for (size_t k = 0; k < nc; ++k) {
+        if (static_cast<int>(k) == cur[i]) continue;
+        LOWBIT_RETURN_IF_ERROR(ev.set(i, k));
+        LOWBIT_ASSIGN_OR_RETURN(double kk, ev.measure(ev.start_block(i), /*keep=*/false, screen));
+        d[i][k] = kk - kld_screen;
+      }
+      LOWBIT_RETURN_IF_ERROR(ev.set(i, static_cast<size_t>(cur[i])));
+    }
+    // 2. Proposals: the knapsack on the contextual ΔKLDs, then the best-predicted singles and pairs.
+    const int64_t cur_bits = bits_of(cur);
+    std::vector<Move> moves;
+    {
+      std::vector<KnapsackItem> items;
+      for (size_t i = 0; i < nu; ++i) items.push_back({s.units[i].bits, d[i]});
+      LOWBIT_ASSIGN_OR_RETURN(KnapsackResult kr, solve_knapsack(items, budget, opt.knapsack));
+      Move m{{}, kr.value, "re-solve"};
+      for (size_t i = 0; i < nu; ++i)
+        if (kr.choice[i] != cur[i]) m.changes.emplace_back(i, kr.choice[i]);
+      if (!m.changes.empty()) moves.push_back(std::move(m));
+    }
+    std::vector<std::pair<size_t, int>> one;  // every (unit, candidate) other than the current
+    for (size_t i = 0; i < nu; ++i)
+      for (size_t k = 0; k < nc; ++k)
+        if (static_cast<int>(k) != cur[i]) one.emplace_back(i, static_cast<int>(k));
+    auto dbits = [&](const std::pair<size_t, int>& a) {
+      return s.units[a.first].bits[static_cast<size_t>(a.second)] - s.units[a.first].bits[static_cast<size_t>(cur[a.first])];
+    };
+    std::vector<Move> local;
+    for (size_t a = 0; a < one.size(); ++a) {
+      const double da = d[one[a].first][static_cast<size_t>(one[a].second)];
+      if (cur_bits + dbits(one[a]) <= budget && da < 0) local.push_back({{one[a]}, da, "single"});
+      for (size_t b = a + 1; b < one.size(); ++b) {
+        if (one[b].first == one[a].first) continue;
+        const double p = da + d[one[b].first][static_cast<size_t>(one[b].second)];
+        if (p < 0 && cur_bits + dbits(one[a]) + dbits(one[b]) <= budget) local.push_back({{one[a], one[b]}, p, "pair"});
+      }
+    }
+    const size_t keep = std::min(local.size(), static_cast<size_t>(opt.trials));
+    std::partial_sort(local.begin(), local.begin() + static_cast<std::ptrdiff_t>(keep), local.end(),
+                      [](const Move& x, const Move& y) { return x.predicted < y.predicted; });  // ties: enumeration order
+    for (size_t t = 0; t < keep; ++t) {
+      if (!moves.empty() && moves[0].changes == local[t].changes) continue;  // the re-solve proposed it already
+      moves.push_back(std::move(local[t]));
+    }
+    // 3. Measure each; accept the best only if it lowers the measured KLD.
+    double best = kld;
+    const Move* chosen = nullptr;
+    for (const Move& m : moves) {
+      std::vector<int> next = cur;
+      for (const auto& [i, k] : m.changes) next[i] = k;
+      LOWBIT_RETURN_IF_ERROR(ev.set_all(next));
+      LOWBIT_ASSIGN_OR_RETURN(double kk, ev.measure(0, /*keep=*/false));
+      if (kk < best) best = kk, chosen = &m;
+    }
+    if (chosen != nullptr) {
+      for (const auto& [i, k] : chosen->changes) cur[i] = k;
+      rr.changed_units = static_cast<int>(chosen->changes.size());
+      rr.move = chosen->kind;
+    } else {
+      rr.move = "none";
+    }
+    LOWBIT_RETURN_IF_ERROR(ev.set_all(cur));
+    if (chosen != nullptr) {  // the kept mix's residuals, for the next round
+      LOWBIT_ASSIGN_OR_RETURN(kld, ev.measure(0, /*keep=*/true));
+    }
+    rr.kld_after = kld;
+    rr.evaluations = ev.evaluations() - ev0;
+    rep.rounds.push_back(rr);
+    if (chosen == nullptr) break;
+  }
+  rep.kld_after = kld;
+  rep.evaluations = ev.evaluations();
+  MixedChoice& m = rep.choice;
+  m.target_bpw = start.target_bpw;
+  m.choice = cur;
+  m.bits_per_weight = static_cast<double>(bits_of(cur)) / static_cast<double>(params);
+  for (size_t i = 0; i < nu; ++i) {
+    m.predicted_kld += s.units[i].dkld[static_cast<size_t>(cur[i])];
+    m.predicted_dppl += s.units[i].dppl[static_cast<size_t>(cur[i])];
+  }
+  m.knapsack = start.knapsack;
+  m.knapsack.choice = cur;
+  m.knapsack.cost = bits_of(cur);
+  m.knapsack.value = m.predicted_kld;
+  rep.seconds = since(t0);
+  return rep;
+}
+
 Result<QuantPlan> make_mixed_plan(const LlamaConfig& c, const SensitivityReport& s, const MixedChoice& m,
                                   const std::optional<QuantSpec>& activations) {
   if (m.choice.size() != s.units.size()) {

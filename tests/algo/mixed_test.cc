@@ -370,5 +370,102 @@ TEST_F(MixedTiny, GptqSensitivityIsZeroAtFp32BelowRtnAndRoundTrips) {
   EXPECT_NE(st.message().find("method awq is not supported"), std::string::npos) << st.message();
 }
 
+// Interaction-aware refinement (refine_mix): 0 rounds is the knapsack's plan and measures what the
+// pipeline's model measures; more rounds never leave the budget, never measure worse than the
+// start (each round's figure is the pipeline's too, for RTN), and repeat exactly.
+TEST_F(MixedTiny, RefineKeepsBudgetNeverWorsensAndMatchesThePipeline) {
+  LlamaModel net(model);
+  const std::vector<Candidate> three = parse_candidates("fp32,w3a16-g64,int4:g32:sym:fp16", "c").value();
+  const SensitivityReport s = measure_sensitivity(net, {.candidates = three, .windows = calib}).value();
+  const std::vector<std::vector<int>> windows = random_windows(2, 16, 80, 31);  // not the sensitivity's
+  auto pipeline_kld = [&](const MixedChoice& m) {
+    LlamaModel q(model);
+    EXPECT_TRUE(quantize_model(q, {.plan = make_mixed_plan(model.config, s, m, std::nullopt).value()}).ok());
+    return mix_kld_on_windows(q, net, windows).value();
+  };
+  int improved = 0;
+  for (double bpw : {3.4, 4.6}) {
+    const MixedChoice start = choose_mix(s, bpw).value();
+    const RefineReport r0 = refine_mix(model, s, start, {.rounds = 0, .windows = windows}).value();
+    EXPECT_EQ(r0.choice.choice, start.choice);
+    EXPECT_EQ(r0.choice.predicted_kld, start.predicted_kld);
+    EXPECT_TRUE(r0.rounds.empty());
+    EXPECT_EQ(r0.kld_after, r0.kld_before);
+    EXPECT_NEAR(r0.kld_before, pipeline_kld(start), 1e-12 + 1e-9 * r0.kld_before) << bpw;
+
+    const RefineReport r = refine_mix(model, s, start, {.rounds = 2, .windows = windows, .trials = 4}).value();
+    EXPECT_EQ(r.kld_before, r0.kld_before);
+    EXPECT_LE(r.kld_after, r.kld_before) << bpw;
+    EXPECT_LE(r.choice.bits_per_weight, bpw) << bpw;
+    int64_t bits = 0, params = 0;
+    double additive = 0;
+    for (size_t i = 0; i < s.units.size(); ++i) {
+      bits += s.units[i].bits[static_cast<size_t>(r.choice.choice[i])];
+      params += s.units[i].params;
+      additive += s.units[i].dkld[static_cast<size_t>(r.choice.choice[i])];
+    }
+    EXPECT_LE(bits, static_cast<int64_t>(std::floor(bpw * static_cast<double>(params)))) << bpw;
+    EXPECT_DOUBLE_EQ(r.choice.predicted_kld, additive);  // the additive figure of the refined plan, not the measured one
+    ASSERT_FALSE(r.rounds.empty());
+    ASSERT_LE(r.rounds.size(), 2u);
+    for (size_t k = 0; k < r.rounds.size(); ++k) {
+      const RefineRound& rr = r.rounds[k];
+      EXPECT_EQ(rr.kld_before, k == 0 ? r.kld_before : r.rounds[k - 1].kld_after);
+      if (rr.changed_units > 0) {
+        EXPECT_LT(rr.kld_after, rr.kld_before) << bpw << " round " << k;
+      } else {
+        EXPECT_EQ(rr.move, "none");
+        EXPECT_EQ(rr.kld_after, rr.kld_before);
+        EXPECT_EQ(k + 1, r.rounds.size());  // a round without improvement ends the search
+      }
+    }
+    EXPECT_NEAR(r.kld_after, pipeline_kld(r.choice), 1e-12 + 1e-9 * r.kld_after) << bpw;
+    improved += r.kld_after < r.kld_before;
+    if (bpw > 4) continue;
+    const RefineReport again = refine_mix(model, s, start, {.rounds = 2, .windows = windows, .trials = 4}).value();
+    EXPECT_EQ(again.choice.choice, r.choice.choice);
+    EXPECT_EQ(again.kld_after, r.kld_after);
+  }
+  EXPECT_GT(improved, 0);  // the search finds something on this model (errors do interact)
+  // Screening on one window: moves are still accepted on both, so the same invariants hold.
+  const MixedChoice start = choose_mix(s, 3.4).value();
+  const RefineReport r = refine_mix(model, s, start, {.rounds = 2, .windows = windows, .trials = 4, .screen_windows = 1}).value();
+  EXPECT_LE(r.kld_after, r.kld_before);
+  EXPECT_LE(r.choice.bits_per_weight, 3.4);
+  EXPECT_NEAR(r.kld_after, pipeline_kld(r.choice), 1e-12 + 1e-9 * r.kld_after);
+}
+
+TEST_F(MixedTiny, RefineWithGptqAndErrors) {
+  LlamaModel net(model);
+  const std::vector<Candidate> three = parse_candidates("fp32,w3a16-g64,int4:g32:sym:fp16", "c").value();
+  const SensitivityReport s = measure_sensitivity(net, {.candidates = three, .windows = calib, .method = Method::kGptq}).value();
+  const MixedChoice start = choose_mix(s, 4.0).value();
+  const RefineReport r = refine_mix(model, s, start, {.rounds = 1, .windows = calib, .method = Method::kGptq, .trials = 2}).value();
+  EXPECT_LE(r.kld_after, r.kld_before);
+  EXPECT_LE(r.choice.bits_per_weight, 4.0);
+  EXPECT_GT(r.evaluations, 1);
+  // GPTQ fitted on windows of its own (disjoint from those the mixes are measured on).
+  const RefineReport own = refine_mix(model, s, start, {.rounds = 1, .windows = calib, .method = Method::kGptq,
+                                                        .gptq_windows = random_windows(2, 32, 80, 41), .trials = 2}).value();
+  EXPECT_LE(own.kld_after, own.kld_before);
+  EXPECT_LE(own.choice.bits_per_weight, 4.0);
+  EXPECT_NE(own.kld_before, r.kld_before);  // other Hessians, other GPTQ weights
+  Status st = refine_mix(model, s, start, {.rounds = -1, .windows = calib}).status();
+  EXPECT_NE(st.message().find("rounds"), std::string::npos) << st.message();
+  st = refine_mix(model, s, start, {.rounds = 1, .windows = calib, .screen_windows = -2}).status();
+  EXPECT_NE(st.message().find("screen_windows"), std::string::npos) << st.message();
+  st = refine_mix(model, s, start, {.rounds = 1}).status();
+  EXPECT_NE(st.message().find("no calibration windows"), std::string::npos) << st.message();
+  st = refine_mix(model, s, start, {.rounds = 1, .windows = calib, .method = Method::kAwq}).status();
+  EXPECT_NE(st.message().find("method awq"), std::string::npos) << st.message();
+  MixedChoice shorter = start;
+  shorter.choice.pop_back();
+  EXPECT_FALSE(refine_mix(model, s, shorter, {.rounds = 1, .windows = calib}).ok());
+  MixedChoice over = start;
+  over.target_bpw = 3.4;  // the 4-bit choice no longer fits
+  st = refine_mix(model, s, over, {.rounds = 1, .windows = calib}).status();
+  EXPECT_NE(st.message().find("exceeds the budget"), std::string::npos) << st.message();
+}
+
 }  // namespace
 }  // namespace lowbit

@@ -56,6 +56,32 @@ with tempfile.TemporaryDirectory() as tmp:
     check({t["name"]: t["spec"] for t in b["tensors"] if t["role"] != "norm"} == pj, "plan round-trips through --plan")
     check(abs(b["bpw_linear"] - q["bits_per_weight"]) < 1e-9, "same bits per weight after the round trip")
 
+    # --refine: the knapsack's plan refined with the mix measured on the calibration windows.
+    refined = os.path.join(tmp, "r.json")
+    p = run("quantize", "--model", MODEL, "--target-bpw", "5", "--sensitivity", sens, "--calib", TEXT, "--sens-windows", "2",
+            "--refine", "2", "--eval", TEXT, "--eval-windows", "2", "--json", refined,
+            env={"LOWBIT_THREADS": "1", "OMP_WAIT_POLICY": "passive"})  # dozens of tiny forwards: threads only spin
+    check(p.returncode == 0, f"--refine failed: {p.stderr}")
+    check("refine: " in p.stdout, f"refine summary line: {p.stdout[-600:]!r}")
+    with open(refined) as f:
+        r = json.load(f)
+    rf = r.get("refine", {})
+    for key in ("rounds", "calib_kld_before", "calib_kld_after", "evaluations", "knapsack_plan", "units_changed"):
+        check(key in rf, f"quantize --json refine lacks {key}")
+    check(rf["calib_kld_after"] <= rf["calib_kld_before"], f"refined mix measures worse: {rf}")
+    check(1 <= len(rf["rounds"]) <= 2, f"rounds: {rf['rounds']}")
+    check(r["bits_per_weight"] <= 5.0 and r["bpw"] <= 5.0 + 1e-9, f"refined plan over budget: {r['bits_per_weight']}")
+    check(rf["knapsack_plan"] == q["plan"], "the knapsack's plan is the one --refine 0 chooses")
+    # RTN: what the refinement measured is what the quantized model measures on the same windows.
+    check(abs(r["measured_calib_kld"] - rf["calib_kld_after"]) <= 1e-9 * max(1.0, rf["calib_kld_after"]),
+          f"measured_calib_kld {r['measured_calib_kld']} vs refine {rf['calib_kld_after']}")
+    bad_input(["quantize", "--model", MODEL, "--scheme", "w4a16-g128", "--refine", "2", "--dry-run"], "--target-bpw",
+              "--refine without --target-bpw")
+    bad_input(["quantize", "--model", MODEL, "--target-bpw", "5", "--sensitivity", sens, "--refine", "2", "--dry-run"], "--calib",
+              "--refine without calibration text")
+    bad_input(["quantize", "--model", MODEL, "--target-bpw", "5", "--sensitivity", sens, "--calib", TEXT, "--refine", "-1",
+               "--dry-run"], "--refine", "negative --refine")
+
     p = run("quantize", "--model", MODEL, "--scheme", "w4a16-g128", "--policy", "deepseek", "--dry-run")
     check(p.returncode == 0 and "| layers.0.wq | 64x64 | int8:row:sym:fp32 |" in p.stdout
           and "| layers.2.wq | 64x64 | int4:g128:sym:fp16 |" in p.stdout, f"policy deepseek: {p.stdout[:600]!r}")

@@ -1,4 +1,4 @@
-// lowbit quantize --model M (--scheme S | --weights SPEC [--acts SPEC] | --target-bpw X [--candidates …])
+// lowbit quantize --model M (--scheme S | --weights SPEC [--acts SPEC] | --target-bpw X [--candidates …] [--refine N])
 //                 [--policy deepseek] [--method rtn|gptq|awq|smoothquant|outliers]
 //                 [--calib FILE] [--calib-tokens N] [--plan overrides.json] [--plan-out plan.json] [--dry-run]
 //                 [-o OUT] [--eval FILE] [--json summary.json]
@@ -33,7 +33,7 @@ struct QuantizeArgs {
   std::string model, tokenizer, scheme, weights, acts, method = "rtn", calib, calib_split = "calib", plan, out, format,
       eval_text, eval_split = "eval", json, kv, candidates = kDefaultCandidates, granularity = "tensor", sensitivity, policy,
       policy_high = "int8:row:sym:fp32", plan_out;
-  int calib_tokens = 8192, ctx = 256, eval_windows = 100, eval_ctx = 128, sens_windows = 8;
+  int calib_tokens = 8192, ctx = 256, eval_windows = 100, eval_ctx = 128, sens_windows = 8, refine = 0, refine_trials = 8, refine_screen = 0;
   double target_bpw = 0;
   bool dry_run = false, no_sequential = false, act_order = false, static_groups = false, stream = false, resume = false;
   double damp = 0.01, alpha = 0.5;
@@ -46,12 +46,15 @@ bool same_file(const std::string& a, const std::string& b) {
 }
 
 // --target-bpw: the sensitivities (measured now on --calib, or read from --sensitivity) and the
-// knapsack's choice as a plan.
+// knapsack's choice as a plan; with --refine N, that choice refined with the mix measured.
 struct MixedPlan {
   QuantPlan plan;
-  MixedChoice choice;
+  MixedChoice choice;                     // the plan's (refined when --refine > 0)
   SensitivityReport sens;
   std::vector<std::vector<int>> windows;  // the calibration windows (when --calib is given)
+  MixedChoice knapsack;                   // the knapsack's choice before refinement
+  std::optional<RefineReport> refine;
+  int64_t refine_offset = 0;              // --method gptq: the refinement's windows start after GPTQ's calibration tokens
 };
 MixedPlan choose_mixed_plan(const QuantizeArgs& a, const Model& model, const std::optional<QuantSpec>& acts, const Tokenizer* tok) {
   const LlamaConfig& cfg = model.config;
@@ -91,9 +94,49 @@ MixedPlan choose_mixed_plan(const QuantizeArgs& a, const Model& model, const std
   }
   Result<MixedChoice> m = choose_mix(*sens, a.target_bpw);
   if (!m.ok()) fail(kExitUsage, m.status().message());
+  const MixedChoice knapsack = *m;
+  std::optional<RefineReport> refined;
+  int64_t refined_offset = 0;
+  if (a.refine > 0) {
+    if (windows.empty()) fail(kExitUsage, "quantize --refine: measures the mix on --calib FILE; give --calib");
+    // Mixes are measured with GPTQ when that is the method (as the sensitivities are), else RTN.
+    RefineOptions ro{.rounds = a.refine, .windows = windows, .method = a.method == "gptq" ? Method::kGptq : Method::kRtn,
+                     .activations = acts, .trials = a.refine_trials, .screen_windows = a.refine_screen};
+    ro.gptq.damp = a.damp;
+    ro.gptq.act_order = a.act_order;
+    ro.gptq.static_groups = a.static_groups;
+    int64_t offset = 0;
+    if (ro.method == Method::kGptq) {
+      // GPTQ fits its calibration windows (the first --calib-tokens of the split, as the pipeline
+      // takes them); the mixes are measured on the windows after those, so that fit does not steer the search.
+      const std::vector<int> tokens = tokenize_stories(*tok, a.calib, a.calib_split);
+      const int gctx = std::min(a.ctx, cfg.seq_len);
+      size_t p = 0;
+      for (; p + static_cast<size_t>(gctx) <= tokens.size() && static_cast<int64_t>(ro.gptq_windows.size()) * gctx < a.calib_tokens;
+           p += static_cast<size_t>(gctx)) {
+        ro.gptq_windows.emplace_back(tokens.begin() + static_cast<std::ptrdiff_t>(p), tokens.begin() + static_cast<std::ptrdiff_t>(p) + gctx);
+      }
+      offset = static_cast<int64_t>(p);
+      ro.windows = split_windows(std::vector<int>(tokens.begin() + static_cast<std::ptrdiff_t>(p), tokens.end()),
+                                 std::min(a.eval_ctx, cfg.seq_len), a.sens_windows);
+      if (static_cast<int>(ro.windows.size()) < a.sens_windows) {
+        fail(kExitUsage, fmt::format("quantize --refine --method gptq: {} (split {}) leaves {} windows of {} tokens after GPTQ's {} "
+                                     "calibration tokens; --sens-windows asks for {}", a.calib, a.calib_split, ro.windows.size(),
+                                     std::min(a.eval_ctx, cfg.seq_len), p, a.sens_windows));
+      }
+    }
+    Progress bar("refine", 0);
+    ro.on_eval = [&](int64_t) { bar.advance(); };
+    Result<RefineReport> r = refine_mix(model, *sens, *m, ro);
+    bar.finish();
+    if (!r.ok()) fail(r.status());
+    *m = r->choice;
+    refined = std::move(*r);
+    refined_offset = offset;
+  }
   Result<QuantPlan> plan = make_mixed_plan(cfg, *sens, *m, acts);
   if (!plan.ok()) fail(kExitUsage, plan.status().message());
-  return {std::move(*plan), std::move(*m), std::move(*sens), std::move(windows)};
+  return {std::move(*plan), std::move(*m), std::move(*sens), std::move(windows), knapsack, std::move(refined), refined_offset};
 }
 
 // --stream: a Hugging Face folder block by block (stream.h); the plan comes from config.json alone.
@@ -181,6 +224,12 @@ void run_quantize(const QuantizeArgs& a) {
   const int given = !a.scheme.empty() + !a.weights.empty() + mixed;
   if (given != 1) fail(kExitUsage, "quantize: give exactly one of --scheme, --weights and --target-bpw");
   if (mixed && !a.plan.empty()) fail(kExitUsage, "quantize: --target-bpw chooses the plan; --plan cannot be combined with it");
+  if ((a.refine != 0 || a.refine_trials != 8 || a.refine_screen != 0) && !mixed) {
+    fail(kExitUsage, "quantize: --refine, --refine-trials and --refine-screen refine --target-bpw's choice; give --target-bpw");
+  }
+  check_range("quantize --refine", a.refine, 0, 1000);
+  check_range("quantize --refine-trials", a.refine_trials, 0, 100000);
+  check_range("quantize --refine-screen", a.refine_screen, 0, std::numeric_limits<int>::max());
   if (!a.policy.empty() && a.policy != "deepseek") fail(kExitUsage, fmt::format("--policy: unknown policy '{}' (known: deepseek)", a.policy));
   if (!a.policy.empty() && (mixed || !a.plan.empty())) fail(kExitUsage, "quantize: --policy deepseek is a plan of its own; not with --target-bpw or --plan");
   if (!a.acts.empty() && a.weights.empty()) fail(kExitUsage, "quantize: --acts needs --weights (or use --scheme)");
@@ -275,6 +324,15 @@ void run_quantize(const QuantizeArgs& a) {
                "(sum of measured ΔKLD), predicted ΔPPL {:+.4f}\n", a.target_bpw, m.bits_per_weight, mix->sens.units.size(),
                granularity_name(mix->sens.granularity), m.knapsack.exact ? "exact" : fmt::format("grid {} bits", m.knapsack.resolution),
                m.predicted_kld, m.predicted_dppl);
+    if (mix->refine) {
+      const RefineReport& r = *mix->refine;
+      fmt::print("refine: {} round(s), {} forwards in {:.2f} s; measured KLD on {} calibration windows{} {:.6f} -> {:.6f} "
+                 "({} of {} units changed; knapsack's plan {:.3f} bpw, predicted {:.6f})\n",
+                 r.rounds.size(), r.evaluations, r.seconds, mix->windows.size(),
+                 mix->refine_offset > 0 ? fmt::format(" (after GPTQ's {} calibration tokens)", mix->refine_offset) : "", r.kld_before, r.kld_after,
+                 [&] { int n = 0; for (size_t i = 0; i < m.choice.size(); ++i) n += m.choice[i] != mix->knapsack.choice[i]; return n; }(),
+                 m.choice.size(), mix->knapsack.bits_per_weight, mix->knapsack.predicted_kld);
+    }
   }
   if (a.dry_run) {
     if (!mixed) fmt::print("{}", plan_table(*plan));
@@ -370,6 +428,22 @@ void run_quantize(const QuantizeArgs& a) {
     j["knapsack_exact"] = mix->choice.knapsack.exact;
     j["sensitivity_seconds"] = mix->sens.seconds;
     j["sensitivity_tokens"] = mix->sens.tokens_scored;
+    if (mix->refine) {  // the search: measured on the calibration windows, never on --eval
+      const RefineReport& r = *mix->refine;
+      nlohmann::json rounds = nlohmann::json::array();
+      for (const RefineRound& rr : r.rounds) {
+        rounds.push_back({{"kld_before", rr.kld_before}, {"kld_after", rr.kld_after}, {"evaluations", rr.evaluations},
+                          {"changed_units", rr.changed_units}, {"move", rr.move}});
+      }
+      int changed = 0;
+      for (size_t i = 0; i < mix->choice.choice.size(); ++i) changed += mix->choice.choice[i] != mix->knapsack.choice[i];
+      j["refine"] = {{"rounds_max", a.refine}, {"trials", a.refine_trials}, {"screen_windows", a.refine_screen}, {"windows_offset_tokens", mix->refine_offset}, {"method", a.method == "gptq" ? "gptq" : "rtn"},
+                     {"calib_kld_before", r.kld_before}, {"calib_kld_after", r.kld_after}, {"evaluations", r.evaluations},
+                     {"seconds", r.seconds}, {"units_changed", changed}, {"rounds", rounds},
+                     {"knapsack_bits_per_weight", mix->knapsack.bits_per_weight},
+                     {"knapsack_predicted_kld", mix->knapsack.predicted_kld},
+                     {"knapsack_plan", nlohmann::json::parse(plan_overrides_json(make_mixed_plan(cfg, mix->sens, mix->knapsack, aspec).value()))}};
+    }
     if (!mix->windows.empty()) {  // the chosen mix measured on the calibration windows (no additivity assumed)
       LlamaModel reference(*model);
       Result<double> k = mix_kld_on_windows(net, reference, mix->windows);
@@ -456,6 +530,9 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--granularity", a->granularity, "--target-bpw: tensor | layer | role")->default_val("tensor");
   cmd->add_option("--sensitivity", a->sensitivity, "--target-bpw: reuse `lowbit sensitivity --json` output instead of measuring");
   cmd->add_option("--sens-windows", a->sens_windows, "--target-bpw: calibration windows of 128 tokens to measure on")->default_val(8);
+  cmd->add_option("--refine", a->refine, "--target-bpw: rounds of interaction-aware refinement (the mix measured on --calib, kept only if its KLD falls; 0: off)")->default_val(0);
+  cmd->add_option("--refine-trials", a->refine_trials, "--refine: single/pair moves measured per round beside the re-solved knapsack")->default_val(8);
+  cmd->add_option("--refine-screen", a->refine_screen, "--refine: contextual sensitivities on the first N calibration windows (0: all); moves are accepted on all")->default_val(0);
   cmd->add_option("--policy", a->policy, "deepseek: norms fp32, embedding and first/last two blocks at --policy-high, the rest at --scheme");
   cmd->add_option("--policy-high", a->policy_high, "--policy deepseek: the high-precision spec")->default_val("int8:row:sym:fp32");
   cmd->add_option("--plan-out", a->plan_out, "Write the plan as the JSON --plan reads (one entry per tensor)");
