@@ -1,7 +1,9 @@
-// Matmul straight from ggml k-quant blocks as a GGUF file stores them (Q4_K, Q6_K): y = x · Wᵀ
-// where W's rows are decoded to fp32 one cache-sized tile at a time (bit-exact to ggml's
-// dequantize_row_*, include/lowbit/ggml_blocks.h) and multiplied in fp32, so a model runs from
-// its stored 4.5 / 6.56 bits per weight and never holds an fp32 copy of a matrix.
+// Matmul straight from ggml blocks as a GGUF file stores them (every type of ggml_block_types():
+// Q4_0 … Q8_0, Q2_K … Q6_K, IQ4_NL, IQ4_XS): y = x · Wᵀ where W's rows are decoded to fp32 one
+// cache-sized tile at a time (bit-exact to ggml's dequantize_row_*, include/lowbit/ggml_blocks.h)
+// and multiplied in fp32, so a model runs from its stored bits per weight (4.5 for Q4_K, 6.56 for
+// Q6_K, 4.25 for IQ4_XS …) and never holds an fp32 copy of a matrix. Q4_K and Q6_K decode with
+// per-ISA (AVX2) decoders; the other types with the scalar reference decoders at every level.
 //
 //   GgmlMatrix w{.type = GgmlType::kQ4_K, .blocks = t.data, .rows = out, .cols = in};  // in % 256 == 0
 //   LOWBIT_RETURN_IF_ERROR(ggml_matmul(w, x, m, in, y, out));   // x (m, in) -> y (m, out)
@@ -32,10 +34,10 @@ struct GgmlMatrix {
   int64_t bytes() const { return rows * row_bytes(); }
 };
 
-// Types ggml_matmul serves: Q4_K and Q6_K.
+// Types ggml_matmul serves: every type with a ggml_block_info (the twelve block types).
 bool ggml_matmul_supports(GgmlType type);
 // y (m, w.rows), row stride ldy  =  x (m, w.cols), row stride ldx  ·  Wᵀ. Threads over row blocks
-// (parallel_for). Errors: an unsupported type, cols not a multiple of 256, bad strides.
+// (parallel_for). Errors: an unsupported type, cols not a multiple of the type's block, bad strides.
 Status ggml_matmul(const GgmlMatrix& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy);
 // Row r of w decoded to fp32 (cols values): an embedding lookup without a copy of the table.
 Status ggml_decode_row(const GgmlMatrix& w, int64_t r, float* out);

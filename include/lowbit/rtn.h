@@ -27,6 +27,9 @@ struct ModelSize {
 // Quantizes every linear of `net` with `weights` (RTN); `activations`, when set, fake-quantizes
 // each linear's input dynamically. Errors name the tensor ("layers.3.wq: ...").
 Status apply_rtn(LlamaModel& net, const QuantSpec& weights, const std::optional<QuantSpec>& activations);
+// A named scheme: RTN with its weights/activations specs, or, for `gguf-*` schemes, llama.cpp's
+// per-tensor types and fallbacks (make_gguf_plan) with plain rounding, as llama-quantize without
+// an importance matrix does.
 Status apply_scheme(LlamaModel& net, const Scheme& scheme);
 // Storage of `net` as it stands (fp32 linears count 32 bits per weight).
 ModelSize model_size(const LlamaModel& net);

@@ -2,6 +2,8 @@
 
 #include <utility>
 
+#include "lowbit/pipeline.h"
+
 #include <fmt/format.h>
 
 namespace lowbit {
@@ -48,6 +50,11 @@ Status apply_rtn(LlamaModel& net, const QuantSpec& weights, const std::optional<
 }
 
 Status apply_scheme(LlamaModel& net, const Scheme& scheme) {
+  if (is_gguf_scheme(scheme.name)) {  // llama.cpp's per-tensor types and fallbacks, plain rounding as llama-quantize
+    PipelineOptions opt;
+    LOWBIT_ASSIGN_OR_RETURN(opt.plan, make_gguf_plan(net.config(), scheme.name));
+    return quantize_model(net, opt).status();
+  }
   LOWBIT_ASSIGN_OR_RETURN(QuantSpec w, parse_spec(scheme.weights));
   std::optional<QuantSpec> a;
   if (!scheme.activations.empty()) {

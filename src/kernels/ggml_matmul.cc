@@ -1,7 +1,10 @@
 // ggml_matmul's driver (include/lowbit/ggml_matmul.h): cuts W into blocks of rows × kKc columns,
 // decodes each block once into a per-thread fp32 tile and multiplies it with every token block of
 // x, accumulating over the column blocks. Threads take row blocks, so no two write one output.
+// Q4_K and Q6_K decode through the per-ISA microkernels; every other ggml block type through its
+// bit-exact reference row dequantizer (lowbit/ggml_blocks.h), the same at every ISA level.
 #include <algorithm>
+#include <string>
 #include <vector>
 
 #include <fmt/format.h>
@@ -26,29 +29,35 @@ const ki::GgmlMicrokernels& microkernels() {
   return ki::ggml_scalar_microkernels();
 }
 
-// Rows r0..r1 of w, columns c0 .. c0+kc, decoded into tile (r1-r0, kc).
+// Rows r0..r1 of w, columns c0 .. c0+kc, decoded into tile (r1-r0, kc). c0 and kc are multiples
+// of the type's block (kKc is a multiple of every block size, and cols of its own).
 void decode_block(const ki::GgmlMicrokernels& mk, const GgmlMatrix& w, int64_t r0, int64_t r1, int64_t c0, int64_t kc,
                   float* tile) {
-  const int64_t rb = w.row_bytes(), b0 = c0 / kSuperBlock, nb = kc / kSuperBlock;
+  const GgmlBlockInfo& info = *ggml_block_info(w.type);
+  const int64_t rb = w.row_bytes(), b0 = c0 / info.block_size, nb = kc / info.block_size;
   for (int64_t r = r0; r < r1; ++r) {
     const auto* row = static_cast<const std::byte*>(w.blocks) + r * rb;
     float* out = tile + (r - r0) * kc;
     if (w.type == GgmlType::kQ4_K) {
       mk.decode_q4_K(reinterpret_cast<const BlockQ4_K*>(row) + b0, nb, out);
-    } else {
+    } else if (w.type == GgmlType::kQ6_K) {
       mk.decode_q6_K(reinterpret_cast<const BlockQ6_K*>(row) + b0, nb, out);
+    } else {
+      info.dequantize(row + b0 * info.type_size, out, kc);
     }
   }
 }
 
 Status check(const GgmlMatrix& w) {
-  if (!ggml_matmul_supports(w.type)) {
-    const GgmlBlockInfo* info = ggml_block_info(w.type);
-    return Unsupported(fmt::format("ggml_matmul: type {} (supported: q4_K, q6_K)", info ? info->name : "unknown"));
+  const GgmlBlockInfo* info = ggml_block_info(w.type);
+  if (info == nullptr) {
+    return Unsupported(fmt::format("ggml_matmul: ggml type id {} is not a block type lowbit decodes "
+                                   "(q4_0 q4_1 q5_0 q5_1 q8_0 q2_K q3_K q4_K q5_K q6_K iq4_nl iq4_xs)",
+                                   static_cast<uint32_t>(w.type)));
   }
-  if (w.blocks == nullptr || w.rows < 1 || w.cols < 1 || w.cols % kSuperBlock != 0) {
-    return InvalidArgument(fmt::format("ggml_matmul: a ({}, {}) matrix; expected rows >= 1 and cols a positive multiple of 256",
-                                       w.rows, w.cols));
+  if (w.blocks == nullptr || w.rows < 1 || w.cols < 1 || w.cols % info->block_size != 0) {
+    return InvalidArgument(fmt::format("ggml_matmul: a ({}, {}) {} matrix; expected rows >= 1 and cols a positive multiple of {}",
+                                       w.rows, w.cols, info->name, info->block_size));
   }
   return OkStatus();
 }
@@ -60,7 +69,7 @@ int64_t GgmlMatrix::row_bytes() const {
   return info ? cols / info->block_size * info->type_size : 0;
 }
 
-bool ggml_matmul_supports(GgmlType type) { return type == GgmlType::kQ4_K || type == GgmlType::kQ6_K; }
+bool ggml_matmul_supports(GgmlType type) { return ggml_block_info(type) != nullptr; }
 
 Status ggml_matmul(const GgmlMatrix& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy) {
   LOWBIT_RETURN_IF_ERROR(check(w));
@@ -94,7 +103,10 @@ Status ggml_decode_row(const GgmlMatrix& w, int64_t r, float* out) {
 }
 
 std::string ggml_kernel_name(GgmlType type, Isa isa) {
-  const std::string_view t = type == GgmlType::kQ4_K ? "q4K" : type == GgmlType::kQ6_K ? "q6K" : "unsupported";
+  // k-quants as ggml's kernels name them ("q4K"); the 32-element types by their ggml name ("q5_0", "iq4_nl").
+  const GgmlBlockInfo* info = ggml_block_info(type);
+  std::string t = info ? std::string(info->name) : "unsupported";
+  if (t.size() == 4 && t[2] == '_' && t[3] == 'K') t.erase(2, 1);
   return fmt::format("gemm_a16_{}_f32__{}", t, isa_name(isa));
 }
 

@@ -555,11 +555,13 @@ std::vector<KernelInfo> available_kernels() {
       out.push_back({kv_kernel_name(false, c, isa), KernelOp::kAuto, isa,
                      fmt::format("fp32 probabilities x {} cached values (fp16 scales per token group), fp32 out", kv_code_name(c))});
     }
-    // GGUF k-quant blocks as stored (ggml_matmul.h).
-    for (GgmlType t : {GgmlType::kQ4_K, GgmlType::kQ6_K}) {
-      out.push_back({ggml_kernel_name(t, isa), KernelOp::kAuto, isa,
-                     fmt::format("fp32 activations x ggml {} blocks decoded per tile (bit-exact), fp32 out",
-                                 ggml_block_info(t)->name)});
+    // GGUF blocks as stored (ggml_matmul.h): Q4_K / Q6_K with per-ISA decoders, the others with the
+    // reference row decoders; the tile product is the ISA's.
+    for (const GgmlBlockInfo& b : ggml_block_types()) {
+      const bool simd_decode = b.type == GgmlType::kQ4_K || b.type == GgmlType::kQ6_K;
+      out.push_back({ggml_kernel_name(b.type, isa), KernelOp::kAuto, isa,
+                     fmt::format("fp32 activations x ggml {} blocks decoded per tile (bit-exact{}), fp32 out", b.name,
+                                 simd_decode ? "" : ", reference decoder")});
     }
   }
   for (const char* mode : {"promoted", "unpromoted"}) {

@@ -144,7 +144,7 @@ Result<Linear> Linear::quantized(const QuantizedTensor& q, const std::optional<Q
 }
 
 Linear Linear::ggml(const GgmlMatrix& w) {
-  LOWBIT_CHECK(ggml_matmul_supports(w.type) && w.blocks != nullptr, "Linear::ggml needs Q4_K or Q6_K blocks");
+  LOWBIT_CHECK(ggml_matmul_supports(w.type) && w.blocks != nullptr, "Linear::ggml needs ggml blocks of a type ggml_matmul serves");
   Linear l;
   l.out_ = w.rows;
   l.in_ = w.cols;

@@ -8,7 +8,7 @@
 namespace lowbit {
 namespace {
 
-constexpr std::array<Scheme, 26> kSchemes = {{
+constexpr std::array<Scheme, 32> kSchemes = {{
     {"w8a8", "int8:row:sym:fp32", "int8:token:sym:fp32",
      "int8 weights per output channel, int8 activations per token (dynamic)"},
     {"w8a16", "int8:row:sym:fp32", "", "int8 weights per output channel, fp32/16 activations"},
@@ -30,13 +30,19 @@ constexpr std::array<Scheme, 26> kSchemes = {{
     {"nvfp4", "e2m1:g16:sym:e4m3*fp32", "e2m1:g16:sym:e4m3*fp32",
      "NVFP4: e2m1 in blocks of 16, e4m3 block scales times an fp32 tensor scale"},
     {"gguf-q4_0", "gguf:q4_0", "", "llama.cpp Q4_0 (ggml blocks; per-tensor rules as llama-quantize, see make_gguf_plan)"},
+    {"gguf-q4_1", "gguf:q4_1", "", "llama.cpp Q4_1"},
+    {"gguf-q5_0", "gguf:q5_0", "", "llama.cpp Q5_0"},
+    {"gguf-q5_1", "gguf:q5_1", "", "llama.cpp Q5_1"},
     {"gguf-q8_0", "gguf:q8_0", "", "llama.cpp Q8_0"},
     {"gguf-q2_k", "gguf:q2_K", "", "llama.cpp Q2_K mix"},
     {"gguf-q3_k_m", "gguf:q3_K", "", "llama.cpp Q3_K_M mix"},
+    {"gguf-q3_k", "gguf:q3_K", "", "llama.cpp Q3_K (= Q3_K_M)"},
     {"gguf-q4_k_s", "gguf:q4_K", "", "llama.cpp Q4_K_S mix"},
     {"gguf-q4_k_m", "gguf:q4_K", "", "llama.cpp Q4_K_M mix"},
     {"gguf-q4_k", "gguf:q4_K", "", "llama.cpp Q4_K (= Q4_K_M)"},
+    {"gguf-q5_k_s", "gguf:q5_K", "", "llama.cpp Q5_K_S mix"},
     {"gguf-q5_k_m", "gguf:q5_K", "", "llama.cpp Q5_K_M mix"},
+    {"gguf-q5_k", "gguf:q5_K", "", "llama.cpp Q5_K (= Q5_K_M)"},
     {"gguf-q6_k", "gguf:q6_K", "", "llama.cpp Q6_K"},
     {"gguf-iq4_nl", "gguf:iq4_nl", "", "llama.cpp IQ4_NL"},
     {"gguf-iq4_xs", "gguf:iq4_xs", "", "llama.cpp IQ4_XS"},

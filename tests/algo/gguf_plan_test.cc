@@ -1,9 +1,25 @@
 // make_gguf_plan: llama.cpp's per-tensor rules and fallbacks as a named plan, and the one-line error
-// for a row no type of the plan can hold.
+// for a row no type of the plan can hold. apply_scheme with a gguf-* scheme (what `eval --scheme
+// gguf-q4_k_m` runs), and the file it saves loading back as blocks ggml_matmul runs (no fp32 copy).
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <set>
+#include <tuple>
+#include <string>
+#include <unistd.h>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "lowbit/ggml_matmul.h"
 #include "lowbit/pipeline.h"
+#include "lowbit/rtn.h"
+#include "lowbit/save.h"
+#include "synthetic_model.h"
 
 namespace lowbit {
 namespace {
@@ -65,6 +81,121 @@ TEST(GgufPlan, GgmlSpecQuantizeRejectsRowsTheBlockDoesNotDivide) {
   EXPECT_EQ(to_string(ggml_spec(GgmlType::kIQ4_XS)), "gguf:iq4_xs");
   EXPECT_EQ(parse_spec("gguf:q4_k")->ggml, GgmlType::kQ4_K);
   EXPECT_FALSE(parse_spec("gguf:q4_k_m").ok());
+}
+
+std::vector<float> logits_of(const LlamaModel& net) {
+  Session s(net);
+  std::vector<float> out;
+  EXPECT_TRUE(s.forward(std::vector<int>{1, 5, 7, 3, 30, 11}, 0, &out).ok());
+  return out;
+}
+
+constexpr const char* kSlots[] = {"wq", "wk", "wv", "wo", "w1", "w2", "w3"};
+const Linear& slot(const LlamaModel& net, int l, int i) {
+  const LayerLinears& ll = net.layers()[static_cast<size_t>(l)];
+  const Linear* all[] = {&ll.wq, &ll.wk, &ll.wv, &ll.wo, &ll.w1, &ll.w2, &ll.w3};
+  return *all[i];
+}
+
+struct SchemeCase {
+  const char* scheme;
+  int dim, hidden;  // 256/512: k-quants hold every row; 288/576: q4_K/q6_K fall back to q5_0/q5_1/q8_0
+};
+void PrintTo(const SchemeCase& c, std::ostream* os) { *os << c.scheme << " at width " << c.dim; }
+class GgufScheme : public ::testing::TestWithParam<SchemeCase> {};
+
+TEST_P(GgufScheme, AppliesInMemoryAndTheSavedFileRunsFromItsBlocks) {
+  const std::string scheme = GetParam().scheme;
+  const Model m = testutil::synthetic_model(2, 17, GetParam().dim, GetParam().hidden);
+  LlamaModel net(m);
+  Result<Scheme> s = find_scheme(scheme);
+  ASSERT_TRUE(s.ok());
+  ASSERT_TRUE(apply_scheme(net, *s).ok());
+  Result<QuantPlan> plan = make_gguf_plan(m.config, scheme);
+  ASSERT_TRUE(plan.ok());
+  std::set<std::string> types_seen;
+  for (int l = 0; l < 2; ++l) {
+    for (int i = 0; i < 7; ++i) {
+      const std::string name = "layers." + std::to_string(l) + "." + kSlots[i];
+      const QuantizedTensor* q = slot(net, l, i).quant();
+      ASSERT_NE(q, nullptr) << name;
+      EXPECT_EQ(q->spec.ggml, plan->find(name)->spec->ggml) << name;  // the plan's type, tensor by tensor
+      types_seen.insert(std::string(ggml_block_info(q->spec.ggml)->name));
+    }
+  }
+  const std::vector<float> in_memory = logits_of(net);
+
+  RecordProperty("types", fmt::format("{}", fmt::join(types_seen, ",")));
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() /
+                                    fmt::format("lowbit_gguf_scheme_{}_{}_{}", ::getpid(), scheme, GetParam().dim);
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / "m.gguf").string();
+  Result<SaveReport> r = save_model(net, path, SaveOptions{.format = ModelFormat::kGguf});
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  Result<Model> loaded = load_model(path);
+  ASSERT_TRUE(loaded.ok()) << loaded.status().to_string();
+  const LlamaModel back(*loaded);
+  int as_blocks = 0;
+  for (int l = 0; l < 2; ++l) {
+    for (int i = 0; i < 7; ++i) {
+      const GgmlType t = plan->find("layers." + std::to_string(l) + "." + kSlots[i])->spec->ggml;
+      const Linear& lin = slot(back, l, i);
+      if (t == GgmlType::kQ4_0 || t == GgmlType::kQ8_0) {  // these run on lowbit's int4/int8 kernels
+        EXPECT_NE(lin.quant(), nullptr);
+        continue;
+      }
+      ASSERT_NE(lin.ggml(), nullptr) << "layer " << l << " " << kSlots[i] << " was not kept as blocks";
+      EXPECT_EQ(lin.ggml()->type, t);
+      EXPECT_EQ(lin.kernel(), ggml_kernel_name(t, ggml_kernel_isa()));
+      ++as_blocks;
+    }
+  }
+  if (scheme != "gguf-q4_0") {  // gguf-q4_0 at 288: every linear is q4_0 (int4 kernels)
+    EXPECT_GT(as_blocks, 0);
+  }
+  const std::vector<float> from_file = logits_of(back);
+  ASSERT_EQ(from_file.size(), in_memory.size());
+  float mag = 0;
+  for (float v : in_memory) mag = std::max(mag, std::fabs(v));
+  for (size_t i = 0; i < in_memory.size(); ++i) {
+    ASSERT_NEAR(from_file[i], in_memory[i], 1e-4f * mag + 1e-6f) << scheme << " logit " << i;
+  }
+  std::filesystem::remove_all(dir);
+}
+
+// Together these use all twelve block types (checked below).
+INSTANTIATE_TEST_SUITE_P(Schemes, GgufScheme,
+                         ::testing::Values(SchemeCase{"gguf-q4_k_m", 256, 512}, SchemeCase{"gguf-q4_k_s", 256, 512},
+                                           SchemeCase{"gguf-q3_k_m", 256, 512}, SchemeCase{"gguf-q2_k", 256, 512},
+                                           SchemeCase{"gguf-q5_k_m", 256, 512}, SchemeCase{"gguf-iq4_xs", 256, 512},
+                                           SchemeCase{"gguf-q4_k_m", 288, 576}, SchemeCase{"gguf-q5_k_m", 288, 576},
+                                           SchemeCase{"gguf-iq4_nl", 288, 576}, SchemeCase{"gguf-q4_0", 288, 576},
+                                           SchemeCase{"gguf-q4_1", 288, 576}),
+                         [](const auto& info) { return std::string(info.param.scheme).substr(5) + "_" + std::to_string(info.param.dim); });
+
+TEST(GgufScheme, TheCasesCoverEveryBlockType) {
+  std::set<GgmlType> seen;
+  for (const auto& [scheme, dim, hidden] : {std::tuple{"gguf-q4_k_m", 256, 512}, {"gguf-q4_k_s", 256, 512},
+                                            {"gguf-q3_k_m", 256, 512}, {"gguf-q2_k", 256, 512}, {"gguf-q5_k_m", 256, 512},
+                                            {"gguf-iq4_xs", 256, 512}, {"gguf-q4_k_m", 288, 576}, {"gguf-q5_k_m", 288, 576},
+                                            {"gguf-iq4_nl", 288, 576}, {"gguf-q4_0", 288, 576}, {"gguf-q4_1", 288, 576}}) {
+    LlamaConfig c = testutil::synthetic_model(2, 1, dim, hidden).config;
+    Result<QuantPlan> p = make_gguf_plan(c, scheme);
+    ASSERT_TRUE(p.ok()) << scheme << ": " << p.status().to_string();
+    for (const PlanEntry& e : p->entries) {
+      if (e.spec && e.spec->ggml != GgmlType::kF32) seen.insert(e.spec->ggml);
+    }
+  }
+  for (const GgmlBlockInfo& b : ggml_block_types()) EXPECT_TRUE(seen.count(b.type)) << b.name << " is not used by any case";
+}
+
+TEST(GgufScheme, ApplyNamesTheTensorARowDoesNotFit) {
+  const Model m = testutil::synthetic_model(1, 3, 48, 96);  // 48 is not a multiple of 32
+  LlamaModel net(m);
+  const Status st = apply_scheme(net, *find_scheme("gguf-q4_0"));
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.message().find('\n'), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find("48"), std::string::npos) << st.message();
 }
 
 }  // namespace

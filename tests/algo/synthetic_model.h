@@ -12,11 +12,11 @@
 namespace lowbit::testutil {
 
 // A random Llama with `layers` blocks (GQA: 4 heads, 2 kv heads), weights owned by the Model.
-inline Model synthetic_model(int layers, uint64_t seed) {
+inline Model synthetic_model(int layers, uint64_t seed, int dim = 64, int hidden = 96) {
   Model m;
   LlamaConfig& c = m.config;
-  c.dim = 64;
-  c.hidden_dim = 96;
+  c.dim = dim;
+  c.hidden_dim = hidden;
   c.n_layers = layers;
   c.n_heads = 4;
   c.n_kv_heads = 2;

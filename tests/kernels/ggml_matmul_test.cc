@@ -1,7 +1,8 @@
-// ggml k-quant matmul (ggml_matmul.h): on every ISA this CPU has, decoding a row equals ggml's
-// reference dequantize_row_* bit for bit, and y = x·Wᵀ equals the fp64 product of the reference
-// dequantized weights within fp32 summation rounding; odd row counts, token counts that hit every
-// register-block tail, 1..37 super-blocks per row (the 1024-column tiles and their remainders).
+// ggml block matmul (ggml_matmul.h), every block type: on every ISA this CPU has, decoding a row
+// equals ggml's reference dequantize_row_* bit for bit, and y = x·Wᵀ equals the fp64 product of the
+// reference dequantized weights within fp32 summation rounding; odd row counts, token counts that hit
+// every register-block tail, 1..37 super-blocks per row (the 1024-column tiles and their remainders),
+// and for the 32-element types widths that are not multiples of 256 (576, 1056: a 32-wide tail tile).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -30,15 +31,26 @@ std::vector<uint8_t> random_blocks(GgmlType type, int64_t rows, int64_t cols, ui
       const auto h = static_cast<uint16_t>(encode(Format::kFp16, us(rng)));
       std::memcpy(blk + at, &h, 2);
     };
-    if (type == GgmlType::kQ4_K) {
-      put(offsetof(BlockQ4_K, d));
-      put(offsetof(BlockQ4_K, dmin));
-    } else {
-      put(offsetof(BlockQ6_K, d));
+    switch (type) {  // every fp16 field (d, and the min m / dmin where the type has one)
+      case GgmlType::kQ4_0: put(offsetof(BlockQ4_0, d)); break;
+      case GgmlType::kQ4_1: put(offsetof(BlockQ4_1, d)); put(offsetof(BlockQ4_1, m)); break;
+      case GgmlType::kQ5_0: put(offsetof(BlockQ5_0, d)); break;
+      case GgmlType::kQ5_1: put(offsetof(BlockQ5_1, d)); put(offsetof(BlockQ5_1, m)); break;
+      case GgmlType::kQ8_0: put(offsetof(BlockQ8_0, d)); break;
+      case GgmlType::kQ2_K: put(offsetof(BlockQ2_K, d)); put(offsetof(BlockQ2_K, dmin)); break;
+      case GgmlType::kQ3_K: put(offsetof(BlockQ3_K, d)); break;
+      case GgmlType::kQ4_K: put(offsetof(BlockQ4_K, d)); put(offsetof(BlockQ4_K, dmin)); break;
+      case GgmlType::kQ5_K: put(offsetof(BlockQ5_K, d)); put(offsetof(BlockQ5_K, dmin)); break;
+      case GgmlType::kQ6_K: put(offsetof(BlockQ6_K, d)); break;
+      case GgmlType::kIQ4_NL: put(offsetof(BlockIQ4_NL, d)); break;
+      case GgmlType::kIQ4_XS: put(offsetof(BlockIQ4_XS, d)); break;
+      default: ADD_FAILURE() << "no scale layout for type " << static_cast<int>(type);
     }
   }
   return bytes;
 }
+
+bool small_blocks(GgmlType t) { return ggml_block_info(t)->block_size == kGgmlQK; }
 
 std::vector<float> reference_rows(const GgmlMatrix& w) {  // (rows, cols)
   std::vector<float> out(static_cast<size_t>(w.rows * w.cols));
@@ -52,7 +64,9 @@ class GgmlMatmul : public ::testing::TestWithParam<GgmlType> {};
 
 TEST_P(GgmlMatmul, DecodeIsBitExactOnEveryIsa) {
   const GgmlType type = GetParam();
-  for (int64_t cols : {256, 1280, 2304}) {
+  std::vector<int64_t> widths = {256, 1280, 2304};
+  if (small_blocks(type)) widths.insert(widths.end(), {32, 576, 1056});
+  for (int64_t cols : widths) {
     const std::vector<uint8_t> bytes = random_blocks(type, 3, cols, 7);
     const GgmlMatrix w{.type = type, .blocks = bytes.data(), .rows = 3, .cols = cols};
     const std::vector<float> ref = reference_rows(w);
@@ -71,8 +85,9 @@ TEST_P(GgmlMatmul, DecodeIsBitExactOnEveryIsa) {
 TEST_P(GgmlMatmul, MatchesReferenceOverOddShapesOnEveryIsa) {
   const GgmlType type = GetParam();
   struct Shape { int64_t rows, cols, m; };
-  const Shape shapes[] = {{1, 256, 1}, {7, 256, 2}, {17, 1280, 1}, {33, 1536, 3}, {129, 256, 5},
-                          {5, 9472, 7}, {66, 2304, 37}, {3, 512, 70}};
+  std::vector<Shape> shapes = {{1, 256, 1}, {7, 256, 2}, {17, 1280, 1}, {33, 1536, 3}, {129, 256, 5},
+                               {5, 9472, 7}, {66, 2304, 37}, {3, 512, 70}};
+  if (small_blocks(type)) shapes.insert(shapes.end(), {{9, 576, 1}, {65, 576, 33}, {4, 1056, 5}, {3, 32, 2}});
   for (const Shape& s : shapes) {
     const std::vector<uint8_t> bytes = random_blocks(type, s.rows, s.cols, static_cast<uint32_t>(s.rows * 31 + s.m));
     const GgmlMatrix w{.type = type, .blocks = bytes.data(), .rows = s.rows, .cols = s.cols};
@@ -106,22 +121,43 @@ TEST_P(GgmlMatmul, MatchesReferenceOverOddShapesOnEveryIsa) {
 
 TEST_P(GgmlMatmul, RejectsBadShapes) {
   const std::vector<uint8_t> bytes = random_blocks(GetParam(), 1, 256, 1);
-  GgmlMatrix w{.type = GetParam(), .blocks = bytes.data(), .rows = 1, .cols = 200};
+  GgmlMatrix w{.type = GetParam(), .blocks = bytes.data(), .rows = 1, .cols = 200};  // not a multiple of 32 or 256
   std::vector<float> x(256), y(1);
   EXPECT_EQ(ggml_matmul(w, x.data(), 1, 256, y.data(), 1).code(), StatusCode::kInvalidArgument);
   w.cols = 256;
   EXPECT_EQ(ggml_matmul(w, x.data(), 1, 100, y.data(), 1).code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(ggml_decode_row(w, 1, x.data()).code(), StatusCode::kInvalidArgument);
-  w.type = GgmlType::kQ5_K;
+  if (!small_blocks(GetParam())) {  // a super-block type needs whole 256-element blocks
+    w.cols = 32;
+    EXPECT_EQ(ggml_matmul(w, x.data(), 1, 256, y.data(), 1).code(), StatusCode::kInvalidArgument);
+  }
+  w.cols = 256;
+  w.type = GgmlType::kIQ2_XXS;  // a ggml type lowbit has no decoder for
   EXPECT_EQ(ggml_matmul(w, x.data(), 1, 256, y.data(), 1).code(), StatusCode::kUnsupported);
 }
 
-INSTANTIATE_TEST_SUITE_P(Types, GgmlMatmul, ::testing::Values(GgmlType::kQ4_K, GgmlType::kQ6_K),
-                         [](const auto& info) { return info.param == GgmlType::kQ4_K ? std::string("Q4_K") : std::string("Q6_K"); });
+std::vector<GgmlType> all_block_types() {
+  std::vector<GgmlType> out;
+  for (const GgmlBlockInfo& i : ggml_block_types()) out.push_back(i.type);
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, GgmlMatmul, ::testing::ValuesIn(all_block_types()),
+                         [](const auto& info) { return std::string(ggml_block_info(info.param)->name); });
+
+TEST(GgmlMatmulTypes, EveryBlockTypeIsServed) {
+  EXPECT_EQ(all_block_types().size(), 12u);
+  for (GgmlType t : all_block_types()) EXPECT_TRUE(ggml_matmul_supports(t)) << ggml_block_info(t)->name;
+  EXPECT_FALSE(ggml_matmul_supports(GgmlType::kF32));
+  EXPECT_FALSE(ggml_matmul_supports(GgmlType::kIQ2_XXS));
+}
 
 TEST(GgmlMatmulNames, CarryTheContract) {
   EXPECT_EQ(ggml_kernel_name(GgmlType::kQ4_K, Isa::kAvx2), "gemm_a16_q4K_f32__avx2");
   EXPECT_EQ(ggml_kernel_name(GgmlType::kQ6_K, Isa::kScalar), "gemm_a16_q6K_f32__scalar");
+  EXPECT_EQ(ggml_kernel_name(GgmlType::kQ3_K, Isa::kAvx2), "gemm_a16_q3K_f32__avx2");
+  EXPECT_EQ(ggml_kernel_name(GgmlType::kIQ4_NL, Isa::kScalar), "gemm_a16_iq4_nl_f32__scalar");
+  EXPECT_EQ(ggml_kernel_name(GgmlType::kIQ4_XS, Isa::kAvx2), "gemm_a16_iq4_xs_f32__avx2");
 }
 
 }  // namespace
