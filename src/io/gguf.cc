@@ -609,10 +609,11 @@ Status bind_blocks(Model& m, const GgufFile& f, const GgufTensor& t, const std::
 
 // bind() for a linear weight: Q8_0 / Q4_0 tensors are also kept as QuantizedTensors under
 // `lowbit_name` (Model::quantized), so they run on lowbit's int8/int4 kernels and are counted as what
-// they are; every other block type only as its blocks (bind_blocks, ggml_matmul), with no fp32 copy.
-bool runs_as_blocks(GgmlType type) {
-  return ggml_matmul_supports(type) && type != GgmlType::kQ8_0 && type != GgmlType::kQ4_0;
-}
+// they are; Q4_K / Q6_K ones only as their blocks (bind_blocks, ggml_matmul), with no fp32 copy.
+// ggml_matmul serves every block type, but the other types are still dequantized here: save_model,
+// the streaming writer and the training layer read an unquantized linear's fp32 weights, and only
+// the Q4_K/Q6_K (Qwen) path has been taught otherwise in the consumers that need it.
+bool runs_as_blocks(GgmlType type) { return type == GgmlType::kQ4_K || type == GgmlType::kQ6_K; }
 
 Status bind_linear(Model& m, const GgufFile& f, const std::string& name, std::vector<int64_t> expect,
                    ConstTensorView* dest, const std::string& lowbit_name) {
