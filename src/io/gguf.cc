@@ -572,10 +572,9 @@ QuantizedTensor quantized_from_blocks(const GgufTensor& t) {
   return q;
 }
 
-// A tensor of ggml blocks (ggml_matmul serves every block type) of dims `expect`, kept as its blocks
-// under `lowbit_name` in Model::ggml; `dest` stays empty. Every value must be finite: for Q4_K / Q6_K
-// the super-block scales are checked in the one pass over the blocks a load makes; for the other
-// types each row is decoded once (a NaN or Inf scale, min or value is named with its row).
+// A Q4_K / Q6_K tensor (runs_as_blocks) of dims `expect`, kept as its blocks under `lowbit_name` in
+// Model::ggml; `dest` stays empty. Every super-block scale (d, and Q4_K's dmin) must be finite: the one
+// pass over the blocks a load makes.
 Status bind_blocks(Model& m, const GgufFile& f, const GgufTensor& t, const std::vector<int64_t>& expect,
                    const std::string& lowbit_name) {
   if (t.dims != expect) {
@@ -583,24 +582,16 @@ Status bind_blocks(Model& m, const GgufFile& f, const GgufTensor& t, const std::
                                 dims_string(t.dims), dims_string(expect)));
   }
   const GgmlMatrix w{.type = t.type, .blocks = t.data, .rows = t.dims[1], .cols = t.dims[0]};
-  if (t.type == GgmlType::kQ4_K || t.type == GgmlType::kQ6_K) {
-    const bool q4 = t.type == GgmlType::kQ4_K;
-    const int64_t blocks = t.numel() / kGgmlQK_K, size = q4 ? sizeof(BlockQ4_K) : sizeof(BlockQ6_K);
-    const size_t d_at = q4 ? offsetof(BlockQ4_K, d) : offsetof(BlockQ6_K, d);
-    for (int64_t b = 0; b < blocks; ++b) {
-      for (size_t at : q4 ? std::vector<size_t>{d_at, offsetof(BlockQ4_K, dmin)} : std::vector<size_t>{d_at}) {
-        uint16_t h;
-        std::memcpy(&h, t.data + b * size + static_cast<int64_t>(at), sizeof h);
-        if ((h & 0x7C00u) == 0x7C00u) {
-          return DataLoss(fmt::format("{}: tensor {} block {} has a non-finite scale (fp16 bits 0x{:04x})", f.path, t.name, b, h));
-        }
+  const bool q4 = t.type == GgmlType::kQ4_K;
+  const int64_t blocks = t.numel() / kGgmlQK_K, size = q4 ? sizeof(BlockQ4_K) : sizeof(BlockQ6_K);
+  const size_t d_at = q4 ? offsetof(BlockQ4_K, d) : offsetof(BlockQ6_K, d);
+  for (int64_t b = 0; b < blocks; ++b) {
+    for (size_t at : q4 ? std::vector<size_t>{d_at, offsetof(BlockQ4_K, dmin)} : std::vector<size_t>{d_at}) {
+      uint16_t h;
+      std::memcpy(&h, t.data + b * size + static_cast<int64_t>(at), sizeof h);
+      if ((h & 0x7C00u) == 0x7C00u) {
+        return DataLoss(fmt::format("{}: tensor {} block {} has a non-finite scale (fp16 bits 0x{:04x})", f.path, t.name, b, h));
       }
-    }
-  } else {
-    std::vector<float> row(static_cast<size_t>(w.cols));  // one row at a time: no fp32 copy of the tensor
-    for (int64_t r = 0; r < w.rows; ++r) {
-      LOWBIT_RETURN_IF_ERROR(ggml_decode_row(w, r, row.data()));
-      LOWBIT_RETURN_IF_ERROR(check_finite(f.path, fmt::format("{} row {}", t.name, r), row.data(), w.cols));
     }
   }
   m.ggml.insert_or_assign(lowbit_name, w);

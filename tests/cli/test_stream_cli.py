@@ -71,6 +71,11 @@ def shard(folder):
     for k, v in t.items():
         i = 0 if k.startswith("model.layers.0.") or k.startswith("model.layers.1.") else 1 if k.startswith("model.layers.") else 2
         parts[i][k] = v
+    write_shards(folder, names, parts)
+
+
+def write_shards(folder, names, parts):
+    """parts[i] -> shard names[i], the index naming them; the single-file model.safetensors removed."""
     wm = {}
     for name, p in zip(names, parts):
         write_st(os.path.join(folder, name), p)
@@ -94,13 +99,7 @@ def bf16_shards(folder, layers):
         i = 0 if k.startswith("model.layers.0.") else 1 if k.startswith("model.layers.") else 2
         parts[i][k] = ("BF16", shape, b.tobytes())
     names = [f"model-0000{i + 1}-of-00003.safetensors" for i in range(3)]
-    wm = {}
-    for name, p in zip(names, parts):
-        write_st(os.path.join(folder, name), p)
-        wm.update({k: name for k in p})
-    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
-        json.dump({"weight_map": wm}, f)
-    os.remove(os.path.join(folder, "model.safetensors"))
+    write_shards(folder, names, parts)
     cfg = json.load(open(os.path.join(folder, "config.json")))
     cfg.update(num_hidden_layers=layers, torch_dtype="bfloat16")
     json.dump(cfg, open(os.path.join(folder, "config.json"), "w"))
