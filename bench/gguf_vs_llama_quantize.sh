@@ -7,7 +7,12 @@
 # calibration for llama-imatrix and lowbit's statistics, the rest = evaluation).
 #
 #   bench/gguf_vs_llama_quantize.sh [WORKDIR] [TYPES...]     # default TYPES: Q4_0 IQ4_NL IQ4_XS Q4_K_S Q4_K_M Q3_K_M Q2_K
-# Env: LLAMA_BIN (default /work/llamacpp/src/build/bin), LOWBIT (default build/release/lowbit),
+# Env: LLAMA_BIN (default /work/llamacpp/src/build/bin), PPL_BIN (llama-perplexity to score with; default
+#      LLAMA_BIN's), LOWBIT (default build/release/lowbit), MODEL (the source model; default SmolLM2-135M Q4_1:
+#      its F32 reference is written by `lowbit convert`; any GGUF works: a k-quant source such as Qwen2.5-Coder-1.5B
+#      Q4_K_M gets its F32 reference from `llama-quantize --allow-requantize MODEL ref-f32.gguf F32`), CHUNKS
+#      (default 64 evaluation chunks of 128 tokens),
+#      LOWBIT_MODEL (what lowbit quantizes; default MODEL, e.g. ref-f32.gguf to start from the same F32 file),
 #      THREADS (default 2), CALIB_CHUNKS (default 40: imatrix and lowbit both see 40 x 128 tokens),
 #      SKIP_LLAMA=1 / SKIP_LOWBIT=1 to run one side only. Prints a Markdown table; logs in WORKDIR.
 set -euo pipefail
@@ -18,7 +23,9 @@ LLAMA_BIN=${LLAMA_BIN:-/work/llamacpp/src/build/bin}
 LOWBIT=${LOWBIT:-$ROOT/build/release/lowbit}
 THREADS=${THREADS:-2}
 CALIB_CHUNKS=${CALIB_CHUNKS:-40}
-MODEL=$ROOT/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
+MODEL=${MODEL:-$ROOT/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+CHUNKS=${CHUNKS:-64}
+PPL_BIN=${PPL_BIN:-$LLAMA_BIN/llama-perplexity}
 TEXT=$ROOT/../shared/data/tinystories_val.txt
 export OMP_WAIT_POLICY=passive
 mkdir -p "$WORK"; cd "$WORK"
@@ -32,8 +39,13 @@ n = int(len(st) * 0.1)
 open("calib.txt", "w").write("\n\n".join(st[:n]) + "\n")
 open("eval.txt", "w").write("\n\n".join(st[n:]) + "\n")
 PY
-[ -s ref-f32.gguf ] || "$LOWBIT" convert --model "$MODEL" -o ref-f32.gguf --format gguf >/dev/null
-[ -s ref.kld ] || "$LLAMA_BIN/llama-perplexity" -m ref-f32.gguf -f eval.txt -c 128 --chunks 64 -t "$THREADS" \
+if [ ! -s ref-f32.gguf ]; then
+  case "$MODEL" in
+    *Q4_1.gguf|*.bin|*/) "$LOWBIT" convert --model "$MODEL" -o ref-f32.gguf --format gguf >/dev/null ;;
+    *) "$LLAMA_BIN/llama-quantize" --allow-requantize "$MODEL" ref-f32.gguf F32 1 > ref-quant.log 2>&1 ;;
+  esac
+fi
+[ -s ref.kld ] || "$PPL_BIN" -m ref-f32.gguf -f eval.txt -c 128 --chunks "$CHUNKS" -t "$THREADS" \
   --kl-divergence-base ref.kld > ref.log 2>&1
 if [ -z "${SKIP_LLAMA:-}" ] && [ ! -s imatrix.gguf ]; then
   "$LLAMA_BIN/llama-imatrix" -m ref-f32.gguf -f calib.txt -c 128 --chunks "$CALIB_CHUNKS" -t "$THREADS" \
@@ -42,7 +54,7 @@ fi
 
 score() {  # file -> "MB | KLD | top-1"
   local f=$1 log=${1%.gguf}.kld.log
-  [ -s "$log" ] || "$LLAMA_BIN/llama-perplexity" -m "$f" -f eval.txt -c 128 --chunks 64 -t "$THREADS" \
+  [ -s "$log" ] || "$PPL_BIN" -m "$f" -f eval.txt -c 128 --chunks "$CHUNKS" -t "$THREADS" \
     --kl-divergence-base ref.kld --kl-divergence > "$log" 2>&1
   local mb kld top
   mb=$(python3 -c "import os,sys;print(f'{os.path.getsize(sys.argv[1])/1e6:.1f}')" "$f")
@@ -62,7 +74,7 @@ for T in $TYPES; do
     a=$(score lq-$t.gguf); b=$(score lqi-$t.gguf)
   fi
   if [ -z "${SKIP_LOWBIT:-}" ]; then
-    [ -s lb-$t.gguf ] || "$LOWBIT" quantize --model "$MODEL" --scheme "gguf-$t" --method gptq --calib "$TEXT" \
+    [ -s lb-$t.gguf ] || "$LOWBIT" quantize --model "${LOWBIT_MODEL:-$MODEL}" --scheme "gguf-$t" --method gptq --calib "$TEXT" \
       --calib-tokens $((CALIB_CHUNKS * 128)) --ctx 128 --format gguf -o lb-$t.gguf > lb-$t.log 2>&1
     c=$(score lb-$t.gguf)
   fi

@@ -297,7 +297,7 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
   // The pipeline keeps each block's fp32 weights for writers and later passes: from k-quant blocks
   // that would rebuild an fp32 copy of the whole model, so it refuses them (RTN decodes one matrix
   // at a time instead: apply_rtn).
-  if (!net.layers().empty() && net.layers()[0].wq.ggml() != nullptr) {
+  if (!net.layers().empty() && net.layers()[0].wq.ggml() != nullptr && net.weights().layers[0].wq.data() == nullptr) {
     return Unsupported("quantize pipeline: the model's linears are GGUF k-quant blocks (no fp32 weights); "
                        "only RTN (lowbit eval --scheme) re-quantizes them");
   }

@@ -29,6 +29,7 @@
 #include <nlohmann/json.hpp>
 
 #include "lowbit/file.h"
+#include "lowbit/ggml_matmul.h"
 #include "lowbit/gguf.h"
 #include "lowbit/safetensors.h"
 #include "lowbit/tokenizer.h"
@@ -52,16 +53,40 @@ struct Matrix {
 struct Parts {
   std::vector<Matrix> linears;         // layer-major, kSlotInfo order; then the classifier if untied
   std::optional<Matrix> classifier;    // set when the classifier is stored (untied or quantized)
+  std::deque<std::vector<float>> decoded;  // fp32 rows of GGUF blocks the model runs from (stable addresses)
 };
 
+// A matrix the model runs from GGUF blocks (a k-quant GGUF loaded as is), decoded to fp32 into
+// `store`: the writers store it as any other fp32 matrix.
+Result<ConstTensorView> decode_blocks(const std::string& out, const std::string& name, const GgmlMatrix& g,
+                                      std::deque<std::vector<float>>& store) {
+  std::vector<float>& buf = store.emplace_back(static_cast<size_t>(g.rows * g.cols));
+  for (int64_t r = 0; r < g.rows; ++r) {
+    if (Status st = ggml_decode_row(g, r, buf.data() + r * g.cols); !st.ok()) {
+      return InvalidArgument(fmt::format("{}: {}: cannot decode its {} blocks: {}", out, name, ggml_type_name(g.type),
+                                         st.message()));
+    }
+  }
+  return ConstTensorView(buf.data(), DType::kF32, {g.rows, g.cols});
+}
+
+// The token embedding in fp32: the weights' view, or its GGUF blocks decoded into `store`.
+Result<ConstTensorView> embedding_f32(const LlamaModel& net, const std::string& out, std::deque<std::vector<float>>& store) {
+  if (const GgmlMatrix* g = net.embedding_blocks()) return decode_blocks(out, kTokEmbeddingsName, *g, store);
+  return net.weights().tok_embeddings;
+}
+
 Result<Matrix> matrix_of(const std::string& out, const std::string& name, const Linear& lin, ConstTensorView w,
-                         bool rope) {
+                         bool rope, std::deque<std::vector<float>>& store) {
   Matrix m{name, lin.quant(), w, rope};
   if (m.quant != nullptr) return m;
-  if (w.ndim() != 2 || w.dtype() != DType::kF32 || !w.is_contiguous() || w.dim(0) != lin.out_features() ||
-      w.dim(1) != lin.in_features()) {
+  if (const GgmlMatrix* g = lin.ggml(); g != nullptr && w.ndim() == 0) {
+    LOWBIT_ASSIGN_OR_RETURN(m.f32, decode_blocks(out, name, *g, store));
+  }
+  if (m.f32.ndim() != 2 || m.f32.dtype() != DType::kF32 || !m.f32.is_contiguous() || m.f32.dim(0) != lin.out_features() ||
+      m.f32.dim(1) != lin.in_features()) {
     return InvalidArgument(fmt::format("{}: {}: the fp32 linear ({}, {}) does not match net.weights()' matrix {}", out,
-                                       name, lin.out_features(), lin.in_features(), w.shape().to_string()));
+                                       name, lin.out_features(), lin.in_features(), m.f32.shape().to_string()));
   }
   return m;
 }
@@ -73,12 +98,13 @@ Result<Parts> collect(const LlamaModel& net, const std::string& out, size_t firs
   for (size_t l = first; l < std::min(end, net.layers().size()); ++l) {
     for (const SlotInfo& s : kSlotInfo) {
       LOWBIT_ASSIGN_OR_RETURN(Matrix m, matrix_of(out, linear_name(static_cast<int>(l), s), net.layers()[l].*s.linear,
-                                                  net.weights().layers[l].*s.weight, s.rope));
+                                                  net.weights().layers[l].*s.weight, s.rope, p.decoded));
       p.linears.push_back(m);
     }
   }
   if (rest && (net.classifier().quant() != nullptr || !net.config().shared_classifier)) {
-    LOWBIT_ASSIGN_OR_RETURN(Matrix m, matrix_of(out, kClassifierName, net.classifier(), net.weights().classifier, false));
+    LOWBIT_ASSIGN_OR_RETURN(Matrix m, matrix_of(out, kClassifierName, net.classifier(), net.weights().classifier, false,
+                                                p.decoded));
     p.classifier = m;
   }
   return p;
@@ -267,7 +293,10 @@ Status write_safetensors_part(const LlamaModel& net, const std::string& out, con
     plain.push_back({name, DType::kF32, std::vector<int64_t>(v.shape().dims.begin(), v.shape().dims.begin() + v.ndim()),
                      bytes_of(v)});
   };
-  if (rest) add_plain("model.embed_tokens.weight", w.tok_embeddings);
+  if (rest) {
+    LOWBIT_ASSIGN_OR_RETURN(ConstTensorView emb, embedding_f32(net, out, parts.decoded));
+    add_plain("model.embed_tokens.weight", emb);
+  }
   for (size_t l = first; l < std::min(end, w.layers.size()); ++l) {
     add_plain(fmt::format("model.layers.{}.input_layernorm.weight", l), w.layers[l].attn_norm);
     add_plain(fmt::format("model.layers.{}.post_attention_layernorm.weight", l), w.layers[l].ffn_norm);
@@ -454,14 +483,21 @@ Status save_gguf(const LlamaModel& net, const std::string& out, const SaveOption
     const QuantizedTensor& q = *parts.classifier->quant;
     spec.tensors.push_back({"token_embd.weight", {q.rows, q.cols}, {}, q.spec.ggml, &q});
   } else {
-    add_f32("token_embd.weight", w.tok_embeddings);
+    LOWBIT_ASSIGN_OR_RETURN(ConstTensorView emb, embedding_f32(net, out, parts.decoded));
+    add_f32("token_embd.weight", emb);
   }
   add_f32("output_norm.weight", w.final_norm);
   for (size_t l = 0; l < w.layers.size(); ++l) {
     add_f32(fmt::format("blk.{}.attn_norm.weight", l), w.layers[l].attn_norm);
     add_f32(fmt::format("blk.{}.ffn_norm.weight", l), w.layers[l].ffn_norm);
+    if (c.qkv_bias) {  // qwen2: llama.cpp adds them after attn_q/k/v
+      add_f32(fmt::format("blk.{}.attn_q.bias", l), w.layers[l].bq);
+      add_f32(fmt::format("blk.{}.attn_k.bias", l), w.layers[l].bk);
+      add_f32(fmt::format("blk.{}.attn_v.bias", l), w.layers[l].bv);
+    }
   }
-  // GGUF keeps lowbit's (llama2.c's) interleaved q/k row order: llama.cpp's LLAMA_ROPE_TYPE_NORM.
+  // GGUF keeps lowbit's q/k row order: llama2.c's interleaved pairs for llama (llama.cpp's
+  // LLAMA_ROPE_TYPE_NORM); qwen2 rows as its GGUF had them (NEOX, which the forward pass applies).
   for (const Matrix& m : matrices) {
     const std::string name = gguf_name(m.name);
     if (m.quant == nullptr) {
@@ -502,20 +538,21 @@ Status save_gguf(const LlamaModel& net, const std::string& out, const SaveOption
   const uint32_t ftype = any_q4 ? kFtypeMostlyQ4_0 : any_q8 ? kFtypeMostlyQ8_0 : any_f16 ? kFtypeMostlyF16 : kFtypeAllF32;
   auto& md = spec.metadata;
   const auto u32 = [](int64_t v) { return GgufValue::u32(static_cast<uint32_t>(v)); };
-  md.emplace_back("general.architecture", GgufValue::str("llama"));
+  const auto key = [&](std::string_view k) { return fmt::format("{}.{}", c.arch, k); };  // "llama.block_count"
+  md.emplace_back("general.architecture", GgufValue::str(c.arch));
   md.emplace_back("general.name", GgufValue::str(fs::path(out).stem().string()));
   md.emplace_back("general.file_type", GgufValue::u32(ftype));
   if (any_q4 || any_q8) md.emplace_back("general.quantization_version", GgufValue::u32(kGgmlQuantizationVersion));
-  md.emplace_back("llama.context_length", u32(c.seq_len));
-  md.emplace_back("llama.embedding_length", u32(c.dim));
-  md.emplace_back("llama.block_count", u32(c.n_layers));
-  md.emplace_back("llama.feed_forward_length", u32(c.hidden_dim));
-  md.emplace_back("llama.attention.head_count", u32(c.n_heads));
-  md.emplace_back("llama.attention.head_count_kv", u32(c.n_kv_heads));
-  md.emplace_back("llama.rope.freq_base", GgufValue::f32(c.rope_theta));
-  md.emplace_back("llama.attention.layer_norm_rms_epsilon", GgufValue::f32(c.norm_eps));
-  md.emplace_back("llama.rope.dimension_count", u32(c.head_dim()));
-  md.emplace_back("llama.vocab_size", u32(c.vocab_size));
+  md.emplace_back(key("context_length"), u32(c.seq_len));
+  md.emplace_back(key("embedding_length"), u32(c.dim));
+  md.emplace_back(key("block_count"), u32(c.n_layers));
+  md.emplace_back(key("feed_forward_length"), u32(c.hidden_dim));
+  md.emplace_back(key("attention.head_count"), u32(c.n_heads));
+  md.emplace_back(key("attention.head_count_kv"), u32(c.n_kv_heads));
+  md.emplace_back(key("rope.freq_base"), GgufValue::f32(c.rope_theta));
+  md.emplace_back(key("attention.layer_norm_rms_epsilon"), GgufValue::f32(c.norm_eps));
+  md.emplace_back(key("rope.dimension_count"), u32(c.head_dim()));
+  md.emplace_back(key("vocab_size"), u32(c.vocab_size));
   if (!opt.tokenizer_path.empty()) {
     LOWBIT_RETURN_IF_ERROR(add_vocab(out, opt.tokenizer_path, c.vocab_size, &spec));
   } else {
@@ -530,6 +567,15 @@ Status save_gguf(const LlamaModel& net, const std::string& out, const SaveOption
   std::error_code ec;
   report->bytes = static_cast<int64_t>(fs::file_size(out, ec));
   return OkStatus();
+}
+
+// The safetensors writer writes Hugging Face's llama layout (model_type llama, no biases).
+Status safetensors_can_hold(const LlamaModel& net, const std::string& out, ModelFormat format) {
+  const LlamaConfig& c = net.config();
+  if (format != ModelFormat::kSafetensors || (c.arch == "llama" && !c.qkv_bias)) return OkStatus();
+  return Unsupported(fmt::format("{}: a {} model saves as GGUF only (--format gguf): the safetensors writer writes "
+                                 "Hugging Face's llama layout, without {}'s rotary order and q/k/v biases",
+                                 out, c.arch, c.arch));
 }
 
 }  // namespace
@@ -560,6 +606,7 @@ Result<SaveReport> save_model(const LlamaModel& net, const std::string& out_path
       }
     }
   }
+  LOWBIT_RETURN_IF_ERROR(safetensors_can_hold(net, out_path, opt.format));
   SaveReport r;
   r.path = out_path;
   r.format = opt.format;
@@ -573,6 +620,7 @@ Result<SaveReport> save_model(const LlamaModel& net, const std::string& out_path
 
 Result<SaveReport> save_safetensors_shard(const LlamaModel& net, const std::string& path, int first, int end, bool embedding,
                                           bool classifier, const SaveOptions& opt) {
+  LOWBIT_RETURN_IF_ERROR(safetensors_can_hold(net, path, ModelFormat::kSafetensors));
   SaveReport r;
   r.path = path;
   LOWBIT_RETURN_IF_ERROR(write_safetensors_part(net, path, path, opt, static_cast<size_t>(first), static_cast<size_t>(end),

@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <cstring>
+#include <random>
 #include <set>
 #include <tuple>
 #include <string>
@@ -197,6 +199,105 @@ TEST(GgufScheme, ApplyNamesTheTensorARowDoesNotFit) {
   ASSERT_FALSE(st.ok());
   EXPECT_EQ(st.message().find('\n'), std::string::npos) << st.message();
   EXPECT_NE(st.message().find("48"), std::string::npos) << st.message();
+}
+
+// qwen2 (issue 20: Qwen2.5-Coder rows): the GGUF writer keeps the architecture (its keys, NEOX row
+// order, q/k/v biases); a model running from Q4_K/Q6_K blocks saves with every block-run matrix
+// decoded to F32, bit-exact to ggml's dequantization (what `lowbit convert` of a k-quant GGUF does);
+// safetensors refuses qwen2 in one line and writes nothing.
+Model qwen2_model() {
+  Model m = testutil::synthetic_model(2, 29, 256, 512);
+  LlamaConfig& c = m.config;
+  c.arch = "qwen2";
+  c.rope_style = RopeStyle::kNeox;
+  c.qkv_bias = true;
+  c.rope_theta = 1e6f;
+  std::mt19937_64 rng(7);
+  std::normal_distribution<float> nd(0.0f, 0.5f);
+  for (LayerWeights& lw : m.weights.layers) {
+    for (auto [dst, n] : {std::pair{&lw.bq, c.dim}, std::pair{&lw.bk, c.kv_dim()}, std::pair{&lw.bv, c.kv_dim()}}) {
+      Tensor t = Tensor::empty(DType::kF32, {n}).value();
+      for (int64_t i = 0; i < n; ++i) t.data_as<float>()[i] = nd(rng);
+      m.owned.push_back(std::move(t));
+      *dst = ConstTensorView(m.owned.back().view());
+    }
+  }
+  return m;
+}
+
+void expect_close(const std::vector<float>& got, const std::vector<float>& want, float rel, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  float mag = 0;
+  for (float v : want) mag = std::max(mag, std::fabs(v));
+  for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(got[i], want[i], rel * mag + 1e-6f) << what << " logit " << i;
+}
+
+TEST(GgufQwen2, SavesArchitectureBiasesAndDecodesBlockRunMatrices) {
+  const Model m = qwen2_model();
+  LlamaModel net(m);
+  ASSERT_TRUE(apply_scheme(net, *find_scheme("gguf-q4_k_m")).ok());
+  const std::vector<float> in_memory = logits_of(net);
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / fmt::format("lowbit_gguf_qwen2_{}", ::getpid());
+  std::filesystem::create_directories(dir);
+  const std::string q = (dir / "q.gguf").string(), f = (dir / "f32.gguf").string();
+  ASSERT_TRUE(save_model(net, q, SaveOptions{.format = ModelFormat::kGguf}).ok());
+  Result<Model> loaded = load_model(q);
+  ASSERT_TRUE(loaded.ok()) << loaded.status().to_string();
+  EXPECT_EQ(loaded->config.arch, "qwen2");
+  EXPECT_TRUE(loaded->config.qkv_bias);
+  EXPECT_EQ(loaded->config.rope_style, RopeStyle::kNeox);
+  EXPECT_EQ(loaded->config.rope_theta, 1e6f);
+  for (int l = 0; l < 2; ++l) {
+    const LayerWeights& a = m.weights.layers[static_cast<size_t>(l)];
+    const LayerWeights& b = loaded->weights.layers[static_cast<size_t>(l)];
+    for (auto [x, y] : {std::pair{a.bq, b.bq}, std::pair{a.bk, b.bk}, std::pair{a.bv, b.bv}}) {
+      ASSERT_EQ(y.numel(), x.numel());
+      EXPECT_EQ(std::memcmp(x.data(), y.data(), static_cast<size_t>(x.numel()) * sizeof(float)), 0) << "layer " << l;
+    }
+  }
+  const LlamaModel back(*loaded);
+  int blocks = 0;
+  for (int l = 0; l < 2; ++l)
+    for (int i = 0; i < 7; ++i) blocks += slot(back, l, i).ggml() != nullptr;
+  ASSERT_GT(blocks, 0);  // Q4_K/Q6_K linears run from their blocks
+  const std::vector<float> from_file = logits_of(back);
+  expect_close(from_file, in_memory, 1e-4f, "qwen2 gguf-q4_k_m saved and loaded");
+
+  // The block-run model saved unquantized: every matrix F32, equal to ggml's dequantization of its blocks.
+  Result<SaveReport> r = save_model(back, f, SaveOptions{.format = ModelFormat::kGguf});
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  Result<Model> f32 = load_model(f);
+  ASSERT_TRUE(f32.ok()) << f32.status().to_string();
+  const LlamaModel plain(*f32);
+  for (int l = 0; l < 2; ++l) {
+    for (int i = 0; i < 7; ++i) {
+      const Linear& src = slot(back, l, i);
+      const ConstTensorView w = f32->weights.layers[static_cast<size_t>(l)].*linear_weight_member(kLinearSlots[i]);
+      EXPECT_EQ(slot(plain, l, i).ggml(), nullptr);
+      ASSERT_EQ(w.dim(0), src.out_features());
+      std::vector<float> row(static_cast<size_t>(src.in_features()));
+      for (int64_t rr = 0; rr < src.out_features(); ++rr) {
+        if (src.ggml() != nullptr) {
+          ASSERT_TRUE(ggml_decode_row(*src.ggml(), rr, row.data()).ok());
+        } else {
+          const ConstTensorView v = loaded->weights.layers[static_cast<size_t>(l)].*linear_weight_member(kLinearSlots[i]);
+          std::memcpy(row.data(), v.data_as<float>() + rr * src.in_features(), row.size() * sizeof(float));
+        }
+        ASSERT_EQ(std::memcmp(row.data(), w.data_as<float>() + rr * src.in_features(), row.size() * sizeof(float)), 0)
+            << "layers." << l << "." << kSlots[i] << " row " << rr;
+      }
+    }
+  }
+  expect_close(logits_of(plain), from_file, 1e-5f, "qwen2 blocks decoded to F32");
+
+  const std::string st = (dir / "st").string();
+  Result<SaveReport> refused = save_model(net, st, SaveOptions{.format = ModelFormat::kSafetensors});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kUnsupported);
+  EXPECT_EQ(refused.status().message().find('\n'), std::string::npos);
+  EXPECT_NE(refused.status().message().find("qwen2"), std::string::npos) << refused.status().message();
+  EXPECT_FALSE(std::filesystem::exists(st));
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
