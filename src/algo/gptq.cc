@@ -21,21 +21,6 @@
 namespace lowbit {
 namespace {
 
-#ifdef LOWBIT_GPTQ_OPENBLAS
-extern "C" void openblas_set_num_threads(int);
-// Eigen's products and factorizations here run in OpenBLAS (EIGEN_USE_BLAS; see CMakeLists.txt),
-// on lowbit's thread count (LOWBIT_THREADS) rather than OpenBLAS's own default.
-void sync_blas_threads() {
-  static int last = 0;
-  if (const int n = num_threads(); n != last) {
-    openblas_set_num_threads(n);
-    last = n;
-  }
-}
-#else
-void sync_blas_threads() {}
-#endif
-
 using MatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using MatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
@@ -183,7 +168,6 @@ void InputStats::add(const float* x, int64_t rows) {
     }
   }
   if (!hessian.empty()) {
-    sync_blas_threads();
     Eigen::Map<const MatF> X(x, rows, dim);
     // (dim, dim) XᵀX in float over this batch only (a symmetric rank-k update: half a full
     // product's flops), mirrored, then added to the double sum.
@@ -218,7 +202,6 @@ double output_error(ConstTensorView w, ConstTensorView w_hat, std::span<const fl
 Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double> hessian, const QuantSpec& spec,
                                       const GptqOptions& opt, std::string_view name, GptqStats* stats) {
   const auto t0 = std::chrono::steady_clock::now();
-  sync_blas_threads();
   if (w.ndim() != 2 || w.dtype() != DType::kF32) return InvalidArgument(fmt::format("{}: GPTQ needs an f32 (out, in) weight", name));
   LOWBIT_RETURN_IF_ERROR(validate(spec));
   if (spec.rounding != Rounding::kNearestEven) {

@@ -14,6 +14,10 @@
 namespace lowbit {
 namespace {
 
+#ifdef LOWBIT_HAVE_OPENBLAS
+extern "C" void openblas_set_num_threads(int);
+#endif
+
 constexpr int kUnset = 0;
 std::atomic<int> g_threads{kUnset};
 std::mutex g_init_mu;
@@ -38,6 +42,16 @@ Result<int> parse_threads(std::string_view text, const char* what) {
   return n;
 }
 
+// The count OpenMP (lowbit's loops, Eigen) and OpenBLAS (the BLAS Eigen calls in gptq.cc and
+// llama.cc, see their CMakeLists) both use.
+void apply_threads(int n) {
+  g_threads.store(n, std::memory_order_release);
+  omp_set_num_threads(n);
+#ifdef LOWBIT_HAVE_OPENBLAS
+  openblas_set_num_threads(n);
+#endif
+}
+
 }  // namespace
 
 Status set_num_threads(int n) {
@@ -45,8 +59,7 @@ Status set_num_threads(int n) {
     return InvalidArgument("--threads: expected a thread count from 1 to " + std::to_string(kMaxThreads) +
                            ", got " + std::to_string(n));
   }
-  g_threads.store(n, std::memory_order_release);
-  omp_set_num_threads(n);
+  apply_threads(n);
   return OkStatus();
 }
 
@@ -54,13 +67,12 @@ Status init_threads_from_env() {
   std::lock_guard<std::mutex> lock(g_init_mu);
   const char* env = std::getenv("LOWBIT_THREADS");
   if (env == nullptr || *env == '\0') {
-    if (g_threads.load() == kUnset) g_threads.store(default_threads());
+    if (g_threads.load() == kUnset) apply_threads(default_threads());
     return OkStatus();
   }
   Result<int> n = parse_threads(env, "LOWBIT_THREADS");
   if (!n.ok()) return n.status();
-  g_threads.store(*n, std::memory_order_release);
-  omp_set_num_threads(*n);
+  apply_threads(*n);
   return OkStatus();
 }
 
