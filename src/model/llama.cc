@@ -12,7 +12,6 @@
 
 #include <fmt/format.h>
 
-#include "lowbit/ggml_quant.h"
 #include "lowbit/parallel.h"
 #include "model_internal.h"
 
@@ -104,7 +103,10 @@ namespace {
 
 // The kernel op for weights `w` with activations quantized as `act` (or fp32), if any.
 std::optional<KernelOp> linear_kernel_op(const QuantSpec& w, const std::optional<QuantSpec>& act) {
-  if (w.ggml != GgmlType::kF32) return std::nullopt;  // ggml blocks: ggml_matmul (Linear::quantized), else fp32
+  // ggml blocks (gguf-* schemes in memory) are dequantized to fp32: ggml_matmul decodes the
+  // 32-element types' tiles with the scalar reference decoders, slower than one fp32 GEMM for the
+  // calibration passes; the GGUF loader keeps Q4_K/Q6_K (per-ISA decoders) as blocks.
+  if (w.ggml != GgmlType::kF32) return std::nullopt;
   if (!kernel_supports(w)) return std::nullopt;
   const bool int8_tokens = act && act->element == Format::kInt8 && act->granularity == Granularity::kRow &&
                            act->symmetric && act->scale_format == Format::kFp32;
@@ -130,13 +132,6 @@ Result<Linear> Linear::quantized(const QuantizedTensor& q, const std::optional<Q
   l.out_ = q.rows;
   l.in_ = q.cols;
   l.quant_ = std::make_shared<QuantizedTensor>(q);
-  // ggml blocks (gguf-* schemes) run as stored, on ggml_matmul's decoders (the bits per weight
-  // of the file they will be written to); with quantized activations they take the fp32 path below.
-  if (q.spec.ggml != GgmlType::kF32 && ggml_matmul_supports(q.spec.ggml) && !activations &&
-      static_cast<int64_t>(l.quant_->codes.size()) == q.rows * ggml_row_bytes(q.spec.ggml, q.cols)) {
-    l.ggml_ = GgmlMatrix{.type = q.spec.ggml, .blocks = l.quant_->codes.data(), .rows = q.rows, .cols = q.cols};
-    return l;
-  }
   if (const std::optional<KernelOp> op = linear_kernel_op(q.spec, activations)) {
     LOWBIT_ASSIGN_OR_RETURN(PackedWeights p, pack_weights(q));
     l.packed_ = std::make_shared<PackedWeights>(std::move(p));
