@@ -41,6 +41,8 @@ bool ggml_matmul_supports(GgmlType type);
 Status ggml_matmul(const GgmlMatrix& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy);
 // Row r of w decoded to fp32 (cols values): an embedding lookup without a copy of the table.
 Status ggml_decode_row(const GgmlMatrix& w, int64_t r, float* out);
+// Rows [r0, r1) decoded to fp32 into out (r1 - r0, cols): a whole matrix for a writer or a re-quantizer.
+Status ggml_decode_rows(const GgmlMatrix& w, int64_t r0, int64_t r1, float* out);
 
 // "gemm_a16_q4K_f32__avx2": fp32 activations, the weight type, fp32 out, the ISA.
 std::string ggml_kernel_name(GgmlType type, Isa isa);

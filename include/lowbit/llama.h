@@ -102,6 +102,10 @@ class LlamaModel {
   // The token embedding's k-quant blocks when the file stores it so (rows are decoded per lookup),
   // else null and weights().tok_embeddings holds it in fp32.
   const GgmlMatrix* embedding_blocks() const { return emb_.blocks ? &emb_ : nullptr; }
+  // The token embedding as a plan quantized it (weights().tok_embeddings then holds its dequantized
+  // values, which the model runs): what a writer stores and model_size counts. Null when unquantized.
+  const QuantizedTensor* embedding_quant() const { return emb_quant_.get(); }
+  void set_embedding_quant(QuantizedTensor q) { emb_quant_ = std::make_shared<const QuantizedTensor>(std::move(q)); }
   Linear& classifier() { return classifier_; }
   const Linear& classifier() const { return classifier_; }
   ActivationQuant& activation_quant() { return act_; }
@@ -122,6 +126,7 @@ class LlamaModel {
   std::vector<LayerLinears> layers_;
   Linear classifier_;
   GgmlMatrix emb_;
+  std::shared_ptr<const QuantizedTensor> emb_quant_;
   ActivationQuant act_;
   std::optional<KvSpec> kv_;
 };

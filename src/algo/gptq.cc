@@ -148,10 +148,34 @@ QuantizedTensor gptq_ggml(MatF Wp, const Eigen::Map<const MatD>& H, const MatF& 
 
 }  // namespace
 
+// Lower triangle of H += XᵀX for the pending rows: the product in float (one symmetric rank-k
+// update over up to ~64 MiB of rows), added to the double sum.
+void InputStats::fold_pending() {
+  if (pending.empty() || hessian.empty()) {
+    pending.clear();
+    return;
+  }
+  const int64_t rows = static_cast<int64_t>(pending.size()) / dim;
+  Eigen::Map<const MatF> X(pending.data(), rows, dim);
+  MatF h = MatF::Zero(dim, dim);
+  h.selfadjointView<Eigen::Lower>().rankUpdate(X.transpose());
+  Eigen::Map<MatD> H(hessian.data(), dim, dim);
+  H.triangularView<Eigen::Lower>() += h.cast<double>();
+  std::vector<float>().swap(pending);
+}
+
+void InputStats::finish() {
+  fold_pending();
+  if (hessian.empty()) return;
+  Eigen::Map<MatD> H(hessian.data(), dim, dim);
+  H.triangularView<Eigen::StrictlyUpper>() = H.transpose();
+}
+
 void InputStats::init(int64_t d, bool want_hessian, int64_t max_rows) {
   dim = d;
   tokens = 0;
   hessian.assign(want_hessian ? static_cast<size_t>(d * d) : 0, 0.0);
+  pending.clear();
   absmax.assign(static_cast<size_t>(d), 0.0f);
   abs_sum.assign(static_cast<size_t>(d), 0.0);
   samples.clear();
@@ -168,14 +192,8 @@ void InputStats::add(const float* x, int64_t rows) {
     }
   }
   if (!hessian.empty()) {
-    Eigen::Map<const MatF> X(x, rows, dim);
-    // (dim, dim) XᵀX in float over this batch only (a symmetric rank-k update: half a full
-    // product's flops), mirrored, then added to the double sum.
-    MatF h = MatF::Zero(dim, dim);
-    h.selfadjointView<Eigen::Lower>().rankUpdate(X.transpose());
-    h.triangularView<Eigen::StrictlyUpper>() = h.transpose();
-    Eigen::Map<MatD> H(hessian.data(), dim, dim);
-    H += h.cast<double>();
+    pending.insert(pending.end(), x, x + rows * dim);
+    if (static_cast<int64_t>(pending.size()) * static_cast<int64_t>(sizeof(float)) >= fold_bytes) fold_pending();
   }
   const int64_t keep = std::min(rows, max_samples - sample_rows());
   if (keep > 0) samples.insert(samples.end(), x, x + keep * dim);

@@ -341,6 +341,7 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
         LOWBIT_RETURN_IF_ERROR(check_finite(y, l, win));
         if (!opt.sequential) fp32_out[win] = std::move(y);
       }
+      for (InputStats& s : st) s.finish();
       for (const auto& x : xs) act_bytes += static_cast<int64_t>(x.size() * sizeof(float));
       act_bytes *= opt.sequential ? 1 : 2;
       for (const InputStats& s : st) {
@@ -496,6 +497,7 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
       mw.classifier = mw.tok_embeddings;
       LOWBIT_ASSIGN_OR_RETURN(net.classifier(), Linear::quantized(q));
     }
+    net.set_embedding_quant(std::move(q));
   }
   if (const PlanEntry* e = opt.plan.find("classifier"); e && e->spec && !c.shared_classifier) {
     LOWBIT_RETURN_IF_ERROR(check_cast_range(mw.classifier, *e->spec, "classifier"));

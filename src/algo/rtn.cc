@@ -34,9 +34,7 @@ Status apply_rtn(LlamaModel& net, const QuantSpec& weights, const std::optional<
       Tensor decoded;  // (out, in): a k-quant matrix dequantized alone, dropped after quantizing it
       if (const GgmlMatrix* g = (net.layers()[l].*kLinearMembers[i]).ggml(); g != nullptr && w.data() == nullptr) {
         LOWBIT_ASSIGN_OR_RETURN(decoded, Tensor::empty(DType::kF32, {g->rows, g->cols}));
-        for (int64_t r = 0; r < g->rows; ++r) {
-          LOWBIT_RETURN_IF_ERROR(ggml_decode_row(*g, r, decoded.data_as<float>() + r * g->cols));
-        }
+        LOWBIT_RETURN_IF_ERROR(ggml_decode_rows(*g, 0, g->rows, decoded.data_as<float>()));
         w = std::as_const(decoded).view();
       }
       QuantizeOptions opt;
@@ -92,10 +90,11 @@ ModelSize model_size(const LlamaModel& net) {
   const QuantizedTensor* cq = net.classifier().quant();
   const GgmlMatrix* cg = net.classifier().ggml();
   const GgmlMatrix* eg = net.embedding_blocks();
-  const int64_t emb_bytes = eg ? eg->bytes() : 4 * emb;
+  const QuantizedTensor* eq = net.embedding_quant();
+  const int64_t emb_bytes = eq ? eq->storage_bytes() : eg ? eg->bytes() : 4 * emb;
   const int64_t cls_bytes = cq ? cq->storage_bytes() : cg ? cg->bytes() : 4 * emb;
   if (c.shared_classifier) {
-    s.other_bytes += eg ? emb_bytes : cls_bytes;  // the classifier is the embedding
+    s.other_bytes += eq || eg ? emb_bytes : cls_bytes;  // the classifier is the embedding
   } else {
     s.other_params += emb;
     s.other_bytes += emb_bytes + cls_bytes;

@@ -61,11 +61,9 @@ struct Parts {
 Result<ConstTensorView> decode_blocks(const std::string& out, const std::string& name, const GgmlMatrix& g,
                                       std::deque<std::vector<float>>& store) {
   std::vector<float>& buf = store.emplace_back(static_cast<size_t>(g.rows * g.cols));
-  for (int64_t r = 0; r < g.rows; ++r) {
-    if (Status st = ggml_decode_row(g, r, buf.data() + r * g.cols); !st.ok()) {
-      return InvalidArgument(fmt::format("{}: {}: cannot decode its {} blocks: {}", out, name, ggml_type_name(g.type),
-                                         st.message()));
-    }
+  if (Status st = ggml_decode_rows(g, 0, g.rows, buf.data()); !st.ok()) {
+    return InvalidArgument(fmt::format("{}: {}: cannot decode its {} blocks: {}", out, name, ggml_type_name(g.type),
+                                       st.message()));
   }
   return ConstTensorView(buf.data(), DType::kF32, {g.rows, g.cols});
 }
@@ -482,6 +480,9 @@ Status save_gguf(const LlamaModel& net, const std::string& out, const SaveOption
     matrices.pop_back();
     const QuantizedTensor& q = *parts.classifier->quant;
     spec.tensors.push_back({"token_embd.weight", {q.rows, q.cols}, {}, q.spec.ggml, &q});
+  } else if (const QuantizedTensor* eq = net.embedding_quant(); eq != nullptr && eq->spec.ggml != GgmlType::kF32) {
+    // An untied embedding a gguf plan quantized: its blocks, as llama-quantize writes token_embd.
+    spec.tensors.push_back({"token_embd.weight", {eq->rows, eq->cols}, {}, eq->spec.ggml, eq});
   } else {
     LOWBIT_ASSIGN_OR_RETURN(ConstTensorView emb, embedding_f32(net, out, parts.decoded));
     add_f32("token_embd.weight", emb);

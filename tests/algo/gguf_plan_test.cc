@@ -222,6 +222,12 @@ Model qwen2_model() {
       *dst = ConstTensorView(m.owned.back().view());
     }
   }
+  // An untied output (as Qwen2.5's GGUFs store output.weight): token_embd is then quantized to the base type.
+  c.shared_classifier = false;
+  Tensor head = Tensor::empty(DType::kF32, {c.vocab_size, c.dim}).value();
+  for (int64_t i = 0; i < head.numel(); ++i) head.data_as<float>()[i] = 0.1f * nd(rng);
+  m.owned.push_back(std::move(head));
+  m.weights.classifier = ConstTensorView(m.owned.back().view());
   return m;
 }
 
@@ -256,6 +262,15 @@ TEST(GgufQwen2, SavesArchitectureBiasesAndDecodesBlockRunMatrices) {
     }
   }
   const LlamaModel back(*loaded);
+  // token_embd stored as Q4_K blocks (q4_k_m's base type, as llama-quantize writes it), not F32; the
+  // model size counts those bytes.
+  ASSERT_NE(net.embedding_quant(), nullptr);
+  EXPECT_EQ(net.embedding_quant()->spec.ggml, GgmlType::kQ4_K);
+  ASSERT_NE(back.embedding_blocks(), nullptr) << "token_embd was not written as blocks";
+  EXPECT_EQ(back.embedding_blocks()->type, GgmlType::kQ4_K);
+  const int64_t emb_q4k = m.config.vocab_size * m.config.dim / 256 * 144;
+  EXPECT_EQ(model_size(net).other_bytes, model_size(back).other_bytes);
+  EXPECT_LT(model_size(net).other_bytes, 4 * m.config.vocab_size * m.config.dim + emb_q4k);  // not the fp32 embedding
   int blocks = 0;
   for (int l = 0; l < 2; ++l)
     for (int i = 0; i < 7; ++i) blocks += slot(back, l, i).ggml() != nullptr;

@@ -56,6 +56,7 @@ TEST(GptqGgml, BeatsWeightedRoundingForEveryBlockType) {
   InputStats st;
   st.init(in, true, 0);
   st.add(x.data(), n);
+  st.finish();
   std::vector<float> diag(static_cast<size_t>(in));
   for (int64_t j = 0; j < in; ++j) diag[static_cast<size_t>(j)] = static_cast<float>(st.hessian[static_cast<size_t>(j * in + j)]);
   for (const GgmlBlockInfo& info : ggml_block_types()) {
@@ -84,6 +85,7 @@ TEST_P(GptqSpecs, BeatsRtnOnCorrelatedInputs) {
   InputStats st;
   st.init(in, true, 0);
   st.add(x.data(), n);
+  st.finish();
   const double rtn = rtn_error(w, spec, x, n);
   for (const bool act_order : {false, true}) {
     for (const bool static_groups : {false, true}) {
@@ -131,6 +133,7 @@ TEST(Gptq, FastFactorMatchesDoubleReference) {
     InputStats st;
     st.init(k.in, true, 0);
     st.add(x.data(), n);
+    st.finish();
     GptqOptions opt;
     opt.act_order = k.act_order;
     opt.block_size = 48;
@@ -173,28 +176,46 @@ TEST(Gptq, EqualsRtnWhenInputsAreIndependent) {
   }
 }
 
-// The Hessian sums XᵀX batch by batch (a symmetric rank-k update per batch, OpenBLAS's ssyrk where
-// linked): exactly symmetric, and equal to a double-precision XᵀX over every batch within float rounding.
+// The Hessian gathers rows and folds them in as symmetric rank-k updates (OpenBLAS's ssyrk where
+// linked) into the lower triangle; finish() mirrors. Whatever the fold size (one fold for all rows,
+// a fold every few rows, a fold inside a batch's boundary) and with rows added after a finish(), H is
+// exactly symmetric and equal to a double-precision XᵀX over every row within float rounding.
 TEST(InputStats, HessianIsXtXOverAllBatches) {
-  const int64_t in = 19, n1 = 37, n2 = 5;
-  std::vector<float> x = correlated_inputs(n1 + n2, in, 13);
-  InputStats st;
-  st.init(in, true, 0);
-  st.add(x.data(), n1);
-  st.add(x.data() + n1 * in, n2);
-  ASSERT_EQ(st.hessian.size(), static_cast<size_t>(in * in));
-  double mag = 0;
-  for (int64_t i = 0; i < in; ++i) {
-    for (int64_t j = 0; j < in; ++j) {
-      double want = 0;
-      for (int64_t t = 0; t < n1 + n2; ++t) want += double(x[size_t(t * in + i)]) * double(x[size_t(t * in + j)]);
-      mag = std::max(mag, std::fabs(want));
-      EXPECT_EQ(st.hessian[size_t(i * in + j)], st.hessian[size_t(j * in + i)]) << i << "," << j;
-      EXPECT_NEAR(st.hessian[size_t(i * in + j)], want, 1e-5 * std::max(1.0, std::fabs(want))) << i << "," << j;
+  const int64_t in = 19, n1 = 37, n2 = 5, n3 = 11;
+  std::vector<float> x = correlated_inputs(n1 + n2 + n3, in, 13);
+  for (int64_t fold_rows : {int64_t{0}, int64_t{1}, int64_t{4}, int64_t{40}}) {
+    InputStats st;
+    st.init(in, true, 0);
+    if (fold_rows) st.fold_bytes = fold_rows * in * static_cast<int64_t>(sizeof(float));
+    st.add(x.data(), n1);
+    st.add(x.data() + n1 * in, n2);
+    if (fold_rows == 4) {
+      st.finish();  // then more rows: the next finish() must mirror them too
+      EXPECT_TRUE(st.pending.empty());
     }
+    st.add(x.data() + (n1 + n2) * in, n3);
+    if (fold_rows == 1) {
+      EXPECT_TRUE(st.pending.empty()) << "a fold per batch once over fold_bytes";
+    }
+    if (fold_rows == 0) {
+      EXPECT_EQ(st.pending.size(), static_cast<size_t>((n1 + n2 + n3) * in)) << "64 MiB default: nothing folded yet";
+    }
+    st.finish();
+    EXPECT_TRUE(st.pending.empty());
+    ASSERT_EQ(st.hessian.size(), static_cast<size_t>(in * in));
+    double mag = 0;
+    for (int64_t i = 0; i < in; ++i) {
+      for (int64_t j = 0; j < in; ++j) {
+        double want = 0;
+        for (int64_t t = 0; t < n1 + n2 + n3; ++t) want += double(x[size_t(t * in + i)]) * double(x[size_t(t * in + j)]);
+        mag = std::max(mag, std::fabs(want));
+        EXPECT_EQ(st.hessian[size_t(i * in + j)], st.hessian[size_t(j * in + i)]) << fold_rows << ": " << i << "," << j;
+        EXPECT_NEAR(st.hessian[size_t(i * in + j)], want, 1e-5 * std::max(1.0, std::fabs(want))) << fold_rows << ": " << i << "," << j;
+      }
+    }
+    EXPECT_GT(mag, 1.0);
+    EXPECT_EQ(st.tokens, n1 + n2 + n3);
   }
-  EXPECT_GT(mag, 1.0);
-  EXPECT_EQ(st.tokens, n1 + n2);
 }
 
 TEST(Gptq, DeadInputsAreZeroed) {
@@ -205,6 +226,7 @@ TEST(Gptq, DeadInputsAreZeroed) {
   InputStats st;
   st.init(in, true, 0);
   st.add(x.data(), n);
+  st.finish();
   GptqStats gs;
   const QuantizedTensor q = gptq_quantize(w.view(), st.hessian, parse_spec("int8:row").value(), {}, "w", &gs).value();
   EXPECT_EQ(gs.dead_cols, 1);
@@ -272,6 +294,7 @@ TEST(Awq, BeatsRtnWithOutlierInputChannels) {
   InputStats st;
   st.init(in, false, n);
   st.add(x.data(), n);
+  st.finish();
   const ConstTensorView ws[] = {w1.view(), w2.view()};
   const QuantSpec spec = parse_spec("int4:g32:sym:fp16").value();
   const AwqResult r = awq_search(ws, st.mean_abs(), st.samples, st.sample_rows(), spec, {}, "w").value();

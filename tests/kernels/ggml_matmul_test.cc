@@ -78,6 +78,10 @@ TEST_P(GgmlMatmul, DecodeIsBitExactOnEveryIsa) {
         ASSERT_EQ(std::memcmp(got.data(), ref.data() + r * cols, sizeof(float) * cols), 0)
             << isa_name(isa) << " row " << r << " cols " << cols;
       }
+      std::vector<float> all(static_cast<size_t>(3 * cols), -1.0f);  // rows [1, 3) land at the start
+      ASSERT_TRUE(ggml_decode_rows(w, 1, 3, all.data()).ok());
+      ASSERT_EQ(std::memcmp(all.data(), ref.data() + cols, sizeof(float) * 2 * cols), 0) << isa_name(isa) << " cols " << cols;
+      EXPECT_EQ(all[static_cast<size_t>(2 * cols)], -1.0f) << "wrote past its rows";
     }
   }
 }
@@ -127,6 +131,8 @@ TEST_P(GgmlMatmul, RejectsBadShapes) {
   w.cols = 256;
   EXPECT_EQ(ggml_matmul(w, x.data(), 1, 100, y.data(), 1).code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(ggml_decode_row(w, 1, x.data()).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ggml_decode_rows(w, 0, 2, x.data()).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ggml_decode_rows(w, 1, 0, x.data()).code(), StatusCode::kInvalidArgument);
   if (!small_blocks(GetParam())) {  // a super-block type needs whole 256-element blocks
     w.cols = 32;
     EXPECT_EQ(ggml_matmul(w, x.data(), 1, 256, y.data(), 1).code(), StatusCode::kInvalidArgument);
