@@ -1,7 +1,7 @@
 // Quantization speed: RTN and GPTQ of a 4096x4096 and an 11008x4096 (out x in) linear with
 // synthetic, seeded weights and a synthetic positive-definite Hessian (identity plus a rank-64
 // correlation), beside one fp32 GEMM of the same shape (M = 4096 tokens, Eigen) measured in
-// the same run. Then the pipeline's working memory on synthetic models of 4, 8 and 16 layers of
+// the same run; the calibration Hessian's accumulation (batched folds vs a fold per window). Then the pipeline's working memory on synthetic models of 4, 8 and 16 layers of
 // one width: it must not grow with depth.
 //   bench_algo [--out=N] [--in=N] [--width=N]
 #include <benchmark/benchmark.h>
@@ -71,6 +71,22 @@ void BM_gptq(benchmark::State& state, int64_t out, int64_t in, bool act_order) {
     auto q = lowbit::gptq_quantize(w.view(), h, spec, opt, "bench");
     if (!q.ok()) state.SkipWithError(q.status().to_string().c_str());
     benchmark::DoNotOptimize(q);
+  }
+}
+
+// The calibration Hessian of one linear input `in` wide over 40 windows of 128 tokens (the pipeline's
+// default calibration): folded once per ~64 MiB of gathered rows (InputStats' default) against folded
+// after every window (fold_bytes = 1: a (in, in) float product, zero-fill and double add per window, the
+// way it ran before).
+void BM_hessian(benchmark::State& state, int64_t in, bool per_window) {
+  const lowbit::Tensor x = random_matrix(40 * 128, in, 3, 1.0f);
+  for (auto _ : state) {
+    lowbit::InputStats st;
+    st.init(in, true, 0);
+    if (per_window) st.fold_bytes = 1;
+    for (int w = 0; w < 40; ++w) st.add(x.data_as<float>() + int64_t{w} * 128 * in, 128);
+    st.finish();
+    benchmark::DoNotOptimize(st.hessian.data());
   }
 }
 
@@ -157,6 +173,9 @@ int main(int argc, char** argv) {
     benchmark::RegisterBenchmark(("gptq/" + s).c_str(), BM_gptq, o, k, false)->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
     benchmark::RegisterBenchmark(("gptq-act-order/" + s).c_str(), BM_gptq, o, k, true)->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
   }
+  const std::string hs = std::to_string(out) + "x" + std::to_string(in);
+  benchmark::RegisterBenchmark(("hessian-40x128-tokens/" + hs).c_str(), BM_hessian, in, false)->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
+  benchmark::RegisterBenchmark(("hessian-fold-per-window/" + hs).c_str(), BM_hessian, in, true)->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
   for (int layers : {4, 8, 16}) {
     benchmark::RegisterBenchmark(("pipeline-gptq/layers:" + std::to_string(layers)).c_str(), BM_pipeline, layers)
         ->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);

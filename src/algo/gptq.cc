@@ -192,6 +192,8 @@ void InputStats::add(const float* x, int64_t rows) {
     }
   }
   if (!hessian.empty()) {
+    // One allocation per fold: up to fold_bytes and this batch (StreamMemory counts it so).
+    if (pending.empty()) pending.reserve(static_cast<size_t>(std::max<int64_t>(fold_bytes / 4, 0) + rows * dim));
     pending.insert(pending.end(), x, x + rows * dim);
     if (static_cast<int64_t>(pending.size()) * static_cast<int64_t>(sizeof(float)) >= fold_bytes) fold_pending();
   }

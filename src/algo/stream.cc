@@ -19,6 +19,7 @@
 #include "lowbit/formats.h"
 #include "lowbit/llama.h"
 #include "lowbit/safetensors.h"
+#include "lowbit/ptq.h"
 #include "lowbit/quant.h"
 
 namespace lowbit {
@@ -317,6 +318,10 @@ StreamMemory stream_memory(const LlamaConfig& c, DType stored, Method method, in
     m.activations = 2 * calib_tokens * d * 4;
     // one window's block buffers, and for GPTQ the float Xᵀ X of the widest site
     m.calib_temp = window * (8 * d + 3 * h + window * c.n_heads) * 4 + (method == Method::kGptq ? 4 * widest * widest : 0);
+    if (method == Method::kGptq) {  // + each site's rows gathered for the Hessian's next fold (InputStats::add)
+      const int64_t fold = InputStats{}.fold_bytes;
+      for (int64_t site : {d, d, d, h}) m.calib_temp += std::min(calib_tokens * site * 4, fold + window * site * 4);
+    }
   }
   // a chunk of rows: f32, its stored bytes and its codes (<= 4 bytes each); the classifier's scale
   // codes of the whole table (<= 2 bytes per 16 elements)
