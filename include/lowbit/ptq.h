@@ -33,10 +33,10 @@ struct InputStats {
   std::vector<double> abs_sum;  // (dim) Σ |x_j|
   std::vector<float> samples;   // (≤ max_samples, dim): the first rows seen, for output-error searches
   int64_t max_samples = 0;
-
-  void init(int64_t dim, bool hessian, int64_t max_samples);
   std::vector<float> pending;   // (rows, dim) not yet folded into hessian
   int64_t fold_bytes = int64_t{64} << 20;  // fold once pending holds this much
+
+  void init(int64_t dim, bool hessian, int64_t max_samples);
   void add(const float* x, int64_t rows);  // x (rows, dim)
   void finish();                           // fold pending rows; hessian symmetric
   void fold_pending();                     // lower triangle += pending rows' XᵀX

@@ -497,7 +497,8 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
       mw.classifier = mw.tok_embeddings;
       LOWBIT_ASSIGN_OR_RETURN(net.classifier(), Linear::quantized(q));
     }
-    net.set_embedding_quant(std::move(q));
+    // An untied embedding in ggml blocks: kept for the GGUF writer (a tied one is the classifier's).
+    if (!c.shared_classifier && q.spec.ggml != GgmlType::kF32) net.set_embedding_quant(std::move(q));
   }
   if (const PlanEntry* e = opt.plan.find("classifier"); e && e->spec && !c.shared_classifier) {
     LOWBIT_RETURN_IF_ERROR(check_cast_range(mw.classifier, *e->spec, "classifier"));

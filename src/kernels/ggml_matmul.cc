@@ -95,19 +95,14 @@ Status ggml_matmul(const GgmlMatrix& w, const float* x, int64_t m, int64_t ldx, 
   return OkStatus();
 }
 
-Status ggml_decode_row(const GgmlMatrix& w, int64_t r, float* out) {
-  LOWBIT_RETURN_IF_ERROR(check(w));
-  if (r < 0 || r >= w.rows) return InvalidArgument(fmt::format("ggml_decode_row: row {} of {}", r, w.rows));
-  decode_block(microkernels(), w, r, r + 1, 0, w.cols, out);
-  return OkStatus();
-}
-
 Status ggml_decode_rows(const GgmlMatrix& w, int64_t r0, int64_t r1, float* out) {
   LOWBIT_RETURN_IF_ERROR(check(w));
   if (r0 < 0 || r1 < r0 || r1 > w.rows) return InvalidArgument(fmt::format("ggml_decode_rows: rows [{}, {}) of {}", r0, r1, w.rows));
   decode_block(microkernels(), w, r0, r1, 0, w.cols, out);
   return OkStatus();
 }
+
+Status ggml_decode_row(const GgmlMatrix& w, int64_t r, float* out) { return ggml_decode_rows(w, r, r + 1, out); }
 
 std::string ggml_kernel_name(GgmlType type, Isa isa) {
   // k-quants as ggml's kernels name them ("q4K"); the 32-element types by their ggml name ("q5_0", "iq4_nl").
