@@ -3,7 +3,8 @@
 // correlation), beside one fp32 GEMM of the same shape (M = 4096 tokens, Eigen) measured in
 // the same run; the calibration Hessian's accumulation (batched folds vs a fold per window). Then the pipeline's working memory on synthetic models of 4, 8 and 16 layers of
 // one width: it must not grow with depth.
-//   bench_algo [--out=N] [--in=N] [--width=N]
+//   bench_algo [--out=N] [--in=N] [--width=N] [--spec=TEXT]   (TEXT: a QuantSpec, default int4:g128:sym:fp16,
+//              or gguf:<type> for llama.cpp's blocks, e.g. gguf:iq4_nl)
 #include <benchmark/benchmark.h>
 
 #include <Eigen/Dense>
@@ -23,6 +24,7 @@ namespace {
 
 using MatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 int64_t g_width = 512;
+std::string g_spec = "int4:g128:sym:fp16";  // RTN's and GPTQ's weight spec
 std::vector<std::pair<int, int64_t>> g_peaks;  // (layers, peak activation bytes)
 
 lowbit::Tensor random_matrix(int64_t r, int64_t c, uint64_t seed, float sd) {
@@ -54,7 +56,7 @@ void BM_sgemm(benchmark::State& state, int64_t out, int64_t in) {
 
 void BM_rtn(benchmark::State& state, int64_t out, int64_t in) {
   const lowbit::Tensor w = random_matrix(out, in, 1, 0.02f);
-  const lowbit::QuantSpec spec = lowbit::parse_spec("int4:g128:sym:fp16").value();
+  const lowbit::QuantSpec spec = lowbit::parse_spec(g_spec).value();
   for (auto _ : state) {
     auto q = lowbit::quantize(w.view(), spec);
     benchmark::DoNotOptimize(q);
@@ -64,7 +66,7 @@ void BM_rtn(benchmark::State& state, int64_t out, int64_t in) {
 void BM_gptq(benchmark::State& state, int64_t out, int64_t in, bool act_order) {
   const lowbit::Tensor w = random_matrix(out, in, 1, 0.02f);
   const std::vector<double> h = hessian(in);
-  const lowbit::QuantSpec spec = lowbit::parse_spec("int4:g128:sym:fp16").value();
+  const lowbit::QuantSpec spec = lowbit::parse_spec(g_spec).value();
   lowbit::GptqOptions opt;
   opt.act_order = act_order;
   for (auto _ : state) {
@@ -164,14 +166,21 @@ int main(int argc, char** argv) {
     if (std::strncmp(argv[i], "--out=", 6) == 0) out = std::strtoll(argv[i] + 6, nullptr, 10);
     if (std::strncmp(argv[i], "--in=", 5) == 0) in = std::strtoll(argv[i] + 5, nullptr, 10);
     if (std::strncmp(argv[i], "--width=", 8) == 0) g_width = std::strtoll(argv[i] + 8, nullptr, 10);
+    if (std::strncmp(argv[i], "--spec=", 7) == 0) g_spec = argv[i] + 7;
   }
+  if (const auto spec = lowbit::parse_spec(g_spec); !spec.ok()) {
+    std::fprintf(stderr, "bench_algo: --spec=%s: %s\n", g_spec.c_str(), spec.status().message().c_str());
+    return 2;
+  }
+  std::printf("weight spec: %s\n", g_spec.c_str());
+  const bool ggml = lowbit::parse_spec(g_spec).value().ggml != lowbit::GgmlType::kF32;  // ggml blocks: no act-order
   const std::pair<int64_t, int64_t> shapes[] = {{out, in}, {out * 11008 / 4096, in}};
   for (const auto& [o, k] : shapes) {
     const std::string s = std::to_string(o) + "x" + std::to_string(k);
     benchmark::RegisterBenchmark(("sgemm/" + s).c_str(), BM_sgemm, o, k)->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
     benchmark::RegisterBenchmark(("rtn/" + s).c_str(), BM_rtn, o, k)->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
     benchmark::RegisterBenchmark(("gptq/" + s).c_str(), BM_gptq, o, k, false)->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
-    benchmark::RegisterBenchmark(("gptq-act-order/" + s).c_str(), BM_gptq, o, k, true)->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
+    if (!ggml) benchmark::RegisterBenchmark(("gptq-act-order/" + s).c_str(), BM_gptq, o, k, true)->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
   }
   const std::string hs = std::to_string(out) + "x" + std::to_string(in);
   benchmark::RegisterBenchmark(("hessian-40x128-tokens/" + hs).c_str(), BM_hessian, in, false)->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);

@@ -42,6 +42,10 @@ bool quantize_row_ggml(GgmlType type, const float* x, const float* importance, v
 // Σ importance · (x − dequantized)² over the row (importance nullptr: 1).
 double ggml_weighted_error(GgmlType type, const float* x, const float* importance, const void* blocks, int64_t k);
 
+// The code of the IQ4 level (kIq4nlValues) nearest to t, ties to the lower level; t <= -127 gives 0
+// and t >= 113 gives 15.
+int iq4_nearest_code(float t);
+
 // One block whose scales are fixed while its codes are chosen one element at a time.
 class GgmlBlockCoder {
  public:

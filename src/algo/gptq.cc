@@ -255,7 +255,10 @@ Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double>
   }
   // Whatever RTN refuses (a scale its format cannot hold, e.g. fp16 for 1e30 weights) GPTQ
   // refuses too, with the same message, instead of writing scales that silently underflow.
-  if (Result<QuantizedTensor> rtn = quantize(w, spec, {.name = std::string(name)}); !rtn.ok()) return rtn.status();
+  // ggml blocks refuse only a width that is not a multiple of the block (values are finite
+  // here), so one row decides it: the whole tensor's IQ4/k-quant search would be wasted.
+  const ConstTensorView probe = ggml && R > 0 ? w.slice(0, 0, 1) : w;
+  if (Result<QuantizedTensor> rtn = quantize(probe, spec, {.name = std::string(name)}); !rtn.ok()) return rtn.status();
   Eigen::Map<const MatD> H(hessian.data(), C, C);
   // A NaN/Inf input x reaches its own diagonal entry Σx², and |H_ij| <= sqrt(H_ii H_jj): checking the
   // diagonal finds every non-finite Hessian in O(C) instead of reading all C² entries.

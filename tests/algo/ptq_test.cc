@@ -75,6 +75,25 @@ TEST(GptqGgml, BeatsWeightedRoundingForEveryBlockType) {
   EXPECT_FALSE(gptq_quantize(w.view(), st.hessian, ggml_spec(GgmlType::kQ4_K), ao, "w").ok());
 }
 
+// A width the block cannot hold is refused by GPTQ with RTN's own one-line message (GPTQ checks one
+// row through quantize() for ggml types rather than running the whole tensor's search).
+TEST(GptqGgml, RefusesAWidthTheBlockCannotHold) {
+  const int64_t out = 4, in = 160, n = 256;  // 160: a multiple of Q4_0's 32, not of Q4_K's 256
+  const Tensor w = random_matrix(out, in, 5);
+  const std::vector<float> x = correlated_inputs(n, in, 7);
+  InputStats st;
+  st.init(in, true, 0);
+  st.add(x.data(), n);
+  st.finish();
+  const Result<QuantizedTensor> rtn = quantize(w.view(), ggml_spec(GgmlType::kQ4_K), {.name = "blk.0.ffn_up"});
+  const Result<QuantizedTensor> g = gptq_quantize(w.view(), st.hessian, ggml_spec(GgmlType::kQ4_K), {}, "blk.0.ffn_up");
+  ASSERT_FALSE(rtn.ok());
+  ASSERT_FALSE(g.ok());
+  EXPECT_EQ(g.status().message(), rtn.status().message());
+  EXPECT_NE(g.status().message().find("not a multiple of 256"), std::string::npos) << g.status().message();
+  EXPECT_TRUE(gptq_quantize(w.view(), st.hessian, ggml_spec(GgmlType::kQ4_0), {}, "blk.0.ffn_up").ok());
+}
+
 class GptqSpecs : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GptqSpecs, BeatsRtnOnCorrelatedInputs) {

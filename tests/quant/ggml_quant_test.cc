@@ -3,6 +3,7 @@
 
 #include "lowbit/ggml_quant.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -35,6 +36,36 @@ double rms_of(const std::vector<float>& x) {
   double s = 0;
   for (float v : x) s += static_cast<double>(v) * v;
   return std::sqrt(s / static_cast<double>(x.size()));
+}
+
+// The table-driven IQ4 rounding against a scan of all 16 levels (nearest, ties to the lower): at every
+// integer, every midpoint and the floats either side of it, the ends and beyond, and random values.
+TEST(GgmlQuant, Iq4NearestCodeMatchesAFullScan) {
+  const auto scan = [](float t) {
+    int best = 0;
+    for (int q = 1; q < 16; ++q) {
+      const double t2 = std::clamp(static_cast<double>(t), -200.0, 200.0);  // at 1e30 every distance would be equal
+      if (std::fabs(t2 - kIq4nlValues[q]) < std::fabs(t2 - kIq4nlValues[best])) best = q;
+    }
+    return best;
+  };
+  std::vector<float> ts = {-1e30f, -1000.0f, -127.5f, -127.0f, 113.0f, 113.25f, 1000.0f, 1e30f, 0.0f, -0.0f};
+  for (int i = -130; i <= 116; ++i) {
+    for (float f : {0.0f, 0.25f, 0.5f, 0.75f}) ts.push_back(static_cast<float>(i) + f);
+  }
+  for (int q = 0; q + 1 < 16; ++q) {
+    const float mid = 0.5f * (static_cast<float>(kIq4nlValues[q]) + static_cast<float>(kIq4nlValues[q + 1]));
+    ts.push_back(mid);
+    ts.push_back(std::nextafter(mid, -1e9f));
+    ts.push_back(std::nextafter(mid, 1e9f));
+  }
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> u(-140.0f, 125.0f);
+  for (int i = 0; i < 200000; ++i) ts.push_back(u(rng));
+  for (float t : ts) ASSERT_EQ(iq4_nearest_code(t), scan(t)) << "t = " << t;
+  // A midpoint is a tie: the lower level.
+  EXPECT_EQ(iq4_nearest_code(-115.5f), 0);
+  EXPECT_EQ(iq4_nearest_code(7.0f), 8);
 }
 
 TEST(GgmlQuant, EveryTypeRoundTripsWithBoundedError) {
