@@ -168,12 +168,13 @@ int main(int argc, char** argv) {
     if (std::strncmp(argv[i], "--width=", 8) == 0) g_width = std::strtoll(argv[i] + 8, nullptr, 10);
     if (std::strncmp(argv[i], "--spec=", 7) == 0) g_spec = argv[i] + 7;
   }
-  if (const auto spec = lowbit::parse_spec(g_spec); !spec.ok()) {
+  const auto spec = lowbit::parse_spec(g_spec);
+  if (!spec.ok()) {
     std::fprintf(stderr, "bench_algo: --spec=%s: %s\n", g_spec.c_str(), spec.status().message().c_str());
     return 2;
   }
   std::printf("weight spec: %s\n", g_spec.c_str());
-  const bool ggml = lowbit::parse_spec(g_spec).value().ggml != lowbit::GgmlType::kF32;  // ggml blocks: no act-order
+  const bool ggml = spec.value().ggml != lowbit::GgmlType::kF32;  // ggml blocks: no act-order
   const std::pair<int64_t, int64_t> shapes[] = {{out, in}, {out * 11008 / 4096, in}};
   for (const auto& [o, k] : shapes) {
     const std::string s = std::to_string(o) + "x" + std::to_string(k);

@@ -22,6 +22,39 @@
 #include "lowbit/formats.h"
 
 namespace lowbit {
+
+// The nearest IQ4 level to t, ties to the lower: the searches below call this ~100 times per
+// weight. kIq4Floor[i + 127] is the nearest code at the integer i (v[0] = -127 <= i < v[15] = 113);
+// for t in [i, i + 1) the answer is that code or the next (consecutive midpoints are >= 11 apart),
+// decided by the same float comparison a search of t's bracket makes.
+namespace {
+
+struct Iq4FloorTable {
+  uint8_t code[240];
+  constexpr Iq4FloorTable() : code{} {
+    const int8_t* v = kIq4nlValues;
+    int c = 0;
+    for (int i = 0; i < 240; ++i) {
+      const int t = i - 127;
+      while (c < 15 && t - v[c] > v[c + 1] - t) ++c;
+      code[i] = static_cast<uint8_t>(c);
+    }
+  }
+};
+constexpr Iq4FloorTable kIq4Floor;
+
+}  // namespace
+
+int iq4_nearest_code(float t) {
+  const int8_t* v = kIq4nlValues;
+  if (t <= v[0]) return 0;
+  if (t >= v[15]) return 15;
+  if (t != t) return 1;  // NaN: what a bracket search falls to (inputs are finite; kept for equality)
+  int c = kIq4Floor.code[static_cast<int>(std::floor(t)) + 127];
+  if (c < 15 && !(t - static_cast<float>(v[c]) <= static_cast<float>(v[c + 1]) - t)) ++c;
+  return c;
+}
+
 namespace {
 
 struct Desc {
@@ -73,41 +106,13 @@ uint16_t half_bits(float v) {
 
 float level(const Desc& d, int q) { return d.table ? static_cast<float>(kIq4nlValues[q]) : static_cast<float>(q - d.off); }
 
-// The nearest IQ4 level to t, ties to the lower: the searches below call this ~100 times per
-// weight. kIq4Floor[i + 127] is the nearest code at the integer i (v[0] = -127 <= i < v[15] = 113);
-// for t in [i, i + 1) the answer is that code or the next (consecutive midpoints are >= 11 apart),
-// decided by the same float comparison a search of t's bracket makes.
-struct Iq4FloorTable {
-  uint8_t code[240];
-  constexpr Iq4FloorTable() : code{} {
-    const int8_t* v = kIq4nlValues;
-    int c = 0;
-    for (int i = 0; i < 240; ++i) {
-      const int t = i - 127;
-      while (c < 15 && t - v[c] > v[c + 1] - t) ++c;
-      code[i] = static_cast<uint8_t>(c);
-    }
-  }
-};
-constexpr Iq4FloorTable kIq4Floor;
-
-int nearest_iq4(float t) {
-  const int8_t* v = kIq4nlValues;
-  if (t <= v[0]) return 0;
-  if (t >= v[15]) return 15;
-  if (t != t) return 1;  // NaN: what a bracket search falls to (inputs are finite; kept for equality)
-  int c = kIq4Floor.code[static_cast<int>(std::floor(t)) + 127];
-  if (c < 15 && !(t - static_cast<float>(v[c]) <= static_cast<float>(v[c + 1]) - t)) ++c;
-  return c;
-}
-
 // The nearest code to t (in level units).
 int nearest_code(const Desc& d, float t) {
   if (!d.table) {
     const float r = std::nearbyint(t) + static_cast<float>(d.off);
     return static_cast<int>(std::clamp(r, 0.0f, static_cast<float>(d.nq - 1)));
   }
-  return nearest_iq4(t);
+  return iq4_nearest_code(t);
 }
 
 // The element's scale and additive term under a state (the same fp32 products ggml's dequantizer forms).
@@ -477,8 +482,6 @@ void pack_state(const Desc& d, const State& s, void* out) {
 }
 
 }  // namespace
-
-int iq4_nearest_code(float t) { return nearest_iq4(t); }
 
 int64_t ggml_row_bytes(GgmlType type, int64_t k) {
   const GgmlBlockInfo* info = ggml_block_info(type);

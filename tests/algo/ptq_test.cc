@@ -36,6 +36,15 @@ std::vector<float> correlated_inputs(int64_t n, int64_t in, uint64_t seed) {
   return x;
 }
 
+// Calibration statistics (with the Hessian XᵀX) of n rows of x, `in` wide.
+InputStats stats_of(const std::vector<float>& x, int64_t n, int64_t in) {
+  InputStats st;
+  st.init(in, true, 0);
+  st.add(x.data(), n);
+  st.finish();
+  return st;
+}
+
 Tensor dequantized(const QuantizedTensor& q) {
   Tensor t = Tensor::empty(DType::kF32, {q.rows, q.cols}).value();
   EXPECT_TRUE(dequantize(q, t.view()).ok());
@@ -53,10 +62,7 @@ TEST(GptqGgml, BeatsWeightedRoundingForEveryBlockType) {
   const int64_t out = 24, in = 512, n = 1024;
   const Tensor w = random_matrix(out, in, 17);
   const std::vector<float> x = correlated_inputs(n, in, 19);
-  InputStats st;
-  st.init(in, true, 0);
-  st.add(x.data(), n);
-  st.finish();
+  const InputStats st = stats_of(x, n, in);
   std::vector<float> diag(static_cast<size_t>(in));
   for (int64_t j = 0; j < in; ++j) diag[static_cast<size_t>(j)] = static_cast<float>(st.hessian[static_cast<size_t>(j * in + j)]);
   for (const GgmlBlockInfo& info : ggml_block_types()) {
@@ -81,10 +87,7 @@ TEST(GptqGgml, RefusesAWidthTheBlockCannotHold) {
   const int64_t out = 4, in = 160, n = 256;  // 160: a multiple of Q4_0's 32, not of Q4_K's 256
   const Tensor w = random_matrix(out, in, 5);
   const std::vector<float> x = correlated_inputs(n, in, 7);
-  InputStats st;
-  st.init(in, true, 0);
-  st.add(x.data(), n);
-  st.finish();
+  const InputStats st = stats_of(x, n, in);
   const Result<QuantizedTensor> rtn = quantize(w.view(), ggml_spec(GgmlType::kQ4_K), {.name = "blk.0.ffn_up"});
   const Result<QuantizedTensor> g = gptq_quantize(w.view(), st.hessian, ggml_spec(GgmlType::kQ4_K), {}, "blk.0.ffn_up");
   ASSERT_FALSE(rtn.ok());
@@ -101,10 +104,7 @@ TEST_P(GptqSpecs, BeatsRtnOnCorrelatedInputs) {
   const int64_t out = 48, in = 96, n = 512;
   const Tensor w = random_matrix(out, in, 7);
   const std::vector<float> x = correlated_inputs(n, in, 11);
-  InputStats st;
-  st.init(in, true, 0);
-  st.add(x.data(), n);
-  st.finish();
+  const InputStats st = stats_of(x, n, in);
   const double rtn = rtn_error(w, spec, x, n);
   for (const bool act_order : {false, true}) {
     for (const bool static_groups : {false, true}) {
@@ -149,10 +149,7 @@ TEST(Gptq, FastFactorMatchesDoubleReference) {
     const int64_t n = 700;
     const Tensor w = random_matrix(k.out, k.in, 21);
     const std::vector<float> x = correlated_inputs(n, k.in, 23);
-    InputStats st;
-    st.init(k.in, true, 0);
-    st.add(x.data(), n);
-    st.finish();
+    const InputStats st = stats_of(x, n, k.in);
     GptqOptions opt;
     opt.act_order = k.act_order;
     opt.block_size = 48;
@@ -242,10 +239,7 @@ TEST(Gptq, DeadInputsAreZeroed) {
   const Tensor w = random_matrix(out, in, 5);
   std::vector<float> x = correlated_inputs(n, in, 9);
   for (int64_t t = 0; t < n; ++t) x[static_cast<size_t>(t * in + 3)] = 0.0f;  // column 3 never fires
-  InputStats st;
-  st.init(in, true, 0);
-  st.add(x.data(), n);
-  st.finish();
+  const InputStats st = stats_of(x, n, in);
   GptqStats gs;
   const QuantizedTensor q = gptq_quantize(w.view(), st.hessian, parse_spec("int8:row").value(), {}, "w", &gs).value();
   EXPECT_EQ(gs.dead_cols, 1);
