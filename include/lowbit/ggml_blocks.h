@@ -63,7 +63,11 @@ struct BlockQ6_K { uint8_t ql[kGgmlQK_K / 2]; uint8_t qh[kGgmlQK_K / 4]; int8_t 
 // IQ4_XS: 8 sub-blocks of 32 with signed 6-bit scales (stored + 32: low 4 bits in scales_l, high 2
 // in scales_h); x = d*(ls-32)*grid[q].
 struct BlockIQ4_XS { ggml_half d; uint16_t scales_h; uint8_t scales_l[kGgmlQK_K / 64]; uint8_t qs[kGgmlQK_K / 2]; };
+// Q8_K (activations only, never stored in a GGUF): 256 int8 codes, an fp32 scale and the sums of
+// each 16 codes (the k-quant dot products' min/offset terms); x = d * q.
+struct BlockQ8_K { float d; int8_t qs[kGgmlQK_K]; int16_t bsums[kGgmlQK_K / 16]; };
 
+static_assert(sizeof(BlockQ8_K) == 292 && offsetof(BlockQ8_K, qs) == 4 && offsetof(BlockQ8_K, bsums) == 260, "ggml block_q8_K");
 static_assert(sizeof(BlockQ4_0) == 18 && offsetof(BlockQ4_0, qs) == 2, "ggml block_q4_0");
 static_assert(sizeof(BlockQ4_1) == 20 && offsetof(BlockQ4_1, m) == 2 && offsetof(BlockQ4_1, qs) == 4, "ggml block_q4_1");
 static_assert(sizeof(BlockQ5_0) == 22 && offsetof(BlockQ5_0, qh) == 2 && offsetof(BlockQ5_0, qs) == 6, "ggml block_q5_0");
@@ -96,6 +100,11 @@ void dequantize_row_q5_K(const BlockQ5_K* x, float* y, int64_t k);
 void dequantize_row_q6_K(const BlockQ6_K* x, float* y, int64_t k);
 void dequantize_row_iq4_nl(const BlockIQ4_NL* x, float* y, int64_t k);
 void dequantize_row_iq4_xs(const BlockIQ4_XS* x, float* y, int64_t k);
+
+// ggml's quantize_row_q8_K_ref: per 256 values, iscale = -127 / (the value of largest magnitude,
+// the first if tied), q = round-half-even(iscale * x) (at most 127), d = 1 / iscale, bsums; an
+// all-zero block gets d = 0 and zero codes and sums. Bit-exact to ggml for finite x.
+void quantize_row_q8_K(const float* x, BlockQ8_K* y, int64_t k);
 
 // Sub-block scale/min unpacking shared by kernels and quantizers.
 // Q4_K/Q5_K: the j-th (0..7) 6-bit scale and min from the 12 packed bytes (ggml get_scale_min_k4).

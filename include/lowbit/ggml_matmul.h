@@ -34,18 +34,31 @@ struct GgmlMatrix {
   int64_t bytes() const { return rows * row_bytes(); }
 };
 
+// What the activations are multiplied as.
+//  kF32: fp32, exact up to fp32 summation rounding (the product llama.cpp computes on an F32 GGUF).
+//  kQ8K: each token's 256-column blocks quantized to int8 with one fp32 scale (ggml's Q8_K,
+//        quantize_row_q8_K, bit-exact) and multiplied with the Q4_K / Q6_K codes in integers, as
+//        llama.cpp runs k-quant files: one rounding of x per element (relative error ≤ 1/254 of the
+//        block's largest |x|), ~4× fewer instructions per weight. Other block types ignore it (fp32).
+enum class GgmlActs { kF32, kQ8K };
+
 // Types ggml_matmul serves: every type with a ggml_block_info (the twelve block types).
 bool ggml_matmul_supports(GgmlType type);
+// Types with an integer Q8_K path (GgmlActs::kQ8K): Q4_K and Q6_K.
+bool ggml_q8_supports(GgmlType type);
 // y (m, w.rows), row stride ldy  =  x (m, w.cols), row stride ldx  ·  Wᵀ. Threads over row blocks
 // (parallel_for). Errors: an unsupported type, cols not a multiple of the type's block, bad strides.
-Status ggml_matmul(const GgmlMatrix& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy);
+// With kQ8K every ISA level gives the same bits (the integer sums are exact).
+Status ggml_matmul(const GgmlMatrix& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy,
+                   GgmlActs acts = GgmlActs::kF32);
 // Row r of w decoded to fp32 (cols values): an embedding lookup without a copy of the table.
 Status ggml_decode_row(const GgmlMatrix& w, int64_t r, float* out);
 // Rows [r0, r1) decoded to fp32 into out (r1 - r0, cols): a whole matrix for a writer or a re-quantizer.
 Status ggml_decode_rows(const GgmlMatrix& w, int64_t r0, int64_t r1, float* out);
 
-// "gemm_a16_q4K_f32__avx2": fp32 activations, the weight type, fp32 out, the ISA.
-std::string ggml_kernel_name(GgmlType type, Isa isa);
+// "gemm_a16_q4K_f32__avx2": fp32 activations, the weight type, fp32 out, the ISA;
+// "gemm_a8_q4K_f32__avx2" for Q8_K activations where the type has that path.
+std::string ggml_kernel_name(GgmlType type, Isa isa, GgmlActs acts = GgmlActs::kF32);
 // The ISA ggml_matmul dispatches to under the active ISA (avx512 levels reuse avx2).
 Isa ggml_kernel_isa();
 

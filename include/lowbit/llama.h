@@ -37,7 +37,7 @@ class Linear {
   // and run by it; any other spec is dequantized to fp32 here.
   static Result<Linear> quantized(const QuantizedTensor& q, const std::optional<QuantSpec>& activations = std::nullopt);
   // A GGUF k-quant matrix (Q4_K, Q6_K) run as stored by ggml_matmul; `w` views bytes that must outlive the Linear.
-  static Linear ggml(const GgmlMatrix& w);
+  static Linear ggml(const GgmlMatrix& w, GgmlActs acts = GgmlActs::kF32);
   int64_t out_features() const { return out_; }
   int64_t in_features() const { return in_; }
   const QuantizedTensor* quant() const { return quant_.get(); }
@@ -54,6 +54,7 @@ class Linear {
   std::shared_ptr<const PackedWeights> packed_;   // kernel layout (then w_ is null)
   MatmulOptions kernel_opt_;
   GgmlMatrix ggml_;                               // k-quant blocks (blocks null when unused)
+  GgmlActs ggml_acts_ = GgmlActs::kF32;           // and how they take activations
 };
 
 // Where activations are fake-quantized (quantize -> dequantize with dynamic scales), so

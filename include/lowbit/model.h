@@ -91,6 +91,9 @@ struct ActivationSpecs {
   std::optional<QuantSpec> linear_input;
   std::optional<QuantSpec> kv;
   std::string kv_cache;  // a quantized KV cache spec (kv_cache.h text form) the model runs with; "" = fp32
+  // How GGUF k-quant linears (Model::ggml) take their input: fp32 (exact) or Q8_K (llama.cpp's
+  // integer path, ggml_matmul.h). A run-time choice, not stored by writers.
+  GgmlActs ggml = GgmlActs::kF32;
 };
 
 // A loaded model: config, views of its weights, and whatever owns their bytes (the mapped

@@ -18,7 +18,17 @@ struct GgmlMicrokernels {
   // `accumulate` false: y is overwritten. Both operands are cache-resident tiles.
   void (*tile)(const float* w, int64_t ldw, int64_t rows, const float* x, int64_t ldx, int64_t tokens, int64_t kc,
                float* y, int64_t ldy, bool accumulate);
+  // Q8_K activations: out[0 .. nblocks) = quantize_row_q8_K(x), bit for bit at every ISA.
+  void (*quantize_q8_K)(const float* x, int64_t nblocks, BlockQ8_K* out);
+  // One weight row (nblocks super-blocks) times `tokens` activation rows (a + t·nblocks), y[t·ldy].
+  // Integer sums per block exact in int32 lanes, one fma per lane and block (scale a.d · d, Q4_K's
+  // mins in 4 more lanes), the lanes summed at the end in a fixed order: every ISA, the same bits.
+  void (*dot_q4_K)(const BlockQ4_K* w, const BlockQ8_K* a, int64_t nblocks, int64_t tokens, float* y, int64_t ldy);
+  void (*dot_q6_K)(const BlockQ6_K* w, const BlockQ8_K* a, int64_t nblocks, int64_t tokens, float* y, int64_t ldy);
 };
+
+// Q4_K's eight 6-bit scales and eight mins from its 12 packed bytes (ggml_scale_min_k4 for j < 8).
+void unpack_q4_K_scales(const uint8_t packed[12], uint8_t scales[8], uint8_t mins[8]);
 
 const GgmlMicrokernels& ggml_scalar_microkernels();
 #if defined(LOWBIT_HAVE_AVX2)

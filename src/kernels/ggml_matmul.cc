@@ -71,13 +71,53 @@ int64_t GgmlMatrix::row_bytes() const {
 
 bool ggml_matmul_supports(GgmlType type) { return ggml_block_info(type) != nullptr; }
 
-Status ggml_matmul(const GgmlMatrix& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy) {
+bool ggml_q8_supports(GgmlType type) { return type == GgmlType::kQ4_K || type == GgmlType::kQ6_K; }
+
+namespace {
+
+// The Q8_K path: every token's row quantized once (threads over tokens), then threads over row
+// blocks; within one, token blocks of kQ8Tokens (their Q8_K rows, ≤ 32 × 292 B per super-block
+// column, stay in L2) are swept by each weight row, which stays in L1 across them.
+constexpr int64_t kQ8Tokens = 32;
+
+void matmul_q8(const ki::GgmlMicrokernels& mk, const GgmlMatrix& w, const float* x, int64_t m, int64_t ldx, float* y,
+               int64_t ldy) {
+  const int64_t nb = w.cols / kSuperBlock, rb = w.row_bytes();
+  std::vector<BlockQ8_K> a(static_cast<size_t>(m * nb));
+  parallel_for(0, m, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) mk.quantize_q8_K(x + t * ldx, nb, a.data() + t * nb);
+  });
+  const int64_t rows_per_task = m <= 4 ? kRowsDecode : kRowsPrefill;
+  parallel_for(0, w.rows, rows_per_task, [&](int64_t r0, int64_t r1) {
+    for (int64_t t0 = 0; t0 < m; t0 += kQ8Tokens) {
+      const int64_t nt = std::min(kQ8Tokens, m - t0);
+      const BlockQ8_K* at = a.data() + t0 * nb;
+      for (int64_t r = r0; r < r1; ++r) {
+        const auto* row = static_cast<const std::byte*>(w.blocks) + r * rb;
+        float* yr = y + t0 * ldy + r;
+        if (w.type == GgmlType::kQ4_K) {
+          mk.dot_q4_K(reinterpret_cast<const BlockQ4_K*>(row), at, nb, nt, yr, ldy);
+        } else {
+          mk.dot_q6_K(reinterpret_cast<const BlockQ6_K*>(row), at, nb, nt, yr, ldy);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+Status ggml_matmul(const GgmlMatrix& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy, GgmlActs acts) {
   LOWBIT_RETURN_IF_ERROR(check(w));
   if (m < 0 || ldx < w.cols || ldy < w.rows) {
     return InvalidArgument(fmt::format("ggml_matmul: m={} ldx={} ldy={} for a ({}, {}) matrix", m, ldx, ldy, w.rows, w.cols));
   }
   if (m == 0) return OkStatus();
   const ki::GgmlMicrokernels& mk = microkernels();
+  if (acts == GgmlActs::kQ8K && ggml_q8_supports(w.type)) {
+    matmul_q8(mk, w, x, m, ldx, y, ldy);
+    return OkStatus();
+  }
   const int64_t rows_per_tile = m <= 4 ? kRowsDecode : kRowsPrefill;
   const int64_t kc_max = std::min(kKc, w.cols);
   parallel_for(0, w.rows, rows_per_tile, [&](int64_t r0, int64_t r1) {
@@ -104,12 +144,13 @@ Status ggml_decode_rows(const GgmlMatrix& w, int64_t r0, int64_t r1, float* out)
 
 Status ggml_decode_row(const GgmlMatrix& w, int64_t r, float* out) { return ggml_decode_rows(w, r, r + 1, out); }
 
-std::string ggml_kernel_name(GgmlType type, Isa isa) {
+std::string ggml_kernel_name(GgmlType type, Isa isa, GgmlActs acts) {
   // k-quants as ggml's kernels name them ("q4K"); the 32-element types by their ggml name ("q5_0", "iq4_nl").
   const GgmlBlockInfo* info = ggml_block_info(type);
   std::string t = info ? std::string(info->name) : "unsupported";
   if (t.size() == 4 && t[2] == '_' && t[3] == 'K') t.erase(2, 1);
-  return fmt::format("gemm_a16_{}_f32__{}", t, isa_name(isa));
+  const char* a = acts == GgmlActs::kQ8K && ggml_q8_supports(type) ? "a8" : "a16";
+  return fmt::format("gemm_{}_{}_f32__{}", a, t, isa_name(isa));
 }
 
 Isa ggml_kernel_isa() { return microkernels().isa; }

@@ -146,23 +146,24 @@ Result<Linear> Linear::quantized(const QuantizedTensor& q, const std::optional<Q
   return l;
 }
 
-Linear Linear::ggml(const GgmlMatrix& w) {
+Linear Linear::ggml(const GgmlMatrix& w, GgmlActs acts) {
   LOWBIT_CHECK(ggml_matmul_supports(w.type) && w.blocks != nullptr, "Linear::ggml needs ggml blocks of a type ggml_matmul serves");
   Linear l;
   l.out_ = w.rows;
   l.in_ = w.cols;
   l.ggml_ = w;
+  l.ggml_acts_ = acts;
   return l;
 }
 
 std::string Linear::kernel() const {
-  if (ggml_.blocks) return ggml_kernel_name(ggml_.type, ggml_kernel_isa());
+  if (ggml_.blocks) return ggml_kernel_name(ggml_.type, ggml_kernel_isa(), ggml_acts_);
   return packed_ ? kernel_name(*packed_, kernel_opt_) : "fp32";
 }
 
 void Linear::forward(const float* x, int64_t n, float* y) const {
   if (ggml_.blocks) {
-    const Status s = ggml_matmul(ggml_, x, n, in_, y, out_);
+    const Status s = ggml_matmul(ggml_, x, n, in_, y, out_, ggml_acts_);
     LOWBIT_CHECK(s.ok(), "Linear::forward: " + s.message());
     return;
   }
@@ -189,7 +190,7 @@ namespace {
 // The quantized Linear for `name` when the model carries one (files lowbit saved quantized),
 // else the fp32 one over `w`. The readers validated the quantized tensor's shape against w.
 Linear make_linear(const Model& m, const std::string& name, ConstTensorView w) {
-  if (const auto g = m.ggml.find(name); g != m.ggml.end()) return Linear::ggml(g->second);
+  if (const auto g = m.ggml.find(name); g != m.ggml.end()) return Linear::ggml(g->second, m.activations.ggml);
   const auto it = m.quantized.find(name);
   if (it == m.quantized.end()) return Linear::fp32(w);
   Result<Linear> l = Linear::quantized(it->second, m.activations.linear_input);

@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cctype>
+#include <cmath>
 #include <cstring>
 
 #include "lowbit/formats.h"
@@ -198,6 +199,32 @@ void dequantize_row_q6_K(const BlockQ6_K* x, float* y, int64_t k) {
       const int hi = (b.qh[32 * n + l] >> (2 * j)) & 3;
       y[e] = d * static_cast<float>(b.scales[e / 16]) * static_cast<float>((lo | (hi << 4)) - 32);
     }
+  }
+}
+
+void quantize_row_q8_K(const float* x, BlockQ8_K* y, int64_t k) {
+  for (int64_t i = 0; i < k / kGgmlQK_K; ++i, x += kGgmlQK_K) {
+    BlockQ8_K& b = y[i];
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < kGgmlQK_K; ++j) {
+      if (std::fabs(x[j]) > amax) {
+        amax = std::fabs(x[j]);
+        max = x[j];
+      }
+    }
+    std::memset(b.bsums, 0, sizeof b.bsums);
+    if (amax == 0.0f) {
+      b.d = 0.0f;
+      std::memset(b.qs, 0, sizeof b.qs);
+      continue;
+    }
+    const float iscale = -127.0f / max;
+    for (int j = 0; j < kGgmlQK_K; ++j) {
+      const long v = std::lrint(iscale * x[j]);  // ggml's nearest_int: round half to even
+      b.qs[j] = static_cast<int8_t>(v < 127 ? v : 127);
+      b.bsums[j / 16] = static_cast<int16_t>(b.bsums[j / 16] + b.qs[j]);
+    }
+    b.d = 1.0f / iscale;
   }
 }
 

@@ -168,3 +168,136 @@ TEST(GgmlMatmulNames, CarryTheContract) {
 
 }  // namespace
 }  // namespace lowbit
+
+// --- Q8_K activations (GgmlActs::kQ8K) ---------------------------------------------------------
+
+namespace lowbit {
+namespace {
+
+// ggml's rule written independently of lowbit's: nearest_int by the 1.5·2^23 trick (round half to
+// even for |v| < 2^22), iscale = -127 / (first value of largest magnitude), codes capped at 127.
+BlockQ8_K q8_rule(const float* x) {
+  BlockQ8_K b{};
+  float amax = 0, max = 0;
+  for (int j = 0; j < 256; ++j) {
+    if (std::fabs(x[j]) > amax) amax = std::fabs(x[j]), max = x[j];
+  }
+  if (amax == 0) return b;
+  const float iscale = -127.f / max;
+  for (int j = 0; j < 256; ++j) {
+    float v = iscale * x[j] + 12582912.f;
+    int32_t bits;
+    std::memcpy(&bits, &v, 4);
+    const int q = (bits & 0x007fffff) - 0x00400000;
+    b.qs[j] = static_cast<int8_t>(q < 127 ? q : 127);
+    b.bsums[j / 16] = static_cast<int16_t>(b.bsums[j / 16] + b.qs[j]);
+  }
+  b.d = 1 / iscale;
+  return b;
+}
+
+std::vector<float> q8_test_rows(int64_t m, int64_t ld, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(m * ld));
+  for (auto& v : x) v = nd(rng) * (rng() % 7 == 0 ? 20.0f : 1.0f);  // some outliers
+  return x;
+}
+
+TEST(GgmlQ8K, QuantizeRowIsGgmlsRule) {
+  std::vector<float> x = q8_test_rows(1, 256 * 6, 3);
+  for (int j = 0; j < 256; ++j) x[256 + j] = 0.0f;           // an all-zero block
+  for (int j = 0; j < 256; ++j) x[512 + j] = (j % 11) - 5.0f;  // -5 first: ties with +5 later
+  // Block 3: -127 first, so iscale = 1 and the halves 2.5 / -3.5 round to even (2 / -4).
+  for (int j = 0; j < 256; ++j) x[768 + j] = j == 0 ? -127.0f : (j % 2 ? 2.5f : -3.5f);
+  for (int j = 0; j < 256; ++j) x[1024 + j] = 1e-30f * ((j % 5) - 2.0f);  // tiny
+  std::vector<BlockQ8_K> got(6);
+  quantize_row_q8_K(x.data(), got.data(), 256 * 6);
+  for (int b = 0; b < 6; ++b) {
+    const BlockQ8_K want = q8_rule(x.data() + 256 * b);
+    EXPECT_EQ(got[b].d, want.d) << "block " << b;
+    EXPECT_EQ(std::memcmp(got[b].qs, want.qs, 256), 0) << "block " << b;
+    EXPECT_EQ(std::memcmp(got[b].bsums, want.bsums, sizeof want.bsums), 0) << "block " << b;
+  }
+  EXPECT_EQ(got[1].d, 0.0f);
+  // The first largest value (-5) maps to -127 (d = -max / 127 carries the sign), the tied +5 to +127.
+  EXPECT_EQ(got[2].qs[0], -127);
+  EXPECT_EQ(got[2].qs[10], 127);
+  EXPECT_EQ(got[3].qs[0], -127);
+  EXPECT_EQ(got[3].qs[1], 2);
+  EXPECT_EQ(got[3].qs[2], -4);
+}
+
+// With Q8_K activations: every ISA gives the same bits; the result equals the exact product of the
+// reference-dequantized weights and the dequantized Q8_K activations (fp64) within fp32 rounding,
+// and the fp32-activation product within the activation rounding bound.
+TEST(GgmlQ8K, MatmulIsExactIntegerArithmeticOnEveryIsa) {
+  struct Shape { int64_t rows, cols, m; };
+  const std::vector<Shape> shapes = {{1, 256, 1}, {7, 256, 2}, {17, 1280, 1}, {33, 1536, 3}, {129, 256, 5},
+                                     {5, 9472, 7}, {66, 2304, 37}, {3, 512, 70}, {20, 768, 4}};
+  for (GgmlType type : {GgmlType::kQ4_K, GgmlType::kQ6_K}) {
+    for (const Shape& s : shapes) {
+      const std::vector<uint8_t> bytes = random_blocks(type, s.rows, s.cols, static_cast<uint32_t>(s.rows * 7 + s.m));
+      const GgmlMatrix w{.type = type, .blocks = bytes.data(), .rows = s.rows, .cols = s.cols};
+      const std::vector<float> wf = reference_rows(w);
+      const int64_t ldx = s.cols + 3, ldy = s.rows + 2, nb = s.cols / 256;
+      const std::vector<float> x = q8_test_rows(s.m, ldx, static_cast<uint32_t>(s.cols + s.m));
+      std::vector<BlockQ8_K> a(static_cast<size_t>(s.m * nb));
+      for (int64_t t = 0; t < s.m; ++t) {
+        for (int64_t b = 0; b < nb; ++b) a[static_cast<size_t>(t * nb + b)] = q8_rule(x.data() + t * ldx + 256 * b);
+      }
+      std::vector<float> first;
+      for (Isa isa : supported_isas()) {
+        ScopedIsa force(isa);
+        std::vector<float> y(static_cast<size_t>(s.m * ldy), -7.0f);
+        ASSERT_TRUE(ggml_matmul(w, x.data(), s.m, ldx, y.data(), ldy, GgmlActs::kQ8K).ok());
+        if (first.empty()) {
+          first = y;
+        } else {
+          ASSERT_EQ(std::memcmp(first.data(), y.data(), sizeof(float) * y.size()), 0)
+              << isa_name(isa) << " differs from " << isa_name(supported_isas().front()) << ": "
+              << ggml_block_info(type)->name << " rows " << s.rows << " cols " << s.cols << " m " << s.m;
+        }
+        for (int64_t t = 0; t < s.m; ++t) {
+          for (int64_t r = 0; r < s.rows; ++r) {
+            double want = 0, mag = 0, exact = 0, bound = 0;
+            for (int64_t k = 0; k < s.cols; ++k) {
+              const BlockQ8_K& ab = a[static_cast<size_t>(t * nb + k / 256)];
+              const double wk = wf[r * s.cols + k], ak = static_cast<double>(ab.d) * ab.qs[k % 256];
+              const double xk = x[t * ldx + k];
+              want += wk * ak;
+              mag += std::fabs(wk * ak);
+              exact += wk * xk;
+              bound += std::fabs(wk) * std::fabs(static_cast<double>(ab.d)) * 0.5000001;  // |x - d·q| <= d/2
+            }
+            const double got = y[t * ldy + r];
+            ASSERT_NEAR(got, want, 2e-6 * mag + 1e-30) << isa_name(isa) << " " << ggml_block_info(type)->name << " rows "
+                                                       << s.rows << " cols " << s.cols << " m " << s.m << " at (" << t << ", " << r << ")";
+            ASSERT_LE(std::fabs(got - exact), bound + 2e-6 * mag + 1e-30) << "farther from the fp32 product than Q8_K rounding allows";
+          }
+          for (int64_t r = s.rows; r < ldy; ++r) ASSERT_EQ(y[t * ldy + r], -7.0f) << "wrote past the row";
+        }
+      }
+    }
+  }
+}
+
+TEST(GgmlQ8K, OtherTypesIgnoreItAndNamesSayA8) {
+  EXPECT_TRUE(ggml_q8_supports(GgmlType::kQ4_K));
+  EXPECT_TRUE(ggml_q8_supports(GgmlType::kQ6_K));
+  EXPECT_FALSE(ggml_q8_supports(GgmlType::kQ4_0));
+  EXPECT_EQ(ggml_kernel_name(GgmlType::kQ4_K, Isa::kAvx2, GgmlActs::kQ8K), "gemm_a8_q4K_f32__avx2");
+  EXPECT_EQ(ggml_kernel_name(GgmlType::kQ6_K, Isa::kScalar, GgmlActs::kQ8K), "gemm_a8_q6K_f32__scalar");
+  EXPECT_EQ(ggml_kernel_name(GgmlType::kQ4_0, Isa::kAvx2, GgmlActs::kQ8K), "gemm_a16_q4_0_f32__avx2");
+  // A type without the integer path runs its fp32 path: the same bits as kF32.
+  const std::vector<uint8_t> bytes = random_blocks(GgmlType::kQ5_0, 9, 576, 5);
+  const GgmlMatrix w{.type = GgmlType::kQ5_0, .blocks = bytes.data(), .rows = 9, .cols = 576};
+  const std::vector<float> x = q8_test_rows(3, 576, 9);
+  std::vector<float> y1(27), y2(27);
+  ASSERT_TRUE(ggml_matmul(w, x.data(), 3, 576, y1.data(), 9, GgmlActs::kF32).ok());
+  ASSERT_TRUE(ggml_matmul(w, x.data(), 3, 576, y2.data(), 9, GgmlActs::kQ8K).ok());
+  EXPECT_EQ(std::memcmp(y1.data(), y2.data(), sizeof(float) * 27), 0);
+}
+
+}  // namespace
+}  // namespace lowbit

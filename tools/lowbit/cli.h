@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "lowbit/ggml_matmul.h"
 #include "lowbit/status.h"
 
 namespace lowbit {
@@ -54,6 +55,12 @@ inline constexpr const char* kDefaultCandidates = "w3a16-g64,w4a16-g128,int4:g64
 
 // A CLI11 check that refuses an empty value (`--weights ''` must not mean "not given").
 const CLI::Validator& non_empty();
+
+// --ggml-acts q8_K|f32: how a GGUF's k-quant linears take activations (ggml_matmul.h GgmlActs).
+// Adds the option to `cmd` with the given default and the help text every command shares.
+void add_ggml_acts_option(CLI::App* cmd, std::string* value, const char* default_value);
+// "q8_K" or "f32" (the option's check has refused anything else).
+GgmlActs ggml_acts_from(const std::string& value);
 
 // An integer flag's value in [lo, hi], else a one-line usage error naming the flag and the range
 // (checked before anything is sized from it).

@@ -85,6 +85,16 @@ const CLI::Validator& non_empty() {
   return v;
 }
 
+void add_ggml_acts_option(CLI::App* cmd, std::string* value, const char* default_value) {
+  cmd->add_option("--ggml-acts", *value,
+                  "Activations of a GGUF's Q4_K/Q6_K linears: q8_K (int8 per 256, integer dot products, as llama.cpp "
+                  "runs them) or f32 (exact)")
+      ->default_val(default_value)
+      ->check(CLI::IsMember({"q8_K", "f32"}));
+}
+
+GgmlActs ggml_acts_from(const std::string& value) { return value == "q8_K" ? GgmlActs::kQ8K : GgmlActs::kF32; }
+
 void check_range(std::string_view flag, int64_t value, int64_t lo, int64_t hi) {
   if (value < lo || value > hi) fail(kExitUsage, fmt::format("{}: {} is out of range [{}, {}]", flag, value, lo, hi));
 }

@@ -4,7 +4,8 @@
 // scheme, and — when --llamacpp-python names a Python with llama_cpp installed — llama.cpp on the
 // same file (a GGUF) in a subprocess, with the same token ids and thread count; --llama-bench times
 // the file with llama.cpp's own llama-bench instead (its prompt ids). A GGUF of k-quants (Q4_K/Q6_K)
-// runs as stored and has no quantized row. --limits measures DRAM read bandwidth in the same run and
+// runs as stored, with Q8_K activations (llama.cpp's integer path) and with fp32 ones, and has no
+// quantized row. --limits measures DRAM read bandwidth in the same run and
 // prints the decode bound (bandwidth ÷ bytes one token reads). Peak RSS of the lowbit process is
 // reported (getrusage). Without llama_cpp the peer row says "not measured".
 #include <unistd.h>
@@ -210,10 +211,21 @@ void run_bench_model(const BenchModelArgs& a) {
   // A GGUF with k-quant tensors runs from its blocks (no fp32 weights exist to re-quantize).
   const bool stored = !model->ggml.empty();
   double per_token = 0;
-  {
+  if (stored) {  // k-quant blocks with Q8_K activations (llama.cpp's path; the first row), then with fp32 ones
+    for (GgmlActs acts : {GgmlActs::kQ8K, GgmlActs::kF32}) {
+      model->activations.ggml = acts;
+      LlamaModel net(*model);
+      per_token = weight_bytes_per_token(net);
+      rows.push_back(measure_lowbit(fmt::format("lowbit (k-quant blocks as stored, {} activations)",
+                                                acts == GgmlActs::kQ8K ? "Q8_K" : "fp32"),
+                                    net, ids, a.decode));
+      rows.back().note = net.layers().front().wq.kernel();
+    }
+    model->activations.ggml = GgmlActs::kQ8K;  // what --kv rows below run
+  } else {
     LlamaModel net(*model);
     per_token = weight_bytes_per_token(net);
-    rows.push_back(measure_lowbit(stored ? "lowbit (weights as stored: k-quant blocks)" : "lowbit fp32", net, ids, a.decode));
+    rows.push_back(measure_lowbit("lowbit fp32", net, ids, a.decode));
   }
   if (!stored) {
     LlamaModel net(*model);

@@ -28,7 +28,7 @@ namespace lowbit::cli {
 namespace {
 
 struct EvalArgs {
-  std::string model, ref, text, tokenizer, weights, acts, split = "all", json, plot;
+  std::string model, ref, text, tokenizer, weights, acts, split = "all", json, plot, ggml_acts = "f32";
   std::vector<std::string> schemes, kv;
   int ctx = 128, stride = 0, max_windows = 0, decode_tokens = 32, decode_ctx = 8;
 };
@@ -84,6 +84,9 @@ void run_eval(const EvalArgs& a) {
 
   LlamaModel reference(a.ref.empty() ? *model : *ref_model);
   (void)reference.set_kv_cache(std::nullopt);  // the reference keeps an fp32 cache, whatever a saved model records
+  // The reference runs k-quant blocks with fp32 activations; the evaluated rows as --ggml-acts says.
+  const bool q8_rows = ggml_acts_from(a.ggml_acts) == GgmlActs::kQ8K && !model->ggml.empty();
+  model->activations.ggml = ggml_acts_from(a.ggml_acts);
   // One entry per row: the model itself (fp32), each scheme, or the --weights/--acts spec.
   std::vector<std::unique_ptr<LlamaModel>> nets;
   std::vector<std::string> labels;
@@ -122,9 +125,14 @@ void run_eval(const EvalArgs& a) {
     nets = std::move(rows);
     labels = std::move(row_labels);
   }
-  const bool same = nets.empty() && a.ref.empty() && model->activations.kv_cache.empty();  // the model against itself
+  // The model against itself (no row differs from the reference).
+  const bool same = nets.empty() && a.ref.empty() && model->activations.kv_cache.empty() && !q8_rows;
   if (nets.empty() && !same) nets.push_back(std::make_unique<LlamaModel>(*model));
-  if (labels.empty()) labels.emplace_back(model->activations.kv_cache.empty() ? "fp32" : "model + kv " + model->activations.kv_cache);
+  if (labels.empty()) {
+    labels.emplace_back(!model->activations.kv_cache.empty() ? "model + kv " + model->activations.kv_cache
+                        : q8_rows                            ? "k-quant blocks, Q8_K activations"
+                                                             : "fp32");
+  }
   std::vector<const LlamaModel*> evaluated;
   for (const auto& n : nets) evaluated.push_back(n.get());
   if (same) evaluated.push_back(&reference);
@@ -275,6 +283,7 @@ void register_eval(CLI::App& app) {
                   "(repeat, or separate with ';') share one reference pass, a row each")
       ->delimiter(';');
   cmd->add_option("--decode-ctx", a->decode_ctx, "Tokens of context before the timed decode steps")->default_val(8);
+  add_ggml_acts_option(cmd, &a->ggml_acts, "f32");
   cmd->add_option("--json", a->json, "Write every figure and the exact inputs as JSON");
   cmd->add_option("--plot", a->plot, "Write an SVG of mean KLD by position");
   cmd->callback([a] { run_eval(*a); });

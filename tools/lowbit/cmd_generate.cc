@@ -19,7 +19,7 @@ namespace lowbit::cli {
 namespace {
 
 struct GenerateArgs {
-  std::string model, tokenizer, prompt, system, kv;
+  std::string model, tokenizer, prompt, system, kv, ggml_acts = "q8_K";
   bool chat = false, system_given = false;
   int n = 64;
   float temp = 0.0f;
@@ -59,6 +59,7 @@ void run_generate(const GenerateArgs& a) {
   check_range("generate -n", a.n, 0, model->config.seq_len);
   if (!(a.temp >= 0.0f)) fail(kExitUsage, "generate: --temp must be >= 0");
 
+  model->activations.ggml = ggml_acts_from(a.ggml_acts);
   LlamaModel net(*model);
   if (!a.kv.empty()) {
     Result<KvSpec> kv = parse_kv_spec(a.kv);
@@ -117,6 +118,7 @@ void register_generate(CLI::App& app) {
       ->needs("--chat");
   cmd->add_option("-n", a->n, "Tokens to generate")->default_val(64);
   cmd->add_option("--kv", a->kv, "Quantized KV cache spec (kv-int8, kv-int4-kivi, kv-e4m3, ...: see `lowbit eval --help`)");
+  add_ggml_acts_option(cmd, &a->ggml_acts, "q8_K");
   cmd->add_option("--temp", a->temp, "Sampling temperature; 0 = greedy")->default_val(0.0f);
   cmd->add_option("--seed", a->seed, "Sampling seed")->default_val(0);
   cmd->add_flag("--ids", a->ids, "Print the generated token ids (space-separated, one line) instead of text");

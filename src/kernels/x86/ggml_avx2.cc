@@ -5,6 +5,9 @@
 // twin's column-order ones only by rounding.
 #include <immintrin.h>
 
+#include <cmath>
+#include <cstring>
+
 #include "../ggml_internal.h"
 
 namespace lowbit::kernels_internal {
@@ -134,10 +137,193 @@ void tile(const float* w, int64_t ldw, int64_t rows, const float* x, int64_t ldx
   for (; r < rows; ++r) rows_block<1>(w + r * ldw, ldw, x, ldx, tokens, kc, y + r, ldy, accumulate);
 }
 
+// --- Q8_K activations and the integer k-quant dot products (twins: dot_q4_K / dot_q6_K in
+// ../ref/ggml_ref.cc, which spell out the lanes below). Each int32 lane l of a block's sum holds
+// bytes 4l..4l+3 of every 32-byte code vector (exact); per block, lane l of an fp32 accumulator
+// takes fma(a.d · d, float(lane l), acc[l]); the lanes are summed once at the end in hsum's tree
+// order. The twin does exactly these roundings (std::fma), so both levels give the same bits.
+
+void quantize_q8_K(const float* x, int64_t nblocks, BlockQ8_K* out) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  const __m256i top = _mm256_set1_epi32(127);
+  for (int64_t i = 0; i < nblocks; ++i, x += kGgmlQK_K) {
+    BlockQ8_K& b = out[i];
+    __m256 mx = _mm256_setzero_ps();  // max_ps(|x|, mx) keeps mx where |x| is NaN, as the twin's `>` does
+    for (int j = 0; j < kGgmlQK_K; j += 8) mx = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + j)), mx);
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float amax = _mm_cvtss_f32(m4);
+    std::memset(b.bsums, 0, sizeof b.bsums);
+    if (amax == 0.0f) {
+      b.d = 0.0f;
+      std::memset(b.qs, 0, sizeof b.qs);
+      continue;
+    }
+    float max = 0.0f;  // the first value of that magnitude, with its sign
+    for (int j = 0; j < kGgmlQK_K; ++j) {
+      if (std::fabs(x[j]) == amax) {
+        max = x[j];
+        break;
+      }
+    }
+    const float iscale = -127.0f / max;
+    const __m256 vs = _mm256_set1_ps(iscale);
+    for (int j = 0; j < kGgmlQK_K; j += 32) {
+      __m256i q[4];
+      for (int u = 0; u < 4; ++u) {
+        q[u] = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(vs, _mm256_loadu_ps(x + j + 8 * u))), top);
+      }
+      const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(b.qs + j), _mm256_permutevar8x32_epi32(p, order));
+    }
+    for (int g = 0; g < kGgmlQK_K / 16; ++g) {
+      int s = 0;
+      for (int l = 0; l < 16; ++l) s += b.qs[16 * g + l];
+      b.bsums[g] = static_cast<int16_t>(s);
+    }
+    b.d = 1.0f / iscale;
+  }
+}
+
+inline float hsum4(__m128 s) {
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// int16 lane k of v broadcast to every int16 lane (of each 128-bit half), by pshufb.
+inline __m256i broadcast_i16(__m256i v, int k) { return _mm256_shuffle_epi8(v, _mm256_set1_epi16(static_cast<int16_t>((2 * k + 1) << 8 | 2 * k))); }
+
+template <int T>
+void dot_q4_K_t(const BlockQ4_K* w, const BlockQ8_K* a, int64_t nb, float* y, int64_t ldy) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  __m256 acc[T];
+  __m128 accm[T];
+  #pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps(), accm[t] = _mm_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    if (T == 1) {  // decode streams the weights once: ask for the lines 16 blocks (2304 bytes) ahead
+      const char* ahead = reinterpret_cast<const char*>(w + b) + 16 * sizeof(BlockQ4_K);
+      _mm_prefetch(ahead, _MM_HINT_T0);
+      _mm_prefetch(ahead + 64, _MM_HINT_T0);
+      _mm_prefetch(ahead + 128, _MM_HINT_T0);
+    }
+    // Eight 6-bit scales and mins from 12 bytes, four at a time (ggml_scale_min_k4's bit layout).
+    uint32_t u[3];
+    std::memcpy(u, w[b].scales, sizeof u);
+    const __m256i sm = _mm256_cvtepu8_epi16(_mm_setr_epi32(
+        static_cast<int>(u[0] & 0x3f3f3f3fu), static_cast<int>((u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4)),
+        static_cast<int>(u[1] & 0x3f3f3f3fu), static_cast<int>(((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4))));
+    const __m128i sc128 = _mm256_castsi256_si128(sm), mins = _mm256_extracti128_si256(sm, 1);  // int16 × 8 each
+    const __m256i scales = _mm256_set_m128i(sc128, sc128);
+    __m256i sumi[T];
+    #pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
+    #pragma GCC unroll 8
+    for (int j = 0; j < 4; ++j) {
+      const __m256i q4 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qs + 32 * j));
+      const __m256i lo = _mm256_and_si256(q4, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+      const __m256i sl = broadcast_i16(scales, 2 * j), sh = broadcast_i16(scales, 2 * j + 1);
+      #pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) {
+        const int8_t* q8 = a[t * nb + b].qs + 64 * j;
+        const __m256i pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q8))), sl);
+        const __m256i ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q8 + 32))), sh);
+        sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(pl, ph));
+      }
+    }
+    const float wd = _cvtsh_ss(w[b].d), wm = _cvtsh_ss(w[b].dmin);
+    #pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+      const BlockQ8_K& ab = a[t * nb + b];
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(ab.d * wd), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+      const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.bsums));
+      const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+      accm[t] = _mm_fmadd_ps(_mm_set1_ps(ab.d * wm), _mm_cvtepi32_ps(_mm_madd_epi16(mins, pairs)), accm[t]);
+    }
+  }
+  #pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) y[t * ldy] = hsum(acc[t]) - hsum4(accm[t]);
+}
+
+void dot_q4_K(const BlockQ4_K* w, const BlockQ8_K* a, int64_t nblocks, int64_t tokens, float* y, int64_t ldy) {
+  int64_t t = 0;
+  for (; t + 4 <= tokens; t += 4) dot_q4_K_t<4>(w, a + t * nblocks, nblocks, y + t * ldy, ldy);
+  for (; t < tokens; ++t) dot_q4_K_t<1>(w, a + t * nblocks, nblocks, y + t * ldy, ldy);
+}
+
+template <int T>
+void dot_q6_K_t(const BlockQ6_K* w, const BlockQ8_K* a, int64_t nb, float* y, int64_t ldy) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x03);
+  __m256 acc[T];
+  #pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const BlockQ6_K& wb = w[b];
+    if (T == 1) {
+      const char* ahead = reinterpret_cast<const char*>(w + b) + 16 * sizeof(BlockQ6_K);
+      #pragma GCC unroll 8
+      for (int l = 0; l < 4; ++l) _mm_prefetch(ahead + 64 * l, _MM_HINT_T0);
+    }
+    const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.scales));
+    __m256i sumi[T];
+    #pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
+    #pragma GCC unroll 8
+    for (int h = 0; h < 2; ++h) {  // two halves of 128: ql 64 bytes, qh 32 bytes, 8 scales
+      const uint8_t* ql = wb.ql + 64 * h;
+      const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql));
+      const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 32));
+      const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb.qh + 32 * h));
+      __m256i q[4];  // values 32i .. 32i+31 of the half, codes 0..63 (stored + 32)
+      q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m2), 4));
+      q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m2), 4));
+      q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m2), 4));
+      q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m2), 4));
+      #pragma GCC unroll 8
+      for (int i = 0; i < 4; ++i) {
+        // maddubs pairs 0..7 come from values 0..15 (scale k), pairs 8..15 from 16..31 (k+1):
+        // int16 lanes [sc[k] × 8, sc[k+1] × 8].
+        const int k = 8 * h + 2 * i;
+        const __m256i scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(
+            sc8, _mm_setr_epi8(k, k, k, k, k, k, k, k, k + 1, k + 1, k + 1, k + 1, k + 1, k + 1, k + 1, k + 1)));
+        #pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+          const int8_t* q8 = a[t * nb + b].qs + 128 * h + 32 * i;
+          const __m256i p = _mm256_maddubs_epi16(q[i], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q8)));
+          sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(p, scale));
+        }
+      }
+    }
+    const __m256i scales16 = _mm256_cvtepi8_epi16(sc8);
+    const float wd = _cvtsh_ss(wb.d);
+    #pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+      const BlockQ8_K& ab = a[t * nb + b];
+      // Codes are stored + 32: subtract 32 · Σ scale · bsum, lane l holding groups 2l and 2l+1.
+      const __m256i bias = _mm256_madd_epi16(scales16, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.bsums)));
+      const __m256i si = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32(bias, 5));
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(ab.d * wd), _mm256_cvtepi32_ps(si), acc[t]);
+    }
+  }
+  #pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) y[t * ldy] = hsum(acc[t]);
+}
+
+void dot_q6_K(const BlockQ6_K* w, const BlockQ8_K* a, int64_t nblocks, int64_t tokens, float* y, int64_t ldy) {
+  int64_t t = 0;
+  for (; t + 4 <= tokens; t += 4) dot_q6_K_t<4>(w, a + t * nblocks, nblocks, y + t * ldy, ldy);
+  for (; t < tokens; ++t) dot_q6_K_t<1>(w, a + t * nblocks, nblocks, y + t * ldy, ldy);
+}
+
 }  // namespace
 
 const GgmlMicrokernels& ggml_avx2_microkernels() {
-  static constexpr GgmlMicrokernels k{Isa::kAvx2, decode_q4_K, decode_q6_K, tile};
+  static constexpr GgmlMicrokernels k{Isa::kAvx2, decode_q4_K, decode_q6_K, tile, quantize_q8_K, dot_q4_K, dot_q6_K};
   return k;
 }
 
