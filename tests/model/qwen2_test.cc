@@ -140,14 +140,12 @@ TEST(Qwen2Reference, TokenIdsEqualLlamaCppAndHuggingFace) {
   EXPECT_GE(n, 10u);
 }
 
-TEST(Qwen2Reference, GreedyIdsEqualLlamaCppOnF32) {
-  QWEN2_OR_SKIP(path);
-  ASSERT_TRUE(fs::exists(kPins)) << kPins << " missing (tests/model/ref_qwen2.py pin)";
-  const nlohmann::json pins = read_json(kPins);
+// lowbit's greedy ids after each pinned prompt equal the pinned llama.cpp ones.
+void expect_greedy_equal(const std::string& path, const nlohmann::json& cases, GgmlActs acts) {
   Result<Model> m = load_model(path);
   ASSERT_TRUE(m.ok()) << m.status().to_string();
+  m->activations.ggml = acts;
   LlamaModel net(*m);
-  const auto& cases = pins.at("greedy");
   ASSERT_EQ(cases.size(), 3u);  // plain, ChatML, code
   for (size_t k = 0; k < cases.size(); ++k) {
     if (kSanitized && k > 0) break;  // one prompt, few tokens under ASan
@@ -163,6 +161,49 @@ TEST(Qwen2Reference, GreedyIdsEqualLlamaCppOnF32) {
   }
 }
 
+// lowbit's prefill logits at the pinned top-k ids of every position: max |lowbit - pin| per position,
+// and whether lowbit's argmax is the pin's top id.
+struct PrefillDiff {
+  std::vector<double> worst;
+  std::vector<bool> same_argmax;
+};
+
+PrefillDiff prefill_diff(const std::string& path, const nlohmann::json& p, GgmlActs acts) {
+  PrefillDiff d;
+  std::vector<int> ids = p.at("ids").get<std::vector<int>>();
+  if (kSanitized) ids.resize(2);
+  Result<Model> m = load_model(path);
+  EXPECT_TRUE(m.ok()) << m.status().to_string();
+  if (!m.ok()) return d;
+  m->activations.ggml = acts;
+  LlamaModel net(*m);
+  Session s(net, static_cast<int>(ids.size()));
+  std::vector<float> logits;  // (n, vocab)
+  EXPECT_TRUE(s.forward(ids, 0, &logits).ok());
+  const int vocab = m->config.vocab_size;
+  for (const auto& row : p.at("top")) {  // per position: the reference's top-k ids and logits
+    const int pos = row.at("pos").get<int>();
+    if (pos >= static_cast<int>(ids.size())) continue;
+    const auto top_ids = row.at("ids").get<std::vector<int>>();
+    const auto top_logits = row.at("logits").get<std::vector<float>>();
+    double worst = 0;
+    for (size_t i = 0; i < top_ids.size(); ++i) {
+      const float got = logits[static_cast<size_t>(pos) * vocab + static_cast<size_t>(top_ids[i])];
+      worst = std::max(worst, static_cast<double>(std::abs(got - top_logits[i])));
+    }
+    const auto* r = &logits[static_cast<size_t>(pos) * vocab];
+    d.worst.push_back(worst);
+    d.same_argmax.push_back(std::max_element(r, r + vocab) - r == top_ids[0]);
+  }
+  return d;
+}
+
+TEST(Qwen2Reference, GreedyIdsEqualLlamaCppOnF32) {
+  QWEN2_OR_SKIP(path);
+  ASSERT_TRUE(fs::exists(kPins)) << kPins << " missing (tests/model/ref_qwen2.py pin)";
+  expect_greedy_equal(path, read_json(kPins).at("greedy"), GgmlActs::kF32);
+}
+
 // llama.cpp's F32 run and lowbit's differ in summation order and RoPE angle arithmetic (llama.cpp
 // multiplies theta_scale up; lowbit calls pow): the measured max |Δlogit| (printed) was 4.1e-5 over
 // the 28 × 20 pinned logits; the bound leaves 25× room for other compilers and ISAs.
@@ -171,32 +212,43 @@ constexpr double kPrefillLogitBound = 1e-3;
 TEST(Qwen2Reference, PrefillLogitsWithinBoundOfLlamaCpp) {
   QWEN2_OR_SKIP(path);
   ASSERT_TRUE(fs::exists(kPins)) << kPins << " missing (tests/model/ref_qwen2.py pin)";
-  const nlohmann::json pins = read_json(kPins);
-  const nlohmann::json& p = pins.at("prefill");
-  std::vector<int> ids = p.at("ids").get<std::vector<int>>();
-  if (kSanitized) ids.resize(2);
-  Result<Model> m = load_model(path);
-  ASSERT_TRUE(m.ok()) << m.status().to_string();
-  LlamaModel net(*m);
-  Session s(net, static_cast<int>(ids.size()));
-  std::vector<float> logits;  // (n, vocab)
-  ASSERT_TRUE(s.forward(ids, 0, &logits).ok());
-  const int vocab = m->config.vocab_size;
-  double worst = 0;
-  for (const auto& row : p.at("top")) {  // per position: the reference's top-k ids and logits
-    const int pos = row.at("pos").get<int>();
-    if (pos >= static_cast<int>(ids.size())) continue;
-    const auto top_ids = row.at("ids").get<std::vector<int>>();
-    const auto top_logits = row.at("logits").get<std::vector<float>>();
-    for (size_t i = 0; i < top_ids.size(); ++i) {
-      const float got = logits[static_cast<size_t>(pos) * vocab + static_cast<size_t>(top_ids[i])];
-      worst = std::max(worst, static_cast<double>(std::abs(got - top_logits[i])));
-      EXPECT_NEAR(got, top_logits[i], kPrefillLogitBound) << "position " << pos << " token " << top_ids[i];
-    }
-    const auto* r = &logits[static_cast<size_t>(pos) * vocab];
-    EXPECT_EQ(std::max_element(r, r + vocab) - r, top_ids[0]) << "argmax at position " << pos;
+  const PrefillDiff d = prefill_diff(path, read_json(kPins).at("prefill"), GgmlActs::kF32);
+  ASSERT_FALSE(d.worst.empty());
+  for (size_t pos = 0; pos < d.worst.size(); ++pos) {
+    EXPECT_LE(d.worst[pos], kPrefillLogitBound) << "position " << pos;
+    EXPECT_TRUE(d.same_argmax[pos]) << "argmax at position " << pos;
   }
-  std::printf("max |lowbit - llama.cpp| over the pinned logits: %.3g\n", worst);
+  std::printf("max |lowbit - llama.cpp| over the pinned logits: %.3g\n", *std::max_element(d.worst.begin(), d.worst.end()));
+}
+
+// With Q8_K activations, lowbit and llama.cpp (on the Q4_K_M file: its k-quant × Q8_K path) round
+// activations by the same rule and sum the same integers, but a code flips wherever upstream fp32
+// (norms, RoPE, attention: the 4e-5 differences above) crosses a rounding boundary, so the two
+// runs differ by activation-rounding noise, not by 1e-3. What pins the arithmetic: at position 0
+// (the attention sink, whose huge activations make Q8_K rounding move llama.cpp's logits by 5.05
+// from its F32 run) lowbit lands on llama.cpp's Q8_K logits, not on the F32 ones.
+// Measured (printed per position): max 0.417 against llama.cpp's Q8_K run (0.057 at position 0, where
+// the Q8_K rounding moves llama.cpp's own logits by 5.06); llama.cpp's Q8_K and F32 runs differ by
+// 0.09–0.40 at the other positions. Greedy ids are not pinned with Q8_K: that noise makes the two
+// engines part ways after 6–8 tokens on two of the three prompts (each staying fluent).
+constexpr double kQ8PrefillLogitBound = 0.8;
+
+TEST(Qwen2Reference, Q8PrefillTracksLlamaCppOnQ4KM) {
+  QWEN2_OR_SKIP(path);
+  ASSERT_TRUE(fs::exists(kPins)) << kPins << " missing (tests/model/ref_qwen2.py pin-q8)";
+  const nlohmann::json pins = read_json(kPins);
+  const PrefillDiff q8 = prefill_diff(path, pins.at("q8").at("prefill"), GgmlActs::kQ8K);
+  const PrefillDiff f32 = prefill_diff(path, pins.at("prefill"), GgmlActs::kQ8K);  // lowbit Q8_K vs llama.cpp F32
+  ASSERT_FALSE(q8.worst.empty());
+  int agree = 0;
+  for (size_t pos = 0; pos < q8.worst.size(); ++pos) {
+    std::printf("position %zu: max |lowbit Q8_K - llama.cpp Q8_K| %.3f, vs llama.cpp F32 %.3f%s\n", pos, q8.worst[pos],
+                f32.worst[pos], q8.same_argmax[pos] ? "" : " (argmax differs)");
+    EXPECT_LE(q8.worst[pos], kQ8PrefillLogitBound) << "position " << pos;
+    agree += q8.same_argmax[pos] ? 1 : 0;
+  }
+  EXPECT_LE(q8.worst[0], 0.1 * f32.worst[0]) << "position 0: lowbit's Q8_K run should be llama.cpp's, not its F32 one";
+  EXPECT_GE(agree, static_cast<int>(q8.worst.size()) - 1) << "argmax agreement with llama.cpp's Q8_K run";
 }
 
 // The mapped file is 1.07 GiB and counts in RSS once read; an fp32 copy of the model would add

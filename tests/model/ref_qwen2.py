@@ -4,6 +4,10 @@ Q4_K_M (issue 14); writes tests/data/qwen2_reference.json, which tests/model/qwe
 
   ref_qwen2.py pin [LLAMACPP_DIR]     LLAMACPP_DIR: a llama.cpp checkout built in build/ (default
                                       /work/llamacpp/src; the pins were made at c392e50)
+  ref_qwen2.py pin-q8 [LLAMACPP_DIR [LIB_DIR]]
+                                      adds "q8" only (keeps the rest): LIB_DIR holds the libllama /
+                                      libggml* to run (default LLAMACPP_DIR/build/bin; the pins used
+                                      an AVX2-only build, -DGGML_NATIVE=OFF -DGGML_AVX2=ON, c392e50)
 
 What is pinned, and why:
   - "tokenize": for the tokenizer test text (whole, per paragraph, edge cases), the ids of
@@ -16,6 +20,9 @@ What is pinned, and why:
     bit-exact to ggml's. Greedy: 32 ids after three prompts (plain, ChatML, code); prefill: the
     top-20 ids and logits at every position of one text. Driven by ref_llamacpp/llamacpp_ref.cc,
     compiled here against the build's llama.h / libllama.
+  - "q8": the same greedy and prefill runs on the Q4_K_M file itself: llama.cpp multiplies its
+    Q4_K/Q6_K blocks with Q8_K activations, which lowbit does with --ggml-acts q8_K (the same
+    quantize_row_q8_K rounding and integer sums; only the fp32 accumulation order differs).
 """
 import json
 import os
@@ -88,7 +95,47 @@ def run_ref(exe, model, mode, n, prompt):
     return out.decode().strip().split("\n")
 
 
+def build_ref(src, libdir, tmp):
+    exe = os.path.join(tmp, "llamacpp_ref")
+    subprocess.run(["g++", "-O2", "-std=c++17", os.path.join(HERE, "ref_llamacpp", "llamacpp_ref.cc"), "-o", exe,
+                    "-I", os.path.join(src, "include"), "-I", os.path.join(src, "ggml", "include"), "-L", libdir,
+                    "-lllama", "-lggml", "-lggml-base", f"-Wl,-rpath,{libdir}"], check=True)
+    return exe
+
+
+def greedy_and_prefill(exe, model):
+    greedy = []
+    for name, prompt in PROMPTS:
+        lines = run_ref(exe, model, "greedy", STEPS, prompt)
+        greedy.append({"name": name, "prompt": prompt, "prompt_ids": [int(t) for t in lines[0].split()],
+                       "ids": [int(t) for t in lines[1].split()]})
+        print(f"ref_qwen2: greedy {name}: {greedy[-1]['ids']}", file=sys.stderr)
+    lines = run_ref(exe, model, "prefill", TOP_K, PREFILL_TEXT)
+    top = []
+    for pos, line in enumerate(lines[1:]):
+        pairs = [p.split(":") for p in line.split()]
+        top.append({"pos": pos, "ids": [int(i) for i, _ in pairs], "logits": [float(v) for _, v in pairs]})
+    return greedy, {"text": PREFILL_TEXT, "ids": [int(t) for t in lines[0].split()], "top": top}
+
+
+def pin_q8(src, libdir):
+    out = os.path.join(ROOT, "tests", "data", "qwen2_reference.json")
+    with open(out, encoding="utf-8") as f:
+        data = json.load(f)
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        greedy, prefill = greedy_and_prefill(build_ref(src, libdir, tmp), MODEL)
+    data["q8"] = {"llama_cpp_libs": libdir, "greedy": greedy, "prefill": prefill}
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False, indent=1)
+        f.write("\n")
+    print(f"ref_qwen2: wrote q8 pins to {out}", file=sys.stderr)
+
+
 def main():
+    if len(sys.argv) >= 2 and sys.argv[1] == "pin-q8" and len(sys.argv) <= 4:
+        src = sys.argv[2] if len(sys.argv) >= 3 else "/work/llamacpp/src"
+        pin_q8(src, sys.argv[3] if len(sys.argv) == 4 else os.path.join(src, "build", "bin"))
+        return
     if len(sys.argv) not in (2, 3) or sys.argv[1] != "pin":
         sys.exit(__doc__)
     src = sys.argv[2] if len(sys.argv) == 3 else "/work/llamacpp/src"
@@ -104,26 +151,18 @@ def main():
         data["tokenize"].append({"text": text, "llama_cpp": llama_tokenize(bindir, text), "hf": hf.encode(text).ids})
 
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        exe = os.path.join(tmp, "llamacpp_ref")
-        subprocess.run(["g++", "-O2", "-std=c++17", os.path.join(HERE, "ref_llamacpp", "llamacpp_ref.cc"), "-o", exe,
-                        "-I", os.path.join(src, "include"), "-I", os.path.join(src, "ggml", "include"), "-L", bindir,
-                        "-lllama", "-lggml", "-lggml-base", f"-Wl,-rpath,{bindir}"], check=True)
+        exe = build_ref(src, bindir, tmp)
         f32 = os.path.join(tmp, "qwen2-f32.gguf")
         print("ref_qwen2: writing the F32 GGUF (6.2 GB) with llama-quantize", file=sys.stderr)
         subprocess.run([os.path.join(bindir, "llama-quantize"), "--allow-requantize", MODEL, f32, "F32", "2"], check=True,
                        capture_output=True)
-        data["greedy"] = []
-        for name, prompt in PROMPTS:
-            lines = run_ref(exe, f32, "greedy", STEPS, prompt)
-            data["greedy"].append({"name": name, "prompt": prompt, "prompt_ids": [int(t) for t in lines[0].split()],
-                                   "ids": [int(t) for t in lines[1].split()]})
-            print(f"ref_qwen2: greedy {name}: {data['greedy'][-1]['ids']}", file=sys.stderr)
-        lines = run_ref(exe, f32, "prefill", TOP_K, PREFILL_TEXT)
-        top = []
-        for pos, line in enumerate(lines[1:]):
-            pairs = [p.split(":") for p in line.split()]
-            top.append({"pos": pos, "ids": [int(i) for i, _ in pairs], "logits": [float(v) for _, v in pairs]})
-        data["prefill"] = {"text": PREFILL_TEXT, "ids": [int(t) for t in lines[0].split()], "top": top}
+        data["greedy"], data["prefill"] = greedy_and_prefill(exe, f32)
+    old = os.path.join(ROOT, "tests", "data", "qwen2_reference.json")
+    if os.path.exists(old):  # keep the q8 pins (pin-q8 writes them)
+        with open(old, encoding="utf-8") as f:
+            q8 = json.load(f).get("q8")
+        if q8 is not None:
+            data["q8"] = q8
     out = os.path.join(ROOT, "tests", "data", "qwen2_reference.json")
     with open(out, "w", encoding="utf-8") as f:
         json.dump(data, f, ensure_ascii=False, indent=1)
