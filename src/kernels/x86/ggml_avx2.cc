@@ -209,6 +209,10 @@ void dot_q4_K_t(const BlockQ4_K* w, const BlockQ8_K* a, int64_t nb, float* y, in
       _mm_prefetch(ahead, _MM_HINT_T0);
       _mm_prefetch(ahead + 64, _MM_HINT_T0);
       _mm_prefetch(ahead + 128, _MM_HINT_T0);
+      const char* far = reinterpret_cast<const char*>(w + b) + 64 * sizeof(BlockQ4_K);
+      _mm_prefetch(far, _MM_HINT_T2);
+      _mm_prefetch(far + 64, _MM_HINT_T2);
+      _mm_prefetch(far + 128, _MM_HINT_T2);
     }
     // Eight 6-bit scales and mins from 12 bytes, four at a time (ggml_scale_min_k4's bit layout).
     uint32_t u[3];
@@ -264,8 +268,11 @@ void dot_q6_K_t(const BlockQ6_K* w, const BlockQ8_K* a, int64_t nb, float* y, in
     const BlockQ6_K& wb = w[b];
     if (T == 1) {
       const char* ahead = reinterpret_cast<const char*>(w + b) + 16 * sizeof(BlockQ6_K);
+      const char* far = reinterpret_cast<const char*>(w + b) + 64 * sizeof(BlockQ6_K);
       #pragma GCC unroll 8
       for (int l = 0; l < 4; ++l) _mm_prefetch(ahead + 64 * l, _MM_HINT_T0);
+      #pragma GCC unroll 8
+      for (int l = 0; l < 4; ++l) _mm_prefetch(far + 64 * l, _MM_HINT_T2);
     }
     const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.scales));
     __m256i sumi[T];
