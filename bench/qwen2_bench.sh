@@ -5,6 +5,10 @@
 # `generate` and `eval`. Run scripts/setup first (the model) and build the release preset.
 #
 #   bench/qwen2_bench.sh [LLAMA_BENCH] [OUT_DIR]     default /work/llamacpp/src/build/bin/llama-bench, /tmp/qwen2_bench
+#
+# lowbit's rows: k-quant blocks × Q8_K activations (llama.cpp's path, the default of generate), then ×
+# fp32 activations. For the AVX2 comparison (lowbit's ISA) pass a llama-bench built with
+# -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 lowbit="$root/build/release/lowbit"
@@ -13,7 +17,10 @@ out=${2:-/tmp/qwen2_bench}
 model="${XDG_CACHE_HOME:-$HOME/.cache}/lowbit/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 [ -f "$model" ] || { echo "qwen2_bench: $model missing: run scripts/setup" >&2; exit 2; }
 mkdir -p "$out"
-export OMP_WAIT_POLICY=passive LOWBIT_THREADS=2 OMP_NUM_THREADS=2
+# OpenMP's default wait policy: llama.cpp's threads are OpenMP's too, and on an idle machine spinning
+# between the ~300 parallel regions of a decode step is what both engines want (passive waiting cost
+# lowbit 17% and llama.cpp 30% of decode speed here); on a loaded machine export OMP_WAIT_POLICY=passive.
+export LOWBIT_THREADS=2 OMP_NUM_THREADS=2
 for p in 128 512; do
   "$lowbit" bench model --model "$model" --prefill "$p" --decode 32 --llama-bench "$llama_bench" --limits \
     --json "$out/bench_p$p.json" | tee "$out/bench_p$p.txt"
