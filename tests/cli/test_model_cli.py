@@ -28,6 +28,10 @@ if not os.path.exists(MODEL):
 p = run("generate", "--model", MODEL, "--prompt", "Once upon a time", "-n", "8", "--ids")
 check(p.returncode == 0, f"generate --ids failed: {p.stderr}")
 check(p.stdout.split() == "432 383 286 261 376 298 315 421".split(), f"generate --ids: {p.stdout!r}")
+# --ggml-acts only concerns GGUF k-quant linears: an fp32 model gives the same ids either way.
+for acts in ("f32", "q8_K"):
+    q = run("generate", "--model", MODEL, "--prompt", "Once upon a time", "-n", "8", "--ids", "--ggml-acts", acts)
+    check(q.returncode == 0 and q.stdout == p.stdout, f"generate --ggml-acts {acts}: {q.stdout!r} {q.stderr!r}")
 p = run("generate", "--model", MODEL, "--prompt", "Once upon a time", "-n", "20")
 check(p.returncode == 0 and p.stdout.startswith("Once upon a time, there was a little girl"), f"generate text: {p.stdout!r}")
 p = run("generate", "--model", MODEL, "--prompt", "Once upon a time", "-n", "20", "--temp", "0.8", "--seed", "5", "--ids")
@@ -94,6 +98,8 @@ with tempfile.TemporaryDirectory() as tmp:
     bad_input(["eval", "--model", MODEL, "--text", empty_text, "--json", out2], "empty.txt", "empty text")
     bad_input(["eval", "--model", MODEL, "--text", not_utf8, "--json", out2], "latin1.txt", "not UTF-8")
     bad_input(["eval", "--model", MODEL, "--text", TEXT, "--scheme", "w3a3"], "w3a3", "unknown scheme")
+    bad_input(["generate", "--model", MODEL, "--prompt", "x", "--ggml-acts", "q4"], "--ggml-acts", "unknown --ggml-acts")
+    bad_input(["eval", "--model", MODEL, "--text", TEXT, "--ggml-acts", ""], "--ggml-acts", "empty --ggml-acts")
     bad_input(["eval", "--model", MODEL, "--text", TEXT, "--scheme", "w8a8,w3a3"], "w3a3", "unknown scheme in a list")
     bad_input(["eval", "--model", MODEL, "--text", TEXT, "--scheme", "w8a8,w8a16", "--plot", out_svg + "2"], "--plot",
               "plot of two models")
