@@ -27,9 +27,6 @@ struct GgmlMicrokernels {
   void (*dot_q6_K)(const BlockQ6_K* w, const BlockQ8_K* a, int64_t nblocks, int64_t tokens, float* y, int64_t ldy);
 };
 
-// Q4_K's eight 6-bit scales and eight mins from its 12 packed bytes (ggml_scale_min_k4 for j < 8).
-void unpack_q4_K_scales(const uint8_t packed[12], uint8_t scales[8], uint8_t mins[8]);
-
 const GgmlMicrokernels& ggml_scalar_microkernels();
 #if defined(LOWBIT_HAVE_AVX2)
 const GgmlMicrokernels& ggml_avx2_microkernels();

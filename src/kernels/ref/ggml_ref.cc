@@ -25,6 +25,11 @@ void tile(const float* w, int64_t ldw, int64_t rows, const float* x, int64_t ldx
 
 void quantize_q8_K(const float* x, int64_t nblocks, BlockQ8_K* out) { quantize_row_q8_K(x, out, nblocks * kGgmlQK_K); }
 
+// Q4_K's eight 6-bit scales and eight mins from its 12 packed bytes.
+void unpack_q4_K_scales(const uint8_t packed[12], uint8_t scales[8], uint8_t mins[8]) {
+  for (int j = 0; j < 8; ++j) ggml_scale_min_k4(j, packed, &scales[j], &mins[j]);
+}
+
 // The AVX2 level's final reduction of 8 (and 4) fp32 lanes, in its tree order.
 float sum8(const float l[8]) { return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7])); }
 float sum4(const float l[4]) { return (l[0] + l[2]) + (l[1] + l[3]); }
@@ -90,10 +95,6 @@ void dot_q6_K(const BlockQ6_K* w, const BlockQ8_K* a, int64_t nblocks, int64_t t
 }
 
 }  // namespace
-
-void unpack_q4_K_scales(const uint8_t packed[12], uint8_t scales[8], uint8_t mins[8]) {
-  for (int j = 0; j < 8; ++j) ggml_scale_min_k4(j, packed, &scales[j], &mins[j]);
-}
 
 const GgmlMicrokernels& ggml_scalar_microkernels() {
   static constexpr GgmlMicrokernels k{Isa::kScalar, decode_q4_K, decode_q6_K, tile, quantize_q8_K, dot_q4_K, dot_q6_K};
