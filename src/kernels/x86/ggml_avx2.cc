@@ -204,7 +204,7 @@ void dot_q4_K_t(const BlockQ4_K* w, const BlockQ8_K* a, int64_t nb, float* y, in
   #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps(), accm[t] = _mm_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
-    if (T == 1) {  // decode streams the weights once: ask for the lines 16 blocks (2304 bytes) ahead
+    if (T == 1) {  // decode streams the weights once: lines 16 blocks ahead into L1, 64 blocks ahead into L2/L3
       const char* ahead = reinterpret_cast<const char*>(w + b) + 16 * sizeof(BlockQ4_K);
       _mm_prefetch(ahead, _MM_HINT_T0);
       _mm_prefetch(ahead + 64, _MM_HINT_T0);
