@@ -161,37 +161,40 @@ void expect_greedy_equal(const std::string& path, const nlohmann::json& cases, G
   }
 }
 
-// lowbit's prefill logits at the pinned top-k ids of every position: max |lowbit - pin| per position,
-// and whether lowbit's argmax is the pin's top id.
+// lowbit's prefill logits (n, vocab) of the pinned prefill text's ids (two under ASan).
+std::vector<float> prefill_logits(const std::string& path, const nlohmann::json& p, GgmlActs acts, int* vocab) {
+  std::vector<int> ids = p.at("ids").get<std::vector<int>>();
+  if (kSanitized) ids.resize(2);
+  Result<Model> m = load_model(path);
+  EXPECT_TRUE(m.ok()) << m.status().to_string();
+  if (!m.ok()) return {};
+  m->activations.ggml = acts;
+  *vocab = m->config.vocab_size;
+  LlamaModel net(*m);
+  Session s(net, static_cast<int>(ids.size()));
+  std::vector<float> logits;
+  EXPECT_TRUE(s.forward(ids, 0, &logits).ok());
+  return logits;
+}
+
+// Against pinned top-k ids and logits per position: max |lowbit - pin| per position, and whether
+// lowbit's argmax is the pin's top id.
 struct PrefillDiff {
   std::vector<double> worst;
   std::vector<bool> same_argmax;
 };
 
-PrefillDiff prefill_diff(const std::string& path, const nlohmann::json& p, GgmlActs acts) {
+PrefillDiff prefill_diff(const std::vector<float>& logits, int vocab, const nlohmann::json& p) {
   PrefillDiff d;
-  std::vector<int> ids = p.at("ids").get<std::vector<int>>();
-  if (kSanitized) ids.resize(2);
-  Result<Model> m = load_model(path);
-  EXPECT_TRUE(m.ok()) << m.status().to_string();
-  if (!m.ok()) return d;
-  m->activations.ggml = acts;
-  LlamaModel net(*m);
-  Session s(net, static_cast<int>(ids.size()));
-  std::vector<float> logits;  // (n, vocab)
-  EXPECT_TRUE(s.forward(ids, 0, &logits).ok());
-  const int vocab = m->config.vocab_size;
-  for (const auto& row : p.at("top")) {  // per position: the reference's top-k ids and logits
+  const int64_t n = vocab > 0 ? static_cast<int64_t>(logits.size()) / vocab : 0;
+  for (const auto& row : p.at("top")) {
     const int pos = row.at("pos").get<int>();
-    if (pos >= static_cast<int>(ids.size())) continue;
+    if (pos >= n) continue;
     const auto top_ids = row.at("ids").get<std::vector<int>>();
     const auto top_logits = row.at("logits").get<std::vector<float>>();
+    const float* r = &logits[static_cast<size_t>(pos) * vocab];
     double worst = 0;
-    for (size_t i = 0; i < top_ids.size(); ++i) {
-      const float got = logits[static_cast<size_t>(pos) * vocab + static_cast<size_t>(top_ids[i])];
-      worst = std::max(worst, static_cast<double>(std::abs(got - top_logits[i])));
-    }
-    const auto* r = &logits[static_cast<size_t>(pos) * vocab];
+    for (size_t i = 0; i < top_ids.size(); ++i) worst = std::max(worst, static_cast<double>(std::abs(r[top_ids[i]] - top_logits[i])));
     d.worst.push_back(worst);
     d.same_argmax.push_back(std::max_element(r, r + vocab) - r == top_ids[0]);
   }
@@ -212,7 +215,10 @@ constexpr double kPrefillLogitBound = 1e-3;
 TEST(Qwen2Reference, PrefillLogitsWithinBoundOfLlamaCpp) {
   QWEN2_OR_SKIP(path);
   ASSERT_TRUE(fs::exists(kPins)) << kPins << " missing (tests/model/ref_qwen2.py pin)";
-  const PrefillDiff d = prefill_diff(path, read_json(kPins).at("prefill"), GgmlActs::kF32);
+  const nlohmann::json p = read_json(kPins).at("prefill");
+  int vocab = 0;
+  const std::vector<float> logits = prefill_logits(path, p, GgmlActs::kF32, &vocab);
+  const PrefillDiff d = prefill_diff(logits, vocab, p);
   ASSERT_FALSE(d.worst.empty());
   for (size_t pos = 0; pos < d.worst.size(); ++pos) {
     EXPECT_LE(d.worst[pos], kPrefillLogitBound) << "position " << pos;
@@ -237,8 +243,12 @@ TEST(Qwen2Reference, Q8PrefillTracksLlamaCppOnQ4KM) {
   QWEN2_OR_SKIP(path);
   ASSERT_TRUE(fs::exists(kPins)) << kPins << " missing (tests/model/ref_qwen2.py pin-q8)";
   const nlohmann::json pins = read_json(kPins);
-  const PrefillDiff q8 = prefill_diff(path, pins.at("q8").at("prefill"), GgmlActs::kQ8K);
-  const PrefillDiff f32 = prefill_diff(path, pins.at("prefill"), GgmlActs::kQ8K);  // lowbit Q8_K vs llama.cpp F32
+  // One lowbit Q8_K run, against llama.cpp's Q8_K and F32 runs of the same ids.
+  ASSERT_EQ(pins.at("q8").at("prefill").at("ids"), pins.at("prefill").at("ids"));
+  int vocab = 0;
+  const std::vector<float> logits = prefill_logits(path, pins.at("prefill"), GgmlActs::kQ8K, &vocab);
+  const PrefillDiff q8 = prefill_diff(logits, vocab, pins.at("q8").at("prefill"));
+  const PrefillDiff f32 = prefill_diff(logits, vocab, pins.at("prefill"));
   ASSERT_FALSE(q8.worst.empty());
   int agree = 0;
   for (size_t pos = 0; pos < q8.worst.size(); ++pos) {
