@@ -34,9 +34,11 @@ class Linear {
   static Linear fp32(ConstTensorView w);
   // Weights a kernel serves (int4/uint4/nf4 groups; with `activations` int8:token also int8:row
   // (W8A8) and int4 groups (W4A8); with e4m3:tile1x128 also e4m3:block128x128) are packed once
-  // and run by it; any other spec is dequantized to fp32 here.
+  // and run by it; ggml block specs run from their blocks (ggml_matmul, fp32 activations); any
+  // other spec is dequantized to fp32 here.
   static Result<Linear> quantized(const QuantizedTensor& q, const std::optional<QuantSpec>& activations = std::nullopt);
   // A GGUF k-quant matrix (Q4_K, Q6_K) run as stored by ggml_matmul; `w` views bytes that must outlive the Linear.
+  // ggml() is set for these and for quantized() of a ggml block spec (its codes).
   static Linear ggml(const GgmlMatrix& w, GgmlActs acts = GgmlActs::kF32);
   int64_t out_features() const { return out_; }
   int64_t in_features() const { return in_; }
@@ -103,10 +105,12 @@ class LlamaModel {
   // The token embedding's k-quant blocks when the file stores it so (rows are decoded per lookup),
   // else null and weights().tok_embeddings holds it in fp32.
   const GgmlMatrix* embedding_blocks() const { return emb_.blocks ? &emb_ : nullptr; }
-  // The token embedding as a plan quantized it (weights().tok_embeddings then holds its dequantized
-  // values, which the model runs): what a writer stores and model_size counts. Null when unquantized.
+  // The token embedding as a plan quantized it: what a writer stores and model_size counts. Null
+  // when unquantized. With `lookups` (q holds ggml blocks) token lookups decode rows of q, as
+  // embedding_blocks(); without, they read weights().tok_embeddings (the caller's dequantized table;
+  // a GGUF's own embedding blocks are no longer used).
   const QuantizedTensor* embedding_quant() const { return emb_quant_.get(); }
-  void set_embedding_quant(QuantizedTensor q) { emb_quant_ = std::make_shared<const QuantizedTensor>(std::move(q)); }
+  void set_embedding_quant(std::optional<QuantizedTensor> q, bool lookups = false);
   Linear& classifier() { return classifier_; }
   const Linear& classifier() const { return classifier_; }
   ActivationQuant& activation_quant() { return act_; }

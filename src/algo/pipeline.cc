@@ -13,6 +13,7 @@
 
 #include "algo_internal.h"
 #include "lowbit/file.h"
+#include "lowbit/ggml_matmul.h"
 #include "lowbit/parallel.h"
 
 namespace lowbit {
@@ -294,14 +295,9 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
       LOWBIT_RETURN_IF_ERROR(embed_tokens(net, opt.calib[w], xs[w].data()));
     }
   }
-  // The pipeline keeps each block's fp32 weights for writers and later passes: from k-quant blocks
-  // that would rebuild an fp32 copy of the whole model, so it refuses them (RTN decodes one matrix
-  // at a time instead: apply_rtn).
-  if (!net.layers().empty() && net.layers()[0].wq.ggml() != nullptr && net.weights().layers[0].wq.data() == nullptr) {
-    return Unsupported("quantize pipeline: the model's linears are GGUF k-quant blocks (no fp32 weights); "
-                       "only RTN (lowbit eval --scheme) re-quantizes them");
-  }
   const std::optional<QuantSpec> acts = opt.plan.activations;
+  // AWQ and SmoothQuant change weights they may leave unquantized (a rescaled row or column).
+  const bool rescales = opt.method == Method::kAwq || opt.method == Method::kSmoothQuant;
   net.activation_quant().linear_input.reset();  // calibration sees fp32 activations
 
   for (int l = first; l < end; ++l) {
@@ -310,14 +306,30 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
     // fp32 working copies of the block's weights: the methods that rescale them (AWQ,
     // SmoothQuant, outliers) get clones; RTN and GPTQ only read them, so an f32 weight is used in
     // place (one f32 copy of the block resident, not two: what bounds a streamed 8B block).
+    // A linear the model runs from GGUF blocks (a k-quant file loaded as is) has no fp32 weight:
+    // it is decoded here, for this block only, and dropped once quantized (no fp32 copy of the
+    // model builds up; the quantized linear, or the blocks it was read from, is what runs).
     const bool in_place = opt.method == Method::kRtn || opt.method == Method::kGptq;
     std::array<Tensor, kNumLinearSlots> w;
-    std::array<bool, kNumLinearSlots> cloned{};  // false: w[s] is empty, the weight is lw's own view
+    std::array<bool, kNumLinearSlots> cloned{};   // false: w[s] is empty, the weight is lw's own view
+    std::array<bool, kNumLinearSlots> decoded{};  // w[s] was decoded from the linear's ggml blocks
     for (LinearSlot s : kLinearSlots) {
       const ConstTensorView src = lw.*linear_weight_member(s);
+      const size_t i = static_cast<size_t>(s);
+      if (const GgmlMatrix* g = ll.at(s).ggml(); g != nullptr && src.data() == nullptr) {
+        LOWBIT_ASSIGN_OR_RETURN(w[i], Tensor::empty(DType::kF32, {g->rows, g->cols}));
+        LOWBIT_RETURN_IF_ERROR(ggml_decode_rows(*g, 0, g->rows, w[i].data_as<float>()));
+        cloned[i] = decoded[i] = true;
+        continue;
+      }
       if (in_place && src.dtype() == DType::kF32 && src.is_contiguous()) continue;
-      LOWBIT_ASSIGN_OR_RETURN(w[static_cast<size_t>(s)], clone_f32(src));
-      cloned[static_cast<size_t>(s)] = true;
+      LOWBIT_ASSIGN_OR_RETURN(w[i], clone_f32(src));
+      cloned[i] = true;
+    }
+    // qwen2's v bias is scaled with wv's rows when AWQ / SmoothQuant fold a scale into them.
+    Tensor bv;
+    if (c.qkv_bias && rescales) {
+      LOWBIT_ASSIGN_OR_RETURN(bv, clone_f32(lw.bv));
     }
     LOWBIT_ASSIGN_OR_RETURN(Tensor attn_norm, clone_f32(lw.attn_norm));
     LOWBIT_ASSIGN_OR_RETURN(Tensor ffn_norm, clone_f32(lw.ffn_norm));
@@ -385,7 +397,10 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
           case kAttnIn: divide_vector(attn_norm.view(), r.scales); break;
           case kFfnIn: divide_vector(ffn_norm.view(), r.scales); break;
           case kFfnMid: divide_rows(w[static_cast<size_t>(LinearSlot::kW3)].view(), r.scales); break;
-          case kAttnOut: divide_rows(w[static_cast<size_t>(LinearSlot::kWv)].view(), kv_rows(r.scales, c)); break;
+          case kAttnOut:
+            divide_rows(w[static_cast<size_t>(LinearSlot::kWv)].view(), kv_rows(r.scales, c));
+            if (c.qkv_bias) divide_vector(bv.view(), kv_rows(r.scales, c));
+            break;
           default: break;
         }
       }
@@ -411,7 +426,10 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
           case kAttnIn: divide_vector(attn_norm.view(), sc); break;
           case kFfnIn: divide_vector(ffn_norm.view(), sc); break;
           case kFfnMid: divide_rows(w[static_cast<size_t>(LinearSlot::kW3)].view(), sc); break;
-          case kAttnOut: divide_rows(w[static_cast<size_t>(LinearSlot::kWv)].view(), kv_rows(sc, c)); break;
+          case kAttnOut:
+            divide_rows(w[static_cast<size_t>(LinearSlot::kWv)].view(), kv_rows(sc, c));
+            if (c.qkv_bias) divide_vector(bv.view(), kv_rows(sc, c));
+            break;
           default: break;
         }
       }
@@ -426,8 +444,18 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
       r.name = name;
       r.spec = spec ? to_string(*spec) : "fp32";
       ll.outliers[static_cast<size_t>(s)] = OutlierSplit{};
-      const ConstTensorView kept = cloned[static_cast<size_t>(s)] ? net.adopt(std::move(ws)) : ConstTensorView(lw.*linear_weight_member(s));
-      lw.*linear_weight_member(s) = kept;  // the (rescaled) fp32 weight, for writers and later passes
+      const bool from_blocks = decoded[static_cast<size_t>(s)];
+      if (!spec && from_blocks && !rescales) {  // unchanged: the model keeps running its blocks
+        w[static_cast<size_t>(s)] = Tensor();
+        rep.linears.push_back(r);
+        continue;
+      }
+      // The (rescaled) fp32 weight, kept for writers and later passes; one decoded from blocks is
+      // kept only while this linear is quantized (the writers store the QuantizedTensor).
+      const ConstTensorView kept = !cloned[static_cast<size_t>(s)] ? ConstTensorView(lw.*linear_weight_member(s))
+                                   : from_blocks && spec ? ConstTensorView(std::as_const(ws).view())
+                                                         : net.adopt(std::move(ws));
+      if (!from_blocks || !spec) lw.*linear_weight_member(s) = kept;
       if (!spec) {
         ll.at(s) = Linear::fp32(kept);
         rep.linears.push_back(r);
@@ -453,6 +481,7 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
       const bool split = !ll.outliers[static_cast<size_t>(s)].cols.empty();
       LOWBIT_ASSIGN_OR_RETURN(ll.at(s), Linear::quantized(q, split ? std::nullopt : acts));
       rep.linears.push_back(r);
+      if (from_blocks) ws = Tensor();
       // A site's Hessian is dropped after its last linear (wv, wo, w2, w3 in this order), so
       // the widest one (w2's, hidden²) is not resident beside the others' when w3 runs.
       const auto later = std::find(std::begin(kLinearSlots), std::end(kLinearSlots), s) + 1;
@@ -462,6 +491,7 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
     }
     lw.attn_norm = net.adopt(std::move(attn_norm));
     lw.ffn_norm = net.adopt(std::move(ffn_norm));
+    if (bv.numel() > 0) lw.bv = net.adopt(std::move(bv));
 
     // 4. The next block's input: this block's outputs, quantized (sequential) or fp32.
     if (needs_calib) {
@@ -486,23 +516,45 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
     return rep;
   }
   // Embedding and classifier: a cast (fp16 by default) or RTN per the plan.
+  // A k-quant model's embedding and classifier are blocks: decoded here one table at a time.
   LlamaWeights& mw = net.mutable_weights();
+  const auto f32_of = [](ConstTensorView v, const GgmlMatrix* g, Tensor& store) -> Result<ConstTensorView> {
+    if (g == nullptr || v.data() != nullptr) return v;
+    LOWBIT_ASSIGN_OR_RETURN(store, Tensor::empty(DType::kF32, {g->rows, g->cols}));
+    LOWBIT_RETURN_IF_ERROR(ggml_decode_rows(*g, 0, g->rows, store.data_as<float>()));
+    return ConstTensorView(std::as_const(store).view());
+  };
   if (const PlanEntry* e = opt.plan.find("tok_embeddings"); e && e->spec) {
-    LOWBIT_RETURN_IF_ERROR(check_cast_range(mw.tok_embeddings, *e->spec, "tok_embeddings"));
-    LOWBIT_ASSIGN_OR_RETURN(QuantizedTensor q, quantize(mw.tok_embeddings, *e->spec, {.name = "tok_embeddings"}));
-    LOWBIT_ASSIGN_OR_RETURN(Tensor t, Tensor::empty(DType::kF32, {c.vocab_size, c.dim}));
-    LOWBIT_RETURN_IF_ERROR(dequantize(q, t.view()));
-    mw.tok_embeddings = net.adopt(std::move(t));
-    if (c.shared_classifier) {
-      mw.classifier = mw.tok_embeddings;
-      LOWBIT_ASSIGN_OR_RETURN(net.classifier(), Linear::quantized(q));
+    Tensor store;
+    LOWBIT_ASSIGN_OR_RETURN(const ConstTensorView emb, f32_of(mw.tok_embeddings, net.embedding_blocks(), store));
+    LOWBIT_RETURN_IF_ERROR(check_cast_range(emb, *e->spec, "tok_embeddings"));
+    LOWBIT_ASSIGN_OR_RETURN(QuantizedTensor q, quantize(emb, *e->spec, {.name = "tok_embeddings"}));
+    store = Tensor();
+    if (q.spec.ggml != GgmlType::kF32) {
+      // ggml blocks: lookups decode rows of them (no fp32 table); a tied classifier runs them too.
+      if (c.shared_classifier) {
+        LOWBIT_ASSIGN_OR_RETURN(net.classifier(), Linear::quantized(q));
+      }
+      net.set_embedding_quant(std::move(q), /*lookups=*/true);
+      mw.tok_embeddings = ConstTensorView();
+      if (c.shared_classifier) mw.classifier = ConstTensorView();
+    } else {
+      LOWBIT_ASSIGN_OR_RETURN(Tensor t, Tensor::empty(DType::kF32, {c.vocab_size, c.dim}));
+      LOWBIT_RETURN_IF_ERROR(dequantize(q, t.view()));
+      mw.tok_embeddings = net.adopt(std::move(t));
+      net.set_embedding_quant(std::nullopt);  // the dequantized table, not the file's blocks, is looked up
+      if (c.shared_classifier) {
+        mw.classifier = mw.tok_embeddings;
+        LOWBIT_ASSIGN_OR_RETURN(net.classifier(), Linear::quantized(q));
+      }
     }
-    // An untied embedding in ggml blocks: kept for the GGUF writer (a tied one is the classifier's).
-    if (!c.shared_classifier && q.spec.ggml != GgmlType::kF32) net.set_embedding_quant(std::move(q));
   }
   if (const PlanEntry* e = opt.plan.find("classifier"); e && e->spec && !c.shared_classifier) {
-    LOWBIT_RETURN_IF_ERROR(check_cast_range(mw.classifier, *e->spec, "classifier"));
-    LOWBIT_ASSIGN_OR_RETURN(QuantizedTensor q, quantize(mw.classifier, *e->spec, {.name = "classifier"}));
+    Tensor store;
+    LOWBIT_ASSIGN_OR_RETURN(const ConstTensorView head, f32_of(mw.classifier, net.classifier().ggml(), store));
+    LOWBIT_RETURN_IF_ERROR(check_cast_range(head, *e->spec, "classifier"));
+    LOWBIT_ASSIGN_OR_RETURN(QuantizedTensor q, quantize(head, *e->spec, {.name = "classifier"}));
+    store = Tensor();
     LOWBIT_ASSIGN_OR_RETURN(net.classifier(), Linear::quantized(q));
   }
   net.activation_quant().linear_input = acts;

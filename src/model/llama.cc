@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include "lowbit/ggml_blocks.h"
 #include "lowbit/parallel.h"
 #include "model_internal.h"
 
@@ -103,10 +104,7 @@ namespace {
 
 // The kernel op for weights `w` with activations quantized as `act` (or fp32), if any.
 std::optional<KernelOp> linear_kernel_op(const QuantSpec& w, const std::optional<QuantSpec>& act) {
-  // ggml blocks (gguf-* schemes in memory) are dequantized to fp32: ggml_matmul decodes the
-  // 32-element types' tiles with the scalar reference decoders, slower than one fp32 GEMM for the
-  // calibration passes; the GGUF loader keeps Q4_K/Q6_K (per-ISA decoders) as blocks.
-  if (w.ggml != GgmlType::kF32) return std::nullopt;
+  if (w.ggml != GgmlType::kF32) return std::nullopt;  // ggml blocks: Linear::quantized runs them by ggml_matmul
   if (!kernel_supports(w)) return std::nullopt;
   const bool int8_tokens = act && act->element == Format::kInt8 && act->granularity == Granularity::kRow &&
                            act->symmetric && act->scale_format == Format::kFp32;
@@ -132,6 +130,12 @@ Result<Linear> Linear::quantized(const QuantizedTensor& q, const std::optional<Q
   l.out_ = q.rows;
   l.in_ = q.cols;
   l.quant_ = std::make_shared<QuantizedTensor>(q);
+  if (q.spec.ggml != GgmlType::kF32 && ggml_matmul_supports(q.spec.ggml) && q.cols % ggml_block_info(q.spec.ggml)->block_size == 0) {
+    // ggml blocks (gguf-* plans): codes are the file's rows of blocks, run as stored by ggml_matmul
+    // (fp32 activations, exact up to summation order): no fp32 copy of the weight.
+    l.ggml_ = GgmlMatrix{q.spec.ggml, l.quant_->codes.data(), q.rows, q.cols};
+    return l;
+  }
   if (const std::optional<KernelOp> op = linear_kernel_op(q.spec, activations)) {
     LOWBIT_ASSIGN_OR_RETURN(PackedWeights p, pack_weights(q));
     l.packed_ = std::make_shared<PackedWeights>(std::move(p));
@@ -144,6 +148,16 @@ Result<Linear> Linear::quantized(const QuantizedTensor& q, const std::optional<Q
   l.w_ = owned->data_as<float>();
   l.owned_ = std::move(owned);
   return l;
+}
+
+void LlamaModel::set_embedding_quant(std::optional<QuantizedTensor> q, bool lookups) {
+  emb_quant_ = q ? std::make_shared<const QuantizedTensor>(std::move(*q)) : nullptr;
+  emb_ = GgmlMatrix{};
+  if (lookups) {
+    LOWBIT_CHECK(emb_quant_ != nullptr && ggml_matmul_supports(emb_quant_->spec.ggml),
+                 "set_embedding_quant: lookups need ggml blocks");
+    emb_ = GgmlMatrix{emb_quant_->spec.ggml, emb_quant_->codes.data(), emb_quant_->rows, emb_quant_->cols};
+  }
 }
 
 Linear Linear::ggml(const GgmlMatrix& w, GgmlActs acts) {
