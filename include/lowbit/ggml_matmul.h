@@ -20,6 +20,7 @@
 #include "lowbit/cpu.h"
 #include "lowbit/ggml_blocks.h"
 #include "lowbit/status.h"
+#include "lowbit/tensor.h"
 
 namespace lowbit {
 
@@ -55,6 +56,8 @@ Status ggml_matmul(const GgmlMatrix& w, const float* x, int64_t m, int64_t ldx, 
 Status ggml_decode_row(const GgmlMatrix& w, int64_t r, float* out);
 // Rows [r0, r1) decoded to fp32 into out (r1 - r0, cols): a whole matrix for a writer or a re-quantizer.
 Status ggml_decode_rows(const GgmlMatrix& w, int64_t r0, int64_t r1, float* out);
+// The whole matrix decoded to a new (rows, cols) fp32 tensor: one matrix at a time for a re-quantizer.
+Result<Tensor> ggml_decode(const GgmlMatrix& w);
 
 // "gemm_a16_q4K_f32__avx2": fp32 activations, the weight type, fp32 out, the ISA;
 // "gemm_a8_q4K_f32__avx2" for Q8_K activations where the type has that path.

@@ -317,8 +317,7 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
       const ConstTensorView src = lw.*linear_weight_member(s);
       const size_t i = static_cast<size_t>(s);
       if (const GgmlMatrix* g = ll.at(s).ggml(); g != nullptr && src.data() == nullptr) {
-        LOWBIT_ASSIGN_OR_RETURN(w[i], Tensor::empty(DType::kF32, {g->rows, g->cols}));
-        LOWBIT_RETURN_IF_ERROR(ggml_decode_rows(*g, 0, g->rows, w[i].data_as<float>()));
+        LOWBIT_ASSIGN_OR_RETURN(w[i], ggml_decode(*g));
         cloned[i] = decoded[i] = true;
         continue;
       }
@@ -520,8 +519,7 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
   LlamaWeights& mw = net.mutable_weights();
   const auto f32_of = [](ConstTensorView v, const GgmlMatrix* g, Tensor& store) -> Result<ConstTensorView> {
     if (g == nullptr || v.data() != nullptr) return v;
-    LOWBIT_ASSIGN_OR_RETURN(store, Tensor::empty(DType::kF32, {g->rows, g->cols}));
-    LOWBIT_RETURN_IF_ERROR(ggml_decode_rows(*g, 0, g->rows, store.data_as<float>()));
+    LOWBIT_ASSIGN_OR_RETURN(store, ggml_decode(*g));
     return ConstTensorView(std::as_const(store).view());
   };
   if (const PlanEntry* e = opt.plan.find("tok_embeddings"); e && e->spec) {

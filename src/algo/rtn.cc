@@ -33,8 +33,7 @@ Status apply_rtn(LlamaModel& net, const QuantSpec& weights, const std::optional<
       ConstTensorView w = net.weights().layers[l].*kWeightMembers[i];
       Tensor decoded;  // (out, in): a k-quant matrix dequantized alone, dropped after quantizing it
       if (const GgmlMatrix* g = (net.layers()[l].*kLinearMembers[i]).ggml(); g != nullptr && w.data() == nullptr) {
-        LOWBIT_ASSIGN_OR_RETURN(decoded, Tensor::empty(DType::kF32, {g->rows, g->cols}));
-        LOWBIT_RETURN_IF_ERROR(ggml_decode_rows(*g, 0, g->rows, decoded.data_as<float>()));
+        LOWBIT_ASSIGN_OR_RETURN(decoded, ggml_decode(*g));
         w = std::as_const(decoded).view();
       }
       QuantizeOptions opt;

@@ -144,6 +144,13 @@ Status ggml_decode_rows(const GgmlMatrix& w, int64_t r0, int64_t r1, float* out)
 
 Status ggml_decode_row(const GgmlMatrix& w, int64_t r, float* out) { return ggml_decode_rows(w, r, r + 1, out); }
 
+Result<Tensor> ggml_decode(const GgmlMatrix& w) {
+  LOWBIT_RETURN_IF_ERROR(check(w));
+  LOWBIT_ASSIGN_OR_RETURN(Tensor t, Tensor::empty(DType::kF32, {w.rows, w.cols}));
+  LOWBIT_RETURN_IF_ERROR(ggml_decode_rows(w, 0, w.rows, t.data_as<float>()));
+  return t;
+}
+
 std::string ggml_kernel_name(GgmlType type, Isa isa, GgmlActs acts) {
   // k-quants as ggml's kernels name them ("q4K"); the 32-element types by their ggml name ("q5_0", "iq4_nl").
   const GgmlBlockInfo* info = ggml_block_info(type);
