@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 
 #include "lowbit/cpu.h"
@@ -52,6 +53,11 @@ bool ggml_q8_supports(GgmlType type);
 // With kQ8K every ISA level gives the same bits (the integer sums are exact).
 Status ggml_matmul(const GgmlMatrix& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy,
                    GgmlActs acts = GgmlActs::kF32);
+// ys[i] (m, ws[i]->rows) = x · ws[i]ᵀ for matrices of equal cols over one x (q, k, v; gate, up).
+// With kQ8K and Q4_K/Q6_K matrices, x is quantized once and one parallel region covers every
+// matrix's rows (the bits of separate ggml_matmul calls); otherwise one ggml_matmul each.
+Status ggml_matmul_many(std::span<const GgmlMatrix* const> ws, const float* x, int64_t m, int64_t ldx,
+                        std::span<float* const> ys, GgmlActs acts = GgmlActs::kF32);
 // Row r of w decoded to fp32 (cols values): an embedding lookup without a copy of the table.
 Status ggml_decode_row(const GgmlMatrix& w, int64_t r, float* out);
 // Rows [r0, r1) decoded to fp32 into out (r1 - r0, cols): a whole matrix for a writer or a re-quantizer.

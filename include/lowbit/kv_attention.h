@@ -52,11 +52,21 @@ void kv_scores(const KvRows& k, const float* x, const float* xsum, int64_t ntok,
 // out[j] += Σ_t a[t] · value(t, j) for j < width (out has width floats).
 void kv_accumulate(const KvRows& v, const float* a, int64_t ntok, float* out);
 
+// The fp32 cache (the model's default): rows of `width` floats, `stride` floats apart, one head's
+// keys or values for a run of tokens. Any width ≥ 1.
+// out[t] = x · k_t: eight fma chains over lanes j % 8 for j < width rounded down to 8, summed
+// ((p0+p4)+(p2+p6)) + ((p1+p5)+(p3+p7)), then the tail j fma'd onto that in order.
+void attn_scores_f32(const float* k, int64_t stride, int64_t width, const float* x, int64_t ntok, float* out);
+// out[j] = fma chain over t in order: out[j] ← fma(a[t], v_t[j], out[j]), for j < width.
+void attn_accumulate_f32(const float* v, int64_t stride, int64_t width, const float* a, int64_t ntok, float* out);
+
 // fp16 bits → fp32, exact (bit manipulation, no libm): the cache's scale decoder outside the kernels.
 float kv_half_to_float(uint16_t h);
 
 // The kernel names ("attn_qk_int8_f32__avx2", "attn_pv_e4m3_f32__scalar") for a code at an ISA.
 std::string kv_kernel_name(bool scores, KvCode code, Isa isa);
+// The fp32 cache's ("attn_qk_f32_f32__avx2").
+std::string kv_f32_kernel_name(bool scores, Isa isa);
 // The ISA the kv kernels dispatch to under the active ISA.
 Isa kv_kernel_isa();
 

@@ -44,6 +44,7 @@ class Linear {
   int64_t in_features() const { return in_; }
   const QuantizedTensor* quant() const { return quant_.get(); }
   const GgmlMatrix* ggml() const { return ggml_.blocks ? &ggml_ : nullptr; }
+  GgmlActs ggml_acts() const { return ggml_acts_; }
   // The kernel forward runs ("gemm_a16_w4g128_f32__avx2"), or "fp32" on the fp32 path.
   std::string kernel() const;
   void forward(const float* x, int64_t n, float* y) const;  // x (n, in), y (n, out)

@@ -4,6 +4,7 @@
 // Q4_K and Q6_K decode through the per-ISA microkernels; every other ggml block type through its
 // bit-exact reference row dequantizer (lowbit/ggml_blocks.h), the same at every ISA level.
 #include <algorithm>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -80,27 +81,42 @@ namespace {
 // column, stay in L2) are swept by each weight row, which stays in L1 across them.
 constexpr int64_t kQ8Tokens = 32;
 
-void matmul_q8(const ki::GgmlMicrokernels& mk, const GgmlMatrix& w, const float* x, int64_t m, int64_t ldx, float* y,
-               int64_t ldy) {
-  const int64_t nb = w.cols / kSuperBlock, rb = w.row_bytes();
+// Rows r0..r1 of w against the Q8_K rows a (m tokens, nb super-blocks each).
+void q8_rows(const ki::GgmlMicrokernels& mk, const GgmlMatrix& w, const BlockQ8_K* a, int64_t nb, int64_t m, float* y,
+             int64_t ldy, int64_t r0, int64_t r1) {
+  const int64_t rb = w.row_bytes();
+  for (int64_t t0 = 0; t0 < m; t0 += kQ8Tokens) {
+    const int64_t nt = std::min(kQ8Tokens, m - t0);
+    const BlockQ8_K* at = a + t0 * nb;
+    for (int64_t r = r0; r < r1; ++r) {
+      const auto* row = static_cast<const std::byte*>(w.blocks) + r * rb;
+      float* yr = y + t0 * ldy + r;
+      if (w.type == GgmlType::kQ4_K) {
+        mk.dot_q4_K(reinterpret_cast<const BlockQ4_K*>(row), at, nb, nt, yr, ldy);
+      } else {
+        mk.dot_q6_K(reinterpret_cast<const BlockQ6_K*>(row), at, nb, nt, yr, ldy);
+      }
+    }
+  }
+}
+
+// Matrices ws[i] (same cols) over one x: x quantized once, then one parallel region over the row
+// blocks of all of them in order (a thread's share stays contiguous within each matrix).
+void matmul_q8(const ki::GgmlMicrokernels& mk, std::span<const GgmlMatrix* const> ws, const float* x, int64_t m,
+               int64_t ldx, std::span<float* const> ys, std::span<const int64_t> ldys) {
+  const int64_t nb = ws[0]->cols / kSuperBlock;
   std::vector<BlockQ8_K> a(static_cast<size_t>(m * nb));
   parallel_for(0, m, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) mk.quantize_q8_K(x + t * ldx, nb, a.data() + t * nb);
   });
   const int64_t rows_per_task = m <= 4 ? kRowsDecode : kRowsPrefill;
-  parallel_for(0, w.rows, rows_per_task, [&](int64_t r0, int64_t r1) {
-    for (int64_t t0 = 0; t0 < m; t0 += kQ8Tokens) {
-      const int64_t nt = std::min(kQ8Tokens, m - t0);
-      const BlockQ8_K* at = a.data() + t0 * nb;
-      for (int64_t r = r0; r < r1; ++r) {
-        const auto* row = static_cast<const std::byte*>(w.blocks) + r * rb;
-        float* yr = y + t0 * ldy + r;
-        if (w.type == GgmlType::kQ4_K) {
-          mk.dot_q4_K(reinterpret_cast<const BlockQ4_K*>(row), at, nb, nt, yr, ldy);
-        } else {
-          mk.dot_q6_K(reinterpret_cast<const BlockQ6_K*>(row), at, nb, nt, yr, ldy);
-        }
-      }
+  std::vector<int64_t> first(ws.size() + 1, 0);  // first task of each matrix
+  for (size_t i = 0; i < ws.size(); ++i) first[i + 1] = first[i] + (ws[i]->rows + rows_per_task - 1) / rows_per_task;
+  parallel_for(0, first.back(), 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const size_t i = static_cast<size_t>(std::upper_bound(first.begin(), first.end(), k) - first.begin() - 1);
+      const int64_t r0 = (k - first[i]) * rows_per_task, r1 = std::min(r0 + rows_per_task, ws[i]->rows);
+      q8_rows(mk, *ws[i], a.data(), nb, m, ys[i], ldys[i], r0, r1);
     }
   });
 }
@@ -115,7 +131,10 @@ Status ggml_matmul(const GgmlMatrix& w, const float* x, int64_t m, int64_t ldx, 
   if (m == 0) return OkStatus();
   const ki::GgmlMicrokernels& mk = microkernels();
   if (acts == GgmlActs::kQ8K && ggml_q8_supports(w.type)) {
-    matmul_q8(mk, w, x, m, ldx, y, ldy);
+    const GgmlMatrix* ws[] = {&w};
+    float* ys[] = {y};
+    const int64_t ldys[] = {ldy};
+    matmul_q8(mk, ws, x, m, ldx, ys, ldys);
     return OkStatus();
   }
   const int64_t rows_per_tile = m <= 4 ? kRowsDecode : kRowsPrefill;
@@ -132,6 +151,31 @@ Status ggml_matmul(const GgmlMatrix& w, const float* x, int64_t m, int64_t ldx, 
       }
     }
   });
+  return OkStatus();
+}
+
+Status ggml_matmul_many(std::span<const GgmlMatrix* const> ws, const float* x, int64_t m, int64_t ldx,
+                        std::span<float* const> ys, GgmlActs acts) {
+  if (ws.size() != ys.size() || ws.empty()) {
+    return InvalidArgument(fmt::format("ggml_matmul_many: {} matrices and {} outputs", ws.size(), ys.size()));
+  }
+  bool fused = acts == GgmlActs::kQ8K;
+  std::vector<int64_t> ldys;
+  for (const GgmlMatrix* w : ws) {
+    LOWBIT_RETURN_IF_ERROR(check(*w));
+    if (w->cols != ws[0]->cols) {
+      return InvalidArgument(fmt::format("ggml_matmul_many: matrices of {} and {} columns over one x", ws[0]->cols, w->cols));
+    }
+    fused = fused && ggml_q8_supports(w->type);
+    ldys.push_back(w->rows);
+  }
+  if (m < 0 || ldx < ws[0]->cols) return InvalidArgument(fmt::format("ggml_matmul_many: m={} ldx={} for {} columns", m, ldx, ws[0]->cols));
+  if (m == 0) return OkStatus();
+  if (!fused) {
+    for (size_t i = 0; i < ws.size(); ++i) LOWBIT_RETURN_IF_ERROR(ggml_matmul(*ws[i], x, m, ldx, ys[i], ws[i]->rows, acts));
+    return OkStatus();
+  }
+  matmul_q8(microkernels(), ws, x, m, ldx, ys, ldys);
   return OkStatus();
 }
 

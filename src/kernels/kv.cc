@@ -51,6 +51,18 @@ void kv_accumulate(const KvRows& v, const float* a, int64_t ntok, float* out) {
   kv_microkernels().accumulate(v, a, ntok, out);
 }
 
+void attn_scores_f32(const float* k, int64_t stride, int64_t width, const float* x, int64_t ntok, float* out) {
+  if (ntok <= 0) return;
+  LOWBIT_CHECK(width > 0 && stride >= width, "attn_scores_f32: width must be positive and the stride at least the width");
+  kv_microkernels().scores_f32(k, stride, width, x, ntok, out);
+}
+
+void attn_accumulate_f32(const float* v, int64_t stride, int64_t width, const float* a, int64_t ntok, float* out) {
+  if (ntok <= 0) return;
+  LOWBIT_CHECK(width > 0 && stride >= width, "attn_accumulate_f32: width must be positive and the stride at least the width");
+  kv_microkernels().accumulate_f32(v, stride, width, a, ntok, out);
+}
+
 float kv_half_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   const uint32_t em = h & 0x7FFFu;
@@ -66,6 +78,10 @@ Isa kv_kernel_isa() { return kv_microkernels().isa; }
 
 std::string kv_kernel_name(bool scores, KvCode code, Isa isa) {
   return fmt::format("attn_{}_{}_f32__{}", scores ? "qk" : "pv", kv_code_name(code), isa_name(isa));
+}
+
+std::string kv_f32_kernel_name(bool scores, Isa isa) {
+  return fmt::format("attn_{}_f32_f32__{}", scores ? "qk" : "pv", isa_name(isa));
 }
 
 }  // namespace lowbit

@@ -11,6 +11,8 @@ struct KvMicrokernels {
   Isa isa;
   void (*scores)(const KvRows& k, const float* x, const float* xsum, int64_t ntok, float* out);
   void (*accumulate)(const KvRows& v, const float* a, int64_t ntok, float* out);
+  void (*scores_f32)(const float* k, int64_t stride, int64_t width, const float* x, int64_t ntok, float* out);
+  void (*accumulate_f32)(const float* v, int64_t stride, int64_t width, const float* a, int64_t ntok, float* out);
 };
 
 const KvMicrokernels& kv_scalar_microkernels();

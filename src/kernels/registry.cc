@@ -555,6 +555,8 @@ std::vector<KernelInfo> available_kernels() {
       out.push_back({kv_kernel_name(false, c, isa), KernelOp::kAuto, isa,
                      fmt::format("fp32 probabilities x {} cached values (fp16 scales per token group), fp32 out", kv_code_name(c))});
     }
+    out.push_back({kv_f32_kernel_name(true, isa), KernelOp::kAuto, isa, "fp32 query x fp32 cached keys (the default cache), fp32 scores"});
+    out.push_back({kv_f32_kernel_name(false, isa), KernelOp::kAuto, isa, "fp32 probabilities x fp32 cached values (the default cache), fp32 out"});
     // GGUF blocks as stored (ggml_matmul.h): Q4_K / Q6_K with per-ISA decoders, the others with the
     // reference row decoders; the tile product is the ISA's.
     for (const GgmlBlockInfo& b : ggml_block_types()) {

@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include "lowbit/ggml_blocks.h"
+#include "lowbit/kv_attention.h"
 #include "lowbit/parallel.h"
 #include "model_internal.h"
 
@@ -333,6 +334,28 @@ Status run_linear(const LlamaModel& m, int layer, LinearSlot slot, float* in, in
   return OkStatus();
 }
 
+// The linears of `slots` over one input (q, k, v; gate, up) into `outs`: one ggml_matmul_many (x
+// quantized once, one parallel region) when every one runs k-quant blocks with Q8_K activations
+// and nothing acts between (hook, activation fake-quant, outlier split); else run_linear each.
+Status run_linears(const LlamaModel& m, int layer, std::initializer_list<LinearSlot> slots, float* in, int64_t rows,
+                   std::initializer_list<float*> outs, std::vector<float>& part, const LinearInputHook& hook) {
+  const auto& lin = m.layers()[static_cast<size_t>(layer)];
+  bool fuse = !hook && !m.activation_quant().linear_input;
+  std::vector<const GgmlMatrix*> ws;
+  for (LinearSlot slot : slots) {
+    const Linear& l = lin.at(slot);
+    fuse = fuse && l.ggml() && l.ggml_acts() == GgmlActs::kQ8K && lin.outliers[static_cast<size_t>(slot)].cols.empty();
+    ws.push_back(l.ggml());
+  }
+  if (fuse) {
+    const std::vector<float*> ys(outs);
+    return ggml_matmul_many(ws, in, rows, ws[0]->cols, ys, GgmlActs::kQ8K);
+  }
+  auto y = outs.begin();
+  for (LinearSlot slot : slots) LOWBIT_RETURN_IF_ERROR(run_linear(m, layer, slot, in, rows, *y++, part, hook));
+  return OkStatus();
+}
+
 // Block `l` over x (n, dim) at positions pos..pos+n-1; kc/vc (max_seq, kv_dim) hold this
 // layer's cache for positions 0..pos-1 and receive pos..pos+n-1.
 Status layer_forward(const LlamaModel& m, int l, float* x, int64_t n, int pos, float* kc, float* vc, int max_seq,
@@ -346,10 +369,8 @@ Status layer_forward(const LlamaModel& m, int l, float* x, int64_t n, int pos, f
   float *hb = b.hb.data(), *hb2 = b.hb2.data();
 
   rmsnorm(x, lw.attn_norm.data_as<float>(), n, dim, c.norm_eps, xb);
-  LOWBIT_RETURN_IF_ERROR(run_linear(m, l, LinearSlot::kWq, xb, n, q, b.part, hook));
   // wk and wv see the same (possibly fake-quantized) input; quantizing twice is idempotent.
-  LOWBIT_RETURN_IF_ERROR(run_linear(m, l, LinearSlot::kWk, xb, n, k, b.part, hook));
-  LOWBIT_RETURN_IF_ERROR(run_linear(m, l, LinearSlot::kWv, xb, n, v, b.part, hook));
+  LOWBIT_RETURN_IF_ERROR(run_linears(m, l, {LinearSlot::kWq, LinearSlot::kWk, LinearSlot::kWv}, xb, n, {q, k, v}, b.part, hook));
   if (c.qkv_bias) {  // qwen2: q/k/v biases, before RoPE (llama.cpp build_qwen2)
     add_bias(q, n, dim, lw.bq);
     add_bias(k, n, kv_dim, lw.bk);
@@ -404,20 +425,13 @@ Status layer_forward(const LlamaModel& m, int l, float* x, int64_t n, int pos, f
       const int h = static_cast<int>(i % c.n_heads);
       const int p = pos + static_cast<int>(t);
       const float* qh = &q[t * dim + h * hs];
-      for (int s = 0; s <= p; ++s) {
-        const float* ks = kc + static_cast<int64_t>(s) * kv_dim + (h / kv_mul) * hs;
-        float score = 0.0f;
-        for (int j = 0; j < hs; ++j) score += qh[j] * ks[j];
-        att[static_cast<size_t>(s)] = score * inv_sqrt;
-      }
+      const int64_t off = static_cast<int64_t>(h / kv_mul) * hs;
+      attn_scores_f32(kc + off, kv_dim, hs, qh, p + 1, att.data());
+      for (int s = 0; s <= p; ++s) att[static_cast<size_t>(s)] *= inv_sqrt;
       softmax(att.data(), p + 1);
       float* out = &xb[t * dim + h * hs];
       std::fill(out, out + hs, 0.0f);
-      for (int s = 0; s <= p; ++s) {
-        const float* vs = vc + static_cast<int64_t>(s) * kv_dim + (h / kv_mul) * hs;
-        const float a = att[static_cast<size_t>(s)];
-        for (int j = 0; j < hs; ++j) out[j] += a * vs[j];
-      }
+      attn_accumulate_f32(vc + off, kv_dim, hs, att.data(), p + 1, out);
     }
   });
   }
@@ -426,8 +440,7 @@ Status layer_forward(const LlamaModel& m, int l, float* x, int64_t n, int pos, f
 
   // SwiGLU FFN: w2(silu(w1 x) * w3 x).
   rmsnorm(x, lw.ffn_norm.data_as<float>(), n, dim, c.norm_eps, xb);
-  LOWBIT_RETURN_IF_ERROR(run_linear(m, l, LinearSlot::kW1, xb, n, hb, b.part, hook));
-  LOWBIT_RETURN_IF_ERROR(run_linear(m, l, LinearSlot::kW3, xb, n, hb2, b.part, hook));
+  LOWBIT_RETURN_IF_ERROR(run_linears(m, l, {LinearSlot::kW1, LinearSlot::kW3}, xb, n, {hb, hb2}, b.part, hook));
   const int64_t nh = n * c.hidden_dim;
   for (int64_t i = 0; i < nh; ++i) {
     float val = hb[i];

@@ -13,6 +13,7 @@
 #include "lowbit/cpu.h"
 #include "lowbit/formats.h"
 #include "lowbit/ggml_matmul.h"
+#include "lowbit/parallel.h"
 
 namespace lowbit {
 namespace {
@@ -280,6 +281,65 @@ TEST(GgmlQ8K, MatmulIsExactIntegerArithmeticOnEveryIsa) {
       }
     }
   }
+}
+
+// ggml_matmul_many (q, k, v or gate, up over one x, one parallel region): the bits of separate
+// ggml_matmul calls on every ISA and at 1 and 2 threads, for Q4_K/Q6_K mixes with row counts that
+// split row blocks unevenly, decode and prefill token counts; a mix with a type lacking the Q8_K
+// path, fp32 activations, and unequal widths or counts behave as documented.
+TEST(GgmlQ8K, ManyMatricesEqualSeparateCalls) {
+  const int64_t cols = 1536;
+  const int threads_before = num_threads();
+  struct Mat { GgmlType type; int64_t rows; };
+  const std::vector<std::vector<Mat>> groups = {
+      {{GgmlType::kQ4_K, 37}, {GgmlType::kQ4_K, 5}, {GgmlType::kQ6_K, 19}},
+      {{GgmlType::kQ6_K, 1}, {GgmlType::kQ4_K, 64}},
+      {{GgmlType::kQ4_K, 17}, {GgmlType::kQ5_0, 9}},  // no Q8_K path for Q5_0: separate calls
+  };
+  for (const auto& g : groups) {
+    std::vector<std::vector<uint8_t>> bytes;
+    std::vector<GgmlMatrix> mats;
+    for (size_t i = 0; i < g.size(); ++i) bytes.push_back(random_blocks(g[i].type, g[i].rows, cols, static_cast<uint32_t>(11 + i)));
+    for (size_t i = 0; i < g.size(); ++i) mats.push_back(GgmlMatrix{.type = g[i].type, .blocks = bytes[i].data(), .rows = g[i].rows, .cols = cols});
+    std::vector<const GgmlMatrix*> ws;
+    for (const GgmlMatrix& w : mats) ws.push_back(&w);
+    for (GgmlActs acts : {GgmlActs::kQ8K, GgmlActs::kF32}) {
+      for (int64_t m : {1, 3, 33}) {
+        const std::vector<float> x = q8_test_rows(m, cols + 1, static_cast<uint32_t>(m));
+        for (Isa isa : supported_isas()) {
+          ScopedIsa force(isa);
+          for (int threads : {1, 2}) {
+            ASSERT_TRUE(set_num_threads(threads).ok());
+            std::vector<std::vector<float>> want(g.size()), got(g.size());
+            std::vector<float*> ys;
+            for (size_t i = 0; i < g.size(); ++i) {
+              want[i].assign(static_cast<size_t>(m * g[i].rows), -1.0f);
+              got[i].assign(want[i].size(), -2.0f);
+              ASSERT_TRUE(ggml_matmul(mats[i], x.data(), m, cols + 1, want[i].data(), g[i].rows, acts).ok());
+              ys.push_back(got[i].data());
+            }
+            ASSERT_TRUE(ggml_matmul_many(ws, x.data(), m, cols + 1, ys, acts).ok());
+            for (size_t i = 0; i < g.size(); ++i) {
+              ASSERT_EQ(std::memcmp(want[i].data(), got[i].data(), sizeof(float) * want[i].size()), 0)
+                  << "matrix " << i << " m " << m << " " << isa_name(isa) << " threads " << threads;
+            }
+          }
+        }
+      }
+    }
+  }
+  ASSERT_TRUE(set_num_threads(threads_before).ok());
+  const std::vector<uint8_t> a = random_blocks(GgmlType::kQ4_K, 4, 256, 1), b = random_blocks(GgmlType::kQ4_K, 4, 512, 2);
+  const GgmlMatrix wa{.type = GgmlType::kQ4_K, .blocks = a.data(), .rows = 4, .cols = 256};
+  const GgmlMatrix wb{.type = GgmlType::kQ4_K, .blocks = b.data(), .rows = 4, .cols = 512};
+  const std::vector<float> x = q8_test_rows(1, 512, 3);
+  std::vector<float> ya(4), yb(4);
+  const GgmlMatrix* two[] = {&wa, &wb};
+  float* outs[] = {ya.data(), yb.data()};
+  const Status s = ggml_matmul_many(two, x.data(), 1, 512, outs, GgmlActs::kQ8K);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("256 and 512 columns"), std::string::npos) << s.message();
+  EXPECT_FALSE(ggml_matmul_many(two, x.data(), 1, 512, std::span<float* const>(outs, 1), GgmlActs::kQ8K).ok());
 }
 
 TEST(GgmlQ8K, OtherTypesIgnoreItAndNamesSayA8) {

@@ -134,6 +134,58 @@ INSTANTIATE_TEST_SUITE_P(
              (i.param.with_min ? "_min" : "") + (i.param.unit ? "_unit" : "");
     });
 
+// The fp32 cache's kernels: odd widths (tails past the eight lanes), strided rows, runs of 1..129
+// tokens; every ISA bit-identical to the scalar twin, the twin within 1e-5 of fp64.
+TEST(KvKernelsF32, EveryIsaMatchesTwinAndFp64Reference) {
+  for (int64_t width : {1, 3, 7, 8, 13, 64, 72, 127, 128, 130}) {
+    for (int64_t ntok : {1, 2, 3, 4, 5, 8, 31, 129}) {
+      const int64_t stride = width + 5;
+      std::mt19937 rng(static_cast<uint32_t>(width * 131 + ntok));
+      std::normal_distribution<float> nd;
+      std::vector<float> rows(static_cast<size_t>(stride * ntok)), x(static_cast<size_t>(width)), a(static_cast<size_t>(ntok));
+      for (float& v : rows) v = nd(rng);
+      for (float& v : x) v = nd(rng);
+      for (float& v : a) v = std::fabs(nd(rng)) / static_cast<float>(ntok);
+      std::vector<float> sc_ref, acc_ref;
+      for (Isa isa : supported_isas()) {
+        ScopedIsa force(isa);
+        std::vector<float> sc(static_cast<size_t>(ntok), -1.0f), acc(static_cast<size_t>(width), 0.25f);
+        attn_scores_f32(rows.data(), stride, width, x.data(), ntok, sc.data());
+        attn_accumulate_f32(rows.data(), stride, width, a.data(), ntok, acc.data());
+        if (isa == Isa::kScalar) {
+          sc_ref = sc;
+          acc_ref = acc;
+          for (int64_t t = 0; t < ntok; ++t) {
+            double want = 0, mag = 0;
+            for (int64_t j = 0; j < width; ++j) {
+              const double p = static_cast<double>(x[static_cast<size_t>(j)]) * rows[static_cast<size_t>(t * stride + j)];
+              want += p;
+              mag += std::fabs(p);
+            }
+            ASSERT_NEAR(sc[static_cast<size_t>(t)], want, 1e-5 * mag + 1e-30) << "width " << width << " t " << t;
+          }
+          for (int64_t j = 0; j < width; ++j) {
+            double want = 0.25, mag = 0.25;
+            for (int64_t t = 0; t < ntok; ++t) {
+              const double p = static_cast<double>(a[static_cast<size_t>(t)]) * rows[static_cast<size_t>(t * stride + j)];
+              want += p;
+              mag += std::fabs(p);
+            }
+            ASSERT_NEAR(acc[static_cast<size_t>(j)], want, 1e-5 * mag) << "width " << width << " j " << j;
+          }
+        } else {
+          for (int64_t t = 0; t < ntok; ++t) {
+            ASSERT_EQ(sc[static_cast<size_t>(t)], sc_ref[static_cast<size_t>(t)]) << isa_name(isa) << " width " << width << " t " << t;
+          }
+          for (int64_t j = 0; j < width; ++j) {
+            ASSERT_EQ(acc[static_cast<size_t>(j)], acc_ref[static_cast<size_t>(j)]) << isa_name(isa) << " width " << width << " j " << j;
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(KvKernelsNames, HalfToFloatIsExactForEveryCode) {
   for (uint32_t c = 0; c < 65536; ++c) {
     const float want = decode(Format::kFp16, c), got = kv_half_to_float(static_cast<uint16_t>(c));
@@ -148,6 +200,7 @@ TEST(KvKernelsNames, HalfToFloatIsExactForEveryCode) {
 TEST(KvKernelsNames, RegistryListsEveryCodeAtEveryIsa) {
   EXPECT_EQ(kv_kernel_name(true, KvCode::kInt8, Isa::kAvx2), "attn_qk_int8_f32__avx2");
   EXPECT_EQ(kv_kernel_name(false, KvCode::kE5m2, Isa::kScalar), "attn_pv_e5m2_f32__scalar");
+  EXPECT_EQ(kv_f32_kernel_name(true, Isa::kAvx2), "attn_qk_f32_f32__avx2");
 }
 
 }  // namespace

@@ -56,10 +56,30 @@ void accumulate(const KvRows& v, const float* a, int64_t ntok, float* out) {
   }
 }
 
+void scores_f32(const float* k, int64_t stride, int64_t width, const float* x, int64_t ntok, float* out) {
+  const int64_t w8 = width / 8 * 8;
+  for (int64_t t = 0; t < ntok; ++t) {
+    const float* row = k + t * stride;
+    float p[8] = {};
+    for (int64_t j = 0; j < w8; ++j) p[j % 8] = std::fma(x[j], row[j], p[j % 8]);
+    float s = ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7]));
+    for (int64_t j = w8; j < width; ++j) s = std::fma(x[j], row[j], s);
+    out[t] = s;
+  }
+}
+
+void accumulate_f32(const float* v, int64_t stride, int64_t width, const float* a, int64_t ntok, float* out) {
+  for (int64_t j = 0; j < width; ++j) {
+    float o = out[j];
+    for (int64_t t = 0; t < ntok; ++t) o = std::fma(a[t], v[t * stride + j], o);
+    out[j] = o;
+  }
+}
+
 }  // namespace
 
 const KvMicrokernels& kv_scalar_microkernels() {
-  static const KvMicrokernels k{Isa::kScalar, scores, accumulate};
+  static const KvMicrokernels k{Isa::kScalar, scores, accumulate, scores_f32, accumulate_f32};
   return k;
 }
 

@@ -143,10 +143,67 @@ void accumulate(const KvRows& v, const float* a, int64_t ntok, float* out) {
   }
 }
 
+// fp32 rows: four tokens at a time (four independent chains), the tail of j < 8 in order.
+inline float tail_dot(const float* x, const float* row, int64_t w8, int64_t width, float s) {
+  for (int64_t j = w8; j < width; ++j) s = __builtin_fmaf(x[j], row[j], s);
+  return s;
+}
+
+void scores_f32(const float* k, int64_t stride, int64_t width, const float* x, int64_t ntok, float* out) {
+  const int64_t w8 = width / 8 * 8;
+  int64_t t = 0;
+  for (; t + 4 <= ntok; t += 4) {
+    const float* r0 = k + t * stride;
+    const float *r1 = r0 + stride, *r2 = r1 + stride, *r3 = r2 + stride;
+    __m256 p0 = _mm256_setzero_ps(), p1 = p0, p2 = p0, p3 = p0;
+    for (int64_t j = 0; j < w8; j += 8) {
+      const __m256 xv = _mm256_loadu_ps(x + j);
+      p0 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(r0 + j), p0);
+      p1 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(r1 + j), p1);
+      p2 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(r2 + j), p2);
+      p3 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(r3 + j), p3);
+    }
+    out[t] = tail_dot(x, r0, w8, width, hsum(p0));
+    out[t + 1] = tail_dot(x, r1, w8, width, hsum(p1));
+    out[t + 2] = tail_dot(x, r2, w8, width, hsum(p2));
+    out[t + 3] = tail_dot(x, r3, w8, width, hsum(p3));
+  }
+  for (; t < ntok; ++t) {
+    const float* row = k + t * stride;
+    __m256 p = _mm256_setzero_ps();
+    for (int64_t j = 0; j < w8; j += 8) p = _mm256_fmadd_ps(_mm256_loadu_ps(x + j), _mm256_loadu_ps(row + j), p);
+    out[t] = tail_dot(x, row, w8, width, hsum(p));
+  }
+}
+
+// NC chunks of 8 outputs starting at j0 stay in registers over all tokens.
+template <int NC>
+void accumulate_f32_chunks(const float* v, int64_t stride, const float* a, int64_t ntok, int64_t j0, float* out) {
+  __m256 o[NC];
+  for (int c = 0; c < NC; ++c) o[c] = _mm256_loadu_ps(out + j0 + 8 * c);
+  for (int64_t t = 0; t < ntok; ++t) {
+    const __m256 w = _mm256_set1_ps(a[t]);
+    const float* row = v + t * stride + j0;
+    for (int c = 0; c < NC; ++c) o[c] = _mm256_fmadd_ps(w, _mm256_loadu_ps(row + 8 * c), o[c]);
+  }
+  for (int c = 0; c < NC; ++c) _mm256_storeu_ps(out + j0 + 8 * c, o[c]);
+}
+
+void accumulate_f32(const float* v, int64_t stride, int64_t width, const float* a, int64_t ntok, float* out) {
+  int64_t j0 = 0;
+  for (; j0 + 64 <= width; j0 += 64) accumulate_f32_chunks<8>(v, stride, a, ntok, j0, out);
+  for (; j0 + 8 <= width; j0 += 8) accumulate_f32_chunks<1>(v, stride, a, ntok, j0, out);
+  for (int64_t j = j0; j < width; ++j) {
+    float o = out[j];
+    for (int64_t t = 0; t < ntok; ++t) o = __builtin_fmaf(a[t], v[t * stride + j], o);
+    out[j] = o;
+  }
+}
+
 }  // namespace
 
 const KvMicrokernels& kv_avx2_microkernels() {
-  static const KvMicrokernels k{Isa::kAvx2, scores, accumulate};
+  static const KvMicrokernels k{Isa::kAvx2, scores, accumulate, scores_f32, accumulate_f32};
   return k;
 }
 
