@@ -112,13 +112,14 @@ void matmul_q8(const ki::GgmlMicrokernels& mk, std::span<const GgmlMatrix* const
   const int64_t rows_per_task = m <= 4 ? kRowsDecode : kRowsPrefill;
   std::vector<int64_t> first(ws.size() + 1, 0);  // first task of each matrix
   for (size_t i = 0; i < ws.size(); ++i) first[i + 1] = first[i] + (ws[i]->rows + rows_per_task - 1) / rows_per_task;
-  parallel_for(0, first.back(), 1, [&](int64_t k0, int64_t k1) {
+  auto body = [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       const size_t i = static_cast<size_t>(std::upper_bound(first.begin(), first.end(), k) - first.begin() - 1);
       const int64_t r0 = (k - first[i]) * rows_per_task, r1 = std::min(r0 + rows_per_task, ws[i]->rows);
       q8_rows(mk, *ws[i], a.data(), nb, m, ys[i], ldys[i], r0, r1);
     }
-  });
+  };
+  parallel_for_balanced(0, first.back(), 1, body);
 }
 
 }  // namespace

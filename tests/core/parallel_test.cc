@@ -6,6 +6,7 @@
 #include <atomic>
 #include <mutex>
 #include <set>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -45,6 +46,52 @@ TEST_F(ParallelFor, VisitsEveryIndexExactlyOnce) {
       }
     }
   }
+}
+
+// parallel_for_balanced: the same chunks as parallel_for, each run exactly once, at any thread
+// count; a thread held up on its first chunk has the rest of its share taken by the others, and
+// a free thread starts on its own share from the front (the static split of parallel_for).
+TEST_F(ParallelFor, BalancedVisitsEveryChunkOnceAndStealsFromASlowThread) {
+  for (int threads : {1, 2, 3, 7}) {
+    ASSERT_TRUE(set_num_threads(threads).ok());
+    for (int64_t begin : {0, -13}) {
+      for (int64_t len : {0, 1, 2, 7, 129, 1000}) {
+        for (int64_t grain : {1, 3, 16, 5000}) {
+          std::vector<std::atomic<int>> hits(static_cast<size_t>(len));
+          std::mutex mu;
+          std::set<std::pair<int64_t, int64_t>> got;
+          parallel_for_balanced(begin, begin + len, grain, [&](int64_t b, int64_t e) {
+            for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i - begin)].fetch_add(1);
+            const std::lock_guard<std::mutex> lock(mu);
+            got.insert({b, e});
+          });
+          std::set<std::pair<int64_t, int64_t>> want;
+          parallel_for(begin, begin + len, grain, [&](int64_t b, int64_t e) {
+            const std::lock_guard<std::mutex> lock(mu);
+            want.insert({b, e});
+          });
+          EXPECT_EQ(got, want) << "threads=" << threads << " len=" << len << " grain=" << grain;
+          for (int64_t i = 0; i < len; ++i) ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1) << "index " << begin + i;
+        }
+      }
+    }
+  }
+  // Two threads, 64 chunks: thread 0's share is 0..31. Chunk 0 waits until 40 other chunks have
+  // run, which thread 0 cannot do alone: thread 1 must take chunks of thread 0's share.
+  ASSERT_TRUE(set_num_threads(2).ok());
+  std::atomic<int> done{0};
+  std::vector<int> runner(64, -1);
+  parallel_for_balanced(0, 64, 1, [&](int64_t b, int64_t) {
+    if (b == 0) {
+      while (done.load() < 40) std::this_thread::yield();
+    }
+    runner[static_cast<size_t>(b)] = omp_get_thread_num();
+    done.fetch_add(1);
+  });
+  EXPECT_EQ(done.load(), 64);
+  int stolen = 0;
+  for (int64_t k = 1; k < 32; ++k) stolen += runner[static_cast<size_t>(k)] == 1;
+  EXPECT_GE(stolen, 8) << "thread 1 should take the back of the held-up share";
 }
 
 TEST_F(ParallelFor, ChunksDoNotDependOnThreadCount) {
