@@ -238,6 +238,36 @@ void expect_close(const std::vector<float>& got, const std::vector<float>& want,
   for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(got[i], want[i], rel * mag + 1e-6f) << what << " logit " << i;
 }
 
+// AWQ and SmoothQuant fold their attention-output scales into wv's rows; qwen2's v bias must be
+// divided with them (a bug fixed 2026-12-04), or the block computes v = (Wv x)/s + bv instead of
+// (Wv x + bv)/s. Quantized at int8, the rescaled model then stays about as close to fp32 as RTN
+// at the same spec; with the bias left alone, SmoothQuant's error here is >10× RTN's.
+TEST(GgufQwen2, SmoothQuantAndAwqScaleTheVBias) {
+  const Model m = qwen2_model();
+  const std::vector<float> ref = logits_of(LlamaModel(m));
+  auto max_err = [&](Method method, const char* weights, const char* acts) {
+    LlamaModel net(m);
+    PipelineOptions opt;
+    opt.plan = make_plan(m.config, parse_spec(weights).value(),
+                         acts ? std::optional<QuantSpec>(parse_spec(acts).value()) : std::nullopt).value();
+    opt.method = method;
+    opt.calib = testutil::random_windows(4, 32, m.config.vocab_size, 3);
+    const Result<PipelineReport> r = quantize_model(net, opt);
+    EXPECT_TRUE(r.ok()) << r.status().to_string();
+    const std::vector<float> got = logits_of(net);
+    double e = 0;
+    for (size_t i = 0; i < ref.size(); ++i) e = std::max(e, static_cast<double>(std::fabs(got[i] - ref[i])));
+    return e;
+  };
+  const double rtn8 = max_err(Method::kRtn, "int8:g32:sym:fp32", "int8:token:sym:fp32");
+  const double sq8 = max_err(Method::kSmoothQuant, "int8:g32:sym:fp32", "int8:token:sym:fp32");
+  EXPECT_GT(rtn8, 0.0);
+  EXPECT_LT(sq8, 3 * rtn8) << "SmoothQuant " << sq8 << " vs RTN " << rtn8;
+  const double rtn4 = max_err(Method::kRtn, "int4:g32:sym:fp16", nullptr);
+  const double awq4 = max_err(Method::kAwq, "int4:g32:sym:fp16", nullptr);
+  EXPECT_LT(awq4, 2 * rtn4) << "AWQ " << awq4 << " vs RTN " << rtn4;
+}
+
 TEST(GgufQwen2, SavesArchitectureBiasesAndDecodesBlockRunMatrices) {
   const Model m = qwen2_model();
   LlamaModel net(m);
