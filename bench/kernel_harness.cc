@@ -179,6 +179,27 @@ Limits measure_limits() {
   return l;
 }
 
+DramProbe::DramProbe() {
+  if (!isa_supported(Isa::kAvx2)) return;
+  bytes_ = int64_t{512} << 20;
+  auto t = std::make_shared<Tensor>(std::move(Tensor::empty(DType::kU8, {bytes_}).value()));
+  std::memset(t->data(), 1, static_cast<size_t>(bytes_));
+  buf_ = t;
+}
+
+double DramProbe::read_gbs() {
+  if (!buf_) return 0.0;
+  const int threads = num_threads();
+  const uint8_t* p = static_cast<const uint8_t*>(static_cast<Tensor*>(buf_.get())->data());
+  const int64_t slice = bytes_ / threads / 128 * 128;
+  volatile uint64_t sink = 0;
+  const auto t0 = Clock::now();
+  parallel_for(0, threads, 1, [&](int64_t t0_, int64_t t1_) {
+    for (int64_t t = t0_; t < t1_; ++t) sink = sink + stream_read(p + t * slice, static_cast<size_t>(slice));
+  });
+  return static_cast<double>(slice) * threads / seconds_since(t0) / 1e9;
+}
+
 std::vector<std::string> case_ids() {
   std::vector<std::string> ids;
   for (const Spec& s : specs()) ids.push_back(s.id);

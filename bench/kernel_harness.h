@@ -20,6 +20,19 @@ struct Limits {
 };
 Limits measure_limits();  // on num_threads() threads
 
+// DRAM read bandwidth, one pass at a time, for pairing with other timings in the same seconds
+// (`bench model --limits` alternates it with decode steps): a 512 MiB buffer each num_threads()
+// thread reads its own slice of.
+class DramProbe {
+ public:
+  DramProbe();
+  double read_gbs();  // one pass over the buffer; 0 without AVX2
+
+ private:
+  std::shared_ptr<void> buf_;
+  int64_t bytes_ = 0;
+};
+
 // One comparison: the kernel, its baseline, and how its figure is computed.
 struct Case {
   std::string kernel;         // registry name, e.g. gemm_a16_w4g128_f32__avx2

@@ -335,6 +335,48 @@ TEST(GgufQwen2, SavesArchitectureBiasesAndDecodesBlockRunMatrices) {
   }
   expect_close(logits_of(plain), from_file, 1e-5f, "qwen2 blocks decoded to F32");
 
+  // `quantize` on the k-quant file itself (each block's Q4_K/Q6_K linears decoded for that block
+  // only, then dropped) quantizes what quantizing its F32 decode quantizes: RTN bit for bit. GPTQ's
+  // calibration passes run the blocks through ggml_matmul instead of the F32 GEMM (another
+  // summation order): where a linear's inputs are the same bits (block 0's q/k/v) its codes are
+  // identical; elsewhere float noise flips near-ties that GPTQ's error feedback carries on (block
+  // 1 sees block 0's quantized output), so there the two are held to equal quality instead.
+  const std::vector<float> fp32_logits = logits_of(plain);
+  for (Method method : {Method::kRtn, Method::kGptq}) {
+    LlamaModel from_blocks(*loaded), from_f32(*f32);
+    PipelineOptions opt;
+    opt.plan = make_plan(m.config, parse_spec("int4:g32:sym:fp16").value(), std::nullopt).value();
+    opt.method = method;
+    if (method == Method::kGptq) opt.calib = testutil::random_windows(3, 16, m.config.vocab_size, 5);
+    ASSERT_TRUE(quantize_model(from_blocks, opt).ok());
+    ASSERT_TRUE(quantize_model(from_f32, opt).ok());
+    for (int l = 0; l < 2; ++l) {
+      for (int i = 0; i < 7; ++i) {
+        const Linear& a = slot(from_blocks, l, i);
+        const Linear& b = slot(from_f32, l, i);
+        ASSERT_NE(a.quant(), nullptr);
+        ASSERT_NE(b.quant(), nullptr);
+        EXPECT_EQ(a.ggml(), nullptr) << "layers." << l << "." << kSlots[i] << " still runs its k-quant blocks";
+        if (method == Method::kRtn || (l == 0 && i < 3)) {
+          EXPECT_EQ(a.quant()->codes, b.quant()->codes) << method_name(method) << " layers." << l << "." << kSlots[i];
+        }
+      }
+    }
+    const std::vector<float> la = logits_of(from_blocks), lb = logits_of(from_f32);
+    if (method == Method::kRtn) {
+      expect_close(la, lb, 1e-5f, "RTN from blocks vs from F32");
+      continue;
+    }
+    double ea = 0, eb = 0;  // squared error against the unquantized model
+    for (size_t k = 0; k < fp32_logits.size(); ++k) {
+      ea += (la[k] - fp32_logits[k]) * (la[k] - fp32_logits[k]);
+      eb += (lb[k] - fp32_logits[k]) * (lb[k] - fp32_logits[k]);
+    }
+    EXPECT_GT(eb, 0.0);
+    EXPECT_LT(ea, 1.5 * eb) << "GPTQ from blocks " << ea << " vs from F32 " << eb;
+    EXPECT_LT(eb, 1.5 * ea) << "GPTQ from blocks " << ea << " vs from F32 " << eb;
+  }
+
   const std::string st = (dir / "st").string();
   Result<SaveReport> refused = save_model(net, st, SaveOptions{.format = ModelFormat::kSafetensors});
   ASSERT_FALSE(refused.ok());

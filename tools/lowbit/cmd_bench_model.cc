@@ -79,6 +79,43 @@ Speed measure_lowbit(const std::string& name, const LlamaModel& net, const std::
   return r;
 }
 
+// Decode in steps of kPairStep tokens, each right after one DRAM read pass, so every step's
+// speed is judged against the bandwidth of the same second (the machine's share of DRAM can move
+// by 2x within a run on a shared host). Ratio per step: tok/s ÷ (GB/s ÷ bytes per token).
+constexpr int kPairStep = 4;
+struct Paired {
+  std::vector<double> ratio, gbs, tok_s;
+};
+Paired measure_paired(const LlamaModel& net, const std::vector<int>& ids, int decode, double per_token) {
+  Paired p;
+  if (decode < kPairStep) return p;
+  bench::DramProbe probe;
+  Session s(net, static_cast<int>(ids.size()) + decode + 1);
+  std::vector<float> logits;
+  if (Status st = s.forward(ids, 0, &logits, false); !st.ok()) fail(st);
+  int pos = static_cast<int>(ids.size());
+  for (int r = 0; r < decode / kPairStep; ++r) {
+    const double gbs = probe.read_gbs();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < kPairStep; ++i) {
+      const int next[1] = {static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin())};
+      if (Status st = s.forward(next, pos++, &logits, false); !st.ok()) fail(st);
+    }
+    const double tok_s = kPairStep / seconds_since(t0);
+    if (gbs <= 0) continue;
+    p.gbs.push_back(gbs);
+    p.tok_s.push_back(tok_s);
+    p.ratio.push_back(tok_s / (gbs * 1e9 / per_token));
+  }
+  return p;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n == 0 ? 0.0 : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
 // llama.cpp through llama-cpp-python: the same ids, thread count and context; prints one JSON line.
 constexpr const char* kLlamaCppScript = R"PY(
 import json, sys, time
@@ -254,6 +291,12 @@ void run_bench_model(const BenchModelArgs& a) {
   if (!a.llama_bench.empty()) rows.push_back(measure_llama_bench(a));
   // The decode bound: DRAM read bandwidth measured now ÷ bytes one token reads.
   const double gbs = a.limits ? bench::measure_limits().dram_gbs : 0.0;
+  // And paired with each decode step, on the first row's model (its weights' bytes per token).
+  Paired paired;
+  if (a.limits) {
+    LlamaModel net(*model);  // stored k-quants: Q8_K activations (the first row); else fp32
+    paired = measure_paired(net, ids, a.decode, per_token);
+  }
 
   auto num = [](const std::optional<double>& v) { return v ? fmt::format("{:.1f}", *v) : std::string("—"); };
   fmt::print("model {} ({} layers, dim {}, vocab {}), prefill {} tokens, decode {} tokens, {} threads\n", a.model,
@@ -266,6 +309,13 @@ void run_bench_model(const BenchModelArgs& a) {
     fmt::print("DRAM read {:.1f} GB/s (measured in this run) / {:.0f} MB per decode token = bound {:.1f} tok/s; "
                "lowbit decode = {:.2f} x bound\n",
                gbs, per_token / 1e6, bound, rows.front().decode_tok_s.value_or(0.0) / bound);
+    if (!paired.ratio.empty()) {
+      const auto [rlo, rhi] = std::minmax_element(paired.ratio.begin(), paired.ratio.end());
+      const auto [glo, ghi] = std::minmax_element(paired.gbs.begin(), paired.gbs.end());
+      fmt::print("paired ({} decode steps of {} tokens, each after a DRAM read pass): decode / bound median {:.2f} "
+                 "(range {:.2f}-{:.2f}); DRAM {:.1f}-{:.1f} GB/s; decode median {:.1f} tok/s\n",
+                 paired.ratio.size(), kPairStep, median(paired.ratio), *rlo, *rhi, *glo, *ghi, median(paired.tok_s));
+    }
   }
 
   if (!a.json.empty()) {
@@ -273,6 +323,10 @@ void run_bench_model(const BenchModelArgs& a) {
                         {"threads", num_threads()}, {"scheme", a.scheme}, {"peak_rss_mib", rss},
                         {"bytes_per_decode_token", per_token}};
     if (a.limits) j["dram_read_gbs"] = gbs;
+    if (!paired.ratio.empty()) {
+      j["paired"] = {{"step_tokens", kPairStep}, {"ratio", paired.ratio}, {"dram_gbs", paired.gbs},
+                     {"decode_tok_s", paired.tok_s}, {"ratio_median", median(paired.ratio)}};
+    }
     for (const Speed& r : rows) {
       j["engines"].push_back({{"name", r.name},
                               {"prefill_tok_s", r.prefill_tok_s ? nlohmann::json(*r.prefill_tok_s) : nlohmann::json()},
