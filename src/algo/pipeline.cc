@@ -346,6 +346,27 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
         st[static_cast<size_t>(site_of(slot))].add(x, rows);
       };
       if (!opt.sequential) fp32_out.resize(xs.size());
+      // A linear decoded from blocks runs its fp32 decode while the statistics are gathered: the
+      // F32 GEMM on the same values (the ggml kernels' fp32-input path is several times slower),
+      // and the very computation calibrating the model's F32 decode does. Its blocks come back
+      // after, also on an early return (w[s] dies with this scope).
+      struct BlocksAside {
+        LayerLinears& ll;
+        std::array<Linear, kNumLinearSlots> held{};
+        std::array<bool, kNumLinearSlots> aside{};
+        ~BlocksAside() {
+          for (LinearSlot s : kLinearSlots) {
+            if (aside[static_cast<size_t>(s)]) ll.at(s) = std::move(held[static_cast<size_t>(s)]);
+          }
+        }
+      } blocks_aside{ll};
+      for (LinearSlot s : kLinearSlots) {
+        const size_t i = static_cast<size_t>(s);
+        if (!decoded[i]) continue;
+        blocks_aside.held[i] = std::move(ll.at(s));
+        blocks_aside.aside[i] = true;
+        ll.at(s) = Linear::fp32(w[i].view());
+      }
       for (size_t win = 0; win < xs.size(); ++win) {
         std::vector<float> y = xs[win];
         LOWBIT_RETURN_IF_ERROR(run_block(net, l, y.data(), static_cast<int64_t>(opt.calib[win].size()), hook));
