@@ -15,6 +15,7 @@
 // The arithmetic (proxy, additivity, the knapsack grid) is in docs/algorithms.md.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -54,6 +55,12 @@ struct SensitivityOptions {
   std::function<void(int64_t done, int64_t total)> on_step = nullptr;  // after each (unit, candidate)
 };
 
+// A candidate that cannot hold one of a unit's linears (a ggml block type whose block does not
+// divide its rows, as q5_0 cannot hold 172-wide rows) is not measured there: that unit's bits are
+// 0 and its dkld / dppl / proxy +inf (null in JSON) at that candidate, and nothing chooses it.
+// Every unit needs at least one candidate that fits.
+bool candidate_fits(const Candidate& c, int64_t rows, int64_t cols);
+
 struct UnitSensitivity {
   std::string name;                  // "layers.3.wq" | "layers.3" | "wq"
   std::vector<std::string> tensors;  // the linears it covers
@@ -63,6 +70,7 @@ struct UnitSensitivity {
   std::vector<double> dppl;          // per candidate: PPL − reference PPL on the same tokens
   std::vector<double> proxy;         // per candidate: Σ_ij (W − Ŵ)²_ij · E[x_j²], the diagonal-Hessian output error
 };
+inline bool unit_fits(const UnitSensitivity& u, size_t k) { return k < u.dkld.size() && std::isfinite(u.dkld[k]); }
 
 struct SensitivityReport {
   std::vector<Candidate> candidates;
@@ -81,15 +89,17 @@ struct SensitivityReport {
 // Hessian of the fp32 model's inputs on the same windows), every other linear fp32, the reference
 // logits computed once. `net` must hold fp32 linears; it is restored before returning. Errors: no
 // candidates, no windows, a window longer than the context or shorter than 2 tokens, a method
-// other than rtn or gptq, a candidate GPTQ cannot use.
+// other than rtn or gptq, a candidate GPTQ cannot use, a unit no candidate fits (named, with its shape).
 Result<SensitivityReport> measure_sensitivity(LlamaModel& net, const SensitivityOptions& opt);
 
-// Spearman rank correlation (average ranks for ties); 0 when either side is constant or n < 2.
+// Spearman rank correlation (average ranks for ties) over the pairs where both are finite; 0 when
+// either side is constant or fewer than 2 pairs remain.
 double spearman(std::span<const double> a, std::span<const double> b);
 
 // ---- Multiple-choice knapsack ---------------------------------------------------------------
 // Item i takes exactly one of its options k, costing cost[i][k] (bits, ≥ 0) and predicting
 // value[i][k]; the sum of costs must not exceed the budget, the sum of values is minimised.
+// An option whose value is +inf is unavailable (never chosen, not counted in the cheapest plan).
 struct KnapsackItem {
   std::vector<int64_t> cost;
   std::vector<double> value;
@@ -105,7 +115,7 @@ struct KnapsackResult {
   int64_t resolution = 1;   //   for the rounded costs, and no worse than the true optimum at budget − items·resolution
 };
 // Dynamic programming over the cost grid (the gcd of all costs, coarsened only beyond max_cells).
-// Errors: an item with no options or mismatched sizes, a negative cost, and a budget below the
+// Errors: an item with no (available) options or mismatched sizes, a negative cost, and a budget below the
 // cheapest choice ("budget B bits is below the cheapest plan, C bits").
 Result<KnapsackResult> solve_knapsack(std::span<const KnapsackItem> items, int64_t budget, const KnapsackOptions& opt = {});
 

@@ -88,8 +88,10 @@ Result<std::vector<std::string>> most_sensitive_tensors(const SensitivityReport&
     if (s.candidates[i].name == candidate) c = i;
   }
   if (c == s.candidates.size()) return InvalidArgument(fmt::format("dynamic precision: '{}' is not a candidate of the report", candidate));
-  std::vector<size_t> idx(s.units.size());
-  std::iota(idx.begin(), idx.end(), size_t{0});
+  std::vector<size_t> idx;  // units the candidate fits, by falling ΔKLD there
+  for (size_t i = 0; i < s.units.size(); ++i) {
+    if (unit_fits(s.units[i], c)) idx.push_back(i);
+  }
   std::stable_sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return s.units[a].dkld[c] > s.units[b].dkld[c]; });
   std::vector<std::string> out;
   for (size_t i = 0; i < idx.size() && static_cast<int>(out.size()) < k; ++i) out.push_back(s.units[idx[i]].name);

@@ -89,7 +89,17 @@ std::vector<double> ranks(std::span<const double> a) {
   return r;
 }
 
+// Knapsack options valued +inf (or NaN) are unavailable.
+bool available(const KnapsackItem& it, size_t k) { return it.value[k] < std::numeric_limits<double>::infinity(); }
+
 }  // namespace
+
+bool candidate_fits(const Candidate& c, int64_t rows, int64_t cols) {
+  (void)rows;
+  if (!c.spec || c.spec->ggml == GgmlType::kF32) return true;
+  const GgmlBlockInfo* info = ggml_block_info(c.spec->ggml);
+  return info != nullptr && cols % info->block_size == 0;
+}
 
 Result<UnitGranularity> parse_granularity(std::string_view name) {
   if (name == "tensor") return UnitGranularity::kTensor;
@@ -140,10 +150,14 @@ Result<std::vector<Candidate>> parse_candidates(std::string_view list, std::stri
   return out;
 }
 
-double spearman(std::span<const double> a, std::span<const double> b) {
-  const size_t n = std::min(a.size(), b.size());
+double spearman(std::span<const double> a_all, std::span<const double> b_all) {
+  std::vector<double> a, b;
+  for (size_t i = 0; i < std::min(a_all.size(), b_all.size()); ++i) {
+    if (std::isfinite(a_all[i]) && std::isfinite(b_all[i])) a.push_back(a_all[i]), b.push_back(b_all[i]);
+  }
+  const size_t n = a.size();
   if (n < 2) return 0.0;
-  const std::vector<double> ra = ranks(a.first(n)), rb = ranks(b.first(n));
+  const std::vector<double> ra = ranks(a), rb = ranks(b);
   const double ma = std::accumulate(ra.begin(), ra.end(), 0.0) / static_cast<double>(n);
   const double mb = std::accumulate(rb.begin(), rb.end(), 0.0) / static_cast<double>(n);
   double sab = 0, saa = 0, sbb = 0;
@@ -262,6 +276,19 @@ Result<SensitivityReport> measure_sensitivity(LlamaModel& net, const Sensitivity
       start = std::min(start, l);
     }
     for (const Candidate& cand : opt.candidates) {
+      const bool fits = std::all_of(def.linears.begin(), def.linears.end(), [&](const auto& ls) {
+        const ConstTensorView w = net.weights().layers[static_cast<size_t>(ls.first)].*linear_weight_member(ls.second);
+        return candidate_fits(cand, w.dim(0), w.dim(1));
+      });
+      if (!fits) {  // not measured: nothing may choose it for this unit
+        constexpr double kInf = std::numeric_limits<double>::infinity();
+        u.bits.push_back(0);
+        u.dkld.push_back(kInf);
+        u.dppl.push_back(kInf);
+        u.proxy.push_back(kInf);
+        if (opt.on_step) opt.on_step(++step, total_steps);
+        continue;
+      }
       // 2. The unit's linears at this candidate (and the proxy from the same quantized weights).
       int64_t bits = 0;
       double proxy = 0;
@@ -327,6 +354,14 @@ Result<SensitivityReport> measure_sensitivity(LlamaModel& net, const Sensitivity
       u.proxy.push_back(proxy);
       if (opt.on_step) opt.on_step(++step, total_steps);
     }
+    if (std::none_of(u.dkld.begin(), u.dkld.end(), [](double v) { return std::isfinite(v); })) {
+      net.layers() = std::move(original);
+      net.activation_quant().linear_input = acts;
+      const auto& [l0, s0] = def.linears.front();
+      const ConstTensorView w0 = net.weights().layers[static_cast<size_t>(l0)].*linear_weight_member(s0);
+      return InvalidArgument(fmt::format("sensitivity: no candidate can hold {} ({}x{}: rows the candidates' blocks do not divide); "
+                                         "add one with groups, such as int4:g32:sym:fp16", u.name, w0.dim(0), w0.dim(1)));
+    }
     rep.units.push_back(std::move(u));
   }
   net.layers() = std::move(original);
@@ -356,12 +391,18 @@ Result<KnapsackResult> solve_knapsack(std::span<const KnapsackItem> items, int64
       return InvalidArgument(fmt::format("knapsack: item {} has {} costs and {} values (1..255 options, one value each)", i,
                                          it.cost.size(), it.value.size()));
     }
-    for (int64_t cst : it.cost) {
+    int64_t lo = -1, hi = -1;
+    for (size_t k = 0; k < it.cost.size(); ++k) {
+      const int64_t cst = it.cost[k];
       if (cst < 0) return InvalidArgument(fmt::format("knapsack: item {} has a negative cost {}", i, cst));
+      if (!available(it, k)) continue;
       g = std::gcd(g, cst);
+      lo = lo < 0 ? cst : std::min(lo, cst);
+      hi = std::max(hi, cst);
     }
-    min_total += *std::min_element(it.cost.begin(), it.cost.end());
-    max_total += *std::max_element(it.cost.begin(), it.cost.end());
+    if (lo < 0) return InvalidArgument(fmt::format("knapsack: item {} has no available option (every value is +inf)", i));
+    min_total += lo;
+    max_total += hi;
   }
   if (budget < min_total) {
     return InvalidArgument(fmt::format("knapsack: budget {} bits is below the cheapest plan, {} bits", budget, min_total));
@@ -381,9 +422,20 @@ Result<KnapsackResult> solve_knapsack(std::span<const KnapsackItem> items, int64
   std::vector<std::vector<int64_t>> cw(n);
   int64_t min_cells = 0;
   for (size_t i = 0; i < n; ++i) {
-    for (int64_t cst : items[i].cost) cw[i].push_back((cst + res - 1) / res);
-    min_cells += *std::min_element(cw[i].begin(), cw[i].end());
+    int64_t lo = -1;
+    for (size_t k = 0; k < items[i].cost.size(); ++k) {
+      cw[i].push_back((items[i].cost[k] + res - 1) / res);
+      if (available(items[i], k)) lo = lo < 0 ? cw[i][k] : std::min(lo, cw[i][k]);
+    }
+    min_cells += lo;
   }
+  auto cheapest = [&](size_t i) {
+    int best = -1;
+    for (size_t k = 0; k < items[i].cost.size(); ++k) {
+      if (available(items[i], k) && (best < 0 || items[i].cost[k] < items[i].cost[static_cast<size_t>(best)])) best = static_cast<int>(k);
+    }
+    return best;
+  };
   auto finish = [&]() {
     r.value = 0;
     r.cost = 0;
@@ -394,9 +446,7 @@ Result<KnapsackResult> solve_knapsack(std::span<const KnapsackItem> items, int64
     return r;
   };
   if (min_cells > C) {  // only when coarsened: the cheapest choice fits the true budget
-    for (size_t i = 0; i < n; ++i) {
-      r.choice.push_back(static_cast<int>(std::min_element(items[i].cost.begin(), items[i].cost.end()) - items[i].cost.begin()));
-    }
+    for (size_t i = 0; i < n; ++i) r.choice.push_back(cheapest(i));
     return finish();
   }
   constexpr double kInf = std::numeric_limits<double>::infinity();
@@ -411,7 +461,7 @@ Result<KnapsackResult> solve_knapsack(std::span<const KnapsackItem> items, int64
       uint8_t bk = 0;
       for (size_t k = 0; k < it.cost.size(); ++k) {
         const size_t w = static_cast<size_t>(cw[i][k]);
-        if (w > c || dp[c - w] == kInf) continue;
+        if (!available(it, k) || w > c || dp[c - w] == kInf) continue;
         const double v = dp[c - w] + it.value[k];
         if (v < best) best = v, bk = static_cast<uint8_t>(k);
       }
@@ -440,7 +490,12 @@ Result<MixedChoice> choose_mix(const SensitivityReport& s, double target_bpw, co
   for (const UnitSensitivity& u : s.units) {
     items.push_back({u.bits, u.dkld});
     params += u.params;
-    cheapest += *std::min_element(u.bits.begin(), u.bits.end());
+    int64_t lo = -1;
+    for (size_t k = 0; k < u.bits.size(); ++k) {
+      if (unit_fits(u, k)) lo = lo < 0 ? u.bits[k] : std::min(lo, u.bits[k]);
+    }
+    if (lo < 0) return InvalidArgument(fmt::format("mixed precision: no candidate fits unit {}", u.name));
+    cheapest += lo;
   }
   if (params == 0) return InvalidArgument("mixed precision: the sensitivity report has no units");
   const double cheapest_bpw = static_cast<double>(cheapest) / static_cast<double>(params);
@@ -760,6 +815,10 @@ Result<RefineReport> refine_mix(const Model& model, const SensitivityReport& s, 
     for (size_t i = 0; i < nu; ++i) {
       for (size_t k = 0; k < nc; ++k) {
         if (static_cast<int>(k) == cur[i]) continue;
+        if (!unit_fits(s.units[i], k)) {
+          d[i][k] = std::numeric_limits<double>::infinity();
+          continue;
+        }
         LOWBIT_RETURN_IF_ERROR(ev.set(i, k));
         LOWBIT_ASSIGN_OR_RETURN(double kk, ev.measure(ev.start_block(i), /*keep=*/false, screen));
         d[i][k] = kk - kld_screen;
@@ -781,7 +840,7 @@ Result<RefineReport> refine_mix(const Model& model, const SensitivityReport& s, 
     std::vector<std::pair<size_t, int>> one;  // every (unit, candidate) other than the current
     for (size_t i = 0; i < nu; ++i)
       for (size_t k = 0; k < nc; ++k)
-        if (static_cast<int>(k) != cur[i]) one.emplace_back(i, static_cast<int>(k));
+        if (static_cast<int>(k) != cur[i] && unit_fits(s.units[i], k)) one.emplace_back(i, static_cast<int>(k));
     auto dbits = [&](const std::pair<size_t, int>& a) {
       return s.units[a.first].bits[static_cast<size_t>(a.second)] - s.units[a.first].bits[static_cast<size_t>(cur[a.first])];
     };
@@ -958,12 +1017,29 @@ Result<SensitivityReport> parse_sensitivity_json(const std::string& text, const 
     u.name = uj["name"].get<std::string>();
     for (const char* a : arrays) {
       if (!uj.contains(a) || !uj[a].is_array() || uj[a].size() != nc) return bad(fmt::format("unit {}: {} must hold {} numbers", u.name, a, nc));
-      for (const auto& v : uj[a]) if (!v.is_number()) return bad(fmt::format("unit {}: {} must hold numbers", u.name, a));
+      const bool nullable = std::string_view(a) != "bits";  // null: the candidate does not fit the unit
+      for (const auto& v : uj[a]) {
+        if (!v.is_number() && !(nullable && v.is_null())) return bad(fmt::format("unit {}: {} must hold numbers", u.name, a));
+      }
     }
     u.bits = uj["bits"].get<std::vector<int64_t>>();
-    u.dkld = uj["dkld"].get<std::vector<double>>();
-    u.dppl = uj["dppl"].get<std::vector<double>>();
-    u.proxy = uj["proxy"].get<std::vector<double>>();
+    const auto reals = [&](const char* a) {
+      std::vector<double> out;
+      for (const auto& v : uj[a]) out.push_back(v.is_null() ? std::numeric_limits<double>::infinity() : v.get<double>());
+      return out;
+    };
+    u.dkld = reals("dkld");
+    u.dppl = reals("dppl");
+    u.proxy = reals("proxy");
+    for (size_t k = 0; k < nc; ++k) {
+      if (u.bits[k] < 0) return bad(fmt::format("unit {}: bits must not be negative", u.name));
+      if (std::isfinite(u.dkld[k]) != std::isfinite(u.dppl[k]) || std::isfinite(u.dkld[k]) != std::isfinite(u.proxy[k])) {
+        return bad(fmt::format("unit {}: candidate {} is null in some of dkld, dppl, proxy but not all", u.name, k));
+      }
+    }
+    if (std::none_of(u.dkld.begin(), u.dkld.end(), [](double v) { return std::isfinite(v); })) {
+      return bad(fmt::format("unit {}: no candidate fits it (every dkld is null)", u.name));
+    }
     for (const auto& t : uj["tensors"]) {
       if (!t.is_string()) return bad(fmt::format("unit {}: tensors must be names", u.name));
       const std::string name = t.get<std::string>();
@@ -1001,7 +1077,7 @@ std::string sensitivity_svg(const SensitivityReport& s, const std::string& title
   double lo = std::numeric_limits<double>::infinity(), hi = -lo;
   for (const UnitSensitivity& u : s.units)
     for (double v : u.dkld)
-      if (v > 0) lo = std::min(lo, v), hi = std::max(hi, v);
+      if (v > 0 && std::isfinite(v)) lo = std::min(lo, v), hi = std::max(hi, v);
   if (!(lo < hi)) lo = 1e-6, hi = 1.0;
   const double ylo = std::floor(std::log10(lo)), yhi = std::ceil(std::log10(hi));
   const size_t nu = s.units.size();
@@ -1023,7 +1099,9 @@ std::string sensitivity_svg(const SensitivityReport& s, const std::string& title
     if (!s.candidates[k].spec) continue;
     const char* col = kColors[k % 8];
     std::string pts;
-    for (size_t i = 0; i < nu; ++i) pts += fmt::format("{:.1f},{:.1f} ", px(i), py(s.units[i].dkld[k]));
+    for (size_t i = 0; i < nu; ++i) {
+      if (unit_fits(s.units[i], k)) pts += fmt::format("{:.1f},{:.1f} ", px(i), py(s.units[i].dkld[k]));
+    }
     out += fmt::format("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\" points=\"{}\"/>\n", col, pts);
     out += fmt::format("<text x=\"{}\" y=\"{}\" fill=\"{}\">{}</text>\n", kW - kR + 8, kT + 14 * static_cast<int>(k), col, s.candidates[k].name);
   }

@@ -69,9 +69,16 @@ void run_sensitivity(const SensitivityArgs& a) {
   fmt::print("\n");
   for (const UnitSensitivity& u : r->units) {
     fmt::print("| {} | {} |", u.name, u.params);
-    for (size_t k = 0; k < r->candidates.size(); ++k) fmt::print(" {:.3e} |", u.dkld[k]);
+    for (size_t k = 0; k < r->candidates.size(); ++k) {
+      if (unit_fits(u, k)) {
+        fmt::print(" {:.3e} |", u.dkld[k]);
+      } else {
+        fmt::print(" — |");  // the candidate cannot hold this unit's rows
+      }
+    }
     fmt::print("\n");
   }
+  fmt::print("(— : the candidate's blocks do not divide the unit's rows; not measured, never chosen)\n");
   fmt::print("\nproxy Σ(W−Ŵ)²·E[x²] vs measured ΔKLD: Spearman {:.3f} over all quantized (unit, candidate) pairs", r->spearman);
   for (size_t k = 0; k < r->candidates.size(); ++k) {
     if (r->candidates[k].spec) fmt::print("; {} {:.3f}", r->candidates[k].name, r->spearman_by_candidate[k]);
