@@ -546,13 +546,32 @@ Result<QuantizedTensor> quantize(ConstTensorView x, const QuantSpec& spec, const
 
   // 3. Elements, row by row.
   const bool fast = !opt.use_reference && fast_elements(spec);
+  // fp16 / bf16 elements (a cast such as the embedding's fp16:tensor:unit): x / s by the divide
+  // kernel, then the F16C / bf16 span converters straight into the row's 16-bit codes.
+  const bool wide16 = !opt.use_reference && spec.rounding == Rounding::kNearestEven &&
+                      (spec.element == Format::kFp16 || spec.element == Format::kBf16);
   parallel_for(0, R, grain, [&](int64_t r0, int64_t r1) {
     std::vector<float> tmp, vtmp;
     std::vector<uint8_t> bytes(fast ? static_cast<size_t>(C) : 0);
-    std::vector<uint32_t> codes(fast ? 0 : static_cast<size_t>(C));
+    std::vector<uint32_t> codes(fast || wide16 ? 0 : static_cast<size_t>(C));
     for (int64_t r = r0; r < r1; ++r) {
       const float* row = read_row(base, rows, r, tmp);
       const int64_t gr = r / grid.block_rows;
+      if (wide16) {
+        uint8_t* out = q.codes.data() + r * q.row_bytes;
+        for (int64_t gc = 0; gc < grid.grid_cols; ++gc) {
+          const int64_t c0 = gc * grid.block_cols, n = std::min(C, c0 + grid.block_cols) - c0;
+          const float s = scales[static_cast<size_t>(gr * grid.grid_cols + gc)].scale;
+          vtmp.resize(static_cast<size_t>(n));
+          if (s == 0.0f) {
+            std::fill(vtmp.begin(), vtmp.end(), 0.0f);
+          } else {
+            k.divide(row + c0, static_cast<size_t>(n), s, vtmp.data());
+          }
+          encode_span(spec.element, vtmp, {out + 2 * c0, static_cast<size_t>(2 * n)}, {.saturate = spec.saturate});
+        }
+        continue;
+      }
       for (int64_t gc = 0; gc < grid.grid_cols; ++gc) {
         const int64_t c0 = gc * grid.block_cols, n = std::min(C, c0 + grid.block_cols) - c0;
         const BlockScale& bs = scales[static_cast<size_t>(gr * grid.grid_cols + gc)];
@@ -629,6 +648,8 @@ Status dequantize(const QuantizedTensor& q, TensorView out, bool use_reference) 
           codes8 = bytes.data();
         } else if (fp8) {
           decode_span(spec.element, {row, static_cast<size_t>(C)}, vals);
+        } else if (spec.element == Format::kFp16 || spec.element == Format::kBf16) {
+          decode_span(spec.element, {row, static_cast<size_t>(2 * C)}, vals);
         } else if (!int8ish) {
           for (int64_t c = 0; c < C; ++c) vals[static_cast<size_t>(c)] = decode(spec.element, unpack_code(spec.element, row, c));
         }

@@ -847,7 +847,8 @@ TEST(QuantizeReference, RaggedGroupsMatchNaive) {
       "uint8:col:asym", "uint8:tensor:asym", "uint4:g32:asym:fp16", "uint4:g7:asym", "int4:g128:asym",
       "int8:g32:asym:bf16", "nf4:g64", "nf4:g7:sym:fp16", "e4m3:row", "e4m3:g128", "e4m3:col:sym:fp16",
       "e5m2:g32", "e4m3:g32:sym:fp32:nosat", "e2m1:g32", "e2m1:g32:e8m0", "e4m3:g32:e8m0", "e5m2:g7:e8m0",
-      "e2m1:g16:e4m3*fp32", "fp16:g32", "bf16:row", "int4:g32:sym:fp32:sr7", "e4m3:g7:sym:fp32:sr3",
+      "e2m1:g16:e4m3*fp32", "fp16:g32", "bf16:row", "fp16:g7:sym:bf16",
+      "bf16:g7", "fp16:row:sym:fp32:nosat", "int4:g32:sym:fp32:sr7", "e4m3:g7:sym:fp32:sr3",
       "int3:g64", "int3:g7:sym:fp16", "uint3:g64:asym:fp16", "uint3:g7:asym", "int3:g64:asym:bf16",
       "uint3:row:asym", "int3:g32:sym:fp32:p99", "int3:g32:sym:fp32:sr5",
   };
@@ -864,6 +865,36 @@ TEST(QuantizeReference, RaggedGroupsMatchNaive) {
     }
   }
   EXPECT_GE(ran, total * 9 / 10) << "too many cases were errors in both";
+}
+
+// Unit-scale casts (the embedding's fp16:tensor:unit) take the fp16 / bf16 span converters: the
+// same codes as the element-by-element reference, and the same values back, over odd shapes.
+TEST(QuantizeReference, UnitCastsMatchTheReferencePath) {
+  const std::pair<int64_t, int64_t> shapes[] = {{1, 1}, {1, 7}, {3, 127}, {2, 129}, {5, 172}, {1, 4097}};
+  uint64_t seed = 101;
+  for (const char* text : {"fp16:tensor:unit", "bf16:tensor:unit", "fp16:row:unit", "bf16:g7:sym:fp32:unit"}) {
+    const QuantSpec spec = S(text);
+    for (auto [rows, cols] : shapes) {
+      for (int kind = 0; kind < 2; ++kind) {
+        std::vector<float> x = kind == 0 ? special_data(rows, cols, ++seed) : tie_data(spec, rows, cols, ++seed);
+        for (float& v : x) v = std::clamp(v, -60000.0f, 60000.0f);  // a unit cast refuses what fp16 cannot hold
+        const Tensor t = make_tensor(x, {rows, cols});
+        QuantizeOptions ref_opt;
+        ref_opt.use_reference = true;
+        ASSERT_OK_AND_ASSIGN(QuantizedTensor fast, quantize(t.view(), spec));
+        ASSERT_OK_AND_ASSIGN(QuantizedTensor ref, quantize(t.view(), spec, ref_opt));
+        EXPECT_TRUE(same_quant(fast, ref)) << text << " " << rows << "x" << cols << " kind " << kind;
+        ASSERT_OK_AND_ASSIGN(std::vector<float> a, deq(fast));
+        ASSERT_OK_AND_ASSIGN(std::vector<float> b, deq(ref, /*use_reference=*/true));
+        ASSERT_EQ(a.size(), b.size());
+        EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << text << " " << rows << "x" << cols;
+        for (size_t i = 0; i < x.size(); ++i) {  // a unit cast is the element format's own rounding
+          const float want = decode(spec.element, encode(spec.element, x[i]));
+          ASSERT_TRUE(a[i] == want || (std::isnan(a[i]) && std::isnan(want))) << text << " " << i << ": " << x[i];
+        }
+      }
+    }
+  }
 }
 
 TEST(QuantizeReference, BlocksMatchNaive) {
@@ -1014,7 +1045,8 @@ TEST(QuantizeReference, LeadingDimsFlattenIntoRows) {
 TEST(QuantizeFastPath, MatchesReferenceAtEveryIsa) {
   const char* specs[] = {"int8:row",          "int4:g128",         "uint4:g32:asym", "e4m3:tile1x128",
                          "e4m3:block128x128", "e2m1:g32:e8m0",     "nf4:g64",        "int4:g32:sym:fp16",
-                         "int8:tensor",       "e2m1:g16:e4m3*fp32", "uint8:row:asym", "int8:col"};
+                         "int8:tensor",       "e2m1:g16:e4m3*fp32", "uint8:row:asym", "int8:col",
+                         "fp16:tensor:unit",  "bf16:g7:sym:fp32:unit", "fp16:g32",   "bf16:row"};
   const std::pair<int64_t, int64_t> shapes[] = {{1, 1}, {7, 127}, {33, 129}, {5, 172}, {2, 4097}};
   for (Isa isa : supported_isas()) {
     ScopedIsa force(isa);
@@ -1039,7 +1071,7 @@ TEST(QuantizeFastPath, MatchesReferenceAtEveryIsa) {
           ASSERT_OK_AND_ASSIGN(std::vector<float> df, deq(*fast, false));
           ASSERT_OK_AND_ASSIGN(std::vector<float> dr, deq(*fast, true));
           EXPECT_TRUE(same_float_bits(df, dr, "dequantize fast vs reference"));
-          if (kind == 2) {
+          if (kind == 2 && spec.scale_rule != ScaleRule::kUnit) {  // the naive reference has no unit scales
             EXPECT_TRUE(matches_naive(*ref, naive::quantize(x, rows, cols, spec)));
           }
         }
