@@ -247,7 +247,8 @@ class RowStream {
     if (spec.scale_rule == ScaleRule::kUnit) {
       const double max = traits(spec.element).max_finite;
       const float* v = x.data_as<float>();
-      for (int64_t i = 0; i < x.numel(); ++i) {
+      const int64_t n = x.numel();
+      for (int64_t i = 0; i < n; ++i) {
         if (std::fabs(static_cast<double>(v[i])) > max) {
           return InvalidArgument(fmt::format("{}: value {} at index {} is beyond {}'s +-{:g}, which the plan's {} cast would "
                                              "clamp; keep it fp32 (--plan '{{\"{}\": \"fp32\"}}')",
