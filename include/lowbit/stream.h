@@ -53,10 +53,11 @@ struct StreamMemory {
   int64_t gptq = 0;           // GPTQ's widest linear: float H⁻¹ factor (4·hidden²) + the inverse's temporaries (2·hidden²) + its working copy of W + codes
   int64_t activations = 0;    // the calibration residual stream (in and, without --sequential, out)
   int64_t rest = 0;           // embedding / classifier step: one chunk of rows (f32, stored, codes) + the table's scales
+  int64_t blas = 0;           // BLAS work space while calibrating / factoring (OpenBLAS: measured, see stream.cc)
   int64_t base = 0;           // the process without a model (code, allocator), measured by the caller
   int64_t load() const { return block_f32 + stored_tensor + activations; }
-  int64_t calibrate() const { return block_f32 + statistics + calib_temp + activations; }
-  int64_t quantize() const { return block_f32 + statistics_gptq + gptq + activations; }
+  int64_t calibrate() const { return block_f32 + statistics + calib_temp + activations + blas; }
+  int64_t quantize() const { return block_f32 + statistics_gptq + gptq + activations + blas; }
   int64_t peak() const;      // max(load, calibrate, quantize, rest) + base + margin
   std::string formula() const;  // one line per phase, for --dry-run
 };

@@ -21,6 +21,31 @@ namespace {
 
 using algo_internal::clone_f32;
 
+// Swaps a block's linears for fp32 ones over given weights and puts the originals back when it
+// goes out of scope (also on an early return). The weights must outlive it.
+class BlocksAside {
+ public:
+  explicit BlocksAside(LayerLinears& ll) : ll_(ll) {}
+  BlocksAside(const BlocksAside&) = delete;
+  BlocksAside& operator=(const BlocksAside&) = delete;
+  ~BlocksAside() {
+    for (LinearSlot s : kLinearSlots) {
+      if (aside_[static_cast<size_t>(s)]) ll_.at(s) = std::move(held_[static_cast<size_t>(s)]);
+    }
+  }
+  void run_f32(LinearSlot s, ConstTensorView w) {
+    const size_t i = static_cast<size_t>(s);
+    if (!aside_[i]) held_[i] = std::move(ll_.at(s));
+    aside_[i] = true;
+    ll_.at(s) = Linear::fp32(w);
+  }
+
+ private:
+  LayerLinears& ll_;
+  std::array<Linear, kNumLinearSlots> held_{};
+  std::array<bool, kNumLinearSlots> aside_{};
+};
+
 // The four places a block's linears read their input.
 enum Site { kAttnIn, kAttnOut, kFfnIn, kFfnMid, kNumSites };
 Site site_of(LinearSlot s) {
@@ -347,25 +372,11 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
       };
       if (!opt.sequential) fp32_out.resize(xs.size());
       // A linear decoded from blocks runs its fp32 decode while the statistics are gathered: the
-      // F32 GEMM on the same values (the ggml kernels' fp32-input path is several times slower),
-      // and the very computation calibrating the model's F32 decode does. Its blocks come back
-      // after, also on an early return (w[s] dies with this scope).
-      struct BlocksAside {
-        LayerLinears& ll;
-        std::array<Linear, kNumLinearSlots> held{};
-        std::array<bool, kNumLinearSlots> aside{};
-        ~BlocksAside() {
-          for (LinearSlot s : kLinearSlots) {
-            if (aside[static_cast<size_t>(s)]) ll.at(s) = std::move(held[static_cast<size_t>(s)]);
-          }
-        }
-      } blocks_aside{ll};
+      // F32 GEMM on the same values, and the very computation calibrating the model's F32 decode
+      // does (w[s] outlives the guard).
+      BlocksAside aside(ll);
       for (LinearSlot s : kLinearSlots) {
-        const size_t i = static_cast<size_t>(s);
-        if (!decoded[i]) continue;
-        blocks_aside.held[i] = std::move(ll.at(s));
-        blocks_aside.aside[i] = true;
-        ll.at(s) = Linear::fp32(w[i].view());
+        if (decoded[static_cast<size_t>(s)]) aside.run_f32(s, w[static_cast<size_t>(s)].view());
       }
       for (size_t win = 0; win < xs.size(); ++win) {
         std::vector<float> y = xs[win];
@@ -516,6 +527,19 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
     // 4. The next block's input: this block's outputs, quantized (sequential) or fp32.
     if (needs_calib) {
       if (opt.sequential) {
+        // Linears quantized to ggml blocks run with fp32 inputs here: their dequantized weights
+        // through the F32 GEMM (the same values; the ggml fp32-input tile path is several times slower).
+        BlocksAside aside(ll);
+        std::array<Tensor, kNumLinearSlots> deq;
+        if (!acts) {
+          for (LinearSlot s : kLinearSlots) {
+            const Linear& lin = ll.at(s);
+            if (lin.ggml() == nullptr || lin.quant() == nullptr || !ll.outliers[static_cast<size_t>(s)].cols.empty()) continue;
+            LOWBIT_ASSIGN_OR_RETURN(deq[static_cast<size_t>(s)], Tensor::empty(DType::kF32, {lin.out_features(), lin.in_features()}));
+            LOWBIT_RETURN_IF_ERROR(dequantize(*lin.quant(), deq[static_cast<size_t>(s)].view()));
+            aside.run_f32(s, deq[static_cast<size_t>(s)].view());
+          }
+        }
         net.activation_quant().linear_input = acts;
         for (size_t win = 0; win < xs.size(); ++win) {
           LOWBIT_RETURN_IF_ERROR(run_block(net, l, xs[win].data(), static_cast<int64_t>(opt.calib[win].size())));
