@@ -176,6 +176,44 @@ INSTANTIATE_TEST_SUITE_P(Schemes, GgufScheme,
                                            SchemeCase{"gguf-q4_1", 288, 576}),
                          [](const auto& info) { return std::string(info.param.scheme).substr(5) + "_" + std::to_string(info.param.dim); });
 
+// GPTQ's sequential pass feeds block l+1 the outputs of block l as quantized. Linears quantized
+// to ggml blocks run there from their dequantized weights through the F32 GEMM (not the ggml
+// fp32-input tile path): the stream it hands on matches the quantized model's own blocks, and the
+// model keeps running its blocks afterwards.
+TEST(GgufScheme, GptqSequentialPassMatchesTheQuantizedBlocks) {
+  const Model m = testutil::synthetic_model(2, 17, 256, 512);
+  LlamaModel net(m);
+  PipelineOptions opt;
+  opt.plan = make_gguf_plan(m.config, "gguf-q4_k_m").value();
+  opt.method = Method::kGptq;
+  opt.calib = testutil::random_windows(3, 16, m.config.vocab_size, 5);
+  opt.embeddings = false;
+  std::vector<std::vector<float>> stream(opt.calib.size());
+  for (size_t w = 0; w < opt.calib.size(); ++w) {
+    stream[w].resize(opt.calib[w].size() * static_cast<size_t>(m.config.dim));
+    ASSERT_TRUE(embed_tokens(net, opt.calib[w], stream[w].data()).ok());
+  }
+  const std::vector<std::vector<float>> entering = stream;
+  opt.residual = &stream;
+  ASSERT_TRUE(quantize_model(net, opt).ok());
+  for (int l = 0; l < 2; ++l) {
+    for (int i = 0; i < 7; ++i) {
+      const Linear& lin = slot(net, l, i);
+      ASSERT_NE(lin.quant(), nullptr);
+      EXPECT_NE(lin.ggml(), nullptr) << "layers." << l << "." << kSlots[i] << " no longer runs its blocks";
+    }
+  }
+  for (size_t w = 0; w < entering.size(); ++w) {
+    std::vector<float> x = entering[w];
+    for (int l = 0; l < 2; ++l) ASSERT_TRUE(run_block(net, l, x.data(), static_cast<int64_t>(opt.calib[w].size())).ok());
+    ASSERT_EQ(x.size(), stream[w].size());
+    float mag = 0;
+    for (float v : x) mag = std::max(mag, std::fabs(v));
+    ASSERT_GT(mag, 0.0f);
+    for (size_t k = 0; k < x.size(); ++k) ASSERT_NEAR(stream[w][k], x[k], 1e-4f * mag) << "window " << w << " value " << k;
+  }
+}
+
 TEST(GgufScheme, TheCasesCoverEveryBlockType) {
   std::set<GgmlType> seen;
   for (const auto& [scheme, dim, hidden] : {std::tuple{"gguf-q4_k_m", 256, 512}, {"gguf-q4_k_s", 256, 512},
