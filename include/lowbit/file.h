@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <span>
 #include <string>
 #include <string_view>
@@ -78,6 +79,29 @@ class AtomicFile {
   int fd_ = -1;
   std::string path_;
   std::string temp_path_;
+};
+
+// A work file written at offsets and kept across runs (a streamed save resumed after a crash):
+// open() creates it or keeps what an earlier run wrote; write_at() writes anywhere; sync()
+// makes it durable. Not atomic: the caller renames it into place when it is whole.
+class PatchFile {
+ public:
+  // Creates `path` (truncated unless `keep`) and sizes it to `size` bytes (holes read as zeros).
+  static Result<PatchFile> open(const std::string& path, uint64_t size, bool keep);
+  PatchFile() = default;
+  PatchFile(PatchFile&& other) noexcept;
+  PatchFile& operator=(PatchFile&& other) noexcept;
+  PatchFile(const PatchFile&) = delete;
+  PatchFile& operator=(const PatchFile&) = delete;
+  ~PatchFile();
+  Status write_at(uint64_t offset, std::span<const std::byte> data);  // retries short writes and EINTR
+  Status sync();   // fsync
+  Status close();  // fsync + close; write_at() after close() aborts (LOWBIT_CHECK)
+  const std::string& path() const { return path_; }
+
+ private:
+  int fd_ = -1;
+  std::string path_;
 };
 
 // Whether `path` may be replaced by an output: OK when it is missing or a regular file;

@@ -142,6 +142,29 @@ struct GgufWriteSpec {
   std::vector<GgufWriteTensor> tensors;                     // written in this order
 };
 
+// A GGUF file laid out before its tensors' data exists: the header (metadata, every tensor's
+// name, shape, type and offset) depends only on the declarations, so the data can be written
+// at its offsets in any order, in pieces, across runs (quantize --stream --format gguf, --resume).
+// write_gguf lays its files out with this.
+struct GgufTensorDecl {
+  std::string name;
+  std::vector<int64_t> shape;  // lowbit's row-major order, as GgufWriteTensor's
+  GgmlType type = GgmlType::kF32;
+};
+struct GgufLayout {
+  std::string header;              // magic .. tensor infos, zero-padded to the data's start
+  std::vector<uint64_t> offsets;   // each tensor's data, in bytes from the file's start
+  std::vector<uint64_t> sizes;     // each tensor's bytes: rows x the type's row bytes
+  uint64_t file_size = 0;          // the last tensor padded to the alignment, as write_gguf ends
+};
+// Errors as write_gguf's (a key or tensor twice, a bad shape, rows that hold no whole blocks).
+Result<GgufLayout> gguf_layout(const std::vector<std::pair<std::string, GgufValue>>& metadata,
+                               const std::vector<GgufTensorDecl>& tensors);
+// One tensor's data as write_gguf stores it (its floats, or its blocks), with write_gguf's
+// checks; the type stored in *type. Rows are independent: the bytes of rows [r0, r1) of a
+// tensor are those of the tensor of just those rows.
+Result<std::vector<uint8_t>> encode_gguf_tensor(const GgufWriteTensor& t, GgmlType* type = nullptr);
+
 // Writes a GGUF v3 file atomically (temp file + rename). Alignment: general.alignment if the
 // metadata sets it (a u32 power of two), else 32. Every tensor is checked before a byte is
 // written; errors name the tensor or key.

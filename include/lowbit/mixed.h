@@ -59,7 +59,7 @@ struct SensitivityOptions {
 // divide its rows, as q5_0 cannot hold 172-wide rows) is not measured there: that unit's bits are
 // 0 and its dkld / dppl / proxy +inf (null in JSON) at that candidate, and nothing chooses it.
 // Every unit needs at least one candidate that fits.
-bool candidate_fits(const Candidate& c, int64_t rows, int64_t cols);
+bool candidate_fits(const Candidate& c, int64_t cols);
 
 struct UnitSensitivity {
   std::string name;                  // "layers.3.wq" | "layers.3" | "wq"

@@ -11,12 +11,15 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
+#include "lowbit/gguf.h"
 #include "lowbit/llama.h"
 #include "lowbit/status.h"
 
@@ -90,5 +93,24 @@ Result<std::map<std::string, std::string>> safetensors_shard_metadata(const Llam
                                                                       const SaveOptions& opt);
 // config.json and the tokenizer a safetensors save puts beside its weights, into the folder `dir`.
 Status save_safetensors_sidecar(const LlamaModel& net, const std::string& dir, const SaveOptions& opt);
+
+// Streamed GGUF saves (stream.h) lay the file out before any block is quantized, then write
+// each tensor at its offset as it is made. plan_gguf_save: the tensors, types, metadata and
+// offsets save_model's GGUF gets for a model of `net`'s config and activation specs once every
+// tensor is quantized as `spec_of(name)` says (lowbit names: "layers.0.wq", "tok_embeddings",
+// "classifier"; nullopt: fp32), as quantize_model does it; `net` need not hold any weight.
+// Errors as save_model's, before anything is quantized (a spec GGUF cannot hold).
+struct GgufSaveLayout {
+  std::vector<GgufTensorDecl> tensors;   // in file order
+  GgufLayout layout;
+  std::vector<std::string> warnings;     // the F16 fallbacks, as SaveReport's
+  size_t index(std::string_view name) const;  // of a tensor (LOWBIT_CHECK that it is there)
+};
+Result<GgufSaveLayout> plan_gguf_save(const LlamaModel& net, const std::string& out, const SaveOptions& opt,
+                                      const std::function<std::optional<QuantSpec>(const std::string&)>& spec_of);
+// Block l's tensors (norms, biases, linears) of `net` as save_model's GGUF stores them: (GGUF
+// name, data).
+Result<std::vector<std::pair<std::string, std::vector<uint8_t>>>> gguf_block_data(const LlamaModel& net, int l, const std::string& out,
+                                                                                   const SaveOptions& opt);
 
 }  // namespace lowbit

@@ -1,11 +1,14 @@
 // Quantizing models larger than RAM: a Hugging Face checkpoint (sharded or not; F32/F16/BF16) is
-// read one block at a time from its memory-mapped shards, calibrated, quantized, written as
-// one output shard and dropped, so peak memory is one block's weights + the calibration
-// activations + that block's statistics, whatever the depth. The output is a sharded
-// safetensors folder (model-0000i-of-0000n.safetensors + model.safetensors.index.json +
-// config.json + tokenizer) whose tensors are byte-identical to save_model's after
-// quantize_model; it is built in "<out>.partial" (with a per-block checkpoint of the output and
-// of the calibration residual stream feeding the next block) and renamed to <out> at the end.
+// read one block at a time from its memory-mapped shards, calibrated, quantized, written out and
+// dropped, so peak memory is one block's weights + the calibration activations + that block's
+// statistics, whatever the depth. The output is either
+//   safetensors: a sharded folder (model-0000i-of-0000n.safetensors, one shard per block, +
+//     model.safetensors.index.json + config.json + tokenizer), or
+//   gguf: one file, laid out before block 0 (save.h's plan_gguf_save: every tensor's type and
+//     offset follow from the plan), each block's tensors written at their offsets as it ends;
+// either way byte-identical to save_model's after quantize_model (GGUF: the same file). It is
+// built in "<out>.partial" (with a per-block checkpoint of the output and of the calibration
+// residual stream feeding the next block) and renamed to <out> at the end.
 //
 //   StreamOptions so;  so.pipeline = {.method = Method::kGptq, .plan = plan, .calib = windows};
 //   so.save.tokenizer_path = "Llama-3-8B/tokenizer.model";
@@ -30,7 +33,7 @@ inline constexpr const char* kStreamStopEnv = "LOWBIT_STREAM_STOP_AFTER_BLOCK";
 
 struct StreamOptions {
   PipelineOptions pipeline;  // method, plan (whole model), calibration, method options; the block range is set per block
-  SaveOptions save;          // tokenizer_path, extra_metadata (format must be safetensors)
+  SaveOptions save;          // format (safetensors folder or GGUF file), tokenizer_path, extra_metadata
   bool resume = false;       // continue "<out>.partial" from its last completed block
   std::function<void(int block, int blocks)> on_block = nullptr;
 };
@@ -75,11 +78,13 @@ struct StreamReport {
   double seconds = 0;
   StreamMemory memory;
   int64_t peak_rss_bytes = 0;        // getrusage's maximum resident set at the end
+  std::vector<std::string> warnings; // a GGUF save's F16 fallbacks (SaveReport's), known before block 0
 };
 
 // Errors (one line, naming the file and tensor; nothing written to `out_dir`): what
 // open_hf_checkpoint / check_llama_tensors refuse, a method/plan quantize_model refuses, a
-// --resume whose checkpoint does not match this run (another model, plan, method or calibration).
+// --resume whose checkpoint does not match this run (another model, plan, method, format or
+// calibration); for GGUF, a spec it cannot hold (before block 0) and an `out_dir` that is a folder.
 Result<StreamReport> quantize_streaming(const std::string& model_dir, const std::string& out_dir, const StreamOptions& opt);
 
 }  // namespace lowbit

@@ -92,10 +92,18 @@ std::vector<double> ranks(std::span<const double> a) {
 // Knapsack options valued +inf (or NaN) are unavailable.
 bool available(const KnapsackItem& it, size_t k) { return it.value[k] < std::numeric_limits<double>::infinity(); }
 
+// The smallest cost[k] over the available options (value[k] < +inf); -1 when none is.
+int64_t cheapest_available(const std::vector<int64_t>& cost, const std::vector<double>& value) {
+  int64_t lo = -1;
+  for (size_t k = 0; k < cost.size(); ++k) {
+    if (value[k] < std::numeric_limits<double>::infinity()) lo = lo < 0 ? cost[k] : std::min(lo, cost[k]);
+  }
+  return lo;
+}
+
 }  // namespace
 
-bool candidate_fits(const Candidate& c, int64_t rows, int64_t cols) {
-  (void)rows;
+bool candidate_fits(const Candidate& c, int64_t cols) {
   if (!c.spec || c.spec->ggml == GgmlType::kF32) return true;
   const GgmlBlockInfo* info = ggml_block_info(c.spec->ggml);
   return info != nullptr && cols % info->block_size == 0;
@@ -278,7 +286,7 @@ Result<SensitivityReport> measure_sensitivity(LlamaModel& net, const Sensitivity
     for (const Candidate& cand : opt.candidates) {
       const bool fits = std::all_of(def.linears.begin(), def.linears.end(), [&](const auto& ls) {
         const ConstTensorView w = net.weights().layers[static_cast<size_t>(ls.first)].*linear_weight_member(ls.second);
-        return candidate_fits(cand, w.dim(0), w.dim(1));
+        return candidate_fits(cand, w.dim(1));
       });
       if (!fits) {  // not measured: nothing may choose it for this unit
         constexpr double kInf = std::numeric_limits<double>::infinity();
@@ -422,12 +430,8 @@ Result<KnapsackResult> solve_knapsack(std::span<const KnapsackItem> items, int64
   std::vector<std::vector<int64_t>> cw(n);
   int64_t min_cells = 0;
   for (size_t i = 0; i < n; ++i) {
-    int64_t lo = -1;
-    for (size_t k = 0; k < items[i].cost.size(); ++k) {
-      cw[i].push_back((items[i].cost[k] + res - 1) / res);
-      if (available(items[i], k)) lo = lo < 0 ? cw[i][k] : std::min(lo, cw[i][k]);
-    }
-    min_cells += lo;
+    for (const int64_t cst : items[i].cost) cw[i].push_back((cst + res - 1) / res);
+    min_cells += cheapest_available(cw[i], items[i].value);
   }
   auto cheapest = [&](size_t i) {
     int best = -1;
@@ -490,10 +494,7 @@ Result<MixedChoice> choose_mix(const SensitivityReport& s, double target_bpw, co
   for (const UnitSensitivity& u : s.units) {
     items.push_back({u.bits, u.dkld});
     params += u.params;
-    int64_t lo = -1;
-    for (size_t k = 0; k < u.bits.size(); ++k) {
-      if (unit_fits(u, k)) lo = lo < 0 ? u.bits[k] : std::min(lo, u.bits[k]);
-    }
+    const int64_t lo = cheapest_available(u.bits, u.dkld);
     if (lo < 0) return InvalidArgument(fmt::format("mixed precision: no candidate fits unit {}", u.name));
     cheapest += lo;
   }

@@ -529,8 +529,8 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
       if (opt.sequential) {
         // Linears quantized to ggml blocks run with fp32 inputs here: their dequantized weights
         // through the F32 GEMM (the same values; the ggml fp32-input tile path is several times slower).
+        std::array<Tensor, kNumLinearSlots> deq;  // outlives `aside`, whose linears view it
         BlocksAside aside(ll);
-        std::array<Tensor, kNumLinearSlots> deq;
         if (!acts) {
           for (LinearSlot s : kLinearSlots) {
             const Linear& lin = ll.at(s);

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <set>
 
 #include <fmt/format.h>
@@ -17,6 +18,7 @@
 #include "lowbit/convert.h"
 #include "lowbit/file.h"
 #include "lowbit/formats.h"
+#include "lowbit/gguf.h"
 #include "lowbit/llama.h"
 #include "lowbit/safetensors.h"
 #include "lowbit/ptq.h"
@@ -30,6 +32,7 @@ using json = nlohmann::json;
 
 constexpr const char* kProgress = "progress.json";     // {"key": ..., "done": blocks completed}
 constexpr const char* kResidual = "residual.f32";      // the residual stream feeding block `done`
+constexpr const char* kGgufData = "model.gguf";        // a GGUF save, written at its offsets
 const float kEmpty[1] = {0.0f};
 
 ConstTensorView empty_matrix() {
@@ -92,7 +95,8 @@ uint64_t fnv(std::string_view s, uint64_t h = 1469598103934665603ull) {
 }
 
 std::string run_key(const std::string& model_dir, const StreamOptions& opt) {
-  std::string s = fs::absolute(model_dir).lexically_normal().string() + "|" + std::string(method_name(opt.pipeline.method)) + "|" +
+  std::string s = fs::absolute(model_dir).lexically_normal().string() + "|" + std::string(model_format_name(opt.save.format)) + "|" +
+                  std::string(method_name(opt.pipeline.method)) + "|" +
                   plan_json(opt.pipeline.plan) + "|" + (opt.pipeline.sequential ? "seq" : "par") +
                   fmt::format("|{}|{}|{}|{}|{}|{}|{}|{}", opt.pipeline.gptq.damp, opt.pipeline.gptq.block_size,
                               opt.pipeline.gptq.act_order, opt.pipeline.gptq.static_groups, opt.pipeline.awq.grid,
@@ -161,7 +165,7 @@ class RowStream {
             std::optional<QuantSpec> spec, int64_t chunk_rows)
       : ck_(ck), hf_(std::move(hf_name)), name_(std::move(name)), rows_(rows), cols_(cols), spec_(std::move(spec)) {
     chunk_ = rows_;
-    if (!spec_) {
+    if (!spec_ || spec_->ggml != GgmlType::kF32) {  // ggml blocks lie along a row
       chunk_ = std::min(rows_, chunk_rows);
     } else if (!spec_->tensor_scale && spec_->ggml == GgmlType::kF32 && traits(spec_->scale_format).bits % 8 == 0) {
       const BlockGrid g = block_grid(*spec_, rows_, cols_);
@@ -217,6 +221,31 @@ class RowStream {
   }
   Status emit_zeros(const std::function<Status(std::span<const std::byte>)>& emit) const {
     return zeros_.empty() ? OkStatus() : emit(std::as_bytes(std::span<const int32_t>(zeros_)));
+  }
+  // The tensor as a GGUF save stores it as `type` (save.h's plan_gguf_save chose it): f32 rows
+  // as stored or as the spec rounds them, F16 of those, or the spec's blocks; chunk by chunk.
+  Status emit_gguf(const std::string& gguf_name, GgmlType type, const std::function<Status(std::span<const std::byte>)>& emit) {
+    for (int64_t r0 = 0; r0 < rows_; r0 += chunk_) {
+      const int64_t r1 = std::min(rows_, r0 + chunk_);
+      LOWBIT_ASSIGN_OR_RETURN(Tensor x, read(r0, r1));
+      GgufWriteTensor t{gguf_name, {r1 - r0, cols_}, {}, type};
+      std::optional<QuantizedTensor> q;
+      if (spec_) {
+        LOWBIT_ASSIGN_OR_RETURN(q, quantize_rows(x, r0));
+        if (type == GgmlType::kF32 || type == GgmlType::kF16) {
+          LOWBIT_RETURN_IF_ERROR(dequantize(*q, x.view()));
+          q.reset();
+        }
+      }
+      if (q) {
+        t.quant = &*q;
+      } else {
+        t.data = std::span<const float>(x.data_as<float>(), static_cast<size_t>(x.numel()));
+      }
+      LOWBIT_ASSIGN_OR_RETURN(const std::vector<uint8_t> bytes, encode_gguf_tensor(t));
+      LOWBIT_RETURN_IF_ERROR(emit(std::as_bytes(std::span<const uint8_t>(bytes))));
+    }
+    return OkStatus();
   }
   // The entries write_quantized_safetensors would give `hf_name` (qweight, scales, zeros), produced
   // by this stream; `self` outlives the write.
@@ -340,9 +369,7 @@ StreamMemory stream_memory(const LlamaConfig& c, DType stored, Method method, in
 
 Result<StreamReport> quantize_streaming(const std::string& model_dir, const std::string& out_dir, const StreamOptions& opt) {
   const auto t0 = std::chrono::steady_clock::now();
-  if (opt.save.format != ModelFormat::kSafetensors) {
-    return Unsupported(fmt::format("{}: a streamed save is a sharded safetensors folder (GGUF is not streamed yet)", out_dir));
-  }
+  const bool gguf = opt.save.format == ModelFormat::kGguf;
   LOWBIT_ASSIGN_OR_RETURN(HfCheckpoint ck, open_hf_checkpoint(model_dir));
   LOWBIT_RETURN_IF_ERROR(check_llama_tensors(ck));
   const LlamaConfig& c = ck.config;
@@ -353,8 +380,11 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
   if (out.filename().empty()) out = out.parent_path();
   const fs::path work = out.string() + ".partial";
   std::error_code ec;
-  if (fs::exists(out, ec) && !fs::is_directory(out, ec)) {
-    return InvalidArgument(fmt::format("{}: exists and is not a folder (a streamed save is a folder)", out.string()));
+  if (gguf) {
+    if (fs::is_directory(out, ec)) return InvalidArgument(fmt::format("{}: is a folder (a GGUF save is one file)", out.string()));
+    LOWBIT_RETURN_IF_ERROR(check_output_path(out.string()));
+  } else if (fs::exists(out, ec) && !fs::is_directory(out, ec)) {
+    return InvalidArgument(fmt::format("{}: exists and is not a folder (a streamed safetensors save is a folder)", out.string()));
   }
   const std::string key = run_key(model_dir, opt);
   StreamReport rep;
@@ -365,6 +395,29 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
   }(), opt.pipeline.calib.empty() ? 0 : static_cast<int64_t>(opt.pipeline.calib.front().size()));
   for (const auto& w : opt.pipeline.calib) rep.pipeline.calib_tokens += static_cast<int64_t>(w.size());
 
+  // The metadata of a save of this run's model (activation / KV specs, extra keys); a GGUF's
+  // whole layout, fixed before any block runs, and its file, kept across --resume.
+  std::map<std::string, std::string> meta;
+  std::optional<GgufSaveLayout> gl;
+  {
+    Model m = skeleton(c);
+    LlamaModel net(m);
+    PipelineOptions po = opt.pipeline;
+    po.calib.clear();
+    po.method = Method::kRtn;
+    po.first_block = po.end_block = L;
+    po.embeddings = false;
+    po.residual = nullptr;
+    po.on_layer = nullptr;
+    LOWBIT_RETURN_IF_ERROR(quantize_model(net, po).status());
+    if (gguf) {
+      LOWBIT_ASSIGN_OR_RETURN(gl, plan_gguf_save(net, out.string(), opt.save,
+                                                 [&](const std::string& name) { return plan_spec(opt.pipeline.plan, name); }));
+      rep.warnings = gl->warnings;
+    } else {
+      LOWBIT_ASSIGN_OR_RETURN(meta, safetensors_shard_metadata(net, out.string(), opt.save));
+    }
+  }
   std::vector<std::vector<float>> xs;
   int start = 0;
   if (opt.resume && fs::exists(work / kProgress, ec)) {
@@ -417,6 +470,21 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
     release_pages(ck.weights, "model.embed_tokens.weight");
   }
 
+  PatchFile gguf_file;
+  const auto put = [&](const std::string& name, std::span<const std::byte> bytes, uint64_t at) -> Status {
+    const size_t i = gl->index(name);
+    if (at + bytes.size() > gl->layout.sizes[i]) {
+      return Internal(fmt::format("{}: {} has {} bytes in the layout, written up to {}", out.string(), name, gl->layout.sizes[i], at + bytes.size()));
+    }
+    return gguf_file.write_at(gl->layout.offsets[i] + at, bytes);
+  };
+  if (gguf) {
+    const fs::path data = work / kGgufData;
+    if (start > 0 && !fs::exists(data, ec)) return DataLoss(fmt::format("{}: missing; drop --resume to start over", data.string()));
+    LOWBIT_ASSIGN_OR_RETURN(gguf_file, PatchFile::open(data.string(), gl->layout.file_size, /*keep=*/start > 0));
+    LOWBIT_RETURN_IF_ERROR(gguf_file.write_at(0, std::as_bytes(std::span(gl->layout.header))));
+  }
+
   const char* stop_env = std::getenv(kStreamStopEnv);
   const int stop_after = stop_env ? std::atoi(stop_env) : -1;
   for (int l = start; l < L; ++l) {
@@ -434,7 +502,16 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
     LOWBIT_ASSIGN_OR_RETURN(PipelineReport pr, quantize_model(net, po));
     rep.pipeline.linears.insert(rep.pipeline.linears.end(), pr.linears.begin(), pr.linears.end());
     rep.pipeline.peak_activation_bytes = std::max(rep.pipeline.peak_activation_bytes, pr.peak_activation_bytes);
-    LOWBIT_RETURN_IF_ERROR(save_safetensors_shard(net, (work / shard_name(l, n_shards)).string(), l, l + 1, false, false, opt.save).status());
+    if (gguf) {
+      LOWBIT_ASSIGN_OR_RETURN(const auto data, gguf_block_data(net, l, out.string(), opt.save));
+      for (const auto& [name, bytes] : data) {
+        if (bytes.size() != gl->layout.sizes[gl->index(name)]) return Internal(fmt::format("{}: {} is not the size its layout says", out.string(), name));
+        LOWBIT_RETURN_IF_ERROR(put(name, std::as_bytes(std::span<const uint8_t>(bytes)), 0));
+      }
+      LOWBIT_RETURN_IF_ERROR(gguf_file.sync());
+    } else {
+      LOWBIT_RETURN_IF_ERROR(save_safetensors_shard(net, (work / shard_name(l, n_shards)).string(), l, l + 1, false, false, opt.save).status());
+    }
     if (needs_calib) LOWBIT_RETURN_IF_ERROR(write_residual((work / kResidual).string(), xs));
     LOWBIT_RETURN_IF_ERROR(write_file_atomic((work / kProgress).string(), json({{"key", key}, {"done", l + 1}}).dump() + "\n"));
     rep.block_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - tb).count());
@@ -457,20 +534,6 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
     const int64_t n = env ? std::atoll(env) : 0;
     return n > 0 ? n : std::max<int64_t>(1, kRestChunkBytes / (4 * std::max<int64_t>(1, c.dim)));
   }();
-  std::map<std::string, std::string> meta;
-  {
-    Model m = skeleton(c);  // the metadata of a save of this run's model (activation / KV specs, extra keys)
-    LlamaModel net(m);
-    PipelineOptions po = opt.pipeline;
-    po.calib.clear();
-    po.method = Method::kRtn;
-    po.first_block = po.end_block = L;
-    po.embeddings = false;
-    po.residual = nullptr;
-    po.on_layer = nullptr;
-    LOWBIT_RETURN_IF_ERROR(quantize_model(net, po).status());
-    LOWBIT_ASSIGN_OR_RETURN(meta, safetensors_shard_metadata(net, out.string(), opt.save));
-  }
   LOWBIT_ASSIGN_OR_RETURN(Tensor final_norm, load_f32(ck.weights, "model.norm.weight", {c.dim}));
   rep.bytes_read += static_cast<int64_t>(ck.weights.file_of("model.norm.weight")->find("model.norm.weight")->end -
                                          ck.weights.file_of("model.norm.weight")->find("model.norm.weight")->begin);
@@ -478,6 +541,39 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
     const SafetensorsTensorInfo* i = ck.weights.file_of(name)->find(name);
     return static_cast<int64_t>(i->end - i->begin);
   };
+  if (gguf) {  // token_embd, output_norm, output (when stored) at their offsets; the file renamed into place
+    const auto rows_of = [&](const std::string& name, RowStream& rs) -> Status {
+      const size_t i = gl->index(name);
+      uint64_t at = 0;
+      LOWBIT_RETURN_IF_ERROR(rs.emit_gguf(name, gl->tensors[i].type, [&](std::span<const std::byte> b) {
+        const Status st = put(name, b, at);
+        at += b.size();
+        return st;
+      }));
+      if (at != gl->layout.sizes[i]) return Internal(fmt::format("{}: {} wrote {} of its {} bytes", out.string(), name, at, gl->layout.sizes[i]));
+      return OkStatus();
+    };
+    RowStream emb(ck, "model.embed_tokens.weight", kTokEmbeddingsName, c.vocab_size, c.dim, emb_spec, chunk_rows);
+    LOWBIT_RETURN_IF_ERROR(rows_of("token_embd.weight", emb));
+    rep.bytes_read += stored_bytes("model.embed_tokens.weight");
+    LOWBIT_RETURN_IF_ERROR(put("output_norm.weight", std::as_bytes(std::span<const float>(final_norm.data_as<float>(), static_cast<size_t>(c.dim))), 0));
+    if (std::any_of(gl->tensors.begin(), gl->tensors.end(), [](const GgufTensorDecl& t) { return t.name == "output.weight"; })) {
+      const std::string src = untied ? "lm_head.weight" : "model.embed_tokens.weight";
+      RowStream head(ck, src, untied ? "classifier" : kTokEmbeddingsName, c.vocab_size, c.dim, untied ? head_spec : emb_spec, chunk_rows);
+      LOWBIT_RETURN_IF_ERROR(rows_of("output.weight", head));
+      rep.bytes_read += stored_bytes(src);
+    }
+    LOWBIT_RETURN_IF_ERROR(gguf_file.close());
+    rep.rest_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_rest).count();
+    rep.rest_cpu_seconds = cpu_seconds() - c_rest;
+    fs::rename(work / kGgufData, out, ec);
+    if (ec) return IoError(fmt::format("{}: cannot move the finished file into place: {}", out.string(), ec.message()));
+    fs::remove_all(work, ec);
+    rep.bytes_written = static_cast<int64_t>(fs::file_size(out, ec));
+    rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    rep.peak_rss_bytes = current_peak_rss();
+    return rep;
+  }
   {
     RowStream emb(ck, "model.embed_tokens.weight", "tok_embeddings", c.vocab_size, c.dim, emb_spec, chunk_rows);
     RowStream tied_head(ck, "model.embed_tokens.weight", "tok_embeddings", c.vocab_size, c.dim, emb_spec, chunk_rows);

@@ -240,6 +240,64 @@ Status AtomicFile::write(std::span<const std::byte> data) {
   return OkStatus();
 }
 
+Result<PatchFile> PatchFile::open(const std::string& path, uint64_t size, bool keep) {
+  LOWBIT_RETURN_IF_ERROR(check_output_path(path));
+  PatchFile f;
+  f.path_ = path;
+  f.fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | (keep ? 0 : O_TRUNC), 0666);
+  if (f.fd_ < 0) return IoError("cannot open " + quote_path(path) + ": " + errno_text(errno));
+  if (::ftruncate(f.fd_, static_cast<off_t>(size)) != 0) return IoError("cannot size " + quote_path(path) + ": " + errno_text(errno));
+  return f;
+}
+
+PatchFile::PatchFile(PatchFile&& other) noexcept : fd_(std::exchange(other.fd_, -1)), path_(std::move(other.path_)) {}
+
+PatchFile& PatchFile::operator=(PatchFile&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = std::exchange(other.fd_, -1);
+    path_ = std::move(other.path_);
+  }
+  return *this;
+}
+
+PatchFile::~PatchFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Status PatchFile::write_at(uint64_t offset, std::span<const std::byte> data) {
+  LOWBIT_CHECK(fd_ >= 0, "PatchFile::write_at after close() or on a moved-from object");
+  constexpr size_t kMaxChunk = size_t{1} << 30;
+  const std::byte* p = data.data();
+  size_t left = data.size();
+  while (left > 0) {
+    const ssize_t n = ::pwrite(fd_, p, left < kMaxChunk ? left : kMaxChunk, static_cast<off_t>(offset));
+    if (n < 0) {
+      const int err = errno;
+      if (err == EINTR) continue;
+      return IoError("cannot write " + quote_path(path_) + ": " + errno_text(err));
+    }
+    p += n;
+    offset += static_cast<uint64_t>(n);
+    left -= static_cast<size_t>(n);
+  }
+  return OkStatus();
+}
+
+Status PatchFile::sync() {
+  LOWBIT_CHECK(fd_ >= 0, "PatchFile::sync after close() or on a moved-from object");
+  if (::fsync(fd_) != 0) return IoError("cannot write " + quote_path(path_) + ": fsync: " + errno_text(errno));
+  return OkStatus();
+}
+
+Status PatchFile::close() {
+  LOWBIT_RETURN_IF_ERROR(sync());
+  const int rc = ::close(fd_);
+  fd_ = -1;
+  if (rc != 0) return IoError("cannot write " + quote_path(path_) + ": close: " + errno_text(errno));
+  return OkStatus();
+}
+
 Status AtomicFile::commit() {
   LOWBIT_CHECK(fd_ >= 0, "AtomicFile::commit twice or on a moved-from object");
   const std::string what = "cannot write " + quote_path(path_);

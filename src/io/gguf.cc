@@ -1033,11 +1033,12 @@ Result<Model> load_gguf(const std::string& path) {
   return m;
 }
 
-Status write_gguf(const std::string& path, const GgufWriteSpec& spec) {
-  // Validate and encode everything before the file is created.
+namespace {
+
+Result<uint64_t> checked_alignment(const std::vector<std::pair<std::string, GgufValue>>& metadata) {
   uint64_t alignment = kDefaultAlignment;
   std::set<std::string, std::less<>> keys;
-  for (const auto& [key, value] : spec.metadata) {
+  for (const auto& [key, value] : metadata) {
     if (!keys.insert(key).second) return InvalidArgument(fmt::format("GGUF metadata '{}' appears twice", key));
     LOWBIT_RETURN_IF_ERROR(check_value(key, value));
     if (key == "general.alignment") {
@@ -1047,42 +1048,94 @@ Status write_gguf(const std::string& path, const GgufWriteSpec& spec) {
       alignment = std::get<uint32_t>(value.scalar);
     }
   }
+  return alignment;
+}
+
+}  // namespace
+
+Result<std::vector<uint8_t>> encode_gguf_tensor(const GgufWriteTensor& t, GgmlType* type) {
+  LOWBIT_ASSIGN_OR_RETURN(Encoded e, encode_tensor(t));
+  if (type != nullptr) *type = e.type;
+  return std::move(e.bytes);
+}
+
+Result<GgufLayout> gguf_layout(const std::vector<std::pair<std::string, GgufValue>>& metadata,
+                               const std::vector<GgufTensorDecl>& tensors) {
+  LOWBIT_ASSIGN_OR_RETURN(const uint64_t alignment, checked_alignment(metadata));
+  GgufLayout l;
+  std::string& header = l.header;
+  put_bytes(header, kMagic, sizeof kMagic);
+  put<uint32_t>(header, kVersion);
+  put<uint64_t>(header, tensors.size());
+  put<uint64_t>(header, metadata.size());
+  for (const auto& [key, value] : metadata) {
+    put_string(header, key);
+    put_value(header, value);
+  }
+  std::set<std::string, std::less<>> names;
+  uint64_t offset = 0;
+  for (const GgufTensorDecl& t : tensors) {
+    if (t.name.empty()) return InvalidArgument("GGUF tensor with an empty name");
+    if (!names.insert(t.name).second) return InvalidArgument(fmt::format("GGUF tensor '{}' appears twice", t.name));
+    if (t.shape.empty() || t.shape.size() > kMaxGgufDims) {
+      return InvalidArgument(fmt::format("GGUF tensor '{}': shape has {} dims (expected 1..4)", t.name, t.shape.size()));
+    }
+    int64_t numel = 1;
+    for (int64_t d : t.shape) {
+      if (d < 1 || d > kMaxElements || __builtin_mul_overflow(numel, d, &numel) || numel > kMaxElements) {
+        return InvalidArgument(fmt::format("GGUF tensor '{}': bad shape {} (dims must be >= 1, at most 2^40 elements)", t.name,
+                                           dims_string(t.shape)));
+      }
+    }
+    const int64_t cols = t.shape.back();
+    const int64_t row = t.type == GgmlType::kF32 ? 4 * cols : t.type == GgmlType::kF16 ? 2 * cols : ggml_row_bytes(t.type, cols);
+    if (row <= 0) {
+      return InvalidArgument(fmt::format("GGUF tensor '{}': rows of {} values do not hold whole {} blocks", t.name, cols,
+                                         ggml_type_name(t.type)));
+    }
+    put_string(header, t.name);
+    put<uint32_t>(header, static_cast<uint32_t>(t.shape.size()));
+    for (auto d = t.shape.rbegin(); d != t.shape.rend(); ++d) put<uint64_t>(header, static_cast<uint64_t>(*d));
+    put<uint32_t>(header, static_cast<uint32_t>(t.type));
+    put<uint64_t>(header, offset);
+    l.offsets.push_back(offset);
+    l.sizes.push_back(static_cast<uint64_t>(row * (numel / cols)));
+    offset = align_up(offset + l.sizes.back(), alignment);
+  }
+  header.resize(static_cast<size_t>(align_up(header.size(), alignment)), '\0');
+  for (uint64_t& o : l.offsets) o += header.size();
+  l.file_size = header.size() + offset;
+  return l;
+}
+
+Status write_gguf(const std::string& path, const GgufWriteSpec& spec) {
+  // Validate and encode everything before the file is created.
+  LOWBIT_RETURN_IF_ERROR(checked_alignment(spec.metadata).status());
   std::set<std::string, std::less<>> names;
   std::vector<Encoded> encoded;
+  std::vector<GgufTensorDecl> decls;
   encoded.reserve(spec.tensors.size());
   for (const auto& t : spec.tensors) {
     if (!names.insert(t.name).second) return InvalidArgument(fmt::format("GGUF tensor '{}' appears twice", t.name));
     LOWBIT_ASSIGN_OR_RETURN(Encoded e, encode_tensor(t));
+    decls.push_back({t.name, t.shape, e.type});
     encoded.push_back(std::move(e));
   }
-
-  std::string header;
-  put_bytes(header, kMagic, sizeof kMagic);
-  put<uint32_t>(header, kVersion);
-  put<uint64_t>(header, spec.tensors.size());
-  put<uint64_t>(header, spec.metadata.size());
-  for (const auto& [key, value] : spec.metadata) {
-    put_string(header, key);
-    put_value(header, value);
-  }
-  uint64_t offset = 0;
-  for (size_t i = 0; i < encoded.size(); ++i) {
-    put_string(header, spec.tensors[i].name);
-    put<uint32_t>(header, static_cast<uint32_t>(encoded[i].dims.size()));
-    for (int64_t d : encoded[i].dims) put<uint64_t>(header, static_cast<uint64_t>(d));
-    put<uint32_t>(header, static_cast<uint32_t>(encoded[i].type));
-    put<uint64_t>(header, offset);
-    offset = align_up(offset + encoded[i].bytes.size(), alignment);
-  }
-  header.resize(static_cast<size_t>(align_up(header.size(), alignment)), '\0');
+  LOWBIT_ASSIGN_OR_RETURN(const GgufLayout layout, gguf_layout(spec.metadata, decls));
 
   LOWBIT_ASSIGN_OR_RETURN(AtomicFile out, AtomicFile::create(path));
-  LOWBIT_RETURN_IF_ERROR(out.write(header));
-  const std::string zeros(static_cast<size_t>(alignment), '\0');
-  for (const Encoded& e : encoded) {
+  LOWBIT_RETURN_IF_ERROR(out.write(layout.header));
+  const std::string zeros(4096, '\0');
+  for (size_t i = 0; i < encoded.size(); ++i) {
+    const Encoded& e = encoded[i];
+    LOWBIT_CHECK(e.bytes.size() == layout.sizes[i], "write_gguf: encoded size disagrees with the layout");
     LOWBIT_RETURN_IF_ERROR(out.write(std::as_bytes(std::span(e.bytes))));
-    const uint64_t pad = align_up(e.bytes.size(), alignment) - e.bytes.size();
-    if (pad != 0) LOWBIT_RETURN_IF_ERROR(out.write(std::string_view(zeros).substr(0, static_cast<size_t>(pad))));
+    const uint64_t end = i + 1 < encoded.size() ? layout.offsets[i + 1] : layout.file_size;
+    for (uint64_t pad = end - layout.offsets[i] - e.bytes.size(); pad != 0;) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(pad, zeros.size()));
+      LOWBIT_RETURN_IF_ERROR(out.write(std::string_view(zeros).substr(0, n)));
+      pad -= n;
+    }
   }
   return out.commit();
 }

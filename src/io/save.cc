@@ -458,21 +458,122 @@ Status add_vocab(const std::string& out, const std::string& tokenizer, int vocab
   return OkStatus();
 }
 
+// How a matrix quantized with `s` (rows of `cols`) is stored: its ggml blocks as they are,
+// Q4_0 / Q8_0 re-encoded (int4 / int8 g32 sym fp16, rows a multiple of 32), or dequantized as F16
+// (exact for a plain fp16 cast; else only with gguf_fallback_f16, and a warning).
+struct GgufStorage {
+  GgmlType type = GgmlType::kF32;
+  bool dequantized = false;
+  std::string warning;
+};
+
+Result<GgufStorage> gguf_storage(const std::string& out, const std::string& name, const std::string& lowbit_name,
+                                 const QuantSpec& s, int64_t cols, const SaveOptions& opt) {
+  const std::optional<GgmlType> type = gguf_type_of(s);
+  if (type && (s.ggml != GgmlType::kF32 || cols % kGgmlBlock == 0)) return GgufStorage{*type, false, {}};
+  const bool exact_f16 = s.element == Format::kFp16 && s.scale_rule == ScaleRule::kUnit;  // a plain cast
+  if (!type && !opt.gguf_fallback_f16 && !exact_f16) {
+    return InvalidArgument(fmt::format("{}: {} ({}) is quantized {}, which GGUF cannot hold (supported: "
+                                       "int8:g32:sym:fp16 -> Q8_0, int4:g32:sym:fp16 -> Q4_0); save as safetensors, "
+                                       "or allow storing it dequantized as F16 (gguf_fallback_f16, --gguf-f16)",
+                                       out, name, lowbit_name, to_string(s)));
+  }
+  GgufStorage st{GgmlType::kF16, true, {}};
+  if (exact_f16) return st;  // F16 holds it exactly
+  st.warning = type ? fmt::format("{}: {} rows of {} values are not a multiple of 32, which {} needs: stored dequantized as F16",
+                                  name, to_string(s), cols, upper_type_name(*type))
+                    : fmt::format("{}: {} has no GGUF type: stored dequantized as F16", name, to_string(s));
+  return st;
+}
+
+// general.file_type from the matrices' storage, as llama_ftype counts it.
+struct GgufFtype {
+  bool q4 = false, q8 = false, f16 = false;
+  void add(const QuantSpec& s, const GgufStorage& st) {
+    if (st.dequantized) {
+      f16 = true;
+    } else {
+      (s.ggml != GgmlType::kF32 || st.type == GgmlType::kQ4_0 ? q4 : q8) = true;
+    }
+  }
+  uint32_t value() const { return q4 ? kFtypeMostlyQ4_0 : q8 ? kFtypeMostlyQ8_0 : f16 ? kFtypeMostlyF16 : kFtypeAllF32; }
+};
+
+// A matrix as save_gguf writes it (F16 fallbacks dequantized into `store`).
+Result<GgufWriteTensor> gguf_tensor_of(const std::string& out, const Matrix& m, const SaveOptions& opt,
+                                       std::deque<std::vector<float>>& store, GgufFtype* ftype, std::vector<std::string>* warnings) {
+  const std::string name = gguf_name(m.name);
+  if (m.quant == nullptr) {
+    return GgufWriteTensor{name, std::vector<int64_t>(m.f32.shape().dims.begin(), m.f32.shape().dims.begin() + m.f32.ndim()),
+                           std::span<const float>(m.f32.data_as<float>(), static_cast<size_t>(m.f32.numel())), GgmlType::kF32};
+  }
+  const QuantizedTensor& q = *m.quant;
+  const std::vector<int64_t> shape{q.rows, q.cols};
+  LOWBIT_ASSIGN_OR_RETURN(const GgufStorage st, gguf_storage(out, name, m.name, q.spec, q.cols, opt));
+  ftype->add(q.spec, st);
+  if (!st.warning.empty()) warnings->push_back(st.warning);
+  if (!st.dequantized) return GgufWriteTensor{name, shape, {}, st.type, &q};
+  std::vector<float>& buf = store.emplace_back(static_cast<size_t>(q.numel()));
+  LOWBIT_RETURN_IF_ERROR(dequantize(q, TensorView(buf.data(), DType::kF32, {q.rows, q.cols})));
+  return GgufWriteTensor{name, shape, buf, GgmlType::kF16};
+}
+
+// A block's norms (and qwen2's q/k/v biases), in save_gguf's order.
+void add_block_norms(const LlamaModel& net, size_t l, std::vector<GgufWriteTensor>& tensors) {
+  const LayerWeights& lw = net.weights().layers[l];
+  const auto add = [&](std::string name, ConstTensorView v) {
+    tensors.push_back({std::move(name), std::vector<int64_t>(v.shape().dims.begin(), v.shape().dims.begin() + v.ndim()),
+                       std::span<const float>(v.data_as<float>(), static_cast<size_t>(v.numel())), GgmlType::kF32});
+  };
+  add(fmt::format("blk.{}.attn_norm.weight", l), lw.attn_norm);
+  add(fmt::format("blk.{}.ffn_norm.weight", l), lw.ffn_norm);
+  if (net.config().qkv_bias) {  // qwen2: llama.cpp adds them after attn_q/k/v
+    add(fmt::format("blk.{}.attn_q.bias", l), lw.bq);
+    add(fmt::format("blk.{}.attn_k.bias", l), lw.bk);
+    add(fmt::format("blk.{}.attn_v.bias", l), lw.bv);
+  }
+}
+
+// The metadata of a GGUF save: architecture and shape keys, the vocabulary, lowbit's keys.
+Status add_gguf_metadata(const LlamaModel& net, const std::string& out, const SaveOptions& opt, const GgufFtype& ftype,
+                         GgufWriteSpec* spec, std::vector<std::string>* warnings) {
+  const LlamaConfig& c = net.config();
+  LOWBIT_ASSIGN_OR_RETURN(auto common, common_metadata(net, out, opt));
+  auto& md = spec->metadata;
+  const auto u32 = [](int64_t v) { return GgufValue::u32(static_cast<uint32_t>(v)); };
+  const auto key = [&](std::string_view k) { return fmt::format("{}.{}", c.arch, k); };  // "llama.block_count"
+  md.emplace_back("general.architecture", GgufValue::str(c.arch));
+  md.emplace_back("general.name", GgufValue::str(fs::path(out).stem().string()));
+  md.emplace_back("general.file_type", GgufValue::u32(ftype.value()));
+  if (ftype.q4 || ftype.q8) md.emplace_back("general.quantization_version", GgufValue::u32(kGgmlQuantizationVersion));
+  md.emplace_back(key("context_length"), u32(c.seq_len));
+  md.emplace_back(key("embedding_length"), u32(c.dim));
+  md.emplace_back(key("block_count"), u32(c.n_layers));
+  md.emplace_back(key("feed_forward_length"), u32(c.hidden_dim));
+  md.emplace_back(key("attention.head_count"), u32(c.n_heads));
+  md.emplace_back(key("attention.head_count_kv"), u32(c.n_kv_heads));
+  md.emplace_back(key("rope.freq_base"), GgufValue::f32(c.rope_theta));
+  md.emplace_back(key("attention.layer_norm_rms_epsilon"), GgufValue::f32(c.norm_eps));
+  md.emplace_back(key("rope.dimension_count"), u32(c.head_dim()));
+  md.emplace_back(key("vocab_size"), u32(c.vocab_size));
+  if (!opt.tokenizer_path.empty()) {
+    LOWBIT_RETURN_IF_ERROR(add_vocab(out, opt.tokenizer_path, c.vocab_size, spec));
+  } else {
+    warnings->push_back("no tokenizer given: the GGUF has no tokenizer.ggml.* vocabulary (llama.cpp needs one)");
+  }
+  for (const auto& [k, v] : common) md.emplace_back(k, GgufValue::str(v));
+  return OkStatus();
+}
+
 Status save_gguf(const LlamaModel& net, const std::string& out, const SaveOptions& opt, SaveReport* report) {
   const LlamaConfig& c = net.config();
   LOWBIT_ASSIGN_OR_RETURN(Parts parts, collect(net, out));
-  LOWBIT_ASSIGN_OR_RETURN(auto common, common_metadata(net, out, opt));
 
   GgufWriteSpec spec;
   std::deque<std::vector<float>> dequantized;  // F16 fallbacks (stable addresses)
   const LlamaWeights& w = net.weights();
-  const auto add_f32 = [&](const std::string& name, ConstTensorView v) {
-    spec.tensors.push_back({name, std::vector<int64_t>(v.shape().dims.begin(), v.shape().dims.begin() + v.ndim()),
-                            std::span<const float>(v.data_as<float>(), static_cast<size_t>(v.numel())), GgmlType::kF32});
-  };
   std::vector<Matrix> matrices = parts.linears;
   if (parts.classifier) matrices.push_back(*parts.classifier);
-  bool any_q4 = false, any_q8 = false, any_f16 = false;
   // A tied classifier quantized to ggml blocks is the token embedding llama.cpp reads (no output.weight).
   const bool tied_blocks = c.shared_classifier && parts.classifier && parts.classifier->quant != nullptr &&
                            parts.classifier->quant->spec.ggml != GgmlType::kF32;
@@ -485,81 +586,20 @@ Status save_gguf(const LlamaModel& net, const std::string& out, const SaveOption
     spec.tensors.push_back({"token_embd.weight", {eq->rows, eq->cols}, {}, eq->spec.ggml, eq});
   } else {
     LOWBIT_ASSIGN_OR_RETURN(ConstTensorView emb, embedding_f32(net, out, parts.decoded));
-    add_f32("token_embd.weight", emb);
+    spec.tensors.push_back({"token_embd.weight", {emb.dim(0), emb.dim(1)},
+                            std::span<const float>(emb.data_as<float>(), static_cast<size_t>(emb.numel())), GgmlType::kF32});
   }
-  add_f32("output_norm.weight", w.final_norm);
-  for (size_t l = 0; l < w.layers.size(); ++l) {
-    add_f32(fmt::format("blk.{}.attn_norm.weight", l), w.layers[l].attn_norm);
-    add_f32(fmt::format("blk.{}.ffn_norm.weight", l), w.layers[l].ffn_norm);
-    if (c.qkv_bias) {  // qwen2: llama.cpp adds them after attn_q/k/v
-      add_f32(fmt::format("blk.{}.attn_q.bias", l), w.layers[l].bq);
-      add_f32(fmt::format("blk.{}.attn_k.bias", l), w.layers[l].bk);
-      add_f32(fmt::format("blk.{}.attn_v.bias", l), w.layers[l].bv);
-    }
-  }
+  spec.tensors.push_back({"output_norm.weight", {c.dim}, std::span<const float>(w.final_norm.data_as<float>(), static_cast<size_t>(c.dim)),
+                          GgmlType::kF32});
+  for (size_t l = 0; l < w.layers.size(); ++l) add_block_norms(net, l, spec.tensors);
   // GGUF keeps lowbit's q/k row order: llama2.c's interleaved pairs for llama (llama.cpp's
   // LLAMA_ROPE_TYPE_NORM); qwen2 rows as its GGUF had them (NEOX, which the forward pass applies).
+  GgufFtype ftype;
   for (const Matrix& m : matrices) {
-    const std::string name = gguf_name(m.name);
-    if (m.quant == nullptr) {
-      add_f32(name, m.f32);
-      continue;
-    }
-    const QuantizedTensor& q = *m.quant;
-    const std::vector<int64_t> shape{q.rows, q.cols};
-    const std::optional<GgmlType> type = gguf_type_of(q.spec);
-    if (type && q.spec.ggml != GgmlType::kF32) {
-      spec.tensors.push_back({name, shape, {}, *type, &q});
-      any_q4 = true;
-      continue;
-    }
-    if (type && q.cols % kGgmlBlock == 0) {
-      spec.tensors.push_back({name, shape, {}, *type, &q});
-      (*type == GgmlType::kQ4_0 ? any_q4 : any_q8) = true;
-      continue;
-    }
-    const bool exact_f16 = q.spec.element == Format::kFp16 && q.spec.scale_rule == ScaleRule::kUnit;  // a plain cast
-    if (!type && !opt.gguf_fallback_f16 && !exact_f16) {
-      return InvalidArgument(fmt::format("{}: {} ({}) is quantized {}, which GGUF cannot hold (supported: "
-                                         "int8:g32:sym:fp16 -> Q8_0, int4:g32:sym:fp16 -> Q4_0); save as safetensors, "
-                                         "or allow storing it dequantized as F16 (gguf_fallback_f16, --gguf-f16)",
-                                         out, name, m.name, to_string(q.spec)));
-    }
-    std::vector<float>& buf = dequantized.emplace_back(static_cast<size_t>(q.numel()));
-    LOWBIT_RETURN_IF_ERROR(dequantize(q, TensorView(buf.data(), DType::kF32, {q.rows, q.cols})));
-    spec.tensors.push_back({name, shape, buf, GgmlType::kF16});
-    any_f16 = true;
-    if (exact_f16) continue;  // F16 holds it exactly
-    report->warnings.push_back(
-        type ? fmt::format("{}: {} rows of {} values are not a multiple of 32, which {} needs: stored dequantized as F16",
-                           name, to_string(q.spec), q.cols, upper_type_name(*type))
-             : fmt::format("{}: {} has no GGUF type: stored dequantized as F16", name, to_string(q.spec)));
+    LOWBIT_ASSIGN_OR_RETURN(GgufWriteTensor t, gguf_tensor_of(out, m, opt, dequantized, &ftype, &report->warnings));
+    spec.tensors.push_back(std::move(t));
   }
-
-  const uint32_t ftype = any_q4 ? kFtypeMostlyQ4_0 : any_q8 ? kFtypeMostlyQ8_0 : any_f16 ? kFtypeMostlyF16 : kFtypeAllF32;
-  auto& md = spec.metadata;
-  const auto u32 = [](int64_t v) { return GgufValue::u32(static_cast<uint32_t>(v)); };
-  const auto key = [&](std::string_view k) { return fmt::format("{}.{}", c.arch, k); };  // "llama.block_count"
-  md.emplace_back("general.architecture", GgufValue::str(c.arch));
-  md.emplace_back("general.name", GgufValue::str(fs::path(out).stem().string()));
-  md.emplace_back("general.file_type", GgufValue::u32(ftype));
-  if (any_q4 || any_q8) md.emplace_back("general.quantization_version", GgufValue::u32(kGgmlQuantizationVersion));
-  md.emplace_back(key("context_length"), u32(c.seq_len));
-  md.emplace_back(key("embedding_length"), u32(c.dim));
-  md.emplace_back(key("block_count"), u32(c.n_layers));
-  md.emplace_back(key("feed_forward_length"), u32(c.hidden_dim));
-  md.emplace_back(key("attention.head_count"), u32(c.n_heads));
-  md.emplace_back(key("attention.head_count_kv"), u32(c.n_kv_heads));
-  md.emplace_back(key("rope.freq_base"), GgufValue::f32(c.rope_theta));
-  md.emplace_back(key("attention.layer_norm_rms_epsilon"), GgufValue::f32(c.norm_eps));
-  md.emplace_back(key("rope.dimension_count"), u32(c.head_dim()));
-  md.emplace_back(key("vocab_size"), u32(c.vocab_size));
-  if (!opt.tokenizer_path.empty()) {
-    LOWBIT_RETURN_IF_ERROR(add_vocab(out, opt.tokenizer_path, c.vocab_size, &spec));
-  } else {
-    report->warnings.push_back("no tokenizer given: the GGUF has no tokenizer.ggml.* vocabulary (llama.cpp needs one)");
-  }
-  for (const auto& [k, v] : common) md.emplace_back(k, GgufValue::str(v));
+  LOWBIT_RETURN_IF_ERROR(add_gguf_metadata(net, out, opt, ftype, &spec, &report->warnings));
 
   for (const GgufWriteTensor& t : spec.tensors) {
     report->tensors.push_back({t.name, upper_type_name(t.quant != nullptr ? *gguf_type_of(t.quant->spec) : t.type)});
@@ -637,6 +677,83 @@ Result<std::map<std::string, std::string>> safetensors_shard_metadata(const Llam
   std::map<std::string, std::string> meta(common.begin(), common.end());
   meta["format"] = "pt";  // as write_safetensors_part
   return meta;
+}
+
+Result<GgufSaveLayout> plan_gguf_save(const LlamaModel& net, const std::string& out, const SaveOptions& opt,
+                                      const std::function<std::optional<QuantSpec>(const std::string&)>& spec_of) {
+  const LlamaConfig& c = net.config();
+  GgufSaveLayout g;
+  GgufWriteSpec spec;  // metadata only
+  GgufFtype ftype;
+  const auto shape_of = [&](SlotDim d) { return extent(c, d); };
+  const auto stored = [&](const std::string& gguf, const std::string& lowbit, const std::optional<QuantSpec>& s, int64_t rows,
+                          int64_t cols) -> Status {
+    GgmlType type = GgmlType::kF32;
+    if (s) {
+      LOWBIT_ASSIGN_OR_RETURN(const GgufStorage st, gguf_storage(out, gguf, lowbit, *s, cols, opt));
+      ftype.add(*s, st);
+      if (!st.warning.empty()) g.warnings.push_back(st.warning);
+      type = st.type;
+    }
+    g.tensors.push_back({gguf, {rows, cols}, type});
+    return OkStatus();
+  };
+  const std::optional<QuantSpec> emb = spec_of(kTokEmbeddingsName);
+  const bool emb_blocks = emb && emb->ggml != GgmlType::kF32;
+  g.tensors.push_back({"token_embd.weight", {c.vocab_size, c.dim}, emb_blocks ? emb->ggml : GgmlType::kF32});
+  g.tensors.push_back({"output_norm.weight", {c.dim}, GgmlType::kF32});
+  for (int l = 0; l < c.n_layers; ++l) {
+    for (const char* n : {"attn_norm", "ffn_norm"}) g.tensors.push_back({fmt::format("blk.{}.{}.weight", l, n), {c.dim}, GgmlType::kF32});
+    if (c.qkv_bias) {
+      g.tensors.push_back({fmt::format("blk.{}.attn_q.bias", l), {c.dim}, GgmlType::kF32});
+      g.tensors.push_back({fmt::format("blk.{}.attn_k.bias", l), {c.kv_dim()}, GgmlType::kF32});
+      g.tensors.push_back({fmt::format("blk.{}.attn_v.bias", l), {c.kv_dim()}, GgmlType::kF32});
+    }
+  }
+  for (int l = 0; l < c.n_layers; ++l) {
+    for (const SlotInfo& s : kSlotInfo) {
+      const std::string name = linear_name(l, s);
+      LOWBIT_RETURN_IF_ERROR(stored(gguf_name(name), name, spec_of(name), shape_of(s.out), shape_of(s.in)));
+    }
+  }
+  // The classifier is stored untied, or tied and quantized to other than ggml blocks (whose
+  // blocks are token_embd's).
+  if (!c.shared_classifier) {
+    LOWBIT_RETURN_IF_ERROR(stored("output.weight", kClassifierName, spec_of(kClassifierName), c.vocab_size, c.dim));
+  } else if (emb && !emb_blocks) {
+    LOWBIT_RETURN_IF_ERROR(stored("output.weight", kClassifierName, emb, c.vocab_size, c.dim));
+  }
+  LOWBIT_RETURN_IF_ERROR(add_gguf_metadata(net, out, opt, ftype, &spec, &g.warnings));
+  LOWBIT_ASSIGN_OR_RETURN(g.layout, gguf_layout(spec.metadata, g.tensors));
+  return g;
+}
+
+size_t GgufSaveLayout::index(std::string_view name) const {
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (tensors[i].name == name) return i;
+  }
+  LOWBIT_CHECK(false, fmt::format("GgufSaveLayout: no tensor {}", name));
+  return 0;
+}
+
+Result<std::vector<std::pair<std::string, std::vector<uint8_t>>>> gguf_block_data(const LlamaModel& net, int l, const std::string& out,
+                                                                                   const SaveOptions& opt) {
+  LOWBIT_ASSIGN_OR_RETURN(Parts parts, collect(net, out, static_cast<size_t>(l), static_cast<size_t>(l) + 1, false));
+  std::vector<GgufWriteTensor> tensors;
+  add_block_norms(net, static_cast<size_t>(l), tensors);
+  std::deque<std::vector<float>> dequantized;
+  GgufFtype ftype;
+  std::vector<std::string> warnings;
+  for (const Matrix& m : parts.linears) {
+    LOWBIT_ASSIGN_OR_RETURN(GgufWriteTensor t, gguf_tensor_of(out, m, opt, dequantized, &ftype, &warnings));
+    tensors.push_back(std::move(t));
+  }
+  std::vector<std::pair<std::string, std::vector<uint8_t>>> data;
+  for (const GgufWriteTensor& t : tensors) {
+    LOWBIT_ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, encode_gguf_tensor(t));
+    data.emplace_back(t.name, std::move(bytes));
+  }
+  return data;
 }
 
 Status save_safetensors_sidecar(const LlamaModel& net, const std::string& dir, const SaveOptions& opt) {

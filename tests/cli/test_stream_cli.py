@@ -8,6 +8,11 @@
 - Peak RSS of a 16-block and a 4-block synthetic model of one width differ by less than one
   block's f32 weights (flat in depth).
 - Bad input (a shard missing): one line naming the file and tensor, exit 2, the output untouched.
+- GGUF out (--stream -o m.gguf): the same file, byte for byte, as the in-memory quantize's GGUF
+  (stories260K RTN and GPTQ, with its F16 fallbacks; the untied synthetic model with gguf-q4_0,
+  gguf-q4_k_m and q8_0 plans, embedding / classifier blocks in ragged row chunks; SmolLM2's 3
+  blocks with gguf-q4_0); stopped and resumed: the same file; a spec GGUF cannot hold: exit 2
+  before block 0, one line naming the tensor, nothing left behind.
 
 Usage: test_stream_cli.py LOWBIT_BINARY. Exits 77 (skip) when ../shared is missing.
 """
@@ -153,6 +158,31 @@ with tempfile.TemporaryDirectory() as tmp:
         if p is not None:
             check(p.returncode == 0, f"eval of the streamed folder: {p.stderr}")
 
+    # GGUF: one file laid out before block 0, each block's tensors written at their offsets.
+    for method in ("rtn", "gptq"):
+        common = ["--model", hf, "--scheme", "w4a16-g32", "--method", method, "--calib", TEXT, "--calib-tokens", "512"]
+        for d in ("gguf-full-" + method, "gguf-stream-" + method):
+            os.makedirs(os.path.join(tmp, d))
+        p = run("quantize", *common, "-o", os.path.join(tmp, "gguf-full-" + method, "m.gguf"))
+        check(p.returncode == 0, f"quantize {method} to GGUF: {p.stderr}")
+        p = run("quantize", "--stream", *common, "-o", os.path.join(tmp, "gguf-stream-" + method, "m.gguf"),
+                env={"LOWBIT_STREAM_CHUNK_ROWS": "7"} if method == "rtn" else None)
+        check(p.returncode == 0 and "(GGUF)" in p.stdout, f"quantize --stream {method} to GGUF: {p.stdout} {p.stderr}")
+        check("stored dequantized as F16" in p.stderr, f"{method}: the streamed GGUF's F16 fallbacks were not reported: {p.stderr}")
+        full, got = (files_of(os.path.join(tmp, d)) for d in ("gguf-full-" + method, "gguf-stream-" + method))
+        check(list(got) == ["m.gguf"], f"{method}: streamed GGUF folder holds {list(got)}")
+        check(got == full, f"{method}: the streamed GGUF differs from the in-memory one ({len(got.get('m.gguf', b''))} vs {len(full['m.gguf'])} bytes)")
+    block = random.Random(os.getpid() + 1).randrange(0, 4)
+    g = os.path.join(tmp, "gguf-resumed", "m.gguf")
+    os.makedirs(os.path.dirname(g))
+    args = ["quantize", "--stream", "--model", hf, "--scheme", "w4a16-g32", "--method", "gptq", "--calib", TEXT, "--calib-tokens", "512", "-o", g]
+    p = run(*args, env={"LOWBIT_STREAM_STOP_AFTER_BLOCK": str(block)})
+    check(p.returncode != 0 and f"stopped after block {block}" in p.stderr, f"GGUF stop hook at block {block}: {p.returncode} {p.stderr}")
+    check(not os.path.exists(g) and os.path.exists(g + ".partial"), "stopped GGUF run: expected only OUT.partial")
+    p = run(*args, "--resume")
+    check(p.returncode == 0 and f"(blocks {block + 1}..4)" in p.stdout, f"GGUF --resume after block {block}: {p.stdout} {p.stderr}")
+    check(files_of(os.path.dirname(g)) == files_of(os.path.join(tmp, "gguf-stream-gptq")), f"GGUF resumed after block {block}: differs")
+
     # Stop after a random block, resume: the same folder, file for file.
     block = random.Random(os.getpid()).randrange(0, 4)
     out = os.path.join(tmp, "resumed")
@@ -192,6 +222,25 @@ with tempfile.TemporaryDirectory() as tmp:
         full, got = tensors(d + "-full"), tensors(d + "-stream")
         check("lm_head.weight.qweight" in got or "lm_head.weight" in got, f"untied {extra}: no lm_head in {sorted(got)[:8]}")
         check(got == full, f"untied {extra}: streamed tensors differ: {sorted(k for k in set(got) | set(full) if got.get(k) != full.get(k))[:5]}")
+    # GGUF: ggml-block plans (the untied embedding and classifier as blocks, in 33-row chunks),
+    # and a classifier spec GGUF cannot hold: refused before block 0, nothing left behind.
+    for scheme in ("gguf-q4_0", "gguf-q4_k_m", "q8_0"):
+        outs = [os.path.join(tmp, f"untied-{k}-{scheme}", "m.gguf") for k in ("full", "stream")]
+        for o in outs:
+            os.makedirs(os.path.dirname(o))
+        p = run("quantize", "--model", d, "--scheme", scheme, "-o", outs[0])
+        check(p.returncode == 0, f"untied {scheme} to GGUF: {p.stderr}")
+        p = run("quantize", "--stream", "--model", d, "--scheme", scheme, "-o", outs[1], env={"LOWBIT_STREAM_CHUNK_ROWS": "33"})
+        check(p.returncode == 0, f"untied {scheme} streamed to GGUF: {p.stderr}")
+        a, b = (open(o, "rb").read() for o in outs)
+        check(a == b, f"untied {scheme}: the streamed GGUF differs from the in-memory one ({len(b)} vs {len(a)} bytes)")
+    bad = os.path.join(tmp, "untied-bad", "m.gguf")
+    os.makedirs(os.path.dirname(bad))
+    p = run("quantize", "--stream", "--model", d, "--scheme", "q4_0", "--plan", plan, "-o", bad)
+    check(p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "output.weight (classifier)" in p.stderr
+          and "GGUF cannot hold" in p.stderr, f"GGUF-less classifier spec: {p.returncode} {p.stderr!r}")
+    check(os.listdir(os.path.dirname(bad)) == [], f"GGUF-less classifier spec left {os.listdir(os.path.dirname(bad))}")
+
     # SmolLM2-135M (dequantized from its Q4_1 GGUF, stored bf16, 3 of its 30 blocks to stay
     # short: width 576, GQA 9/3 heads, vocab 49152, tied embedding): streamed == in memory, RTN
     # (embedding cast in 4000-row chunks) and GPTQ.
@@ -214,6 +263,15 @@ with tempfile.TemporaryDirectory() as tmp:
             check(got == full, f"SmolLM2 {method}: streamed tensors differ: {sorted(k for k in set(got) | set(full) if got.get(k) != full.get(k))[:5]}")
             shutil.rmtree(sd + "-full-" + method)
             shutil.rmtree(sd + "-stream-" + method)
+        outs = [os.path.join(tmp, f"smol-{k}", "m.gguf") for k in ("full", "stream")]
+        for o in outs:
+            os.makedirs(os.path.dirname(o))
+        p = run("quantize", "--model", sd, "--scheme", "gguf-q4_0", "-o", outs[0])
+        check(p.returncode == 0, f"SmolLM2 gguf-q4_0 in memory: {p.stderr}")
+        p = run("quantize", "--stream", "--model", sd, "--scheme", "gguf-q4_0", "-o", outs[1], env={"LOWBIT_STREAM_CHUNK_ROWS": "4000"})
+        check(p.returncode == 0, f"SmolLM2 gguf-q4_0 streamed: {p.stderr}")
+        a, b = (open(o, "rb").read() for o in outs)
+        check(a == b, f"SmolLM2 gguf-q4_0: the streamed GGUF differs from the in-memory one ({len(b)} vs {len(a)} bytes)")
         shutil.rmtree(sd)
 
     # Flat in depth: 4 and 16 blocks of one width (a release-build property: ASan holds freed memory back).

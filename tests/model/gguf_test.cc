@@ -223,6 +223,81 @@ TEST(GgufTest, RoundTripFloatAndQuantizedTensors) {
 
 // ggml Q4_0: element j of a block is the low nibble of qs[j], element j+16 the high nibble,
 // both stored as code + 8. Checked on the written bytes themselves.
+// gguf_layout + encode_gguf_tensor + PatchFile, the streamed save's parts: tensors written at
+// their offsets in another order, each in row chunks, across a reopen that keeps the file, give
+// write_gguf's file byte for byte; a layout refuses what write_gguf refuses.
+TEST(GgufTest, LayoutWrittenPiecewiseIsWriteGgufsFile) {
+  TempDir dir;
+  const int64_t rows = 7, cols = 256;
+  const auto x = random_values(21, rows * cols, 2.0f);
+  const QuantizedTensor q8 = quantize_or_die(x, rows, cols, "int8:g32:sym:fp16");
+  const QuantizedTensor qk = quantize_or_die(x, rows, cols, "gguf:q4_K");
+  const auto v = random_values(22, 5);
+  GgufWriteSpec spec;
+  spec.metadata.emplace_back("general.architecture", GgufValue::str("llama"));
+  spec.metadata.emplace_back("general.alignment", GgufValue::u32(64));
+  spec.tensors.push_back({"a.f32", {rows, cols}, x, GgmlType::kF32, nullptr});
+  spec.tensors.push_back({"vec", {5}, v, GgmlType::kF32, nullptr});
+  spec.tensors.push_back({"a.f16", {rows, cols}, x, GgmlType::kF16, nullptr});
+  spec.tensors.push_back({"a.q8_0", {rows, cols}, {}, GgmlType::kF32, &q8});
+  spec.tensors.push_back({"a.q4_k", {rows, cols}, {}, GgmlType::kF32, &qk});
+  const std::string whole = dir.file("whole.gguf");
+  ASSERT_TRUE(write_gguf(whole, spec).ok());
+
+  std::vector<GgufTensorDecl> decls;
+  for (const GgufWriteTensor& t : spec.tensors) {
+    GgmlType type{};
+    ASSERT_TRUE(encode_gguf_tensor(t, &type).ok()) << t.name;
+    decls.push_back({t.name, t.shape, type});
+  }
+  EXPECT_EQ(decls[3].type, GgmlType::kQ8_0);
+  EXPECT_EQ(decls[4].type, GgmlType::kQ4_K);
+  Result<GgufLayout> l = gguf_layout(spec.metadata, decls);
+  ASSERT_TRUE(l.ok()) << l.status().to_string();
+  const std::string piece = dir.file("piece.gguf");
+  for (size_t order : {4u, 2u, 0u, 3u, 1u}) {  // a reopen per tensor, keeping what is there
+    Result<PatchFile> f = PatchFile::open(piece, l->file_size, /*keep=*/order != 4u);
+    ASSERT_TRUE(f.ok()) << f.status().to_string();
+    ASSERT_TRUE(f->write_at(0, std::as_bytes(std::span(l->header))).ok());
+    const GgufWriteTensor& t = spec.tensors[order];
+    uint64_t at = l->offsets[order];
+    const int64_t n = t.shape[0], c = t.shape.size() == 2 ? t.shape[1] : n, chunk = t.shape.size() == 2 ? 3 : n;
+    for (int64_t r0 = 0; r0 < (t.shape.size() == 2 ? n : 1); r0 += chunk) {
+      const int64_t r1 = std::min(t.shape.size() == 2 ? n : 1, r0 + chunk);
+      GgufWriteTensor part = t;
+      std::optional<QuantizedTensor> qr;
+      if (t.shape.size() == 2) {
+        part.shape = {r1 - r0, c};
+        const std::vector<float> rows_x(x.begin() + r0 * c, x.begin() + r1 * c);
+        if (t.quant != nullptr) {
+          qr = quantize_or_die(rows_x, r1 - r0, c, t.quant == &q8 ? "int8:g32:sym:fp16" : "gguf:q4_K");
+          part.quant = &*qr;
+        } else {
+          part.data = std::span<const float>(t.data.data() + r0 * c, static_cast<size_t>((r1 - r0) * c));
+        }
+      }
+      Result<std::vector<uint8_t>> bytes = encode_gguf_tensor(part);
+      ASSERT_TRUE(bytes.ok()) << bytes.status().to_string();
+      ASSERT_TRUE(f->write_at(at, std::as_bytes(std::span<const uint8_t>(*bytes))).ok());
+      at += bytes->size();
+    }
+    EXPECT_EQ(at, l->offsets[order] + l->sizes[order]) << t.name;
+    ASSERT_TRUE(f->close().ok());
+  }
+  EXPECT_EQ(read_file(piece).value(), read_file(whole).value());
+  Result<GgufFile> g = open_gguf(piece);
+  ASSERT_TRUE(g.ok()) << g.status().to_string();
+  for (size_t i = 0; i < decls.size(); ++i) {
+    EXPECT_EQ(g->find_tensor(decls[i].name)->data - g->file->bytes().data(), static_cast<std::ptrdiff_t>(l->offsets[i]));
+  }
+
+  decls.push_back(decls[0]);
+  EXPECT_NE(gguf_layout(spec.metadata, decls).status().message().find("'a.f32' appears twice"), std::string::npos);
+  decls.pop_back();
+  decls[4].shape = {rows, 96};  // q4_K blocks are 256 wide
+  EXPECT_NE(gguf_layout(spec.metadata, decls).status().message().find("do not hold whole q4_K blocks"), std::string::npos);
+}
+
 TEST(GgufTest, Q4_0NibbleLayoutMatchesGgml) {
   TempDir dir;
   std::vector<float> x(32);

@@ -139,18 +139,28 @@ MixedPlan choose_mixed_plan(const QuantizeArgs& a, const Model& model, const std
   return {std::move(*plan), std::move(*m), std::move(*sens), std::move(windows), knapsack, std::move(refined), refined_offset};
 }
 
+// --format, else gguf for a -o ending in .gguf, else safetensors.
+ModelFormat output_format(const QuantizeArgs& a) {
+  if (!a.format.empty()) {
+    Result<ModelFormat> f = parse_model_format(a.format);
+    if (!f.ok()) fail(kExitUsage, "--format: " + f.status().message());
+    return *f;
+  }
+  return a.out.size() >= 5 && a.out.compare(a.out.size() - 5, 5, ".gguf") == 0 ? ModelFormat::kGguf : ModelFormat::kSafetensors;
+}
+
 // --stream: a Hugging Face folder block by block (stream.h); the plan comes from config.json alone.
 void run_streaming(const QuantizeArgs& a, Method method, const QuantSpec& wspec, const std::optional<QuantSpec>& aspec,
                    const std::string& label) {
   if (a.target_bpw > 0 || !a.policy.empty() || !a.eval_text.empty() || !a.kv.empty() || method == Method::kOutliers) {
     fail(kExitUsage, "quantize --stream: not with --target-bpw, --policy, --eval, --kv or --method outliers");
   }
-  if (!a.format.empty() && a.format != "safetensors") fail(kExitUsage, "quantize --stream: output is a sharded safetensors folder (--format safetensors)");
+  const ModelFormat format = output_format(a);
   Result<HfCheckpoint> ck = open_hf_checkpoint(a.model);
   if (!ck.ok()) fail(ck.status());
   if (Status st = check_llama_tensors(*ck); !st.ok()) fail(st);
   const LlamaConfig& cfg = ck->config;
-  Result<QuantPlan> plan = make_plan(cfg, wspec, aspec, a.plan);
+  Result<QuantPlan> plan = is_gguf_scheme(a.scheme) ? make_gguf_plan(cfg, a.scheme, a.plan) : make_plan(cfg, wspec, aspec, a.plan);
   if (!plan.ok()) fail(kExitUsage, plan.status().message());
   const int ctx = std::min(a.ctx, cfg.seq_len);
   const int64_t calib_tokens = method == Method::kRtn ? 0 : a.calib_tokens / ctx * ctx;
@@ -176,6 +186,7 @@ void run_streaming(const QuantizeArgs& a, Method method, const QuantSpec& wspec,
   so.pipeline.gptq.static_groups = a.static_groups;
   so.pipeline.smooth_alpha = a.alpha;
   so.resume = a.resume;
+  so.save.format = format;
   so.save.tokenizer_path = a.tokenizer.empty() ? find_tokenizer(a.model, cfg.vocab_size, "quantize") : a.tokenizer;
   Result<std::unique_ptr<Tokenizer>> tok = load_tokenizer(so.save.tokenizer_path, cfg.vocab_size);
   if (!tok.ok()) fail(tok.status());
@@ -202,19 +213,20 @@ void run_streaming(const QuantizeArgs& a, Method method, const QuantSpec& wspec,
   progress->finish();
   if (!rep.ok()) fail(rep.status());
   rep->memory.base = mem.base;
+  for (const std::string& w : rep->warnings) warn(w);
   const double gib = 1024.0 * 1024 * 1024;
   fmt::print("quantized {} with {} streamed in {:.2f} s (blocks {}..{}): read {:.2f} GB, wrote {:.2f} GB\n", a.model, label, rep->seconds,
              rep->first_block, cfg.n_layers - 1, rep->bytes_read / 1e9, rep->bytes_written / 1e9);
   fmt::print("peak RSS {:.2f} GiB; formula {:.2f} GiB ({})\n", rep->peak_rss_bytes / gib, rep->memory.peak() / gib,
              rep->peak_rss_bytes <= rep->memory.peak() ? "within" : "EXCEEDED");
-  fmt::print("wrote {} (sharded safetensors)\n", a.out);
+  fmt::print("wrote {} ({})\n", a.out, format == ModelFormat::kGguf ? "GGUF" : "sharded safetensors");
   if (!a.json.empty()) {
     nlohmann::json j = {{"model", a.model}, {"method", a.method}, {"scheme", plan->scheme}, {"streamed", true},
                         {"calib_tokens", rep->pipeline.calib_tokens}, {"seconds", rep->seconds}, {"block_seconds", rep->block_seconds}, {"rest_seconds", rep->rest_seconds},
                         {"block_cpu_seconds", rep->block_cpu_seconds}, {"rest_cpu_seconds", rep->rest_cpu_seconds},
                         {"first_block", rep->first_block}, {"bytes_read", rep->bytes_read}, {"bytes_written", rep->bytes_written},
                         {"peak_rss_bytes", rep->peak_rss_bytes}, {"memory_formula_bytes", rep->memory.peak()},
-                        {"output", {{"path", a.out}, {"format", "safetensors"}}}};
+                        {"output", {{"path", a.out}, {"format", std::string(model_format_name(format))}, {"bytes", rep->bytes_written}}}};
     if (Status s = write_file_atomic(a.json, j.dump(2) + "\n"); !s.ok()) fail(s);
   }
 }
@@ -352,14 +364,7 @@ void run_quantize(const QuantizeArgs& a) {
   opt.smooth_alpha = a.alpha;
   opt.outlier_threshold = a.threshold;
 
-  ModelFormat save_format = ModelFormat::kSafetensors;
-  if (!a.format.empty()) {
-    Result<ModelFormat> f = parse_model_format(a.format);
-    if (!f.ok()) fail(kExitUsage, "--format: " + f.status().message());
-    save_format = *f;
-  } else if (a.out.size() >= 5 && a.out.compare(a.out.size() - 5, 5, ".gguf") == 0) {
-    save_format = ModelFormat::kGguf;
-  }
+  const ModelFormat save_format = output_format(a);
   if (*method == Method::kOutliers && !a.out.empty()) {
     fail(kExitUsage, "quantize: -o: the outlier split (fp16 columns beside int8) cannot be written yet; use --eval to measure it");
   }
@@ -547,7 +552,7 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--tokenizer", a->tokenizer, "Tokenizer (default: the one beside the model)");
   cmd->add_option("--plan", a->plan, "JSON overrides {\"tensor glob\": \"spec\" | \"fp32\"}");
   cmd->add_flag("--dry-run", a->dry_run, "Print the plan (every tensor and its spec) and stop; with --stream also the peak-memory formula");
-  cmd->add_flag("--stream", a->stream, "Hugging Face folder (sharded or not) block by block: one block in memory, sharded safetensors out");
+  cmd->add_flag("--stream", a->stream, "Hugging Face folder (sharded or not) block by block: one block in memory, out as sharded safetensors or one GGUF");
   cmd->add_flag("--resume", a->resume, "--stream: continue OUT.partial from its last completed block (implies --stream)");
   cmd->add_flag("--no-sequential", a->no_sequential, "Feed each block the fp32 outputs of the previous one (default: quantized)");
   cmd->add_flag("--act-order", a->act_order, "GPTQ: quantize columns by decreasing Hessian diagonal");
