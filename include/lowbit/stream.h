@@ -49,7 +49,7 @@ inline constexpr int64_t kRestChunkBytes = int64_t{64} << 20;
 // own resident parts; the peak is the largest phase.
 struct StreamMemory {
   int64_t stored_tensor = 0;  // the block's largest weight as stored (mapped pages, dropped once converted)
-  int64_t block_f32 = 0;      // one block's weights in f32 (+ a working copy for AWQ / SmoothQuant, which rescale them) + codes
+  int64_t block_f32 = 0;      // one block's weights in f32 (+ a working copy for AWQ / SmoothQuant, which rescale them) + its codes and scales twice
   int64_t statistics = 0;     // calibration: all four input sites' statistics (GPTQ: Hessians in double, 8·(3·dim² + hidden²))
   int64_t statistics_gptq = 0;  // GPTQ of the widest linear: the Hessians still needed then (8·(dim² + hidden²))
   int64_t calib_temp = 0;     // one calibration window's block buffers and its float Xᵀ X (GPTQ: 4·hidden²)
@@ -60,11 +60,13 @@ struct StreamMemory {
   int64_t base = 0;           // the process without a model (code, allocator), measured by the caller
   int64_t load() const { return block_f32 + stored_tensor + activations; }
   int64_t calibrate() const { return block_f32 + statistics + calib_temp + activations + blas; }
-  int64_t quantize() const { return block_f32 + statistics_gptq + gptq + activations + blas; }
+  int64_t quant_temp = 0;     // quantize()'s per-scale-block temporaries for the largest linear (32 bytes a block)
+  int64_t quantize() const { return block_f32 + statistics_gptq + gptq + activations + blas + quant_temp; }
   int64_t peak() const;      // max(load, calibrate, quantize, rest) + base + margin
   std::string formula() const;  // one line per phase, for --dry-run
 };
-StreamMemory stream_memory(const LlamaConfig& c, DType stored, Method method, int64_t calib_tokens, int64_t window);
+// `plan` sizes the codes (the most any block's linears keep) and quantize()'s scale-block temporaries.
+StreamMemory stream_memory(const LlamaConfig& c, DType stored, Method method, const QuantPlan& plan, int64_t calib_tokens, int64_t window);
 
 struct StreamReport {
   PipelineReport pipeline;           // every linear quantized in this run, calibration tokens

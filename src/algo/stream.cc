@@ -18,6 +18,7 @@
 #include "lowbit/convert.h"
 #include "lowbit/file.h"
 #include "lowbit/formats.h"
+#include "lowbit/ggml_quant.h"
 #include "lowbit/gguf.h"
 #include "lowbit/llama.h"
 #include "lowbit/safetensors.h"
@@ -75,7 +76,7 @@ Status load_block(Model& m, const HfCheckpoint& ck, int l, int64_t* bytes_read) 
   const LlamaConfig& c = m.config;
   const std::string p = fmt::format("model.layers.{}.", l);
   LayerWeights& lw = m.weights.layers[static_cast<size_t>(l)];
-  m.owned.reserve(m.owned.size() + 9);
+  m.owned.reserve(m.owned.size() + 9);  // the two norms, then the seven linears in kHfSlots order
   LOWBIT_RETURN_IF_ERROR(adopt(m, ck, p + "input_layernorm.weight", {c.dim}, &lw.attn_norm, bytes_read));
   LOWBIT_RETURN_IF_ERROR(adopt(m, ck, p + "post_attention_layernorm.weight", {c.dim}, &lw.ffn_norm, bytes_read));
   for (const HfSlot& s : kHfSlots) {
@@ -317,15 +318,46 @@ std::string StreamMemory::formula() const {
       "peak = max(load, calibrate, quantize, rest) + base + 64 MiB margin = {:.0f} MiB\n"
       "  load      = f32 block {:.0f} + largest stored tensor {:.0f} + calibration stream {:.0f} = {:.0f} MiB\n"
       "  calibrate = f32 block {:.0f} + statistics {:.0f} + window buffers and X^T X {:.0f} + calibration stream {:.0f} + BLAS {:.0f} = {:.0f} MiB\n"
-      "  quantize  = f32 block {:.0f} + Hessians still needed {:.0f} + GPTQ factor and working copy {:.0f} + calibration stream {:.0f} + BLAS {:.0f} = {:.0f} MiB\n"
+      "  quantize  = f32 block {:.0f} + Hessians still needed {:.0f} + GPTQ factor and working copy {:.0f} + calibration stream {:.0f} + BLAS {:.0f} + scale blocks {:.0f} = {:.0f} MiB\n"
       "  rest      = embedding / classifier, {} MiB of f32 rows at a time, + the table's scales = {:.0f} MiB\n"
       "  base      = process without a model {:.0f} MiB\n",
       mib(peak()), mib(block_f32), mib(stored_tensor), mib(activations), mib(load()), mib(block_f32), mib(statistics), mib(calib_temp),
-      mib(activations), mib(blas), mib(calibrate()), mib(block_f32), mib(statistics_gptq), mib(gptq), mib(activations), mib(blas), mib(quantize()),
+      mib(activations), mib(blas), mib(calibrate()), mib(block_f32), mib(statistics_gptq), mib(gptq), mib(activations), mib(blas), mib(quant_temp), mib(quantize()),
       kRestChunkBytes >> 20, mib(rest), mib(base));
 }
 
-StreamMemory stream_memory(const LlamaConfig& c, DType stored, Method method, int64_t calib_tokens, int64_t window) {
+namespace {
+
+// What one block's quantized linears keep, the most over the blocks (packed codes, packed scale
+// codes, and the float scales and zero points a QuantizedTensor holds beside them), and
+// quantize()'s per-scale-block temporaries for the largest linear (statistics 12, scale 16 and
+// scale code 4 bytes a block).
+std::pair<int64_t, int64_t> code_bytes(const QuantPlan& plan) {
+  std::map<int, int64_t> kept;
+  int64_t temp = 0;
+  for (const PlanEntry& e : plan.entries) {
+    if (!e.spec || e.shape.size() != 2 || !e.name.starts_with("layers.")) continue;
+    const int64_t rows = e.shape[0], cols = e.shape[1];
+    int64_t bytes = 0, blocks = 0;
+    if (e.spec->ggml != GgmlType::kF32) {
+      bytes = ggml_row_bytes(e.spec->ggml, cols) * rows;
+    } else {
+      const BlockGrid g = block_grid(*e.spec, rows, cols);
+      blocks = g.grid_rows * g.grid_cols;
+      bytes = rows * static_cast<int64_t>(packed_bytes(e.spec->element, static_cast<size_t>(cols))) +
+              static_cast<int64_t>(packed_bytes(e.spec->scale_format, static_cast<size_t>(blocks))) + 4 * blocks * (e.spec->symmetric ? 1 : 2);
+    }
+    kept[std::atoi(e.name.c_str() + 7)] += bytes;
+    temp = std::max(temp, 32 * blocks);
+  }
+  int64_t most = 0;
+  for (const auto& [layer, b] : kept) most = std::max(most, b);
+  return {most, temp};
+}
+
+}  // namespace
+
+StreamMemory stream_memory(const LlamaConfig& c, DType stored, Method method, const QuantPlan& plan, int64_t calib_tokens, int64_t window) {
   const int64_t d = c.dim, h = c.hidden_dim, kv = c.kv_dim(), v = c.vocab_size;
   const int64_t params = 2 * d + 2 * d * d + 2 * kv * d + 3 * h * d;
   const int64_t widest = std::max(d, h);
@@ -333,7 +365,9 @@ StreamMemory stream_memory(const LlamaConfig& c, DType stored, Method method, in
   m.stored_tensor = std::max({d * d, kv * d, h * d}) * static_cast<int64_t>(dtype_size(stored));
   // RTN and GPTQ read the loaded f32 weights in place; AWQ / SmoothQuant rescale a clone. + the codes (<= 4 bits) and scales.
   const bool in_place = method == Method::kRtn || method == Method::kGptq;
-  m.block_f32 = (in_place ? 1 : 2) * 4 * params + params;  // + codes and scales twice (the pipeline's, the save's copy)
+  const auto [codes, quant_temp] = code_bytes(plan);
+  m.block_f32 = (in_place ? 1 : 2) * 4 * params + 2 * codes;  // + codes and scales twice (the pipeline's, the save's copy)
+  m.quant_temp = quant_temp;
   const bool calib = method != Method::kRtn;
   if (method == Method::kGptq) {
     m.statistics = 8 * (3 * d * d + h * h);          // Hessians of the four input sites, double
@@ -388,7 +422,7 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
   }
   const std::string key = run_key(model_dir, opt);
   StreamReport rep;
-  rep.memory = stream_memory(c, ck.stored, opt.pipeline.method, [&] {
+  rep.memory = stream_memory(c, ck.stored, opt.pipeline.method, opt.pipeline.plan, [&] {
     int64_t n = 0;
     for (const auto& w : opt.pipeline.calib) n += static_cast<int64_t>(w.size());
     return n;
@@ -502,6 +536,11 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
     LOWBIT_ASSIGN_OR_RETURN(PipelineReport pr, quantize_model(net, po));
     rep.pipeline.linears.insert(rep.pipeline.linears.end(), pr.linears.begin(), pr.linears.end());
     rep.pipeline.peak_activation_bytes = std::max(rep.pipeline.peak_activation_bytes, pr.peak_activation_bytes);
+    // The quantized linears' f32 weights (m.owned[2 + i], load_block's order) are not needed to
+    // save them: dropped before the save makes its copy of the codes.
+    for (size_t i = 0; i < std::size(kHfSlots); ++i) {
+      if (net.layers()[static_cast<size_t>(l)].at(kHfSlots[i].slot).quant() != nullptr) m.owned[m.owned.size() - 7 + i] = Tensor();
+    }
     if (gguf) {
       LOWBIT_ASSIGN_OR_RETURN(const auto data, gguf_block_data(net, l, out.string(), opt.save));
       for (const auto& [name, bytes] : data) {

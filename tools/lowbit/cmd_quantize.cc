@@ -164,7 +164,7 @@ void run_streaming(const QuantizeArgs& a, Method method, const QuantSpec& wspec,
   if (!plan.ok()) fail(kExitUsage, plan.status().message());
   const int ctx = std::min(a.ctx, cfg.seq_len);
   const int64_t calib_tokens = method == Method::kRtn ? 0 : a.calib_tokens / ctx * ctx;
-  StreamMemory mem = stream_memory(cfg, ck->stored, method, calib_tokens, ctx);
+  StreamMemory mem = stream_memory(cfg, ck->stored, method, *plan, calib_tokens, ctx);
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
   mem.base = static_cast<int64_t>(ru.ru_maxrss) * 1024;
