@@ -112,6 +112,10 @@ class LlamaModel {
   // a GGUF's own embedding blocks are no longer used).
   const QuantizedTensor* embedding_quant() const { return emb_quant_.get(); }
   void set_embedding_quant(std::optional<QuantizedTensor> q, bool lookups = false);
+  // The spec a plan rounded weights().tok_embeddings to (its values are that spec's dequantized
+  // values) when it is not held as embedding_quant(): a writer stores an fp16 cast as F16.
+  const std::optional<QuantSpec>& embedding_spec() const { return emb_spec_; }
+  void set_embedding_spec(std::optional<QuantSpec> spec) { emb_spec_ = std::move(spec); }
   Linear& classifier() { return classifier_; }
   const Linear& classifier() const { return classifier_; }
   ActivationQuant& activation_quant() { return act_; }
@@ -133,6 +137,7 @@ class LlamaModel {
   Linear classifier_;
   GgmlMatrix emb_;
   std::shared_ptr<const QuantizedTensor> emb_quant_;
+  std::optional<QuantSpec> emb_spec_;
   ActivationQuant act_;
   std::optional<KvSpec> kv_;
 };

@@ -94,6 +94,10 @@ Result<std::map<std::string, std::string>> safetensors_shard_metadata(const Llam
 // config.json and the tokenizer a safetensors save puts beside its weights, into the folder `dir`.
 Status save_safetensors_sidecar(const LlamaModel& net, const std::string& dir, const SaveOptions& opt);
 
+// A plain fp16 cast (fp16 elements, unit scale): F16 holds its values exactly, so both formats
+// store a tensor rounded by it as F16 — an embedding (LlamaModel::embedding_spec) included.
+bool is_fp16_cast(const QuantSpec& s);
+
 // Streamed GGUF saves (stream.h) lay the file out before any block is quantized, then write
 // each tensor at its offset as it is made. plan_gguf_save: the tensors, types, metadata and
 // offsets save_model's GGUF gets for a model of `net`'s config and activation specs once every

@@ -586,6 +586,7 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
       LOWBIT_RETURN_IF_ERROR(dequantize(q, t.view()));
       mw.tok_embeddings = net.adopt(std::move(t));
       net.set_embedding_quant(std::nullopt);  // the dequantized table, not the file's blocks, is looked up
+      net.set_embedding_spec(q.spec);
       if (c.shared_classifier) {
         mw.classifier = mw.tok_embeddings;
         LOWBIT_ASSIGN_OR_RETURN(net.classifier(), Linear::quantized(q));

@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "lowbit/pipeline.h"
+#include "lowbit/save.h"
 
 #include <fmt/format.h>
 
@@ -90,7 +91,8 @@ ModelSize model_size(const LlamaModel& net) {
   const GgmlMatrix* cg = net.classifier().ggml();
   const GgmlMatrix* eg = net.embedding_blocks();
   const QuantizedTensor* eq = net.embedding_quant();
-  const int64_t emb_bytes = eq ? eq->storage_bytes() : eg ? eg->bytes() : 4 * emb;
+  const bool emb16 = net.embedding_spec() && is_fp16_cast(*net.embedding_spec());  // saved as F16
+  const int64_t emb_bytes = eq ? eq->storage_bytes() : eg ? eg->bytes() : (emb16 ? 2 : 4) * emb;
   const int64_t cls_bytes = cq ? cq->storage_bytes() : cg ? cg->bytes() : 4 * emb;
   if (c.shared_classifier) {
     s.other_bytes += eq || eg ? emb_bytes : cls_bytes;  // the classifier is the embedding

@@ -182,8 +182,10 @@ class RowStream {
   int64_t chunk_rows() const { return chunk_; }
   const std::optional<QuantSpec>& spec() const { return spec_; }
 
-  // The f32 rows as stored (no spec) or as the spec rounds them (dequantized), chunk by chunk.
-  Status emit_f32(const std::function<Status(std::span<const std::byte>)>& emit) {
+  // The f32 rows as stored (no spec) or as the spec rounds them (dequantized), chunk by chunk;
+  // with `f16`, as fp16 (exact when the spec is an fp16 cast).
+  Status emit_f32(const std::function<Status(std::span<const std::byte>)>& emit, bool f16 = false) {
+    std::vector<uint16_t> h;
     for (int64_t r0 = 0; r0 < rows_; r0 += chunk_) {
       const int64_t r1 = std::min(rows_, r0 + chunk_);
       LOWBIT_ASSIGN_OR_RETURN(Tensor x, read(r0, r1));
@@ -191,7 +193,14 @@ class RowStream {
         LOWBIT_ASSIGN_OR_RETURN(QuantizedTensor q, quantize_rows(x, r0));
         LOWBIT_RETURN_IF_ERROR(dequantize(q, x.view()));
       }
-      LOWBIT_RETURN_IF_ERROR(emit(std::as_bytes(std::span<const float>(x.data_as<float>(), static_cast<size_t>(x.numel())))));
+      const std::span<const float> v(x.data_as<float>(), static_cast<size_t>(x.numel()));
+      if (f16) {
+        h.resize(v.size());
+        f32_to_f16(v, h);
+        LOWBIT_RETURN_IF_ERROR(emit(std::as_bytes(std::span<const uint16_t>(h))));
+      } else {
+        LOWBIT_RETURN_IF_ERROR(emit(std::as_bytes(v)));
+      }
     }
     return OkStatus();
   }
@@ -622,7 +631,9 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
       entries = tied_head.quantized_entries("lm_head.weight");
       m.insert(quantization_config_entry({{"lm_head.weight", {*emb_spec, {c.vocab_size, c.dim}}}}));
     }
-    entries.push_back({"model.embed_tokens.weight", DType::kF32, {c.vocab_size, c.dim}, [&](const auto& emit) { return emb.emit_f32(emit); }});
+    const bool f16 = emb_spec && is_fp16_cast(*emb_spec);  // as save_model stores it
+    entries.push_back({"model.embed_tokens.weight", f16 ? DType::kF16 : DType::kF32, {c.vocab_size, c.dim},
+                       [&, f16](const auto& emit) { return emb.emit_f32(emit, f16); }});
     const std::span<const std::byte> norm = std::as_bytes(std::span<const float>(final_norm.data_as<float>(), static_cast<size_t>(c.dim)));
     entries.push_back({"model.norm.weight", DType::kF32, {c.dim}, [norm](const auto& emit) { return emit(norm); }});
     LOWBIT_RETURN_IF_ERROR(write_safetensors_piecewise((work / (shard_name(L, n_shards) + ".emb")).string(), entries, m));

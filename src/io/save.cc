@@ -28,6 +28,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "lowbit/convert.h"
 #include "lowbit/file.h"
 #include "lowbit/ggml_matmul.h"
 #include "lowbit/gguf.h"
@@ -291,9 +292,16 @@ Status write_safetensors_part(const LlamaModel& net, const std::string& out, con
     plain.push_back({name, DType::kF32, std::vector<int64_t>(v.shape().dims.begin(), v.shape().dims.begin() + v.ndim()),
                      bytes_of(v)});
   };
+  std::vector<uint16_t> emb16;
   if (rest) {
     LOWBIT_ASSIGN_OR_RETURN(ConstTensorView emb, embedding_f32(net, out, parts.decoded));
-    add_plain("model.embed_tokens.weight", emb);
+    if (net.embedding_spec() && is_fp16_cast(*net.embedding_spec())) {  // its values are fp16's
+      emb16.resize(static_cast<size_t>(emb.numel()));
+      f32_to_f16(std::span<const float>(emb.data_as<float>(), emb16.size()), emb16);
+      plain.push_back({"model.embed_tokens.weight", DType::kF16, {emb.dim(0), emb.dim(1)}, std::as_bytes(std::span<const uint16_t>(emb16))});
+    } else {
+      add_plain("model.embed_tokens.weight", emb);
+    }
   }
   for (size_t l = first; l < std::min(end, w.layers.size()); ++l) {
     add_plain(fmt::format("model.layers.{}.input_layernorm.weight", l), w.layers[l].attn_norm);
@@ -471,7 +479,7 @@ Result<GgufStorage> gguf_storage(const std::string& out, const std::string& name
                                  const QuantSpec& s, int64_t cols, const SaveOptions& opt) {
   const std::optional<GgmlType> type = gguf_type_of(s);
   if (type && (s.ggml != GgmlType::kF32 || cols % kGgmlBlock == 0)) return GgufStorage{*type, false, {}};
-  const bool exact_f16 = s.element == Format::kFp16 && s.scale_rule == ScaleRule::kUnit;  // a plain cast
+  const bool exact_f16 = is_fp16_cast(s);
   if (!type && !opt.gguf_fallback_f16 && !exact_f16) {
     return InvalidArgument(fmt::format("{}: {} ({}) is quantized {}, which GGUF cannot hold (supported: "
                                        "int8:g32:sym:fp16 -> Q8_0, int4:g32:sym:fp16 -> Q4_0); save as safetensors, "
@@ -586,8 +594,10 @@ Status save_gguf(const LlamaModel& net, const std::string& out, const SaveOption
     spec.tensors.push_back({"token_embd.weight", {eq->rows, eq->cols}, {}, eq->spec.ggml, eq});
   } else {
     LOWBIT_ASSIGN_OR_RETURN(ConstTensorView emb, embedding_f32(net, out, parts.decoded));
+    const bool f16 = net.embedding_spec() && is_fp16_cast(*net.embedding_spec());  // its values are fp16's
     spec.tensors.push_back({"token_embd.weight", {emb.dim(0), emb.dim(1)},
-                            std::span<const float>(emb.data_as<float>(), static_cast<size_t>(emb.numel())), GgmlType::kF32});
+                            std::span<const float>(emb.data_as<float>(), static_cast<size_t>(emb.numel())),
+                            f16 ? GgmlType::kF16 : GgmlType::kF32});
   }
   spec.tensors.push_back({"output_norm.weight", {c.dim}, std::span<const float>(w.final_norm.data_as<float>(), static_cast<size_t>(c.dim)),
                           GgmlType::kF32});
@@ -679,6 +689,8 @@ Result<std::map<std::string, std::string>> safetensors_shard_metadata(const Llam
   return meta;
 }
 
+bool is_fp16_cast(const QuantSpec& s) { return s.element == Format::kFp16 && s.scale_rule == ScaleRule::kUnit && s.ggml == GgmlType::kF32; }
+
 Result<GgufSaveLayout> plan_gguf_save(const LlamaModel& net, const std::string& out, const SaveOptions& opt,
                                       const std::function<std::optional<QuantSpec>(const std::string&)>& spec_of) {
   const LlamaConfig& c = net.config();
@@ -700,7 +712,8 @@ Result<GgufSaveLayout> plan_gguf_save(const LlamaModel& net, const std::string& 
   };
   const std::optional<QuantSpec> emb = spec_of(kTokEmbeddingsName);
   const bool emb_blocks = emb && emb->ggml != GgmlType::kF32;
-  g.tensors.push_back({"token_embd.weight", {c.vocab_size, c.dim}, emb_blocks ? emb->ggml : GgmlType::kF32});
+  g.tensors.push_back({"token_embd.weight", {c.vocab_size, c.dim},
+                       emb_blocks ? emb->ggml : emb && is_fp16_cast(*emb) ? GgmlType::kF16 : GgmlType::kF32});
   g.tensors.push_back({"output_norm.weight", {c.dim}, GgmlType::kF32});
   for (int l = 0; l < c.n_layers; ++l) {
     for (const char* n : {"attn_norm", "ffn_norm"}) g.tensors.push_back({fmt::format("blk.{}.{}.weight", l, n), {c.dim}, GgmlType::kF32});

@@ -153,6 +153,7 @@ Result<Linear> Linear::quantized(const QuantizedTensor& q, const std::optional<Q
 
 void LlamaModel::set_embedding_quant(std::optional<QuantizedTensor> q, bool lookups) {
   emb_quant_ = q ? std::make_shared<const QuantizedTensor>(std::move(*q)) : nullptr;
+  emb_spec_.reset();
   emb_ = GgmlMatrix{};
   if (lookups) {
     LOWBIT_CHECK(emb_quant_ != nullptr && ggml_matmul_supports(emb_quant_->spec.ggml),

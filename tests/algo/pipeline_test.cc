@@ -3,20 +3,27 @@
 // doing what its paper says against RTN.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
 
 #include "lowbit/eval.h"
+#include "lowbit/gguf.h"
 #include "lowbit/pipeline.h"
 #include "lowbit/rtn.h"
+#include "lowbit/safetensors.h"
+#include "lowbit/save.h"
 #include "lowbit/tokenizer.h"
 #include "synthetic_model.h"
 
 namespace lowbit {
 namespace {
 
+namespace fs = std::filesystem;
 using testutil::random_windows;
 using testutil::synthetic_model;
 
@@ -96,6 +103,45 @@ TEST(Pipeline, RtnMatchesApplyRtnAndSequentialMatters) {
   bool differ = false;
   for (LinearSlot s : kLinearSlots) differ |= c.layers()[2].at(s).quant()->codes != d.layers()[2].at(s).quant()->codes;
   EXPECT_TRUE(differ);
+}
+
+// A plan's fp16 embedding cast is stored as F16 by both writers (half the bytes of the F32 it
+// was), and loads back to the same table; an embedding rounded by another spec stays F32.
+TEST(Pipeline, Fp16CastEmbeddingIsSavedAsF16) {
+  const fs::path dir = fs::temp_directory_path() / ("lowbit_pipeline_emb16_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const std::string overrides = (dir / "plan.json").string();
+  std::ofstream(overrides) << R"({"tok_embeddings": "int8:row:sym:fp16"})";
+  const QuantSpec w4 = parse_spec("int4:g32:sym:fp16").value();
+  for (const bool fp16 : {true, false}) {
+    Model m = synthetic_model(2, 9);
+    LlamaModel net(m);
+    PipelineOptions opt;
+    opt.plan = make_plan(m.config, w4, std::nullopt, fp16 ? "" : overrides).value();
+    ASSERT_TRUE(quantize_model(net, opt).ok());
+    ASSERT_TRUE(net.embedding_spec().has_value());
+    EXPECT_EQ(is_fp16_cast(*net.embedding_spec()), fp16);
+    const std::string st = (dir / "st").string(), gg = (dir / "m.gguf").string();
+    Result<SaveReport> saved = save_model(net, st, {.format = ModelFormat::kSafetensors});
+    ASSERT_TRUE(saved.ok()) << saved.status().to_string();
+    saved = save_model(net, gg, {.format = ModelFormat::kGguf, .gguf_fallback_f16 = true});  // the synthetic rows are not all 32-wide
+    ASSERT_TRUE(saved.ok()) << saved.status().to_string();
+    Result<SafetensorsFile> sf = open_safetensors(st + "/model.safetensors");
+    ASSERT_TRUE(sf.ok()) << sf.status().to_string();
+    EXPECT_EQ(sf->find("model.embed_tokens.weight")->dtype, fp16 ? DType::kF16 : DType::kF32);
+    Result<GgufFile> gf = open_gguf(gg);
+    ASSERT_TRUE(gf.ok()) << gf.status().to_string();
+    EXPECT_EQ(gf->find_tensor("token_embd.weight")->type, fp16 ? GgmlType::kF16 : GgmlType::kF32);
+    const ConstTensorView want = net.weights().tok_embeddings;
+    for (const std::string& path : {st, gg}) {
+      Result<Model> back = load_model(path);
+      ASSERT_TRUE(back.ok()) << path << ": " << back.status().to_string();
+      const ConstTensorView got = back->weights.tok_embeddings;
+      ASSERT_EQ(got.numel(), want.numel()) << path;
+      EXPECT_EQ(std::memcmp(got.data(), want.data(), static_cast<size_t>(want.numel()) * 4), 0) << path << ": the table changed";
+    }
+  }
+  fs::remove_all(dir);
 }
 
 TEST(Pipeline, ErrorsNameTensorAndLayer) {
