@@ -13,6 +13,7 @@
 // over that matrix; see docs/schemes.md.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -151,6 +152,32 @@ Result<QuantizedTensor> quantize(ConstTensorView x, const QuantSpec& spec, const
 // element step of docs/schemes.md; `index` feeds stochastic rounding), and the value of a code.
 uint32_t quantize_value(const QuantSpec& spec, float x, float scale, int32_t zero, uint64_t index = 0);
 float dequantize_value(const QuantSpec& spec, uint32_t code, float scale, int32_t zero);
+// quantize_value then dequantize_value of one element (index 0), for loops that do both per
+// element (GPTQ's): integer elements with round-to-nearest-even in a few instructions, other
+// formats through the two calls. The same code and value as the two calls, bit for bit.
+class ElementRounder {
+ public:
+  explicit ElementRounder(const QuantSpec& spec);
+  uint32_t round(float x, float scale, int32_t zero, float* value) const {
+    if (!fast_) {
+      const uint32_t code = quantize_value(spec_, x, scale, zero);
+      *value = dequantize_value(spec_, code, scale, zero);
+      return code;
+    }
+    float v = scale == 0.0f ? 0.0f : x / scale;
+    if (!spec_.symmetric) v += static_cast<float>(zero);
+    v = v < lo_ ? lo_ : hi_ < v ? hi_ : v;  // std::clamp's order: NaN stays NaN
+    const float r = (v != v ? 0.0f : std::nearbyint(v)) + 0.0f;  // ties to even (the default mode); -0 -> +0 as decode gives
+    *value = (r - static_cast<float>(zero)) * scale;
+    return static_cast<uint32_t>(static_cast<int32_t>(r)) & mask_;
+  }
+
+ private:
+  QuantSpec spec_;
+  bool fast_ = false;
+  float lo_ = 0.0f, hi_ = 0.0f;
+  uint32_t mask_ = 0;
+};
 // A (rows, cols) QuantizedTensor of `spec` with every code, scale and zero point 0, to be filled
 // with set_code / copy_block_params.
 QuantizedTensor empty_quantized(const QuantSpec& spec, int64_t rows, int64_t cols);

@@ -101,6 +101,14 @@ bool gptq_inverse_factor(std::span<const double> hessian, std::span<const double
   return inverse_factor_as<float>(hessian, diag, perm, lambda, u) || inverse_factor_as<double>(hessian, diag, perm, lambda, u);
 }
 
+// Column p's rounding error over the batch's later columns of a row: wr[j] -= e * U(p, j) for
+// p < j < end, four at a time (a multiply then a subtract: the scalar loop's two roundings).
+void spread_error(float* wr, const MatF& U, int64_t p, int64_t end, float e) {
+  if (const int64_t n = end - p - 1; n > 0) {
+    Eigen::Map<Eigen::VectorXf>(wr + p + 1, n).noalias() -= e * Eigen::Map<const Eigen::VectorXf>(&U(p, p + 1), n);
+  }
+}
+
 // GPTQ over ggml blocks: columns in natural order; when a block's first column is reached, each
 // row's block scales are chosen by the weighted search (importance = diag H) from the weights as
 // GPTQ has updated them so far, then every column is rounded to the nearest value those scales
@@ -134,8 +142,7 @@ QuantizedTensor gptq_ggml(MatF Wp, const Eigen::Map<const MatD>& H, const MatF& 
             const float qv = coder.round(static_cast<int>(p - b0), x);
             const float e = (x - qv) / U(p, p);
             Err(r, p - i1) = e;
-            const float* ur = &U(p, 0);
-            for (int64_t j = p + 1; j < i2; ++j) wr[j] -= e * ur[j];
+            spread_error(wr, U, p, i2, e);
           }
           coder.pack(out.codes.data() + r * out.row_bytes + (b0 / QB) * info->type_size);
         }
@@ -349,6 +356,7 @@ Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double>
   const int64_t B = opt.block_size;
   constexpr int64_t kRowGrain = 16;  // rows per parallel chunk (results do not depend on it)
   MatF Err(R, B);
+  const ElementRounder rounder(spec);
   auto group_of = [&](int64_t p) { return perm[static_cast<size_t>(p)] / grid.block_cols; };
   for (int64_t i1 = 0; i1 < C; i1 += B) {
     const int64_t i2 = std::min(C, i1 + B), cnt = i2 - i1;
@@ -365,13 +373,12 @@ Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double>
             const float s = out.scales[b];
             const int32_t z = spec.symmetric ? 0 : out.zero_points[b];
             const float x = wr[p];
-            const uint32_t code = quantize_value(spec, x, s, z);
-            const float qv = dequantize_value(spec, code, s, z);
+            float qv;
+            const uint32_t code = rounder.round(x, s, z, &qv);
             set_code(out, r, c, code);
             const float e = (x - qv) / U(p, p);
             Err(r, p - i1) = e;
-            const float* ur = &U(p, 0);
-            for (int64_t j = p + 1; j < i2; ++j) wr[j] -= e * ur[j];
+            spread_error(wr, U, p, i2, e);
           }
         }
       });

@@ -687,6 +687,14 @@ float dequantize_value(const QuantSpec& spec, uint32_t code, float scale, int32_
   return dequantize_element(spec, code, scale, zero);
 }
 
+ElementRounder::ElementRounder(const QuantSpec& spec) : spec_(spec) {
+  fast_ = is_int(spec.element) && spec.rounding == Rounding::kNearestEven;
+  if (!fast_) return;
+  int_bounds(spec, &lo_, &hi_);
+  const int bits = traits(spec.element).bits;
+  mask_ = bits >= 32 ? ~0u : (1u << bits) - 1u;
+}
+
 QuantizedTensor empty_quantized(const QuantSpec& spec, int64_t rows, int64_t cols) {
   QuantizedTensor q;
   q.spec = spec;

@@ -1287,3 +1287,39 @@ TEST(QuantizeErrors, BadShapesAndDtypes) {
 
 }  // namespace
 }  // namespace lowbit
+
+namespace lowbit {
+namespace {
+
+// ElementRounder (GPTQ's inner loop) gives quantize_value's code and dequantize_value's value bit
+// for bit: every integer element, symmetric and affine, random and tie values (x / s = k + 0.5),
+// values beyond the range, a zero scale, NaN; and a non-integer element through its slow path.
+TEST(ElementRounder, MatchesQuantizeValueThenDequantizeValue) {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  int checked = 0;
+  for (const char* text : {"int8:g32:sym:fp16", "int4:g32:sym:fp16", "int3:g64:sym:fp32", "uint4:g32:asym:fp16", "uint8:row:asym:fp32",
+                           "int4:g32:asym:fp16", "e4m3:g32:sym:fp32", "nf4:g64:sym:fp16"}) {
+    const QuantSpec spec = parse_spec(text).value();
+    const ElementRounder r(spec);
+    for (int i = 0; i < 20000; ++i) {
+      const float s = i % 97 == 0 ? 0.0f : std::ldexp(1.0f + u(rng) * 0.5f, -static_cast<int>(rng() % 8));
+      const int32_t z = spec.symmetric ? 0 : static_cast<int32_t>(rng() % 16);
+      float x = u(rng) * 20.0f * s;
+      if (i % 5 == 0) x = (std::floor(u(rng) * 10.0f) + 0.5f) * s;    // a tie
+      if (i % 53 == 0) x = u(rng) * 1e30f;                             // far beyond the range
+      if (i == 7) x = std::numeric_limits<float>::quiet_NaN();
+      const uint32_t want = quantize_value(spec, x, s, z);
+      const float want_v = dequantize_value(spec, want, s, z);
+      float got_v = 0.0f;
+      const uint32_t got = r.round(x, s, z, &got_v);
+      ASSERT_EQ(got, want) << text << " x=" << x << " s=" << s << " z=" << z;
+      ASSERT_EQ(std::bit_cast<uint32_t>(got_v), std::bit_cast<uint32_t>(want_v)) << text << " x=" << x << " s=" << s << " z=" << z;
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 8 * 20000);
+}
+
+}  // namespace
+}  // namespace lowbit
