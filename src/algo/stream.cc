@@ -372,7 +372,7 @@ StreamMemory stream_memory(const LlamaConfig& c, DType stored, Method method, co
   const int64_t widest = std::max(d, h);
   StreamMemory m;
   m.stored_tensor = std::max({d * d, kv * d, h * d}) * static_cast<int64_t>(dtype_size(stored));
-  // RTN and GPTQ read the loaded f32 weights in place; AWQ / SmoothQuant rescale a clone. + the codes (<= 4 bits) and scales.
+  // RTN and GPTQ read the loaded f32 weights in place; AWQ / SmoothQuant rescale a clone. + the plan's codes and scales.
   const bool in_place = method == Method::kRtn || method == Method::kGptq;
   const auto [codes, quant_temp] = code_bytes(plan);
   m.block_f32 = (in_place ? 1 : 2) * 4 * params + 2 * codes;  // + codes and scales twice (the pipeline's, the save's copy)
