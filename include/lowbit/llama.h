@@ -40,6 +40,10 @@ class Linear {
   // A GGUF k-quant matrix (Q4_K, Q6_K) run as stored by ggml_matmul; `w` views bytes that must outlive the Linear.
   // ggml() is set for these and for quantized() of a ggml block spec (its codes).
   static Linear ggml(const GgmlMatrix& w, GgmlActs acts = GgmlActs::kF32);
+  // `q` held for the writers and size accounting only, with no run form (no packing, no fp32
+  // copy): for a pipeline whose quantized blocks are saved and never run (a streamed RTN).
+  // forward() on it aborts (LOWBIT_CHECK); kernel() is "stored".
+  static Linear stored(QuantizedTensor q);
   int64_t out_features() const { return out_; }
   int64_t in_features() const { return in_; }
   const QuantizedTensor* quant() const { return quant_.get(); }

@@ -67,6 +67,9 @@ struct PipelineOptions {
   QuantPlan plan{};
   std::vector<std::vector<int>> calib{};  // calibration windows of token ids (each ≤ the context)
   bool sequential = true;                 // feed block i+1 the quantized block i's outputs
+  // false: the quantized linears are kept as Linear::stored (no kernel packing, no fp32 copy),
+  // for a caller that saves the blocks and never runs them (needs a method without calibration).
+  bool runnable = true;
   GptqOptions gptq{};
   AwqOptions awq{};
   double smooth_alpha = 0.5;              // SmoothQuant migration strength α

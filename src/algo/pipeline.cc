@@ -287,6 +287,9 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
   const LlamaConfig& c = net.config();
   LOWBIT_RETURN_IF_ERROR(check_method(opt));
   const bool needs_calib = opt.method != Method::kRtn;
+  if (!opt.runnable && needs_calib) {
+    return InvalidArgument(fmt::format("quantize_model: --method {} runs the quantized blocks; they must be runnable", method_name(opt.method)));
+  }
   if (needs_calib && opt.calib.empty()) {
     return InvalidArgument(fmt::format("{} needs calibration text (at least one window of tokens)", method_name(opt.method)));
   }
@@ -510,7 +513,11 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
       }
       // The kernels quantize a linear's whole input themselves: not with an outlier split.
       const bool split = !ll.outliers[static_cast<size_t>(s)].cols.empty();
-      LOWBIT_ASSIGN_OR_RETURN(ll.at(s), Linear::quantized(q, split ? std::nullopt : acts));
+      if (opt.runnable || split) {
+        LOWBIT_ASSIGN_OR_RETURN(ll.at(s), Linear::quantized(q, split ? std::nullopt : acts));
+      } else {
+        ll.at(s) = Linear::stored(std::move(q));
+      }
       rep.linears.push_back(r);
       if (from_blocks) ws = Tensor();
       // A site's Hessian is dropped after its last linear (wv, wo, w2, w3 in this order), so

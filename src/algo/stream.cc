@@ -542,6 +542,7 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
     po.embeddings = false;
     po.residual = needs_calib ? &xs : nullptr;
     po.on_layer = nullptr;
+    po.runnable = needs_calib;  // RTN's blocks are saved, never run: no kernel packing
     LOWBIT_ASSIGN_OR_RETURN(PipelineReport pr, quantize_model(net, po));
     rep.pipeline.linears.insert(rep.pipeline.linears.end(), pr.linears.begin(), pr.linears.end());
     rep.pipeline.peak_activation_bytes = std::max(rep.pipeline.peak_activation_bytes, pr.peak_activation_bytes);

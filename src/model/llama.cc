@@ -172,9 +172,18 @@ Linear Linear::ggml(const GgmlMatrix& w, GgmlActs acts) {
   return l;
 }
 
+Linear Linear::stored(QuantizedTensor q) {
+  Linear l;
+  l.out_ = q.rows;
+  l.in_ = q.cols;
+  l.quant_ = std::make_shared<QuantizedTensor>(std::move(q));
+  return l;
+}
+
 std::string Linear::kernel() const {
   if (ggml_.blocks) return ggml_kernel_name(ggml_.type, ggml_kernel_isa(), ggml_acts_);
-  return packed_ ? kernel_name(*packed_, kernel_opt_) : "fp32";
+  if (packed_) return kernel_name(*packed_, kernel_opt_);
+  return w_ == nullptr && quant_ ? "stored" : "fp32";
 }
 
 void Linear::forward(const float* x, int64_t n, float* y) const {
@@ -188,6 +197,7 @@ void Linear::forward(const float* x, int64_t n, float* y) const {
     LOWBIT_CHECK(s.ok(), "Linear::forward: " + s.message());
     return;
   }
+  LOWBIT_CHECK(w_ != nullptr || out_ * in_ == 0, "Linear::forward: a stored-only linear (Linear::stored) has no run form");
   // fp32: one GEMM (Eigen, threaded through OpenMP); y (n, out) = x (n, in) · Wᵀ.
   using RowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   Eigen::Map<const RowMajor> W(w_, out_, in_);

@@ -144,6 +144,37 @@ TEST(Pipeline, Fp16CastEmbeddingIsSavedAsF16) {
   fs::remove_all(dir);
 }
 
+// runnable = false keeps RTN's linears as stored only (no packing, no fp32 copy): the same codes
+// and scales as a runnable run, kernel() "stored", forward() refused; a calibrated method refuses it.
+TEST(Pipeline, StoredOnlyLinearsHoldTheSameCodes) {
+  Model m = synthetic_model(2, 11);
+  const QuantSpec w4 = parse_spec("int4:g32:sym:fp16").value();
+  LlamaModel a(m), b(m);
+  PipelineOptions opt;
+  opt.plan = make_plan(m.config, w4, std::nullopt).value();
+  ASSERT_TRUE(quantize_model(a, opt).ok());
+  opt.runnable = false;
+  ASSERT_TRUE(quantize_model(b, opt).ok());
+  for (size_t l = 0; l < 2; ++l) {
+    for (LinearSlot s : kLinearSlots) {
+      const Linear& x = a.layers()[l].at(s);
+      const Linear& y = b.layers()[l].at(s);
+      ASSERT_NE(y.quant(), nullptr);
+      EXPECT_EQ(x.quant()->codes, y.quant()->codes);
+      EXPECT_EQ(x.quant()->scale_codes, y.quant()->scale_codes);
+      EXPECT_NE(x.kernel(), "stored");
+      EXPECT_EQ(y.kernel(), "stored");
+    }
+  }
+  std::vector<float> in(static_cast<size_t>(m.config.dim), 1.0f), out(static_cast<size_t>(m.config.dim));
+  EXPECT_DEATH(b.layers()[0].wq.forward(in.data(), 1, out.data()), "stored-only linear");
+  opt.method = Method::kGptq;
+  opt.calib = random_windows(2, 16, m.config.vocab_size, 3);
+  LlamaModel c(m);
+  const Status st = quantize_model(c, opt).status();
+  EXPECT_NE(st.message().find("must be runnable"), std::string::npos) << st.to_string();
+}
+
 TEST(Pipeline, ErrorsNameTensorAndLayer) {
   Model m = synthetic_model(2, 7);
   const QuantSpec w4 = parse_spec("int4:g32:sym:fp16").value();
