@@ -67,6 +67,13 @@ struct GptqStats {
 Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double> hessian, const QuantSpec& spec,
                                       const GptqOptions& opt, std::string_view name, GptqStats* stats = nullptr);
 
+// GPTQ's factor of H⁻¹ on its own (tests, tools): U (in, in) row-major upper triangular with
+// Uᵀ U = (H + λ I)⁻¹, λ = damp · mean(diag H), in `order` (the column order; empty = natural) —
+// the float path gptq_quantize uses (double where float fails) or the f64 reference. False when
+// the matrix is not positive definite at this damping.
+bool gptq_factor(std::span<const double> hessian, std::span<const int64_t> order, double damp, bool f64_reference,
+                 std::vector<float>& u);
+
 // ‖X (W − Ŵ)ᵀ‖² over the sample rows x (n, in) — the output error the methods minimise.
 double output_error(ConstTensorView w, ConstTensorView w_hat, std::span<const float> x, int64_t n);
 

@@ -13,6 +13,10 @@
 
 #include <fmt/format.h>
 
+#if LOWBIT_HAVE_OPENBLAS
+#include <cblas.h>
+#endif
+
 #include "lowbit/ggml_quant.h"
 #include "lowbit/parallel.h"
 #include "lowbit/ptq.h"
@@ -24,23 +28,104 @@ namespace {
 using MatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using MatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
-// L (n, n) lower triangular, inverted in place (strict upper part must be zero): recursive
-// halves, L21 ← −L22⁻¹ L21 L11⁻¹ through two triangular-matrix products, n³/3 flops in all —
-// a third of a triangular solve against the identity.
-template <class M>
-void invert_lower(Eigen::Ref<M> L) {
-  const int64_t n = L.rows();
-  if (n <= 64) {
-    M inv = M::Identity(n, n);
+// The factor's level-3 steps on row-major blocks (leading dimension ld): OpenBLAS where it is
+// there (its results do not depend on its thread count), else Eigen's products.
+template <class T>
+using BlockMap = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
+
+// B (m, n) ← B L⁻ᵀ, L (n, n) lower.
+template <class T>
+void solve_right_lower_t(int64_t m, int64_t n, const T* l, int64_t ldl, T* b, int64_t ldb) {
+#if LOWBIT_HAVE_OPENBLAS
+  if constexpr (std::is_same_v<T, float>) {
+    cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, m, n, 1.f, l, ldl, b, ldb);
+  } else {
+    cblas_dtrsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, m, n, 1.0, l, ldl, b, ldb);
+  }
+#else
+  BlockMap<T> B(b, m, n, Eigen::OuterStride<>(ldb));
+  BlockMap<T>(const_cast<T*>(l), n, n, Eigen::OuterStride<>(ldl)).template triangularView<Eigen::Lower>().transpose()
+      .template solveInPlace<Eigen::OnTheRight>(B);
+#endif
+}
+
+// Lower triangle of C (m, m) −= A Aᵀ, A (m, k).
+template <class T>
+void syrk_lower_sub(int64_t m, int64_t k, const T* a, int64_t lda, T* c, int64_t ldc) {
+#if LOWBIT_HAVE_OPENBLAS
+  if constexpr (std::is_same_v<T, float>) {
+    cblas_ssyrk(CblasRowMajor, CblasLower, CblasNoTrans, m, k, -1.f, a, lda, 1.f, c, ldc);
+  } else {
+    cblas_dsyrk(CblasRowMajor, CblasLower, CblasNoTrans, m, k, -1.0, a, lda, 1.0, c, ldc);
+  }
+#else
+  BlockMap<T>(c, m, m, Eigen::OuterStride<>(ldc)).template selfadjointView<Eigen::Lower>()
+      .rankUpdate(BlockMap<T>(const_cast<T*>(a), m, k, Eigen::OuterStride<>(lda)), T(-1));
+#endif
+}
+
+// B (m, n) ← α L B (left: L (m, m)) or α B L (right: L (n, n)), L lower.
+template <class T>
+void trmm_lower(bool left, int64_t m, int64_t n, T alpha, const T* l, int64_t ldl, T* b, int64_t ldb) {
+#if LOWBIT_HAVE_OPENBLAS
+  const CBLAS_SIDE side = left ? CblasLeft : CblasRight;
+  if constexpr (std::is_same_v<T, float>) {
+    cblas_strmm(CblasRowMajor, side, CblasLower, CblasNoTrans, CblasNonUnit, m, n, alpha, l, ldl, b, ldb);
+  } else {
+    cblas_dtrmm(CblasRowMajor, side, CblasLower, CblasNoTrans, CblasNonUnit, m, n, alpha, l, ldl, b, ldb);
+  }
+#else
+  BlockMap<T> B(b, m, n, Eigen::OuterStride<>(ldb));
+  const int64_t k = left ? m : n;
+  const auto L = BlockMap<T>(const_cast<T*>(l), k, k, Eigen::OuterStride<>(ldl)).template triangularView<Eigen::Lower>();
+  using P = typename BlockMap<T>::PlainObject;
+  const P prod = left ? P(L * B) : P(B * L);
+  B = alpha * prod;
+#endif
+}
+
+// Split point of a recursive step: about half, on a multiple of 64.
+int64_t half_of(int64_t n) { return (n / 2 + 63) / 64 * 64; }
+constexpr int64_t kFactorLeaf = 128;  // below this, Eigen's unblocked loops
+
+// Lower Cholesky factor of the (n, n) row-major block at `a`, in place (reads and writes the lower
+// triangle only); false when it is not positive definite. Recursive halves: L11, then
+// L21 = A21 L11⁻ᵀ and A22 − L21 L21ᵀ, then L22: n³/3 flops, nearly all in two large level-3 calls
+// per level. The split depends on n alone, so the result does not depend on the thread count.
+template <class T>
+bool cholesky_lower(T* a, int64_t n, int64_t ld) {
+  if (n <= kFactorLeaf) {
+    BlockMap<T> m(a, n, n, Eigen::OuterStride<>(ld));
+    Eigen::LLT<Eigen::Ref<typename BlockMap<T>::PlainObject, 0, Eigen::OuterStride<>>> llt(m);
+    return llt.info() == Eigen::Success;
+  }
+  const int64_t n1 = half_of(n), n2 = n - n1;
+  if (!cholesky_lower(a, n1, ld)) return false;
+  T* a21 = a + n1 * ld;
+  solve_right_lower_t(n2, n1, a, ld, a21, ld);
+  syrk_lower_sub(n2, n1, a21, ld, a21 + n1, ld);
+  return cholesky_lower(a21 + n1, n2, ld);
+}
+
+// L (n, n) lower triangular, inverted in place (lower triangle; the diagonal blocks' strict upper
+// part is zeroed): L11⁻¹ and L22⁻¹ by recursion, then L21 ← −L22⁻¹ L21 L11⁻¹ as two in-place
+// triangular products, n³/3 flops in all — a third of a triangular solve against the identity.
+template <class T>
+void invert_lower(T* a, int64_t n, int64_t ld) {
+  if (n <= kFactorLeaf) {
+    BlockMap<T> L(a, n, n, Eigen::OuterStride<>(ld));
+    typename BlockMap<T>::PlainObject inv = BlockMap<T>::PlainObject::Identity(n, n);
     L.template triangularView<Eigen::Lower>().solveInPlace(inv);
     L = inv;
     return;
   }
-  const int64_t n1 = n / 2, n2 = n - n1;
-  invert_lower<M>(L.topLeftCorner(n1, n1));
-  invert_lower<M>(L.bottomRightCorner(n2, n2));
-  const M t = L.bottomLeftCorner(n2, n1) * L.topLeftCorner(n1, n1).template triangularView<Eigen::Lower>();  // (n2, n1)
-  L.bottomLeftCorner(n2, n1).noalias() = -(L.bottomRightCorner(n2, n2).template triangularView<Eigen::Lower>() * t);
+  const int64_t n1 = half_of(n), n2 = n - n1;
+  T* a21 = a + n1 * ld;
+  T* a22 = a21 + n1;
+  invert_lower(a, n1, ld);
+  invert_lower(a22, n2, ld);
+  trmm_lower(false, n2, n1, T(1), a, ld, a21, ld);
+  trmm_lower(true, n2, n1, T(-1), a22, ld, a21, ld);
 }
 
 // U (C, C): the upper Cholesky factor of (P H Pᵀ + λI)⁻¹, i.e. Uᵀ U = H_p⁻¹, where P is the
@@ -54,19 +139,19 @@ bool inverse_factor_as(std::span<const double> hessian, std::span<const double> 
                        double lambda, MatF& u) {
   using M = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   const int64_t C = static_cast<int64_t>(perm.size());
-  M a(C, C);  // (C, C) J H_p J + λI, then L, then L⁻¹, then U
+  M a(C, C);  // (C, C) J H_p J + λI (lower triangle), then L, then L⁻¹, then U
   parallel_for(0, C, 64, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t pi = perm[static_cast<size_t>(C - 1 - i)];
       const double* hr = hessian.data() + pi * C;
-      for (int64_t j = 0; j < C; ++j) a(i, j) = static_cast<T>(hr[perm[static_cast<size_t>(C - 1 - j)]]);
-      a(i, i) = static_cast<T>(diag[static_cast<size_t>(pi)] + lambda);
+      T* ar = &a(i, 0);
+      for (int64_t j = 0; j < i; ++j) ar[j] = static_cast<T>(hr[perm[static_cast<size_t>(C - 1 - j)]]);
+      ar[i] = static_cast<T>(diag[static_cast<size_t>(pi)] + lambda);
     }
   });
-  Eigen::LLT<Eigen::Ref<M>> llt(a);  // in place: L in the lower triangle
-  if (llt.info() != Eigen::Success) return false;
+  if (!cholesky_lower(a.data(), C, C)) return false;
+  invert_lower(a.data(), C, C);
   a.template triangularView<Eigen::StrictlyUpper>().setZero();
-  invert_lower<M>(a);
   a.reverseInPlace();
   if constexpr (std::is_same_v<T, float>) {
     u = std::move(a);
@@ -154,6 +239,25 @@ QuantizedTensor gptq_ggml(MatF Wp, const Eigen::Map<const MatD>& H, const MatF& 
 }
 
 }  // namespace
+
+bool gptq_factor(std::span<const double> hessian, std::span<const int64_t> order, double damp, bool f64_reference,
+                 std::vector<float>& u) {
+  const int64_t C = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(hessian.size()))));
+  std::vector<int64_t> perm(order.begin(), order.end());
+  if (perm.empty()) {
+    perm.resize(static_cast<size_t>(C));
+    std::iota(perm.begin(), perm.end(), 0);
+  }
+  std::vector<double> diag(static_cast<size_t>(C));
+  double mean = 0;
+  for (int64_t i = 0; i < C; ++i) mean += diag[static_cast<size_t>(i)] = hessian[static_cast<size_t>(i * C + i)];
+  MatF m;
+  if (!gptq_inverse_factor(hessian, diag, perm, damp * mean / static_cast<double>(std::max<int64_t>(1, C)), f64_reference, m)) {
+    return false;
+  }
+  u.assign(m.data(), m.data() + m.size());
+  return true;
+}
 
 // Lower triangle of H += XᵀX for the pending rows: the product in float (one symmetric rank-k
 // update over up to ~64 MiB of rows), added to the double sum.

@@ -176,6 +176,55 @@ TEST(Gptq, FastFactorMatchesDoubleReference) {
   }
 }
 
+// H⁻¹'s factor at widths where the recursion goes several levels deep (and splits off odd
+// remainders) and OpenBLAS spreads its products over threads: within float's reach of the
+// double reference, and bit-identical on 1 and 2 threads (the split points depend on the width
+// alone); then GPTQ itself at the widest: the same codes on 1 and 2 threads, far below RTN.
+TEST(Gptq, WideFactorIsAccurateAndThreadCountInvariant) {
+  for (const int64_t in : {129, 300, 1100}) {
+    const int64_t n = 2 * in + 100;
+    const std::vector<float> x = correlated_inputs(n, in, 33);
+    const InputStats st = stats_of(x, n, in);
+    std::vector<int64_t> order(static_cast<size_t>(in));
+    for (int64_t i = 0; i < in; ++i) order[static_cast<size_t>(i)] = (i * 7) % in;  // a permutation: 7 is prime to every width
+    std::vector<float> ref, one, two;
+    const int before = num_threads();
+    ASSERT_TRUE(gptq_factor(st.hessian, order, 0.01, true, ref));
+    ASSERT_TRUE(set_num_threads(1).ok());
+    ASSERT_TRUE(gptq_factor(st.hessian, order, 0.01, false, one));
+    ASSERT_TRUE(set_num_threads(2).ok());
+    ASSERT_TRUE(gptq_factor(st.hessian, order, 0.01, false, two));
+    ASSERT_TRUE(set_num_threads(before).ok());
+    ASSERT_EQ(one.size(), static_cast<size_t>(in * in));
+    EXPECT_EQ(one, two) << in;
+    float worst = 0, top = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      worst = std::max(worst, std::abs(two[i] - ref[i]));
+      top = std::max(top, std::abs(ref[i]));
+    }
+    EXPECT_LT(worst, 2e-3f * top) << in;
+    for (int64_t r = 1; r < in; ++r) EXPECT_EQ(two[static_cast<size_t>(r * in + r - 1)], 0.f) << in;  // upper triangular
+  }
+  const int64_t out = 12, in = 1100, n = 2300;
+  const QuantSpec spec = parse_spec("int4:g32:sym:fp16").value();
+  const Tensor w = random_matrix(out, in, 31);
+  const std::vector<float> x = correlated_inputs(n, in, 33);
+  const InputStats st = stats_of(x, n, in);
+  GptqOptions opt;
+  opt.act_order = true;
+  const int before = num_threads();
+  ASSERT_TRUE(set_num_threads(1).ok());
+  const QuantizedTensor one = gptq_quantize(w.view(), st.hessian, spec, opt, "w").value();
+  ASSERT_TRUE(set_num_threads(2).ok());
+  const QuantizedTensor two = gptq_quantize(w.view(), st.hessian, spec, opt, "w").value();
+  ASSERT_TRUE(set_num_threads(before).ok());
+  EXPECT_EQ(one.codes, two.codes);
+  EXPECT_EQ(one.scales, two.scales);
+  const double e_gptq = output_error(w.view(), dequantized(two).view(), x, n);
+  const double e_rtn = output_error(w.view(), dequantized(quantize(w.view(), spec).value()).view(), x, n);
+  EXPECT_LT(e_gptq, 0.01 * e_rtn);
+}
+
 TEST(Gptq, EqualsRtnWhenInputsAreIndependent) {
   // H = c·I: no column informs another, so GPTQ's updates vanish and it is RTN exactly.
   const int64_t out = 16, in = 64;
