@@ -49,7 +49,11 @@ class MappedFile {
 // Writes a file atomically: create() makes "<path>.tmp.<pid>-XXXXXX" beside `path` (mode 0666
 // less the umask, like a plain open), write() appends, commit() fsyncs it, renames it onto
 // `path` and fsyncs the folder. Destroyed without commit(), it removes the temp file.
-// Each write() is one or more write(2) calls: batch small pieces.
+// write() gathers into an 8 MiB aligned buffer. A file that outgrows it is written with
+// O_DIRECT where the file system takes it (whole aligned buffers; commit() pads the last one
+// and truncates the file to its length): multi-GB outputs then skip the page cache, whose
+// fresh pages cost more CPU time than the disk takes to write them on some VMs (docs/results.md);
+// elsewhere, and for smaller files, plain buffered write(2).
 class AtomicFile {
  public:
   // InvalidArgument unless check_output_path(path) passes (a directory, symlink or special
@@ -75,10 +79,16 @@ class AtomicFile {
 
  private:
   void discard();
+  Status flush_stage(bool last);  // writes the staged bytes (all of them when `last`)
 
   int fd_ = -1;
   std::string path_;
   std::string temp_path_;
+  std::byte* stage_ = nullptr;  // kStageBytes, page-aligned; allocated by the first write()
+  size_t staged_ = 0;
+  uint64_t flushed_ = 0;        // bytes in the file
+  bool direct_ = false;         // O_DIRECT set on fd_
+  bool direct_refused_ = false;  // the file system said no: buffered from then on
 };
 
 // A work file written at offsets and kept across runs (a streamed save resumed after a crash):

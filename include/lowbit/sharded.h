@@ -68,4 +68,34 @@ Result<Tensor> load_f32_rows(const ShardedCheckpoint& ck, const std::string& nam
 // resident memory stays one block.
 void release_pages(const ShardedCheckpoint& ck, const std::string& name, int64_t first_row = -1, int64_t end_row = -1);
 
+// Rows of one tensor read with O_DIRECT into one reused buffer, converted as load_f32_rows
+// converts them (same values, same errors): a streamed pass over a multi-GB table then goes
+// around the page cache, whose fresh pages cost more CPU than the disk's reading on some VMs
+// (docs/results.md). Where the file system refuses O_DIRECT, the mapping serves (load_f32_rows,
+// then release_pages). `ck` must outlive the reader.
+class DirectRowReader {
+ public:
+  static Result<DirectRowReader> open(const ShardedCheckpoint& ck, const std::string& name, const std::vector<int64_t>& shape);
+  DirectRowReader(DirectRowReader&& o) noexcept;
+  DirectRowReader& operator=(DirectRowReader&&) = delete;
+  DirectRowReader(const DirectRowReader&) = delete;
+  ~DirectRowReader();
+  // Rows [first_row, end_row) as f32 into `out` ((end_row - first_row) x cols values).
+  Status rows_into(int64_t first_row, int64_t end_row, std::span<float> out);
+  bool direct() const { return fd_ >= 0; }
+
+ private:
+  DirectRowReader() = default;
+  static constexpr uint64_t kAlign = 4096;
+  const ShardedCheckpoint* ck_ = nullptr;
+  std::string name_;
+  std::vector<int64_t> shape_;
+  std::string path_;
+  DType dtype_ = DType::kF32;
+  uint64_t offset_ = 0;  // of the tensor's first byte in its file
+  int fd_ = -1;
+  std::byte* buf_ = nullptr;  // kAlign-aligned, cap_ bytes
+  size_t cap_ = 0;
+};
+
 }  // namespace lowbit

@@ -186,12 +186,18 @@ class RowStream {
   // with `f16`, as fp16 (exact when the spec is an fp16 cast).
   Status emit_f32(const std::function<Status(std::span<const std::byte>)>& emit, bool f16 = false) {
     std::vector<uint16_t> h;
+    // An fp16 cast written as fp16 is F16C's rounding of the values themselves (the codes
+    // quantize() gives, which dequantize and f32_to_f16 return unchanged): checked as
+    // quantize_rows checks them, then converted once.
+    const bool direct_f16 = f16 && spec_ && is_fp16_cast(*spec_);
     for (int64_t r0 = 0; r0 < rows_; r0 += chunk_) {
       const int64_t r1 = std::min(rows_, r0 + chunk_);
-      LOWBIT_ASSIGN_OR_RETURN(Tensor x, read(r0, r1));
-      if (spec_) {
+      LOWBIT_ASSIGN_OR_RETURN(const TensorView x, read(r0, r1));
+      if (direct_f16) {
+        LOWBIT_RETURN_IF_ERROR(check_cast(x, r0));
+      } else if (spec_) {
         LOWBIT_ASSIGN_OR_RETURN(QuantizedTensor q, quantize_rows(x, r0));
-        LOWBIT_RETURN_IF_ERROR(dequantize(q, x.view()));
+        LOWBIT_RETURN_IF_ERROR(dequantize(q, x));
       }
       const std::span<const float> v(x.data_as<float>(), static_cast<size_t>(x.numel()));
       if (f16) {
@@ -211,9 +217,8 @@ class RowStream {
     zeros_.clear();
     for (int64_t r0 = 0; r0 < rows_; r0 += chunk_) {
       const int64_t r1 = std::min(rows_, r0 + chunk_);
-      LOWBIT_ASSIGN_OR_RETURN(Tensor x, read(r0, r1));
+      LOWBIT_ASSIGN_OR_RETURN(const TensorView x, read(r0, r1));
       LOWBIT_ASSIGN_OR_RETURN(QuantizedTensor q, quantize_rows(x, r0));
-      x = Tensor();
       LOWBIT_RETURN_IF_ERROR(emit(std::as_bytes(std::span<const uint8_t>(q.codes))));
       if (one_scale_row_ && r0 > 0) {
         if (q.scale_codes != scale_codes_ || q.zero_points != zeros_) {
@@ -237,13 +242,13 @@ class RowStream {
   Status emit_gguf(const std::string& gguf_name, GgmlType type, const std::function<Status(std::span<const std::byte>)>& emit) {
     for (int64_t r0 = 0; r0 < rows_; r0 += chunk_) {
       const int64_t r1 = std::min(rows_, r0 + chunk_);
-      LOWBIT_ASSIGN_OR_RETURN(Tensor x, read(r0, r1));
+      LOWBIT_ASSIGN_OR_RETURN(const TensorView x, read(r0, r1));
       GgufWriteTensor t{gguf_name, {r1 - r0, cols_}, {}, type};
       std::optional<QuantizedTensor> q;
       if (spec_) {
         LOWBIT_ASSIGN_OR_RETURN(q, quantize_rows(x, r0));
         if (type == GgmlType::kF32 || type == GgmlType::kF16) {
-          LOWBIT_RETURN_IF_ERROR(dequantize(*q, x.view()));
+          LOWBIT_RETURN_IF_ERROR(dequantize(*q, x));
           q.reset();
         }
       }
@@ -274,28 +279,49 @@ class RowStream {
   }
 
  private:
-  Result<Tensor> read(int64_t r0, int64_t r1) {
-    LOWBIT_ASSIGN_OR_RETURN(Tensor x, load_f32_rows(ck_.weights, hf_, {rows_, cols_}, r0, r1));
-    release_pages(ck_.weights, hf_, r0, r1);
-    return x;
+  // Rows [r0, r1) as f32, in one buffer reused by every chunk (a fresh one per chunk cost page
+  // faults and zeroing on every chunk); valid until the next read.
+  Result<TensorView> read(int64_t r0, int64_t r1) {
+    if (!reader_) {
+      LOWBIT_ASSIGN_OR_RETURN(DirectRowReader r, DirectRowReader::open(ck_.weights, hf_, {rows_, cols_}));
+      reader_.emplace(std::move(r));
+      rows_f32_.resize(static_cast<size_t>(chunk_ * cols_));
+    }
+    const std::span<float> out(rows_f32_.data(), static_cast<size_t>((r1 - r0) * cols_));
+    LOWBIT_RETURN_IF_ERROR(reader_->rows_into(r0, r1, out));
+    return TensorView(out.data(), DType::kF32, {r1 - r0, cols_});
   }
   // quantize() of rows [r0, r0 + x.rows), refusing what quantize_model's cast check refuses
   // (a value the unit-scale cast would clamp), with the index in the whole table.
-  Result<QuantizedTensor> quantize_rows(const Tensor& x, int64_t r0) const {
+  Result<QuantizedTensor> quantize_rows(ConstTensorView x, int64_t r0) const {
+    if (spec_->scale_rule == ScaleRule::kUnit) LOWBIT_RETURN_IF_ERROR(check_cast(x, r0));
+    return quantize(x, *spec_, {.name = name_});
+  }
+  // A unit-scale cast's checks on rows [r0, r0 + x.rows): every value finite (quantize()'s rule)
+  // and within the element's range (quantize_model's: the cast would clamp it); the index is
+  // the whole table's.
+  Status check_cast(ConstTensorView x, int64_t r0) const {
     const QuantSpec& spec = *spec_;
-    if (spec.scale_rule == ScaleRule::kUnit) {
-      const double max = traits(spec.element).max_finite;
-      const float* v = x.data_as<float>();
-      const int64_t n = x.numel();
-      for (int64_t i = 0; i < n; ++i) {
-        if (std::fabs(static_cast<double>(v[i])) > max) {
-          return InvalidArgument(fmt::format("{}: value {} at index {} is beyond {}'s +-{:g}, which the plan's {} cast would "
-                                             "clamp; keep it fp32 (--plan '{{\"{}\": \"fp32\"}}')",
-                                             name_, v[i], r0 * cols_ + i, format_name(spec.element), max, to_string(spec), name_));
+    const double max = traits(spec.element).max_finite;
+    const float maxf = static_cast<float>(max);  // exact: every element format's range fits a float
+    const float* v = x.data_as<float>();
+    const int64_t n = x.numel();
+    bool bad = false;  // one vector pass; the loop below names the first bad value
+#pragma omp simd reduction(| : bad)
+    for (int64_t i = 0; i < n; ++i) bad |= !(std::fabs(v[i]) <= maxf);
+    for (int64_t i = 0; bad && i < n; ++i) {
+      if (!(std::fabs(v[i]) <= maxf)) {
+        const int64_t at = r0 * cols_ + i;
+        if (std::isnan(v[i])) {
+          return InvalidArgument(fmt::format("{}: NaN at row {}, column {} (of {} x {}); quantize needs finite values", name_,
+                                             at / cols_, at % cols_, rows_, cols_));
         }
+        return InvalidArgument(fmt::format("{}: value {} at index {} is beyond {}'s +-{:g}, which the plan's {} cast would "
+                                           "clamp; keep it fp32 (--plan '{{\"{}\": \"fp32\"}}')",
+                                           name_, v[i], at, format_name(spec.element), max, to_string(spec), name_));
       }
     }
-    return quantize(x.view(), spec, {.name = name_});
+    return OkStatus();
   }
 
   const HfCheckpoint& ck_;
@@ -306,6 +332,8 @@ class RowStream {
   bool one_scale_row_ = false;  // the whole table has one row of blocks: every chunk has the same scales
   std::vector<uint8_t> scale_codes_;
   std::vector<int32_t> zeros_;
+  std::optional<DirectRowReader> reader_;  // opened by the first read
+  std::vector<float> rows_f32_;            // chunk_ rows: what read() returns
 };
 
 std::optional<QuantSpec> plan_spec(const QuantPlan& p, std::string_view name) {

@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <system_error>
 #include <utility>
@@ -201,7 +203,12 @@ Result<AtomicFile> AtomicFile::create(const std::string& path) {
 AtomicFile::AtomicFile(AtomicFile&& other) noexcept
     : fd_(std::exchange(other.fd_, -1)),
       path_(std::move(other.path_)),
-      temp_path_(std::exchange(other.temp_path_, std::string())) {}
+      temp_path_(std::exchange(other.temp_path_, std::string())),
+      stage_(std::exchange(other.stage_, nullptr)),
+      staged_(std::exchange(other.staged_, 0)),
+      flushed_(std::exchange(other.flushed_, 0)),
+      direct_(std::exchange(other.direct_, false)),
+      direct_refused_(std::exchange(other.direct_refused_, false)) {}
 
 AtomicFile& AtomicFile::operator=(AtomicFile&& other) noexcept {
   if (this != &other) {
@@ -209,6 +216,11 @@ AtomicFile& AtomicFile::operator=(AtomicFile&& other) noexcept {
     fd_ = std::exchange(other.fd_, -1);
     path_ = std::move(other.path_);
     temp_path_ = std::exchange(other.temp_path_, std::string());
+    stage_ = std::exchange(other.stage_, nullptr);
+    staged_ = std::exchange(other.staged_, 0);
+    flushed_ = std::exchange(other.flushed_, 0);
+    direct_ = std::exchange(other.direct_, false);
+    direct_refused_ = std::exchange(other.direct_refused_, false);
   }
   return *this;
 }
@@ -220,22 +232,76 @@ void AtomicFile::discard() {
   fd_ = -1;
   if (!temp_path_.empty()) ::unlink(temp_path_.c_str());
   temp_path_.clear();
+  std::free(stage_);
+  stage_ = nullptr;
+  staged_ = 0;
+}
+
+namespace {
+constexpr size_t kStageBytes = size_t{8} << 20;  // a multiple of every O_DIRECT alignment in use
+constexpr size_t kDirectAlign = 4096;
+
+// write(2) of all of [p, p + n), retrying short writes and EINTR; the errno of a failure.
+int write_all(int fd, const std::byte* p, size_t n) {
+  constexpr size_t kMaxChunk = size_t{1} << 30;  // Linux caps one write(2) near 2 GiB
+  while (n > 0) {
+    const ssize_t k = ::write(fd, p, n < kMaxChunk ? n : kMaxChunk);
+    if (k < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    p += k;
+    n -= static_cast<size_t>(k);
+  }
+  return 0;
+}
+}  // namespace
+
+Status AtomicFile::flush_stage(bool last) {
+  if (staged_ == 0) return OkStatus();
+  // The first full buffer asks for O_DIRECT; a file that never fills one is written buffered.
+  if (!direct_ && !direct_refused_ && !last) {
+    const int flags = ::fcntl(fd_, F_GETFL);
+    direct_ = flags >= 0 && ::fcntl(fd_, F_SETFL, flags | O_DIRECT) == 0;
+    direct_refused_ = !direct_;
+  }
+  // Direct writes are whole aligned blocks at aligned offsets (every earlier one was a full
+  // buffer): the last is padded with zeros, and the file cut back to its length after it.
+  size_t n = direct_ ? (staged_ + kDirectAlign - 1) / kDirectAlign * kDirectAlign : staged_;
+  std::memset(stage_ + staged_, 0, n - staged_);
+  int err = write_all(fd_, stage_, n);
+  if (err == EINVAL && direct_) {  // accepted by fcntl, refused by the file system: buffered
+    const int flags = ::fcntl(fd_, F_GETFL);
+    if (flags >= 0 && ::fcntl(fd_, F_SETFL, flags & ~O_DIRECT) == 0 &&
+        ::lseek(fd_, static_cast<off_t>(flushed_), SEEK_SET) == static_cast<off_t>(flushed_)) {
+      direct_ = false;
+      direct_refused_ = true;
+      n = staged_;
+      err = write_all(fd_, stage_, n);
+    }
+  }
+  if (err != 0) return IoError("cannot write " + quote_path(path_) + ": " + errno_text(err));
+  const bool padded = n > staged_;
+  flushed_ += staged_;
+  staged_ = 0;
+  if (padded && ::ftruncate(fd_, static_cast<off_t>(flushed_)) != 0) {
+    return IoError("cannot write " + quote_path(path_) + ": truncating to its length: " + errno_text(errno));
+  }
+  return OkStatus();
 }
 
 Status AtomicFile::write(std::span<const std::byte> data) {
   LOWBIT_CHECK(fd_ >= 0, "AtomicFile::write after commit() or on a moved-from object");
-  constexpr size_t kMaxChunk = size_t{1} << 30;  // Linux caps one write(2) near 2 GiB
-  const std::byte* p = data.data();
-  size_t left = data.size();
-  while (left > 0) {
-    const ssize_t n = ::write(fd_, p, left < kMaxChunk ? left : kMaxChunk);
-    if (n < 0) {
-      const int err = errno;
-      if (err == EINTR) continue;
-      return IoError("cannot write " + quote_path(path_) + ": " + errno_text(err));
-    }
-    p += n;
-    left -= static_cast<size_t>(n);
+  if (stage_ == nullptr && !data.empty()) {
+    stage_ = static_cast<std::byte*>(std::aligned_alloc(kDirectAlign, kStageBytes));
+    if (stage_ == nullptr) return IoError("cannot write " + quote_path(path_) + ": no memory for the write buffer");
+  }
+  while (!data.empty()) {
+    const size_t k = std::min(data.size(), kStageBytes - staged_);
+    std::memcpy(stage_ + staged_, data.data(), k);
+    staged_ += k;
+    data = data.subspan(k);
+    if (staged_ == kStageBytes) LOWBIT_RETURN_IF_ERROR(flush_stage(false));
   }
   return OkStatus();
 }
@@ -301,6 +367,10 @@ Status PatchFile::close() {
 Status AtomicFile::commit() {
   LOWBIT_CHECK(fd_ >= 0, "AtomicFile::commit twice or on a moved-from object");
   const std::string what = "cannot write " + quote_path(path_);
+  if (Status st = flush_stage(true); !st.ok()) {
+    discard();
+    return st;
+  }
   if (::fsync(fd_) != 0) {
     const int err = errno;
     discard();

@@ -12,11 +12,15 @@
 #include "lowbit/file.h"
 #include "lowbit/formats.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <utility>
 
 namespace lowbit {
 
@@ -163,26 +167,18 @@ Result<Tensor> load_f32(const ShardedCheckpoint& ck, const std::string& name, co
   return load_f32_rows(ck, name, shape, 0, shape.empty() ? 0 : shape[0], permute_head_dim);
 }
 
-Result<Tensor> load_f32_rows(const ShardedCheckpoint& ck, const std::string& name, const std::vector<int64_t>& shape,
-                             int64_t first_row, int64_t end_row, int64_t permute_head_dim) {
-  LOWBIT_ASSIGN_OR_RETURN(const SafetensorsTensorInfo* info, checked(ck, name, shape));
-  const SafetensorsFile& f = *ck.file_of(name);
-  const std::span<const std::byte> src = f.data(*info);
-  const int64_t rows = shape[0], cols = shape.size() == 2 ? shape[1] : 1;
-  if (first_row < 0 || first_row > end_row || end_row > rows || (permute_head_dim > 0 && (first_row != 0 || end_row != rows))) {
-    return InvalidArgument(fmt::format("{}: tensor {}: rows [{}, {}) are not within its {}", f.path(), name, first_row, end_row, rows));
-  }
-  std::vector<int64_t> out_shape = shape;
-  out_shape[0] = end_row - first_row;
-  LOWBIT_ASSIGN_OR_RETURN(Tensor t, Tensor::empty(DType::kF32, std::span<const int64_t>(out_shape)));
-  const size_t esize = dtype_size(info->dtype);
-  float* out = t.data_as<float>();
+namespace {
+// Rows [first_row, end_row) of tensor `name` (stored `dtype`, `cols` wide) as f32, row r's stored
+// bytes at row_at(r); a non-finite value is DataLoss naming `path`, the tensor and its index.
+template <class RowAt>
+Status rows_to_f32(const std::string& path, const std::string& name, DType dtype, int64_t cols, int64_t first_row,
+                   int64_t end_row, RowAt row_at, float* out) {
+  const size_t esize = dtype_size(dtype);
   for (int64_t r = first_row; r < end_row; ++r) {
-    const int64_t s = permute_head_dim > 0 ? hf_rope_source_row(r, permute_head_dim) : r;
-    const auto* in = reinterpret_cast<const uint8_t*>(src.data()) + static_cast<size_t>(s * cols) * esize;
+    const auto* in = reinterpret_cast<const uint8_t*>(row_at(r));
     const std::span<const uint8_t> bytes(in, static_cast<size_t>(cols) * esize);
     const std::span<float> dst(out + (r - first_row) * cols, static_cast<size_t>(cols));
-    switch (info->dtype) {
+    switch (dtype) {
       case DType::kF16: decode_span(Format::kFp16, bytes, dst); break;
       case DType::kBF16: decode_span(Format::kBf16, bytes, dst); break;
       default: std::memcpy(dst.data(), in, bytes.size()); break;
@@ -190,10 +186,102 @@ Result<Tensor> load_f32_rows(const ShardedCheckpoint& ck, const std::string& nam
   }
   for (int64_t i = 0; i < (end_row - first_row) * cols; ++i) {
     if (!std::isfinite(out[i])) {
-      return DataLoss(fmt::format("{}: tensor {} has a non-finite value at index {}", f.path(), name, first_row * cols + i));
+      return DataLoss(fmt::format("{}: tensor {} has a non-finite value at index {}", path, name, first_row * cols + i));
     }
   }
+  return OkStatus();
+}
+
+// Rows [first_row, end_row) of a table of `rows` (all of them when `whole`: a permuted read).
+Status check_row_range(const std::string& path, const std::string& name, int64_t first_row, int64_t end_row, int64_t rows,
+                       bool whole = false) {
+  if (first_row < 0 || first_row > end_row || end_row > rows || (whole && (first_row != 0 || end_row != rows))) {
+    return InvalidArgument(fmt::format("{}: tensor {}: rows [{}, {}) are not within its {}", path, name, first_row, end_row, rows));
+  }
+  return OkStatus();
+}
+}  // namespace
+
+Result<Tensor> load_f32_rows(const ShardedCheckpoint& ck, const std::string& name, const std::vector<int64_t>& shape,
+                             int64_t first_row, int64_t end_row, int64_t permute_head_dim) {
+  LOWBIT_ASSIGN_OR_RETURN(const SafetensorsTensorInfo* info, checked(ck, name, shape));
+  const SafetensorsFile& f = *ck.file_of(name);
+  const std::byte* src = f.data(*info).data();
+  const int64_t rows = shape[0];
+  const size_t row_bytes = static_cast<size_t>(shape.size() == 2 ? shape[1] : 1) * dtype_size(info->dtype);
+  LOWBIT_RETURN_IF_ERROR(check_row_range(f.path(), name, first_row, end_row, rows, permute_head_dim > 0));
+  std::vector<int64_t> out_shape = shape;
+  out_shape[0] = end_row - first_row;
+  LOWBIT_ASSIGN_OR_RETURN(Tensor t, Tensor::empty(DType::kF32, std::span<const int64_t>(out_shape)));
+  const auto row_at = [&](int64_t r) {
+    const int64_t s = permute_head_dim > 0 ? hf_rope_source_row(r, permute_head_dim) : r;
+    return src + static_cast<size_t>(s) * row_bytes;
+  };
+  LOWBIT_RETURN_IF_ERROR(rows_to_f32(f.path(), name, info->dtype, shape.size() == 2 ? shape[1] : 1, first_row, end_row, row_at, t.data_as<float>()));
   return t;
+}
+
+// ---- DirectRowReader ----
+
+DirectRowReader::~DirectRowReader() {
+  if (fd_ >= 0) ::close(fd_);
+  std::free(buf_);
+}
+
+DirectRowReader::DirectRowReader(DirectRowReader&& o) noexcept
+    : ck_(o.ck_), name_(std::move(o.name_)), shape_(std::move(o.shape_)), path_(std::move(o.path_)), dtype_(o.dtype_),
+      offset_(o.offset_), fd_(std::exchange(o.fd_, -1)), buf_(std::exchange(o.buf_, nullptr)), cap_(std::exchange(o.cap_, 0)) {}
+
+Result<DirectRowReader> DirectRowReader::open(const ShardedCheckpoint& ck, const std::string& name, const std::vector<int64_t>& shape) {
+  LOWBIT_ASSIGN_OR_RETURN(const SafetensorsTensorInfo* info, checked(ck, name, shape));
+  const SafetensorsFile& f = *ck.file_of(name);
+  DirectRowReader r;
+  r.ck_ = &ck;
+  r.name_ = name;
+  r.shape_ = shape;
+  r.path_ = f.path();
+  r.dtype_ = info->dtype;
+  r.offset_ = static_cast<uint64_t>(f.data(*info).data() - f.file()->bytes().data());
+  r.fd_ = ::open(f.path().c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);  // -1 (e.g. EINVAL): the mapping serves
+  return r;
+}
+
+Status DirectRowReader::rows_into(int64_t first_row, int64_t end_row, std::span<float> out) {
+  LOWBIT_RETURN_IF_ERROR(check_row_range(path_, name_, first_row, end_row, shape_[0]));
+  const int64_t cols = shape_.size() == 2 ? shape_[1] : 1;
+  LOWBIT_CHECK(out.size() == static_cast<size_t>((end_row - first_row) * cols), "DirectRowReader::rows_into: output size");
+  const uint64_t row_bytes = static_cast<uint64_t>(cols) * dtype_size(dtype_);
+  const uint64_t lo = offset_ + static_cast<uint64_t>(first_row) * row_bytes, hi = offset_ + static_cast<uint64_t>(end_row) * row_bytes;
+  const uint64_t a0 = lo / kAlign * kAlign, a1 = (hi + kAlign - 1) / kAlign * kAlign;
+  if (fd_ >= 0 && a1 - a0 > cap_) {
+    std::free(buf_);
+    cap_ = static_cast<size_t>(a1 - a0);
+    buf_ = static_cast<std::byte*>(std::aligned_alloc(kAlign, cap_));
+    if (buf_ == nullptr) return IoError(fmt::format("{}: tensor {}: no memory for a read buffer of {} bytes", path_, name_, cap_));
+  }
+  uint64_t got = 0;
+  while (fd_ >= 0 && a0 + got < hi) {
+    const ssize_t n = ::pread(fd_, buf_ + got, static_cast<size_t>(a1 - a0 - got), static_cast<off_t>(a0 + got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EINVAL && got == 0) {  // opened with O_DIRECT, refused on reading: the mapping serves
+      ::close(fd_);
+      fd_ = -1;
+      break;
+    }
+    if (n < 0) return IoError(fmt::format("{}: tensor {}: reading rows [{}, {}): {}", path_, name_, first_row, end_row, std::strerror(errno)));
+    if (n == 0) return DataLoss(fmt::format("{}: tensor {}: the file ends inside rows [{}, {})", path_, name_, first_row, end_row));
+    got += static_cast<uint64_t>(n);
+  }
+  if (fd_ < 0) {
+    const std::byte* src = ck_->file_of(name_)->data(*ck_->file_of(name_)->find(name_)).data();
+    LOWBIT_RETURN_IF_ERROR(rows_to_f32(path_, name_, dtype_, cols, first_row, end_row,
+                                       [&](int64_t r) { return src + static_cast<uint64_t>(r) * row_bytes; }, out.data()));
+    release_pages(*ck_, name_, first_row, end_row);
+    return OkStatus();
+  }
+  const std::byte* base = buf_ + (lo - a0);
+  return rows_to_f32(path_, name_, dtype_, cols, first_row, end_row,
+                     [&](int64_t r) { return base + static_cast<uint64_t>(r - first_row) * row_bytes; }, out.data());
 }
 
 void release_pages(const ShardedCheckpoint& ck, const std::string& name, int64_t first_row, int64_t end_row) {

@@ -784,6 +784,46 @@ TEST_P(ShardedDtype, LoadsTheSameWeightsAsOneFile) {
   EXPECT_EQ(ck.file_of("model.layers.7.mlp.up_proj.weight"), nullptr);
   const int64_t esize = static_cast<int64_t>(dtype_size(GetParam()));
   EXPECT_EQ(ck.bytes_with_prefix("model.layers.0."), esize * (2 * 16 + 16 * 16 * 2 + 8 * 16 * 2 + 3 * 32 * 16));
+
+  // DirectRowReader (O_DIRECT reads into one buffer, or the mapping where the file system refuses
+  // them) gives load_f32_rows' values for any rows of any tensor: starts and ends that are not
+  // on a block boundary, one row, all rows, reads in any order.
+  for (const SafetensorsFile& f : ck.shards) {
+    for (const SafetensorsTensorInfo& t : f.tensors()) {
+      const std::vector<int64_t> shape = t.shape.size() == 1 ? std::vector<int64_t>{t.shape[0]} : t.shape;
+      Result<DirectRowReader> r = DirectRowReader::open(ck, t.name, shape);
+      ASSERT_TRUE(r.ok()) << r.status().to_string();
+      const int64_t rows = shape[0], cols = shape.size() == 2 ? shape[1] : 1;
+      for (const auto& [r0, r1] : {std::pair<int64_t, int64_t>{0, rows}, {rows - 1, rows}, {rows / 3, rows / 2 + 1}, {0, 1}, {1, rows}}) {
+        if (r0 < 0 || r0 > r1) continue;
+        std::vector<float> got(static_cast<size_t>((r1 - r0) * cols));
+        ASSERT_TRUE(r->rows_into(r0, r1, got).ok()) << t.name;
+        const Tensor want = load_f32_rows(ck, t.name, shape, r0, r1).value();
+        EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << t.name << " rows " << r0 << ".." << r1;
+      }
+      std::vector<float> none;
+      EXPECT_FALSE(r->rows_into(2, 1, none).ok()) << t.name;
+    }
+  }
+}
+
+// A NaN in a stored table: the O_DIRECT reader refuses it with load_f32_rows' message.
+TEST(Sharded, DirectRowReaderNamesANonFiniteValueAsTheMappedReaderDoes) {
+  TempDir tmp;
+  std::vector<uint16_t> v(40 * 24, 0x3f80);  // bf16 1.0
+  v[17 * 24 + 5] = 0x7fc0;                   // NaN in row 17
+  const std::string path = (tmp.path() / "t.safetensors").string();
+  ASSERT_TRUE(write_safetensors(path, {{"w", DType::kBF16, {40, 24}, std::as_bytes(std::span<const uint16_t>(v))}}).ok());
+  const ShardedCheckpoint ck = single_file_checkpoint(open_safetensors(path).value());
+  DirectRowReader r = DirectRowReader::open(ck, "w", {40, 24}).value();
+  std::vector<float> out(10 * 24);
+  const Status direct = r.rows_into(10, 20, out);
+  const Result<Tensor> mapped = load_f32_rows(ck, "w", {40, 24}, 10, 20);
+  ASSERT_FALSE(direct.ok());
+  ASSERT_FALSE(mapped.ok());
+  EXPECT_EQ(direct.to_string(), mapped.status().to_string());
+  EXPECT_NE(direct.to_string().find("index 413"), std::string::npos) << direct.to_string();
+  EXPECT_TRUE(r.rows_into(20, 30, out).ok());
 }
 
 INSTANTIATE_TEST_SUITE_P(Safetensors, ShardedDtype, ::testing::Values(DType::kF16, DType::kBF16, DType::kF32),
