@@ -409,10 +409,10 @@ StreamMemory stream_memory(const LlamaConfig& c, DType stored, Method method, co
   if (method == Method::kGptq) {
     m.statistics = 8 * (3 * d * d + h * h);          // Hessians of the four input sites, double
     m.statistics_gptq = 8 * (d * d + h * h);         // at w1 / w2: the FFN input and hidden Hessians (the attention ones are freed)
-    // float factor of the widest input (4·W²) + the triangular inverse's top-level temporaries (two
-    // (W/2)² floats) + the updated copy of W + codes. Not covered: the double retry when the float
-    // Cholesky fails (an ill-conditioned H), which needs about 2.7x the factor's bytes.
-    m.gptq = 6 * widest * widest + 4 * h * d + h * d / 2;
+    // float factor of the widest input (4·W²; the Cholesky and the triangular inverse run in place)
+    // + the updated copy of W + codes. Not covered: the double retry when the float Cholesky fails
+    // (an ill-conditioned H), which needs 3x the factor's bytes (a double factor, then its float copy).
+    m.gptq = 4 * widest * widest + 4 * h * d + h * d / 2;
   } else if (calib) {
     m.statistics = 4 * 3 * (3 * d + h);
   }

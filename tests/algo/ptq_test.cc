@@ -136,6 +136,18 @@ INSTANTIATE_TEST_SUITE_P(Specs, GptqSpecs,
                          ::testing::Values("int4:g32:sym:fp16", "int4:row", "uint4:g32:asym:fp16", "int8:row",
                                            "nf4:g32", "e4m3:block32x32", "int4:tensor", "e2m1:g32:e8m0"));
 
+// GPTQ of w on 1 thread, then on 2 (the thread count restored after).
+std::pair<QuantizedTensor, QuantizedTensor> gptq_on_one_and_two_threads(const Tensor& w, const std::vector<double>& h,
+                                                                        const QuantSpec& spec, const GptqOptions& opt) {
+  const int before = num_threads();
+  EXPECT_TRUE(set_num_threads(1).ok());
+  QuantizedTensor one = gptq_quantize(w.view(), h, spec, opt, "w").value();
+  EXPECT_TRUE(set_num_threads(2).ok());
+  QuantizedTensor two = gptq_quantize(w.view(), h, spec, opt, "w").value();
+  EXPECT_TRUE(set_num_threads(before).ok());
+  return {std::move(one), std::move(two)};
+}
+
 // The float Cholesky + triangular-inverse factor (default) against the double solve + second
 // Cholesky reference (f64_factor), on odd shapes that leave partial lazy batches, groups and
 // row chunks: the objective within 1%, and nearly every weight decoding to the same value.
@@ -165,12 +177,7 @@ TEST(Gptq, FastFactorMatchesDoubleReference) {
     EXPECT_GE(static_cast<double>(same), 0.98 * static_cast<double>(k.out * k.in)) << k.spec << " " << k.out << "x" << k.in;
 
     opt.f64_factor = false;
-    const int before = num_threads();
-    ASSERT_TRUE(set_num_threads(1).ok());
-    const QuantizedTensor one = gptq_quantize(w.view(), st.hessian, spec, opt, "w").value();
-    ASSERT_TRUE(set_num_threads(2).ok());
-    const QuantizedTensor two = gptq_quantize(w.view(), st.hessian, spec, opt, "w").value();
-    ASSERT_TRUE(set_num_threads(before).ok());
+    const auto [one, two] = gptq_on_one_and_two_threads(w, st.hessian, spec, opt);
     EXPECT_EQ(one.codes, two.codes) << k.spec;
     EXPECT_EQ(one.scales, two.scales) << k.spec;
   }
@@ -212,12 +219,7 @@ TEST(Gptq, WideFactorIsAccurateAndThreadCountInvariant) {
   const InputStats st = stats_of(x, n, in);
   GptqOptions opt;
   opt.act_order = true;
-  const int before = num_threads();
-  ASSERT_TRUE(set_num_threads(1).ok());
-  const QuantizedTensor one = gptq_quantize(w.view(), st.hessian, spec, opt, "w").value();
-  ASSERT_TRUE(set_num_threads(2).ok());
-  const QuantizedTensor two = gptq_quantize(w.view(), st.hessian, spec, opt, "w").value();
-  ASSERT_TRUE(set_num_threads(before).ok());
+  const auto [one, two] = gptq_on_one_and_two_threads(w, st.hessian, spec, opt);
   EXPECT_EQ(one.codes, two.codes);
   EXPECT_EQ(one.scales, two.scales);
   const double e_gptq = output_error(w.view(), dequantized(two).view(), x, n);
