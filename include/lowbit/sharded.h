@@ -59,6 +59,11 @@ Status check_llama_tensors(const HfCheckpoint& ck);
 // interleaved pairs load_safetensors gives. Errors name the shard and the tensor.
 Result<Tensor> load_f32(const ShardedCheckpoint& ck, const std::string& name, const std::vector<int64_t>& shape,
                         int64_t permute_head_dim = 0);
+// The same into `out` (numel values): a caller that loads tensors of the same shapes again and
+// again (a streamed quantize, block after block) keeps its buffers instead of faulting in fresh
+// pages for every block.
+Status load_f32_into(const ShardedCheckpoint& ck, const std::string& name, const std::vector<int64_t>& shape,
+                     std::span<float> out, int64_t permute_head_dim = 0);
 // Rows [first_row, end_row) of the same (no permutation unless the range is the whole tensor):
 // a (end_row - first_row, cols) tensor, for tables read a chunk at a time.
 Result<Tensor> load_f32_rows(const ShardedCheckpoint& ck, const std::string& name, const std::vector<int64_t>& shape,

@@ -61,30 +61,40 @@ Model skeleton(const LlamaConfig& c) {
   return m;
 }
 
-Status adopt(Model& m, const HfCheckpoint& ck, const std::string& name, std::vector<int64_t> shape, ConstTensorView* dest,
-             int64_t* bytes_read, int64_t permute = 0) {
-  LOWBIT_ASSIGN_OR_RETURN(Tensor t, load_f32(ck.weights, name, shape, permute));
+// Loads tensor `name` into `slot` (reused when it has the shape already: every block has the same
+// shapes, and fresh pages for each block's ~0.9 GB at the 8B width cost page faults and zeroing
+// that were a third of a streamed RTN block's CPU) and points `dest` at it.
+Status adopt(const HfCheckpoint& ck, const std::string& name, std::vector<int64_t> shape, ConstTensorView* dest,
+             int64_t* bytes_read, Tensor& slot, int64_t permute = 0) {
+  const ConstTensorView v = slot.view();
+  bool same = v.ndim() == static_cast<int>(shape.size()) && slot.numel() > 0;
+  for (size_t d = 0; same && d < shape.size(); ++d) same = v.dim(static_cast<int>(d)) == shape[d];
+  if (!same) {
+    LOWBIT_ASSIGN_OR_RETURN(slot, Tensor::empty(DType::kF32, std::span<const int64_t>(shape)));
+  }
+  LOWBIT_RETURN_IF_ERROR(load_f32_into(ck.weights, name, shape, std::span<float>(slot.data_as<float>(), static_cast<size_t>(slot.numel())), permute));
   const SafetensorsTensorInfo* info = ck.weights.file_of(name)->find(name);
   *bytes_read += static_cast<int64_t>(info->end - info->begin);
   release_pages(ck.weights, name);
-  *dest = t.view();
-  m.owned.push_back(std::move(t));
+  *dest = slot.view();
   return OkStatus();
 }
 
-Status load_block(Model& m, const HfCheckpoint& ck, int l, int64_t* bytes_read) {
+// Block l's norms and linears, as f32, into `arena` (9 tensors, kept from block to block).
+Status load_block(Model& m, const HfCheckpoint& ck, int l, int64_t* bytes_read, std::vector<Tensor>& arena) {
   const LlamaConfig& c = m.config;
   const std::string p = fmt::format("model.layers.{}.", l);
   LayerWeights& lw = m.weights.layers[static_cast<size_t>(l)];
-  m.owned.reserve(m.owned.size() + 9);  // the two norms, then the seven linears in kHfSlots order
-  LOWBIT_RETURN_IF_ERROR(adopt(m, ck, p + "input_layernorm.weight", {c.dim}, &lw.attn_norm, bytes_read));
-  LOWBIT_RETURN_IF_ERROR(adopt(m, ck, p + "post_attention_layernorm.weight", {c.dim}, &lw.ffn_norm, bytes_read));
-  for (const HfSlot& s : kHfSlots) {
+  arena.resize(2 + std::size(kHfSlots));
+  LOWBIT_RETURN_IF_ERROR(adopt(ck, p + "input_layernorm.weight", {c.dim}, &lw.attn_norm, bytes_read, arena[0]));
+  LOWBIT_RETURN_IF_ERROR(adopt(ck, p + "post_attention_layernorm.weight", {c.dim}, &lw.ffn_norm, bytes_read, arena[1]));
+  for (size_t i = 0; i < std::size(kHfSlots); ++i) {
+    const HfSlot& s = kHfSlots[i];
     ConstTensorView* dest = &(lw.*linear_weight_member(s.slot));
     const int64_t out = s.slot == LinearSlot::kWk || s.slot == LinearSlot::kWv ? c.kv_dim()
                         : s.slot == LinearSlot::kW1 || s.slot == LinearSlot::kW3 ? c.hidden_dim : c.dim;
     const int64_t in = s.slot == LinearSlot::kW2 ? c.hidden_dim : c.dim;
-    LOWBIT_RETURN_IF_ERROR(adopt(m, ck, p + s.hf + ".weight", {out, in}, dest, bytes_read, s.rope ? c.head_dim() : 0));
+    LOWBIT_RETURN_IF_ERROR(adopt(ck, p + s.hf + ".weight", {out, in}, dest, bytes_read, arena[2 + i], s.rope ? c.head_dim() : 0));
   }
   return OkStatus();
 }
@@ -558,11 +568,12 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
 
   const char* stop_env = std::getenv(kStreamStopEnv);
   const int stop_after = stop_env ? std::atoi(stop_env) : -1;
+  std::vector<Tensor> arena;  // the block's f32 tensors, reused by every block
   for (int l = start; l < L; ++l) {
     const auto tb = std::chrono::steady_clock::now();
     const double cb = cpu_seconds();
     Model m = skeleton(c);
-    LOWBIT_RETURN_IF_ERROR(load_block(m, ck, l, &rep.bytes_read));
+    LOWBIT_RETURN_IF_ERROR(load_block(m, ck, l, &rep.bytes_read, arena));
     LlamaModel net(m);
     PipelineOptions po = opt.pipeline;
     po.first_block = l;
@@ -574,11 +585,6 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
     LOWBIT_ASSIGN_OR_RETURN(PipelineReport pr, quantize_model(net, po));
     rep.pipeline.linears.insert(rep.pipeline.linears.end(), pr.linears.begin(), pr.linears.end());
     rep.pipeline.peak_activation_bytes = std::max(rep.pipeline.peak_activation_bytes, pr.peak_activation_bytes);
-    // The quantized linears' f32 weights (m.owned[2 + i], load_block's order) are not needed to
-    // save them: dropped before the save makes its copy of the codes.
-    for (size_t i = 0; i < std::size(kHfSlots); ++i) {
-      if (net.layers()[static_cast<size_t>(l)].at(kHfSlots[i].slot).quant() != nullptr) m.owned[m.owned.size() - 7 + i] = Tensor();
-    }
     if (gguf) {
       LOWBIT_ASSIGN_OR_RETURN(const auto data, gguf_block_data(net, l, out.string(), opt.save));
       for (const auto& [name, bytes] : data) {
@@ -596,6 +602,8 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
     if (opt.on_block) opt.on_block(l, L);
     if (l == stop_after) return Internal(fmt::format("stopped after block {} ({} is set)", l, kStreamStopEnv));
   }
+
+  arena.clear();
 
   // The rest: embedding (+ final norm) and the classifier, each read, cast / quantized and
   // written a chunk of rows at a time (RowStream), in the last shard(s); the tensors, names and

@@ -11,15 +11,18 @@
 #include "lowbit/convert.h"
 #include "lowbit/file.h"
 #include "lowbit/formats.h"
+#include "lowbit/parallel.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <utility>
 
 namespace lowbit {
@@ -174,20 +177,31 @@ template <class RowAt>
 Status rows_to_f32(const std::string& path, const std::string& name, DType dtype, int64_t cols, int64_t first_row,
                    int64_t end_row, RowAt row_at, float* out) {
   const size_t esize = dtype_size(dtype);
-  for (int64_t r = first_row; r < end_row; ++r) {
-    const auto* in = reinterpret_cast<const uint8_t*>(row_at(r));
-    const std::span<const uint8_t> bytes(in, static_cast<size_t>(cols) * esize);
-    const std::span<float> dst(out + (r - first_row) * cols, static_cast<size_t>(cols));
-    switch (dtype) {
-      case DType::kF16: decode_span(Format::kFp16, bytes, dst); break;
-      case DType::kBF16: decode_span(Format::kBf16, bytes, dst); break;
-      default: std::memcpy(dst.data(), in, bytes.size()); break;
+  std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};  // the smallest, whatever the threads
+  parallel_for(first_row, end_row, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, cols)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const auto* in = reinterpret_cast<const uint8_t*>(row_at(r));
+      const std::span<const uint8_t> bytes(in, static_cast<size_t>(cols) * esize);
+      float* dst = out + (r - first_row) * cols;
+      switch (dtype) {
+        case DType::kF16: decode_span(Format::kFp16, bytes, {dst, static_cast<size_t>(cols)}); break;
+        case DType::kBF16: decode_span(Format::kBf16, bytes, {dst, static_cast<size_t>(cols)}); break;
+        default: std::memcpy(dst, in, bytes.size()); break;
+      }
+      bool finite = true;
+#pragma omp simd reduction(&& : finite)
+      for (int64_t i = 0; i < cols; ++i) finite = finite && std::isfinite(dst[i]);
+      if (finite) continue;
+      for (int64_t i = 0; i < cols; ++i) {
+        if (std::isfinite(dst[i])) continue;
+        const int64_t at = r * cols + i;
+        for (int64_t cur = first_bad.load(); at < cur && !first_bad.compare_exchange_weak(cur, at);) {}
+        break;
+      }
     }
-  }
-  for (int64_t i = 0; i < (end_row - first_row) * cols; ++i) {
-    if (!std::isfinite(out[i])) {
-      return DataLoss(fmt::format("{}: tensor {} has a non-finite value at index {}", path, name, first_row * cols + i));
-    }
+  });
+  if (const int64_t bad = first_bad.load(); bad != std::numeric_limits<int64_t>::max()) {
+    return DataLoss(fmt::format("{}: tensor {} has a non-finite value at index {}", path, name, bad));
   }
   return OkStatus();
 }
@@ -202,23 +216,38 @@ Status check_row_range(const std::string& path, const std::string& name, int64_t
 }
 }  // namespace
 
-Result<Tensor> load_f32_rows(const ShardedCheckpoint& ck, const std::string& name, const std::vector<int64_t>& shape,
-                             int64_t first_row, int64_t end_row, int64_t permute_head_dim) {
+namespace {
+Status load_rows_into(const ShardedCheckpoint& ck, const std::string& name, const std::vector<int64_t>& shape,
+                      int64_t first_row, int64_t end_row, int64_t permute_head_dim, std::span<float> out) {
   LOWBIT_ASSIGN_OR_RETURN(const SafetensorsTensorInfo* info, checked(ck, name, shape));
   const SafetensorsFile& f = *ck.file_of(name);
   const std::byte* src = f.data(*info).data();
-  const int64_t rows = shape[0];
-  const size_t row_bytes = static_cast<size_t>(shape.size() == 2 ? shape[1] : 1) * dtype_size(info->dtype);
-  LOWBIT_RETURN_IF_ERROR(check_row_range(f.path(), name, first_row, end_row, rows, permute_head_dim > 0));
-  std::vector<int64_t> out_shape = shape;
-  out_shape[0] = end_row - first_row;
-  LOWBIT_ASSIGN_OR_RETURN(Tensor t, Tensor::empty(DType::kF32, std::span<const int64_t>(out_shape)));
+  const int64_t cols = shape.size() == 2 ? shape[1] : 1;
+  const size_t row_bytes = static_cast<size_t>(cols) * dtype_size(info->dtype);
+  LOWBIT_RETURN_IF_ERROR(check_row_range(f.path(), name, first_row, end_row, shape[0], permute_head_dim > 0));
+  LOWBIT_CHECK(out.size() == static_cast<size_t>((end_row - first_row) * cols), "load_f32: output size");
   const auto row_at = [&](int64_t r) {
     const int64_t s = permute_head_dim > 0 ? hf_rope_source_row(r, permute_head_dim) : r;
     return src + static_cast<size_t>(s) * row_bytes;
   };
-  LOWBIT_RETURN_IF_ERROR(rows_to_f32(f.path(), name, info->dtype, shape.size() == 2 ? shape[1] : 1, first_row, end_row, row_at, t.data_as<float>()));
+  return rows_to_f32(f.path(), name, info->dtype, cols, first_row, end_row, row_at, out.data());
+}
+}  // namespace
+
+Result<Tensor> load_f32_rows(const ShardedCheckpoint& ck, const std::string& name, const std::vector<int64_t>& shape,
+                             int64_t first_row, int64_t end_row, int64_t permute_head_dim) {
+  LOWBIT_RETURN_IF_ERROR(checked(ck, name, shape).status());
+  std::vector<int64_t> out_shape = shape;
+  out_shape[0] = std::max<int64_t>(0, end_row - first_row);
+  LOWBIT_ASSIGN_OR_RETURN(Tensor t, Tensor::empty(DType::kF32, std::span<const int64_t>(out_shape)));
+  LOWBIT_RETURN_IF_ERROR(load_rows_into(ck, name, shape, first_row, end_row, permute_head_dim,
+                                        std::span<float>(t.data_as<float>(), static_cast<size_t>(t.numel()))));
   return t;
+}
+
+Status load_f32_into(const ShardedCheckpoint& ck, const std::string& name, const std::vector<int64_t>& shape,
+                     std::span<float> out, int64_t permute_head_dim) {
+  return load_rows_into(ck, name, shape, 0, shape.empty() ? 0 : shape[0], permute_head_dim, out);
 }
 
 // ---- DirectRowReader ----

@@ -807,11 +807,13 @@ TEST_P(ShardedDtype, LoadsTheSameWeightsAsOneFile) {
   }
 }
 
-// A NaN in a stored table: the O_DIRECT reader refuses it with load_f32_rows' message.
+// A NaN and an inf in a stored table: the O_DIRECT reader refuses them with load_f32_rows' message,
+// which names the first (rows are converted in parallel).
 TEST(Sharded, DirectRowReaderNamesANonFiniteValueAsTheMappedReaderDoes) {
   TempDir tmp;
   std::vector<uint16_t> v(40 * 24, 0x3f80);  // bf16 1.0
   v[17 * 24 + 5] = 0x7fc0;                   // NaN in row 17
+  v[19 * 24 + 2] = 0x7f80;                   // +inf in row 19: the first one (index 413) is named
   const std::string path = (tmp.path() / "t.safetensors").string();
   ASSERT_TRUE(write_safetensors(path, {{"w", DType::kBF16, {40, 24}, std::as_bytes(std::span<const uint16_t>(v))}}).ok());
   const ShardedCheckpoint ck = single_file_checkpoint(open_safetensors(path).value());
