@@ -114,6 +114,11 @@ class PatchFile {
   std::string path_;
 };
 
+// Whether large outputs (AtomicFile) and streamed checkpoint reads (DirectRowReader) may use O_DIRECT:
+// yes unless the environment says LOWBIT_DIRECT_IO=0 (for a file system that takes O_DIRECT but
+// misbehaves with it; where it refuses O_DIRECT outright, both fall back on their own).
+bool direct_io_enabled();
+
 // Whether `path` may be replaced by an output: OK when it is missing or a regular file;
 // InvalidArgument for a symbolic link (its target is not replaced silently), a directory, or a
 // device, FIFO or socket (writing `-o /dev/null` as root must not replace /dev/null).

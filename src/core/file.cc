@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <string_view>
 #include <system_error>
 #include <utility>
 
@@ -257,10 +258,15 @@ int write_all(int fd, const std::byte* p, size_t n) {
 }
 }  // namespace
 
+bool direct_io_enabled() {
+  const char* v = std::getenv("LOWBIT_DIRECT_IO");
+  return v == nullptr || std::string_view(v) != "0";
+}
+
 Status AtomicFile::flush_stage(bool last) {
   if (staged_ == 0) return OkStatus();
   // The first full buffer asks for O_DIRECT; a file that never fills one is written buffered.
-  if (!direct_ && !direct_refused_ && !last) {
+  if (!direct_ && !direct_refused_ && !last && direct_io_enabled()) {
     const int flags = ::fcntl(fd_, F_GETFL);
     direct_ = flags >= 0 && ::fcntl(fd_, F_SETFL, flags | O_DIRECT) == 0;
     direct_refused_ = !direct_;
@@ -270,7 +276,7 @@ Status AtomicFile::flush_stage(bool last) {
   size_t n = direct_ ? (staged_ + kDirectAlign - 1) / kDirectAlign * kDirectAlign : staged_;
   std::memset(stage_ + staged_, 0, n - staged_);
   int err = write_all(fd_, stage_, n);
-  if (err == EINVAL && direct_) {  // accepted by fcntl, refused by the file system: buffered
+  if ((err == EINVAL || err == EOPNOTSUPP) && direct_) {  // accepted by fcntl, refused by the file system: buffered
     const int flags = ::fcntl(fd_, F_GETFL);
     if (flags >= 0 && ::fcntl(fd_, F_SETFL, flags & ~O_DIRECT) == 0 &&
         ::lseek(fd_, static_cast<off_t>(flushed_), SEEK_SET) == static_cast<off_t>(flushed_)) {

@@ -271,7 +271,7 @@ Result<DirectRowReader> DirectRowReader::open(const ShardedCheckpoint& ck, const
   r.path_ = f.path();
   r.dtype_ = info->dtype;
   r.offset_ = static_cast<uint64_t>(f.data(*info).data() - f.file()->bytes().data());
-  r.fd_ = ::open(f.path().c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);  // -1 (e.g. EINVAL): the mapping serves
+  if (direct_io_enabled()) r.fd_ = ::open(f.path().c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);  // -1 (e.g. EINVAL): the mapping serves
   return r;
 }
 
@@ -292,7 +292,7 @@ Status DirectRowReader::rows_into(int64_t first_row, int64_t end_row, std::span<
   while (fd_ >= 0 && a0 + got < hi) {
     const ssize_t n = ::pread(fd_, buf_ + got, static_cast<size_t>(a1 - a0 - got), static_cast<off_t>(a0 + got));
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno == EINVAL && got == 0) {  // opened with O_DIRECT, refused on reading: the mapping serves
+    if (n < 0 && (errno == EINVAL || errno == EOPNOTSUPP) && got == 0) {  // O_DIRECT refused on reading: the mapping serves
       ::close(fd_);
       fd_ = -1;
       break;

@@ -788,11 +788,16 @@ TEST_P(ShardedDtype, LoadsTheSameWeightsAsOneFile) {
   // DirectRowReader (O_DIRECT reads into one buffer, or the mapping where the file system refuses
   // them) gives load_f32_rows' values for any rows of any tensor: starts and ends that are not
   // on a block boundary, one row, all rows, reads in any order.
+  for (const bool direct : {true, false}) {  // LOWBIT_DIRECT_IO=0: the mapping serves
+  if (!direct) ::setenv("LOWBIT_DIRECT_IO", "0", 1);
   for (const SafetensorsFile& f : ck.shards) {
     for (const SafetensorsTensorInfo& t : f.tensors()) {
       const std::vector<int64_t> shape = t.shape.size() == 1 ? std::vector<int64_t>{t.shape[0]} : t.shape;
       Result<DirectRowReader> r = DirectRowReader::open(ck, t.name, shape);
       ASSERT_TRUE(r.ok()) << r.status().to_string();
+      if (!direct) {
+        EXPECT_FALSE(r->direct());
+      }
       const int64_t rows = shape[0], cols = shape.size() == 2 ? shape[1] : 1;
       for (const auto& [r0, r1] : {std::pair<int64_t, int64_t>{0, rows}, {rows - 1, rows}, {rows / 3, rows / 2 + 1}, {0, 1}, {1, rows}}) {
         if (r0 < 0 || r0 > r1) continue;
@@ -804,6 +809,8 @@ TEST_P(ShardedDtype, LoadsTheSameWeightsAsOneFile) {
       std::vector<float> none;
       EXPECT_FALSE(r->rows_into(2, 1, none).ok()) << t.name;
     }
+  }
+  ::unsetenv("LOWBIT_DIRECT_IO");
   }
 }
 
