@@ -301,10 +301,8 @@ Status DirectRowReader::rows_into(int64_t first_row, int64_t end_row, std::span<
     if (n == 0) return DataLoss(fmt::format("{}: tensor {}: the file ends inside rows [{}, {})", path_, name_, first_row, end_row));
     got += static_cast<uint64_t>(n);
   }
-  if (fd_ < 0) {
-    const std::byte* src = ck_->file_of(name_)->data(*ck_->file_of(name_)->find(name_)).data();
-    LOWBIT_RETURN_IF_ERROR(rows_to_f32(path_, name_, dtype_, cols, first_row, end_row,
-                                       [&](int64_t r) { return src + static_cast<uint64_t>(r) * row_bytes; }, out.data()));
+  if (fd_ < 0) {  // the mapping serves, as load_f32_rows reads it
+    LOWBIT_RETURN_IF_ERROR(load_rows_into(*ck_, name_, shape_, first_row, end_row, 0, out));
     release_pages(*ck_, name_, first_row, end_row);
     return OkStatus();
   }
