@@ -13,7 +13,9 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <span>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "lowbit/model.h"
@@ -101,6 +103,54 @@ class DirectRowReader {
   int fd_ = -1;
   std::byte* buf_ = nullptr;  // kAlign-aligned, cap_ bytes
   size_t cap_ = 0;
+};
+
+// Whole tensors' stored bytes read on a thread of its own — with O_DIRECT around the page cache
+// where the file system takes it (direct_io_enabled()), else with plain pread — into one buffer
+// reused by every batch, then converted as load_f32_into converts them (same values, same
+// errors). A streamed quantize reads block l + 1 while block l computes, so the disk and the CPU
+// work at once:
+//
+//   TensorPrefetch pf(ck);
+//   LOWBIT_RETURN_IF_ERROR(pf.start({"model.layers.0.mlp.up_proj.weight", ...}));
+//   ...                                       // compute
+//   LOWBIT_RETURN_IF_ERROR(pf.wait());        // the batch's read errors, if any
+//   LOWBIT_RETURN_IF_ERROR(pf.load_f32_into("model.layers.0.mlp.up_proj.weight", shape, out));
+//
+// `ck` must outlive the prefetcher; the destructor waits for a batch still being read.
+class TensorPrefetch {
+ public:
+  explicit TensorPrefetch(const ShardedCheckpoint& ck);
+  TensorPrefetch(const TensorPrefetch&) = delete;
+  TensorPrefetch& operator=(const TensorPrefetch&) = delete;
+  ~TensorPrefetch();
+  // Starts reading `names` (every one in the checkpoint: NotFound naming the index and tensor
+  // otherwise). The previous batch must have been waited for.
+  Status start(std::vector<std::string> names);
+  // Blocks until the batch is in the buffer: OK, or the first read error (naming the file and
+  // tensor). Waiting with no batch started is OK.
+  Status wait();
+  // Tensor `name` of the batch waited for as f32 (load_f32_into's checks, conversion and errors).
+  Status load_f32_into(const std::string& name, const std::vector<int64_t>& shape, std::span<float> out,
+                       int64_t permute_head_dim = 0) const;
+  // Frees the buffer (the next start allocates it again).
+  void release();
+  size_t buffer_bytes() const { return cap_; }
+  bool direct() const { return direct_; }  // whether the last batch went around the page cache
+
+ private:
+  struct Range { std::string name; size_t file; uint64_t a0, a1, lo; size_t at; };  // [a0, a1) aligned, tensor at `lo`, buffer offset `at`
+  static constexpr uint64_t kAlign = 4096;
+  Status read_all();
+  const ShardedCheckpoint& ck_;
+  std::vector<Range> ranges_;
+  std::vector<int> direct_fds_, plain_fds_;  // per shard, opened on first use (-1: not yet / refused)
+  std::byte* buf_ = nullptr;  // kAlign-aligned, cap_ bytes
+  size_t cap_ = 0;
+  bool direct_ = false;
+  std::thread thread_;
+  Status result_;
+  bool pending_ = false;
 };
 
 }  // namespace lowbit

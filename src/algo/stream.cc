@@ -63,38 +63,53 @@ Model skeleton(const LlamaConfig& c) {
 
 // Loads tensor `name` into `slot` (reused when it has the shape already: every block has the same
 // shapes, and fresh pages for each block's ~0.9 GB at the 8B width cost page faults and zeroing
-// that were a third of a streamed RTN block's CPU) and points `dest` at it.
-Status adopt(const HfCheckpoint& ck, const std::string& name, std::vector<int64_t> shape, ConstTensorView* dest,
-             int64_t* bytes_read, Tensor& slot, int64_t permute = 0) {
+// that were a third of a streamed RTN block's CPU) from the prefetched batch and points `dest` at it.
+Status adopt(const HfCheckpoint& ck, const TensorPrefetch& pf, const std::string& name, std::vector<int64_t> shape,
+             ConstTensorView* dest, int64_t* bytes_read, Tensor& slot, int64_t permute = 0) {
   const ConstTensorView v = slot.view();
   bool same = v.ndim() == static_cast<int>(shape.size()) && slot.numel() > 0;
   for (size_t d = 0; same && d < shape.size(); ++d) same = v.dim(static_cast<int>(d)) == shape[d];
   if (!same) {
     LOWBIT_ASSIGN_OR_RETURN(slot, Tensor::empty(DType::kF32, std::span<const int64_t>(shape)));
   }
-  LOWBIT_RETURN_IF_ERROR(load_f32_into(ck.weights, name, shape, std::span<float>(slot.data_as<float>(), static_cast<size_t>(slot.numel())), permute));
+  LOWBIT_RETURN_IF_ERROR(pf.load_f32_into(name, shape, std::span<float>(slot.data_as<float>(), static_cast<size_t>(slot.numel())), permute));
   const SafetensorsTensorInfo* info = ck.weights.file_of(name)->find(name);
   *bytes_read += static_cast<int64_t>(info->end - info->begin);
-  release_pages(ck.weights, name);
   *dest = slot.view();
   return OkStatus();
 }
 
-// Block l's norms and linears, as f32, into `arena` (9 tensors, kept from block to block).
-Status load_block(Model& m, const HfCheckpoint& ck, int l, int64_t* bytes_read, std::vector<Tensor>& arena) {
-  const LlamaConfig& c = m.config;
+// Block l's tensors: Hugging Face name, shape, rope permutation (head_dim for q / k, else 0) and
+// where the block's LayerWeights keeps it.
+struct BlockTensor { std::string name; std::vector<int64_t> shape; int64_t permute; ConstTensorView LayerWeights::*member; };
+std::vector<BlockTensor> block_tensors(const LlamaConfig& c, int l) {
   const std::string p = fmt::format("model.layers.{}.", l);
-  LayerWeights& lw = m.weights.layers[static_cast<size_t>(l)];
-  arena.resize(2 + std::size(kHfSlots));
-  LOWBIT_RETURN_IF_ERROR(adopt(ck, p + "input_layernorm.weight", {c.dim}, &lw.attn_norm, bytes_read, arena[0]));
-  LOWBIT_RETURN_IF_ERROR(adopt(ck, p + "post_attention_layernorm.weight", {c.dim}, &lw.ffn_norm, bytes_read, arena[1]));
-  for (size_t i = 0; i < std::size(kHfSlots); ++i) {
-    const HfSlot& s = kHfSlots[i];
-    ConstTensorView* dest = &(lw.*linear_weight_member(s.slot));
+  std::vector<BlockTensor> t = {{p + "input_layernorm.weight", {c.dim}, 0, &LayerWeights::attn_norm},
+                                {p + "post_attention_layernorm.weight", {c.dim}, 0, &LayerWeights::ffn_norm}};
+  for (const HfSlot& s : kHfSlots) {
     const int64_t out = s.slot == LinearSlot::kWk || s.slot == LinearSlot::kWv ? c.kv_dim()
                         : s.slot == LinearSlot::kW1 || s.slot == LinearSlot::kW3 ? c.hidden_dim : c.dim;
     const int64_t in = s.slot == LinearSlot::kW2 ? c.hidden_dim : c.dim;
-    LOWBIT_RETURN_IF_ERROR(adopt(ck, p + s.hf + ".weight", {out, in}, dest, bytes_read, arena[2 + i], s.rope ? c.head_dim() : 0));
+    t.push_back({p + s.hf + ".weight", {out, in}, s.rope ? c.head_dim() : 0, linear_weight_member(s.slot)});
+  }
+  return t;
+}
+
+// Starts reading block l's stored tensors (TensorPrefetch: on a thread of its own).
+Status prefetch_block(TensorPrefetch& pf, const LlamaConfig& c, int l) {
+  std::vector<std::string> names;
+  for (BlockTensor& t : block_tensors(c, l)) names.push_back(std::move(t.name));
+  return pf.start(std::move(names));
+}
+
+// Block l's norms and linears, as f32, into `arena` (9 tensors, kept from block to block), from
+// the batch `pf` read (prefetch_block(pf, c, l), waited for).
+Status load_block(Model& m, const HfCheckpoint& ck, const TensorPrefetch& pf, int l, int64_t* bytes_read, std::vector<Tensor>& arena) {
+  const std::vector<BlockTensor> t = block_tensors(m.config, l);
+  LayerWeights& lw = m.weights.layers[static_cast<size_t>(l)];
+  arena.resize(t.size());
+  for (size_t i = 0; i < t.size(); ++i) {
+    LOWBIT_RETURN_IF_ERROR(adopt(ck, pf, t[i].name, t[i].shape, &(lw.*t[i].member), bytes_read, arena[i], t[i].permute));
   }
   return OkStatus();
 }
@@ -361,15 +376,17 @@ int64_t StreamMemory::peak() const { return std::max({load(), calibrate(), quant
 
 std::string StreamMemory::formula() const {
   const auto mib = [](int64_t b) { return static_cast<double>(b) / (1 << 20); };
+  const std::string next = prefetch ? fmt::format(" + next block being read {:.0f}", mib(stored_block)) : "";
   return fmt::format(
       "peak = max(load, calibrate, quantize, rest) + base + 64 MiB margin = {:.0f} MiB\n"
-      "  load      = f32 block {:.0f} + largest stored tensor {:.0f} + calibration stream {:.0f} = {:.0f} MiB\n"
-      "  calibrate = f32 block {:.0f} + statistics {:.0f} + window buffers and X^T X {:.0f} + calibration stream {:.0f} + BLAS {:.0f} = {:.0f} MiB\n"
-      "  quantize  = f32 block {:.0f} + Hessians still needed {:.0f} + GPTQ factor and working copy {:.0f} + calibration stream {:.0f} + BLAS {:.0f} + scale blocks {:.0f} = {:.0f} MiB\n"
+      "  load      = f32 block {:.0f} + stored block (read buffer) {:.0f} + calibration stream {:.0f} = {:.0f} MiB\n"
+      "  calibrate = f32 block {:.0f} + statistics {:.0f} + window buffers and X^T X {:.0f} + calibration stream {:.0f} + BLAS {:.0f}{} = {:.0f} MiB\n"
+      "  quantize  = f32 block {:.0f} + Hessians still needed {:.0f} + GPTQ factor and working copy {:.0f} + calibration stream {:.0f} + BLAS {:.0f} + scale blocks {:.0f}{} = {:.0f} MiB\n"
       "  rest      = embedding / classifier, {} MiB of f32 rows at a time, + the table's scales = {:.0f} MiB\n"
       "  base      = process without a model {:.0f} MiB\n",
-      mib(peak()), mib(block_f32), mib(stored_tensor), mib(activations), mib(load()), mib(block_f32), mib(statistics), mib(calib_temp),
-      mib(activations), mib(blas), mib(calibrate()), mib(block_f32), mib(statistics_gptq), mib(gptq), mib(activations), mib(blas), mib(quant_temp), mib(quantize()),
+      mib(peak()), mib(block_f32), mib(stored_block), mib(activations), mib(load()), mib(block_f32), mib(statistics), mib(calib_temp),
+      mib(activations), mib(blas), next, mib(calibrate()), mib(block_f32), mib(statistics_gptq), mib(gptq), mib(activations), mib(blas), mib(quant_temp),
+      next, mib(quantize()),
       kRestChunkBytes >> 20, mib(rest), mib(base));
 }
 
@@ -409,7 +426,8 @@ StreamMemory stream_memory(const LlamaConfig& c, DType stored, Method method, co
   const int64_t params = 2 * d + 2 * d * d + 2 * kv * d + 3 * h * d;
   const int64_t widest = std::max(d, h);
   StreamMemory m;
-  m.stored_tensor = std::max({d * d, kv * d, h * d}) * static_cast<int64_t>(dtype_size(stored));
+  m.stored_block = params * static_cast<int64_t>(dtype_size(stored)) + 9 * 2 * 4096;  // + each tensor's read rounded out to 4 KiB
+  m.prefetch = method == Method::kRtn;
   // RTN and GPTQ read the loaded f32 weights in place; AWQ / SmoothQuant rescale a clone. + the plan's codes and scales.
   const bool in_place = method == Method::kRtn || method == Method::kGptq;
   const auto [codes, quant_temp] = code_bytes(plan);
@@ -569,11 +587,24 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
   const char* stop_env = std::getenv(kStreamStopEnv);
   const int stop_after = stop_env ? std::atoi(stop_env) : -1;
   std::vector<Tensor> arena;  // the block's f32 tensors, reused by every block
+  // Block l + 1 is read while block l computes where that is most of the time (RTN: the disk and
+  // the CPU at once); the calibrated methods, whose blocks compute for a minute, read each block
+  // when they need it and free the buffer (the prefetch's buffer is the stored block: memory).
+  const bool overlap = !needs_calib;
+  TensorPrefetch pf(ck.weights);
+  if (start < L) LOWBIT_RETURN_IF_ERROR(prefetch_block(pf, c, start));
   for (int l = start; l < L; ++l) {
     const auto tb = std::chrono::steady_clock::now();
     const double cb = cpu_seconds();
     Model m = skeleton(c);
-    LOWBIT_RETURN_IF_ERROR(load_block(m, ck, l, &rep.bytes_read, arena));
+    if (l > start && !overlap) LOWBIT_RETURN_IF_ERROR(prefetch_block(pf, c, l));
+    LOWBIT_RETURN_IF_ERROR(pf.wait());
+    LOWBIT_RETURN_IF_ERROR(load_block(m, ck, pf, l, &rep.bytes_read, arena));
+    if (overlap && l + 1 < L) {
+      LOWBIT_RETURN_IF_ERROR(prefetch_block(pf, c, l + 1));
+    } else {
+      pf.release();
+    }
     LlamaModel net(m);
     PipelineOptions po = opt.pipeline;
     po.first_block = l;

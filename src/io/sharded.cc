@@ -17,6 +17,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cmath>
@@ -217,11 +218,13 @@ Status check_row_range(const std::string& path, const std::string& name, int64_t
 }  // namespace
 
 namespace {
-Status load_rows_into(const ShardedCheckpoint& ck, const std::string& name, const std::vector<int64_t>& shape,
-                      int64_t first_row, int64_t end_row, int64_t permute_head_dim, std::span<float> out) {
+// Rows [first_row, end_row) of tensor `name` (checked against `shape`) as f32, its stored bytes at
+// `src` (the mapping, or a buffer read from the file).
+Status stored_rows_into(const ShardedCheckpoint& ck, const std::string& name, const std::vector<int64_t>& shape,
+                        const std::byte* src, int64_t first_row, int64_t end_row, int64_t permute_head_dim, std::span<float> out) {
   LOWBIT_ASSIGN_OR_RETURN(const SafetensorsTensorInfo* info, checked(ck, name, shape));
   const SafetensorsFile& f = *ck.file_of(name);
-  const std::byte* src = f.data(*info).data();
+  if (src == nullptr) src = f.data(*info).data();
   const int64_t cols = shape.size() == 2 ? shape[1] : 1;
   const size_t row_bytes = static_cast<size_t>(cols) * dtype_size(info->dtype);
   LOWBIT_RETURN_IF_ERROR(check_row_range(f.path(), name, first_row, end_row, shape[0], permute_head_dim > 0));
@@ -231,6 +234,16 @@ Status load_rows_into(const ShardedCheckpoint& ck, const std::string& name, cons
     return src + static_cast<size_t>(s) * row_bytes;
   };
   return rows_to_f32(f.path(), name, info->dtype, cols, first_row, end_row, row_at, out.data());
+}
+
+Status load_rows_into(const ShardedCheckpoint& ck, const std::string& name, const std::vector<int64_t>& shape,
+                      int64_t first_row, int64_t end_row, int64_t permute_head_dim, std::span<float> out) {
+  return stored_rows_into(ck, name, shape, nullptr, first_row, end_row, permute_head_dim, out);
+}
+
+// The offset of tensor `info`'s first byte in its file `f`.
+uint64_t file_offset(const SafetensorsFile& f, const SafetensorsTensorInfo& info) {
+  return static_cast<uint64_t>(f.data(info).data() - f.file()->bytes().data());
 }
 }  // namespace
 
@@ -270,7 +283,7 @@ Result<DirectRowReader> DirectRowReader::open(const ShardedCheckpoint& ck, const
   r.shape_ = shape;
   r.path_ = f.path();
   r.dtype_ = info->dtype;
-  r.offset_ = static_cast<uint64_t>(f.data(*info).data() - f.file()->bytes().data());
+  r.offset_ = file_offset(f, *info);
   if (direct_io_enabled()) r.fd_ = ::open(f.path().c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);  // -1 (e.g. EINVAL): the mapping serves
   return r;
 }
@@ -309,6 +322,101 @@ Status DirectRowReader::rows_into(int64_t first_row, int64_t end_row, std::span<
   const std::byte* base = buf_ + (lo - a0);
   return rows_to_f32(path_, name_, dtype_, cols, first_row, end_row,
                      [&](int64_t r) { return base + static_cast<uint64_t>(r - first_row) * row_bytes; }, out.data());
+}
+
+// ---- TensorPrefetch ----
+
+TensorPrefetch::TensorPrefetch(const ShardedCheckpoint& ck)
+    : ck_(ck), direct_fds_(ck.shards.size(), -1), plain_fds_(ck.shards.size(), -1) {}
+
+TensorPrefetch::~TensorPrefetch() {
+  if (thread_.joinable()) thread_.join();
+  for (int fd : direct_fds_) if (fd >= 0) ::close(fd);
+  for (int fd : plain_fds_) if (fd >= 0) ::close(fd);
+  std::free(buf_);
+}
+
+void TensorPrefetch::release() {
+  LOWBIT_CHECK(!pending_, "TensorPrefetch::release while a batch is read");
+  std::free(buf_);
+  buf_ = nullptr;
+  cap_ = 0;
+  ranges_.clear();
+}
+
+Status TensorPrefetch::start(std::vector<std::string> names) {
+  LOWBIT_CHECK(!pending_, "TensorPrefetch::start before the previous batch was waited for");
+  ranges_.clear();
+  size_t total = 0;
+  for (std::string& name : names) {
+    const auto it = ck_.where.find(name);
+    if (it == ck_.where.end()) return NotFound(fmt::format("{}: no tensor {}", ck_.index_path, name));
+    const SafetensorsFile& f = ck_.shards[it->second];
+    const SafetensorsTensorInfo& info = *f.find(name);
+    const uint64_t lo = file_offset(f, info), hi = lo + (info.end - info.begin);
+    const uint64_t a0 = lo / kAlign * kAlign, a1 = (hi + kAlign - 1) / kAlign * kAlign;
+    ranges_.push_back({std::move(name), it->second, a0, a1, lo, total});
+    total += static_cast<size_t>(a1 - a0);
+  }
+  if (total > cap_) {
+    std::free(buf_);
+    buf_ = static_cast<std::byte*>(std::aligned_alloc(kAlign, total));
+    cap_ = buf_ ? total : 0;
+    if (buf_ == nullptr) return IoError(fmt::format("{}: no memory for a read buffer of {} bytes", ck_.index_path, total));
+  }
+  pending_ = true;
+  result_ = OkStatus();
+  thread_ = std::thread([this] { result_ = read_all(); });
+  return OkStatus();
+}
+
+Status TensorPrefetch::wait() {
+  if (thread_.joinable()) thread_.join();
+  pending_ = false;
+  return result_;
+}
+
+// On the prefetch thread: every range, in order, into the buffer.
+Status TensorPrefetch::read_all() {
+  direct_ = direct_io_enabled();
+  for (const Range& r : ranges_) {
+    const SafetensorsFile& f = ck_.shards[r.file];
+    int& dfd = direct_fds_[r.file];
+    int& pfd = plain_fds_[r.file];
+    if (direct_ && dfd < 0) dfd = ::open(f.path().c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+    uint64_t got = 0;
+    while (r.a0 + got < r.a1) {
+      int fd = direct_ ? dfd : pfd;
+      if (fd < 0) {  // O_DIRECT refused (or off): through the page cache
+        direct_ = false;
+        if (pfd < 0) pfd = ::open(f.path().c_str(), O_RDONLY | O_CLOEXEC);
+        if (pfd < 0) return IoError(fmt::format("{}: tensor {}: cannot open: {}", f.path(), r.name, std::strerror(errno)));
+        fd = pfd;
+      }
+      const ssize_t n = ::pread(fd, buf_ + r.at + got, static_cast<size_t>(r.a1 - r.a0 - got), static_cast<off_t>(r.a0 + got));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && fd == dfd && (errno == EINVAL || errno == EOPNOTSUPP)) {  // O_DIRECT refused on reading
+        ::close(dfd);
+        dfd = -1;
+        direct_ = false;
+        continue;
+      }
+      if (n < 0) return IoError(fmt::format("{}: tensor {}: reading: {}", f.path(), r.name, std::strerror(errno)));
+      if (n == 0) break;  // the end of the file: the last range's padding
+      got += static_cast<uint64_t>(n);
+    }
+    const uint64_t need = r.lo - r.a0 + f.find(r.name)->end - f.find(r.name)->begin;
+    if (got < need) return DataLoss(fmt::format("{}: tensor {}: the file ends inside it", f.path(), r.name));
+  }
+  return OkStatus();
+}
+
+Status TensorPrefetch::load_f32_into(const std::string& name, const std::vector<int64_t>& shape, std::span<float> out,
+                                     int64_t permute_head_dim) const {
+  LOWBIT_CHECK(!pending_, "TensorPrefetch::load_f32_into before wait");
+  const auto r = std::find_if(ranges_.begin(), ranges_.end(), [&](const Range& x) { return x.name == name; });
+  if (r == ranges_.end()) return NotFound(fmt::format("{}: tensor {} is not in the prefetched batch", ck_.index_path, name));
+  return stored_rows_into(ck_, name, shape, buf_ + r->at + (r->lo - r->a0), 0, shape.empty() ? 0 : shape[0], permute_head_dim, out);
 }
 
 void release_pages(const ShardedCheckpoint& ck, const std::string& name, int64_t first_row, int64_t end_row) {

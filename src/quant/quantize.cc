@@ -307,13 +307,16 @@ void quantize_segment_fast(const QuantKernels& k, const QuantSpec& spec, const f
 template <class Code>
 void pack_row(Format f, const Code* codes, int64_t n, uint8_t* out) {
   switch (traits(f).bits) {
-    case 4:
-      for (int64_t i = 0; i < n; i += 2) {
-        const uint32_t lo = static_cast<uint32_t>(codes[i]) & 0xFu;
-        const uint32_t hi = i + 1 < n ? static_cast<uint32_t>(codes[i + 1]) & 0xFu : 0u;
-        out[i / 2] = static_cast<uint8_t>(lo | (hi << 4));
+    case 4: {  // whole pairs in a loop the compiler vectorizes (codes and out never overlap), then the odd tail
+      const Code* __restrict c = codes;
+      uint8_t* __restrict o = out;
+      const int64_t pairs = n / 2;
+      for (int64_t i = 0; i < pairs; ++i) {
+        o[i] = static_cast<uint8_t>((static_cast<uint32_t>(c[2 * i]) & 0xFu) | ((static_cast<uint32_t>(c[2 * i + 1]) & 0xFu) << 4));
       }
+      if (n % 2) o[pairs] = static_cast<uint8_t>(static_cast<uint32_t>(c[n - 1]) & 0xFu);
       return;
+    }
     case 8:
       for (int64_t i = 0; i < n; ++i) out[i] = static_cast<uint8_t>(codes[i]);
       return;
@@ -398,21 +401,40 @@ Result<QuantizedTensor> quantize(ConstTensorView x, const QuantSpec& spec, const
   }
 
   // 1. Finiteness, then per-block statistics. Rows are independent when blocks are one row
-  //    tall; taller blocks are reduced strip by strip.
+  //    tall: each row is checked and reduced while it is in cache (one pass over the tensor);
+  //    taller blocks are reduced strip by strip after the check.
   std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
+  std::vector<BlockStats> stats(static_cast<size_t>(nblocks));
+  const bool need_minmax = !spec.symmetric;
+  const auto row_stats = [&](const float* row, int64_t gr, BlockStats* st) {
+    for (int64_t gc = 0; gc < grid.grid_cols; ++gc) {
+      const int64_t c0 = gc * grid.block_cols, n = std::min(C, c0 + grid.block_cols) - c0;
+      BlockStats& b = st[gr * grid.grid_cols + gc];
+      b.amax = std::max(b.amax, k.absmax(row + c0, static_cast<size_t>(n)));
+      if (need_minmax) {
+        float lo, hi;
+        k.minmax(row + c0, static_cast<size_t>(n), &lo, &hi);
+        b.lo = std::min(b.lo, lo);
+        b.hi = std::max(b.hi, hi);
+      }
+    }
+  };
+  const bool row_blocks = grid.block_rows == 1;
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(C, 1));
   parallel_for(0, R, grain, [&](int64_t r0, int64_t r1) {
     std::vector<float> tmp;
     for (int64_t r = r0; r < r1; ++r) {
       const float* row = read_row(base, rows, r, tmp);
-      if (!k.all_finite(row, static_cast<size_t>(C))) {
-        for (int64_t c = 0; c < C; ++c) {
-          if (!std::isfinite(row[c])) {
-            int64_t cur = first_bad.load();
-            const int64_t idx = r * C + c;
-            while (idx < cur && !first_bad.compare_exchange_weak(cur, idx)) {}
-            break;
-          }
+      if (k.all_finite(row, static_cast<size_t>(C))) {
+        if (row_blocks) row_stats(row, r, stats.data());
+        continue;
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        if (!std::isfinite(row[c])) {
+          int64_t cur = first_bad.load();
+          const int64_t idx = r * C + c;
+          while (idx < cur && !first_bad.compare_exchange_weak(cur, idx)) {}
+          break;
         }
       }
     }
@@ -423,30 +445,16 @@ Result<QuantizedTensor> quantize(ConstTensorView x, const QuantSpec& spec, const
     return InvalidArgument(fmt::format("{}: {} at row {}, column {} (of {} x {}); quantize needs finite values", name,
                                        std::isnan(v) ? "NaN" : (v > 0 ? "+inf" : "-inf"), bad / C, bad % C, R, C));
   }
-
-  std::vector<BlockStats> stats(static_cast<size_t>(nblocks));
-  const bool need_minmax = !spec.symmetric;
-  const int64_t strip_elems = std::max<int64_t>(1, grid.block_rows * C);
-  parallel_for(0, grid.grid_rows, std::max<int64_t>(1, 65536 / strip_elems), [&](int64_t g0, int64_t g1) {
-    std::vector<float> tmp;
-    for (int64_t gr = g0; gr < g1; ++gr) {
-      const int64_t r_end = std::min(R, (gr + 1) * grid.block_rows);
-      for (int64_t r = gr * grid.block_rows; r < r_end; ++r) {
-        const float* row = read_row(base, rows, r, tmp);
-        for (int64_t gc = 0; gc < grid.grid_cols; ++gc) {
-          const int64_t c0 = gc * grid.block_cols, n = std::min(C, c0 + grid.block_cols) - c0;
-          BlockStats& st = stats[static_cast<size_t>(gr * grid.grid_cols + gc)];
-          st.amax = std::max(st.amax, k.absmax(row + c0, static_cast<size_t>(n)));
-          if (need_minmax) {
-            float lo, hi;
-            k.minmax(row + c0, static_cast<size_t>(n), &lo, &hi);
-            st.lo = std::min(st.lo, lo);
-            st.hi = std::max(st.hi, hi);
-          }
-        }
+  if (!row_blocks) {
+    const int64_t strip_elems = std::max<int64_t>(1, grid.block_rows * C);
+    parallel_for(0, grid.grid_rows, std::max<int64_t>(1, 65536 / strip_elems), [&](int64_t g0, int64_t g1) {
+      std::vector<float> tmp;
+      for (int64_t gr = g0; gr < g1; ++gr) {
+        const int64_t r_end = std::min(R, (gr + 1) * grid.block_rows);
+        for (int64_t r = gr * grid.block_rows; r < r_end; ++r) row_stats(read_row(base, rows, r, tmp), gr, stats.data());
       }
-    }
-  });
+    });
+  }
 
   // 2. Clip values per block (absmax, static from an observer, percentile or MSE search).
   auto gather_block = [&](int64_t b, std::vector<float>& out) {
@@ -473,7 +481,7 @@ Result<QuantizedTensor> quantize(ConstTensorView x, const QuantSpec& spec, const
   // Scales are cheap unless a block's samples must be searched (percentile, MSE).
   const bool searching = spec.clip != ClipRule::kAbsMax && opt.clip.empty();
   const int64_t block_elems = std::max<int64_t>(1, grid.block_rows * grid.block_cols);
-  const int64_t scale_grain = searching ? std::max<int64_t>(1, 4096 / block_elems) : std::max<int64_t>(1, nblocks);
+  const int64_t scale_grain = searching ? std::max<int64_t>(1, 4096 / block_elems) : 16384;
   parallel_for(0, nblocks, scale_grain, [&](int64_t b0, int64_t b1) {
     std::vector<float> samples;
     for (int64_t b = b0; b < b1; ++b) {

@@ -15,6 +15,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <numeric>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -811,6 +812,89 @@ TEST_P(ShardedDtype, LoadsTheSameWeightsAsOneFile) {
     }
   }
   ::unsetenv("LOWBIT_DIRECT_IO");
+  }
+}
+
+// TensorPrefetch (a thread reading whole tensors into one buffer, with O_DIRECT or through the
+// page cache, on ext4 and on tmpfs, which refuses O_DIRECT) gives load_f32's values, the rope
+// permutation included, batch after batch in one reused buffer.
+TEST_P(ShardedDtype, TensorPrefetchGivesTheMappedValues) {
+  TempDir tmp;
+  TinyLlama tiny;
+  std::vector<fs::path> dirs = {tmp.path() / "sh"};
+  if (fs::is_directory("/dev/shm")) dirs.push_back(fs::path("/dev/shm") / ("lowbit_prefetch_" + std::to_string(::getpid())));
+  for (const fs::path& dir : dirs) {
+    tiny.write(dir, GetParam());
+    shard_checkpoint(dir);
+  }
+  for (const bool direct : {true, false}) {  // LOWBIT_DIRECT_IO=0: pread through the page cache
+    if (!direct) ::setenv("LOWBIT_DIRECT_IO", "0", 1);
+    for (const fs::path& dir : dirs) {
+      const ShardedCheckpoint ck = open_sharded((dir / "model.safetensors.index.json").string()).value();
+      TensorPrefetch pf(ck);
+      EXPECT_TRUE(pf.wait().ok());  // nothing started
+      std::vector<std::string> all;  // every tensor of all three shards, then two of them again
+      for (const SafetensorsFile& f : ck.shards) {
+        for (const SafetensorsTensorInfo& t : f.tensors()) all.push_back(t.name);
+      }
+      for (const std::vector<std::string>& batch :
+           {all, std::vector<std::string>{"model.layers.1.self_attn.q_proj.weight", "model.norm.weight"}}) {
+        ASSERT_TRUE(pf.start(batch).ok());
+        ASSERT_TRUE(pf.wait().ok()) << dir;
+        if (!direct) {
+          EXPECT_FALSE(pf.direct());
+        }
+        for (const std::string& name : batch) {
+          const SafetensorsTensorInfo* t = ck.file_of(name)->find(name);
+          const std::vector<int64_t> shape = t->shape;
+          const int64_t permute = name.find("q_proj") != std::string::npos || name.find("k_proj") != std::string::npos ? 4 : 0;
+          std::vector<float> got(static_cast<size_t>(std::accumulate(shape.begin(), shape.end(), int64_t{1}, std::multiplies<>())));
+          ASSERT_TRUE(pf.load_f32_into(name, shape, got, permute).ok()) << name;
+          const Tensor want = load_f32(ck, name, shape, permute).value();
+          EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << name << " in " << dir;
+        }
+      }
+      std::vector<float> out(16);
+      EXPECT_EQ(pf.load_f32_into("model.layers.0.mlp.up_proj.weight", {32, 16}, out).code(), StatusCode::kNotFound);  // not in the batch
+      EXPECT_EQ(pf.load_f32_into("model.norm.weight", {17}, out).code(), StatusCode::kDataLoss);  // not the shape config.json implies
+      const Status missing = pf.start({"model.norm.weight", "model.layers.9.mlp.up_proj.weight"});
+      EXPECT_EQ(missing.code(), StatusCode::kNotFound);
+      EXPECT_NE(missing.message().find("model.layers.9.mlp.up_proj.weight"), std::string::npos) << missing.message();
+    }
+    ::unsetenv("LOWBIT_DIRECT_IO");
+  }
+  for (size_t i = 1; i < dirs.size(); ++i) fs::remove_all(dirs[i]);
+}
+
+// A stored NaN reaches TensorPrefetch's caller as load_f32's error; a shard cut short after it
+// was opened is DataLoss naming the shard and the tensor, never a read past the buffer.
+TEST(Sharded, TensorPrefetchNamesNonFiniteValuesAndCutFiles) {
+  TempDir tmp;
+  std::vector<uint16_t> v(40 * 24, 0x3f80);  // bf16 1.0
+  v[19 * 24 + 2] = 0x7f80;                   // +inf at index 458
+  const std::string path = (tmp.path() / "t.safetensors").string();
+  ASSERT_TRUE(write_safetensors(path, {{"a", DType::kBF16, {40, 24}, std::as_bytes(std::span<const uint16_t>(v))},
+                                       {"w", DType::kBF16, {40, 24}, std::as_bytes(std::span<const uint16_t>(v))}}).ok());
+  const ShardedCheckpoint ck = single_file_checkpoint(open_safetensors(path).value());
+  TensorPrefetch pf(ck);
+  ASSERT_TRUE(pf.start({"w"}).ok());
+  ASSERT_TRUE(pf.wait().ok());
+  std::vector<float> out(40 * 24);
+  const Status got = pf.load_f32_into("w", {40, 24}, out);
+  const Result<Tensor> want = load_f32(ck, "w", {40, 24});
+  ASSERT_FALSE(got.ok());
+  ASSERT_FALSE(want.ok());
+  EXPECT_EQ(got.to_string(), want.status().to_string());
+  EXPECT_NE(got.message().find("index 458"), std::string::npos) << got.message();
+
+  fs::resize_file(path, fs::file_size(path) - 100);  // cut inside the last tensor
+  for (const bool direct : {true, false}) {
+    if (!direct) ::setenv("LOWBIT_DIRECT_IO", "0", 1);
+    ASSERT_TRUE(pf.start({"a", "w"}).ok());
+    const Status cut = pf.wait();
+    EXPECT_EQ(cut.code(), StatusCode::kDataLoss) << cut.to_string();
+    EXPECT_NE(cut.message().find(path + ": tensor w: the file ends inside it"), std::string::npos) << cut.message();
+    ::unsetenv("LOWBIT_DIRECT_IO");
   }
 }
 
