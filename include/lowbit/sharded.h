@@ -83,17 +83,32 @@ void release_pages(const ShardedCheckpoint& ck, const std::string& name, int64_t
 class DirectRowReader {
  public:
   static Result<DirectRowReader> open(const ShardedCheckpoint& ck, const std::string& name, const std::vector<int64_t>& shape);
-  DirectRowReader(DirectRowReader&& o) noexcept;
+  DirectRowReader(DirectRowReader&& o) noexcept;  // only before the first prefetch
   DirectRowReader& operator=(DirectRowReader&&) = delete;
   DirectRowReader(const DirectRowReader&) = delete;
-  ~DirectRowReader();
+  ~DirectRowReader();  // waits for a prefetch still reading
   // Rows [first_row, end_row) as f32 into `out` ((end_row - first_row) x cols values).
   Status rows_into(int64_t first_row, int64_t end_row, std::span<float> out);
+  // Starts reading rows [first_row, end_row) on a thread of its own, into a second buffer: a
+  // chunked pass reads chunk i + 1 while it converts, quantizes and writes chunk i. The next
+  // rows_into of exactly that range takes them (a read error then is its error); any other
+  // range waits for the prefetch, drops it and reads as usual. Nothing where the mapping serves.
+  void prefetch(int64_t first_row, int64_t end_row);
   bool direct() const { return fd_ >= 0; }
 
  private:
   DirectRowReader() = default;
   static constexpr uint64_t kAlign = 4096;
+  struct Buffer {
+    std::byte* data = nullptr;  // kAlign-aligned, cap bytes
+    size_t cap = 0;
+  };
+  enum class Read { kOk, kRefused, kError };
+  // The aligned span around rows [first_row, end_row) into `b` (grown as needed); kRefused where
+  // the file system refuses O_DIRECT on reading, kError with `err` set otherwise.
+  Read read_rows(int64_t first_row, int64_t end_row, Buffer& b, Status& err) const;
+  Status convert(const Buffer& b, int64_t first_row, int64_t end_row, std::span<float> out) const;
+  void join();
   const ShardedCheckpoint* ck_ = nullptr;
   std::string name_;
   std::vector<int64_t> shape_;
@@ -101,8 +116,11 @@ class DirectRowReader {
   DType dtype_ = DType::kF32;
   uint64_t offset_ = 0;  // of the tensor's first byte in its file
   int fd_ = -1;
-  std::byte* buf_ = nullptr;  // kAlign-aligned, cap_ bytes
-  size_t cap_ = 0;
+  Buffer buf_, next_;    // rows_into's; the prefetch's
+  std::thread thread_;   // the prefetch, while it reads
+  int64_t next_first_ = -1, next_end_ = -1;  // the prefetched range (when thread_ ran)
+  Read next_read_ = Read::kOk;
+  Status next_err_;
 };
 
 // Whole tensors' stored bytes read on a thread of its own — with O_DIRECT around the page cache

@@ -59,7 +59,7 @@ struct StreamMemory {
   int64_t rest = 0;           // embedding / classifier step: one chunk of rows (f32, stored, codes) + the table's scales
   int64_t blas = 0;           // BLAS work space while calibrating / factoring (OpenBLAS: measured, see stream.cc)
   int64_t base = 0;           // the process without a model (code, allocator), measured by the caller
-  int64_t load() const { return block_f32 + stored_block + activations; }
+  int64_t load() const { return block_f32 + (prefetch ? 2 : 1) * stored_block + activations; }
   int64_t calibrate() const { return block_f32 + statistics + calib_temp + activations + blas + (prefetch ? stored_block : 0); }
   int64_t quant_temp = 0;     // quantize()'s per-scale-block temporaries for the largest linear (32 bytes a block)
   int64_t quantize() const { return block_f32 + statistics_gptq + gptq + activations + blas + quant_temp + (prefetch ? stored_block : 0); }

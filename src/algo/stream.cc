@@ -4,6 +4,7 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -21,6 +22,7 @@
 #include "lowbit/ggml_quant.h"
 #include "lowbit/gguf.h"
 #include "lowbit/llama.h"
+#include "lowbit/parallel.h"
 #include "lowbit/safetensors.h"
 #include "lowbit/ptq.h"
 #include "lowbit/quant.h"
@@ -227,7 +229,10 @@ class RowStream {
       const std::span<const float> v(x.data_as<float>(), static_cast<size_t>(x.numel()));
       if (f16) {
         h.resize(v.size());
-        f32_to_f16(v, h);
+        parallel_for(0, static_cast<int64_t>(v.size()), int64_t{1} << 16, [&](int64_t i0, int64_t i1) {  // elementwise: any split
+          f32_to_f16(v.subspan(static_cast<size_t>(i0), static_cast<size_t>(i1 - i0)),
+                     std::span<uint16_t>(h).subspan(static_cast<size_t>(i0), static_cast<size_t>(i1 - i0)));
+        });
         LOWBIT_RETURN_IF_ERROR(emit(std::as_bytes(std::span<const uint16_t>(h))));
       } else {
         LOWBIT_RETURN_IF_ERROR(emit(std::as_bytes(v)));
@@ -314,6 +319,7 @@ class RowStream {
     }
     const std::span<float> out(rows_f32_.data(), static_cast<size_t>((r1 - r0) * cols_));
     LOWBIT_RETURN_IF_ERROR(reader_->rows_into(r0, r1, out));
+    if (r1 < rows_) reader_->prefetch(r1, std::min(rows_, r1 + chunk_));  // chunks are read in order: the next one meanwhile
     return TensorView(out.data(), DType::kF32, {r1 - r0, cols_});
   }
   // quantize() of rows [r0, r0 + x.rows), refusing what quantize_model's cast check refuses
@@ -331,9 +337,14 @@ class RowStream {
     const float maxf = static_cast<float>(max);  // exact: every element format's range fits a float
     const float* v = x.data_as<float>();
     const int64_t n = x.numel();
-    bool bad = false;  // one vector pass; the loop below names the first bad value
-#pragma omp simd reduction(| : bad)
-    for (int64_t i = 0; i < n; ++i) bad |= !(std::fabs(v[i]) <= maxf);
+    std::atomic<bool> any_bad{false};  // one vector pass on every thread; the loop below names the first bad value
+    parallel_for(0, n, int64_t{1} << 16, [&](int64_t i0, int64_t i1) {
+      bool b = false;
+#pragma omp simd reduction(| : b)
+      for (int64_t i = i0; i < i1; ++i) b |= !(std::fabs(v[i]) <= maxf);
+      if (b) any_bad = true;
+    });
+    const bool bad = any_bad.load();
     for (int64_t i = 0; bad && i < n; ++i) {
       if (!(std::fabs(v[i]) <= maxf)) {
         const int64_t at = r0 * cols_ + i;
@@ -379,12 +390,12 @@ std::string StreamMemory::formula() const {
   const std::string next = prefetch ? fmt::format(" + next block being read {:.0f}", mib(stored_block)) : "";
   return fmt::format(
       "peak = max(load, calibrate, quantize, rest) + base + 64 MiB margin = {:.0f} MiB\n"
-      "  load      = f32 block {:.0f} + stored block (read buffer) {:.0f} + calibration stream {:.0f} = {:.0f} MiB\n"
+      "  load      = f32 block {:.0f} + stored block (read buffer) {:.0f}{} + calibration stream {:.0f} = {:.0f} MiB\n"
       "  calibrate = f32 block {:.0f} + statistics {:.0f} + window buffers and X^T X {:.0f} + calibration stream {:.0f} + BLAS {:.0f}{} = {:.0f} MiB\n"
       "  quantize  = f32 block {:.0f} + Hessians still needed {:.0f} + GPTQ factor and working copy {:.0f} + calibration stream {:.0f} + BLAS {:.0f} + scale blocks {:.0f}{} = {:.0f} MiB\n"
-      "  rest      = embedding / classifier, {} MiB of f32 rows at a time, + the table's scales = {:.0f} MiB\n"
+      "  rest      = embedding / classifier, {} MiB of f32 rows at a time (+ stored rows, two chunks), + the table's scales = {:.0f} MiB\n"
       "  base      = process without a model {:.0f} MiB\n",
-      mib(peak()), mib(block_f32), mib(stored_block), mib(activations), mib(load()), mib(block_f32), mib(statistics), mib(calib_temp),
+      mib(peak()), mib(block_f32), mib(stored_block), next, mib(activations), mib(load()), mib(block_f32), mib(statistics), mib(calib_temp),
       mib(activations), mib(blas), next, mib(calibrate()), mib(block_f32), mib(statistics_gptq), mib(gptq), mib(activations), mib(blas), mib(quant_temp),
       next, mib(quantize()),
       kRestChunkBytes >> 20, mib(rest), mib(base));
@@ -459,10 +470,10 @@ StreamMemory stream_memory(const LlamaConfig& c, DType stored, Method method, co
       for (int64_t site : {d, d, d, h}) m.calib_temp += std::min(calib_tokens * site * 4, fold + window * site * 4);
     }
   }
-  // a chunk of rows: f32, its stored bytes and its codes (<= 4 bytes each); the classifier's scale
-  // codes of the whole table (<= 2 bytes per 16 elements)
+  // a chunk of rows: f32, its stored bytes twice (the chunk converted, the next one being read) and
+  // its codes (<= 4 bytes each); the classifier's scale codes of the whole table (<= 2 bytes per 16 elements)
   const int64_t chunk = std::clamp<int64_t>(kRestChunkBytes / (4 * std::max<int64_t>(1, d)), 1, std::max<int64_t>(1, v));
-  m.rest = chunk * d * (4 + static_cast<int64_t>(dtype_size(stored)) + 4) + v * d / 8;
+  m.rest = chunk * d * (4 + 2 * static_cast<int64_t>(dtype_size(stored)) + 4) + v * d / 8;
   return m;
 }
 
@@ -587,24 +598,24 @@ Result<StreamReport> quantize_streaming(const std::string& model_dir, const std:
   const char* stop_env = std::getenv(kStreamStopEnv);
   const int stop_after = stop_env ? std::atoi(stop_env) : -1;
   std::vector<Tensor> arena;  // the block's f32 tensors, reused by every block
-  // Block l + 1 is read while block l computes where that is most of the time (RTN: the disk and
-  // the CPU at once); the calibrated methods, whose blocks compute for a minute, read each block
-  // when they need it and free the buffer (the prefetch's buffer is the stored block: memory).
+  // Block l + 1 is read while block l converts and computes where that is most of the time (RTN:
+  // the disk and the CPU at once); the calibrated methods, whose blocks compute for a minute, read
+  // each block when they need it and free the buffer (each buffer is the stored block: memory).
+  // Two buffers: block l + 1 is being read while block l is converted from the other.
   const bool overlap = !needs_calib;
-  TensorPrefetch pf(ck.weights);
-  if (start < L) LOWBIT_RETURN_IF_ERROR(prefetch_block(pf, c, start));
+  TensorPrefetch pf0(ck.weights), pf1(ck.weights);
+  const auto pf_of = [&](int l) -> TensorPrefetch& { return l % 2 ? pf1 : pf0; };
+  if (start < L) LOWBIT_RETURN_IF_ERROR(prefetch_block(pf_of(start), c, start));
   for (int l = start; l < L; ++l) {
     const auto tb = std::chrono::steady_clock::now();
     const double cb = cpu_seconds();
     Model m = skeleton(c);
+    TensorPrefetch& pf = pf_of(l);
     if (l > start && !overlap) LOWBIT_RETURN_IF_ERROR(prefetch_block(pf, c, l));
     LOWBIT_RETURN_IF_ERROR(pf.wait());
+    if (overlap && l + 1 < L) LOWBIT_RETURN_IF_ERROR(prefetch_block(pf_of(l + 1), c, l + 1));
     LOWBIT_RETURN_IF_ERROR(load_block(m, ck, pf, l, &rep.bytes_read, arena));
-    if (overlap && l + 1 < L) {
-      LOWBIT_RETURN_IF_ERROR(prefetch_block(pf, c, l + 1));
-    } else {
-      pf.release();
-    }
+    if (!overlap) pf.release();
     LlamaModel net(m);
     PipelineOptions po = opt.pipeline;
     po.first_block = l;

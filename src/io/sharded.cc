@@ -266,13 +266,17 @@ Status load_f32_into(const ShardedCheckpoint& ck, const std::string& name, const
 // ---- DirectRowReader ----
 
 DirectRowReader::~DirectRowReader() {
+  join();
   if (fd_ >= 0) ::close(fd_);
-  std::free(buf_);
+  std::free(buf_.data);
+  std::free(next_.data);
 }
 
 DirectRowReader::DirectRowReader(DirectRowReader&& o) noexcept
     : ck_(o.ck_), name_(std::move(o.name_)), shape_(std::move(o.shape_)), path_(std::move(o.path_)), dtype_(o.dtype_),
-      offset_(o.offset_), fd_(std::exchange(o.fd_, -1)), buf_(std::exchange(o.buf_, nullptr)), cap_(std::exchange(o.cap_, 0)) {}
+      offset_(o.offset_), fd_(std::exchange(o.fd_, -1)), buf_(std::exchange(o.buf_, {})), next_(std::exchange(o.next_, {})) {
+  LOWBIT_CHECK(!o.thread_.joinable(), "DirectRowReader moved while it prefetches");
+}
 
 Result<DirectRowReader> DirectRowReader::open(const ShardedCheckpoint& ck, const std::string& name, const std::vector<int64_t>& shape) {
   LOWBIT_ASSIGN_OR_RETURN(const SafetensorsTensorInfo* info, checked(ck, name, shape));
@@ -288,40 +292,85 @@ Result<DirectRowReader> DirectRowReader::open(const ShardedCheckpoint& ck, const
   return r;
 }
 
+DirectRowReader::Read DirectRowReader::read_rows(int64_t first_row, int64_t end_row, Buffer& b, Status& err) const {
+  const uint64_t row_bytes = static_cast<uint64_t>(shape_.size() == 2 ? shape_[1] : 1) * dtype_size(dtype_);
+  const uint64_t lo = offset_ + static_cast<uint64_t>(first_row) * row_bytes, hi = offset_ + static_cast<uint64_t>(end_row) * row_bytes;
+  const uint64_t a0 = lo / kAlign * kAlign, a1 = (hi + kAlign - 1) / kAlign * kAlign;
+  if (a1 - a0 > b.cap) {
+    std::free(b.data);
+    b.cap = static_cast<size_t>(a1 - a0);
+    b.data = static_cast<std::byte*>(std::aligned_alloc(kAlign, b.cap));
+    if (b.data == nullptr) {
+      b.cap = 0;
+      err = IoError(fmt::format("{}: tensor {}: no memory for a read buffer of {} bytes", path_, name_, a1 - a0));
+      return Read::kError;
+    }
+  }
+  uint64_t got = 0;
+  while (a0 + got < hi) {
+    const ssize_t n = ::pread(fd_, b.data + got, static_cast<size_t>(a1 - a0 - got), static_cast<off_t>(a0 + got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EINVAL || errno == EOPNOTSUPP) && got == 0) return Read::kRefused;
+    if (n < 0) {
+      err = IoError(fmt::format("{}: tensor {}: reading rows [{}, {}): {}", path_, name_, first_row, end_row, std::strerror(errno)));
+      return Read::kError;
+    }
+    if (n == 0) {
+      err = DataLoss(fmt::format("{}: tensor {}: the file ends inside rows [{}, {})", path_, name_, first_row, end_row));
+      return Read::kError;
+    }
+    got += static_cast<uint64_t>(n);
+  }
+  return Read::kOk;
+}
+
+Status DirectRowReader::convert(const Buffer& b, int64_t first_row, int64_t end_row, std::span<float> out) const {
+  const int64_t cols = shape_.size() == 2 ? shape_[1] : 1;
+  const uint64_t row_bytes = static_cast<uint64_t>(cols) * dtype_size(dtype_);
+  const uint64_t lo = offset_ + static_cast<uint64_t>(first_row) * row_bytes;
+  const std::byte* base = b.data + (lo - lo / kAlign * kAlign);
+  return rows_to_f32(path_, name_, dtype_, cols, first_row, end_row,
+                     [&](int64_t r) { return base + static_cast<uint64_t>(r - first_row) * row_bytes; }, out.data());
+}
+
+void DirectRowReader::join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void DirectRowReader::prefetch(int64_t first_row, int64_t end_row) {
+  join();
+  next_first_ = next_end_ = -1;
+  if (fd_ < 0 || !check_row_range(path_, name_, first_row, end_row, shape_[0]).ok() || first_row == end_row) return;
+  next_first_ = first_row;
+  next_end_ = end_row;
+  thread_ = std::thread([this, first_row, end_row] { next_read_ = read_rows(first_row, end_row, next_, next_err_); });
+}
+
 Status DirectRowReader::rows_into(int64_t first_row, int64_t end_row, std::span<float> out) {
   LOWBIT_RETURN_IF_ERROR(check_row_range(path_, name_, first_row, end_row, shape_[0]));
   const int64_t cols = shape_.size() == 2 ? shape_[1] : 1;
   LOWBIT_CHECK(out.size() == static_cast<size_t>((end_row - first_row) * cols), "DirectRowReader::rows_into: output size");
-  const uint64_t row_bytes = static_cast<uint64_t>(cols) * dtype_size(dtype_);
-  const uint64_t lo = offset_ + static_cast<uint64_t>(first_row) * row_bytes, hi = offset_ + static_cast<uint64_t>(end_row) * row_bytes;
-  const uint64_t a0 = lo / kAlign * kAlign, a1 = (hi + kAlign - 1) / kAlign * kAlign;
-  if (fd_ >= 0 && a1 - a0 > cap_) {
-    std::free(buf_);
-    cap_ = static_cast<size_t>(a1 - a0);
-    buf_ = static_cast<std::byte*>(std::aligned_alloc(kAlign, cap_));
-    if (buf_ == nullptr) return IoError(fmt::format("{}: tensor {}: no memory for a read buffer of {} bytes", path_, name_, cap_));
+  const bool prefetched = thread_.joinable() && first_row == next_first_ && end_row == next_end_;
+  join();  // a prefetch of another range is dropped
+  Read got = Read::kRefused;
+  Status err;
+  if (prefetched) {
+    std::swap(buf_, next_);
+    got = next_read_;
+    err = next_err_;
+  } else if (fd_ >= 0) {
+    got = read_rows(first_row, end_row, buf_, err);
   }
-  uint64_t got = 0;
-  while (fd_ >= 0 && a0 + got < hi) {
-    const ssize_t n = ::pread(fd_, buf_ + got, static_cast<size_t>(a1 - a0 - got), static_cast<off_t>(a0 + got));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EINVAL || errno == EOPNOTSUPP) && got == 0) {  // O_DIRECT refused on reading: the mapping serves
-      ::close(fd_);
-      fd_ = -1;
-      break;
-    }
-    if (n < 0) return IoError(fmt::format("{}: tensor {}: reading rows [{}, {}): {}", path_, name_, first_row, end_row, std::strerror(errno)));
-    if (n == 0) return DataLoss(fmt::format("{}: tensor {}: the file ends inside rows [{}, {})", path_, name_, first_row, end_row));
-    got += static_cast<uint64_t>(n);
-  }
-  if (fd_ < 0) {  // the mapping serves, as load_f32_rows reads it
+  next_first_ = next_end_ = -1;
+  if (got == Read::kError) return err;
+  if (got == Read::kRefused) {  // O_DIRECT refused on reading (or never open): the mapping serves, as load_f32_rows reads it
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
     LOWBIT_RETURN_IF_ERROR(load_rows_into(*ck_, name_, shape_, first_row, end_row, 0, out));
     release_pages(*ck_, name_, first_row, end_row);
     return OkStatus();
   }
-  const std::byte* base = buf_ + (lo - a0);
-  return rows_to_f32(path_, name_, dtype_, cols, first_row, end_row,
-                     [&](int64_t r) { return base + static_cast<uint64_t>(r - first_row) * row_bytes; }, out.data());
+  return convert(buf_, first_row, end_row, out);
 }
 
 // ---- TensorPrefetch ----

@@ -806,6 +806,13 @@ TEST_P(ShardedDtype, LoadsTheSameWeightsAsOneFile) {
         ASSERT_TRUE(r->rows_into(r0, r1, got).ok()) << t.name;
         const Tensor want = load_f32_rows(ck, t.name, shape, r0, r1).value();
         EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << t.name << " rows " << r0 << ".." << r1;
+        // Prefetched (the read of that range takes it), and after a prefetch of another range (dropped).
+        for (const int64_t other : {r0, rows - 1}) {
+          std::fill(got.begin(), got.end(), -1.0f);
+          r->prefetch(other, other == r0 ? r1 : rows);
+          ASSERT_TRUE(r->rows_into(r0, r1, got).ok()) << t.name;
+          EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << t.name << " rows " << r0 << ".." << r1 << " prefetched from " << other;
+        }
       }
       std::vector<float> none;
       EXPECT_FALSE(r->rows_into(2, 1, none).ok()) << t.name;
@@ -917,6 +924,17 @@ TEST(Sharded, DirectRowReaderNamesANonFiniteValueAsTheMappedReaderDoes) {
   EXPECT_EQ(direct.to_string(), mapped.status().to_string());
   EXPECT_NE(direct.to_string().find("index 413"), std::string::npos) << direct.to_string();
   EXPECT_TRUE(r.rows_into(20, 30, out).ok());
+  r.prefetch(10, 20);  // the same error through a prefetch
+  EXPECT_EQ(r.rows_into(10, 20, out).to_string(), mapped.status().to_string());
+
+  // The file cut short after it was opened: a prefetch's short read is the read's DataLoss.
+  if (r.direct()) {
+    fs::resize_file(path, fs::file_size(path) - 24 * 2 * 5);  // the last five rows
+    r.prefetch(30, 40);
+    const Status cut = r.rows_into(30, 40, out);
+    EXPECT_EQ(cut.code(), StatusCode::kDataLoss) << cut.to_string();
+    EXPECT_NE(cut.message().find("tensor w: the file ends inside rows [30, 40)"), std::string::npos) << cut.message();
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Safetensors, ShardedDtype, ::testing::Values(DType::kF16, DType::kBF16, DType::kF32),
