@@ -49,7 +49,7 @@ inline constexpr int64_t kRestChunkBytes = int64_t{64} << 20;
 // own resident parts; the peak is the largest phase.
 struct StreamMemory {
   int64_t stored_block = 0;   // one block's weights as stored: the read buffer (TensorPrefetch)
-  bool prefetch = false;      // RTN: block l + 1's stored weights are read while block l quantizes
+  bool prefetch = false;      // RTN: block l + 1's stored weights are read into a second buffer while block l converts and quantizes
   int64_t block_f32 = 0;      // one block's weights in f32 (+ a working copy for AWQ / SmoothQuant, which rescale them) + its codes and scales twice
   int64_t statistics = 0;     // calibration: all four input sites' statistics (GPTQ: Hessians in double, 8·(3·dim² + hidden²))
   int64_t statistics_gptq = 0;  // GPTQ of the widest linear: the Hessians still needed then (8·(dim² + hidden²))
@@ -59,10 +59,13 @@ struct StreamMemory {
   int64_t rest = 0;           // embedding / classifier step: one chunk of rows (f32, stored, codes) + the table's scales
   int64_t blas = 0;           // BLAS work space while calibrating / factoring (OpenBLAS: measured, see stream.cc)
   int64_t base = 0;           // the process without a model (code, allocator), measured by the caller
-  int64_t load() const { return block_f32 + (prefetch ? 2 : 1) * stored_block + activations; }
-  int64_t calibrate() const { return block_f32 + statistics + calib_temp + activations + blas + (prefetch ? stored_block : 0); }
+  // The read buffers: the block being converted's, and with prefetch the next block's (both kept
+  // from block to block); without prefetch, freed once the block is converted.
+  int64_t read_buffers() const { return (prefetch ? 2 : 1) * stored_block; }
+  int64_t load() const { return block_f32 + read_buffers() + activations; }
+  int64_t calibrate() const { return block_f32 + statistics + calib_temp + activations + blas + (prefetch ? read_buffers() : 0); }
   int64_t quant_temp = 0;     // quantize()'s per-scale-block temporaries for the largest linear (32 bytes a block)
-  int64_t quantize() const { return block_f32 + statistics_gptq + gptq + activations + blas + quant_temp + (prefetch ? stored_block : 0); }
+  int64_t quantize() const { return block_f32 + statistics_gptq + gptq + activations + blas + quant_temp + (prefetch ? read_buffers() : 0); }
   int64_t peak() const;      // max(load, calibrate, quantize, rest) + base + margin
   std::string formula() const;  // one line per phase, for --dry-run
 };

@@ -388,6 +388,7 @@ int64_t StreamMemory::peak() const { return std::max({load(), calibrate(), quant
 std::string StreamMemory::formula() const {
   const auto mib = [](int64_t b) { return static_cast<double>(b) / (1 << 20); };
   const std::string next = prefetch ? fmt::format(" + next block being read {:.0f}", mib(stored_block)) : "";
+  const std::string buffers = prefetch ? fmt::format(" + read buffers (this block's, the next being read) {:.0f}", mib(read_buffers())) : "";
   return fmt::format(
       "peak = max(load, calibrate, quantize, rest) + base + 64 MiB margin = {:.0f} MiB\n"
       "  load      = f32 block {:.0f} + stored block (read buffer) {:.0f}{} + calibration stream {:.0f} = {:.0f} MiB\n"
@@ -396,8 +397,8 @@ std::string StreamMemory::formula() const {
       "  rest      = embedding / classifier, {} MiB of f32 rows at a time (+ stored rows, two chunks), + the table's scales = {:.0f} MiB\n"
       "  base      = process without a model {:.0f} MiB\n",
       mib(peak()), mib(block_f32), mib(stored_block), next, mib(activations), mib(load()), mib(block_f32), mib(statistics), mib(calib_temp),
-      mib(activations), mib(blas), next, mib(calibrate()), mib(block_f32), mib(statistics_gptq), mib(gptq), mib(activations), mib(blas), mib(quant_temp),
-      next, mib(quantize()),
+      mib(activations), mib(blas), buffers, mib(calibrate()), mib(block_f32), mib(statistics_gptq), mib(gptq), mib(activations), mib(blas), mib(quant_temp),
+      buffers, mib(quantize()),
       kRestChunkBytes >> 20, mib(rest), mib(base));
 }
 
