@@ -93,7 +93,10 @@ class AtomicFile {
 
 // A work file written at offsets and kept across runs (a streamed save resumed after a crash):
 // open() creates it or keeps what an earlier run wrote; write_at() writes anywhere; sync()
-// makes it durable. Not atomic: the caller renames it into place when it is whole.
+// makes it durable. Not atomic: the caller renames it into place when it is whole. A write's
+// (of 1 MiB or more) whole 4 KiB pages go out with O_DIRECT (through an aligned 8 MiB buffer), its ragged
+// ends through the page cache, as AtomicFile does and with its fallbacks (direct_io_enabled(),
+// a file system that refuses O_DIRECT).
 class PatchFile {
  public:
   // Creates `path` (truncated unless `keep`) and sizes it to `size` bytes (holes read as zeros).
@@ -108,9 +111,14 @@ class PatchFile {
   Status sync();   // fsync
   Status close();  // fsync + close; write_at() after close() aborts (LOWBIT_CHECK)
   const std::string& path() const { return path_; }
+  bool direct() const { return direct_fd_ >= 0; }  // whether large writes still go around the page cache
 
  private:
+  Status write_buffered(uint64_t offset, std::span<const std::byte> data);
+  void reset();
   int fd_ = -1;
+  int direct_fd_ = -1;        // the same file opened with O_DIRECT; -1 when refused or off
+  std::byte* stage_ = nullptr;  // the aligned buffer direct writes go through, allocated on first use
   std::string path_;
 };
 

@@ -275,7 +275,9 @@ class RowStream {
       LOWBIT_ASSIGN_OR_RETURN(const TensorView x, read(r0, r1));
       GgufWriteTensor t{gguf_name, {r1 - r0, cols_}, {}, type};
       std::optional<QuantizedTensor> q;
-      if (spec_) {
+      if (type == GgmlType::kF16 && spec_ && is_fp16_cast(*spec_)) {  // as emit_f32's direct_f16: F16 of the values themselves
+        LOWBIT_RETURN_IF_ERROR(check_cast(x, r0));
+      } else if (spec_) {
         LOWBIT_ASSIGN_OR_RETURN(q, quantize_rows(x, r0));
         if (type == GgmlType::kF32 || type == GgmlType::kF16) {
           LOWBIT_RETURN_IF_ERROR(dequantize(*q, x));

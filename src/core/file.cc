@@ -319,26 +319,36 @@ Result<PatchFile> PatchFile::open(const std::string& path, uint64_t size, bool k
   f.fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | (keep ? 0 : O_TRUNC), 0666);
   if (f.fd_ < 0) return IoError("cannot open " + quote_path(path) + ": " + errno_text(errno));
   if (::ftruncate(f.fd_, static_cast<off_t>(size)) != 0) return IoError("cannot size " + quote_path(path) + ": " + errno_text(errno));
+  if (direct_io_enabled()) f.direct_fd_ = ::open(path.c_str(), O_RDWR | O_DIRECT | O_CLOEXEC);  // -1: buffered only
   return f;
 }
 
-PatchFile::PatchFile(PatchFile&& other) noexcept : fd_(std::exchange(other.fd_, -1)), path_(std::move(other.path_)) {}
+PatchFile::PatchFile(PatchFile&& other) noexcept
+    : fd_(std::exchange(other.fd_, -1)), direct_fd_(std::exchange(other.direct_fd_, -1)),
+      stage_(std::exchange(other.stage_, nullptr)), path_(std::move(other.path_)) {}
 
 PatchFile& PatchFile::operator=(PatchFile&& other) noexcept {
   if (this != &other) {
-    if (fd_ >= 0) ::close(fd_);
+    reset();
     fd_ = std::exchange(other.fd_, -1);
+    direct_fd_ = std::exchange(other.direct_fd_, -1);
+    stage_ = std::exchange(other.stage_, nullptr);
     path_ = std::move(other.path_);
   }
   return *this;
 }
 
-PatchFile::~PatchFile() {
+void PatchFile::reset() {
   if (fd_ >= 0) ::close(fd_);
+  if (direct_fd_ >= 0) ::close(direct_fd_);
+  fd_ = direct_fd_ = -1;
+  std::free(stage_);
+  stage_ = nullptr;
 }
 
-Status PatchFile::write_at(uint64_t offset, std::span<const std::byte> data) {
-  LOWBIT_CHECK(fd_ >= 0, "PatchFile::write_at after close() or on a moved-from object");
+PatchFile::~PatchFile() { reset(); }
+
+Status PatchFile::write_buffered(uint64_t offset, std::span<const std::byte> data) {
   constexpr size_t kMaxChunk = size_t{1} << 30;
   const std::byte* p = data.data();
   size_t left = data.size();
@@ -356,6 +366,41 @@ Status PatchFile::write_at(uint64_t offset, std::span<const std::byte> data) {
   return OkStatus();
 }
 
+Status PatchFile::write_at(uint64_t offset, std::span<const std::byte> data) {
+  LOWBIT_CHECK(fd_ >= 0, "PatchFile::write_at after close() or on a moved-from object");
+  // Whole aligned pages of a write of at least 1 MiB go out with O_DIRECT; the ragged
+  // ends (and small writes) through the page cache. Linux keeps the two coherent: a direct write
+  // flushes and drops cached pages of its range first, and a page written buffered next to it is
+  // read back from the disk before it is modified.
+  const uint64_t a0 = (offset + kDirectAlign - 1) / kDirectAlign * kDirectAlign;
+  const uint64_t end = offset + data.size(), a1 = end / kDirectAlign * kDirectAlign;
+  if (direct_fd_ < 0 || data.size() < (size_t{1} << 20) || a1 <= a0) return write_buffered(offset, data);
+  if (stage_ == nullptr) {
+    stage_ = static_cast<std::byte*>(std::aligned_alloc(kDirectAlign, kStageBytes));
+    if (stage_ == nullptr) return write_buffered(offset, data);
+  }
+  LOWBIT_RETURN_IF_ERROR(write_buffered(offset, data.first(static_cast<size_t>(a0 - offset))));
+  uint64_t at = a0;
+  while (at < a1 && direct_fd_ >= 0) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(kStageBytes, a1 - at));
+    std::memcpy(stage_, data.data() + (at - offset), n);
+    size_t done = 0;
+    while (done < n) {
+      const ssize_t k = ::pwrite(direct_fd_, stage_ + done, n - done, static_cast<off_t>(at + done));
+      if (k < 0 && errno == EINTR) continue;
+      if (k < 0 && (errno == EINVAL || errno == EOPNOTSUPP)) {  // refused by the file system: buffered from here on
+        ::close(direct_fd_);
+        direct_fd_ = -1;
+        break;
+      }
+      if (k < 0) return IoError("cannot write " + quote_path(path_) + ": " + errno_text(errno));
+      done += static_cast<size_t>(k);
+    }
+    at += done;
+  }
+  return write_buffered(at, data.subspan(static_cast<size_t>(at - offset)));
+}
+
 Status PatchFile::sync() {
   LOWBIT_CHECK(fd_ >= 0, "PatchFile::sync after close() or on a moved-from object");
   if (::fsync(fd_) != 0) return IoError("cannot write " + quote_path(path_) + ": fsync: " + errno_text(errno));
@@ -364,6 +409,10 @@ Status PatchFile::sync() {
 
 Status PatchFile::close() {
   LOWBIT_RETURN_IF_ERROR(sync());
+  if (direct_fd_ >= 0) ::close(direct_fd_);
+  direct_fd_ = -1;
+  std::free(stage_);
+  stage_ = nullptr;
   const int rc = ::close(fd_);
   fd_ = -1;
   if (rc != 0) return IoError("cannot write " + quote_path(path_) + ": close: " + errno_text(errno));

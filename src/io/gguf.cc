@@ -30,6 +30,7 @@
 #include "lowbit/formats.h"
 #include "lowbit/ggml_matmul.h"
 #include "lowbit/model.h"
+#include "lowbit/parallel.h"
 #include "lowbit/quant.h"
 #include "lowbit/status.h"
 #include "lowbit/tensor.h"
@@ -682,29 +683,36 @@ struct Encoded {
 };
 
 // lowbit int8/int4 g32 sym fp16 -> Q8_0 / Q4_0 blocks. The checks above guarantee cols % 32 == 0.
+// Straight from the packed rows (convert.h's layout), rows on every thread.
 void encode_blocks(const QuantizedTensor& q, bool int4, std::vector<uint8_t>& out) {
   const int64_t groups = q.cols / kQK;
   const size_t block = int4 ? sizeof(BlockQ4_0) : sizeof(BlockQ8_0);
   out.assign(static_cast<size_t>(q.rows * groups) * block, 0);
-  uint8_t* dst = out.data();
-  for (int64_t r = 0; r < q.rows; ++r) {
-    for (int64_t g = 0; g < groups; ++g, dst += block) {
-      const size_t s = static_cast<size_t>(r * groups + g) * sizeof(ggml_half);
-      std::memcpy(dst, q.scale_codes.data() + s, sizeof(ggml_half));  // d: the fp16 scale's bits
-      const int64_t c0 = g * kQK;
-      if (int4) {
-        // ggml Q4_0: element j in the low nibble of qs[j], element j+16 in the high nibble;
-        // stored unsigned with an offset of 8.
-        for (int j = 0; j < kQK / 2; ++j) {
-          const auto lo = static_cast<uint8_t>(q.code_at(r, c0 + j) + 8);
-          const auto hi = static_cast<uint8_t>(q.code_at(r, c0 + j + kQK / 2) + 8);
-          dst[2 + j] = static_cast<uint8_t>(lo | (hi << 4));
+  parallel_for(0, q.rows, std::max<int64_t>(1, 65536 / q.cols), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const uint8_t* codes = q.codes.data() + r * q.row_bytes;
+      uint8_t* dst = out.data() + static_cast<size_t>(r * groups) * block;
+      for (int64_t g = 0; g < groups; ++g, dst += block) {
+        const size_t s = static_cast<size_t>(r * groups + g) * sizeof(ggml_half);
+        std::memcpy(dst, q.scale_codes.data() + s, sizeof(ggml_half));  // d: the fp16 scale's bits
+        if (int4) {
+          // lowbit: element 2i in the low nibble of byte i, two's complement. ggml Q4_0: element j in
+          // the low nibble of qs[j], element j+16 in the high nibble, stored as code + 8 — for a 4-bit
+          // two's complement nibble u, (signed(u) + 8) mod 16 = u ^ 8. So with a = the group's bytes
+          // 0..7 (elements 0..15) and b = bytes 8..15 (elements 16..31): qs[2i] takes the low nibbles of
+          // a[i] and b[i], qs[2i + 1] their high nibbles.
+          const uint8_t* a = codes + g * (kQK / 2);
+          const uint8_t* b = a + kQK / 4;
+          for (int i = 0; i < kQK / 4; ++i) {
+            dst[2 + 2 * i] = static_cast<uint8_t>(((a[i] & 0x0Fu) | ((b[i] & 0x0Fu) << 4)) ^ 0x88u);
+            dst[3 + 2 * i] = static_cast<uint8_t>(((a[i] >> 4) | (b[i] & 0xF0u)) ^ 0x88u);
+          }
+        } else {
+          std::memcpy(dst + 2, codes + g * kQK, kQK);  // int8 codes are Q8_0's qs as they are
         }
-      } else {
-        for (int j = 0; j < kQK; ++j) dst[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(q.code_at(r, c0 + j)));
       }
     }
-  }
+  });
 }
 
 Result<Encoded> encode_tensor(const GgufWriteTensor& t) {
@@ -773,7 +781,10 @@ Result<Encoded> encode_tensor(const GgufWriteTensor& t) {
     std::memcpy(e.bytes.data(), t.data.data(), e.bytes.size());
   } else if (t.type == GgmlType::kF16) {
     std::vector<uint16_t> h(t.data.size());
-    f32_to_f16(t.data, h);
+    parallel_for(0, static_cast<int64_t>(h.size()), int64_t{1} << 16, [&](int64_t i0, int64_t i1) {  // elementwise: any split
+      const size_t a = static_cast<size_t>(i0), n = static_cast<size_t>(i1 - i0);
+      f32_to_f16(t.data.subspan(a, n), std::span<uint16_t>(h).subspan(a, n));
+    });
     e.bytes.resize(h.size() * sizeof(uint16_t));
     std::memcpy(e.bytes.data(), h.data(), e.bytes.size());
   } else {
