@@ -780,13 +780,17 @@ Result<Encoded> encode_tensor(const GgufWriteTensor& t) {
     e.bytes.resize(t.data.size() * sizeof(float));
     std::memcpy(e.bytes.data(), t.data.data(), e.bytes.size());
   } else if (t.type == GgmlType::kF16) {
-    std::vector<uint16_t> h(t.data.size());
-    parallel_for(0, static_cast<int64_t>(h.size()), int64_t{1} << 16, [&](int64_t i0, int64_t i1) {  // elementwise: any split
-      const size_t a = static_cast<size_t>(i0), n = static_cast<size_t>(i1 - i0);
-      f32_to_f16(t.data.subspan(a, n), std::span<uint16_t>(h).subspan(a, n));
+    // Straight into the bytes, a piece at a time through a small buffer (no second copy of the
+    // whole tensor), on every thread: elementwise, any split.
+    e.bytes.resize(t.data.size() * sizeof(uint16_t));
+    parallel_for(0, static_cast<int64_t>(t.data.size()), int64_t{1} << 16, [&](int64_t i0, int64_t i1) {
+      uint16_t h[4096];
+      for (int64_t i = i0; i < i1; i += 4096) {
+        const size_t a = static_cast<size_t>(i), n = static_cast<size_t>(std::min<int64_t>(4096, i1 - i));
+        f32_to_f16(t.data.subspan(a, n), std::span<uint16_t>(h, n));
+        std::memcpy(e.bytes.data() + 2 * a, h, 2 * n);
+      }
     });
-    e.bytes.resize(h.size() * sizeof(uint16_t));
-    std::memcpy(e.bytes.data(), h.data(), e.bytes.size());
   } else {
     return bad(fmt::format("float data can be written as f32 or f16, not {} (pass a QuantizedTensor for q8_0/q4_0)",
                            ggml_type_name(t.type)));
