@@ -91,7 +91,7 @@ Result<KernelOp> resolve_op(const PackedWeights& w, const MatmulOptions& opt);
 // (m, n) row stride lddy and x (m, k) row stride ldx quantized here to e4m3 in 1×128 tiles along
 // the token axis (128 tokens × 1 feature in their (tokens, features) layout; absmax / 448 per
 // tile, saturating RNE), each 128-token partial sum promoted into the fp32 result with both
-// tiles' scales. opt.fp8_accum selects the emulated accumulators instead (scalar, any ISA).
+// tiles' scales. opt.fp8_accum selects the emulated accumulators instead (the same ISA levels).
 // Deterministic for any thread count. Errors name the bad shape or stride.
 Status gemm_fp8_wgrad(const float* dy, int64_t lddy, const float* x, int64_t ldx, int64_t m, int64_t n, int64_t k, float* dw,
                       int64_t lddw, const MatmulOptions& opt = {});

@@ -2,7 +2,8 @@
 // gemm_fp8_wgrad): dW (n, k) += dYᵀ · X over K = tokens, both operands quantized here to e4m3 in
 // 128-token tiles per feature (DeepSeek-V3's 1×128 tiles along the wgrad GEMM's K), per-tile
 // scales absmax / 448, and each 128-token partial sum promoted into fp32 with the two tiles'
-// scales by fp8_tile_cs (scalar twin in ref/, AVX2 in x86/), or the scalar emulated accumulators.
+// scales by fp8_tile_cs (scalar twin in ref/, AVX2 in x86/), or the emulated limited accumulators
+// by fp8_tile_limited (the same twins).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -52,21 +53,15 @@ void quantize_column(const float* src, int64_t ldsrc, int64_t m, int64_t mp, flo
   }
 }
 
-float truncate_significand(float x, int bits) {  // as registry.cc: the limited accumulator
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  const int drop = 24 - bits;
-  if (drop > 0) u &= ~((uint32_t{1} << drop) - 1);
-  std::memcpy(&x, &u, 4);
-  return x;
-}
+
 
 }  // namespace
 
 std::string wgrad_kernel_name(const MatmulOptions& opt) {
   if (opt.fp8_accum != Fp8Accumulation::kPromoted) {
-    return fmt::format("gemm_fp8_wgrad128_acc{}{}_f32__scalar", opt.accum_bits,
-                       opt.fp8_accum == Fp8Accumulation::kLimitedPromoted ? "_promoted" : "_unpromoted");
+    return fmt::format("gemm_fp8_wgrad128_acc{}{}_f32__{}", opt.accum_bits,
+                       opt.fp8_accum == Fp8Accumulation::kLimitedPromoted ? "_promoted" : "_unpromoted",
+                       isa_name(kernel_isa(KernelOp::kGemmFp8Block)));
   }
   return fmt::format("gemm_fp8_wgrad128_f32__{}", isa_name(kernel_isa(KernelOp::kGemmFp8Block)));
 }
@@ -108,35 +103,12 @@ Status gemm_fp8_wgrad(const float* dy, int64_t lddy, const float* x, int64_t ldx
     }
   });
 
-  if (opt.fp8_accum != Fp8Accumulation::kPromoted) {  // the emulated accumulators, scalar
-    parallel_for(0, n, col_grain, [&](int64_t j0, int64_t j1) {
-      for (int64_t j = j0; j < j1; ++j) {
-        for (int64_t c = 0; c < k; ++c) {
-          const float* bc = &b[((c / ki::kFp8Nr) * mp) * ki::kFp8Nr + c % ki::kFp8Nr];
-          float acc = 0.0f;
-          for (int64_t kb = 0; kb < nkb; ++kb) {
-            const float s = sa[kb * n + j] * sb[kb * kq + c];
-            const float* aj = &a[(kb * n + j) * kTile];
-            float p = 0.0f;
-            for (int64_t i = 0; i < kTile; ++i) {
-              const float prod = aj[i] * bc[(kb * kTile + i) * ki::kFp8Nr];  // exact in fp32
-              if (opt.fp8_accum == Fp8Accumulation::kLimitedPromoted) {
-                p = truncate_significand(p + prod, opt.accum_bits);
-              } else {
-                acc = truncate_significand(acc + prod * s, opt.accum_bits);
-              }
-            }
-            if (opt.fp8_accum == Fp8Accumulation::kLimitedPromoted) acc = std::fma(p, s, acc);
-          }
-          dw[j * lddw + c] += acc;
-        }
-      }
-    });
-    return OkStatus();
-  }
-
-  // Promoted: every output accumulates K block after K block in order (any thread split gives the
-  // same bits); a chunk owns whole 6-row tiles of dW and walks every panel for each K block.
+  // Every output accumulates K block after K block in order (any thread split gives the same bits);
+  // a chunk owns whole 6-row tiles of dW and walks every panel for each K block.
+  // The emulated accumulators (fp8_tile_limited) walk the same tiles in the same order, their
+  // accumulators in yt (unpromoted: one over all of K, carried from block to block).
+  const bool emulated = opt.fp8_accum != Fp8Accumulation::kPromoted;
+  const bool promoted = opt.fp8_accum == Fp8Accumulation::kLimitedPromoted;
   const ki::Microkernels& mk = microkernels_for(kernel_isa(KernelOp::kGemmFp8Block));
   const int64_t tiles = (n + ki::kFp8Mr - 1) / ki::kFp8Mr;
   const int64_t macs = ki::kFp8Mr * kq * mp;
@@ -149,8 +121,14 @@ Status gemm_fp8_wgrad(const float* dy, int64_t lddy, const float* x, int64_t ldx
       std::fill(yt.begin(), yt.end(), 0.0f);
       for (int64_t kb = 0; kb < nkb; ++kb) {
         for (int64_t p = 0; p < panels; ++p) {
-          mk.fp8_tile_cs(mr, &a[(kb * n + i) * kTile], kTile, &b[(p * mp + kb * kTile) * ki::kFp8Nr], kTile, &sa[kb * n + i],
-                         &sb[kb * kq + p * ki::kFp8Nr], &yt[p * ki::kFp8Nr], kq);
+          const float* xa = &a[(kb * n + i) * kTile];
+          const float* ws = &b[(p * mp + kb * kTile) * ki::kFp8Nr];
+          if (emulated) {
+            mk.fp8_tile_limited(mr, xa, kTile, ws, kTile, &sa[kb * n + i], &sb[kb * kq + p * ki::kFp8Nr], opt.accum_bits,
+                                promoted, &yt[p * ki::kFp8Nr], kq);
+          } else {
+            mk.fp8_tile_cs(mr, xa, kTile, ws, kTile, &sa[kb * n + i], &sb[kb * kq + p * ki::kFp8Nr], &yt[p * ki::kFp8Nr], kq);
+          }
         }
       }
       for (int r = 0; r < mr; ++r) {

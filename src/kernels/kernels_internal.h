@@ -59,7 +59,19 @@ struct Microkernels {
   // from 0), then y_i[j] = fma(p_j, row_scale[i] · col_scale[j], y_i[j]), j < 16.
   void (*fp8_tile_cs)(int mr, const float* xa, int64_t ldxa, const float* ws, int64_t kc, const float* row_scale,
                       const float* col_scale, float* y, int64_t ldy);
+  // The limited-precision accumulator of the FP8 tensor cores DeepSeek-V3 describes (accuracy
+  // experiments, `accum_bits`): T(v) = v with all but `bits` significand bits (implicit one included)
+  // cleared, i.e. truncated toward zero; for rows i < mr (<= 6) and j < 16, with
+  // prod = xa_i[k] · ws[k, j] and s = row_scale[i] · col_scale[j], every product and sum rounded on its
+  // own (never fused), k < kc in order:
+  //   promoted:   p = 0; p = T(p + prod); then y_i[j] = fma(p, s, y_i[j])  (fp32 promotion of the block)
+  //   unpromoted: y_i[j] = T(y_i[j] + prod · s)                        (y is the one limited accumulator)
+  void (*fp8_tile_limited)(int mr, const float* xa, int64_t ldxa, const float* ws, int64_t kc, const float* row_scale,
+                           const float* col_scale, int bits, bool promoted, float* y, int64_t ldy);
 };
+
+// T(v)'s mask for `bits` significand bits (2..24).
+inline uint32_t significand_mask(int bits) { return bits >= 24 ? ~uint32_t{0} : ~((uint32_t{1} << (24 - bits)) - 1); }
 
 const Microkernels& scalar_microkernels();
 #if defined(LOWBIT_HAVE_AVX2)

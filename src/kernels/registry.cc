@@ -267,42 +267,39 @@ void run_fp8(const ki::Microkernels& mk, const PackedWeights& w, const Fp8Acts& 
   });
 }
 
-// Keeps `bits` significand bits (implicit one included) of x, truncating toward zero: the
-// limited-precision accumulator the DeepSeek-V3 report describes for H800 FP8 tensor cores.
-float truncate_significand(float x, int bits) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  const int drop = 24 - bits;
-  if (drop > 0) u &= ~((uint32_t{1} << drop) - 1);
-  std::memcpy(&x, &u, 4);
-  return x;
-}
-
-void run_fp8_emulated(const PackedWeights& w, const Fp8Acts& acts, int64_t m, float* y, int64_t ldy,
-                      Fp8Accumulation mode, int bits) {
-  const int64_t kp = w.kp, nkb = kp / ki::kFp8Block;
-  for_chunks(w.n, column_grain(w.n, m * kp), [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j) {
-      const uint8_t* panel = w.data.data() + (j / ki::kFp8Nr) * kp * ki::kFp8Nr;
-      const int64_t jj = j % ki::kFp8Nr, nb = j / ki::kFp8Block;
-      for (int64_t i = 0; i < m; ++i) {
-        float acc = 0.0f;  // fp32 (promoted) or the limited accumulator (unpromoted)
-        for (int64_t kb = 0; kb < nkb; ++kb) {
-          const float s = acts.scale[i * nkb + kb] * w.scales[nb * nkb + kb];
-          const float* xa = acts.tile(i, kb);
-          float p = 0.0f;
-          for (int64_t k = kb * ki::kFp8Block; k < (kb + 1) * ki::kFp8Block; ++k) {
-            const float prod = xa[k - kb * ki::kFp8Block] * ki::e4m3_value(panel[k * ki::kFp8Nr + jj]);  // exact in fp32
-            if (mode == Fp8Accumulation::kLimitedPromoted) {
-              p = truncate_significand(p + prod, bits);
-            } else {
-              acc = truncate_significand(acc + prod * s, bits);
-            }
-          }
-          if (mode == Fp8Accumulation::kLimitedPromoted) acc = std::fma(p, s, acc);
+// The limited-accumulator emulation (MatmulOptions::fp8_accum): run_fp8's blocking, with every
+// (i, j)'s K-order chain in ki::Microkernels::fp8_tile_limited (the whole of K when unpromoted: the
+// accumulator in yt carries from one K block to the next).
+void run_fp8_emulated(const ki::Microkernels& mk, const PackedWeights& w, const Fp8Acts& acts, int64_t m, float* y,
+                      int64_t ldy, Fp8Accumulation mode, int bits) {
+  constexpr int64_t kPanels = ki::kFp8Block / ki::kFp8Nr;
+  constexpr int64_t kPanelFloats = ki::kFp8Block * ki::kFp8Nr;
+  const int64_t kp = w.kp, nkb = kp / ki::kFp8Block, panels = w.np / ki::kFp8Nr;
+  const int64_t nblocks = (panels + kPanels - 1) / kPanels;
+  const bool promoted = mode == Fp8Accumulation::kLimitedPromoted;
+  for_chunks(nblocks, column_grain(nblocks, m * kp * ki::kFp8Block), [&](int64_t b0, int64_t b1) {
+    std::vector<float> ws(static_cast<size_t>(kPanels * kPanelFloats));
+    std::vector<float> yt(static_cast<size_t>(m * ki::kFp8Block));
+    float row_scale[ki::kFp8Mr], col_scale[ki::kFp8Nr];
+    for (int64_t nb = b0; nb < b1; ++nb) {
+      const int64_t p0 = nb * kPanels, np = std::min(panels, p0 + kPanels) - p0;
+      std::fill(yt.begin(), yt.end(), 0.0f);
+      for (int64_t kb = 0; kb < nkb; ++kb) {
+        std::fill(col_scale, col_scale + ki::kFp8Nr, w.scales[nb * nkb + kb]);
+        for (int64_t p = 0; p < np; ++p) {
+          mk.fp8_decode(w.data.data() + ((p0 + p) * kp + kb * ki::kFp8Block) * ki::kFp8Nr, ki::kFp8Block, &ws[p * kPanelFloats]);
         }
-        y[i * ldy + j] = acc;
+        for (int64_t i = 0; i < m; i += ki::kFp8Mr) {
+          const int mr = static_cast<int>(std::min<int64_t>(ki::kFp8Mr, m - i));
+          for (int r = 0; r < mr; ++r) row_scale[r] = acts.scale[(i + r) * nkb + kb];
+          for (int64_t p = 0; p < np; ++p) {
+            mk.fp8_tile_limited(mr, acts.tile(i, kb), ki::kFp8Block, &ws[p * kPanelFloats], ki::kFp8Block, row_scale,
+                                col_scale, bits, promoted, &yt[i * ki::kFp8Block + p * ki::kFp8Nr], ki::kFp8Block);
+          }
+        }
       }
+      const int64_t j0 = p0 * ki::kFp8Nr, nj = std::min<int64_t>(np * ki::kFp8Nr, w.n - j0);
+      for (int64_t i = 0; i < m; ++i) std::memcpy(&y[i * ldy + j0], &yt[i * ki::kFp8Block], sizeof(float) * nj);
     }
   });
 }
@@ -517,8 +514,9 @@ std::string kernel_name(const PackedWeights& w, const MatmulOptions& opt) {
   Result<KernelOp> op = resolve_op(w, opt);
   if (!op.ok()) return "none";
   if (opt.fp8_accum != Fp8Accumulation::kPromoted) {
-    return fmt::format("gemm_fp8_block128_acc{}{}_f32__scalar", opt.accum_bits,
-                       opt.fp8_accum == Fp8Accumulation::kLimitedPromoted ? "_promoted" : "_unpromoted");
+    return fmt::format("gemm_fp8_block128_acc{}{}_f32__{}", opt.accum_bits,
+                       opt.fp8_accum == Fp8Accumulation::kLimitedPromoted ? "_promoted" : "_unpromoted",
+                       isa_name(kernel_isa(KernelOp::kGemmFp8Block)));
   }
   return kernel_name(*op, w.kind, w.group, kernel_isa(*op));
 }
@@ -548,6 +546,12 @@ std::vector<KernelInfo> available_kernels() {
                    "e4m3 1x128 activation tiles x e4m3 128x128 weight blocks, fp32 promotion every 128 of K"});
     out.push_back({fmt::format("gemm_fp8_wgrad128_f32__{}", isa_name(isa)), KernelOp::kGemmFp8Block, isa,
                    "wgrad dYT x X: e4m3 1x128 tiles of both along K = tokens, fp32 promotion every 128 tokens"});
+    for (const char* mode : {"promoted", "unpromoted"}) {
+      out.push_back({fmt::format("gemm_fp8_block128_acc14_{}_f32__{}", mode, isa_name(isa)), KernelOp::kGemmFp8Block, isa,
+                     fmt::format("emulated 14-bit accumulator, {} (accuracy experiments)", mode)});
+      out.push_back({fmt::format("gemm_fp8_wgrad128_acc14_{}_f32__{}", mode, isa_name(isa)), KernelOp::kGemmFp8Block, isa,
+                     fmt::format("wgrad, emulated 14-bit accumulator, {} (accuracy experiments)", mode)});
+    }
     // Attention over a quantized KV cache (kv_attention.h); listed with the op they replace nothing of.
     for (KvCode c : {KvCode::kInt8, KvCode::kInt4, KvCode::kUint4, KvCode::kE4m3, KvCode::kE5m2}) {
       out.push_back({kv_kernel_name(true, c, isa), KernelOp::kAuto, isa,
@@ -565,10 +569,6 @@ std::vector<KernelInfo> available_kernels() {
                      fmt::format("fp32 activations x ggml {} blocks decoded per tile (bit-exact{}), fp32 out", b.name,
                                  simd_decode ? "" : ", reference decoder")});
     }
-  }
-  for (const char* mode : {"promoted", "unpromoted"}) {
-    out.push_back({fmt::format("gemm_fp8_block128_acc14_{}_f32__scalar", mode), KernelOp::kGemmFp8Block, Isa::kScalar,
-                   fmt::format("emulated 14-bit accumulator, {} (accuracy experiments)", mode)});
   }
   return out;
 }
@@ -642,7 +642,7 @@ Status matmul(const PackedWeights& w, const float* x, int64_t m, int64_t ldx, fl
       if (opt.fp8_accum == Fp8Accumulation::kPromoted) {
         run_fp8(mk, w, acts, m, y, ldy);
       } else {
-        run_fp8_emulated(w, acts, m, y, ldy, opt.fp8_accum, opt.accum_bits);
+        run_fp8_emulated(mk, w, acts, m, y, ldy, opt.fp8_accum, opt.accum_bits);
       }
       break;
     }

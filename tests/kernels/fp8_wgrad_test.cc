@@ -5,11 +5,14 @@
 // errors that name the bad shape.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
 #include "lowbit/cpu.h"
+#include "lowbit/formats.h"
 #include "lowbit/kernels.h"
 #include "lowbit/parallel.h"
 #include "lowbit/quant.h"
@@ -119,6 +122,84 @@ TEST(KernelFp8Wgrad, PromotionBeatsTheLimitedAccumulatorOverManyTokens) {
               limited_promoted, unpromoted);
   EXPECT_LT(promoted, 1e-5);
   EXPECT_GT(unpromoted, 10 * limited_promoted);
+}
+
+// The emulated limited accumulators from their definition (kernels_internal.h, fp8_tile_limited):
+// both operands quantized here in 128-token tiles by the formats layer's scalar codec (scale
+// absmax / 448, saturating round-to-nearest-even), every product and sum rounded on its own.
+float keep_bits(float v, int bits) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  if (bits < 24) u &= ~((uint32_t{1} << (24 - bits)) - 1);
+  std::memcpy(&v, &u, 4);
+  return v;
+}
+
+// Column c of a (m, ld): values (mp) and scales (mp / 128) of its 128-token tiles.
+void token_tiles(const std::vector<float>& a, int64_t m, int64_t ld, int64_t c, std::vector<float>& v, std::vector<float>& s) {
+  const int64_t mp = (m + 127) / 128 * 128;
+  v.assign(static_cast<size_t>(mp), 0.0f);
+  s.assign(static_cast<size_t>(mp / 128), 0.0f);
+  for (int64_t kb = 0; kb < mp / 128; ++kb) {
+    const int64_t t1 = std::min(m, (kb + 1) * 128);
+    float amax = 0.0f;
+    for (int64_t t = kb * 128; t < t1; ++t) amax = std::max(amax, std::fabs(a[t * ld + c]));
+    s[kb] = amax / 448.0f;
+    if (s[kb] == 0.0f) continue;
+    for (int64_t t = kb * 128; t < t1; ++t) v[t] = decode(Format::kE4m3, encode(Format::kE4m3, a[t * ld + c] / s[kb], {.saturate = true}));
+  }
+}
+
+TEST(KernelFp8Wgrad, LimitedAccumulatorsOnEveryIsaMatchTheirDefinition) {
+  Restore restore;
+  const int64_t shapes[][3] = {{1, 1, 1}, {130, 7, 17}, {300, 13, 33}, {257, 6, 16}, {128, 20, 40}};
+  uint32_t seed = 70;
+  for (const auto& sh : shapes) {
+    const int64_t m = sh[0], n = sh[1], k = sh[2], lddw = k + 2;
+    std::vector<float> dy = randn(m * n, seed, 1e-3f), x = randn(m * k, seed + 1, 1.0f);
+    dy[0] *= 100.0f;
+    const std::vector<float> init = randn(n * lddw, seed + 2, 1e-3f);
+    std::vector<std::vector<float>> av(n), as(n), bv(k), bs(k);
+    for (int64_t j = 0; j < n; ++j) token_tiles(dy, m, n, j, av[j], as[j]);
+    for (int64_t c = 0; c < k; ++c) token_tiles(x, m, k, c, bv[c], bs[c]);
+    for (const bool promoted : {true, false}) {
+      for (const int bits : {14, 6, 24}) {
+        SCOPED_TRACE(testing::Message() << "m=" << m << " n=" << n << " k=" << k << " promoted=" << promoted << " bits=" << bits);
+        std::vector<float> ref = init;
+        for (int64_t j = 0; j < n; ++j) {
+          for (int64_t c = 0; c < k; ++c) {
+            float acc = 0.0f;
+            for (size_t kb = 0; kb < as[j].size(); ++kb) {
+              const float s = as[j][kb] * bs[c][kb];
+              float p = 0.0f;
+              for (size_t t = kb * 128; t < (kb + 1) * 128; ++t) {
+                const float prod = av[j][t] * bv[c][t];
+                if (promoted) {
+                  p = keep_bits(p + prod, bits);
+                } else {
+                  const float scaled = prod * s;
+                  acc = keep_bits(acc + scaled, bits);
+                }
+              }
+              if (promoted) acc = std::fma(p, s, acc);
+            }
+            ref[j * lddw + c] += acc;
+          }
+        }
+        const MatmulOptions opt{.fp8_accum = promoted ? Fp8Accumulation::kLimitedPromoted : Fp8Accumulation::kLimitedUnpromoted,
+                                .accum_bits = bits};
+        for (Isa isa : supported_isas()) {
+          ScopedIsa force(isa);
+          ASSERT_TRUE(set_num_threads(seed % 2 == 0 ? 2 : 1).ok());
+          EXPECT_NE(wgrad_kernel_name(opt).find(isa >= Isa::kAvx2 ? "__avx2" : "__scalar"), std::string::npos) << wgrad_kernel_name(opt);
+          std::vector<float> dw = init;
+          ASSERT_TRUE(gemm_fp8_wgrad(dy.data(), n, x.data(), k, m, n, k, dw.data(), lddw, opt).ok());
+          ASSERT_EQ(dw, ref) << isa_name(isa);
+        }
+        ++seed;
+      }
+    }
+  }
 }
 
 TEST(KernelFp8Wgrad, BadShapesAreNamed) {

@@ -4,6 +4,7 @@
 // each also against a dequantize-then-fp64 matmul; the fp8 accumulator emulation; errors.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "lowbit/cpu.h"
+#include "lowbit/formats.h"
 #include "lowbit/kernels.h"
 #include "lowbit/parallel.h"
 #include "lowbit/quant.h"
@@ -287,6 +289,99 @@ TEST(KernelFp8, PromotionBeatsLimitedAccumulatorAtK4096) {
   EXPECT_LT(promoted, unpromoted);
   EXPECT_LT(fp32, promoted);
   EXPECT_LT(promoted, 1e-3);
+}
+
+// The limited accumulator from its definition (kernels_internal.h, fp8_tile_limited), on operands
+// quantized here by the formats layer's scalar codec: activations in 1×128 tiles (scale absmax / 448,
+// saturating round-to-nearest-even), the weights' codes and scales as the quant layer stored them.
+// Every product and sum is rounded on its own (this file is built without FMA contraction).
+float keep_bits(float v, int bits) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  if (bits < 24) u &= ~((uint32_t{1} << (24 - bits)) - 1);
+  std::memcpy(&v, &u, 4);
+  return v;
+}
+
+std::vector<float> limited_reference(const std::vector<float>& x, int64_t m, int64_t ldx, const QuantizedTensor& q, bool promoted,
+                                     int bits) {
+  const int64_t n = q.rows, k = q.cols, kp = (k + 127) / 128 * 128, nkb = kp / 128;
+  std::vector<float> xv(static_cast<size_t>(m * kp), 0.0f), xs(static_cast<size_t>(m * nkb), 0.0f);
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t kb = 0; kb < nkb; ++kb) {
+      const int64_t t1 = std::min(k, (kb + 1) * 128);
+      float amax = 0.0f;
+      for (int64_t t = kb * 128; t < t1; ++t) amax = std::max(amax, std::fabs(x[i * ldx + t]));
+      const float sc = amax / 448.0f;
+      xs[i * nkb + kb] = sc;
+      if (sc == 0.0f) continue;
+      for (int64_t t = kb * 128; t < t1; ++t) {
+        xv[i * kp + t] = decode(Format::kE4m3, encode(Format::kE4m3, x[i * ldx + t] / sc, {.saturate = true}));
+      }
+    }
+  }
+  std::vector<float> y(static_cast<size_t>(m * n));
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      float acc = 0.0f;
+      for (int64_t kb = 0; kb < nkb; ++kb) {
+        const float s = xs[i * nkb + kb] * q.scales[(j / 128) * nkb + kb];
+        float p = 0.0f;
+        for (int64_t t = kb * 128; t < (kb + 1) * 128; ++t) {
+          const float wv = t < k ? decode(Format::kE4m3, static_cast<uint32_t>(q.code_at(j, t))) : 0.0f;
+          const float prod = xv[i * kp + t] * wv;
+          if (promoted) {
+            p = keep_bits(p + prod, bits);
+          } else {
+            const float scaled = prod * s;
+            acc = keep_bits(acc + scaled, bits);
+          }
+        }
+        if (promoted) acc = std::fma(p, s, acc);
+      }
+      y[i * n + j] = acc;
+    }
+  }
+  return y;
+}
+
+TEST(KernelFp8, LimitedAccumulatorOnEveryIsaMatchesItsDefinition) {
+  struct Restore {
+    int prev = num_threads();
+    ~Restore() { (void)set_num_threads(prev); }
+  } restore;
+  const int64_t shapes[][3] = {{1, 16, 128}, {5, 20, 130}, {7, 33, 300}, {13, 130, 257}, {6, 17, 1}, {14, 140, 129}};
+  uint32_t seed = 40;
+  for (const auto& sh : shapes) {
+    const int64_t m = sh[0], n = sh[1], k = sh[2], ldx = k + (m % 2), ldy = n + 3;
+    const QuantizedTensor q = quantize_weights("e4m3:block128x128:sym:fp32", n, k, seed);
+    const PackedWeights p = pack_weights(q).value();
+    std::vector<float> x = randn(m * ldx, seed + 1);
+    x[0] *= 300.0f;  // an outlier: the rest of its tile lands on e4m3's subnormals
+    for (const bool promoted : {true, false}) {
+      for (const int bits : {14, 5, 24}) {
+        SCOPED_TRACE(testing::Message() << "m=" << m << " n=" << n << " k=" << k << " promoted=" << promoted << " bits=" << bits);
+        const std::vector<float> ref = limited_reference(x, m, ldx, q, promoted, bits);
+        const MatmulOptions opt{.op = KernelOp::kAuto,
+                                .fp8_accum = promoted ? Fp8Accumulation::kLimitedPromoted : Fp8Accumulation::kLimitedUnpromoted,
+                                .accum_bits = bits};
+        for (Isa isa : supported_isas()) {
+          ScopedIsa force(isa);
+          ASSERT_TRUE(set_num_threads(seed % 2 == 0 ? 2 : 1).ok());
+          EXPECT_NE(kernel_name(p, opt).find(isa >= Isa::kAvx2 ? "__avx2" : "__scalar"), std::string::npos) << kernel_name(p, opt);
+          std::vector<float> y(static_cast<size_t>(m * ldy), -7.0f);
+          ASSERT_TRUE(matmul(p, x.data(), m, ldx, y.data(), ldy, opt).ok());
+          for (int64_t i = 0; i < m; ++i) {
+            for (int64_t j = 0; j < n; ++j) {
+              ASSERT_EQ(y[i * ldy + j], ref[i * n + j]) << isa_name(isa) << " at (" << i << ", " << j << ")";
+            }
+            for (int64_t j = n; j < ldy; ++j) ASSERT_EQ(y[i * ldy + j], -7.0f) << "wrote past n";
+          }
+        }
+        ++seed;
+      }
+    }
+  }
 }
 
 // ---- registry and errors ----

@@ -134,10 +134,45 @@ void fp8_gemv(const uint8_t* codes, int64_t pstride, int np, const float* xa, in
   }
 }
 
+float truncate(float v, uint32_t mask) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  u &= mask;
+  std::memcpy(&v, &u, 4);
+  return v;
+}
+
+void fp8_tile_limited(int mr, const float* xa, int64_t ldxa, const float* ws, int64_t kc, const float* row_scale,
+                      const float* col_scale, int bits, bool promoted, float* y, int64_t ldy) {
+  const uint32_t mask = significand_mask(bits);
+  for (int i = 0; i < mr; ++i) {
+    for (int j = 0; j < kFp8Nr; ++j) {
+      const float s = row_scale[i] * col_scale[j];
+      float acc = y[i * ldy + j];
+      if (promoted) {
+        float p = 0.0f;
+        for (int64_t k = 0; k < kc; ++k) {
+          const float prod = xa[i * ldxa + k] * ws[k * kFp8Nr + j];
+          p = truncate(p + prod, mask);
+        }
+        acc = std::fma(p, s, acc);
+      } else {
+        for (int64_t k = 0; k < kc; ++k) {
+          const float prod = xa[i * ldxa + k] * ws[k * kFp8Nr + j];
+          const float scaled = prod * s;
+          acc = truncate(acc + scaled, mask);
+        }
+      }
+      y[i * ldy + j] = acc;
+    }
+  }
+}
+
 }  // namespace
 
 const Microkernels& scalar_microkernels() {
-  static const Microkernels k{Isa::kScalar, a8w8_tile, a8w4_tile, a16w4_tile, fp8_decode, fp8_tile, fp8_gemv, fp8_tile_cs};
+  static const Microkernels k{Isa::kScalar, a8w8_tile, a8w4_tile, a16w4_tile, fp8_decode,
+                              fp8_tile,     fp8_gemv,  fp8_tile_cs, fp8_tile_limited};
   return k;
 }
 

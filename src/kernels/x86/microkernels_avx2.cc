@@ -369,6 +369,72 @@ void fp8_tile_cs(int mr, const float* xa, int64_t ldxa, const float* ws, int64_t
   }
 }
 
+// 2·MR independent accumulator chains, each lane the scalar twin's chain for its (i, j); the
+// multiplies and adds stay separate instructions (the file is built with -ffp-contract=off).
+template <int MR, bool PROMOTED>
+void fp8_tile_limited_impl(const float* xa, int64_t ldxa, const float* ws, int64_t kc, const float* row_scale,
+                           const float* col_scale, uint32_t mask, float* y, int64_t ldy) {
+  const __m256 keep = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(mask)));
+  const __m256 cs0 = _mm256_loadu_ps(col_scale), cs1 = _mm256_loadu_ps(col_scale + 8);
+  __m256 s[MR][2], c[MR][2];
+  #pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    const __m256 rs = _mm256_set1_ps(row_scale[i]);
+    s[i][0] = _mm256_mul_ps(rs, cs0);
+    s[i][1] = _mm256_mul_ps(rs, cs1);
+    if (PROMOTED) {
+      c[i][0] = c[i][1] = _mm256_setzero_ps();
+    } else {
+      c[i][0] = _mm256_loadu_ps(y + i * ldy);
+      c[i][1] = _mm256_loadu_ps(y + i * ldy + 8);
+    }
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(ws + k * kFp8Nr), b1 = _mm256_loadu_ps(ws + k * kFp8Nr + 8);
+    #pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const __m256 a = _mm256_broadcast_ss(xa + i * ldxa + k);
+      __m256 p0 = _mm256_mul_ps(a, b0), p1 = _mm256_mul_ps(a, b1);
+      if (!PROMOTED) {
+        p0 = _mm256_mul_ps(p0, s[i][0]);
+        p1 = _mm256_mul_ps(p1, s[i][1]);
+      }
+      c[i][0] = _mm256_and_ps(_mm256_add_ps(c[i][0], p0), keep);
+      c[i][1] = _mm256_and_ps(_mm256_add_ps(c[i][1], p1), keep);
+    }
+  }
+  #pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    float* yi = y + i * ldy;
+    if (PROMOTED) {
+      c[i][0] = _mm256_fmadd_ps(c[i][0], s[i][0], _mm256_loadu_ps(yi));
+      c[i][1] = _mm256_fmadd_ps(c[i][1], s[i][1], _mm256_loadu_ps(yi + 8));
+    }
+    _mm256_storeu_ps(yi, c[i][0]);
+    _mm256_storeu_ps(yi + 8, c[i][1]);
+  }
+}
+
+template <bool PROMOTED>
+void fp8_tile_limited_mode(int mr, const float* xa, int64_t ldxa, const float* ws, int64_t kc, const float* row_scale,
+                           const float* col_scale, uint32_t mask, float* y, int64_t ldy) {
+  switch (mr) {
+    case 1: return fp8_tile_limited_impl<1, PROMOTED>(xa, ldxa, ws, kc, row_scale, col_scale, mask, y, ldy);
+    case 2: return fp8_tile_limited_impl<2, PROMOTED>(xa, ldxa, ws, kc, row_scale, col_scale, mask, y, ldy);
+    case 3: return fp8_tile_limited_impl<3, PROMOTED>(xa, ldxa, ws, kc, row_scale, col_scale, mask, y, ldy);
+    case 4: return fp8_tile_limited_impl<4, PROMOTED>(xa, ldxa, ws, kc, row_scale, col_scale, mask, y, ldy);
+    case 5: return fp8_tile_limited_impl<5, PROMOTED>(xa, ldxa, ws, kc, row_scale, col_scale, mask, y, ldy);
+    default: return fp8_tile_limited_impl<6, PROMOTED>(xa, ldxa, ws, kc, row_scale, col_scale, mask, y, ldy);
+  }
+}
+
+void fp8_tile_limited(int mr, const float* xa, int64_t ldxa, const float* ws, int64_t kc, const float* row_scale,
+                      const float* col_scale, int bits, bool promoted, float* y, int64_t ldy) {
+  const uint32_t mask = significand_mask(bits);
+  if (promoted) return fp8_tile_limited_mode<true>(mr, xa, ldxa, ws, kc, row_scale, col_scale, mask, y, ldy);
+  return fp8_tile_limited_mode<false>(mr, xa, ldxa, ws, kc, row_scale, col_scale, mask, y, ldy);
+}
+
 // NP panels side by side: 2·NP independent FMA chains (one panel alone is latency-bound).
 template <int NP>
 void fp8_gemv_impl(const uint8_t* codes, int64_t pstride, const float* xa, int64_t kc, float scale, float* y) {
@@ -407,7 +473,8 @@ void fp8_gemv(const uint8_t* codes, int64_t pstride, int np, const float* xa, in
 }  // namespace
 
 const Microkernels& avx2_microkernels() {
-  static const Microkernels k{Isa::kAvx2, a8w8_tile, a8w4_tile, a16w4_tile, fp8_decode, fp8_tile, fp8_gemv, fp8_tile_cs};
+  static const Microkernels k{Isa::kAvx2, a8w8_tile, a8w4_tile, a16w4_tile, fp8_decode,
+                              fp8_tile,   fp8_gemv,  fp8_tile_cs, fp8_tile_limited};
   return k;
 }
 
