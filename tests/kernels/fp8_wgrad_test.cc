@@ -11,6 +11,7 @@
 #include <random>
 #include <vector>
 
+#include "fp8_limited_reference.h"
 #include "lowbit/cpu.h"
 #include "lowbit/formats.h"
 #include "lowbit/kernels.h"
@@ -124,32 +125,8 @@ TEST(KernelFp8Wgrad, PromotionBeatsTheLimitedAccumulatorOverManyTokens) {
   EXPECT_GT(unpromoted, 10 * limited_promoted);
 }
 
-// The emulated limited accumulators from their definition (kernels_internal.h, fp8_tile_limited):
-// both operands quantized here in 128-token tiles by the formats layer's scalar codec (scale
-// absmax / 448, saturating round-to-nearest-even), every product and sum rounded on its own.
-float keep_bits(float v, int bits) {
-  uint32_t u;
-  std::memcpy(&u, &v, 4);
-  if (bits < 24) u &= ~((uint32_t{1} << (24 - bits)) - 1);
-  std::memcpy(&v, &u, 4);
-  return v;
-}
-
-// Column c of a (m, ld): values (mp) and scales (mp / 128) of its 128-token tiles.
-void token_tiles(const std::vector<float>& a, int64_t m, int64_t ld, int64_t c, std::vector<float>& v, std::vector<float>& s) {
-  const int64_t mp = (m + 127) / 128 * 128;
-  v.assign(static_cast<size_t>(mp), 0.0f);
-  s.assign(static_cast<size_t>(mp / 128), 0.0f);
-  for (int64_t kb = 0; kb < mp / 128; ++kb) {
-    const int64_t t1 = std::min(m, (kb + 1) * 128);
-    float amax = 0.0f;
-    for (int64_t t = kb * 128; t < t1; ++t) amax = std::max(amax, std::fabs(a[t * ld + c]));
-    s[kb] = amax / 448.0f;
-    if (s[kb] == 0.0f) continue;
-    for (int64_t t = kb * 128; t < t1; ++t) v[t] = decode(Format::kE4m3, encode(Format::kE4m3, a[t * ld + c] / s[kb], {.saturate = true}));
-  }
-}
-
+// The emulated limited accumulators from their definition (fp8_limited_reference.h): both operands
+// quantized there in 128-token tiles per feature.
 TEST(KernelFp8Wgrad, LimitedAccumulatorsOnEveryIsaMatchTheirDefinition) {
   Restore restore;
   const int64_t shapes[][3] = {{1, 1, 1}, {130, 7, 17}, {300, 13, 33}, {257, 6, 16}, {128, 20, 40}};
@@ -160,30 +137,18 @@ TEST(KernelFp8Wgrad, LimitedAccumulatorsOnEveryIsaMatchTheirDefinition) {
     dy[0] *= 100.0f;
     const std::vector<float> init = randn(n * lddw, seed + 2, 1e-3f);
     std::vector<std::vector<float>> av(n), as(n), bv(k), bs(k);
-    for (int64_t j = 0; j < n; ++j) token_tiles(dy, m, n, j, av[j], as[j]);
-    for (int64_t c = 0; c < k; ++c) token_tiles(x, m, k, c, bv[c], bs[c]);
+    for (int64_t j = 0; j < n; ++j) testing_fp8::e4m3_tiles(&dy[j], n, m, av[j], as[j]);
+    for (int64_t c = 0; c < k; ++c) testing_fp8::e4m3_tiles(&x[c], k, m, bv[c], bs[c]);
     for (const bool promoted : {true, false}) {
       for (const int bits : {14, 6, 24}) {
         SCOPED_TRACE(testing::Message() << "m=" << m << " n=" << n << " k=" << k << " promoted=" << promoted << " bits=" << bits);
         std::vector<float> ref = init;
         for (int64_t j = 0; j < n; ++j) {
           for (int64_t c = 0; c < k; ++c) {
-            float acc = 0.0f;
-            for (size_t kb = 0; kb < as[j].size(); ++kb) {
-              const float s = as[j][kb] * bs[c][kb];
-              float p = 0.0f;
-              for (size_t t = kb * 128; t < (kb + 1) * 128; ++t) {
-                const float prod = av[j][t] * bv[c][t];
-                if (promoted) {
-                  p = keep_bits(p + prod, bits);
-                } else {
-                  const float scaled = prod * s;
-                  acc = keep_bits(acc + scaled, bits);
-                }
-              }
-              if (promoted) acc = std::fma(p, s, acc);
-            }
-            ref[j * lddw + c] += acc;
+            auto a = [&](int64_t t) { return av[j][t]; };
+            auto b = [&](int64_t t) { return bv[c][t]; };
+            auto scale = [&](int64_t kb) { return as[j][kb] * bs[c][kb]; };
+            ref[j * lddw + c] += testing_fp8::limited_dot(static_cast<int64_t>(as[j].size()), a, b, scale, promoted, bits);
           }
         }
         const MatmulOptions opt{.fp8_accum = promoted ? Fp8Accumulation::kLimitedPromoted : Fp8Accumulation::kLimitedUnpromoted,

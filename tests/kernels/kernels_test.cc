@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "fp8_limited_reference.h"
 #include "lowbit/cpu.h"
 #include "lowbit/formats.h"
 #include "lowbit/kernels.h"
@@ -291,55 +292,19 @@ TEST(KernelFp8, PromotionBeatsLimitedAccumulatorAtK4096) {
   EXPECT_LT(promoted, 1e-3);
 }
 
-// The limited accumulator from its definition (kernels_internal.h, fp8_tile_limited), on operands
-// quantized here by the formats layer's scalar codec: activations in 1×128 tiles (scale absmax / 448,
-// saturating round-to-nearest-even), the weights' codes and scales as the quant layer stored them.
-// Every product and sum is rounded on its own (this file is built without FMA contraction).
-float keep_bits(float v, int bits) {
-  uint32_t u;
-  std::memcpy(&u, &v, 4);
-  if (bits < 24) u &= ~((uint32_t{1} << (24 - bits)) - 1);
-  std::memcpy(&v, &u, 4);
-  return v;
-}
-
+// The limited accumulator from its definition (fp8_limited_reference.h): activations in 1×128 tiles
+// quantized there, the weights' codes and scales as the quant layer stored them.
 std::vector<float> limited_reference(const std::vector<float>& x, int64_t m, int64_t ldx, const QuantizedTensor& q, bool promoted,
                                      int bits) {
   const int64_t n = q.rows, k = q.cols, kp = (k + 127) / 128 * 128, nkb = kp / 128;
-  std::vector<float> xv(static_cast<size_t>(m * kp), 0.0f), xs(static_cast<size_t>(m * nkb), 0.0f);
+  std::vector<float> y(static_cast<size_t>(m * n)), xv, xs;
   for (int64_t i = 0; i < m; ++i) {
-    for (int64_t kb = 0; kb < nkb; ++kb) {
-      const int64_t t1 = std::min(k, (kb + 1) * 128);
-      float amax = 0.0f;
-      for (int64_t t = kb * 128; t < t1; ++t) amax = std::max(amax, std::fabs(x[i * ldx + t]));
-      const float sc = amax / 448.0f;
-      xs[i * nkb + kb] = sc;
-      if (sc == 0.0f) continue;
-      for (int64_t t = kb * 128; t < t1; ++t) {
-        xv[i * kp + t] = decode(Format::kE4m3, encode(Format::kE4m3, x[i * ldx + t] / sc, {.saturate = true}));
-      }
-    }
-  }
-  std::vector<float> y(static_cast<size_t>(m * n));
-  for (int64_t i = 0; i < m; ++i) {
+    testing_fp8::e4m3_tiles(&x[i * ldx], 1, k, xv, xs);
     for (int64_t j = 0; j < n; ++j) {
-      float acc = 0.0f;
-      for (int64_t kb = 0; kb < nkb; ++kb) {
-        const float s = xs[i * nkb + kb] * q.scales[(j / 128) * nkb + kb];
-        float p = 0.0f;
-        for (int64_t t = kb * 128; t < (kb + 1) * 128; ++t) {
-          const float wv = t < k ? decode(Format::kE4m3, static_cast<uint32_t>(q.code_at(j, t))) : 0.0f;
-          const float prod = xv[i * kp + t] * wv;
-          if (promoted) {
-            p = keep_bits(p + prod, bits);
-          } else {
-            const float scaled = prod * s;
-            acc = keep_bits(acc + scaled, bits);
-          }
-        }
-        if (promoted) acc = std::fma(p, s, acc);
-      }
-      y[i * n + j] = acc;
+      auto w = [&](int64_t t) { return t < k ? decode(Format::kE4m3, static_cast<uint32_t>(q.code_at(j, t))) : 0.0f; };
+      auto xa = [&](int64_t t) { return xv[t]; };
+      auto scale = [&](int64_t kb) { return xs[kb] * q.scales[(j / 128) * nkb + kb]; };
+      y[i * n + j] = testing_fp8::limited_dot(nkb, xa, w, scale, promoted, bits);
     }
   }
   return y;
