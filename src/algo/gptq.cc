@@ -29,19 +29,30 @@ using MatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajo
 using MatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 // The factor's level-3 steps on row-major blocks (leading dimension ld): OpenBLAS where it is
-// there (its results do not depend on its thread count), else Eigen's products.
+// there, else Eigen's products. OpenBLAS runs on one thread (core/parallel.cc: its threaded level-3
+// routines give different bits for different thread counts on some CPUs); lowbit's threads take
+// chunks whose edges depend on the shape alone (for_row_chunks), so the bits do not depend on the
+// thread count either way.
 template <class T>
 using BlockMap = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
 
-// B (m, n) ← B L⁻ᵀ, L (n, n) lower.
+// fn(r0, r1) over [0, rows) in chunks of 64 rows, the same chunks on any thread count.
+template <class F>
+void for_row_chunks(int64_t rows, F&& fn) {
+  parallel_for_balanced(0, rows, 64, std::forward<F>(fn));
+}
+
+// B (m, n) ← B L⁻ᵀ, L (n, n) lower (rows of B are independent).
 template <class T>
 void solve_right_lower_t(int64_t m, int64_t n, const T* l, int64_t ldl, T* b, int64_t ldb) {
 #if LOWBIT_HAVE_OPENBLAS
-  if constexpr (std::is_same_v<T, float>) {
-    cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, m, n, 1.f, l, ldl, b, ldb);
-  } else {
-    cblas_dtrsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, m, n, 1.0, l, ldl, b, ldb);
-  }
+  for_row_chunks(m, [&](int64_t r0, int64_t r1) {
+    if constexpr (std::is_same_v<T, float>) {
+      cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, r1 - r0, n, 1.f, l, ldl, b + r0 * ldb, ldb);
+    } else {
+      cblas_dtrsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, r1 - r0, n, 1.0, l, ldl, b + r0 * ldb, ldb);
+    }
+  });
 #else
   BlockMap<T> B(b, m, n, Eigen::OuterStride<>(ldb));
   BlockMap<T>(const_cast<T*>(l), n, n, Eigen::OuterStride<>(ldl)).template triangularView<Eigen::Lower>().transpose()
@@ -49,31 +60,44 @@ void solve_right_lower_t(int64_t m, int64_t n, const T* l, int64_t ldl, T* b, in
 #endif
 }
 
-// Lower triangle of C (m, m) −= A Aᵀ, A (m, k).
+// Lower triangle of C (m, m) −= A Aᵀ, A (m, k): per chunk of rows [r0, r1), the block left of the
+// diagonal by a GEMM and the diagonal block by a rank-k update.
 template <class T>
 void syrk_lower_sub(int64_t m, int64_t k, const T* a, int64_t lda, T* c, int64_t ldc) {
 #if LOWBIT_HAVE_OPENBLAS
-  if constexpr (std::is_same_v<T, float>) {
-    cblas_ssyrk(CblasRowMajor, CblasLower, CblasNoTrans, m, k, -1.f, a, lda, 1.f, c, ldc);
-  } else {
-    cblas_dsyrk(CblasRowMajor, CblasLower, CblasNoTrans, m, k, -1.0, a, lda, 1.0, c, ldc);
-  }
+  for_row_chunks(m, [&](int64_t r0, int64_t r1) {
+    const int64_t h = r1 - r0;
+    const T* ar = a + r0 * lda;
+    T* cr = c + r0 * ldc;
+    if constexpr (std::is_same_v<T, float>) {
+      if (r0 > 0) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, h, r0, k, -1.f, ar, lda, a, lda, 1.f, cr, ldc);
+      cblas_ssyrk(CblasRowMajor, CblasLower, CblasNoTrans, h, k, -1.f, ar, lda, 1.f, cr + r0, ldc);
+    } else {
+      if (r0 > 0) cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, h, r0, k, -1.0, ar, lda, a, lda, 1.0, cr, ldc);
+      cblas_dsyrk(CblasRowMajor, CblasLower, CblasNoTrans, h, k, -1.0, ar, lda, 1.0, cr + r0, ldc);
+    }
+  });
 #else
   BlockMap<T>(c, m, m, Eigen::OuterStride<>(ldc)).template selfadjointView<Eigen::Lower>()
       .rankUpdate(BlockMap<T>(const_cast<T*>(a), m, k, Eigen::OuterStride<>(lda)), T(-1));
 #endif
 }
 
-// B (m, n) ← α L B (left: L (m, m)) or α B L (right: L (n, n)), L lower.
+// B (m, n) ← α L B (left: L (m, m); columns of B are independent) or α B L (right: L (n, n); rows
+// of B are independent), L lower.
 template <class T>
 void trmm_lower(bool left, int64_t m, int64_t n, T alpha, const T* l, int64_t ldl, T* b, int64_t ldb) {
 #if LOWBIT_HAVE_OPENBLAS
   const CBLAS_SIDE side = left ? CblasLeft : CblasRight;
-  if constexpr (std::is_same_v<T, float>) {
-    cblas_strmm(CblasRowMajor, side, CblasLower, CblasNoTrans, CblasNonUnit, m, n, alpha, l, ldl, b, ldb);
-  } else {
-    cblas_dtrmm(CblasRowMajor, side, CblasLower, CblasNoTrans, CblasNonUnit, m, n, alpha, l, ldl, b, ldb);
-  }
+  for_row_chunks(left ? n : m, [&](int64_t i0, int64_t i1) {
+    const int64_t mm = left ? m : i1 - i0, nn = left ? i1 - i0 : n;
+    T* bb = left ? b + i0 : b + i0 * ldb;
+    if constexpr (std::is_same_v<T, float>) {
+      cblas_strmm(CblasRowMajor, side, CblasLower, CblasNoTrans, CblasNonUnit, mm, nn, alpha, l, ldl, bb, ldb);
+    } else {
+      cblas_dtrmm(CblasRowMajor, side, CblasLower, CblasNoTrans, CblasNonUnit, mm, nn, alpha, l, ldl, bb, ldb);
+    }
+  });
 #else
   BlockMap<T> B(b, m, n, Eigen::OuterStride<>(ldb));
   const int64_t k = left ? m : n;
@@ -82,6 +106,15 @@ void trmm_lower(bool left, int64_t m, int64_t n, T alpha, const T* l, int64_t ld
   const P prod = left ? P(L * B) : P(B * L);
   B = alpha * prod;
 #endif
+}
+
+// W's columns right of a lazy batch (rows of W independent): W[:, i2:] −= Err[:, :cnt] · U[i1:i2, i2:].
+void lazy_batch_update(MatF& Wp, const MatF& Err, const MatF& U, int64_t i1, int64_t i2) {
+  const int64_t C = Wp.cols(), cnt = i2 - i1;
+  if (i2 >= C) return;
+  for_row_chunks(Wp.rows(), [&](int64_t r0, int64_t r1) {
+    Wp.block(r0, i2, r1 - r0, C - i2).noalias() -= Err.block(r0, 0, r1 - r0, cnt) * U.block(i1, i2, cnt, C - i2);
+  });
 }
 
 // Split point of a recursive step: about half, on a multiple of 64.
@@ -223,7 +256,7 @@ QuantizedTensor gptq_ggml(MatF Wp, const Eigen::Map<const MatD>& H, const MatF& 
   for (int64_t c = 0; c < C; ++c) imp[static_cast<size_t>(c)] = static_cast<float>(H(c, c));
   MatF Err(R, B);
   for (int64_t i1 = 0; i1 < C; i1 += B) {
-    const int64_t i2 = std::min(C, i1 + B), cnt = i2 - i1;
+    const int64_t i2 = std::min(C, i1 + B);
     parallel_for(0, R, 1, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         float* wr = &Wp(r, 0);
@@ -241,7 +274,7 @@ QuantizedTensor gptq_ggml(MatF Wp, const Eigen::Map<const MatD>& H, const MatF& 
         }
       }
     });
-    if (i2 < C) Wp.rightCols(C - i2).noalias() -= Err.leftCols(cnt) * U.block(i1, i2, cnt, C - i2);
+    lazy_batch_update(Wp, Err, U, i1, i2);
   }
   return out;
 }
@@ -277,7 +310,17 @@ void InputStats::fold_pending() {
   const int64_t rows = static_cast<int64_t>(pending.size()) / dim;
   Eigen::Map<const MatF> X(pending.data(), rows, dim);
   MatF h = MatF::Zero(dim, dim);
+#if LOWBIT_HAVE_OPENBLAS
+  // Per chunk of H's rows [r0, r1): the block left of the diagonal by a GEMM, the diagonal block by
+  // a rank-k update (fixed chunks: the bits do not depend on the thread count).
+  for_row_chunks(dim, [&](int64_t r0, int64_t r1) {
+    const int64_t n = r1 - r0;
+    if (r0 > 0) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, r0, rows, 1.f, X.data() + r0, dim, X.data(), dim, 0.f, &h(r0, 0), dim);
+    cblas_ssyrk(CblasRowMajor, CblasLower, CblasTrans, n, rows, 1.f, X.data() + r0, dim, 0.f, &h(r0, r0), dim);
+  });
+#else
   h.selfadjointView<Eigen::Lower>().rankUpdate(X.transpose());
+#endif
   Eigen::Map<MatD> H(hessian.data(), dim, dim);
   H.triangularView<Eigen::Lower>() += h.cast<double>();
   std::vector<float>().swap(pending);
@@ -471,7 +514,7 @@ Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double>
   const ElementRounder rounder(spec);
   auto group_of = [&](int64_t p) { return perm[static_cast<size_t>(p)] / grid.block_cols; };
   for (int64_t i1 = 0; i1 < C; i1 += B) {
-    const int64_t i2 = std::min(C, i1 + B), cnt = i2 - i1;
+    const int64_t i2 = std::min(C, i1 + B);
     for (int64_t p0 = i1; p0 < i2;) {
       if (!fixed[static_cast<size_t>(group_of(p0))]) LOWBIT_RETURN_IF_ERROR(fix_group(group_of(p0)));
       int64_t p1 = p0 + 1;
@@ -496,7 +539,7 @@ Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double>
       });
       p0 = p1;
     }
-    if (i2 < C) Wp.rightCols(C - i2).noalias() -= Err.leftCols(cnt) * U.block(i1, i2, cnt, C - i2);
+    lazy_batch_update(Wp, Err, U, i1, i2);
   }
   if (stats) {
     stats->damp = damp;

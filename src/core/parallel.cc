@@ -42,13 +42,16 @@ Result<int> parse_threads(std::string_view text, const char* what) {
   return n;
 }
 
-// The count OpenMP (lowbit's loops, Eigen) and OpenBLAS (the BLAS Eigen calls in gptq.cc and
-// llama.cc, see their CMakeLists) both use.
+// The count OpenMP (lowbit's loops, Eigen) uses. OpenBLAS (the BLAS Eigen calls in gptq.cc and
+// llama.cc, see their CMakeLists) always runs on one thread: OpenBLAS 0.3.21's threaded sgemm,
+// strsm, ssyrk and strmm give different bits on 1 and 2 threads on some CPUs (an EPYC VM: 6531 of
+// 36,864 outputs of a 64×576×576 sgemm), so the callers split their products into chunks that
+// depend on the shape alone and run those on lowbit's threads.
 void apply_threads(int n) {
   g_threads.store(n, std::memory_order_release);
   omp_set_num_threads(n);
 #ifdef LOWBIT_HAVE_OPENBLAS
-  openblas_set_num_threads(n);
+  openblas_set_num_threads(1);
 #endif
 }
 

@@ -198,17 +198,22 @@ void Linear::forward(const float* x, int64_t n, float* y) const {
     return;
   }
   LOWBIT_CHECK(w_ != nullptr || out_ * in_ == 0, "Linear::forward: a stored-only linear (Linear::stored) has no run form");
-  // fp32: one GEMM (Eigen, threaded through OpenMP); y (n, out) = x (n, in) · Wᵀ.
+  // fp32: y (n, out) = x (n, in) · Wᵀ, Eigen's products (OpenBLAS where present, on one thread:
+  // core/parallel.cc) over chunks of 32 tokens (of 256 outputs for one token) on lowbit's
+  // threads; the chunks depend on the shape alone, so the bits do not depend on the thread count.
   using RowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  Eigen::Map<const RowMajor> W(w_, out_, in_);
-  Eigen::Map<RowMajor> Y(y, n, out_);
   if (n == 1) {
-    Eigen::Map<const Eigen::VectorXf> xv(x, in_);
-    Eigen::Map<Eigen::VectorXf> yv(y, out_);
-    yv.noalias() = W * xv;
-  } else {
-    Y.noalias() = Eigen::Map<const RowMajor>(x, n, in_) * W.transpose();
+    parallel_for_balanced(0, out_, 256, [&](int64_t o0, int64_t o1) {
+      Eigen::Map<const RowMajor> W(w_ + o0 * in_, o1 - o0, in_);
+      Eigen::Map<const Eigen::VectorXf> xv(x, in_);
+      Eigen::Map<Eigen::VectorXf>(y + o0, o1 - o0).noalias() = W * xv;
+    });
+    return;
   }
+  Eigen::Map<const RowMajor> W(w_, out_, in_);
+  parallel_for_balanced(0, n, 32, [&](int64_t t0, int64_t t1) {
+    Eigen::Map<RowMajor>(y + t0 * out_, t1 - t0, out_).noalias() = Eigen::Map<const RowMajor>(x + t0 * in_, t1 - t0, in_) * W.transpose();
+  });
 }
 
 namespace {
