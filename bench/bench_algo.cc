@@ -20,6 +20,10 @@
 #include "lowbit/ptq.h"
 #include "table_reporter.h"
 
+#ifdef LOWBIT_HAVE_OPENBLAS
+extern "C" void openblas_set_num_threads(int);
+#endif
+
 namespace {
 
 using MatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -45,13 +49,21 @@ std::vector<double> hessian(int64_t in) {
   return out;
 }
 
+// The baseline: one sgemm of 4096 tokens, OpenBLAS on all of lowbit's threads (its own threading:
+// lowbit keeps OpenBLAS on one thread for thread-count-invariant bits, a baseline need not be).
 void BM_sgemm(benchmark::State& state, int64_t out, int64_t in) {
   const lowbit::Tensor w = random_matrix(out, in, 1, 0.02f), x = random_matrix(4096, in, 2, 1.0f);
   MatF y(4096, out);
+#ifdef LOWBIT_HAVE_OPENBLAS
+  openblas_set_num_threads(lowbit::num_threads());
+#endif
   for (auto _ : state) {
     y.noalias() = Eigen::Map<const MatF>(x.data_as<float>(), 4096, in) * Eigen::Map<const MatF>(w.data_as<float>(), out, in).transpose();
     benchmark::DoNotOptimize(y.data());
   }
+#ifdef LOWBIT_HAVE_OPENBLAS
+  openblas_set_num_threads(1);
+#endif
 }
 
 void BM_rtn(benchmark::State& state, int64_t out, int64_t in) {
