@@ -25,22 +25,31 @@ template <int NB, int OB>
 void xwt_tile(float* y, const float* x, const float* W, int C, int OC, int64_t n, int64_t o) {
   const int C8 = C & ~7;
   __m256 acc[NB][OB];
+  #pragma GCC unroll 8
   for (int a = 0; a < NB; ++a) {
+    #pragma GCC unroll 8
     for (int b = 0; b < OB; ++b) acc[a][b] = _mm256_setzero_ps();
   }
   const float* xr[NB];
   const float* wr[OB];
+  #pragma GCC unroll 8
   for (int a = 0; a < NB; ++a) xr[a] = x + (n + a) * C;
+  #pragma GCC unroll 8
   for (int b = 0; b < OB; ++b) wr[b] = W + (o + b) * C;
   for (int i = 0; i < C8; i += 8) {
     __m256 w[OB];
+    #pragma GCC unroll 8
     for (int b = 0; b < OB; ++b) w[b] = _mm256_loadu_ps(wr[b] + i);
+    #pragma GCC unroll 8
     for (int a = 0; a < NB; ++a) {
       const __m256 xv = _mm256_loadu_ps(xr[a] + i);
+      #pragma GCC unroll 8
       for (int b = 0; b < OB; ++b) acc[a][b] = _mm256_add_ps(acc[a][b], _mm256_mul_ps(xv, w[b]));
     }
   }
+  #pragma GCC unroll 8
   for (int a = 0; a < NB; ++a) {
+    #pragma GCC unroll 8
     for (int b = 0; b < OB; ++b) y[(n + a) * OC + o + b] = finish(acc[a][b], xr[a], wr[b], C8, C);
   }
 }
@@ -68,18 +77,25 @@ constexpr int64_t kBlock = KBLOCK;
 template <int NB, int CB>
 void dx_tile(float* dx, const float* dy, const float* W, int C, int OC, int64_t n, int c, int64_t ob, int64_t oe) {
   __m256 acc[NB][CB];
+  #pragma GCC unroll 8
   for (int a = 0; a < NB; ++a) {
+    #pragma GCC unroll 8
     for (int k = 0; k < CB; ++k) acc[a][k] = _mm256_loadu_ps(dx + (n + a) * C + c + 8 * k);
   }
   for (int64_t o = ob; o < oe; ++o) {
     __m256 w[CB];
+    #pragma GCC unroll 8
     for (int k = 0; k < CB; ++k) w[k] = _mm256_loadu_ps(W + o * C + c + 8 * k);
+    #pragma GCC unroll 8
     for (int a = 0; a < NB; ++a) {
       const __m256 d = _mm256_set1_ps(dy[(n + a) * OC + o]);
+      #pragma GCC unroll 8
       for (int k = 0; k < CB; ++k) acc[a][k] = _mm256_add_ps(acc[a][k], _mm256_mul_ps(d, w[k]));
     }
   }
+  #pragma GCC unroll 8
   for (int a = 0; a < NB; ++a) {
+    #pragma GCC unroll 8
     for (int k = 0; k < CB; ++k) _mm256_storeu_ps(dx + (n + a) * C + c + 8 * k, acc[a][k]);
   }
 }
@@ -90,6 +106,7 @@ void dx_tokens(float* dx, const float* dy, const float* W, int C, int OC, int64_
   int c = 0;
   for (; c + 24 <= C8; c += 24) dx_tile<NB, 3>(dx, dy, W, C, OC, n, c, ob, oe);
   for (; c < C8; c += 8) dx_tile<NB, 1>(dx, dy, W, C, OC, n, c, ob, oe);
+  #pragma GCC unroll 8
   for (int a = 0; a < NB; ++a) {
     float* d = dx + (n + a) * C;
     for (int64_t o = ob; o < oe; ++o) {
@@ -112,18 +129,25 @@ void dx(float* dx, const float* dy, const float* W, int64_t, int C, int OC, int6
 template <int OB, int CB>
 void dw_tile(float* dW, const float* dy, const float* x, int C, int OC, int64_t o, int c, int64_t nb, int64_t ne) {
   __m256 acc[OB][CB];
+  #pragma GCC unroll 8
   for (int b = 0; b < OB; ++b) {
+    #pragma GCC unroll 8
     for (int k = 0; k < CB; ++k) acc[b][k] = _mm256_loadu_ps(dW + (o + b) * C + c + 8 * k);
   }
   for (int64_t n = nb; n < ne; ++n) {
     __m256 xv[CB];
+    #pragma GCC unroll 8
     for (int k = 0; k < CB; ++k) xv[k] = _mm256_loadu_ps(x + n * C + c + 8 * k);
+    #pragma GCC unroll 8
     for (int b = 0; b < OB; ++b) {
       const __m256 d = _mm256_set1_ps(dy[n * OC + o + b]);
+      #pragma GCC unroll 8
       for (int k = 0; k < CB; ++k) acc[b][k] = _mm256_add_ps(acc[b][k], _mm256_mul_ps(d, xv[k]));
     }
   }
+  #pragma GCC unroll 8
   for (int b = 0; b < OB; ++b) {
+    #pragma GCC unroll 8
     for (int k = 0; k < CB; ++k) _mm256_storeu_ps(dW + (o + b) * C + c + 8 * k, acc[b][k]);
   }
 }
@@ -134,6 +158,7 @@ void dw_rows(float* dW, const float* dy, const float* x, int C, int OC, int64_t 
   int c = 0;
   for (; c + 24 <= C8; c += 24) dw_tile<OB, 3>(dW, dy, x, C, OC, o, c, nb, ne);
   for (; c < C8; c += 8) dw_tile<OB, 1>(dW, dy, x, C, OC, o, c, nb, ne);
+  #pragma GCC unroll 8
   for (int b = 0; b < OB; ++b) {
     float* d = dW + (o + b) * C;
     for (int64_t n = nb; n < ne; ++n) {
