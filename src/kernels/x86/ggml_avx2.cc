@@ -93,18 +93,25 @@ template <int R, int T>
 inline void block(const float* w, int64_t ldw, const float* x, int64_t ldx, int64_t kc, float* y, int64_t ldy,
                   bool accumulate) {
   __m256 acc[R][T];
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
+    #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
   }
   for (int64_t k = 0; k < kc; k += 8) {
     __m256 wv[R];
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) wv[r] = _mm256_loadu_ps(w + r * ldw + k);
+    #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
       const __m256 xv = _mm256_loadu_ps(x + t * ldx + k);
+      #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
     }
   }
+  #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) {
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const float s = hsum(acc[r][t]);
       float& out = y[t * ldy + r];

@@ -89,17 +89,20 @@ template <KvCode C, int NC>
 void accumulate_chunks(const KvRows& v, const float* a, int64_t ntok, int64_t j0, float* out) {
   __m256 o[NC];
   int64_t g[NC];
+  #pragma GCC unroll 8
   for (int c = 0; c < NC; ++c) {
     o[c] = _mm256_loadu_ps(out + j0 + 8 * c);
     g[c] = (j0 + 8 * c) / v.group;
   }
   for (int64_t t = 0; t < ntok; ++t) {
     const uint8_t* row = v.codes + t * v.stride;
+    #pragma GCC unroll 8
     for (int c = 0; c < NC; ++c) {
       const __m256 w = _mm256_set1_ps(a[t] * half(v.scale, t * v.pstride + g[c]));
       o[c] = _mm256_fmadd_ps(w, load8<C>(row, j0 + 8 * c), o[c]);
     }
   }
+  #pragma GCC unroll 8
   for (int c = 0; c < NC; ++c) _mm256_storeu_ps(out + j0 + 8 * c, o[c]);
 }
 
@@ -180,12 +183,15 @@ void scores_f32(const float* k, int64_t stride, int64_t width, const float* x, i
 template <int NC>
 void accumulate_f32_chunks(const float* v, int64_t stride, const float* a, int64_t ntok, int64_t j0, float* out) {
   __m256 o[NC];
+  #pragma GCC unroll 8
   for (int c = 0; c < NC; ++c) o[c] = _mm256_loadu_ps(out + j0 + 8 * c);
   for (int64_t t = 0; t < ntok; ++t) {
     const __m256 w = _mm256_set1_ps(a[t]);
     const float* row = v + t * stride + j0;
+    #pragma GCC unroll 8
     for (int c = 0; c < NC; ++c) o[c] = _mm256_fmadd_ps(w, _mm256_loadu_ps(row + 8 * c), o[c]);
   }
+  #pragma GCC unroll 8
   for (int c = 0; c < NC; ++c) _mm256_storeu_ps(out + j0 + 8 * c, o[c]);
 }
 
