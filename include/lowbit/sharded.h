@@ -162,7 +162,8 @@ class TensorPrefetch {
   Status read_all();
   const ShardedCheckpoint& ck_;
   std::vector<Range> ranges_;
-  std::vector<int> direct_fds_, plain_fds_;  // per shard, opened on first use (-1: not yet / refused)
+  static constexpr int kFdNotYet = -1, kFdRefused = -2;
+  std::vector<int> direct_fds_, plain_fds_;  // per shard, opened on first use; O_DIRECT refused stays refused
   std::byte* buf_ = nullptr;  // kAlign-aligned, cap_ bytes
   size_t cap_ = 0;
   bool direct_ = false;

@@ -376,7 +376,7 @@ Status DirectRowReader::rows_into(int64_t first_row, int64_t end_row, std::span<
 // ---- TensorPrefetch ----
 
 TensorPrefetch::TensorPrefetch(const ShardedCheckpoint& ck)
-    : ck_(ck), direct_fds_(ck.shards.size(), -1), plain_fds_(ck.shards.size(), -1) {}
+    : ck_(ck), direct_fds_(ck.shards.size(), kFdNotYet), plain_fds_(ck.shards.size(), kFdNotYet) {}
 
 TensorPrefetch::~TensorPrefetch() {
   if (thread_.joinable()) thread_.join();
@@ -432,7 +432,10 @@ Status TensorPrefetch::read_all() {
     const SafetensorsFile& f = ck_.shards[r.file];
     int& dfd = direct_fds_[r.file];
     int& pfd = plain_fds_[r.file];
-    if (direct_ && dfd < 0) dfd = ::open(f.path().c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+    if (direct_ && dfd == kFdNotYet) {
+      dfd = ::open(f.path().c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+      if (dfd < 0) dfd = kFdRefused;  // asked once per shard, not per batch
+    }
     uint64_t got = 0;
     while (r.a0 + got < r.a1) {
       int fd = direct_ ? dfd : pfd;
@@ -446,7 +449,7 @@ Status TensorPrefetch::read_all() {
       if (n < 0 && errno == EINTR) continue;
       if (n < 0 && fd == dfd && (errno == EINVAL || errno == EOPNOTSUPP)) {  // O_DIRECT refused on reading
         ::close(dfd);
-        dfd = -1;
+        dfd = kFdRefused;
         direct_ = false;
         continue;
       }
