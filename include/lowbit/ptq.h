@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -64,8 +65,24 @@ struct GptqStats {
 // original column order (consistent with act-order: a group's scale is fixed when its first
 // column is reached). Errors name the tensor: a spec GPTQ cannot use (stochastic rounding,
 // two-level NVFP4 scales), a Hessian of the wrong size, not positive definite after damping.
+//
+// GPTQ's factor of H⁻¹ costs O(in³) and depends only on the Hessian, the damping and the order, so
+// linears that share one input (q/k/v, gate/up) and the candidates of a sensitivity sweep can share
+// it: pass the same GptqFactorCache to those calls. It holds one factor, keyed by the Hessian's
+// contents (a 64-bit hash over every entry, its size) and the options that shape it; a call on
+// another Hessian replaces it. The results are bit-identical with and without a cache.
+struct GptqFactorCache {
+  struct Entry;  // src/algo/gptq.cc
+  std::unique_ptr<Entry> entry;
+  int64_t hits = 0, misses = 0;
+  GptqFactorCache();
+  ~GptqFactorCache();
+  GptqFactorCache(GptqFactorCache&&) noexcept;
+  GptqFactorCache& operator=(GptqFactorCache&&) noexcept;
+};
 Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double> hessian, const QuantSpec& spec,
-                                      const GptqOptions& opt, std::string_view name, GptqStats* stats = nullptr);
+                                      const GptqOptions& opt, std::string_view name, GptqStats* stats = nullptr,
+                                      GptqFactorCache* cache = nullptr);
 
 // GPTQ's factor of H⁻¹ on its own (tests, tools): U (in, in) row-major upper triangular with
 // Uᵀ U = (H + λ I)⁻¹, λ = damp · mean(diag H), in `order` (the column order; empty = natural) —

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <type_traits>
 
@@ -381,8 +382,42 @@ double output_error(ConstTensorView w, ConstTensorView w_hat, std::span<const fl
   return Y.cast<double>().squaredNorm();
 }
 
+struct GptqFactorCache::Entry {
+  uint64_t hash = 0;
+  size_t size = 0;
+  double damp_opt = 0;
+  bool act_order = false, f64 = false;
+  int retries = 0;
+  bool ok = false;  // positive definite at some damping tried
+  double damp = 0;  // the damping fraction that worked (or the last tried)
+  MatF u;
+};
+GptqFactorCache::GptqFactorCache() = default;
+GptqFactorCache::~GptqFactorCache() = default;
+GptqFactorCache::GptqFactorCache(GptqFactorCache&&) noexcept = default;
+GptqFactorCache& GptqFactorCache::operator=(GptqFactorCache&&) noexcept = default;
+
+namespace {
+
+// 64 bits over every entry's bit pattern (splitmix64's finaliser per word, chained).
+uint64_t hessian_hash(std::span<const double> h) {
+  uint64_t acc = 0x9e3779b97f4a7c15ull ^ h.size();
+  for (double d : h) {
+    uint64_t x;
+    std::memcpy(&x, &d, sizeof x);
+    x += acc + 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    acc = x ^ (x >> 31);
+  }
+  return acc;
+}
+
+}  // namespace
+
 Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double> hessian, const QuantSpec& spec,
-                                      const GptqOptions& opt, std::string_view name, GptqStats* stats) {
+                                      const GptqOptions& opt, std::string_view name, GptqStats* stats,
+                                      GptqFactorCache* cache) {
   const auto t0 = std::chrono::steady_clock::now();
   if (w.ndim() != 2 || w.dtype() != DType::kF32) return InvalidArgument(fmt::format("{}: GPTQ needs an f32 (out, in) weight", name));
   LOWBIT_RETURN_IF_ERROR(validate(spec));
@@ -462,12 +497,33 @@ Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double>
   for (double d : diag) mean_diag += d;
   mean_diag /= static_cast<double>(std::max<int64_t>(1, C));
   double damp = opt.damp;
-  MatF U;
+  MatF own;
   bool ok = false;
-  for (int attempt = 0; attempt <= opt.max_damp_retries && !ok; ++attempt, damp *= 10) {
-    ok = gptq_inverse_factor(hessian, diag, perm, damp * mean_diag, opt.f64_factor, U);
-    if (ok) break;
+  const uint64_t hash = cache ? hessian_hash(hessian) : 0;
+  GptqFactorCache::Entry* e = cache ? cache->entry.get() : nullptr;
+  const bool hit = e && e->hash == hash && e->size == hessian.size() && e->damp_opt == opt.damp &&
+                   e->act_order == opt.act_order && e->f64 == opt.f64_factor && e->retries == opt.max_damp_retries;
+  if (hit) {
+    ++cache->hits;
+    ok = e->ok;
+    damp = e->damp;
+  } else {
+    for (int attempt = 0; attempt <= opt.max_damp_retries && !ok; ++attempt, damp *= 10) {
+      ok = gptq_inverse_factor(hessian, diag, perm, damp * mean_diag, opt.f64_factor, own);
+      if (ok) break;
+    }
+    if (cache) {
+      ++cache->misses;
+      if (!e) {
+        cache->entry = std::make_unique<GptqFactorCache::Entry>();
+        e = cache->entry.get();
+      }
+      *e = GptqFactorCache::Entry{.hash = hash, .size = hessian.size(), .damp_opt = opt.damp, .act_order = opt.act_order,
+                                  .f64 = opt.f64_factor, .retries = opt.max_damp_retries, .ok = ok, .damp = damp,
+                                  .u = std::move(own)};
+    }
   }
+  const MatF& U = cache ? e->u : own;
   if (!ok) {
     return InvalidArgument(fmt::format("{}: the Hessian is not positive definite even with damping {:.3g} x mean diag; "
                                        "calibrate on more tokens", name, damp));

@@ -272,6 +272,7 @@ Result<SensitivityReport> measure_sensitivity(LlamaModel& net, const Sensitivity
   const int64_t total_steps = static_cast<int64_t>(defs.size() * nc);
   int64_t step = 0;
   double proxy_seconds = 0;
+  std::vector<GptqFactorCache> factors(kSites);  // [site] the last factor of H⁻¹: a unit's candidates share it
 
   for (const UnitDef& def : defs) {
     UnitSensitivity u;
@@ -310,7 +311,8 @@ Result<SensitivityReport> measure_sensitivity(LlamaModel& net, const Sensitivity
         }
         const auto tq = Clock::now();
         const size_t k = static_cast<size_t>(l * kSites + site_of(s));
-        Result<QuantizedTensor> qr = gptq ? gptq_quantize(w, hess[k], *cand.spec, opt.gptq, linear_name(l, s))
+        Result<QuantizedTensor> qr = gptq ? gptq_quantize(w, hess[k], *cand.spec, opt.gptq, linear_name(l, s), nullptr,
+                                                          &factors[static_cast<size_t>(site_of(s))])
                                           : quantize(w, *cand.spec, {.name = linear_name(l, s)});
         if (!qr.ok()) {
           net.layers() = std::move(original);
@@ -681,7 +683,8 @@ class MixEvaluator {
         }
         const std::string name = linear_name(l, slot);
         Result<QuantizedTensor> q = opt_.method == Method::kGptq
-                                        ? gptq_quantize(w, hess_[static_cast<size_t>(l * kSites + site_of(slot))], *spec, opt_.gptq, name)
+                                        ? gptq_quantize(w, hess_[static_cast<size_t>(l * kSites + site_of(slot))], *spec, opt_.gptq, name,
+                                                        nullptr, &factors_[static_cast<size_t>(site_of(slot))])
                                         : quantize(w, *spec, {.name = name});
         if (!q.ok()) return q.status();
         LOWBIT_ASSIGN_OR_RETURN(Linear ql, Linear::quantized(*q, opt_.activations));
@@ -746,6 +749,7 @@ class MixEvaluator {
   std::vector<std::vector<std::pair<int, LinearSlot>>> linears_;  // [unit] its linears
   std::vector<int> start_;                                        // [unit] first block it touches
   std::vector<std::vector<double>> hess_;                         // [l·4 + site] (in, in), GPTQ only
+  std::vector<GptqFactorCache> factors_ = std::vector<GptqFactorCache>(kSites);  // [site] the last factor of H⁻¹
   std::vector<std::vector<float>> ref_logits_;                    // [w] (scored rows, vocab)
   std::vector<std::vector<double>> ref_lz_;                       // [w] (scored rows)
   std::vector<std::vector<std::vector<float>>> resid_;            // [w][l] (n, dim) entering block l

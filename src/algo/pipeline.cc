@@ -469,7 +469,8 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
       }
     }
 
-    // 3. Quantize every linear of the block.
+    // 3. Quantize every linear of the block. Linears on one input share GPTQ's factor of H⁻¹.
+    std::vector<GptqFactorCache> factors(st.size());
     for (LinearSlot s : kLinearSlots) {
       const std::string name = linear_name(l, s);
       Tensor& ws = w[static_cast<size_t>(s)];
@@ -498,7 +499,8 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
       QuantizedTensor q;
       if (opt.method == Method::kGptq) {
         GptqStats gs;
-        LOWBIT_ASSIGN_OR_RETURN(q, gptq_quantize(kept, st[static_cast<size_t>(site_of(s))].hessian, *spec, opt.gptq, name, &gs));
+        LOWBIT_ASSIGN_OR_RETURN(q, gptq_quantize(kept, st[static_cast<size_t>(site_of(s))].hessian, *spec, opt.gptq, name, &gs,
+                                                 &factors[static_cast<size_t>(site_of(s))]));
       } else if (opt.method == Method::kOutliers) {
         LOWBIT_ASSIGN_OR_RETURN(OutlierDecomposition d, split_outliers(kept, st[static_cast<size_t>(site_of(s))].absmax, opt.outlier_threshold, *spec, name));
         q = std::move(d.main);

@@ -136,6 +136,60 @@ INSTANTIATE_TEST_SUITE_P(Specs, GptqSpecs,
                          ::testing::Values("int4:g32:sym:fp16", "int4:row", "uint4:g32:asym:fp16", "int8:row",
                                            "nf4:g32", "e4m3:block32x32", "int4:tensor", "e2m1:g32:e8m0"));
 
+// A GptqFactorCache shared by linears on one input (and by the candidates of a sweep) gives the
+// codes and scales of uncached calls bit for bit; it hits only on the same Hessian contents and the
+// same damping/order options, and a different Hessian replaces its entry.
+TEST(Gptq, FactorCacheGivesTheUncachedResult) {
+  const int64_t in = 131, n = 400;
+  const std::vector<float> x = correlated_inputs(n, in, 21), x2 = correlated_inputs(n, in, 22);
+  const InputStats st = stats_of(x, n, in), st2 = stats_of(x2, n, in);
+  const Tensor q = random_matrix(37, in, 1), k = random_matrix(19, in, 2), v = random_matrix(19, in, 3);
+  for (const char* name : {"int4:g32:sym:fp16", "uint4:g16:asym:fp16", "nf4:g64"}) {
+    const QuantSpec spec = parse_spec(name).value();
+    for (const bool act_order : {false, true}) {
+      GptqOptions opt;
+      opt.act_order = act_order;
+      opt.block_size = 32;
+      GptqFactorCache cache;
+      auto same = [&](const Tensor& w, const std::vector<double>& h, const GptqOptions& o) {
+        const QuantizedTensor plain = gptq_quantize(w.view(), h, spec, o, "w").value();
+        const QuantizedTensor cached = gptq_quantize(w.view(), h, spec, o, "w", nullptr, &cache).value();
+        EXPECT_EQ(plain.codes, cached.codes) << name << " act_order=" << act_order;
+        EXPECT_EQ(plain.scales, cached.scales) << name << " act_order=" << act_order;
+        EXPECT_EQ(plain.zero_points, cached.zero_points) << name << " act_order=" << act_order;
+      };
+      same(q, st.hessian, opt);  // miss
+      same(k, st.hessian, opt);  // hit: same input
+      same(v, st.hessian, opt);  // hit
+      EXPECT_EQ(cache.misses, 1);
+      EXPECT_EQ(cache.hits, 2);
+      same(q, st2.hessian, opt);  // another input: replaced
+      EXPECT_EQ(cache.misses, 2);
+      std::vector<double> h3 = st2.hessian;  // one entry off (symmetric): a different Hessian
+      h3[1] = h3[static_cast<size_t>(in)] = h3[1] * 1.5;
+      same(k, h3, opt);
+      EXPECT_EQ(cache.misses, 3);
+      GptqOptions damped = opt;  // the same Hessian at another damping: another factor
+      damped.damp = 0.1;
+      same(k, h3, damped);
+      EXPECT_EQ(cache.misses, 4);
+      EXPECT_EQ(cache.hits, 2);
+    }
+  }
+  // A Hessian that no damping makes positive definite fails with the same message, cached or not.
+  std::vector<double> bad(static_cast<size_t>(in * in), 0.0);
+  for (int64_t i = 0; i < in; ++i) bad[static_cast<size_t>(i * in + i)] = i == 3 ? -1e9 : 1.0;
+  GptqFactorCache cache;
+  const QuantSpec spec = parse_spec("int4:g32:sym:fp16").value();
+  const Status plain = gptq_quantize(q.view(), bad, spec, {}, "blk.0.attn_q").status();
+  ASSERT_FALSE(plain.ok());
+  for (int i = 0; i < 2; ++i) {
+    const Status cached = gptq_quantize(q.view(), bad, spec, {}, "blk.0.attn_q", nullptr, &cache).status();
+    EXPECT_EQ(cached.message(), plain.message());
+  }
+  EXPECT_EQ(cache.hits, 1);
+}
+
 // GPTQ of w on 1 thread, then on 2 (the thread count restored after).
 std::pair<QuantizedTensor, QuantizedTensor> gptq_on_one_and_two_threads(const Tensor& w, const std::vector<double>& h,
                                                                         const QuantSpec& spec, const GptqOptions& opt) {
