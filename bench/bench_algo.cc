@@ -88,6 +88,23 @@ void BM_gptq(benchmark::State& state, int64_t out, int64_t in, bool act_order) {
   }
 }
 
+// q, k and v on one input (GQA: k and v with a quarter of q's rows), quantized by three GPTQ calls
+// that each factor H⁻¹ (the way the pipeline ran before) or that share one GptqFactorCache.
+void BM_gptq_qkv(benchmark::State& state, int64_t out, int64_t in, bool shared) {
+  const lowbit::Tensor wq = random_matrix(out, in, 1, 0.02f), wk = random_matrix(out / 4, in, 2, 0.02f),
+                       wv = random_matrix(out / 4, in, 3, 0.02f);
+  const std::vector<double> h = hessian(in);
+  const lowbit::QuantSpec spec = lowbit::parse_spec(g_spec).value();
+  for (auto _ : state) {
+    lowbit::GptqFactorCache cache;
+    for (const lowbit::Tensor* w : {&wq, &wk, &wv}) {
+      auto q = lowbit::gptq_quantize(w->view(), h, spec, {}, "bench", nullptr, shared ? &cache : nullptr);
+      if (!q.ok()) state.SkipWithError(q.status().to_string().c_str());
+      benchmark::DoNotOptimize(q);
+    }
+  }
+}
+
 // The calibration Hessian of one linear input `in` wide over 40 windows of 128 tokens (the pipeline's
 // default calibration): folded once per ~64 MiB of gathered rows (InputStats' default) against folded
 // after every window (fold_bytes = 1: a (in, in) float product, zero-fill and double add per window, the
@@ -196,6 +213,8 @@ int main(int argc, char** argv) {
     if (!ggml) benchmark::RegisterBenchmark(("gptq-act-order/" + s).c_str(), BM_gptq, o, k, true)->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
   }
   const std::string hs = std::to_string(out) + "x" + std::to_string(in);
+  benchmark::RegisterBenchmark(("gptq-qkv-own-factors/" + hs).c_str(), BM_gptq_qkv, out, in, false)->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
+  benchmark::RegisterBenchmark(("gptq-qkv-shared-factor/" + hs).c_str(), BM_gptq_qkv, out, in, true)->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
   benchmark::RegisterBenchmark(("hessian-40x128-tokens/" + hs).c_str(), BM_hessian, in, false)->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
   benchmark::RegisterBenchmark(("hessian-fold-per-window/" + hs).c_str(), BM_hessian, in, true)->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
   for (int layers : {4, 8, 16}) {
