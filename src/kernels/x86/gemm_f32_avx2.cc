@@ -54,16 +54,25 @@ void xwt_tile(float* y, const float* x, const float* W, int C, int OC, int64_t n
   }
 }
 
+// Register tiles. Each needs its accumulators, the operands it shares, and one register for a
+// product (no FMA here), within the 16 ymm registers; one more and GCC re-reads an operand from
+// memory for every multiply (4 × 3 for xwt: 16 loads per 12 products). Chosen by bench_train_gemm
+// on SmolLM2's shapes (docs/results.md).
+//   xwt: 3 tokens × 3 rows of W: 9 accumulators, 3 rows of W, 1 of x, 1 product.
+//   dx:  6 tokens × 2 vectors of columns: 12 accumulators, 2 of W, 1 broadcast of dy, 1 product.
+//   dw:  6 rows of dW × 2 vectors of columns: 12 accumulators, 2 of x, 1 broadcast, 1 product.
+constexpr int kXnb = 3, kXob = 3, kDnb = 6, kDcb = 2, kWob = 6, kWcb = 2;
+
 template <int OB>
 void xwt_rows(float* y, const float* x, const float* W, int64_t N, int C, int OC, int64_t o) {
   int64_t n = 0;
-  for (; n + 4 <= N; n += 4) xwt_tile<4, OB>(y, x, W, C, OC, n, o);
+  for (; n + kXnb <= N; n += kXnb) xwt_tile<kXnb, OB>(y, x, W, C, OC, n, o);
   for (; n < N; ++n) xwt_tile<1, OB>(y, x, W, C, OC, n, o);
 }
 
 void xwt(float* y, const float* x, const float* W, int64_t N, int C, int OC, int64_t o0, int64_t o1) {
   int64_t o = o0;
-  for (; o + 3 <= o1; o += 3) xwt_rows<3>(y, x, W, N, C, OC, o);
+  for (; o + kXob <= o1; o += kXob) xwt_rows<kXob>(y, x, W, N, C, OC, o);
   for (; o < o1; ++o) xwt_rows<1>(y, x, W, N, C, OC, o);
 }
 
@@ -104,7 +113,7 @@ template <int NB>
 void dx_tokens(float* dx, const float* dy, const float* W, int C, int OC, int64_t n, int64_t ob, int64_t oe) {
   const int C8 = C & ~7;
   int c = 0;
-  for (; c + 24 <= C8; c += 24) dx_tile<NB, 3>(dx, dy, W, C, OC, n, c, ob, oe);
+  for (; c + 8 * kDcb <= C8; c += 8 * kDcb) dx_tile<NB, kDcb>(dx, dy, W, C, OC, n, c, ob, oe);
   for (; c < C8; c += 8) dx_tile<NB, 1>(dx, dy, W, C, OC, n, c, ob, oe);
   #pragma GCC unroll 8
   for (int a = 0; a < NB; ++a) {
@@ -120,7 +129,7 @@ void dx(float* dx, const float* dy, const float* W, int64_t, int C, int OC, int6
   for (int64_t ob = 0; ob < OC; ob += kBlock) {
     const int64_t oe = std::min<int64_t>(OC, ob + kBlock);
     int64_t n = n0;
-    for (; n + 4 <= n1; n += 4) dx_tokens<4>(dx, dy, W, C, OC, n, ob, oe);
+    for (; n + kDnb <= n1; n += kDnb) dx_tokens<kDnb>(dx, dy, W, C, OC, n, ob, oe);
     for (; n < n1; ++n) dx_tokens<1>(dx, dy, W, C, OC, n, ob, oe);
   }
 }
@@ -156,7 +165,7 @@ template <int OB>
 void dw_rows(float* dW, const float* dy, const float* x, int C, int OC, int64_t o, int64_t nb, int64_t ne) {
   const int C8 = C & ~7;
   int c = 0;
-  for (; c + 24 <= C8; c += 24) dw_tile<OB, 3>(dW, dy, x, C, OC, o, c, nb, ne);
+  for (; c + 8 * kWcb <= C8; c += 8 * kWcb) dw_tile<OB, kWcb>(dW, dy, x, C, OC, o, c, nb, ne);
   for (; c < C8; c += 8) dw_tile<OB, 1>(dW, dy, x, C, OC, o, c, nb, ne);
   #pragma GCC unroll 8
   for (int b = 0; b < OB; ++b) {
@@ -172,7 +181,7 @@ void dw(float* dW, const float* dy, const float* x, int64_t N, int C, int OC, in
   for (int64_t nb = 0; nb < N; nb += kBlock) {
     const int64_t ne = std::min<int64_t>(N, nb + kBlock);
     int64_t o = o0;
-    for (; o + 4 <= o1; o += 4) dw_rows<4>(dW, dy, x, C, OC, o, nb, ne);
+    for (; o + kWob <= o1; o += kWob) dw_rows<kWob>(dW, dy, x, C, OC, o, nb, ne);
     for (; o < o1; ++o) dw_rows<1>(dW, dy, x, C, OC, o, nb, ne);
   }
 }
