@@ -79,6 +79,7 @@ struct GptqFactorCache {
   ~GptqFactorCache();
   GptqFactorCache(GptqFactorCache&&) noexcept;
   GptqFactorCache& operator=(GptqFactorCache&&) noexcept;
+  void clear();  // frees the factor (the counts stay)
 };
 Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double> hessian, const QuantSpec& spec,
                                       const GptqOptions& opt, std::string_view name, GptqStats* stats = nullptr,

@@ -396,6 +396,7 @@ GptqFactorCache::GptqFactorCache() = default;
 GptqFactorCache::~GptqFactorCache() = default;
 GptqFactorCache::GptqFactorCache(GptqFactorCache&&) noexcept = default;
 GptqFactorCache& GptqFactorCache::operator=(GptqFactorCache&&) noexcept = default;
+void GptqFactorCache::clear() { entry.reset(); }
 
 namespace {
 

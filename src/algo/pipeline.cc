@@ -522,11 +522,12 @@ Result<PipelineReport> quantize_model(LlamaModel& net, const PipelineOptions& op
       }
       rep.linears.push_back(r);
       if (from_blocks) ws = Tensor();
-      // A site's Hessian is dropped after its last linear (wv, wo, w2, w3 in this order), so
-      // the widest one (w2's, hidden²) is not resident beside the others' when w3 runs.
+      // A site's Hessian and factor are dropped after its last linear (wv, wo, w2, w3 in this
+      // order), so the widest ones (w2's, hidden²) are not resident beside the others' when w3 runs.
       const auto later = std::find(std::begin(kLinearSlots), std::end(kLinearSlots), s) + 1;
       if (std::none_of(later, std::end(kLinearSlots), [&](LinearSlot t) { return site_of(t) == site_of(s); })) {
         std::vector<double>().swap(st[static_cast<size_t>(site_of(s))].hessian);
+        factors[static_cast<size_t>(site_of(s))].clear();
       }
     }
     lw.attn_norm = net.adopt(std::move(attn_norm));
