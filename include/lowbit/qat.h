@@ -116,6 +116,7 @@ struct QatLogEntry {
   int64_t step = 0;
   double loss = 0, ce = 0, kd = 0;  // the step's training loss and its parts (nats per token)
   double grad_norm = 0;
+  float lr = 0;                     // the master weights' learning rate this step
   int64_t clipped = 0;              // weights outside their clipping range
 };
 

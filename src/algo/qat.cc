@@ -87,6 +87,9 @@ Result<QatResult> run_qat(const Model& fp32, std::span<const int> tokens, const 
     return InvalidArgument(fmt::format("qat: --init {}: expected rtn, gptq or awq", method_name(o.init)));
   }
   if (!(o.lr > 0.0f) || !std::isfinite(o.lr)) return InvalidArgument(fmt::format("qat: --lr {}: expected a finite value > 0", o.lr));
+  if (!(o.min_lr_ratio >= 0.0f && o.min_lr_ratio <= 1.0f)) {
+    return InvalidArgument(fmt::format("qat: --min-lr {}: expected a fraction of --lr in 0 .. 1", o.min_lr_ratio));
+  }
   if (static_cast<int64_t>(tokens.size()) < o.ctx + 1) {
     return InvalidArgument(fmt::format("qat: the training text has {} tokens; one window needs --ctx {} + 1", tokens.size(), o.ctx));
   }
@@ -292,6 +295,7 @@ Result<QatResult> run_qat(const Model& fp32, std::span<const int> tokens, const 
     e.kd = kd;
     e.loss = w_ce * *ce + w_kd * kd;
     e.grad_norm = sr.grad_norm;
+    e.lr = lr;
     e.clipped = clipped;
     res.log.push_back(e);
     if (o.on_step) o.on_step(e.step, o.steps, e.loss);

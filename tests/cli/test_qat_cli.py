@@ -5,6 +5,7 @@ peak RSS, and bad flags are named (exit 2, nothing written).
 Usage: test_qat_cli.py LOWBIT_BINARY. Exits 77 (skip) when ../shared is missing.
 """
 import json
+import math
 import os
 import re
 import sys
@@ -25,7 +26,7 @@ BASE = ["qat", "--model", MODEL, "--tokenizer", TOK, "--scheme", "w4a16-g32", "-
 
 with tempfile.TemporaryDirectory() as d:
     p = run("qat", "--help")
-    check(p.returncode == 0 and all(f in p.stdout for f in ["--init", "--loss", "--lsq", "--eval", "--json"]), "qat --help")
+    check(p.returncode == 0 and all(f in p.stdout for f in ["--init", "--loss", "--lsq", "--min-lr", "--eval", "--json"]), "qat --help")
 
     out, js = os.path.join(d, "q"), os.path.join(d, "q.json")
     p = run(*BASE, "--loss", "ce+kd", "-o", out, "--eval", TEXT, "--eval-windows", "6", "--json", js)
@@ -37,6 +38,9 @@ with tempfile.TemporaryDirectory() as d:
     check([e["step"] for e in s["log"]] == [1, 2, 3], f"--json log steps: {s.get('log')}")
     check(all(k in s["eval"] for k in ["rtn", "init", "qat"]) and s["peak_rss_mib"] > 0, f"--json eval and rss: {s}")
     check(s["log"][0]["ce"] > 0 and s["log"][0]["kd"] > 0, f"ce+kd logs both parts: {s['log'][0]}")
+    lrs = [e["lr"] for e in s["log"]]
+    want = [1e-4 + 0.5 * (1 + math.cos(math.pi * k / 3)) * 9e-4 for k in range(3)]  # cosine to 0.1 x 1e-3 at step 3
+    check(abs(s["min_lr"] - 0.1) < 1e-7 and all(abs(a - b) < 1e-9 for a, b in zip(lrs, want)), f"lr per step {lrs}, expected {want}")
     # eval of the written model reproduces qat's own KLD for it.
     p = run("eval", "--model", out, "--ref", MODEL, "--tokenizer", TOK, "--text", TEXT, "--split", "eval", "--ctx", "128",
             "--max-windows", "6", "--json", os.path.join(d, "e.json"))
@@ -48,6 +52,7 @@ with tempfile.TemporaryDirectory() as d:
     bad_input([*BASE, "--loss", "mse", "-o", os.path.join(d, "x")], "--loss", "unknown loss")
     bad_input([*BASE, "--init", "smoothquant", "-o", os.path.join(d, "x")], "--init", "init smoothquant")
     bad_input([*BASE, "--steps", "0", "-o", os.path.join(d, "x")], "--steps", "zero steps")
+    bad_input([*BASE, "--min-lr", "1.5", "-o", os.path.join(d, "x")], "--min-lr", "schedule floor above the peak")
     bad_input([*BASE, "--ctx", "100000", "-o", os.path.join(d, "x")], "--ctx", "context too long")
     check(not os.path.exists(os.path.join(d, "x")), "nothing written on bad input")
 finish()

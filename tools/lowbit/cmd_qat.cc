@@ -27,7 +27,7 @@ struct QatArgs {
       eval_text, eval_split = "eval", json, plan;
   int64_t steps = 100;
   int batch = 4, ctx = 128, calib_windows = 32, eval_windows = 100, eval_ctx = 128;
-  float lr = 1e-5f, scale_lr = 1e-4f, clip = 1.0f;
+  float lr = 1e-5f, scale_lr = 1e-4f, clip = 1.0f, min_lr = 0.1f;
   int64_t warmup = 0;
   uint64_t seed = 1;
   bool lsq = false, act_order = false;
@@ -126,6 +126,7 @@ void run(const QatArgs& a) {
   o.lr = a.lr;
   o.scale_lr = a.scale_lr;
   o.warmup = a.warmup;
+  o.min_lr_ratio = a.min_lr;
   o.clip = a.clip;
   o.seed = a.seed;
   o.calib_windows = a.calib_windows;
@@ -149,13 +150,14 @@ void run(const QatArgs& a) {
                       {"data", a.data},         {"data_split", a.data_split}, {"init", a.init},
                       {"loss", a.loss},         {"lsq", a.lsq},           {"steps", a.steps},
                       {"batch", a.batch},       {"ctx", a.ctx},           {"lr", a.lr},
+                      {"min_lr", a.min_lr},     {"warmup", a.warmup},     {"scale_lr", a.scale_lr},
                       {"train_tokens", r->train_tokens}, {"rtn_seconds", r->rtn_seconds},
                       {"init_seconds", r->init_seconds}, {"qat_seconds", r->qat_seconds},
                       {"master_bytes", r->master_bytes}, {"saved_activation_bytes", r->saved_activation_bytes}};
   nlohmann::json jl = nlohmann::json::array();
   for (const QatLogEntry& e : r->log) {
     jl.push_back({{"step", e.step}, {"loss", json_value(e.loss)}, {"ce", json_value(e.ce)}, {"kd", json_value(e.kd)},
-                  {"grad_norm", json_value(e.grad_norm)}, {"clipped", e.clipped}});
+                  {"grad_norm", json_value(e.grad_norm)}, {"lr", e.lr}, {"clipped", e.clipped}});
   }
   j["log"] = jl;
   const QatLogEntry& first = r->log.front();
@@ -244,7 +246,8 @@ void register_qat(CLI::App& app) {
   cmd->add_option("--init", a->init, "PTQ start: rtn | gptq | awq")->default_val("gptq");
   cmd->add_option("--loss", a->loss, "ce (text) | kd (KL to the fp32 model's logits) | ce+kd")->default_val("kd");
   cmd->add_flag("--lsq", a->lsq, "Learn the block scales (LSQ gradient); default: fixed at the PTQ start's");
-  cmd->add_option("--lr", a->lr, "Peak AdamW learning rate of the master weights (cosine to 10%)")->default_val(1e-5f);
+  cmd->add_option("--lr", a->lr, "Peak AdamW learning rate of the master weights (cosine to --min-lr x peak)")->default_val(1e-5f);
+  cmd->add_option("--min-lr", a->min_lr, "Floor of the cosine schedule, as a fraction of --lr (0 .. 1)")->default_val(0.1f);
   cmd->add_option("--scale-lr", a->scale_lr, "--lsq: relative Adam step of the scales")->default_val(1e-4f);
   cmd->add_option("--warmup", a->warmup, "Linear warm-up steps")->default_val(0);
   cmd->add_option("--clip", a->clip, "Global gradient-norm clip (0: none)")->default_val(1.0f);
