@@ -16,7 +16,12 @@ inline constexpr int kIntNr = 4;     // ... × 4 weight rows; packed n is padded
 inline constexpr int kFp8Nr = 16;    // fp8 panels: 16 weight rows, k-major
 inline constexpr int kFp8Mr = 6;     // fp8 tile rows
 inline constexpr int kFp8Block = 128;  // DeepSeek-V3 block edge (K and N)
+inline constexpr int kA16W4Mr = 3;  // a16w4 panel tiles: 3 rows of activations × 4 decoded weight rows
+inline constexpr int kA16W4Lanes = kA16W4Mr * 4 * 8;  // fp32 lanes of one (row triple, tile)
 inline constexpr int kChunk = 64;    // int4 packing: 64 elements in 32 bytes (low nibbles 0..31, high 32..63)
+
+// The lane tree the AVX2 kernels reduce 8 fp32 lanes with (hadd, hadd, then the two 128-bit halves).
+inline float lane_sum(const float* f) { return ((f[0] + f[1]) + (f[2] + f[3])) + ((f[4] + f[5]) + (f[6] + f[7])); }
 
 // int4 / nf4 scales and offsets are interleaved per tile of 4 weight rows: (np/4, groups, 4), so a
 // microkernel loads one group's 4 values with a single 128-bit load.
@@ -45,6 +50,18 @@ struct Microkernels {
   //   out[i*4 + j] = ((L_0+L_1)+(L_2+L_3)) + ((L_4+L_5)+(L_6+L_7))
   void (*a16w4_tile)(const float* x0, const float* x1, const uint8_t* w, const float* s, const int32_t* off,
                      int64_t kp, int64_t group, int64_t ng, float* out);
+  // The prefill form of a16w4_tile (many activation rows): the tile's 4 weight rows decoded once to
+  // fp32, then read by every row. a16w4_decode: v_j[k] (float(u − off) or level[u]) to
+  // panel[(k / kc)·block + j·kc + k % kc] (K blocks of kc elements, a multiple of 8, `block` apart).
+  // a16w4_panel: for rows i < mr (1..kA16W4Mr) and the nt tiles t of a unit, j < 4, groups g0 <= g < g1,
+  // with x_i[k] at x[i·ldx + k − k0] and tile t's v_j[k] at panel[t·tstride + j·ldp + k − k0]
+  // (k0 <= g0·group), the per-group sums P_q of a16w4_tile in its element order, then
+  // lanes[t·kA16W4Lanes + (i*4 + j)*8 + q] = fma(P_q, s[t·sstride + g*4 + j], lanes[..]) (the caller
+  // zeroes lanes before g = 0 and reduces them with lane_sum: the tile's exact result).
+  void (*a16w4_decode)(const uint8_t* w, const int32_t* off, int64_t kp, int64_t group, float* panel, int64_t kc,
+                       int64_t block);
+  void (*a16w4_panel)(int mr, const float* x, int64_t ldx, const float* panel, int64_t ldp, int nt, int64_t tstride,
+                      int64_t k0, const float* s, int64_t sstride, int64_t group, int64_t g0, int64_t g1, float* lanes);
   // ws (kc, 16) fp32 = e4m3 decode of panel codes (kc, 16) (unscaled).
   void (*fp8_decode)(const uint8_t* codes, int64_t kc, float* ws);
   // For rows i < mr (<= 6): p = Σ_{k<kc} xa_i[k] · ws[k, 0..15] (fp32), then y_i[0..15] = fma(p, scale[i], y_i).

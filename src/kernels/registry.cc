@@ -174,6 +174,59 @@ void run_a16w4(const ki::Microkernels& mk, const PackedWeights& w, const float* 
       [&](int64_t r, int64_t c, float v) { y[r * ldy + c] = v; });
 }
 
+// a16w4 with many activation rows: each unit of kA16W4Tiles tiles (4 weight rows each) is decoded
+// to fp32 once, K block by K block ((blocks, 16 rows, kc): one block's rows are consecutive, not kp
+// apart in the same L1 sets), then every row triple runs all of the unit's tiles over one K block
+// before the next (the triple's block stays in L1 across the tiles, the tiles' block across the
+// triples). Per output the same FMAs in the same order as run_a16w4: the same bits (kernels_internal.h).
+constexpr int64_t kA16W4Tiles = 4;
+constexpr int64_t kA16W4Kc = 256;  // elements per K block (whole groups; at least one)
+
+void run_a16w4_panels(const ki::Microkernels& mk, const PackedWeights& w, const float* xp, int64_t m, float* y,
+                      int64_t ldy) {
+  const int64_t kp = w.kp, ng = w.groups_per_row(), tiles = w.np / ki::kIntNr;
+  const int32_t* off = w.kind == WeightKind::kNf4Group ? nullptr : w.offsets.data();
+  const int64_t units = (tiles + kA16W4Tiles - 1) / kA16W4Tiles;
+  const int64_t gb = std::max<int64_t>(1, kA16W4Kc / w.group), kc = gb * w.group, nkb = (ng + gb - 1) / gb;
+  const int64_t block = kA16W4Tiles * ki::kIntNr * kc;                  // one K block of the unit's panel
+  constexpr int64_t kMr = ki::kA16W4Mr, kLanes = ki::kA16W4Lanes;
+  const int64_t triples = (m + kMr - 1) / kMr;
+  for_chunks(units, column_grain(units, m * kp * ki::kIntNr * kA16W4Tiles), [&](int64_t u0, int64_t u1) {
+    // Per-thread workspaces, kept between calls: a fresh panel would cost page faults on every call.
+    thread_local std::vector<float> panel, lanes;
+    panel.resize(std::max(panel.size(), static_cast<size_t>(nkb * block)));
+    lanes.resize(std::max(lanes.size(), static_cast<size_t>(triples * kA16W4Tiles * kLanes)));
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t t0 = u * kA16W4Tiles, nt = std::min(kA16W4Tiles, tiles - t0);
+      for (int64_t t = 0; t < nt; ++t) {
+        const int64_t j0 = (t0 + t) * ki::kIntNr;
+        mk.a16w4_decode(w.data.data() + j0 * (kp / 2), off ? off + j0 * ng : nullptr, kp, w.group,
+                        &panel[static_cast<size_t>(t * ki::kIntNr * kc)], kc, block);
+      }
+      std::fill_n(lanes.begin(), triples * kA16W4Tiles * kLanes, 0.0f);
+      for (int64_t b = 0; b < nkb; ++b) {
+        const int64_t g0 = b * gb, g1 = std::min(ng, g0 + gb), k0 = b * kc;
+        for (int64_t r = 0; r < triples; ++r) {
+          const int64_t i = r * kMr;
+          const int mr = static_cast<int>(std::min(kMr, m - i));
+          mk.a16w4_panel(mr, xp + i * kp + k0, kp, &panel[static_cast<size_t>(b * block)], kc, static_cast<int>(nt),
+                         ki::kIntNr * kc, k0, &w.scales[t0 * ki::kIntNr * ng], ki::kIntNr * ng, w.group, g0, g1,
+                         &lanes[static_cast<size_t>(r * kA16W4Tiles * kLanes)]);
+        }
+      }
+      for (int64_t i = 0; i < m; ++i) {
+        for (int64_t t = 0; t < nt; ++t) {
+          const float* l = &lanes[static_cast<size_t>(((i / kMr) * kA16W4Tiles + t) * kLanes + (i % kMr) * ki::kIntNr * 8)];
+          for (int64_t j = 0; j < ki::kIntNr; ++j) {
+            const int64_t c = (t0 + t) * ki::kIntNr + j;
+            if (c < w.n) y[i * ldy + c] = ki::lane_sum(l + j * 8);
+          }
+        }
+      }
+    }
+  });
+}
+
 // Tiles are stored K block by K block, (kp/128, m, 128): the 6 rows a microkernel tile reads are
 // 3 KB of consecutive memory (rows kp apart would all fall in the same L1 sets).
 struct Fp8Acts {
@@ -634,7 +687,11 @@ Status matmul(const PackedWeights& w, const float* x, int64_t m, int64_t ldx, fl
     case KernelOp::kGemmA16W4: {
       std::vector<float> xp(static_cast<size_t>(m * kp), 0.0f);  // (m, kp) zero-padded copy
       for (int64_t i = 0; i < m; ++i) std::memcpy(&xp[i * kp], x + i * ldx, sizeof(float) * w.k);
-      run_a16w4(mk, w, xp.data(), m, y, ldy);
+      if (m >= ki::kA16W4Mr) {
+        run_a16w4_panels(mk, w, xp.data(), m, y, ldy);
+      } else {
+        run_a16w4(mk, w, xp.data(), m, y, ldy);
+      }
       break;
     }
     case KernelOp::kGemmFp8Block: {

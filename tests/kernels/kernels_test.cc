@@ -181,6 +181,39 @@ INSTANTIATE_TEST_SUITE_P(
                     Case{"e4m3:block128x128:sym:fp32", KernelOp::kGemmFp8Block, true, 0}),
     case_name);
 
+// ---- a16w4: the prefill (decoded panel) path equals the per-row path ----
+
+// From kA16W4Mr rows on, the a16w4 matmul decodes each tile's weights to fp32 panels once and runs
+// row triples over them in K blocks; with fewer rows it runs the packed tile per row pair. Both
+// must give every output the same bits: each row of a many-row call equals that row alone, at
+// every ISA, with row tails of 1 and 2, several K blocks, groups that start inside a 64-chunk (g32),
+// n not a multiple of the 4-row tiles or of the panels' 16 rows, and a row stride ldx > k.
+TEST(KernelA16W4, PanelPathEqualsRowByRow) {
+  uint32_t seed = 40;
+  for (const char* spec : {"int4:g32:sym:fp32", "int4:g128:asym:fp16", "uint4:g64:asym:fp32", "nf4:g64:sym:fp32",
+                           "uint3:g64:asym:fp16", "int3:g32:sym:fp32"}) {
+    for (auto [n, k] : {std::pair<int64_t, int64_t>{5, 70}, {37, 300}, {21, 1100}, {9, 2049}}) {
+      const QuantizedTensor q = quantize_weights(spec, n, k, seed++);
+      const PackedWeights p = pack_weights(q).value();
+      for (int64_t m : {3, 4, 5, 8, 17}) {
+        SCOPED_TRACE(testing::Message() << spec << " m=" << m << " n=" << n << " k=" << k);
+        const int64_t ldx = k + 3;
+        const std::vector<float> x = randn(m * ldx, seed++);
+        for (Isa isa : supported_isas()) {
+          ScopedIsa force(isa);
+          std::vector<float> y(static_cast<size_t>(m * n)), y1(static_cast<size_t>(n));
+          ASSERT_TRUE(matmul(p, x.data(), m, ldx, y.data(), n).ok());
+          for (int64_t i = 0; i < m; ++i) {
+            ASSERT_TRUE(matmul(p, &x[static_cast<size_t>(i * ldx)], 1, ldx, y1.data(), n).ok());
+            ASSERT_EQ(std::memcmp(&y[static_cast<size_t>(i * n)], y1.data(), sizeof(float) * static_cast<size_t>(n)), 0)
+                << isa_name(isa) << " row " << i;
+          }
+        }
+      }
+    }
+  }
+}
+
 // ---- packing reference ----
 
 TEST(KernelPacking, UnpackEqualsDequantize) {

@@ -39,9 +39,6 @@ void a8w8_tile(const int8_t* a0, const int8_t* a1, const uint8_t*, const uint8_t
   }
 }
 
-// The lane tree the AVX2 kernels use to reduce 8 fp32 lanes (hadd, hadd, then the two 128-bit halves).
-inline float lane_sum(const float* f) { return ((f[0] + f[1]) + (f[2] + f[3])) + ((f[4] + f[5]) + (f[6] + f[7])); }
-
 void a8w4_tile(const int8_t* a0, const int8_t* a1, const int32_t* asum0, const int32_t* asum1, const uint8_t* w,
                const float* s, const int32_t* off, int64_t kp, int64_t group, int64_t ng, float* out) {
   const int8_t* a[2] = {a0, a1};
@@ -94,6 +91,45 @@ void a16w4_tile(const float* x0, const float* x1, const uint8_t* w, const float*
         for (int q = 0; q < 8; ++q) lanes[q] = std::fma(p[q], sg, lanes[q]);
       }
       out[i * 4 + j] = lane_sum(lanes);
+    }
+  }
+}
+
+void a16w4_decode(const uint8_t* w, const int32_t* off, int64_t kp, int64_t group, float* panel, int64_t kc,
+                  int64_t block) {
+  for (int j = 0; j < 4; ++j) {
+    for (int64_t k = 0; k < kp; ++k) {
+      const int u = nibble(w + j * (kp / 2), k);
+      const float v = off ? static_cast<float>(u - off[k / group * 4 + j]) : kNf4Levels[static_cast<size_t>(u)];
+      panel[(k / kc) * block + j * kc + k % kc] = v;
+    }
+  }
+}
+
+void a16w4_panel(int mr, const float* x, int64_t ldx, const float* panel, int64_t ldp, int nt, int64_t tstride,
+                 int64_t k0, const float* s, int64_t sstride, int64_t group, int64_t g0, int64_t g1, float* lanes) {
+  for (int t = 0; t < nt; ++t) {
+    for (int i = 0; i < mr; ++i) {
+      for (int j = 0; j < 4; ++j) {
+        const float* v = panel + t * tstride + j * ldp;
+        float* l = lanes + t * kA16W4Lanes + (i * 4 + j) * 8;
+        for (int64_t g = g0; g < g1; ++g) {
+          float p[8] = {};  // a16w4_tile's order: per 64-element chunk, each 8 of the low half then of the high half
+          const int64_t ka = g * group, kb = (g + 1) * group;
+          for (int64_t c = ka / kChunk * kChunk; c < kb; c += kChunk) {
+            for (int64_t e = 0; e < 32; e += 8) {
+              for (int64_t hh = 0; hh < 64; hh += 32) {
+                if (c + hh < ka || c + hh >= kb) continue;
+                for (int q = 0; q < 8; ++q) {
+                  const int64_t k = c + hh + e + q - k0;
+                  p[q] = std::fma(x[i * ldx + k], v[k], p[q]);
+                }
+              }
+            }
+          }
+          for (int q = 0; q < 8; ++q) l[q] = std::fma(p[q], s[t * sstride + g * 4 + j], l[q]);
+        }
+      }
     }
   }
 }
@@ -171,8 +207,8 @@ void fp8_tile_limited(int mr, const float* xa, int64_t ldxa, const float* ws, in
 }  // namespace
 
 const Microkernels& scalar_microkernels() {
-  static const Microkernels k{Isa::kScalar, a8w8_tile, a8w4_tile, a16w4_tile, fp8_decode,
-                              fp8_tile,     fp8_gemv,  fp8_tile_cs, fp8_tile_limited};
+  static const Microkernels k{Isa::kScalar, a8w8_tile, a8w4_tile,   a16w4_tile,      a16w4_decode, a16w4_panel,
+                              fp8_decode,   fp8_tile,  fp8_gemv,    fp8_tile_cs,     fp8_tile_limited};
   return k;
 }
 

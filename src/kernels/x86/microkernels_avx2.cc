@@ -280,6 +280,98 @@ void a16w4_tile(const float* x0, const float* x1, const uint8_t* w, const float*
   }
 }
 
+void a16w4_decode(const uint8_t* w, const int32_t* off, int64_t kp, int64_t group, float* panel, int64_t kc,
+                  int64_t block) {
+  const __m256 lvl_lo = _mm256_loadu_ps(kNf4Levels.data()), lvl_hi = _mm256_loadu_ps(kNf4Levels.data() + 8);
+  const __m256i m4 = _mm256_set1_epi32(0x0F);
+  auto at = [&](int j, int64_t k) { return panel + (k / kc) * block + j * kc + k % kc; };
+  // group and kc are multiples of 32: each half of a 64-element chunk lies in one group and one K block.
+  for (int j = 0; j < 4; ++j) {
+    const uint8_t* wj = w + j * (kp / 2);
+    for (int64_t c = 0; c < kp; c += kChunk) {
+      float* plo = at(j, c);
+      float* phi = at(j, c + 32);
+      const __m256i olo = _mm256_set1_epi32(off ? off[c / group * 4 + j] : 0);
+      const __m256i ohi = _mm256_set1_epi32(off ? off[(c + 32) / group * 4 + j] : 0);
+#pragma GCC unroll 4
+      for (int p = 0; p < 4; ++p) {
+        const __m256i d = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(wj + c / 2 + 8 * p)));
+        const __m256i lo = _mm256_and_si256(d, m4), hi = _mm256_srli_epi32(d, 4);
+        if (off) {
+          _mm256_storeu_ps(plo + 8 * p, _mm256_cvtepi32_ps(_mm256_sub_epi32(lo, olo)));
+          _mm256_storeu_ps(phi + 8 * p, _mm256_cvtepi32_ps(_mm256_sub_epi32(hi, ohi)));
+        } else {
+          _mm256_storeu_ps(plo + 8 * p, nf4_lookup(lo, lvl_lo, lvl_hi));
+          _mm256_storeu_ps(phi + 8 * p, nf4_lookup(hi, lvl_lo, lvl_hi));
+        }
+      }
+    }
+  }
+}
+
+// MR activation rows × the 4 decoded weight rows: 4·MR accumulators (12 at MR = 3), MR activation
+// vectors and one weight vector fit the 16 ymm registers; the lanes are updated in memory once a group.
+template <int MR>
+void a16w4_panel_impl(const float* x, int64_t ldx, const float* pn, int64_t ldp, int64_t k0, const float* s, int64_t group,
+                      int64_t g0, int64_t g1, float* lanes) {
+  for (int64_t g = g0; g < g1; ++g) {
+    __m256 acc[MR * 4];
+#pragma GCC unroll 12
+    for (auto& v : acc) v = _mm256_setzero_ps();
+    auto step = [&](int64_t k) {
+      __m256 xv[MR];
+#pragma GCC unroll 3
+      for (int i = 0; i < MR; ++i) xv[i] = _mm256_loadu_ps(x + i * ldx + (k - k0));
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        const __m256 wv = _mm256_loadu_ps(pn + j * ldp + (k - k0));
+#pragma GCC unroll 3
+        for (int i = 0; i < MR; ++i) acc[i * 4 + j] = _mm256_fmadd_ps(xv[i], wv, acc[i * 4 + j]);
+      }
+    };
+    int64_t h = g * group / 32;
+    const int64_t hend = (g + 1) * group / 32;
+    if (h & 1) {  // a group that starts inside a 64-element chunk: its first half alone
+#pragma GCC unroll 4
+      for (int p = 0; p < 4; ++p) step(h * 32 + 8 * p);
+      ++h;
+    }
+    for (; h + 1 < hend; h += 2) {  // whole chunks: each 8 of the low half, then of the high half
+#pragma GCC unroll 4
+      for (int p = 0; p < 4; ++p) {
+        step(h * 32 + 8 * p);
+        step(h * 32 + 32 + 8 * p);
+      }
+    }
+    if (h < hend) {
+#pragma GCC unroll 4
+      for (int p = 0; p < 4; ++p) step(h * 32 + 8 * p);
+    }
+#pragma GCC unroll 3
+    for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        float* l = lanes + (i * 4 + j) * 8;
+        _mm256_storeu_ps(l, _mm256_fmadd_ps(acc[i * 4 + j], _mm256_broadcast_ss(s + g * 4 + j), _mm256_loadu_ps(l)));
+      }
+    }
+  }
+}
+
+void a16w4_panel(int mr, const float* x, int64_t ldx, const float* panel, int64_t ldp, int nt, int64_t tstride, int64_t k0,
+                 const float* s, int64_t sstride, int64_t group, int64_t g0, int64_t g1, float* lanes) {
+  for (int t = 0; t < nt; ++t) {
+    const float* pt = panel + t * tstride;
+    const float* st = s + t * sstride;
+    float* lt = lanes + t * kA16W4Lanes;
+    switch (mr) {
+      case 1: a16w4_panel_impl<1>(x, ldx, pt, ldp, k0, st, group, g0, g1, lt); break;
+      case 2: a16w4_panel_impl<2>(x, ldx, pt, ldp, k0, st, group, g0, g1, lt); break;
+      default: a16w4_panel_impl<3>(x, ldx, pt, ldp, k0, st, group, g0, g1, lt); break;
+    }
+  }
+}
+
 // 8 e4m3 codes (low 8 bytes) -> 8 floats: sign-extend, shift the magnitude bits to fp32 bits 26..20 (the
 // sign copies land in 31..27), keep sign + magnitude, times 2^120 (exact, subnormals included).
 inline __m256 e4m3x8_to_ps(__m128i b8) {
@@ -473,8 +565,8 @@ void fp8_gemv(const uint8_t* codes, int64_t pstride, int np, const float* xa, in
 }  // namespace
 
 const Microkernels& avx2_microkernels() {
-  static const Microkernels k{Isa::kAvx2, a8w8_tile, a8w4_tile, a16w4_tile, fp8_decode,
-                              fp8_tile,   fp8_gemv,  fp8_tile_cs, fp8_tile_limited};
+  static const Microkernels k{Isa::kAvx2, a8w8_tile, a8w4_tile,   a16w4_tile,      a16w4_decode, a16w4_panel,
+                              fp8_decode, fp8_tile,  fp8_gemv,    fp8_tile_cs,     fp8_tile_limited};
   return k;
 }
 
