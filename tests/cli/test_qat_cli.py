@@ -54,5 +54,10 @@ with tempfile.TemporaryDirectory() as d:
     bad_input([*BASE, "--steps", "0", "-o", os.path.join(d, "x")], "--steps", "zero steps")
     bad_input([*BASE, "--min-lr", "1.5", "-o", os.path.join(d, "x")], "--min-lr", "schedule floor above the peak")
     bad_input([*BASE, "--ctx", "100000", "-o", os.path.join(d, "x")], "--ctx", "context too long")
+    # A spec GGUF cannot hold is refused before training (in well under the run's time), nothing written.
+    long_w3 = [{"w4a16-g32": "w3a16-g64", "3": "100000"}.get(x, x) for x in BASE]
+    bad_input([*long_w3, "-o", os.path.join(d, "x.gguf")],
+              "GGUF cannot hold", "w3a16-g64 to a .gguf")
+    check(not os.path.exists(os.path.join(d, "x.gguf")), "nothing written for a GGUF that cannot hold the scheme")
     check(not os.path.exists(os.path.join(d, "x")), "nothing written on bad input")
 finish()

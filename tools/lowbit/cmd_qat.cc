@@ -115,6 +115,24 @@ void run(const QatArgs& a) {
                a.data_split, a.eval_split);
   }
 
+  // The save's options, and for a GGUF its layout, checked before any training: a spec GGUF cannot
+  // hold is refused now, not after the run.
+  SaveOptions so;
+  so.format = save_format;
+  so.tokenizer_path = tok_path;
+  so.extra_metadata = {{"lowbit.method", "qat"},          {"lowbit.scheme", label},
+                       {"lowbit.qat.init", a.init},        {"lowbit.qat.loss", a.loss},
+                       {"lowbit.qat.steps", std::to_string(a.steps)}, {"lowbit.calib", a.data},
+                       {"lowbit.calib_split", a.data_split}};
+  if (!a.out.empty() && save_format == ModelFormat::kGguf) {
+    const LlamaModel skeleton(*model);
+    Result<GgufSaveLayout> layout = plan_gguf_save(skeleton, a.out, so, [&](const std::string& name) -> std::optional<QuantSpec> {
+      const PlanEntry* e = plan->find(name);
+      return e ? e->spec : std::nullopt;
+    });
+    if (!layout.ok()) fail(kExitUsage, layout.status().message());
+  }
+
   QatOptions o;
   o.plan = *plan;
   o.init = *init;
@@ -168,16 +186,6 @@ void run(const QatArgs& a) {
              r->rtn_seconds, a.init, r->init_seconds, r->qat_seconds);
 
   if (!a.out.empty()) {
-    SaveOptions so;
-    so.format = save_format;
-    so.tokenizer_path = tok_path;
-    so.extra_metadata = {{"lowbit.method", "qat"},
-                         {"lowbit.scheme", label},
-                         {"lowbit.qat.init", a.init},
-                         {"lowbit.qat.loss", a.loss},
-                         {"lowbit.qat.steps", std::to_string(a.steps)},
-                         {"lowbit.calib", a.data},
-                         {"lowbit.calib_split", a.data_split}};
     Result<SaveReport> saved = save_model(*r->qat.net, a.out, so);
     if (!saved.ok()) fail(saved.status());
     for (const std::string& w : saved->warnings) fmt::print(stderr, "lowbit: warning: {}\n", w);
