@@ -62,6 +62,21 @@ void a8w4_tile(const int8_t* a0, const int8_t* a1, const int32_t* asum0, const i
   }
 }
 
+// The a16w4 element order within group g: lane q = k % 8; within each 64-element chunk, for each 8
+// of a half (k % 32 / 8), the low half's 8 (k % 64 < 32) then the high half's, skipping halves
+// outside the group. step(k) takes the 8 elements k .. k + 7.
+template <class Step>
+void a16w4_group_order(int64_t g, int64_t group, Step&& step) {
+  const int64_t k0 = g * group, k1 = (g + 1) * group;
+  for (int64_t c = k0 / kChunk * kChunk; c < k1; c += kChunk) {
+    for (int64_t e = 0; e < 32; e += 8) {
+      for (int64_t hh = 0; hh < 64; hh += 32) {
+        if (c + hh >= k0 && c + hh < k1) step(c + hh + e);
+      }
+    }
+  }
+}
+
 void a16w4_tile(const float* x0, const float* x1, const uint8_t* w, const float* s, const int32_t* off, int64_t kp,
                 int64_t group, int64_t ng, float* out) {
   const float* x[2] = {x0, x1};
@@ -70,23 +85,14 @@ void a16w4_tile(const float* x0, const float* x1, const uint8_t* w, const float*
       const uint8_t* wj = w + j * (kp / 2);
       float lanes[8] = {};
       for (int64_t g = 0; g < ng; ++g) {
-        // Lane q = k % 8; within each 64-element chunk the order is: for each 8 of a half (k % 32 / 8),
-        // the low half's 8 (k % 64 < 32) then the high half's, skipping halves outside the group.
         float p[8] = {};
-        const int64_t k0 = g * group, k1 = (g + 1) * group;
-        for (int64_t c = k0 / kChunk * kChunk; c < k1; c += kChunk) {
-          for (int64_t e = 0; e < 32; e += 8) {
-            for (int64_t hh = 0; hh < 64; hh += 32) {
-              if (c + hh < k0 || c + hh >= k1) continue;
-              for (int q = 0; q < 8; ++q) {
-                const int64_t k = c + hh + e + q;
-                const int u = nibble(wj, k);
-                const float v = off ? static_cast<float>(u - off[g * 4 + j]) : kNf4Levels[static_cast<size_t>(u)];
-                p[q] = std::fma(x[i][k], v, p[q]);
-              }
-            }
+        a16w4_group_order(g, group, [&](int64_t k8) {
+          for (int q = 0; q < 8; ++q) {
+            const int u = nibble(wj, k8 + q);
+            const float v = off ? static_cast<float>(u - off[g * 4 + j]) : kNf4Levels[static_cast<size_t>(u)];
+            p[q] = std::fma(x[i][k8 + q], v, p[q]);
           }
-        }
+        });
         const float sg = s[g * 4 + j];
         for (int q = 0; q < 8; ++q) lanes[q] = std::fma(p[q], sg, lanes[q]);
       }
@@ -114,19 +120,10 @@ void a16w4_panel(int mr, const float* x, int64_t ldx, const float* panel, int64_
         const float* v = panel + t * tstride + j * ldp;
         float* l = lanes + t * kA16W4Lanes + (i * 4 + j) * 8;
         for (int64_t g = g0; g < g1; ++g) {
-          float p[8] = {};  // a16w4_tile's order: per 64-element chunk, each 8 of the low half then of the high half
-          const int64_t ka = g * group, kb = (g + 1) * group;
-          for (int64_t c = ka / kChunk * kChunk; c < kb; c += kChunk) {
-            for (int64_t e = 0; e < 32; e += 8) {
-              for (int64_t hh = 0; hh < 64; hh += 32) {
-                if (c + hh < ka || c + hh >= kb) continue;
-                for (int q = 0; q < 8; ++q) {
-                  const int64_t k = c + hh + e + q - k0;
-                  p[q] = std::fma(x[i * ldx + k], v[k], p[q]);
-                }
-              }
-            }
-          }
+          float p[8] = {};
+          a16w4_group_order(g, group, [&](int64_t k8) {
+            for (int q = 0; q < 8; ++q) p[q] = std::fma(x[i * ldx + k8 + q - k0], v[k8 + q - k0], p[q]);
+          });
           for (int q = 0; q < 8; ++q) l[q] = std::fma(p[q], s[t * sstride + g * 4 + j], l[q]);
         }
       }
