@@ -100,7 +100,7 @@ struct QatOptions {
   int64_t steps = 100;
   int batch = 4;                // windows per step
   int ctx = 128;                // tokens per window
-  float lr = 1e-5f;             // peak AdamW learning rate of the master weights
+  float lr = 6e-4f;             // peak AdamW learning rate of the master weights (SmolLM2 QAT: docs/results.md)
   float scale_lr = 1e-4f;       // LSQ: Adam learning rate of the scales, relative (× scale)
   int64_t warmup = 0;
   float min_lr_ratio = 0.1f;

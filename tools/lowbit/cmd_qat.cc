@@ -27,7 +27,7 @@ struct QatArgs {
       eval_text, eval_split = "eval", json, plan;
   int64_t steps = 100;
   int batch = 4, ctx = 128, calib_windows = 32, eval_windows = 100, eval_ctx = 128;
-  float lr = 1e-5f, scale_lr = 1e-4f, clip = 1.0f, min_lr = 0.1f;
+  float lr = 6e-4f, scale_lr = 1e-4f, clip = 1.0f, min_lr = 0.1f;
   int64_t warmup = 0;
   uint64_t seed = 1;
   bool lsq = false, act_order = false;
@@ -254,7 +254,7 @@ void register_qat(CLI::App& app) {
   cmd->add_option("--init", a->init, "PTQ start: rtn | gptq | awq")->default_val("gptq");
   cmd->add_option("--loss", a->loss, "ce (text) | kd (KL to the fp32 model's logits) | ce+kd")->default_val("kd");
   cmd->add_flag("--lsq", a->lsq, "Learn the block scales (LSQ gradient); default: fixed at the PTQ start's");
-  cmd->add_option("--lr", a->lr, "Peak AdamW learning rate of the master weights (cosine to --min-lr x peak)")->default_val(1e-5f);
+  cmd->add_option("--lr", a->lr, "Peak AdamW learning rate of the master weights (cosine to --min-lr x peak)")->default_val(6e-4f);
   cmd->add_option("--min-lr", a->min_lr, "Floor of the cosine schedule, as a fraction of --lr (0 .. 1)")->default_val(0.1f);
   cmd->add_option("--scale-lr", a->scale_lr, "--lsq: relative Adam step of the scales")->default_val(1e-4f);
   cmd->add_option("--warmup", a->warmup, "Linear warm-up steps")->default_val(0);
