@@ -17,7 +17,7 @@ inline constexpr int kFp8Nr = 16;    // fp8 panels: 16 weight rows, k-major
 inline constexpr int kFp8Mr = 6;     // fp8 tile rows
 inline constexpr int kFp8Block = 128;  // DeepSeek-V3 block edge (K and N)
 inline constexpr int kA16W4Mr = 3;  // a16w4 panel tiles: 3 rows of activations × 4 decoded weight rows
-inline constexpr int kA16W4Lanes = kA16W4Mr * 4 * 8;  // fp32 lanes of one (row triple, tile)
+inline constexpr int kA16W4Lanes = kA16W4Mr * kIntNr * 8;  // fp32 lanes of one (row triple, tile)
 inline constexpr int kChunk = 64;    // int4 packing: 64 elements in 32 bytes (low nibbles 0..31, high 32..63)
 
 // The lane tree the AVX2 kernels reduce 8 fp32 lanes with (hadd, hadd, then the two 128-bit halves).
@@ -52,7 +52,7 @@ struct Microkernels {
                      int64_t kp, int64_t group, int64_t ng, float* out);
   // The prefill form of a16w4_tile (many activation rows): the tile's 4 weight rows decoded once to
   // fp32, then read by every row. a16w4_decode: v_j[k] (float(u − off) or level[u]) to
-  // panel[(k / kc)·block + j·kc + k % kc] (K blocks of kc elements, a multiple of 8, `block` apart).
+  // panel[(k / kc)·block + j·kc + k % kc] (K blocks of kc elements, `block` apart; group and kc multiples of 32).
   // a16w4_panel: for rows i < mr (1..kA16W4Mr) and the nt tiles t of a unit, j < 4, groups g0 <= g < g1,
   // with x_i[k] at x[i·ldx + k − k0] and tile t's v_j[k] at panel[t·tstride + j·ldp + k − k0]
   // (k0 <= g0·group), the per-group sums P_q of a16w4_tile in its element order, then
