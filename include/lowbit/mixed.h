@@ -161,6 +161,12 @@ struct RefineOptions {
   int trials = 8;                                 // single/pair moves measured per round, beside the re-solve
   int screen_windows = 0;                         // contextual ΔKLDs on the first this many windows (0: all);
                                                   //   proposals are always measured on all of them
+  // The start and every proposal measured on the model the pipeline makes of the mix (quantize_model
+  // with `method`, sequential, on `gptq_windows` — or `windows` when empty), not on the per-unit surrogate
+  // above; the contextual ΔKLDs that rank proposals stay the surrogate's. For GPTQ this is what
+  // `quantize` will produce: the pipeline re-fits each block to the quantized blocks before it, which the
+  // surrogate (each unit on the fp32 inputs' Hessian) does not. For RTN the two are the same figures.
+  bool exact = false;
   KnapsackOptions knapsack{};
   std::function<void(int64_t evaluations)> on_eval = nullptr;  // after each measured forward
 };

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <set>
 
@@ -617,29 +618,14 @@ class MixEvaluator {
       linears_.push_back(std::move(ls));
       start_.push_back(start);
     }
-    // The reference logits on the scored rows (and, for GPTQ, Σ xᵀx at every input site).
-    const bool gptq = opt_.method == Method::kGptq;
-    if (gptq) hess_.resize(static_cast<size_t>(L_ * kSites));
-    const LinearInputHook hook = [&](int layer, LinearSlot slot, const float* x, int64_t rows, int64_t cols) {
-      if (slot == LinearSlot::kWk || slot == LinearSlot::kWv || slot == LinearSlot::kW3) return;
-      std::vector<double>& h = hess_[static_cast<size_t>(layer * kSites + site_of(slot))];
-      h.resize(static_cast<size_t>(cols * cols), 0.0);
-      for (int64_t t = 0; t < rows; ++t) {
-        const float* xr = x + t * cols;
-        for (int64_t i = 0; i < cols; ++i)
-          for (int64_t j = i; j < cols; ++j) h[static_cast<size_t>(i * cols + j)] += static_cast<double>(xr[i]) * xr[j];
-      }
-    };
-    if (gptq && !opt_.gptq_windows.empty()) {  // Σ xᵀx on GPTQ's own windows
+    // For GPTQ, Σ xᵀx at every input site of the fp32 model; then the reference logits on the scored rows.
+    if (opt_.method == Method::kGptq) {
       for (const std::vector<int>& win : opt_.gptq_windows) {
         const int64_t n = static_cast<int64_t>(win.size());
         if (n < 1 || n > c.seq_len) return InvalidArgument(fmt::format("refine: a GPTQ window has {} tokens; windows hold 1..{}", n, c.seq_len));
-        std::vector<float> x(static_cast<size_t>(n * c.dim));  // (n, dim)
-        LOWBIT_RETURN_IF_ERROR(embed_tokens(ref_, win, x.data()));
-        for (int l = 0; l < L_; ++l) LOWBIT_RETURN_IF_ERROR(run_block(ref_, l, x.data(), n, hook));
       }
+      LOWBIT_RETURN_IF_ERROR(collect_hessians(ref_));
     }
-    const bool hook_here = gptq && opt_.gptq_windows.empty();
     const size_t nw = opt_.windows.size();
     ref_logits_.resize(nw);
     ref_lz_.resize(nw);
@@ -650,7 +636,7 @@ class MixEvaluator {
       const int64_t n = static_cast<int64_t>(opt_.windows[w].size());
       std::vector<float> x(static_cast<size_t>(n * c.dim));  // (n, dim)
       LOWBIT_RETURN_IF_ERROR(embed_tokens(ref_, opt_.windows[w], x.data()));
-      for (int l = 0; l < L_; ++l) LOWBIT_RETURN_IF_ERROR(run_block(ref_, l, x.data(), n, hook_here ? hook : LinearInputHook{}));
+      for (int l = 0; l < L_; ++l) LOWBIT_RETURN_IF_ERROR(run_block(ref_, l, x.data(), n));
       const int64_t f = n / 2, m = n - 1 - f;
       if (m == 0) continue;
       LOWBIT_RETURN_IF_ERROR(run_head(ref_, x.data() + f * c.dim, m, &logits));
@@ -661,12 +647,17 @@ class MixEvaluator {
       scored_prefix_[w + 1] = scored_;
     }
     if (scored_ == 0) return InvalidArgument("refine: the windows leave no token to score");
-    for (std::vector<double>& h : hess_) {
-      const int64_t n = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(h.size()))));
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j < i; ++j) h[static_cast<size_t>(i * n + j)] = h[static_cast<size_t>(j * n + i)];
-    }
     cache_.assign(s_.units.size(), std::vector<std::vector<Linear>>(s_.candidates.size()));
+    return OkStatus();
+  }
+
+  // GPTQ's surrogate re-fitted to the inputs `net` feeds its linears (the pipeline's model of the
+  // current mix, whose blocks see the quantized blocks before them): the Hessians re-collected, every
+  // (unit, candidate) quantized again on first use. The surrogate's residuals need a full forward next.
+  Status refit(const LlamaModel& net) {
+    LOWBIT_RETURN_IF_ERROR(collect_hessians(net));
+    for (std::vector<std::vector<Linear>>& unit : cache_)
+      for (std::vector<Linear>& lin : unit) lin.clear();
     return OkStatus();
   }
 
@@ -705,7 +696,45 @@ class MixEvaluator {
 
   // Mean KL of the current model over the first `nwin` windows (all when 0), from block `start`
   // (the residuals entering it are those of the last full forward with keep = true).
-  Result<double> measure(int start, bool keep, size_t nwin = 0) {
+  Result<double> measure(int start, bool keep, size_t nwin = 0) { return measure_net(work_, start, keep, nwin); }
+
+  // Mean KL of another model of the same shape (the pipeline's quantization of a mix) over all windows.
+  Result<double> measure_model(const LlamaModel& net) { return measure_net(net, 0, /*keep=*/false, 0); }
+
+  int start_block(size_t i) const { return start_[i]; }
+  int64_t evaluations() const { return evaluations_; }
+
+ private:
+  // Σ xᵀx at every input site (wq's for q/k/v, wo's, w1's for gate/up, w2's) of `net` over GPTQ's
+  // windows (`windows` when it has none).
+  Status collect_hessians(const LlamaModel& net) {
+    const LlamaConfig& c = model_.config;
+    hess_.assign(static_cast<size_t>(L_ * kSites), {});
+    const LinearInputHook hook = [&](int layer, LinearSlot slot, const float* x, int64_t rows, int64_t cols) {
+      if (slot == LinearSlot::kWk || slot == LinearSlot::kWv || slot == LinearSlot::kW3) return;
+      std::vector<double>& h = hess_[static_cast<size_t>(layer * kSites + site_of(slot))];
+      h.resize(static_cast<size_t>(cols * cols), 0.0);
+      for (int64_t t = 0; t < rows; ++t) {
+        const float* xr = x + t * cols;
+        for (int64_t i = 0; i < cols; ++i)
+          for (int64_t j = i; j < cols; ++j) h[static_cast<size_t>(i * cols + j)] += static_cast<double>(xr[i]) * xr[j];
+      }
+    };
+    for (const std::vector<int>& win : opt_.gptq_windows.empty() ? opt_.windows : opt_.gptq_windows) {
+      const int64_t n = static_cast<int64_t>(win.size());
+      std::vector<float> x(static_cast<size_t>(n * c.dim));  // (n, dim)
+      LOWBIT_RETURN_IF_ERROR(embed_tokens(net, win, x.data()));
+      for (int l = 0; l < L_; ++l) LOWBIT_RETURN_IF_ERROR(run_block(net, l, x.data(), n, hook));
+    }
+    for (std::vector<double>& h : hess_) {  // the upper triangle mirrored
+      const int64_t n = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(h.size()))));
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < i; ++j) h[static_cast<size_t>(i * n + j)] = h[static_cast<size_t>(j * n + i)];
+    }
+    return OkStatus();
+  }
+
+  Result<double> measure_net(const LlamaModel& net, int start, bool keep, size_t nwin) {
     const LlamaConfig& c = model_.config;
     if (nwin == 0 || nwin > opt_.windows.size()) nwin = opt_.windows.size();
     double kld = 0;
@@ -715,17 +744,17 @@ class MixEvaluator {
       std::vector<float> x;
       if (start == 0) {
         x.resize(static_cast<size_t>(n * c.dim));  // (n, dim)
-        LOWBIT_RETURN_IF_ERROR(embed_tokens(work_, opt_.windows[w], x.data()));
+        LOWBIT_RETURN_IF_ERROR(embed_tokens(net, opt_.windows[w], x.data()));
       } else {
         x = resid_[w][static_cast<size_t>(start)];
       }
       for (int l = start; l < L_; ++l) {
         if (keep) resid_[w][static_cast<size_t>(l)] = x;
-        LOWBIT_RETURN_IF_ERROR(run_block(work_, l, x.data(), n));
+        LOWBIT_RETURN_IF_ERROR(run_block(net, l, x.data(), n));
       }
       const int64_t f = n / 2, m = n - 1 - f;
       if (m == 0) continue;
-      LOWBIT_RETURN_IF_ERROR(run_head(work_, x.data() + f * c.dim, m, &logits));
+      LOWBIT_RETURN_IF_ERROR(run_head(net, x.data() + f * c.dim, m, &logits));
       kld += kl_sum(logits.data(), ref_logits_[w].data(), ref_lz_[w].data(), m, V_);
     }
     ++evaluations_;
@@ -733,10 +762,6 @@ class MixEvaluator {
     return scored_prefix_[nwin] > 0 ? kld / static_cast<double>(scored_prefix_[nwin]) : 0.0;
   }
 
-  int start_block(size_t i) const { return start_[i]; }
-  int64_t evaluations() const { return evaluations_; }
-
- private:
   ConstTensorView model_weights(int l, LinearSlot slot) const { return ref_.weights().layers[static_cast<size_t>(l)].*linear_weight_member(slot); }
 
   const Model& model_;
@@ -801,9 +826,34 @@ Result<RefineReport> refine_mix(const Model& model, const SensitivityReport& s, 
   MixEvaluator ev(model, s, opt);
   LOWBIT_RETURN_IF_ERROR(ev.init(plan));
 
+  // With `exact`, a mix's KLD is measured on the pipeline's quantization of the whole mix (kept in
+  // *out when given); otherwise on the surrogate (each unit's linears swapped in).
+  auto measure_exact = [&](const std::vector<int>& choice, std::unique_ptr<LlamaModel>* out) -> Result<double> {
+    MixedChoice mc;
+    mc.choice = choice;
+    LOWBIT_ASSIGN_OR_RETURN(QuantPlan p, make_mixed_plan(c, s, mc, opt.activations));
+    auto q = std::make_unique<LlamaModel>(model);
+    PipelineOptions po{.method = opt.method, .plan = std::move(p), .calib = opt.gptq_windows.empty() ? opt.windows : opt.gptq_windows};
+    po.gptq = opt.gptq;
+    LOWBIT_RETURN_IF_ERROR(quantize_model(*q, po).status());
+    LOWBIT_ASSIGN_OR_RETURN(double k, ev.measure_model(*q));
+    if (out != nullptr) *out = std::move(q);
+    return k;
+  };
+  // With exact GPTQ, the surrogate that ranks proposals is re-fitted to the inputs of the pipeline's
+  // model of the current mix (`refit`) each time the mix changes.
+  const bool refit = opt.exact && opt.method == Method::kGptq;
+  std::unique_ptr<LlamaModel> exact_cur, exact_best;
+
   std::vector<int> cur = start.choice;
+  double kld = 0;
+  if (opt.exact) {
+    LOWBIT_ASSIGN_OR_RETURN(kld, measure_exact(cur, refit ? &exact_cur : nullptr));
+    if (refit) LOWBIT_RETURN_IF_ERROR(ev.refit(*exact_cur));
+  }
   LOWBIT_RETURN_IF_ERROR(ev.set_all(cur));
-  LOWBIT_ASSIGN_OR_RETURN(double kld, ev.measure(0, /*keep=*/true));
+  LOWBIT_ASSIGN_OR_RETURN(double surrogate, ev.measure(0, /*keep=*/true));  // the residuals the screening starts from
+  if (!opt.exact) kld = surrogate;
   RefineReport rep;
   rep.kld_before = kld;
   for (int round = 0; round < opt.rounds; ++round) {
@@ -812,7 +862,7 @@ Result<RefineReport> refine_mix(const Model& model, const SensitivityReport& s, 
     const int64_t ev0 = ev.evaluations();
     // 1. Each unit moved alone against the current mix (its residual entering the unit's first block is
     //    kept), on the first `screen_windows` windows.
-    double kld_screen = kld;
+    double kld_screen = surrogate;
     if (screen < opt.windows.size()) {
       LOWBIT_ASSIGN_OR_RETURN(kld_screen, ev.measure(0, /*keep=*/false, screen));
     }
@@ -872,8 +922,15 @@ Result<RefineReport> refine_mix(const Model& model, const SensitivityReport& s, 
     for (const Move& m : moves) {
       std::vector<int> next = cur;
       for (const auto& [i, k] : m.changes) next[i] = k;
-      LOWBIT_RETURN_IF_ERROR(ev.set_all(next));
-      LOWBIT_ASSIGN_OR_RETURN(double kk, ev.measure(0, /*keep=*/false));
+      double kk = 0;
+      if (opt.exact) {
+        std::unique_ptr<LlamaModel> q;
+        LOWBIT_ASSIGN_OR_RETURN(kk, measure_exact(next, refit ? &q : nullptr));
+        if (kk < best) exact_best = std::move(q);
+      } else {
+        LOWBIT_RETURN_IF_ERROR(ev.set_all(next));
+        LOWBIT_ASSIGN_OR_RETURN(kk, ev.measure(0, /*keep=*/false));
+      }
       if (kk < best) best = kk, chosen = &m;
     }
     if (chosen != nullptr) {
@@ -883,9 +940,14 @@ Result<RefineReport> refine_mix(const Model& model, const SensitivityReport& s, 
     } else {
       rr.move = "none";
     }
+    if (chosen != nullptr && refit) {
+      exact_cur = std::move(exact_best);
+      LOWBIT_RETURN_IF_ERROR(ev.refit(*exact_cur));
+    }
     LOWBIT_RETURN_IF_ERROR(ev.set_all(cur));
     if (chosen != nullptr) {  // the kept mix's residuals, for the next round
-      LOWBIT_ASSIGN_OR_RETURN(kld, ev.measure(0, /*keep=*/true));
+      LOWBIT_ASSIGN_OR_RETURN(surrogate, ev.measure(0, /*keep=*/true));
+      kld = opt.exact ? best : surrogate;
     }
     rr.kld_after = kld;
     rr.evaluations = ev.evaluations() - ev0;

@@ -474,6 +474,57 @@ TEST_F(MixedTiny, RefineKeepsBudgetNeverWorsensAndMatchesThePipeline) {
   EXPECT_NEAR(r.kld_after, pipeline_kld(r.choice), 1e-12 + 1e-9 * r.kld_after);
 }
 
+// exact: every figure is the pipeline's model of the mix. For RTN that is the surrogate's model, so
+// the search is the same one; for GPTQ (sequential, fitted on its own windows) each round's figure
+// is the KLD of the model `quantize` makes of that mix, which the surrogate's is not.
+TEST_F(MixedTiny, RefineExactMeasuresThePipelinesModel) {
+  LlamaModel net(model);
+  const std::vector<Candidate> three = parse_candidates("fp32,w3a16-g64,int4:g32:sym:fp16", "c").value();
+  const std::vector<std::vector<int>> windows = random_windows(2, 16, 80, 31);
+  const std::vector<std::vector<int>> gwin = random_windows(2, 32, 80, 41);
+  {
+    const SensitivityReport s = measure_sensitivity(net, {.candidates = three, .windows = calib}).value();
+    const MixedChoice start = choose_mix(s, 3.4).value();
+    const RefineReport sur = refine_mix(model, s, start, {.rounds = 2, .windows = windows, .trials = 4}).value();
+    const RefineReport ex = refine_mix(model, s, start, {.rounds = 2, .windows = windows, .trials = 4, .exact = true}).value();
+    EXPECT_EQ(ex.choice.choice, sur.choice.choice);
+    EXPECT_NEAR(ex.kld_before, sur.kld_before, 1e-12 + 1e-9 * sur.kld_before);
+    EXPECT_NEAR(ex.kld_after, sur.kld_after, 1e-12 + 1e-9 * sur.kld_after);
+    EXPECT_GT(ex.evaluations, sur.evaluations);  // the start and each proposal once more, through the pipeline
+  }
+  const SensitivityReport s = measure_sensitivity(net, {.candidates = three, .windows = calib, .method = Method::kGptq}).value();
+  auto pipeline_kld = [&](const std::vector<int>& choice) {
+    MixedChoice m;
+    m.choice = choice;
+    LlamaModel q(model);
+    PipelineOptions po{.method = Method::kGptq, .plan = make_mixed_plan(model.config, s, m, std::nullopt).value(), .calib = gwin};
+    EXPECT_TRUE(quantize_model(q, po).ok());
+    return mix_kld_on_windows(q, net, windows).value();
+  };
+  for (double bpw : {3.4, 4.0}) {
+    const MixedChoice start = choose_mix(s, bpw).value();
+    const RefineOptions o{.rounds = 2, .windows = windows, .method = Method::kGptq, .gptq_windows = gwin, .trials = 4};
+    RefineOptions oe = o;
+    oe.exact = true;
+    const RefineReport sur = refine_mix(model, s, start, o).value();
+    const RefineReport ex = refine_mix(model, s, start, oe).value();
+    const double start_kld = pipeline_kld(start.choice);
+    EXPECT_NEAR(ex.kld_before, start_kld, 1e-12 + 1e-9 * start_kld) << bpw;
+    EXPECT_NE(sur.kld_before, ex.kld_before) << bpw;  // the surrogate's model is not the pipeline's
+    EXPECT_NEAR(ex.kld_after, pipeline_kld(ex.choice.choice), 1e-12 + 1e-9 * ex.kld_after) << bpw;
+    EXPECT_LE(ex.kld_after, ex.kld_before) << bpw;
+    EXPECT_LE(ex.choice.bits_per_weight, bpw) << bpw;
+    for (size_t k = 0; k < ex.rounds.size(); ++k) {
+      if (ex.rounds[k].changed_units > 0) {
+        EXPECT_LT(ex.rounds[k].kld_after, ex.rounds[k].kld_before);
+      }
+      if (k > 0) {
+        EXPECT_EQ(ex.rounds[k].kld_before, ex.rounds[k - 1].kld_after);
+      }
+    }
+  }
+}
+
 TEST_F(MixedTiny, RefineWithGptqAndErrors) {
   LlamaModel net(model);
   const std::vector<Candidate> three = parse_candidates("fp32,w3a16-g64,int4:g32:sym:fp16", "c").value();

@@ -75,6 +75,23 @@ with tempfile.TemporaryDirectory() as tmp:
     # RTN: what the refinement measured is what the quantized model measures on the same windows.
     check(abs(r["measured_calib_kld"] - rf["calib_kld_after"]) <= 1e-9 * max(1.0, rf["calib_kld_after"]),
           f"measured_calib_kld {r['measured_calib_kld']} vs refine {rf['calib_kld_after']}")
+    # --refine-exact with GPTQ: the start and each proposal measured on the sequential pipeline's model of the mix.
+    exact = os.path.join(tmp, "x.json")
+    p = run("quantize", "--model", MODEL, "--target-bpw", "5", "--sensitivity", sens, "--method", "gptq", "--calib", TEXT,
+            "--calib-tokens", "1024", "--ctx", "128", "--sens-windows", "2", "--refine", "1", "--refine-trials", "2", "--refine-exact",
+            "--eval", TEXT, "--eval-windows", "2",
+            "--json", exact, env={"LOWBIT_THREADS": "1", "OMP_WAIT_POLICY": "passive"})
+    check(p.returncode == 0, f"--refine-exact failed: {p.stderr}")
+    check("(exact: the pipeline's model of each mix)" in p.stdout, f"refine-exact summary line: {p.stdout[-600:]!r}")
+    with open(exact) as f:
+        x = json.load(f)
+    check(x.get("refine", {}).get("exact") is True and x["refine"]["method"] == "gptq", f"refine JSON: {x.get('refine')}")
+    check(x["refine"]["calib_kld_after"] <= x["refine"]["calib_kld_before"], f"exact refinement measures worse: {x['refine']}")
+    check(x["bits_per_weight"] <= 5.0, f"exact refinement over budget: {x['bits_per_weight']}")
+    bad_input(["quantize", "--model", MODEL, "--scheme", "w4a16-g128", "--refine-exact", "--dry-run"], "--target-bpw",
+              "--refine-exact without --target-bpw")
+    bad_input(["quantize", "--model", MODEL, "--target-bpw", "5", "--sensitivity", sens, "--calib", TEXT, "--method", "gptq",
+               "--refine", "1", "--refine-exact", "--no-sequential", "--dry-run"], "--no-sequential", "--refine-exact with --no-sequential")
     bad_input(["quantize", "--model", MODEL, "--scheme", "w4a16-g128", "--refine", "2", "--dry-run"], "--target-bpw",
               "--refine without --target-bpw")
     bad_input(["quantize", "--model", MODEL, "--target-bpw", "5", "--sensitivity", sens, "--refine", "2", "--dry-run"], "--calib",

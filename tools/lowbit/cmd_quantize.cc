@@ -35,7 +35,7 @@ struct QuantizeArgs {
       policy_high = "int8:row:sym:fp32", plan_out;
   int calib_tokens = 8192, ctx = 256, eval_windows = 100, eval_ctx = 128, sens_windows = 8, refine = 0, refine_trials = 8, refine_screen = 0;
   double target_bpw = 0;
-  bool dry_run = false, no_sequential = false, act_order = false, static_groups = false, stream = false, resume = false;
+  bool dry_run = false, no_sequential = false, refine_exact = false, act_order = false, static_groups = false, stream = false, resume = false;
   double damp = 0.01, alpha = 0.5;
   float threshold = 6.0f;
 };
@@ -101,7 +101,7 @@ MixedPlan choose_mixed_plan(const QuantizeArgs& a, const Model& model, const std
     if (windows.empty()) fail(kExitUsage, "quantize --refine: measures the mix on --calib FILE; give --calib");
     // Mixes are measured with GPTQ when that is the method (as the sensitivities are), else RTN.
     RefineOptions ro{.rounds = a.refine, .windows = windows, .method = a.method == "gptq" ? Method::kGptq : Method::kRtn,
-                     .activations = acts, .trials = a.refine_trials, .screen_windows = a.refine_screen};
+                     .activations = acts, .trials = a.refine_trials, .screen_windows = a.refine_screen, .exact = a.refine_exact};
     ro.gptq.damp = a.damp;
     ro.gptq.act_order = a.act_order;
     ro.gptq.static_groups = a.static_groups;
@@ -236,9 +236,10 @@ void run_quantize(const QuantizeArgs& a) {
   const int given = !a.scheme.empty() + !a.weights.empty() + mixed;
   if (given != 1) fail(kExitUsage, "quantize: give exactly one of --scheme, --weights and --target-bpw");
   if (mixed && !a.plan.empty()) fail(kExitUsage, "quantize: --target-bpw chooses the plan; --plan cannot be combined with it");
-  if ((a.refine != 0 || a.refine_trials != 8 || a.refine_screen != 0) && !mixed) {
-    fail(kExitUsage, "quantize: --refine, --refine-trials and --refine-screen refine --target-bpw's choice; give --target-bpw");
+  if ((a.refine != 0 || a.refine_trials != 8 || a.refine_screen != 0 || a.refine_exact) && !mixed) {
+    fail(kExitUsage, "quantize: --refine, --refine-trials, --refine-screen and --refine-exact refine --target-bpw's choice; give --target-bpw");
   }
+  if (a.refine_exact && a.no_sequential) fail(kExitUsage, "quantize --refine-exact: measures the sequential pipeline's model; not with --no-sequential");
   check_range("quantize --refine", a.refine, 0, 1000);
   check_range("quantize --refine-trials", a.refine_trials, 0, 100000);
   check_range("quantize --refine-screen", a.refine_screen, 0, std::numeric_limits<int>::max());
@@ -338,9 +339,9 @@ void run_quantize(const QuantizeArgs& a) {
                m.predicted_kld, m.predicted_dppl);
     if (mix->refine) {
       const RefineReport& r = *mix->refine;
-      fmt::print("refine: {} round(s), {} forwards in {:.2f} s; measured KLD on {} calibration windows{} {:.6f} -> {:.6f} "
+      fmt::print("refine: {} round(s), {} forwards in {:.2f} s; measured KLD{} on {} calibration windows{} {:.6f} -> {:.6f} "
                  "({} of {} units changed; knapsack's plan {:.3f} bpw, predicted {:.6f})\n",
-                 r.rounds.size(), r.evaluations, r.seconds, mix->windows.size(),
+                 r.rounds.size(), r.evaluations, r.seconds, a.refine_exact ? " (exact: the pipeline's model of each mix)" : "", mix->windows.size(),
                  mix->refine_offset > 0 ? fmt::format(" (after GPTQ's {} calibration tokens)", mix->refine_offset) : "", r.kld_before, r.kld_after,
                  [&] { int n = 0; for (size_t i = 0; i < m.choice.size(); ++i) n += m.choice[i] != mix->knapsack.choice[i]; return n; }(),
                  m.choice.size(), mix->knapsack.bits_per_weight, mix->knapsack.predicted_kld);
@@ -442,7 +443,7 @@ void run_quantize(const QuantizeArgs& a) {
       }
       int changed = 0;
       for (size_t i = 0; i < mix->choice.choice.size(); ++i) changed += mix->choice.choice[i] != mix->knapsack.choice[i];
-      j["refine"] = {{"rounds_max", a.refine}, {"trials", a.refine_trials}, {"screen_windows", a.refine_screen}, {"windows_offset_tokens", mix->refine_offset}, {"method", a.method == "gptq" ? "gptq" : "rtn"},
+      j["refine"] = {{"rounds_max", a.refine}, {"trials", a.refine_trials}, {"screen_windows", a.refine_screen}, {"windows_offset_tokens", mix->refine_offset}, {"method", a.method == "gptq" ? "gptq" : "rtn"}, {"exact", a.refine_exact},
                      {"calib_kld_before", r.kld_before}, {"calib_kld_after", r.kld_after}, {"evaluations", r.evaluations},
                      {"seconds", r.seconds}, {"units_changed", changed}, {"rounds", rounds},
                      {"knapsack_bits_per_weight", mix->knapsack.bits_per_weight},
@@ -537,6 +538,7 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--sens-windows", a->sens_windows, "--target-bpw: calibration windows of 128 tokens to measure on")->default_val(8);
   cmd->add_option("--refine", a->refine, "--target-bpw: rounds of interaction-aware refinement (the mix measured on --calib, kept only if its KLD falls; 0: off)")->default_val(0);
   cmd->add_option("--refine-trials", a->refine_trials, "--refine: single/pair moves measured per round beside the re-solved knapsack")->default_val(8);
+  cmd->add_flag("--refine-exact", a->refine_exact, "--refine: measure the start and each proposal on the model the pipeline makes of the whole mix (GPTQ: sequential, as the output is made) instead of the per-unit surrogate");
   cmd->add_option("--refine-screen", a->refine_screen, "--refine: contextual sensitivities on the first N calibration windows (0: all); moves are accepted on all")->default_val(0);
   cmd->add_option("--policy", a->policy, "deepseek: norms fp32, embedding and first/last two blocks at --policy-high, the rest at --scheme");
   cmd->add_option("--policy-high", a->policy_high, "--policy deepseek: the high-precision spec")->default_val("int8:row:sym:fp32");
