@@ -19,13 +19,13 @@
 
 namespace lowbit {
 
-// Bytes that n elements of f occupy in storage (4-bit formats: ceil(n / 2); 3-bit: ceil(3n / 8)).
+// Bytes that n elements of f occupy in storage (4-bit formats: ceil(n / 2); 3/5/6-bit: ceil(bits·n / 8)).
 constexpr size_t packed_bytes(Format f, size_t n) { return (n * static_cast<size_t>(traits(f).bits) + 7) / 8; }
 
 // Code of element i of a packed row of f, and the inverse (a read-modify-write that keeps
 // the neighbouring codes of sub-byte formats). Layouts: 32/16/8-bit codes little-endian;
-// 4-bit two per byte, element 2i in the low nibble; 3-bit a little-endian bit stream,
-// element i in bits 3i..3i+2 (a code may straddle two bytes).
+// 4-bit two per byte, element 2i in the low nibble; 3/5/6-bit a little-endian bit stream,
+// element i in bits b·i..b·i+b-1 (a code may straddle two bytes).
 inline uint32_t load_code(Format f, const uint8_t* row, size_t i) {
   switch (const int b = traits(f).bits) {
     case 8: return row[i];

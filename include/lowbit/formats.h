@@ -19,8 +19,9 @@ namespace lowbit {
 
 enum class Format : uint8_t {
   kFp32, kFp16, kBf16, kE4m3, kE5m2, kE8m0, kE2m1, kInt8, kUint8, kInt4, kUint4, kNf4, kInt3, kUint3,
+  kInt5, kUint5, kInt6, kUint6,
 };
-inline constexpr int kNumFormats = 14;
+inline constexpr int kNumFormats = 18;
 
 enum class FormatKind : uint8_t {
   kFloat,    // sign / exponent / mantissa fields (IEEE-like or OCP)
@@ -38,7 +39,7 @@ enum class NanStyle : uint8_t {
 struct FormatTraits {
   Format format;
   std::string_view name;
-  int bits;             // storage bits per element (4-bit: two per byte; 3-bit: a little-endian bit stream)
+  int bits;             // storage bits per element (4-bit: two per byte; 3/5/6-bit: a little-endian bit stream)
   FormatKind kind;
   bool is_signed;
   int exp_bits;         // 0 for integers and lookups
@@ -97,6 +98,14 @@ inline constexpr std::array<FormatTraits, kNumFormats> kFormatTraits = {{
    "none", "two's complement, 3 bits, packed as a little-endian bit stream (element i in bits 3i..3i+2)"},
   {Format::kUint3, "uint3", 3, FormatKind::kInteger, false, 0, 3, 0,   false, false, NanStyle::kNone,         false, 7.0,                     0.0,                      1.0,                     1.0,                     0x7u,        0x0u,
    "none", "unsigned binary, 3 bits, packed as a little-endian bit stream (element i in bits 3i..3i+2)"},
+  {Format::kInt5, "int5",  5,  FormatKind::kInteger, true, 0, 4,  0,   false, false, NanStyle::kNone,         false, 15.0,                    -16.0,                    1.0,                     1.0,                     0xFu,        0x0u,
+   "none", "two's complement, 5 bits, packed as a little-endian bit stream (element i in bits 5i..5i+4)"},
+  {Format::kUint5, "uint5", 5, FormatKind::kInteger, false, 0, 5, 0,   false, false, NanStyle::kNone,         false, 31.0,                    0.0,                      1.0,                     1.0,                     0x1Fu,       0x0u,
+   "none", "unsigned binary, 5 bits, packed as a little-endian bit stream (element i in bits 5i..5i+4)"},
+  {Format::kInt6, "int6",  6,  FormatKind::kInteger, true, 0, 5,  0,   false, false, NanStyle::kNone,         false, 31.0,                    -32.0,                    1.0,                     1.0,                     0x1Fu,       0x0u,
+   "none", "two's complement, 6 bits, packed as a little-endian bit stream (element i in bits 6i..6i+5)"},
+  {Format::kUint6, "uint6", 6, FormatKind::kInteger, false, 0, 6, 0,   false, false, NanStyle::kNone,         false, 63.0,                    0.0,                      1.0,                     1.0,                     0x3Fu,       0x0u,
+   "none", "unsigned binary, 6 bits, packed as a little-endian bit stream (element i in bits 6i..6i+5)"},
 }};
 // clang-format on
 

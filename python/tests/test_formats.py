@@ -130,11 +130,16 @@ def test_nf4_int3_uint3_against_numpy():
     want = np.argmin(np.abs(np.clip(x, -1, 1)[:, None].astype(np.float64) - levels[None, :]), axis=1)
     # Ties between two levels are measure-zero for random input; the nearest level wins.
     np.testing.assert_array_equal(lowbit.encode(x, "nf4"), want)
-    for name, lo, hi in (("int3", -4, 3), ("uint3", 0, 7)):
-        want = np.clip(np.rint(x * 3), lo, hi).astype(np.int64) & 7
+    for name, lo, hi, bits in (("int3", -4, 3, 3), ("uint3", 0, 7, 3), ("int5", -16, 15, 5), ("uint5", 0, 31, 5),
+                               ("int6", -32, 31, 6), ("uint6", 0, 63, 6)):
+        want = np.clip(np.rint(x * 3), lo, hi).astype(np.int64) & ((1 << bits) - 1)
         np.testing.assert_array_equal(lowbit.encode(x * 3, name), want)
         np.testing.assert_array_equal(lowbit.decode(want.astype(np.uint8), name),
-                                      np.where(want > 3, want - 8, want) if name == "int3" else want)
+                                      np.where(want > hi, want - (1 << bits), want) if lo < 0 else want)
+        packed = lowbit.encode(x * 3, name, packed=True)  # a little-endian bit stream
+        assert packed.size == lowbit.packed_bytes(name, x.size) == (bits * x.size + 7) // 8
+        bitstream = np.unpackbits(packed, bitorder="little")[: bits * x.size].reshape(-1, bits)
+        np.testing.assert_array_equal(bitstream @ (1 << np.arange(bits)), want)
 
 
 def test_packed_layout_and_saturation():
@@ -163,7 +168,7 @@ def test_stochastic_rounding_is_seeded():
 def test_traits_table_as_data():
     fmts = lowbit.formats()
     assert list(fmts) == ["fp32", "fp16", "bf16", "e4m3", "e5m2", "e8m0", "e2m1", "int8", "uint8", "int4", "uint4",
-                          "nf4", "int3", "uint3"]
+                          "nf4", "int3", "uint3", "int5", "uint5", "int6", "uint6"]
     for name, ref in (("e4m3", ml_dtypes.float8_e4m3fn), ("e5m2", ml_dtypes.float8_e5m2), ("bf16", ml_dtypes.bfloat16),
                       ("fp16", np.float16), ("e2m1", ml_dtypes.float4_e2m1fn)):
         fi = ml_dtypes.finfo(ref)

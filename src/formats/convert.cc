@@ -171,6 +171,8 @@ void encode_span(Format f, std::span<const float> in, std::span<uint8_t> out, co
       }
       return;
     case 3:
+    case 5:
+    case 6:
       std::fill(out.begin(), out.end(), uint8_t{0});
       for (size_t i = 0; i < n; ++i) store_code(f, out.data(), i, encode(f, in[i], opt, first_index + i));
       return;
@@ -204,6 +206,8 @@ void decode_span(Format f, std::span<const uint8_t> in, std::span<float> out) {
       for (size_t i = 0; i < n; ++i) out[i] = decode(f, (in[i / 2] >> (4 * (i & 1))) & 0xFu);
       return;
     case 3:
+    case 5:
+    case 6:
       for (size_t i = 0; i < n; ++i) out[i] = decode(f, load_code(f, in.data(), i));
       return;
   }

@@ -18,12 +18,13 @@ namespace {
 constexpr Format kAllFormats[] = {Format::kFp32, Format::kFp16, Format::kBf16,  Format::kE4m3,
                                   Format::kE5m2, Format::kE8m0, Format::kE2m1,  Format::kInt8,
                                   Format::kUint8, Format::kInt4, Format::kUint4, Format::kNf4,
-                                  Format::kInt3,  Format::kUint3};
+                                  Format::kInt3,  Format::kUint3, Format::kInt5, Format::kUint5, Format::kInt6, Format::kUint6};
 
 // Formats whose code space is small enough to enumerate (<= 16 bits).
 constexpr Format kSmallFormats[] = {Format::kFp16, Format::kBf16, Format::kE4m3, Format::kE5m2,
                                     Format::kE8m0, Format::kE2m1, Format::kInt8, Format::kUint8,
-                                    Format::kInt4, Format::kUint4, Format::kNf4, Format::kInt3, Format::kUint3};
+                                    Format::kInt4, Format::kUint4, Format::kNf4, Format::kInt3, Format::kUint3,
+                                    Format::kInt5, Format::kUint5, Format::kInt6, Format::kUint6};
 
 // Per-format layout, written from the spec, not read from traits().
 struct Layout {
@@ -68,6 +69,16 @@ double spec_value(Format f, uint32_t code) {
       return v >= 4 ? v - 8 : v;
     }
     case Format::kUint3: return code & 0x7;
+    case Format::kInt5: {
+      const int v = code & 0x1F;
+      return v >= 16 ? v - 32 : v;
+    }
+    case Format::kUint5: return code & 0x1F;
+    case Format::kInt6: {
+      const int v = code & 0x3F;
+      return v >= 32 ? v - 64 : v;
+    }
+    case Format::kUint6: return code & 0x3F;
     default: break;
   }
   const Layout L = layout_of(f);
@@ -283,8 +294,10 @@ TEST(DecodeFp32, RandomBitPatternsRoundTrip) {
 // Names, bit widths and code counts: the table the rest of this file walks.
 TEST(FormatTable, NamesAndWidths) {
   const char* names[] = {"fp32", "fp16", "bf16", "e4m3", "e5m2", "e8m0",
-                         "e2m1", "int8", "uint8", "int4", "uint4", "nf4", "int3", "uint3"};
-  const int bits[] = {32, 16, 16, 8, 8, 8, 4, 8, 8, 4, 4, 4, 3, 3};
+                         "e2m1", "int8", "uint8", "int4", "uint4", "nf4", "int3", "uint3",
+                         "int5", "uint5", "int6", "uint6"};
+  const int bits[] = {32, 16, 16, 8, 8, 8, 4, 8, 8, 4, 4, 4, 3, 3, 5, 5, 6, 6};
+  static_assert(std::size(names) == kNumFormats && std::size(bits) == kNumFormats);
   for (int i = 0; i < kNumFormats; ++i) {
     const Format f = kAllFormats[i];
     EXPECT_EQ(format_name(f), names[i]);

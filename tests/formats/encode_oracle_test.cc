@@ -55,6 +55,8 @@ int bits_of(Format f) {
     case Format::kFp16: case Format::kBf16: return 16;
     case Format::kE2m1: case Format::kInt4: case Format::kUint4: case Format::kNf4: return 4;
     case Format::kInt3: case Format::kUint3: return 3;
+    case Format::kInt5: case Format::kUint5: return 5;
+    case Format::kInt6: case Format::kUint6: return 6;
     default: return 8;
   }
 }
@@ -68,6 +70,10 @@ double spec_value(Format f, uint32_t code) {
     case Format::kUint4: return code & 0xF;
     case Format::kInt3: return (code & 0x7) >= 4 ? static_cast<int>(code & 0x7) - 8 : static_cast<int>(code & 0x7);
     case Format::kUint3: return code & 0x7;
+    case Format::kInt5: return (code & 0x1F) >= 16 ? static_cast<int>(code & 0x1F) - 32 : static_cast<int>(code & 0x1F);
+    case Format::kUint5: return code & 0x1F;
+    case Format::kInt6: return (code & 0x3F) >= 32 ? static_cast<int>(code & 0x3F) - 64 : static_cast<int>(code & 0x3F);
+    case Format::kUint6: return code & 0x3F;
     case Format::kNf4: return kNf4Levels[code & 0xF];
     default: break;
   }
@@ -289,7 +295,7 @@ INSTANTIATE_TEST_SUITE_P(AllButFp32, EncodeOracle,
                          ::testing::Values(Format::kFp16, Format::kBf16, Format::kE4m3, Format::kE5m2,
                                            Format::kE8m0, Format::kE2m1, Format::kInt8, Format::kUint8,
                                            Format::kInt4, Format::kUint4, Format::kNf4, Format::kInt3,
-                                           Format::kUint3),
+                                           Format::kUint3, Format::kInt5, Format::kUint5, Format::kInt6, Format::kUint6),
                          [](const auto& info) { return std::string(format_name(info.param)); });
 
 // The oracle itself, on the literal values the spec spells out.
@@ -410,6 +416,19 @@ TEST(EncodeLiterals, Integers) {
   EXPECT_EQ(encode(Format::kUint3, -1.0f), 0u);
   EXPECT_EQ(decode(Format::kInt3, 4u), -4.0f);
   EXPECT_EQ(decode(Format::kInt3, 3u), 3.0f);
+  EXPECT_EQ(encode(Format::kInt5, 14.5f), 14u);  // ties to even
+  EXPECT_EQ(encode(Format::kInt5, 15.5f), 15u);  // clamped to 15 first
+  EXPECT_EQ(encode(Format::kInt5, -15.5f), 0x10u);  // -16 (even) = 0b10000
+  EXPECT_EQ(encode(Format::kInt5, -100.0f), 0x10u);
+  EXPECT_EQ(encode(Format::kUint5, 30.5f), 30u);
+  EXPECT_EQ(encode(Format::kUint5, 40.0f), 31u);
+  EXPECT_EQ(encode(Format::kInt6, -31.5f), 0x20u);  // -32 = 0b100000
+  EXPECT_EQ(encode(Format::kInt6, 30.5f), 30u);
+  EXPECT_EQ(encode(Format::kUint6, 62.5f), 62u);
+  EXPECT_EQ(encode(Format::kUint6, 63.5f), 63u);
+  EXPECT_EQ(decode(Format::kInt5, 0x10u), -16.0f);
+  EXPECT_EQ(decode(Format::kInt6, 0x3Fu), -1.0f);
+  EXPECT_EQ(decode(Format::kUint6, 0x3Fu), 63.0f);
 }
 
 TEST(EncodeLiterals, Nf4) {

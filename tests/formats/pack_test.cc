@@ -54,19 +54,20 @@ TEST(Pack, ThreeBitStreamWorkedExamples) {
 
 // Every code in every slot of every length 1..17: encode_span / decode_span / load_code /
 // store_code agree with a bit-by-bit stream written here.
-TEST(Pack, ThreeBitRoundTripEveryLength) {
+TEST(Pack, BitStreamRoundTripEveryLength) {  // 3-, 5- and 6-bit codes
   uint32_t state = 12345;
-  for (Format f : {Format::kInt3, Format::kUint3}) {
+  for (Format f : {Format::kInt3, Format::kUint3, Format::kInt5, Format::kUint5, Format::kInt6, Format::kUint6}) {
+    const uint32_t b = static_cast<uint32_t>(traits(f).bits), mask = (1u << b) - 1u;
     for (size_t n = 1; n <= 17; ++n) {
       for (int trial = 0; trial < 8; ++trial) {
         std::vector<uint32_t> codes(n);
-        for (size_t i = 0; i < n; ++i) codes[i] = (state = state * 1103515245u + 12345u) >> 29;  // 0..7
-        if (trial == 0) std::fill(codes.begin(), codes.end(), 7u);  // all ones: catches spills into neighbours
+        for (size_t i = 0; i < n; ++i) codes[i] = ((state = state * 1103515245u + 12345u) >> 26) & mask;
+        if (trial == 0) std::fill(codes.begin(), codes.end(), mask);  // all ones: catches spills into neighbours
         std::vector<uint8_t> stream(packed_bytes(f, n), 0);
-        ASSERT_EQ(stream.size(), (3 * n + 7) / 8);
+        ASSERT_EQ(stream.size(), (b * n + 7) / 8);
         for (size_t i = 0; i < n; ++i)
-          for (size_t t = 0; t < 3; ++t)
-            if ((codes[i] >> t) & 1u) stream[(3 * i + t) / 8] |= static_cast<uint8_t>(1u << ((3 * i + t) % 8));
+          for (size_t t = 0; t < b; ++t)
+            if ((codes[i] >> t) & 1u) stream[(b * i + t) / 8] |= static_cast<uint8_t>(1u << ((b * i + t) % 8));
         std::vector<float> x(n);
         for (size_t i = 0; i < n; ++i) x[i] = decode(f, codes[i]);
         ASSERT_EQ(encode_bytes(f, x), stream) << format_name(f) << " n=" << n;
@@ -113,6 +114,11 @@ TEST(Pack, PackedBytes) {
   EXPECT_EQ(packed_bytes(Format::kUint3, 8), 3u);
   EXPECT_EQ(packed_bytes(Format::kUint3, 64), 24u);
   EXPECT_EQ(packed_bytes(Format::kInt3, 65), 25u);
+  EXPECT_EQ(packed_bytes(Format::kInt5, 1), 1u);
+  EXPECT_EQ(packed_bytes(Format::kInt5, 2), 2u);
+  EXPECT_EQ(packed_bytes(Format::kUint5, 8), 5u);
+  EXPECT_EQ(packed_bytes(Format::kInt6, 4), 3u);
+  EXPECT_EQ(packed_bytes(Format::kUint6, 65), 49u);
 }
 
 // Every byte decodes to (low nibble, high nibble).
@@ -220,7 +226,8 @@ TEST(ParseFormat, AcceptsAllNames) {
       {"fp32", Format::kFp32}, {"fp16", Format::kFp16}, {"bf16", Format::kBf16},   {"e4m3", Format::kE4m3},
       {"e5m2", Format::kE5m2}, {"e8m0", Format::kE8m0}, {"e2m1", Format::kE2m1},   {"int8", Format::kInt8},
       {"uint8", Format::kUint8}, {"int4", Format::kInt4}, {"uint4", Format::kUint4}, {"nf4", Format::kNf4},
-      {"int3", Format::kInt3}, {"uint3", Format::kUint3}};
+      {"int3", Format::kInt3}, {"uint3", Format::kUint3}, {"int5", Format::kInt5}, {"uint5", Format::kUint5},
+      {"int6", Format::kInt6}, {"uint6", Format::kUint6}};
   for (const auto& [name, f] : names) {
     Result<Format> r = parse_format(name);
     ASSERT_TRUE(r.ok()) << name << ": " << r.status().to_string();

@@ -45,6 +45,10 @@ double spec_value(Format f, uint32_t code) {
     case Format::kUint4: return code & 0xF;
     case Format::kInt3: return (code & 0x7) >= 4 ? static_cast<int>(code & 0x7) - 8 : static_cast<int>(code & 0x7);
     case Format::kUint3: return code & 0x7;
+    case Format::kInt5: return (code & 0x1F) >= 16 ? static_cast<int>(code & 0x1F) - 32 : static_cast<int>(code & 0x1F);
+    case Format::kUint5: return code & 0x1F;
+    case Format::kInt6: return (code & 0x3F) >= 32 ? static_cast<int>(code & 0x3F) - 64 : static_cast<int>(code & 0x3F);
+    case Format::kUint6: return code & 0x3F;
     case Format::kNf4: return kNf4Levels[code & 0xF];
     case Format::kE8m0: return code == 0xFF ? NAN : std::ldexp(1.0, static_cast<int>(code) - 127);
     case Format::kFp16: l = {16, 5, 10, 15, true, 0}; break;
@@ -182,7 +186,7 @@ TEST_P(StochasticAllPairs, UnbiasedBetweenEveryAdjacentPair) {
 INSTANTIATE_TEST_SUITE_P(EightAndFourBit, StochasticAllPairs,
                          ::testing::Values(Format::kE4m3, Format::kE5m2, Format::kE8m0, Format::kInt8,
                                            Format::kUint8, Format::kE2m1, Format::kInt4, Format::kUint4,
-                                           Format::kNf4, Format::kInt3, Format::kUint3),
+                                           Format::kNf4, Format::kInt3, Format::kUint3, Format::kInt5, Format::kUint5, Format::kInt6, Format::kUint6),
                          [](const auto& info) { return std::string(format_name(info.param)); });
 
 std::vector<Pair> sampled_16bit_pairs(Format f) {
@@ -294,6 +298,8 @@ int bits_of(Format f) {
     case Format::kFp16: case Format::kBf16: return 16;
     case Format::kE2m1: case Format::kInt4: case Format::kUint4: case Format::kNf4: return 4;
     case Format::kInt3: case Format::kUint3: return 3;
+    case Format::kInt5: case Format::kUint5: return 5;
+    case Format::kInt6: case Format::kUint6: return 6;
     default: return 8;
   }
 }
@@ -305,9 +311,10 @@ std::vector<uint8_t> pack(Format f, const std::vector<uint32_t>& codes) {
   for (size_t i = 0; i < codes.size(); ++i) {
     if (bits == 4) {
       out[i / 2] |= static_cast<uint8_t>((codes[i] & 0xF) << (4 * (i % 2)));
-    } else if (bits == 3) {  // little-endian bit stream
-      for (size_t t = 0; t < 3; ++t)
-        if ((codes[i] >> t) & 1u) out[(3 * i + t) / 8] |= static_cast<uint8_t>(1u << ((3 * i + t) % 8));
+    } else if (bits % 8 != 0) {  // 3/5/6 bits: a little-endian bit stream
+      const size_t b = static_cast<size_t>(bits);
+      for (size_t t = 0; t < b; ++t)
+        if ((codes[i] >> t) & 1u) out[(b * i + t) / 8] |= static_cast<uint8_t>(1u << ((b * i + t) % 8));
     } else {
       for (int b = 0; b < bits / 8; ++b) out[i * (bits / 8) + b] = static_cast<uint8_t>(codes[i] >> (8 * b));
     }
@@ -321,9 +328,10 @@ std::vector<uint32_t> unpack(Format f, const std::vector<uint8_t>& bytes, size_t
   for (size_t i = 0; i < n; ++i) {
     if (bits == 4) {
       out[i] = (bytes[i / 2] >> (4 * (i % 2))) & 0xF;
-    } else if (bits == 3) {
+    } else if (bits % 8 != 0) {
+      const size_t b = static_cast<size_t>(bits);
       uint32_t c = 0;
-      for (size_t t = 0; t < 3; ++t) c |= ((bytes[(3 * i + t) / 8] >> ((3 * i + t) % 8)) & 1u) << t;
+      for (size_t t = 0; t < b; ++t) c |= ((bytes[(b * i + t) / 8] >> ((b * i + t) % 8)) & 1u) << t;
       out[i] = c;
     } else {
       uint32_t c = 0;
@@ -337,7 +345,7 @@ std::vector<uint32_t> unpack(Format f, const std::vector<uint8_t>& bytes, size_t
 constexpr Format kAllFormats[] = {Format::kFp32, Format::kFp16, Format::kBf16,  Format::kE4m3,
                                   Format::kE5m2, Format::kE8m0, Format::kE2m1,  Format::kInt8,
                                   Format::kUint8, Format::kInt4, Format::kUint4, Format::kNf4,
-                                  Format::kInt3,  Format::kUint3};
+                                  Format::kInt3,  Format::kUint3, Format::kInt5, Format::kUint5, Format::kInt6, Format::kUint6};
 
 std::vector<float> span_inputs(Format f, size_t n) {
   std::mt19937_64 rng(31337 + static_cast<int>(f));
@@ -399,7 +407,7 @@ TEST_P(StochasticSpan, ChunkingDoesNotChangeBytes) {
     }
   }
   // Cut points on byte boundaries: chunks written in place give the same bytes.
-  const size_t step = bits_of(f) == 4 ? 2 : bits_of(f) == 3 ? 8 : 1;
+  const size_t step = bits_of(f) == 4 ? 2 : bits_of(f) % 8 != 0 ? 8 : 1;  // 8 codes of 3, 5 or 6 bits end on a byte
   std::vector<uint8_t> pieced(whole.size(), 0);
   const std::vector<size_t> even_cuts = {0, 2, 8, 130, 500, 998, n};
   for (size_t k = 0; k + 1 < even_cuts.size(); ++k) {

@@ -194,6 +194,7 @@ INSTANTIATE_TEST_SUITE_P(Specs, SaveQuantTest,
                          ::testing::Values("int8:g32:sym:fp16", "int4:g32:sym:fp16", "int4:g128:sym:fp16",
                                            "e4m3:block128x128", "int4:g32:asym:bf16", "nf4:g64",
                                            "e2m1:g16:sym:e4m3*fp32", "uint3:g64:asym:fp16", "int3:g32:sym:fp16",
+                                           "int5:g64:sym:fp16", "uint5:g32:asym:fp16", "int6:g32:sym:fp16", "uint6:g128:asym:bf16",
                                            // 4-row blocks mix q/k rows Hugging Face's order separates:
                                            // stored in lowbit's order, flagged
                                            "int8:block4x16:sym:fp16"));

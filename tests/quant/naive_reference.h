@@ -57,6 +57,10 @@ inline float qmax_of(Format f) {
     case Format::kUint4: return 15.0f;
     case Format::kInt3: return 3.0f;
     case Format::kUint3: return 7.0f;
+    case Format::kInt5: return 15.0f;
+    case Format::kUint5: return 31.0f;
+    case Format::kInt6: return 31.0f;
+    case Format::kUint6: return 63.0f;
     case Format::kE4m3: return 448.0f;
     case Format::kE5m2: return 57344.0f;
     case Format::kE2m1: return 6.0f;
@@ -72,6 +76,8 @@ inline float qmin_of(Format f) {
     case Format::kInt8: return -128.0f;
     case Format::kInt4: return -8.0f;
     case Format::kInt3: return -4.0f;
+    case Format::kInt5: return -16.0f;
+    case Format::kInt6: return -32.0f;
     default: return 0.0f;
   }
 }
@@ -100,6 +106,8 @@ inline int32_t code_value(Format f, uint32_t raw) {
   if (f == Format::kInt8) return static_cast<int8_t>(static_cast<uint8_t>(raw));
   if (f == Format::kInt4) return (raw & 0x8) ? static_cast<int32_t>(raw & 0xF) - 16 : static_cast<int32_t>(raw & 0xF);
   if (f == Format::kInt3) return (raw & 0x4) ? static_cast<int32_t>(raw & 0x7) - 8 : static_cast<int32_t>(raw & 0x7);
+  if (f == Format::kInt5) return (raw & 0x10) ? static_cast<int32_t>(raw & 0x1F) - 32 : static_cast<int32_t>(raw & 0x1F);
+  if (f == Format::kInt6) return (raw & 0x20) ? static_cast<int32_t>(raw & 0x3F) - 64 : static_cast<int32_t>(raw & 0x3F);
   return static_cast<int32_t>(raw);
 }
 
@@ -290,9 +298,9 @@ inline Result quantize(const std::vector<float>& x, int64_t rows, int64_t cols, 
       uint8_t* row = r.packed.data() + i * r.row_bytes;
       if (bits == 4) {
         row[j / 2] |= static_cast<uint8_t>((code & 0xF) << (4 * (j & 1)));
-      } else if (bits == 3) {  // a little-endian bit stream: bit t of element j is stream bit 3j + t
-        for (int t = 0; t < 3; ++t) {
-          const int64_t bit = 3 * j + t;
+      } else if (bits % 8 != 0) {  // 3/5/6 bits, a little-endian bit stream: bit t of element j is stream bit bits·j + t
+        for (int t = 0; t < bits; ++t) {
+          const int64_t bit = bits * j + t;
           if ((code >> t) & 1u) row[bit / 8] |= static_cast<uint8_t>(1u << (bit % 8));
         }
       } else {

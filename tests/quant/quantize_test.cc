@@ -851,6 +851,8 @@ TEST(QuantizeReference, RaggedGroupsMatchNaive) {
       "bf16:g7", "fp16:row:sym:fp32:nosat", "int4:g32:sym:fp32:sr7", "e4m3:g7:sym:fp32:sr3",
       "int3:g64", "int3:g7:sym:fp16", "uint3:g64:asym:fp16", "uint3:g7:asym", "int3:g64:asym:bf16",
       "uint3:row:asym", "int3:g32:sym:fp32:p99", "int3:g32:sym:fp32:sr5",
+      "int5:g64:sym:fp16", "uint5:g7:asym", "int5:g32:asym:bf16", "int6:g128:sym:fp16", "uint6:g64:asym:fp16",
+      "int6:row:sym:fp32:p99", "uint5:g32:asym:fp32:sr3",
   };
   const std::pair<int64_t, int64_t> shapes[] = {{1, 1}, {1, 7}, {3, 127}, {2, 129}, {5, 172}, {1, 4097}};
   int ran = 0, total = 0;
@@ -1299,7 +1301,7 @@ TEST(ElementRounder, MatchesQuantizeValueThenDequantizeValue) {
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   int checked = 0;
   for (const char* text : {"int8:g32:sym:fp16", "int4:g32:sym:fp16", "int3:g64:sym:fp32", "uint4:g32:asym:fp16", "uint8:row:asym:fp32",
-                           "int4:g32:asym:fp16", "e4m3:g32:sym:fp32", "nf4:g64:sym:fp16"}) {
+                           "int5:g64:sym:fp16", "uint6:g32:asym:fp16", "int4:g32:asym:fp16", "e4m3:g32:sym:fp32", "nf4:g64:sym:fp16"}) {
     const QuantSpec spec = parse_spec(text).value();
     const ElementRounder r(spec);
     for (int i = 0; i < 20000; ++i) {
@@ -1318,7 +1320,7 @@ TEST(ElementRounder, MatchesQuantizeValueThenDequantizeValue) {
       ++checked;
     }
   }
-  EXPECT_EQ(checked, 8 * 20000);
+  EXPECT_EQ(checked, 10 * 20000);
 }
 
 }  // namespace
