@@ -119,6 +119,12 @@ struct KnapsackResult {
 // cheapest choice ("budget B bits is below the cheapest plan, C bits").
 Result<KnapsackResult> solve_knapsack(std::span<const KnapsackItem> items, int64_t budget, const KnapsackOptions& opt = {});
 
+// Candidates (other than fp32) that leave every unit they can hold within `tol` nats/token of the
+// reference: the reference's weights lie on that format's grid — a reference dequantized from a
+// quantized file (gguf:q5_1 holds a Q4_1 model's blocks exactly). Such a candidate measures as free,
+// and a mix (or a comparison of formats) built on it says nothing about a full-precision model.
+std::vector<size_t> lossless_candidates(const SensitivityReport& s, double tol = 1e-9);
+
 // ---- From sensitivities to a plan -------------------------------------------------------------
 struct MixedChoice {
   double target_bpw = 0;

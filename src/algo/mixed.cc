@@ -488,6 +488,21 @@ Result<KnapsackResult> solve_knapsack(std::span<const KnapsackItem> items, int64
   return finish();
 }
 
+std::vector<size_t> lossless_candidates(const SensitivityReport& s, double tol) {
+  std::vector<size_t> out;
+  for (size_t k = 0; k < s.candidates.size(); ++k) {
+    if (!s.candidates[k].spec) continue;
+    bool any = false, all_within = true;
+    for (const UnitSensitivity& u : s.units) {
+      if (!unit_fits(u, k)) continue;
+      any = true;
+      all_within = all_within && std::fabs(u.dkld[k]) <= tol;
+    }
+    if (any && all_within) out.push_back(k);
+  }
+  return out;
+}
+
 Result<MixedChoice> choose_mix(const SensitivityReport& s, double target_bpw, const KnapsackOptions& opt) {
   if (!(target_bpw > 0) || !std::isfinite(target_bpw)) {
     return InvalidArgument(fmt::format("--target-bpw: expected a positive number of bits per weight, got {}", target_bpw));

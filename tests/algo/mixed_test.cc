@@ -103,6 +103,22 @@ TEST(Knapsack, BudgetBelowCheapestNamesBoth) {
 
 // Options valued +inf are unavailable (a candidate that cannot hold a unit): never chosen, and the
 // cheapest plan is the cheapest available one, even when an unavailable option costs less.
+// A candidate is lossless when every unit it can hold measures within tol; fp32 and units it cannot
+// hold do not count, and one unit above tol is enough to make it lossy.
+TEST(Sensitivity, LosslessCandidates) {
+  SensitivityReport s;
+  s.candidates = parse_candidates("fp32,gguf:q5_1,w3a16-g64,gguf:q8_0", "c").value();
+  const double inf = std::numeric_limits<double>::infinity();
+  UnitSensitivity a, b;
+  a.dkld = {0.0, 3e-12, 0.2, inf};
+  b.dkld = {0.0, -1e-12, 1e-10, inf};
+  s.units = {a, b};
+  EXPECT_EQ(lossless_candidates(s), std::vector<size_t>({1}));
+  EXPECT_EQ(lossless_candidates(s, 0.5), std::vector<size_t>({1, 2}));
+  s.units[1].dkld[1] = 2e-9;
+  EXPECT_TRUE(lossless_candidates(s).empty());
+}
+
 TEST(Knapsack, UnavailableOptionsAreNeverChosen) {
   std::mt19937_64 rng(19);
   for (int trial = 0; trial < 200; ++trial) {

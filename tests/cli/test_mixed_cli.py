@@ -99,6 +99,18 @@ with tempfile.TemporaryDirectory() as tmp:
     bad_input(["quantize", "--model", MODEL, "--target-bpw", "5", "--sensitivity", sens, "--calib", TEXT, "--refine", "-1",
                "--dry-run"], "--refine", "negative --refine")
 
+    # A reference already on a candidate's grid (here: int4:g64 weights) makes that candidate measure as free: warned.
+    q64 = os.path.join(tmp, "q64")
+    p = run("quantize", "--model", MODEL, "--weights", "int4:g64:sym:fp16", "-o", q64)
+    check(p.returncode == 0, f"quantize int4:g64 failed: {p.stderr}")
+    p = run("sensitivity", "--model", q64, "--calib", TEXT, "--candidates", "int4:g64:sym:fp16,w3a16-g64", "--windows", "2",
+            "--granularity", "role")
+    check(p.returncode == 0, f"sensitivity of a quantized reference failed: {p.stderr}")
+    check("warning: candidate int4:g64:sym:fp16 leaves every unit within 1e-9" in p.stderr and "w3a16-g64 leaves" not in p.stderr,
+          f"lossless candidate warning: {p.stderr!r}")
+    p = run("sensitivity", "--model", MODEL, "--calib", TEXT, "--candidates", "int4:g64:sym:fp16", "--windows", "2", "--granularity", "role")
+    check(p.returncode == 0 and "warning" not in p.stderr, f"no warning on the fp32 model: {p.stderr!r}")
+
     p = run("quantize", "--model", MODEL, "--scheme", "w4a16-g128", "--policy", "deepseek", "--dry-run")
     check(p.returncode == 0 and "| layers.0.wq | 64x64 | int8:row:sym:fp32 |" in p.stdout
           and "| layers.2.wq | 64x64 | int4:g128:sym:fp16 |" in p.stdout, f"policy deepseek: {p.stdout[:600]!r}")

@@ -12,6 +12,7 @@
 
 namespace lowbit {
 class Tokenizer;
+struct SensitivityReport;
 }
 
 namespace lowbit::cli {
@@ -85,6 +86,9 @@ std::string escape_control(std::string_view text);
 // Prints "lowbit: warning: <message>" on stderr, control bytes escaped (a hostile tensor or file
 // name in a warning stays one line).
 void warn(std::string_view message);
+// A warning per sensitivity candidate that measures as lossless on every unit (lossless_candidates):
+// the reference `model` is on that format's grid, so its figures do not describe a full-precision model.
+void warn_lossless(const SensitivityReport& s, const std::string& model);
 
 // Peak resident set size of this process so far (getrusage ru_maxrss), MiB.
 double peak_rss_mib();

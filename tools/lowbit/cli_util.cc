@@ -9,6 +9,7 @@
 
 #include "lowbit/eval.h"
 #include "lowbit/file.h"
+#include "lowbit/mixed.h"
 #include "lowbit/tokenizer.h"
 
 #include "cli.h"
@@ -78,6 +79,14 @@ std::string escape_control(std::string_view text) {
 }
 
 void warn(std::string_view message) { std::fprintf(stderr, "lowbit: warning: %s\n", escape_control(message).c_str()); }
+
+void warn_lossless(const SensitivityReport& s, const std::string& model) {
+  for (size_t k : lossless_candidates(s)) {
+    warn(fmt::format("candidate {} leaves every unit within 1e-9 nats/token of {}: the reference's weights lie on its grid "
+                     "(dequantized from a quantized file?), so it measures as free; leave it out of --candidates",
+                     s.candidates[k].name, model));
+  }
+}
 
 const CLI::Validator& non_empty() {
   static const CLI::Validator v([](const std::string& s) { return s.empty() ? std::string("empty value") : std::string(); },

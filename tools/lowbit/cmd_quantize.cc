@@ -92,6 +92,7 @@ MixedPlan choose_mixed_plan(const QuantizeArgs& a, const Model& model, const std
     if (bar) bar->finish();
     if (!sens.ok()) fail(sens.status());
   }
+  warn_lossless(*sens, a.model);
   Result<MixedChoice> m = choose_mix(*sens, a.target_bpw);
   if (!m.ok()) fail(kExitUsage, m.status().message());
   const MixedChoice knapsack = *m;

@@ -59,6 +59,7 @@ void run_sensitivity(const SensitivityArgs& a) {
   Result<SensitivityReport> r = measure_sensitivity(net, so);
   if (bar) bar->finish();
   if (!r.ok()) fail(r.status());
+  warn_lossless(*r, a.model);
 
   fmt::print("sensitivity ({}) of {} by {} on {} ({} windows of {} tokens, {} scored; reference PPL {:.4f}) in {:.1f} s\n",
              a.method, a.model, a.granularity, a.calib, windows.size(), ctx, r->tokens_scored, r->ref_ppl, r->seconds);
