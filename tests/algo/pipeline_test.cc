@@ -50,7 +50,7 @@ TEST(Plan, DefaultsByRoleAndOverrides) {
   Result<QuantPlan> bad = make_plan(m.config, w4, std::nullopt, path);
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("matches no tensor"), std::string::npos);
-  std::ofstream(path) << R"({"layers.*.wq": "int5:row"})";
+  std::ofstream(path) << R"({"layers.*.wq": "int7:row"})";
   bad = make_plan(m.config, w4, std::nullopt, path);
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("layers.*.wq"), std::string::npos);

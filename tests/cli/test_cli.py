@@ -118,7 +118,7 @@ def format_names():
 
 def test_usage_errors():
     names = format_names()
-    check(len(names) == 14, f"`formats --json`: want 14 formats, got {names}")
+    check(len(names) == 18, f"`formats --json`: want 18 formats, got {names}")
     for args in (("formats", "encode", "e4m4", "1"), ("formats", "decode", "e4m4", "0x1"),
                  ("formats", "encode", "E4M3X", "1")):
         expect_usage_error(*args, mentions=[args[2], *names])
@@ -278,8 +278,8 @@ def test_stochastic():
 def test_json_and_table():
     table = parse_json(expect_ok("formats", "--json"), "formats --json")
     documented = {"name", "bits", "max", "min_normal", "min_subnormal", "has_inf"}
-    if table is not None and check(isinstance(table, list) and len(table) == 14,
-                                   f"formats --json: want a list of 14, got {short(json.dumps(table))}"):
+    if table is not None and check(isinstance(table, list) and len(table) == 18,
+                                   f"formats --json: want a list of 18, got {short(json.dumps(table))}"):
         for e in table:
             missing = documented - set(e)
             check(not missing, f"formats --json entry {e.get('name')!r} lacks {sorted(missing)}")
@@ -288,13 +288,15 @@ def test_json_and_table():
         byname = {e.get("name"): e for e in table}
         if "int3" in byname:
             check(byname["int3"].get("bits") == 3 and byname["int3"].get("max") == 3, f"formats --json int3: {byname['int3']}")
+        if "uint6" in byname:
+            check(byname["uint6"].get("bits") == 6 and byname["uint6"].get("max") == 63, f"formats --json uint6: {byname['uint6']}")
         if "e4m3" in byname:
             check(byname["e4m3"].get("max") == 448 and byname["e4m3"].get("has_inf") is False,
                   f"formats --json e4m3: {byname['e4m3']}")
     out = expect_ok("formats")
     lines = [l for l in out.splitlines() if l.strip()]
-    check(len(lines) == 15, f"`lowbit formats`: want a header and 14 data rows, got {len(lines)} lines")
-    if table is not None and len(lines) == 15:
+    check(len(lines) == 19, f"`lowbit formats`: want a header and 18 data rows, got {len(lines)} lines")
+    if table is not None and len(lines) == 19:
         check([l.split()[0] for l in lines[1:]] == [e.get("name") for e in table],
               "`lowbit formats` rows and `formats --json` names differ")
 

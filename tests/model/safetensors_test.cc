@@ -362,7 +362,7 @@ TEST(SafetensorsQuantized, ReaderValidates) {
   EXPECT_NE(r.status().message().find("tensor w.scales is F16 (4, 2), expected F16 (4, 4)"), std::string::npos)
       << r.status().message();
   // A bad spec string.
-  const std::string bad = R"({"quant_method":"lowbit","version":1,"tensors":{"w":{"spec":"int5:g16","shape":[4,64]}}})";
+  const std::string bad = R"({"quant_method":"lowbit","version":1,"tensors":{"w":{"spec":"int7:g16","shape":[4,64]}}})";
   ASSERT_TRUE(write_safetensors(path, {}, {{"quantization_config", bad}}).ok());
   r = read_quantized_safetensors(path);
   ASSERT_FALSE(r.ok());
