@@ -200,8 +200,23 @@ inline float hsum4(__m128 s) {
   return _mm_cvtss_f32(s);
 }
 
-// int16 lane k of v broadcast to every int16 lane (of each 128-bit half), by pshufb.
-inline __m256i broadcast_i16(__m256i v, int k) { return _mm256_shuffle_epi8(v, _mm256_set1_epi16(static_cast<int16_t>((2 * k + 1) << 8 | 2 * k))); }
+
+// A Q4_K block's eight 6-bit scales and mins as bytes [sc0..sc7, m0..m7] (ggml_scale_min_k4's bit
+// layout, all sixteen at once): s points at the block's 12 scale bytes, and the 16-byte load reads
+// 4 bytes of its codes too (never past the block).
+inline __m128i q4_K_scales_mins(const uint8_t* s) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s));
+  // a: [q0..3, q8..11, q4..7, q8..11]; b: the bytes whose top two bits become bits 4..5 of sc4..7 / m4..7.
+  const __m128i a = _mm_shuffle_epi8(v, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
+  const __m128i b = _mm_shuffle_epi8(v, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
+  const __m128i lo = _mm_and_si128(a, _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0));
+  const __m128i hi = _mm_and_si128(_mm_srli_epi16(a, 4), _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15));
+  const __m128i top = _mm_and_si128(_mm_srli_epi16(b, 2), _mm_set1_epi8(0x30));
+  return _mm_or_si128(_mm_or_si128(lo, hi), top);
+}
+
+// Byte k of each 128-bit half of v, zero-extended into every int16 lane of that half (pshufb).
+inline __m256i byte_to_i16(__m256i v, int k) { return _mm256_shuffle_epi8(v, _mm256_set1_epi16(static_cast<int16_t>(0x8000 | k))); }
 
 template <int T>
 void dot_q4_K_t(const BlockQ4_K* w, const BlockQ8_K* a, int64_t nb, float* y, int64_t ldy) {
@@ -221,14 +236,9 @@ void dot_q4_K_t(const BlockQ4_K* w, const BlockQ8_K* a, int64_t nb, float* y, in
       _mm_prefetch(far + 64, _MM_HINT_T2);
       _mm_prefetch(far + 128, _MM_HINT_T2);
     }
-    // Eight 6-bit scales and mins from 12 bytes, four at a time (ggml_scale_min_k4's bit layout).
-    uint32_t u[3];
-    std::memcpy(u, w[b].scales, sizeof u);
-    const __m256i sm = _mm256_cvtepu8_epi16(_mm_setr_epi32(
-        static_cast<int>(u[0] & 0x3f3f3f3fu), static_cast<int>((u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4)),
-        static_cast<int>(u[1] & 0x3f3f3f3fu), static_cast<int>(((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4))));
-    const __m128i sc128 = _mm256_castsi256_si128(sm), mins = _mm256_extracti128_si256(sm, 1);  // int16 × 8 each
-    const __m256i scales = _mm256_set_m128i(sc128, sc128);
+    const __m128i sm8 = q4_K_scales_mins(w[b].scales);
+    const __m256i scales = _mm256_broadcastsi128_si256(sm8);           // bytes sc0..7 in both halves
+    const __m128i mins = _mm_unpackhi_epi8(sm8, _mm_setzero_si128());  // int16 m0..7
     __m256i sumi[T];
     #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
@@ -236,7 +246,7 @@ void dot_q4_K_t(const BlockQ4_K* w, const BlockQ8_K* a, int64_t nb, float* y, in
     for (int j = 0; j < 4; ++j) {
       const __m256i q4 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qs + 32 * j));
       const __m256i lo = _mm256_and_si256(q4, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
-      const __m256i sl = broadcast_i16(scales, 2 * j), sh = broadcast_i16(scales, 2 * j + 1);
+      const __m256i sl = byte_to_i16(scales, 2 * j), sh = byte_to_i16(scales, 2 * j + 1);
       #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) {
         const int8_t* q8 = a[t * nb + b].qs + 64 * j;
@@ -245,14 +255,17 @@ void dot_q4_K_t(const BlockQ4_K* w, const BlockQ8_K* a, int64_t nb, float* y, in
         sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(pl, ph));
       }
     }
-    const float wd = _cvtsh_ss(w[b].d), wm = _cvtsh_ss(w[b].dmin);
+    uint32_t dm;  // d and dmin, two fp16 side by side
+    std::memcpy(&dm, &w[b].d, sizeof dm);
+    const __m128 wdm = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(dm)));  // [d, dmin, 0, 0]
     #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
       const BlockQ8_K& ab = a[t * nb + b];
-      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(ab.d * wd), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
-      const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.bsums));
-      const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-      accm[t] = _mm_fmadd_ps(_mm_set1_ps(ab.d * wm), _mm_cvtepi32_ps(_mm_madd_epi16(mins, pairs)), accm[t]);
+      const __m128 s = _mm_mul_ps(_mm_set1_ps(ab.d), wdm);  // [a.d · d, a.d · dmin]: the twin's products
+      acc[t] = _mm256_fmadd_ps(_mm256_broadcastss_ps(s), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+      const __m128i pairs = _mm_hadd_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ab.bsums)),
+                                           _mm_loadu_si128(reinterpret_cast<const __m128i*>(ab.bsums + 8)));
+      accm[t] = _mm_fmadd_ps(_mm_permute_ps(s, 0x55), _mm_cvtepi32_ps(_mm_madd_epi16(mins, pairs)), accm[t]);
     }
   }
   #pragma GCC unroll 8
@@ -267,7 +280,7 @@ void dot_q4_K(const BlockQ4_K* w, const BlockQ8_K* a, int64_t nblocks, int64_t t
 
 template <int T>
 void dot_q6_K_t(const BlockQ6_K* w, const BlockQ8_K* a, int64_t nb, float* y, int64_t ldy) {
-  const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x03);
+  const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
   __m256 acc[T];
   #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
@@ -282,6 +295,10 @@ void dot_q6_K_t(const BlockQ6_K* w, const BlockQ8_K* a, int64_t nb, float* y, in
       for (int l = 0; l < 4; ++l) _mm_prefetch(far + 64 * l, _MM_HINT_T2);
     }
     const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.scales));
+    const __m256i scales16 = _mm256_cvtepi8_epi16(sc8);  // int16 sc0..15
+    // Each half's eight int16 scales in both 128-bit halves, so one pshufb forms [sc[k] × 8, sc[k+1] × 8].
+    const __m256i sc_half[2] = {_mm256_permute2x128_si256(scales16, scales16, 0x00),
+                                _mm256_permute2x128_si256(scales16, scales16, 0x11)};
     __m256i sumi[T];
     #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
@@ -292,19 +309,20 @@ void dot_q6_K_t(const BlockQ6_K* w, const BlockQ8_K* a, int64_t nb, float* y, in
       const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 32));
       const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb.qh + 32 * h));
       __m256i q[4];  // values 32i .. 32i+31 of the half, codes 0..63 (stored + 32)
-      q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m2), 4));
-      q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m2), 4));
-      q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m2), 4));
-      q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m2), 4));
+      // Bit pair 2i of each qh byte lands in bits 4..5 (the 16-bit shifts only carry bits across a
+      // byte boundary into the positions the 0x30 mask clears).
+      q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30));
+      q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30));
+      q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m30));
+      q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30));
       #pragma GCC unroll 8
       for (int i = 0; i < 4; ++i) {
         // maddubs pairs 0..7 come from values 0..15 (scale k), pairs 8..15 from 16..31 (k+1):
         // int16 lanes [sc[k] × 8, sc[k+1] × 8].
-        const int k = 8 * h + 2 * i;
-        const __m256i scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(
-            sc8, _mm_setr_epi8(k, k, k, k, k, k, k, k, k + 1, k + 1, k + 1, k + 1, k + 1, k + 1, k + 1, k + 1)));
+        const int k = 2 * (2 * i), k1 = 2 * (2 * i + 1);  // byte offsets of int16 lanes 2i, 2i+1 of the half
+        const __m256i scale = _mm256_shuffle_epi8(
+            sc_half[h], _mm256_setr_epi8(k, k + 1, k, k + 1, k, k + 1, k, k + 1, k, k + 1, k, k + 1, k, k + 1, k, k + 1, k1, k1 + 1,
+                                         k1, k1 + 1, k1, k1 + 1, k1, k1 + 1, k1, k1 + 1, k1, k1 + 1, k1, k1 + 1, k1, k1 + 1));
         #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
           const int8_t* q8 = a[t * nb + b].qs + 128 * h + 32 * i;
@@ -313,7 +331,6 @@ void dot_q6_K_t(const BlockQ6_K* w, const BlockQ8_K* a, int64_t nb, float* y, in
         }
       }
     }
-    const __m256i scales16 = _mm256_cvtepi8_epi16(sc8);
     const float wd = _cvtsh_ss(wb.d);
     #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
