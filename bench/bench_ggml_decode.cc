@@ -6,6 +6,9 @@
 // Beside them, in the same run, the baseline: a pure AVX2 read loop over the same 512 MiB
 // (`read/dram`), i.e. what one core can stream at all. Decode/bound in `lowbit bench model --limits`
 // is this ratio on two threads with the whole forward pass around it.
+// And decode's attention over the fp32 cache for one key/value group of Qwen2.5-1.5B (6 query heads,
+// head width 128, a context of 1024): `attn/per_head` (scores + accumulate per head, the baseline)
+// against `attn/grouped` (attn_*_f32_heads, the rows read once for the group; the same bits).
 //
 //   build/release/bench/bench_ggml_decode --benchmark_repetitions=3          (LOWBIT_ISA=scalar|avx2)
 #include <benchmark/benchmark.h>
@@ -17,6 +20,7 @@
 
 #include "lowbit/ggml_blocks.h"
 #include "lowbit/ggml_matmul.h"
+#include "lowbit/kv_attention.h"
 #include "lowbit/parallel.h"
 
 namespace lowbit::bench {
@@ -70,6 +74,34 @@ void BM_read(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(kDramBytes));
 }
 
+void BM_attn(benchmark::State& state, bool grouped) {
+  constexpr int64_t kHeads = 6, kWidth = 128, kCtx = 1024, kStride = 256;  // 2 KV heads of 128 in a row
+  std::vector<float> kc(static_cast<size_t>(kCtx * kStride)), vc(kc.size()), q(static_cast<size_t>(kHeads * kWidth));
+  std::vector<float> att(static_cast<size_t>(kHeads * kCtx)), out(static_cast<size_t>(kHeads * kWidth));
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd;
+  for (auto* v : {&kc, &vc, &q}) {
+    for (float& f : *v) f = nd(rng);
+  }
+  for (float& f : att) f = 1.0f / kCtx;
+  for (auto _ : state) {
+    if (grouped) {
+      lowbit::attn_scores_f32_heads(kc.data(), kStride, kWidth, q.data(), kWidth, kHeads, kCtx, att.data(), kCtx);
+      lowbit::attn_accumulate_f32_heads(vc.data(), kStride, kWidth, att.data(), kCtx, kHeads, kCtx, out.data(), kWidth);
+    } else {
+      for (int64_t h = 0; h < kHeads; ++h) {
+        lowbit::attn_scores_f32(kc.data(), kStride, kWidth, q.data() + h * kWidth, kCtx, att.data() + h * kCtx);
+        lowbit::attn_accumulate_f32(vc.data(), kStride, kWidth, att.data() + h * kCtx, kCtx, out.data() + h * kWidth);
+      }
+    }
+    for (float& f : att) f = 1.0f / kCtx;  // scores overwrote the weights: keep the values bounded
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetItemsProcessed(state.iterations() * kHeads * kCtx);  // (head, position) pairs
+}
+
+BENCHMARK_CAPTURE(BM_attn, per_head, false)->Name("attn/per_head")->MinTime(0.5);
+BENCHMARK_CAPTURE(BM_attn, grouped, true)->Name("attn/grouped")->MinTime(0.5);
 BENCHMARK_CAPTURE(BM_decode, q4_K/l2, lowbit::GgmlType::kQ4_K, false)->MinTime(0.5);
 BENCHMARK_CAPTURE(BM_decode, q6_K/l2, lowbit::GgmlType::kQ6_K, false)->MinTime(0.5);
 BENCHMARK_CAPTURE(BM_decode, q4_K/dram, lowbit::GgmlType::kQ4_K, true)->MinTime(1.0)->UseRealTime();

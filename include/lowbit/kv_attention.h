@@ -59,6 +59,14 @@ void kv_accumulate(const KvRows& v, const float* a, int64_t ntok, float* out);
 void attn_scores_f32(const float* k, int64_t stride, int64_t width, const float* x, int64_t ntok, float* out);
 // out[j] = fma chain over t in order: out[j] ← fma(a[t], v_t[j], out[j]), for j < width.
 void attn_accumulate_f32(const float* v, int64_t stride, int64_t width, const float* a, int64_t ntok, float* out);
+// Grouped-query attention over the fp32 cache: nq ≥ 1 query heads that share one key (value) head.
+// Head h's query is x + h·ldx, its weights a + h·lda, its output out + h·ldo; each head gets exactly
+// the bits attn_scores_f32 / attn_accumulate_f32 give it alone, while every key and value row is
+// read once for all nq heads (decode's attention at long contexts: Qwen2.5-1.5B has 6 per group).
+void attn_scores_f32_heads(const float* k, int64_t stride, int64_t width, const float* x, int64_t ldx, int64_t nq, int64_t ntok,
+                           float* out, int64_t ldo);
+void attn_accumulate_f32_heads(const float* v, int64_t stride, int64_t width, const float* a, int64_t lda, int64_t nq, int64_t ntok,
+                               float* out, int64_t ldo);
 
 // fp16 bits → fp32, exact (bit manipulation, no libm): the cache's scale decoder outside the kernels.
 float kv_half_to_float(uint16_t h);

@@ -63,6 +63,20 @@ void attn_accumulate_f32(const float* v, int64_t stride, int64_t width, const fl
   kv_microkernels().accumulate_f32(v, stride, width, a, ntok, out);
 }
 
+void attn_scores_f32_heads(const float* k, int64_t stride, int64_t width, const float* x, int64_t ldx, int64_t nq, int64_t ntok,
+                           float* out, int64_t ldo) {
+  if (ntok <= 0 || nq <= 0) return;
+  LOWBIT_CHECK(width > 0 && stride >= width, "attn_scores_f32_heads: width must be positive and the stride at least the width");
+  kv_microkernels().scores_f32_heads(k, stride, width, x, ldx, nq, ntok, out, ldo);
+}
+
+void attn_accumulate_f32_heads(const float* v, int64_t stride, int64_t width, const float* a, int64_t lda, int64_t nq, int64_t ntok,
+                               float* out, int64_t ldo) {
+  if (ntok <= 0 || nq <= 0) return;
+  LOWBIT_CHECK(width > 0 && stride >= width, "attn_accumulate_f32_heads: width must be positive and the stride at least the width");
+  kv_microkernels().accumulate_f32_heads(v, stride, width, a, lda, nq, ntok, out, ldo);
+}
+
 float kv_half_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   const uint32_t em = h & 0x7FFFu;

@@ -13,6 +13,12 @@ struct KvMicrokernels {
   void (*accumulate)(const KvRows& v, const float* a, int64_t ntok, float* out);
   void (*scores_f32)(const float* k, int64_t stride, int64_t width, const float* x, int64_t ntok, float* out);
   void (*accumulate_f32)(const float* v, int64_t stride, int64_t width, const float* a, int64_t ntok, float* out);
+  // nq query heads sharing one key / value head (grouped-query attention): head h's x, a and out
+  // at h·ldx, h·lda, h·ldo; the same bits as the one-head kernels per head.
+  void (*scores_f32_heads)(const float* k, int64_t stride, int64_t width, const float* x, int64_t ldx, int64_t nq, int64_t ntok,
+                           float* out, int64_t ldo);
+  void (*accumulate_f32_heads)(const float* v, int64_t stride, int64_t width, const float* a, int64_t lda, int64_t nq, int64_t ntok,
+                               float* out, int64_t ldo);
 };
 
 const KvMicrokernels& kv_scalar_microkernels();

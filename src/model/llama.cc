@@ -372,9 +372,9 @@ Status run_linears(const LlamaModel& m, int layer, std::initializer_list<LinearS
   return OkStatus();
 }
 
-// Block `l` over x (n, dim) at positions pos..pos+n-1; kc/vc (max_seq, kv_dim) hold this
-// layer's cache for positions 0..pos-1 and receive pos..pos+n-1.
-Status layer_forward(const LlamaModel& m, int l, float* x, int64_t n, int pos, float* kc, float* vc, int max_seq,
+// Block `l` over x (n, dim) at positions pos..pos+n-1; kc/vc (at least pos+n rows of kv_dim) hold
+// this layer's cache for positions 0..pos-1 and receive pos..pos+n-1.
+Status layer_forward(const LlamaModel& m, int l, float* x, int64_t n, int pos, float* kc, float* vc,
                      Buffers& b, const LinearInputHook& hook, KvCache* cache = nullptr) {
   const LlamaConfig& c = m.config();
   const int dim = c.dim, kv_dim = c.kv_dim(), hs = c.head_dim();
@@ -432,22 +432,32 @@ Status layer_forward(const LlamaModel& m, int l, float* x, int64_t n, int pos, f
   std::memcpy(kc + static_cast<int64_t>(pos) * kv_dim, k, sizeof(float) * n * kv_dim);
   std::memcpy(vc + static_cast<int64_t>(pos) * kv_dim, v, sizeof(float) * n * kv_dim);
 
-  // Causal attention: token t (position pos+t) attends to positions 0..pos+t.
+  // Causal attention: token t (position pos+t) attends to positions 0..pos+t. The query heads that
+  // share a key/value head go together in runs of at most 4 (the kernels' tile), so each cached row
+  // is read once per run, not once per head; every head gets the bits it gets alone.
   const float inv_sqrt = 1.0f / std::sqrt(static_cast<float>(hs));
-  parallel_for(0, n * c.n_heads, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> att(static_cast<size_t>(max_seq));
+  const int runs = (kv_mul + 3) / 4, run = (kv_mul + runs - 1) / runs;  // 6 heads a group: 2 runs of 3
+  const int64_t tasks = n * c.n_kv_heads * runs;
+  parallel_for(0, tasks, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> att(static_cast<size_t>(run) * static_cast<size_t>(pos + n));
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t t = i / c.n_heads;
-      const int h = static_cast<int>(i % c.n_heads);
+      const int64_t t = i / (c.n_kv_heads * runs);
+      const int g = static_cast<int>(i / runs % c.n_kv_heads), r = static_cast<int>(i % runs);
+      const int h0 = g * kv_mul + r * run, nh = std::min(run, (g + 1) * kv_mul - h0);
+      if (nh <= 0) continue;
       const int p = pos + static_cast<int>(t);
-      const float* qh = &q[t * dim + h * hs];
-      const int64_t off = static_cast<int64_t>(h / kv_mul) * hs;
-      attn_scores_f32(kc + off, kv_dim, hs, qh, p + 1, att.data());
-      for (int s = 0; s <= p; ++s) att[static_cast<size_t>(s)] *= inv_sqrt;
-      softmax(att.data(), p + 1);
-      float* out = &xb[t * dim + h * hs];
-      std::fill(out, out + hs, 0.0f);
-      attn_accumulate_f32(vc + off, kv_dim, hs, att.data(), p + 1, out);
+      const int64_t lda = pos + n;
+      const float* qh = &q[t * dim + static_cast<int64_t>(h0) * hs];
+      const int64_t off = static_cast<int64_t>(g) * hs;
+      attn_scores_f32_heads(kc + off, kv_dim, hs, qh, hs, nh, p + 1, att.data(), lda);
+      for (int h = 0; h < nh; ++h) {
+        float* a = att.data() + h * lda;
+        for (int s = 0; s <= p; ++s) a[s] *= inv_sqrt;
+        softmax(a, p + 1);
+      }
+      float* out = &xb[t * dim + static_cast<int64_t>(h0) * hs];
+      std::fill(out, out + static_cast<int64_t>(nh) * hs, 0.0f);
+      attn_accumulate_f32_heads(vc + off, kv_dim, hs, att.data(), lda, nh, p + 1, out, hs);
     }
   });
   }
@@ -500,7 +510,7 @@ Status run_block(const LlamaModel& model, int layer, float* x, int64_t n, const 
   if (n < 1 || n > c.seq_len) return InvalidArgument(fmt::format("run_block: {} tokens; the context holds {}", n, c.seq_len));
   std::vector<float> kc(static_cast<size_t>(n * c.kv_dim())), vc(static_cast<size_t>(n * c.kv_dim()));  // (n, kv_dim)
   Buffers b(c, n);
-  return layer_forward(model, layer, x, n, 0, kc.data(), vc.data(), static_cast<int>(n), b, hook);
+  return layer_forward(model, layer, x, n, 0, kc.data(), vc.data(), b, hook);
 }
 
 Session::Session(const LlamaModel& model, int max_seq)
@@ -545,7 +555,7 @@ Status Session::forward(std::span<const int> tokens, int pos, std::vector<float>
   for (int l = 0; l < c.n_layers; ++l) {
     float* kc = kv_ ? nullptr : &k_cache_[static_cast<size_t>(l) * max_seq_ * kv_dim];
     float* vc = kv_ ? nullptr : &v_cache_[static_cast<size_t>(l) * max_seq_ * kv_dim];
-    LOWBIT_RETURN_IF_ERROR(layer_forward(m_, l, x.data(), n, pos, kc, vc, max_seq_, b, nullptr, kv_ ? &*kv_ : nullptr));
+    LOWBIT_RETURN_IF_ERROR(layer_forward(m_, l, x.data(), n, pos, kc, vc, b, nullptr, kv_ ? &*kv_ : nullptr));
   }
   const int64_t first = all_logits ? 0 : n - 1;
   const int64_t m = n - first;

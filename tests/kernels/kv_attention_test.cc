@@ -136,6 +136,45 @@ INSTANTIATE_TEST_SUITE_P(
 
 // The fp32 cache's kernels: odd widths (tails past the eight lanes), strided rows, runs of 1..129
 // tokens; every ISA bit-identical to the scalar twin, the twin within 1e-5 of fp64.
+// The grouped-query forms: nq heads over one key/value head, each head bit-identical to the one-head
+// kernels at the scalar level (the definition), on every ISA; odd head counts (the 4-head tiles'
+// remainders), odd widths and token runs, padded leading dimensions.
+TEST(KvKernelsF32, GroupedHeadsEqualOneHeadKernelsOnEveryIsa) {
+  for (int64_t nq : {1, 2, 3, 4, 5, 6, 7, 9}) {
+    for (int64_t width : {1, 7, 8, 13, 24, 64, 72, 128, 130}) {
+      for (int64_t ntok : {1, 2, 3, 5, 8, 33}) {
+        const int64_t stride = width + 3, ldx = width + 2, lda = ntok + 1, ldo_s = ntok + 2, ldo_a = width + 1;
+        std::mt19937 rng(static_cast<uint32_t>(nq * 7919 + width * 131 + ntok));
+        std::normal_distribution<float> nd;
+        std::vector<float> rows(static_cast<size_t>(stride * ntok)), x(static_cast<size_t>(ldx * nq)), a(static_cast<size_t>(lda * nq));
+        for (float& v : rows) v = nd(rng);
+        for (float& v : x) v = nd(rng);
+        for (float& v : a) v = std::fabs(nd(rng)) / static_cast<float>(ntok);
+        std::vector<float> sc_want(static_cast<size_t>(ldo_s * nq), -1.0f), acc_want(static_cast<size_t>(ldo_a * nq), 0.5f);
+        {
+          ScopedIsa force(Isa::kScalar);
+          for (int64_t h = 0; h < nq; ++h) {
+            attn_scores_f32(rows.data(), stride, width, x.data() + h * ldx, ntok, sc_want.data() + h * ldo_s);
+            attn_accumulate_f32(rows.data(), stride, width, a.data() + h * lda, ntok, acc_want.data() + h * ldo_a);
+          }
+        }
+        for (Isa isa : supported_isas()) {
+          ScopedIsa force(isa);
+          std::vector<float> sc(static_cast<size_t>(ldo_s * nq), -1.0f), acc(static_cast<size_t>(ldo_a * nq), 0.5f);
+          attn_scores_f32_heads(rows.data(), stride, width, x.data(), ldx, nq, ntok, sc.data(), ldo_s);
+          attn_accumulate_f32_heads(rows.data(), stride, width, a.data(), lda, nq, ntok, acc.data(), ldo_a);
+          for (size_t i = 0; i < sc.size(); ++i) {
+            ASSERT_EQ(sc[i], sc_want[i]) << isa_name(isa) << " nq " << nq << " width " << width << " ntok " << ntok << " at " << i;
+          }
+          for (size_t i = 0; i < acc.size(); ++i) {
+            ASSERT_EQ(acc[i], acc_want[i]) << isa_name(isa) << " nq " << nq << " width " << width << " ntok " << ntok << " at " << i;
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(KvKernelsF32, EveryIsaMatchesTwinAndFp64Reference) {
   for (int64_t width : {1, 3, 7, 8, 13, 64, 72, 127, 128, 130}) {
     for (int64_t ntok : {1, 2, 3, 4, 5, 8, 31, 129}) {

@@ -76,10 +76,21 @@ void accumulate_f32(const float* v, int64_t stride, int64_t width, const float* 
   }
 }
 
+// The grouped forms are, by definition, the one-head forms per head.
+void scores_f32_heads(const float* k, int64_t stride, int64_t width, const float* x, int64_t ldx, int64_t nq, int64_t ntok, float* out,
+                      int64_t ldo) {
+  for (int64_t h = 0; h < nq; ++h) scores_f32(k, stride, width, x + h * ldx, ntok, out + h * ldo);
+}
+
+void accumulate_f32_heads(const float* v, int64_t stride, int64_t width, const float* a, int64_t lda, int64_t nq, int64_t ntok,
+                          float* out, int64_t ldo) {
+  for (int64_t h = 0; h < nq; ++h) accumulate_f32(v, stride, width, a + h * lda, ntok, out + h * ldo);
+}
+
 }  // namespace
 
 const KvMicrokernels& kv_scalar_microkernels() {
-  static const KvMicrokernels k{Isa::kScalar, scores, accumulate, scores_f32, accumulate_f32};
+  static const KvMicrokernels k{Isa::kScalar, scores, accumulate, scores_f32, accumulate_f32, scores_f32_heads, accumulate_f32_heads};
   return k;
 }
 

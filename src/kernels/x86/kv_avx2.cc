@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <type_traits>
 
 #include "../kv_internal.h"
 
@@ -206,10 +207,116 @@ void accumulate_f32(const float* v, int64_t stride, int64_t width, const float* 
   }
 }
 
+// NH heads × NT tokens of scores: NH·NT fma chains in registers (8 for 4 × 2: the FMA pipes stay
+// full, where one head's 4 tokens left them half idle on the chains' latency); each key row loaded
+// once for the NH heads. Per (head, token) the lanes and the sum are scores_f32's.
+template <int NH, int NT>
+void scores_f32_tile(const float* k, int64_t stride, int64_t width, int64_t w8, const float* x, int64_t ldx, int64_t t, float* out,
+                     int64_t ldo) {
+  __m256 p[NH][NT];
+  #pragma GCC unroll 8
+  for (int h = 0; h < NH; ++h) {
+    #pragma GCC unroll 8
+    for (int u = 0; u < NT; ++u) p[h][u] = _mm256_setzero_ps();
+  }
+  for (int64_t j = 0; j < w8; j += 8) {
+    __m256 kv[NT];
+    #pragma GCC unroll 8
+    for (int u = 0; u < NT; ++u) kv[u] = _mm256_loadu_ps(k + (t + u) * stride + j);
+    #pragma GCC unroll 8
+    for (int h = 0; h < NH; ++h) {
+      const __m256 xv = _mm256_loadu_ps(x + h * ldx + j);
+      #pragma GCC unroll 8
+      for (int u = 0; u < NT; ++u) p[h][u] = _mm256_fmadd_ps(xv, kv[u], p[h][u]);
+    }
+  }
+  #pragma GCC unroll 8
+  for (int h = 0; h < NH; ++h) {
+    #pragma GCC unroll 8
+    for (int u = 0; u < NT; ++u) out[h * ldo + t + u] = tail_dot(x + h * ldx, k + (t + u) * stride, w8, width, hsum(p[h][u]));
+  }
+}
+
+template <int NH>
+void scores_f32_group(const float* k, int64_t stride, int64_t width, const float* x, int64_t ldx, int64_t ntok, float* out, int64_t ldo) {
+  const int64_t w8 = width / 8 * 8;
+  int64_t t = 0;
+  for (; t + 2 <= ntok; t += 2) scores_f32_tile<NH, 2>(k, stride, width, w8, x, ldx, t, out, ldo);
+  for (; t < ntok; ++t) scores_f32_tile<NH, 1>(k, stride, width, w8, x, ldx, t, out, ldo);
+}
+
+// Heads [0, nq) in tiles of 4, then one tile of the 1..3 left: f(std::integral_constant<int, NH>, h0).
+template <class F>
+void by_head_tiles(int64_t nq, F&& f) {
+  int64_t h = 0;
+  for (; h + 4 <= nq; h += 4) f(std::integral_constant<int, 4>{}, h);
+  switch (nq - h) {
+    case 3: f(std::integral_constant<int, 3>{}, h); break;
+    case 2: f(std::integral_constant<int, 2>{}, h); break;
+    case 1: f(std::integral_constant<int, 1>{}, h); break;
+    default: break;
+  }
+}
+
+void scores_f32_heads(const float* k, int64_t stride, int64_t width, const float* x, int64_t ldx, int64_t nq, int64_t ntok, float* out,
+                      int64_t ldo) {
+  by_head_tiles(nq, [&](auto nh, int64_t h) { scores_f32_group<nh()>(k, stride, width, x + h * ldx, ldx, ntok, out + h * ldo, ldo); });
+}
+
+// NH heads × NC chunks of 8 outputs starting at j0, in registers over all tokens; each value row's
+// chunk loaded once for the NH heads. Per output the fma chain over t is accumulate_f32's.
+template <int NH, int NC>
+void accumulate_f32_heads_chunks(const float* v, int64_t stride, const float* a, int64_t lda, int64_t ntok, int64_t j0, float* out,
+                                 int64_t ldo) {
+  __m256 o[NH][NC];
+  #pragma GCC unroll 8
+  for (int h = 0; h < NH; ++h) {
+    #pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) o[h][c] = _mm256_loadu_ps(out + h * ldo + j0 + 8 * c);
+  }
+  for (int64_t t = 0; t < ntok; ++t) {
+    const float* row = v + t * stride + j0;
+    __m256 r[NC];
+    #pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) r[c] = _mm256_loadu_ps(row + 8 * c);
+    #pragma GCC unroll 8
+    for (int h = 0; h < NH; ++h) {
+      const __m256 w = _mm256_broadcast_ss(a + h * lda + t);
+      #pragma GCC unroll 8
+      for (int c = 0; c < NC; ++c) o[h][c] = _mm256_fmadd_ps(w, r[c], o[h][c]);
+    }
+  }
+  #pragma GCC unroll 8
+  for (int h = 0; h < NH; ++h) {
+    #pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) _mm256_storeu_ps(out + h * ldo + j0 + 8 * c, o[h][c]);
+  }
+}
+
+template <int NH>
+void accumulate_f32_group(const float* v, int64_t stride, int64_t width, const float* a, int64_t lda, int64_t ntok, float* out,
+                          int64_t ldo) {
+  int64_t j0 = 0;
+  for (; j0 + 24 <= width; j0 += 24) accumulate_f32_heads_chunks<NH, 3>(v, stride, a, lda, ntok, j0, out, ldo);
+  for (; j0 + 8 <= width; j0 += 8) accumulate_f32_heads_chunks<NH, 1>(v, stride, a, lda, ntok, j0, out, ldo);
+  for (int h = 0; h < NH; ++h) {
+    for (int64_t j = j0; j < width; ++j) {
+      float o = out[h * ldo + j];
+      for (int64_t t = 0; t < ntok; ++t) o = __builtin_fmaf(a[h * lda + t], v[t * stride + j], o);
+      out[h * ldo + j] = o;
+    }
+  }
+}
+
+void accumulate_f32_heads(const float* v, int64_t stride, int64_t width, const float* a, int64_t lda, int64_t nq, int64_t ntok,
+                          float* out, int64_t ldo) {
+  by_head_tiles(nq, [&](auto nh, int64_t h) { accumulate_f32_group<nh()>(v, stride, width, a + h * lda, lda, ntok, out + h * ldo, ldo); });
+}
+
 }  // namespace
 
 const KvMicrokernels& kv_avx2_microkernels() {
-  static const KvMicrokernels k{Isa::kAvx2, scores, accumulate, scores_f32, accumulate_f32};
+  static const KvMicrokernels k{Isa::kAvx2, scores, accumulate, scores_f32, accumulate_f32, scores_f32_heads, accumulate_f32_heads};
   return k;
 }
 
