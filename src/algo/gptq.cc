@@ -236,6 +236,13 @@ void spread_error(float* wr, const MatF& U, int64_t p, int64_t end, float e) {
   }
 }
 
+// diag H in fp32, by original column: the importance the ggml block searches weigh errors by.
+std::vector<float> diagonal(const Eigen::Map<const MatD>& H) {
+  std::vector<float> d(static_cast<size_t>(H.cols()));
+  for (int64_t c = 0; c < H.cols(); ++c) d[static_cast<size_t>(c)] = static_cast<float>(H(c, c));
+  return d;
+}
+
 // GPTQ over ggml blocks: columns in natural order; when a block's first column is reached, each
 // row's block scales are chosen by the weighted search (importance = diag H) from the weights as
 // GPTQ has updated them so far, then every column is rounded to the nearest value those scales
@@ -246,15 +253,9 @@ QuantizedTensor gptq_ggml(MatF Wp, const Eigen::Map<const MatD>& H, const MatF& 
   const GgmlBlockInfo* info = ggml_block_info(spec.ggml);
   const int64_t QB = info->block_size;
   const int64_t B = std::max<int64_t>(QB, 128 / QB * QB);  // lazy batch: whole ggml blocks
-  QuantizedTensor out;
-  out.spec = spec;
+  QuantizedTensor out = empty_quantized(spec, R, C);
   out.shape = w.shape();
-  out.rows = R;
-  out.cols = C;
-  out.row_bytes = ggml_row_bytes(spec.ggml, C);
-  out.codes.assign(static_cast<size_t>(R * out.row_bytes), 0);
-  std::vector<float> imp(static_cast<size_t>(C));
-  for (int64_t c = 0; c < C; ++c) imp[static_cast<size_t>(c)] = static_cast<float>(H(c, c));
+  const std::vector<float> imp = diagonal(H);  // by original column
   MatF Err(R, B);
   for (int64_t i1 = 0; i1 < C; i1 += B) {
     const int64_t i2 = std::min(C, i1 + B);
@@ -276,6 +277,67 @@ QuantizedTensor gptq_ggml(MatF Wp, const Eigen::Map<const MatD>& H, const MatF& 
       }
     });
     lazy_batch_update(Wp, Err, U, i1, i2);
+  }
+  return out;
+}
+
+// GPTQ over ggml blocks in any column order (act-order: perm[p] is the column processed p-th, Wp and
+// U are in that order). A row's block is fitted when the first of its columns comes up, from the
+// block's values as they stand then (the updated ones and the not-yet-reached ones alike), or, with
+// static groups, from the original weights before any update; each column is then rounded under its
+// block's fixed scales, and the block is packed once all its columns are. Rows are independent in
+// GPTQ, so they go in chunks of kRows (the open blocks of a chunk's rows stay in memory, not the
+// whole matrix's); the chunking is fixed, so the bits do not depend on the thread count.
+QuantizedTensor gptq_ggml_ordered(const MatF& Wp, const Eigen::Map<const MatD>& H, const MatF& U, const QuantSpec& spec,
+                                  ConstTensorView w, std::span<const int64_t> perm, std::span<const int64_t> pos_of,
+                                  bool static_groups) {
+  constexpr int64_t kRows = 256;
+  const int64_t R = Wp.rows(), C = Wp.cols();
+  const GgmlBlockInfo* info = ggml_block_info(spec.ggml);
+  const int64_t QB = info->block_size, nblocks = C / QB;
+  const int64_t B = std::max<int64_t>(QB, 128 / QB * QB);
+  QuantizedTensor out = empty_quantized(spec, R, C);
+  out.shape = w.shape();
+  const std::vector<float> imp = diagonal(H);  // by original column
+  for (int64_t r0 = 0; r0 < R; r0 += kRows) {
+    const int64_t n = std::min(kRows, R - r0);
+    MatF Wc = Wp.middleRows(r0, n);
+    std::vector<GgmlBlockCoder> coders(static_cast<size_t>(n * nblocks), GgmlBlockCoder(spec.ggml));
+    std::vector<int> done(static_cast<size_t>(n * nblocks), 0);
+    std::vector<char> fitted(static_cast<size_t>(n * nblocks), 0);
+    auto fit = [&](int64_t r, int64_t b) {  // block b of chunk row r from Wc's current values
+      float x[256];
+      for (int64_t e = 0; e < QB; ++e) x[e] = Wc(r, pos_of[static_cast<size_t>(b * QB + e)]);
+      coders[static_cast<size_t>(r * nblocks + b)].fit(x, imp.data() + b * QB);
+      fitted[static_cast<size_t>(r * nblocks + b)] = 1;
+    };
+    if (static_groups) {
+      parallel_for(0, n, 1, [&](int64_t a, int64_t z) {
+        for (int64_t r = a; r < z; ++r)
+          for (int64_t b = 0; b < nblocks; ++b) fit(r, b);
+      });
+    }
+    MatF Err(n, B);
+    for (int64_t i1 = 0; i1 < C; i1 += B) {
+      const int64_t i2 = std::min(C, i1 + B);
+      parallel_for(0, n, 1, [&](int64_t a, int64_t z) {
+        for (int64_t r = a; r < z; ++r) {
+          float* wr = &Wc(r, 0);
+          for (int64_t p = i1; p < i2; ++p) {
+            const int64_t c = perm[static_cast<size_t>(p)], b = c / QB;
+            const size_t k = static_cast<size_t>(r * nblocks + b);
+            if (!fitted[k]) fit(r, b);
+            const float xv = wr[p];
+            const float qv = coders[k].round(static_cast<int>(c - b * QB), xv);
+            const float e = (xv - qv) / U(p, p);
+            Err(r, p - i1) = e;
+            spread_error(wr, U, p, i2, e);
+            if (++done[k] == QB) coders[k].pack(out.codes.data() + (r0 + r) * out.row_bytes + b * info->type_size);
+          }
+        }
+      });
+      lazy_batch_update(Wc, Err, U, i1, i2);
+    }
   }
   return out;
 }
@@ -434,7 +496,6 @@ Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double>
   }
   if (opt.block_size < 1 || !(opt.damp > 0)) return InvalidArgument(fmt::format("{}: GPTQ needs block_size >= 1 and damp > 0", name));
   const bool ggml = spec.ggml != GgmlType::kF32;
-  if (ggml && opt.act_order) return InvalidArgument(fmt::format("{}: act-order is not supported with ggml block types ({})", name, to_string(spec)));
 
   // Working copy of W; H with dead inputs neutralised.
   // W is read in place (a contiguous f32 weight is not copied: at an 8B FFN's 14336 x 4096 a copy
@@ -531,7 +592,8 @@ Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double>
   }
 
   if (ggml) {
-    QuantizedTensor q = gptq_ggml(std::move(Wp), H, U, spec, w);  // act-order is refused: Wp is W
+    QuantizedTensor q = opt.act_order || opt.static_groups ? gptq_ggml_ordered(Wp, H, U, spec, w, perm, pos_of, opt.static_groups)
+                                                           : gptq_ggml(std::move(Wp), H, U, spec, w);
     if (stats) {
       stats->damp = damp;
       stats->dead_cols = dead;

@@ -141,13 +141,8 @@ Result<QuantizedTensor> quantize_ggml_tensor(ConstTensorView x, const Rows& rows
   if (!opt.importance.empty() && static_cast<int64_t>(opt.importance.size()) != C) {
     return InvalidArgument(fmt::format("{}: importance has {} values, expected {}", name, opt.importance.size(), C));
   }
-  QuantizedTensor q;
-  q.spec = spec;
+  QuantizedTensor q = empty_quantized(spec, R, C);
   q.shape = x.shape();
-  q.rows = R;
-  q.cols = C;
-  q.row_bytes = ggml_row_bytes(spec.ggml, C);
-  q.codes.assign(static_cast<size_t>(R * q.row_bytes), 0);
   const float* base = x.data_as<float>();
   const float* imp = opt.importance.empty() ? nullptr : opt.importance.data();
   std::atomic<int64_t> bad_row{-1};
@@ -718,6 +713,11 @@ QuantizedTensor empty_quantized(const QuantSpec& spec, int64_t rows, int64_t col
   q.shape = Shape::row_major(dims);
   q.rows = rows;
   q.cols = cols;
+  if (spec.ggml != GgmlType::kF32) {  // the blocks carry their scales in the codes
+    q.row_bytes = ggml_row_bytes(spec.ggml, cols);
+    q.codes.assign(static_cast<size_t>(rows * q.row_bytes), 0);
+    return q;
+  }
   q.row_bytes = static_cast<int64_t>(packed_bytes(spec.element, static_cast<size_t>(cols)));
   q.codes.assign(static_cast<size_t>(rows * q.row_bytes), 0);
   const int64_t nblocks = q.grid().num_blocks();

@@ -56,6 +56,13 @@ double rtn_error(const Tensor& w, const QuantSpec& spec, const std::vector<float
   return output_error(w.view(), dequantized(q).view(), x, n);
 }
 
+// diag H as the ggml types' importance (the imatrix analogue).
+std::vector<float> hessian_diag(const InputStats& st, int64_t in) {
+  std::vector<float> d(static_cast<size_t>(in));
+  for (int64_t j = 0; j < in; ++j) d[static_cast<size_t>(j)] = static_cast<float>(st.hessian[static_cast<size_t>(j * in + j)]);
+  return d;
+}
+
 // GPTQ with a ggml block type's grid in the loop (natural order, block scales fixed from the updated
 // weights) beats the type's own importance-weighted rounding (the imatrix analogue: diag H).
 TEST(GptqGgml, BeatsWeightedRoundingForEveryBlockType) {
@@ -63,8 +70,7 @@ TEST(GptqGgml, BeatsWeightedRoundingForEveryBlockType) {
   const Tensor w = random_matrix(out, in, 17);
   const std::vector<float> x = correlated_inputs(n, in, 19);
   const InputStats st = stats_of(x, n, in);
-  std::vector<float> diag(static_cast<size_t>(in));
-  for (int64_t j = 0; j < in; ++j) diag[static_cast<size_t>(j)] = static_cast<float>(st.hessian[static_cast<size_t>(j * in + j)]);
+  const std::vector<float> diag = hessian_diag(st, in);
   for (const GgmlBlockInfo& info : ggml_block_types()) {
     if (info.type == GgmlType::kQ8_0) continue;  // 8 bits: both errors are at the noise floor
     const QuantSpec spec = ggml_spec(info.type);
@@ -76,9 +82,46 @@ TEST(GptqGgml, BeatsWeightedRoundingForEveryBlockType) {
     const double err = output_error(w.view(), dequantized(g).view(), x, n);
     EXPECT_LT(err, 0.8 * rtn) << info.name << ": gptq " << err << " weighted rounding " << rtn;
   }
-  GptqOptions ao;
-  ao.act_order = true;
-  EXPECT_FALSE(gptq_quantize(w.view(), st.hessian, ggml_spec(GgmlType::kQ4_K), ao, "w").ok());
+}
+
+// Act-order and static groups over ggml blocks (columns by decreasing diag H; a row's block fitted
+// when its first column comes up, or from the original weights): still far better than the type's
+// weighted rounding, a different result from the natural order (except static groups where one
+// block spans the row: fitted before any update in both), and the same bits on 1 and 2 threads
+// (rows go in fixed chunks). 260 rows: more than one 256-row chunk.
+TEST(GptqGgml, ActOrderAndStaticGroupsForEveryBlockType) {
+  const int64_t out = 260, in = 256, n = 512;
+  const Tensor w = random_matrix(out, in, 23);
+  const std::vector<float> x = correlated_inputs(n, in, 29);
+  const InputStats st = stats_of(x, n, in);
+  const std::vector<float> diag = hessian_diag(st, in);
+  for (const GgmlBlockInfo& info : ggml_block_types()) {
+    if (info.type == GgmlType::kQ8_0) continue;  // 8 bits: both errors are at the noise floor
+    const QuantSpec spec = ggml_spec(info.type);
+    const double rtn = output_error(w.view(), dequantized(quantize(w.view(), spec, {.importance = diag}).value()).view(), x, n);
+    const QuantizedTensor natural = gptq_quantize(w.view(), st.hessian, spec, {}, "w").value();
+    for (const auto& [act_order, static_groups] : {std::pair{true, false}, std::pair{false, true}, std::pair{true, true}}) {
+      GptqOptions opt;
+      opt.act_order = act_order;
+      opt.static_groups = static_groups;
+      const QuantizedTensor g = gptq_quantize(w.view(), st.hessian, spec, opt, "w").value();
+      const std::string what = std::string(info.name) + (act_order ? " act-order" : "") + (static_groups ? " static" : "");
+      ASSERT_EQ(g.codes.size(), natural.codes.size()) << what;
+      if (static_groups && !act_order && info.block_size == in) {
+        EXPECT_EQ(g.codes, natural.codes) << what << ": one block a row is fitted before any update either way";
+      } else {
+        EXPECT_NE(g.codes, natural.codes) << what;
+      }
+      const double err = output_error(w.view(), dequantized(g).view(), x, n);
+      EXPECT_LT(err, 0.8 * rtn) << what << ": gptq " << err << " weighted rounding " << rtn;
+      if (static_groups) continue;  // the thread check once per type (act-order alone)
+      const int before = num_threads();
+      ASSERT_TRUE(set_num_threads(before == 1 ? 2 : 1).ok());
+      const QuantizedTensor other = gptq_quantize(w.view(), st.hessian, spec, opt, "w").value();
+      ASSERT_TRUE(set_num_threads(before).ok());
+      EXPECT_EQ(other.codes, g.codes) << what << ": 1 vs 2 threads";
+    }
+  }
 }
 
 // A width the block cannot hold is refused by GPTQ with RTN's own one-line message (GPTQ checks one

@@ -86,7 +86,9 @@ constexpr int kPairStep = 4;
 struct Paired {
   std::vector<double> ratio, gbs, tok_s;
 };
-Paired measure_paired(const LlamaModel& net, const std::vector<int>& ids, int decode, double per_token) {
+// Paired decode steps: a token at position p reads the weights (per_token bytes) and p + 1 rows of
+// the KV cache (kv_per_position bytes each), so the bound of a step counts both.
+Paired measure_paired(const LlamaModel& net, const std::vector<int>& ids, int decode, double per_token, double kv_per_position) {
   Paired p;
   if (decode < kPairStep) return p;
   bench::DramProbe probe;
@@ -103,9 +105,10 @@ Paired measure_paired(const LlamaModel& net, const std::vector<int>& ids, int de
     }
     const double tok_s = kPairStep / seconds_since(t0);
     if (gbs <= 0) continue;
+    const double bytes = per_token + kv_per_position * (pos - kPairStep + (kPairStep + 1) / 2.0);  // the step's mean context
     p.gbs.push_back(gbs);
     p.tok_s.push_back(tok_s);
-    p.ratio.push_back(tok_s / (gbs * 1e9 / per_token));
+    p.ratio.push_back(tok_s / (gbs * 1e9 / bytes));
   }
   return p;
 }
@@ -210,8 +213,8 @@ Speed measure_llama_bench(const BenchModelArgs& a) {
   return r;
 }
 
-// Bytes one decode step reads from memory: every linear and the classifier whole (in their stored
-// form), one embedding row, the norms and biases; the KV cache is left out (a few MB here).
+// Bytes one decode step reads from memory besides the KV cache: every linear and the classifier
+// whole (in their stored form), one embedding row, the norms and biases.
 double weight_bytes_per_token(const LlamaModel& net) {
   const LlamaConfig& c = net.config();
   const auto bytes = [](const Linear& l) -> double {
@@ -226,6 +229,10 @@ double weight_bytes_per_token(const LlamaModel& net) {
   }
   return b;
 }
+
+// And the fp32 KV cache's bytes per position: a step at position p reads p + 1 of them (keys and
+// values of every layer).
+double kv_bytes_per_position(const LlamaConfig& c) { return 2.0 * c.n_layers * c.kv_dim() * sizeof(float); }
 
 void run_bench_model(const BenchModelArgs& a) {
   if (a.prefill < 4) fail(kExitUsage, fmt::format("bench model: --prefill must be >= 4 (got {})", a.prefill));
@@ -295,7 +302,7 @@ void run_bench_model(const BenchModelArgs& a) {
   Paired paired;
   if (a.limits) {
     LlamaModel net(*model);  // stored k-quants: Q8_K activations (the first row); else fp32
-    paired = measure_paired(net, ids, a.decode, per_token);
+    paired = measure_paired(net, ids, a.decode, per_token, kv_bytes_per_position(c));
   }
 
   auto num = [](const std::optional<double>& v) { return v ? fmt::format("{:.1f}", *v) : std::string("—"); };
@@ -304,11 +311,13 @@ void run_bench_model(const BenchModelArgs& a) {
   fmt::print("| engine | prefill tok/s | decode tok/s | note |\n|---|---:|---:|---|\n");
   for (const Speed& r : rows) fmt::print("| {} | {} | {} | {} |\n", r.name, num(r.prefill_tok_s), num(r.decode_tok_s), r.note);
   fmt::print("lowbit peak RSS: {:.0f} MiB\n", rss);
+  // The decode row's mean context: its tokens sit at positions prefill .. prefill + decode - 1.
+  const double kv_mean = kv_bytes_per_position(c) * (a.prefill + (a.decode + 1) / 2.0);
   if (a.limits) {
-    const double bound = gbs * 1e9 / per_token;
-    fmt::print("DRAM read {:.1f} GB/s (measured in this run) / {:.0f} MB per decode token = bound {:.1f} tok/s; "
-               "lowbit decode = {:.2f} x bound\n",
-               gbs, per_token / 1e6, bound, rows.front().decode_tok_s.value_or(0.0) / bound);
+    const double bound = gbs * 1e9 / (per_token + kv_mean);
+    fmt::print("DRAM read {:.1f} GB/s (measured in this run) / ({:.0f} MB of weights + {:.1f} MB of KV cache at the mean "
+               "context) per decode token = bound {:.1f} tok/s; lowbit decode = {:.2f} x bound\n",
+               gbs, per_token / 1e6, kv_mean / 1e6, bound, rows.front().decode_tok_s.value_or(0.0) / bound);
     if (!paired.ratio.empty()) {
       const auto [rlo, rhi] = std::minmax_element(paired.ratio.begin(), paired.ratio.end());
       const auto [glo, ghi] = std::minmax_element(paired.gbs.begin(), paired.gbs.end());
@@ -321,7 +330,8 @@ void run_bench_model(const BenchModelArgs& a) {
   if (!a.json.empty()) {
     nlohmann::json j = {{"model", a.model}, {"prefill_tokens", a.prefill}, {"decode_tokens", a.decode},
                         {"threads", num_threads()}, {"scheme", a.scheme}, {"peak_rss_mib", rss},
-                        {"bytes_per_decode_token", per_token}};
+                        {"bytes_per_decode_token", per_token}, {"kv_bytes_per_position", kv_bytes_per_position(c)},
+                        {"kv_bytes_mean_context", kv_mean}};
     if (a.limits) j["dram_read_gbs"] = gbs;
     if (!paired.ratio.empty()) {
       j["paired"] = {{"step_tokens", kPairStep}, {"ratio", paired.ratio}, {"dram_gbs", paired.gbs},
