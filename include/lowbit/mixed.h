@@ -76,6 +76,7 @@ struct SensitivityReport {
   std::vector<Candidate> candidates;
   UnitGranularity granularity = UnitGranularity::kTensor;
   Method method = Method::kRtn;
+  bool act_order = false;  // with GPTQ: columns by decreasing diag H (GptqOptions::act_order)
   std::vector<UnitSensitivity> units;
   int64_t tokens_scored = 0;
   double ref_ppl = 0;

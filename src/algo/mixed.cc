@@ -266,6 +266,7 @@ Result<SensitivityReport> measure_sensitivity(LlamaModel& net, const Sensitivity
   rep.candidates = opt.candidates;
   rep.granularity = opt.granularity;
   rep.method = opt.method;
+  rep.act_order = opt.method == Method::kGptq && opt.gptq.act_order;
   rep.tokens_scored = scored;
   rep.ref_ppl = std::exp(ref_nll / static_cast<double>(scored));
   const std::vector<UnitDef> defs = make_units(c, opt.granularity);
@@ -1044,6 +1045,7 @@ std::string sensitivity_json(const SensitivityReport& s) {
   nlohmann::ordered_json j;
   j["granularity"] = std::string(granularity_name(s.granularity));
   j["method"] = std::string(method_name(s.method));
+  j["act_order"] = s.act_order;
   nlohmann::ordered_json cands = nlohmann::ordered_json::array();
   for (const Candidate& c : s.candidates) cands.push_back({{"name", c.name}, {"spec", c.spec ? to_string(*c.spec) : "fp32"}});
   j["candidates"] = cands;
@@ -1077,6 +1079,10 @@ Result<SensitivityReport> parse_sensitivity_json(const std::string& text, const 
     Result<Method> m = parse_method(j["method"].get<std::string>());
     if (!m.ok()) return bad("method: " + m.status().message());
     s.method = *m;
+  }
+  if (j.contains("act_order")) {
+    if (!j["act_order"].is_boolean()) return bad("act_order must be true or false");
+    s.act_order = j["act_order"].get<bool>();
   }
   for (const auto& cj : j["candidates"]) {
     if (!cj.is_object() || !cj.contains("spec") || !cj["spec"].is_string() || !cj.contains("name") || !cj["name"].is_string()) {

@@ -122,6 +122,25 @@ with tempfile.TemporaryDirectory() as tmp:
     bad_input(["sensitivity", "--model", MODEL, "--calib", TEXT, "--candidates", "w4a16-g128,int9:row"], "int9:row",
               "bad candidate")
     bad_input(["sensitivity", "--model", MODEL, "--calib", TEXT, "--granularity", "block"], "block", "bad granularity")
+    bad_input(["sensitivity", "--model", MODEL, "--calib", TEXT, "--act-order"], "--act-order", "act-order without gptq")
+
+    # GPTQ sensitivities with and without act-order: recorded in the JSON, and different figures.
+    ao = {}
+    for flag in ([], ["--act-order"]):
+        out = os.path.join(tmp, f"sens_gptq{len(flag)}.json")
+        p = run("sensitivity", "--model", MODEL, "--calib", TEXT, "--candidates", "w3a16-g64", "--granularity", "role",
+                "--windows", "2", "--method", "gptq", *flag, "--json", out)
+        check(p.returncode == 0, f"gptq sensitivity {flag} failed: {p.stderr}")
+        check(("act-order" in p.stdout.splitlines()[0]) == bool(flag), f"header names act-order: {p.stdout[:200]!r}")
+        with open(out) as f:
+            ao[bool(flag)] = json.load(f)
+    check(ao[True]["act_order"] is True and ao[False]["act_order"] is False, "act_order in the JSON")
+    check([u["dkld"] for u in ao[True]["units"]] != [u["dkld"] for u in ao[False]["units"]], "act-order changes the figures")
+    for flag, warned in (([], True), (["--act-order"], False)):
+        p = run("quantize", "--model", MODEL, "--target-bpw", "4.5", "--method", "gptq", "--calib", TEXT, "--sensitivity",
+                os.path.join(tmp, "sens_gptq1.json"), *flag, "--dry-run")
+        check(p.returncode == 0 and ("measured with GPTQ with act-order" in p.stderr) == warned,
+              f"act-order mismatch warning {flag}: {p.stderr!r}")
     bad_input(["quantize", "--model", MODEL, "--scheme", "w4a16-g128", "--policy", "llama"], "llama", "bad policy")
     broken = os.path.join(tmp, "broken.json")
     with open(broken, "w") as f:

@@ -68,6 +68,10 @@ MixedPlan choose_mixed_plan(const QuantizeArgs& a, const Model& model, const std
     if (!text.ok()) fail(text.status());
     sens = parse_sensitivity_json(*text, a.sensitivity, cfg);
     if (!sens.ok()) fail(kExitUsage, sens.status().message());
+    if (sens->method == Method::kGptq && a.method == "gptq" && sens->act_order != a.act_order) {
+      fmt::print(stderr, "lowbit: warning: {} was measured with GPTQ {} act-order; this run quantizes {} it\n", a.sensitivity,
+                 sens->act_order ? "with" : "without", a.act_order ? "with" : "without");
+    }
   } else {
     Result<std::vector<Candidate>> cands = parse_candidates(a.candidates, "--candidates");
     if (!cands.ok()) fail(kExitUsage, cands.status().message());

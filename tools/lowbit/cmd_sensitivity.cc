@@ -20,6 +20,7 @@ namespace {
 struct SensitivityArgs {
   std::string model, calib, calib_split = "calib", tokenizer, candidates = kDefaultCandidates, granularity = "tensor", method = "rtn", json, plot;
   int ctx = 128, windows = 8;
+  bool act_order = false;
 };
 
 void run_sensitivity(const SensitivityArgs& a) {
@@ -31,6 +32,7 @@ void run_sensitivity(const SensitivityArgs& a) {
   if (!method.ok() || (*method != Method::kRtn && *method != Method::kGptq)) {
     fail(kExitUsage, fmt::format("--method: '{}' is not rtn or gptq", a.method));
   }
+  if (a.act_order && *method != Method::kGptq) fail(kExitUsage, fmt::format("--act-order is a GPTQ option; --method is {}", a.method));
   if (a.windows < 1) fail(kExitUsage, fmt::format("--windows must be >= 1 (got {})", a.windows));
   const std::vector<NamedPath> inputs = {{"--model", a.model}, {"--calib", a.calib}, {"--tokenizer", a.tokenizer}};
   check_output("--json", a.json, inputs);
@@ -52,6 +54,7 @@ void run_sensitivity(const SensitivityArgs& a) {
   LlamaModel net(*model);
   std::unique_ptr<Progress> bar;
   SensitivityOptions so{.candidates = *cands, .granularity = *g, .windows = windows, .method = *method};
+  so.gptq.act_order = a.act_order;
   so.on_step = [&](int64_t done, int64_t total) {
     if (done == 1) bar = std::make_unique<Progress>("sensitivity", total);
     bar->advance();
@@ -61,8 +64,8 @@ void run_sensitivity(const SensitivityArgs& a) {
   if (!r.ok()) fail(r.status());
   warn_lossless(*r, a.model);
 
-  fmt::print("sensitivity ({}) of {} by {} on {} ({} windows of {} tokens, {} scored; reference PPL {:.4f}) in {:.1f} s\n",
-             a.method, a.model, a.granularity, a.calib, windows.size(), ctx, r->tokens_scored, r->ref_ppl, r->seconds);
+  fmt::print("sensitivity ({}{}) of {} by {} on {} ({} windows of {} tokens, {} scored; reference PPL {:.4f}) in {:.1f} s\n",
+             a.method, a.act_order ? ", act-order" : "", a.model, a.granularity, a.calib, windows.size(), ctx, r->tokens_scored, r->ref_ppl, r->seconds);
   fmt::print("ΔKLD (nats/token) when the unit alone is quantized, all else fp32; [proxy rank]\n\n| unit | params |");
   for (const Candidate& c : r->candidates) fmt::print(" {} |", c.name);
   fmt::print("\n|---|---:|");
@@ -104,6 +107,7 @@ void register_sensitivity(CLI::App& app) {
   cmd->add_option("--candidates", a->candidates, "Comma-separated schemes, specs or fp32")->default_val(kDefaultCandidates);
   cmd->add_option("--granularity", a->granularity, "tensor | layer | role (wq, …, w2 across all blocks)")->default_val("tensor");
   cmd->add_option("--method", a->method, "rtn | gptq: how each unit is quantized (gptq: on the fp32 inputs' Hessian)")->default_val("rtn");
+  cmd->add_flag("--act-order", a->act_order, "--method gptq: columns by decreasing Hessian diagonal (as quantize --act-order)");
   cmd->add_option("--ctx", a->ctx, "Window length in tokens (the second half of each is scored)")->default_val(128);
   cmd->add_option("--windows", a->windows, "Calibration windows")->default_val(8);
   cmd->add_option("--tokenizer", a->tokenizer, "Tokenizer (default: the one beside the model)");
