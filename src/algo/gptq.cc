@@ -243,59 +243,23 @@ std::vector<float> diagonal(const Eigen::Map<const MatD>& H) {
   return d;
 }
 
-// GPTQ over ggml blocks: columns in natural order; when a block's first column is reached, each
-// row's block scales are chosen by the weighted search (importance = diag H) from the weights as
-// GPTQ has updated them so far, then every column is rounded to the nearest value those scales
-// allow and its error is spread over the columns to its right.
-QuantizedTensor gptq_ggml(MatF Wp, const Eigen::Map<const MatD>& H, const MatF& U, const QuantSpec& spec,
-                          ConstTensorView w) {
-  const int64_t R = Wp.rows(), C = Wp.cols();
-  const GgmlBlockInfo* info = ggml_block_info(spec.ggml);
-  const int64_t QB = info->block_size;
-  const int64_t B = std::max<int64_t>(QB, 128 / QB * QB);  // lazy batch: whole ggml blocks
-  QuantizedTensor out = empty_quantized(spec, R, C);
-  out.shape = w.shape();
-  const std::vector<float> imp = diagonal(H);  // by original column
-  MatF Err(R, B);
-  for (int64_t i1 = 0; i1 < C; i1 += B) {
-    const int64_t i2 = std::min(C, i1 + B);
-    parallel_for(0, R, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        float* wr = &Wp(r, 0);
-        for (int64_t b0 = i1; b0 < i2; b0 += QB) {
-          GgmlBlockCoder coder(spec.ggml);
-          coder.fit(wr + b0, imp.data() + b0);
-          for (int64_t p = b0; p < b0 + QB; ++p) {
-            const float x = wr[p];
-            const float qv = coder.round(static_cast<int>(p - b0), x);
-            const float e = (x - qv) / U(p, p);
-            Err(r, p - i1) = e;
-            spread_error(wr, U, p, i2, e);
-          }
-          coder.pack(out.codes.data() + r * out.row_bytes + (b0 / QB) * info->type_size);
-        }
-      }
-    });
-    lazy_batch_update(Wp, Err, U, i1, i2);
-  }
-  return out;
-}
-
-// GPTQ over ggml blocks in any column order (act-order: perm[p] is the column processed p-th, Wp and
-// U are in that order). A row's block is fitted when the first of its columns comes up, from the
-// block's values as they stand then (the updated ones and the not-yet-reached ones alike), or, with
-// static groups, from the original weights before any update; each column is then rounded under its
-// block's fixed scales, and the block is packed once all its columns are. Rows are independent in
+// GPTQ over ggml blocks, columns in the order perm (natural, or act-order: perm[p] is the column
+// processed p-th, Wp and U are in that order). A row's block is fitted by the type's weighted
+// search (importance = diag H) when the first of its columns comes up, from the block's values as
+// they stand then (the updated ones and, in act-order, the not-yet-reached ones alike), or, with
+// static groups, from the original weights before any update; each column is then rounded to the
+// nearest value the block's fixed scales allow, its error spread over the columns after it, and the
+// block is packed once all its columns are. Rows are independent in
 // GPTQ, so they go in chunks of kRows (the open blocks of a chunk's rows stay in memory, not the
 // whole matrix's); the chunking is fixed, so the bits do not depend on the thread count.
-QuantizedTensor gptq_ggml_ordered(const MatF& Wp, const Eigen::Map<const MatD>& H, const MatF& U, const QuantSpec& spec,
+QuantizedTensor gptq_ggml(const MatF& Wp, const Eigen::Map<const MatD>& H, const MatF& U, const QuantSpec& spec,
                                   ConstTensorView w, std::span<const int64_t> perm, std::span<const int64_t> pos_of,
                                   bool static_groups) {
   constexpr int64_t kRows = 256;
   const int64_t R = Wp.rows(), C = Wp.cols();
   const GgmlBlockInfo* info = ggml_block_info(spec.ggml);
   const int64_t QB = info->block_size, nblocks = C / QB;
-  const int64_t B = std::max<int64_t>(QB, 128 / QB * QB);
+  const int64_t B = std::max<int64_t>(QB, 128 / QB * QB);  // lazy batch: whole ggml blocks
   QuantizedTensor out = empty_quantized(spec, R, C);
   out.shape = w.shape();
   const std::vector<float> imp = diagonal(H);  // by original column
@@ -592,8 +556,7 @@ Result<QuantizedTensor> gptq_quantize(ConstTensorView w, std::span<const double>
   }
 
   if (ggml) {
-    QuantizedTensor q = opt.act_order || opt.static_groups ? gptq_ggml_ordered(Wp, H, U, spec, w, perm, pos_of, opt.static_groups)
-                                                           : gptq_ggml(std::move(Wp), H, U, spec, w);
+    QuantizedTensor q = gptq_ggml(Wp, H, U, spec, w, perm, pos_of, opt.static_groups);
     if (stats) {
       stats->damp = damp;
       stats->dead_cols = dead;

@@ -437,16 +437,14 @@ Status layer_forward(const LlamaModel& m, int l, float* x, int64_t n, int pos, f
   // is read once per run, not once per head; every head gets the bits it gets alone.
   const float inv_sqrt = 1.0f / std::sqrt(static_cast<float>(hs));
   const int runs = (kv_mul + 3) / 4, run = (kv_mul + runs - 1) / runs;  // 6 heads a group: 2 runs of 3
-  const int64_t tasks = n * c.n_kv_heads * runs;
+  const int64_t tasks = n * c.n_kv_heads * runs, lda = pos + n;  // att: a row of lda weights per head of the run
   parallel_for(0, tasks, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> att(static_cast<size_t>(run) * static_cast<size_t>(pos + n));
+    std::vector<float> att(static_cast<size_t>(run * lda));
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t t = i / (c.n_kv_heads * runs);
       const int g = static_cast<int>(i / runs % c.n_kv_heads), r = static_cast<int>(i % runs);
-      const int h0 = g * kv_mul + r * run, nh = std::min(run, (g + 1) * kv_mul - h0);
-      if (nh <= 0) continue;
+      const int h0 = g * kv_mul + r * run, nh = std::min(run, (g + 1) * kv_mul - h0);  // ≥ 1: (runs − 1)·run < kv_mul
       const int p = pos + static_cast<int>(t);
-      const int64_t lda = pos + n;
       const float* qh = &q[t * dim + static_cast<int64_t>(h0) * hs];
       const int64_t off = static_cast<int64_t>(g) * hs;
       attn_scores_f32_heads(kc + off, kv_dim, hs, qh, hs, nh, p + 1, att.data(), lda);
