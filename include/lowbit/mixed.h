@@ -51,7 +51,10 @@ struct SensitivityOptions {
   UnitGranularity granularity = UnitGranularity::kTensor;
   std::vector<std::vector<int>> windows{};  // calibration windows of token ids; each is scored in its second half
   Method method = Method::kRtn;             // how a unit's linears are quantized: rtn | gptq
-  GptqOptions gptq{};                       // with kGptq: on H = Σ xᵀx of the fp32 model's inputs on the windows
+  GptqOptions gptq{};                       // with kGptq: on H = Σ xᵀx of the fp32 model's inputs …
+  // … on these windows (quantize's calibration tokens, so that the fit is the pipeline's and the scored
+  // windows are text GPTQ never saw); on `windows` when empty
+  std::vector<std::vector<int>> gptq_windows{};
   std::function<void(int64_t done, int64_t total)> on_step = nullptr;  // after each (unit, candidate)
 };
 
@@ -77,6 +80,8 @@ struct SensitivityReport {
   UnitGranularity granularity = UnitGranularity::kTensor;
   Method method = Method::kRtn;
   bool act_order = false;  // with GPTQ: columns by decreasing diag H (GptqOptions::act_order)
+  int64_t gptq_tokens = 0;  // with GPTQ: the tokens H was accumulated over (0: unknown, an older file)
+  bool gptq_scored_apart = false;  // with GPTQ: H came from windows other than the scored ones
   std::vector<UnitSensitivity> units;
   int64_t tokens_scored = 0;
   double ref_ppl = 0;

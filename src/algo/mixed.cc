@@ -90,6 +90,31 @@ std::vector<double> ranks(std::span<const double> a) {
   return r;
 }
 
+// H = Σ xᵀx at every input site (wq's for q/k/v, wo's, w1's for gate/up, w2's) of `net` over
+// `windows`, summed as the pipeline sums it (float products folded into double). [l·kSites + site]
+Result<std::vector<InputStats>> site_hessians(const LlamaModel& net, const std::vector<std::vector<int>>& windows) {
+  const LlamaConfig& c = net.config();
+  std::vector<InputStats> hess(static_cast<size_t>(c.n_layers * kSites));
+  const LinearInputHook hook = [&](int layer, LinearSlot slot, const float* x, int64_t rows, int64_t cols) {
+    if (slot == LinearSlot::kWk || slot == LinearSlot::kWv || slot == LinearSlot::kW3) return;
+    InputStats& h = hess[static_cast<size_t>(layer * kSites + site_of(slot))];
+    if (h.dim == 0) {
+      h.init(cols, /*hessian=*/true, /*max_rows=*/0);
+      h.fold_bytes = int64_t{4} << 20;  // every site's pending rows are held at once
+    }
+    h.add(x, rows);
+  };
+  for (size_t w = 0; w < windows.size(); ++w) {
+    const int64_t n = static_cast<int64_t>(windows[w].size());
+    if (n < 1 || n > c.seq_len) return InvalidArgument(fmt::format("GPTQ window {} has {} tokens; windows hold 1..{}", w, n, c.seq_len));
+    std::vector<float> x(static_cast<size_t>(n * c.dim));  // (n, dim)
+    LOWBIT_RETURN_IF_ERROR(embed_tokens(net, windows[w], x.data()));
+    for (int l = 0; l < c.n_layers; ++l) LOWBIT_RETURN_IF_ERROR(run_block(net, l, x.data(), n, hook));
+  }
+  for (InputStats& h : hess) h.finish();
+  return hess;
+}
+
 // Knapsack options valued +inf (or NaN) are unavailable.
 bool available(const KnapsackItem& it, size_t k) { return it.value[k] < std::numeric_limits<double>::infinity(); }
 
@@ -207,7 +232,11 @@ Result<SensitivityReport> measure_sensitivity(LlamaModel& net, const Sensitivity
   std::vector<std::vector<std::vector<float>>> xin(static_cast<size_t>(L), std::vector<std::vector<float>>(nw));  // [l][w] (n, dim)
   std::vector<std::vector<double>> sumsq(static_cast<size_t>(L * kSites));  // [l·4 + site] (in)
   std::vector<int64_t> sq_rows(static_cast<size_t>(L * kSites), 0);
-  std::vector<std::vector<double>> hess(gptq ? static_cast<size_t>(L * kSites) : 0);  // [l·4 + site] (in, in) Σ xᵀx
+  // H from GPTQ's own windows (quantize's calibration tokens), else from the scored ones.
+  std::vector<InputStats> hess;  // [l·4 + site]
+  if (gptq) {
+    LOWBIT_ASSIGN_OR_RETURN(hess, site_hessians(net, opt.gptq_windows.empty() ? opt.windows : opt.gptq_windows));
+  }
   const LinearInputHook hook = [&](int layer, LinearSlot slot, const float* x, int64_t rows, int64_t cols) {
     if (slot == LinearSlot::kWk || slot == LinearSlot::kWv || slot == LinearSlot::kW3) return;
     const size_t k = static_cast<size_t>(layer * kSites + site_of(slot));
@@ -216,17 +245,6 @@ Result<SensitivityReport> measure_sensitivity(LlamaModel& net, const Sensitivity
     for (int64_t t = 0; t < rows; ++t)
       for (int64_t j = 0; j < cols; ++j) s[static_cast<size_t>(j)] += static_cast<double>(x[t * cols + j]) * x[t * cols + j];
     sq_rows[k] += rows;
-    if (!gptq) return;
-    std::vector<double>& h = hess[k];  // upper triangle accumulated, mirrored after the pass
-    h.resize(static_cast<size_t>(cols * cols), 0.0);
-    for (int64_t t = 0; t < rows; ++t) {
-      const float* xr = x + t * cols;
-      for (int64_t i = 0; i < cols; ++i) {
-        const double xi = xr[i];
-        double* hi = h.data() + i * cols;
-        for (int64_t j = i; j < cols; ++j) hi[j] += xi * xr[j];
-      }
-    }
   };
   std::vector<std::vector<float>> ref_logits(nw);  // [w] (scored rows, vocab)
   std::vector<std::vector<double>> ref_lz(nw);     // [w] (scored rows) log Σ exp
@@ -256,17 +274,14 @@ Result<SensitivityReport> measure_sensitivity(LlamaModel& net, const Sensitivity
     scored += m;
   }
   if (scored == 0) return InvalidArgument("sensitivity: the windows leave no token to score (each needs >= 2 tokens)");
-  for (std::vector<double>& h : hess) {
-    const int64_t n = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(h.size()))));
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < i; ++j) h[static_cast<size_t>(i * n + j)] = h[static_cast<size_t>(j * n + i)];
-  }
 
   SensitivityReport rep;
   rep.candidates = opt.candidates;
   rep.granularity = opt.granularity;
   rep.method = opt.method;
   rep.act_order = opt.method == Method::kGptq && opt.gptq.act_order;
+  rep.gptq_tokens = gptq ? hess.front().tokens : 0;
+  rep.gptq_scored_apart = gptq && !opt.gptq_windows.empty();
   rep.tokens_scored = scored;
   rep.ref_ppl = std::exp(ref_nll / static_cast<double>(scored));
   const std::vector<UnitDef> defs = make_units(c, opt.granularity);
@@ -313,7 +328,7 @@ Result<SensitivityReport> measure_sensitivity(LlamaModel& net, const Sensitivity
         }
         const auto tq = Clock::now();
         const size_t k = static_cast<size_t>(l * kSites + site_of(s));
-        Result<QuantizedTensor> qr = gptq ? gptq_quantize(w, hess[k], *cand.spec, opt.gptq, linear_name(l, s), nullptr,
+        Result<QuantizedTensor> qr = gptq ? gptq_quantize(w, hess[k].hessian, *cand.spec, opt.gptq, linear_name(l, s), nullptr,
                                                           &factors[static_cast<size_t>(site_of(s))])
                                           : quantize(w, *cand.spec, {.name = linear_name(l, s)});
         if (!qr.ok()) {
@@ -690,7 +705,7 @@ class MixEvaluator {
         }
         const std::string name = linear_name(l, slot);
         Result<QuantizedTensor> q = opt_.method == Method::kGptq
-                                        ? gptq_quantize(w, hess_[static_cast<size_t>(l * kSites + site_of(slot))], *spec, opt_.gptq, name,
+                                        ? gptq_quantize(w, hess_[static_cast<size_t>(l * kSites + site_of(slot))].hessian, *spec, opt_.gptq, name,
                                                         nullptr, &factors_[static_cast<size_t>(site_of(slot))])
                                         : quantize(w, *spec, {.name = name});
         if (!q.ok()) return q.status();
@@ -721,32 +736,9 @@ class MixEvaluator {
   int64_t evaluations() const { return evaluations_; }
 
  private:
-  // Σ xᵀx at every input site (wq's for q/k/v, wo's, w1's for gate/up, w2's) of `net` over GPTQ's
-  // windows (`windows` when it has none).
+  // H at every input site of `net` over GPTQ's windows (`windows` when it has none).
   Status collect_hessians(const LlamaModel& net) {
-    const LlamaConfig& c = model_.config;
-    hess_.assign(static_cast<size_t>(L_ * kSites), {});
-    const LinearInputHook hook = [&](int layer, LinearSlot slot, const float* x, int64_t rows, int64_t cols) {
-      if (slot == LinearSlot::kWk || slot == LinearSlot::kWv || slot == LinearSlot::kW3) return;
-      std::vector<double>& h = hess_[static_cast<size_t>(layer * kSites + site_of(slot))];
-      h.resize(static_cast<size_t>(cols * cols), 0.0);
-      for (int64_t t = 0; t < rows; ++t) {
-        const float* xr = x + t * cols;
-        for (int64_t i = 0; i < cols; ++i)
-          for (int64_t j = i; j < cols; ++j) h[static_cast<size_t>(i * cols + j)] += static_cast<double>(xr[i]) * xr[j];
-      }
-    };
-    for (const std::vector<int>& win : opt_.gptq_windows.empty() ? opt_.windows : opt_.gptq_windows) {
-      const int64_t n = static_cast<int64_t>(win.size());
-      std::vector<float> x(static_cast<size_t>(n * c.dim));  // (n, dim)
-      LOWBIT_RETURN_IF_ERROR(embed_tokens(net, win, x.data()));
-      for (int l = 0; l < L_; ++l) LOWBIT_RETURN_IF_ERROR(run_block(net, l, x.data(), n, hook));
-    }
-    for (std::vector<double>& h : hess_) {  // the upper triangle mirrored
-      const int64_t n = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(h.size()))));
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j < i; ++j) h[static_cast<size_t>(i * n + j)] = h[static_cast<size_t>(j * n + i)];
-    }
+    LOWBIT_ASSIGN_OR_RETURN(hess_, site_hessians(net, opt_.gptq_windows.empty() ? opt_.windows : opt_.gptq_windows));
     return OkStatus();
   }
 
@@ -789,7 +781,7 @@ class MixEvaluator {
   std::vector<int64_t> scored_prefix_;                            // [w] tokens scored in windows [0, w)
   std::vector<std::vector<std::pair<int, LinearSlot>>> linears_;  // [unit] its linears
   std::vector<int> start_;                                        // [unit] first block it touches
-  std::vector<std::vector<double>> hess_;                         // [l·4 + site] (in, in), GPTQ only
+  std::vector<InputStats> hess_;                                  // [l·4 + site] H (in, in), GPTQ only
   std::vector<GptqFactorCache> factors_ = std::vector<GptqFactorCache>(kSites);  // [site] the last factor of H⁻¹
   std::vector<std::vector<float>> ref_logits_;                    // [w] (scored rows, vocab)
   std::vector<std::vector<double>> ref_lz_;                       // [w] (scored rows)
@@ -1046,6 +1038,10 @@ std::string sensitivity_json(const SensitivityReport& s) {
   j["granularity"] = std::string(granularity_name(s.granularity));
   j["method"] = std::string(method_name(s.method));
   j["act_order"] = s.act_order;
+  if (s.method == Method::kGptq) {
+    j["gptq_tokens"] = s.gptq_tokens;
+    j["gptq_scored_apart"] = s.gptq_scored_apart;
+  }
   nlohmann::ordered_json cands = nlohmann::ordered_json::array();
   for (const Candidate& c : s.candidates) cands.push_back({{"name", c.name}, {"spec", c.spec ? to_string(*c.spec) : "fp32"}});
   j["candidates"] = cands;
@@ -1083,6 +1079,14 @@ Result<SensitivityReport> parse_sensitivity_json(const std::string& text, const 
   if (j.contains("act_order")) {
     if (!j["act_order"].is_boolean()) return bad("act_order must be true or false");
     s.act_order = j["act_order"].get<bool>();
+  }
+  if (j.contains("gptq_tokens")) {
+    if (!j["gptq_tokens"].is_number_integer() || j["gptq_tokens"].get<int64_t>() < 0) return bad("gptq_tokens must be an integer >= 0");
+    s.gptq_tokens = j["gptq_tokens"].get<int64_t>();
+  }
+  if (j.contains("gptq_scored_apart")) {
+    if (!j["gptq_scored_apart"].is_boolean()) return bad("gptq_scored_apart must be true or false");
+    s.gptq_scored_apart = j["gptq_scored_apart"].get<bool>();
   }
   for (const auto& cj : j["candidates"]) {
     if (!cj.is_object() || !cj.contains("spec") || !cj["spec"].is_string() || !cj.contains("name") || !cj["name"].is_string()) {

@@ -425,6 +425,39 @@ TEST_F(MixedTiny, GptqSensitivityIsZeroAtFp32BelowRtnAndRoundTrips) {
   EXPECT_NE(st.message().find("method awq is not supported"), std::string::npos) << st.message();
 }
 
+// GPTQ sensitivities fitted on windows of their own (quantize's calibration tokens): one unit's ΔKLD
+// is what the GPTQ pipeline's model of that unit alone measures on the scored windows, and the file
+// says how H was collected.
+TEST_F(MixedTiny, GptqSensitivityFitsOnItsOwnWindowsAsThePipelineDoes) {
+  LlamaModel net(model);
+  const std::vector<Candidate> two = parse_candidates("fp32,w3a16-g64", "c").value();
+  const std::vector<std::vector<int>> gwin = random_windows(2, 32, 80, 41);  // disjoint from the scored windows
+  const SensitivityReport own = measure_sensitivity(net, {.candidates = two, .windows = calib, .method = Method::kGptq, .gptq_windows = gwin}).value();
+  const SensitivityReport in = measure_sensitivity(net, {.candidates = two, .windows = calib, .method = Method::kGptq}).value();
+  EXPECT_EQ(own.gptq_tokens, 64);
+  EXPECT_TRUE(own.gptq_scored_apart);
+  EXPECT_EQ(in.gptq_tokens, 32);  // the scored windows': 2 of 16
+  EXPECT_FALSE(in.gptq_scored_apart);
+  const SensitivityReport back = parse_sensitivity_json(sensitivity_json(own), "s.json", model.config).value();
+  EXPECT_EQ(back.gptq_tokens, 64);
+  EXPECT_TRUE(back.gptq_scored_apart);
+  for (size_t unit : {size_t{0}, size_t{5}, size_t{13}}) {
+    EXPECT_EQ(own.units[unit].dkld[0], 0.0);
+    EXPECT_NE(own.units[unit].dkld[1], in.units[unit].dkld[1]) << own.units[unit].name;  // other Hessians
+    MixedChoice m;
+    m.choice.assign(own.units.size(), 0);
+    m.choice[unit] = 1;
+    QuantPlan plan = make_mixed_plan(model.config, own, m, std::nullopt).value();
+    for (PlanEntry& e : plan.entries)
+      if (e.role == "embedding") e.spec.reset();  // keep the embedding fp32, as the measurement does
+    LlamaModel q(model);
+    ASSERT_TRUE(quantize_model(q, {.method = Method::kGptq, .plan = plan, .calib = gwin}).ok());
+    const double measured = mix_kld_on_windows(q, net, calib).value();
+    EXPECT_GT(measured, 0.0);
+    EXPECT_NEAR(measured, own.units[unit].dkld[1], 1e-9 + 1e-5 * measured) << own.units[unit].name;
+  }
+}
+
 // Interaction-aware refinement (refine_mix): 0 rounds is the knapsack's plan and measures what the
 // pipeline's model measures; more rounds never leave the budget, never measure worse than the
 // start (each round's figure is the pipeline's too, for RTN), and repeat exactly.

@@ -135,6 +135,21 @@ with tempfile.TemporaryDirectory() as tmp:
         with open(out) as f:
             ao[bool(flag)] = json.load(f)
     check(ao[True]["act_order"] is True and ao[False]["act_order"] is False, "act_order in the JSON")
+    # H from quantize's calibration tokens (8192 by default), the scored windows after them; 0: from the scored ones.
+    check(ao[False]["gptq_tokens"] == 8192 and ao[False]["gptq_scored_apart"] is True, f"H apart: {ao[False].get('gptq_tokens')}")
+    check("after GPTQ's 8192 calibration tokens" in p.stdout.splitlines()[0], f"header names GPTQ's tokens: {p.stdout[:200]!r}")
+    same = os.path.join(tmp, "sens_same.json")
+    p = run("sensitivity", "--model", MODEL, "--calib", TEXT, "--candidates", "w3a16-g64", "--granularity", "role",
+            "--windows", "2", "--method", "gptq", "--calib-tokens", "0", "--json", same)
+    check(p.returncode == 0, f"gptq sensitivity --calib-tokens 0 failed: {p.stderr}")
+    with open(same) as f:
+        sj = json.load(f)
+    check(sj["gptq_tokens"] == 2 * 128 and sj["gptq_scored_apart"] is False, f"H from the scored windows: {sj.get('gptq_tokens')}")
+    check([u["dkld"] for u in sj["units"]] != [u["dkld"] for u in ao[False]["units"]], "other Hessians, other figures")
+    bad_input(["sensitivity", "--model", MODEL, "--calib", TEXT, "--method", "gptq", "--calib-tokens", "100000000"], "--calib-tokens",
+              "no window left after GPTQ's tokens")
+    bad_input(["sensitivity", "--model", MODEL, "--calib", TEXT, "--method", "gptq", "--calib-tokens", "-1"], "--calib-tokens",
+              "negative --calib-tokens")
     check([u["dkld"] for u in ao[True]["units"]] != [u["dkld"] for u in ao[False]["units"]], "act-order changes the figures")
     for flag, warned in (([], True), (["--act-order"], False)):
         p = run("quantize", "--model", MODEL, "--target-bpw", "4.5", "--method", "gptq", "--calib", TEXT, "--sensitivity",

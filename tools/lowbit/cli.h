@@ -51,6 +51,13 @@ std::string model_weights_file(const std::string& model_path);
 
 // Non-overlapping windows of `ctx` tokens from the start of `tokens`, at most `max_windows`.
 std::vector<std::vector<int>> split_windows(const std::vector<int>& tokens, int ctx, int max_windows);
+// GPTQ's calibration windows as the pipeline takes them (the first `calib_tokens` of `tokens`, whole
+// windows of `gctx`), and up to `max_windows` windows of `ctx` from the tokens after them.
+struct GptqSplit {
+  std::vector<std::vector<int>> gptq, after;
+  size_t offset = 0;  // where `after` starts in `tokens`
+};
+GptqSplit split_after_gptq(const std::vector<int>& tokens, int gctx, int64_t calib_tokens, int ctx, int max_windows);
 // Candidates `sensitivity` and `quantize --target-bpw` try unless told: 3 to 8 bits.
 inline constexpr const char* kDefaultCandidates = "w3a16-g64,w4a16-g128,int4:g64:sym:fp16,q4_0,uint4:g32:asym:fp16,w8a16";
 

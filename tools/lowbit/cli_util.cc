@@ -160,4 +160,15 @@ std::vector<std::vector<int>> split_windows(const std::vector<int>& tokens, int 
   return out;
 }
 
+GptqSplit split_after_gptq(const std::vector<int>& tokens, int gctx, int64_t calib_tokens, int ctx, int max_windows) {
+  GptqSplit s;
+  size_t p = 0;
+  for (; p + static_cast<size_t>(gctx) <= tokens.size() && static_cast<int64_t>(s.gptq.size()) * gctx < calib_tokens; p += static_cast<size_t>(gctx)) {
+    s.gptq.emplace_back(tokens.begin() + static_cast<std::ptrdiff_t>(p), tokens.begin() + static_cast<std::ptrdiff_t>(p + static_cast<size_t>(gctx)));
+  }
+  s.offset = p;
+  if (max_windows > 0) s.after = split_windows(std::vector<int>(tokens.begin() + static_cast<std::ptrdiff_t>(p), tokens.end()), ctx, max_windows);
+  return s;
+}
+
 }  // namespace lowbit::cli

@@ -54,14 +54,32 @@ struct MixedPlan {
   std::vector<std::vector<int>> windows;  // the calibration windows (when --calib is given)
   MixedChoice knapsack;                   // the knapsack's choice before refinement
   std::optional<RefineReport> refine;
-  int64_t refine_offset = 0;              // --method gptq: the refinement's windows start after GPTQ's calibration tokens
+  int64_t windows_offset = 0;             // --method gptq: `windows` start after GPTQ's calibration tokens
 };
 MixedPlan choose_mixed_plan(const QuantizeArgs& a, const Model& model, const std::optional<QuantSpec>& acts, const Tokenizer* tok) {
   const LlamaConfig& cfg = model.config;
   Result<SensitivityReport> sens = InvalidArgument("unset");
-  std::vector<std::vector<int>> windows;
+  const bool gptq = a.method == "gptq";
+  const int sctx = std::min(a.eval_ctx, cfg.seq_len);
+  std::vector<std::vector<int>> windows, gptq_windows;
+  int64_t offset = 0;  // where `windows` start in the calibration split
   if (!a.calib.empty()) {
-    windows = split_windows(tokenize_stories(*tok, a.calib, a.calib_split), std::min(a.eval_ctx, cfg.seq_len), a.sens_windows);
+    const std::vector<int> tokens = tokenize_stories(*tok, a.calib, a.calib_split);
+    if (gptq) {
+      // GPTQ fits its calibration windows (the first --calib-tokens of the split, as the pipeline takes
+      // them); sensitivities and mixes are measured on the windows after those, text the fit never saw.
+      GptqSplit sp = split_after_gptq(tokens, std::min(a.ctx, cfg.seq_len), a.calib_tokens, sctx, a.sens_windows);
+      windows = std::move(sp.after);
+      gptq_windows = std::move(sp.gptq);
+      offset = static_cast<int64_t>(sp.offset);
+      if (a.refine > 0 && static_cast<int>(windows.size()) < a.sens_windows) {
+        fail(kExitUsage, fmt::format("quantize --refine --method gptq: {} (split {}) leaves {} windows of {} tokens after GPTQ's {} "
+                                     "calibration tokens; --sens-windows asks for {}", a.calib, a.calib_split, windows.size(), sctx,
+                                     offset, a.sens_windows));
+      }
+    } else {
+      windows = split_windows(tokens, sctx, a.sens_windows);
+    }
   }
   if (!a.sensitivity.empty()) {
     Result<std::string> text = read_file(a.sensitivity);
@@ -78,13 +96,12 @@ MixedPlan choose_mixed_plan(const QuantizeArgs& a, const Model& model, const std
     Result<UnitGranularity> g = parse_granularity(a.granularity);
     if (!g.ok()) fail(kExitUsage, "--granularity: " + g.status().message());
     if (a.calib.empty()) fail(kExitUsage, "quantize: --target-bpw measures sensitivity on --calib FILE (or give --sensitivity sens.json)");
-    const int ctx = std::min(a.eval_ctx, cfg.seq_len);
-    if (windows.empty()) fail(kExitUsage, fmt::format("{}: calibration text (split {}) is shorter than one window of {} tokens", a.calib, a.calib_split, ctx));
+    if (windows.empty()) fail(kExitUsage, fmt::format("{}: calibration text (split {}) is shorter than one window of {} tokens", a.calib, a.calib_split, sctx));
     LlamaModel net(model);
     std::unique_ptr<Progress> bar;
     // GPTQ quantizes the result: the sensitivities are measured with it too (RTN otherwise).
     SensitivityOptions so{.candidates = *cands, .granularity = *g, .windows = windows,
-                          .method = a.method == "gptq" ? Method::kGptq : Method::kRtn};
+                          .method = gptq ? Method::kGptq : Method::kRtn, .gptq_windows = gptq_windows};
     so.gptq.damp = a.damp;
     so.gptq.act_order = a.act_order;
     so.gptq.static_groups = a.static_groups;
@@ -101,35 +118,15 @@ MixedPlan choose_mixed_plan(const QuantizeArgs& a, const Model& model, const std
   if (!m.ok()) fail(kExitUsage, m.status().message());
   const MixedChoice knapsack = *m;
   std::optional<RefineReport> refined;
-  int64_t refined_offset = 0;
   if (a.refine > 0) {
     if (windows.empty()) fail(kExitUsage, "quantize --refine: measures the mix on --calib FILE; give --calib");
     // Mixes are measured with GPTQ when that is the method (as the sensitivities are), else RTN.
-    RefineOptions ro{.rounds = a.refine, .windows = windows, .method = a.method == "gptq" ? Method::kGptq : Method::kRtn,
+    RefineOptions ro{.rounds = a.refine, .windows = windows, .method = gptq ? Method::kGptq : Method::kRtn,
                      .activations = acts, .trials = a.refine_trials, .screen_windows = a.refine_screen, .exact = a.refine_exact};
     ro.gptq.damp = a.damp;
     ro.gptq.act_order = a.act_order;
     ro.gptq.static_groups = a.static_groups;
-    int64_t offset = 0;
-    if (ro.method == Method::kGptq) {
-      // GPTQ fits its calibration windows (the first --calib-tokens of the split, as the pipeline
-      // takes them); the mixes are measured on the windows after those, so that fit does not steer the search.
-      const std::vector<int> tokens = tokenize_stories(*tok, a.calib, a.calib_split);
-      const int gctx = std::min(a.ctx, cfg.seq_len);
-      size_t p = 0;
-      for (; p + static_cast<size_t>(gctx) <= tokens.size() && static_cast<int64_t>(ro.gptq_windows.size()) * gctx < a.calib_tokens;
-           p += static_cast<size_t>(gctx)) {
-        ro.gptq_windows.emplace_back(tokens.begin() + static_cast<std::ptrdiff_t>(p), tokens.begin() + static_cast<std::ptrdiff_t>(p) + gctx);
-      }
-      offset = static_cast<int64_t>(p);
-      ro.windows = split_windows(std::vector<int>(tokens.begin() + static_cast<std::ptrdiff_t>(p), tokens.end()),
-                                 std::min(a.eval_ctx, cfg.seq_len), a.sens_windows);
-      if (static_cast<int>(ro.windows.size()) < a.sens_windows) {
-        fail(kExitUsage, fmt::format("quantize --refine --method gptq: {} (split {}) leaves {} windows of {} tokens after GPTQ's {} "
-                                     "calibration tokens; --sens-windows asks for {}", a.calib, a.calib_split, ro.windows.size(),
-                                     std::min(a.eval_ctx, cfg.seq_len), p, a.sens_windows));
-      }
-    }
+    ro.gptq_windows = gptq_windows;
     Progress bar("refine", 0);
     ro.on_eval = [&](int64_t) { bar.advance(); };
     Result<RefineReport> r = refine_mix(model, *sens, *m, ro);
@@ -137,11 +134,10 @@ MixedPlan choose_mixed_plan(const QuantizeArgs& a, const Model& model, const std
     if (!r.ok()) fail(r.status());
     *m = r->choice;
     refined = std::move(*r);
-    refined_offset = offset;
   }
   Result<QuantPlan> plan = make_mixed_plan(cfg, *sens, *m, acts);
   if (!plan.ok()) fail(kExitUsage, plan.status().message());
-  return {std::move(*plan), std::move(*m), std::move(*sens), std::move(windows), knapsack, std::move(refined), refined_offset};
+  return {std::move(*plan), std::move(*m), std::move(*sens), std::move(windows), knapsack, std::move(refined), offset};
 }
 
 // --format, else gguf for a -o ending in .gguf, else safetensors.
@@ -201,10 +197,7 @@ void run_streaming(const QuantizeArgs& a, Method method, const QuantSpec& wspec,
     if (static_cast<int>(tokens.size()) < ctx) {
       fail(kExitUsage, fmt::format("{}: calibration text (split {}) has {} tokens; one window needs --ctx {}", a.calib, a.calib_split, tokens.size(), ctx));
     }
-    for (size_t p = 0; p + static_cast<size_t>(ctx) <= tokens.size() &&
-                       static_cast<int64_t>(so.pipeline.calib.size()) * ctx < a.calib_tokens; p += static_cast<size_t>(ctx)) {
-      so.pipeline.calib.emplace_back(tokens.begin() + static_cast<std::ptrdiff_t>(p), tokens.begin() + static_cast<std::ptrdiff_t>(p) + ctx);
-    }
+    so.pipeline.calib = split_after_gptq(tokens, ctx, a.calib_tokens, ctx, 0).gptq;
   }
   so.save.extra_metadata = {{"lowbit.method", a.method},
                             {"lowbit.scheme", a.scheme.empty() ? label : a.scheme},
@@ -347,7 +340,7 @@ void run_quantize(const QuantizeArgs& a) {
       fmt::print("refine: {} round(s), {} forwards in {:.2f} s; measured KLD{} on {} calibration windows{} {:.6f} -> {:.6f} "
                  "({} of {} units changed; knapsack's plan {:.3f} bpw, predicted {:.6f})\n",
                  r.rounds.size(), r.evaluations, r.seconds, a.refine_exact ? " (exact: the pipeline's model of each mix)" : "", mix->windows.size(),
-                 mix->refine_offset > 0 ? fmt::format(" (after GPTQ's {} calibration tokens)", mix->refine_offset) : "", r.kld_before, r.kld_after,
+                 mix->windows_offset > 0 ? fmt::format(" (after GPTQ's {} calibration tokens)", mix->windows_offset) : "", r.kld_before, r.kld_after,
                  [&] { int n = 0; for (size_t i = 0; i < m.choice.size(); ++i) n += m.choice[i] != mix->knapsack.choice[i]; return n; }(),
                  m.choice.size(), mix->knapsack.bits_per_weight, mix->knapsack.predicted_kld);
     }
@@ -383,10 +376,7 @@ void run_quantize(const QuantizeArgs& a) {
       fail(kExitUsage, fmt::format("{}: calibration text (split {}) has {} tokens; one window needs --ctx {}", a.calib,
                                    a.calib_split, tokens.size(), ctx));
     }
-    for (size_t p = 0; p + static_cast<size_t>(ctx) <= tokens.size() &&
-                       static_cast<int64_t>(opt.calib.size()) * ctx < a.calib_tokens; p += static_cast<size_t>(ctx)) {
-      opt.calib.emplace_back(tokens.begin() + static_cast<std::ptrdiff_t>(p), tokens.begin() + static_cast<std::ptrdiff_t>(p) + ctx);
-    }
+    opt.calib = split_after_gptq(tokens, ctx, a.calib_tokens, ctx, 0).gptq;
   }
   if (!a.eval_text.empty() && !a.calib.empty() && same_file(a.calib, a.eval_text) &&
       (a.calib_split == a.eval_split || a.calib_split == "all" || a.eval_split == "all")) {
@@ -448,7 +438,7 @@ void run_quantize(const QuantizeArgs& a) {
       }
       int changed = 0;
       for (size_t i = 0; i < mix->choice.choice.size(); ++i) changed += mix->choice.choice[i] != mix->knapsack.choice[i];
-      j["refine"] = {{"rounds_max", a.refine}, {"trials", a.refine_trials}, {"screen_windows", a.refine_screen}, {"windows_offset_tokens", mix->refine_offset}, {"method", a.method == "gptq" ? "gptq" : "rtn"}, {"exact", a.refine_exact},
+      j["refine"] = {{"rounds_max", a.refine}, {"trials", a.refine_trials}, {"screen_windows", a.refine_screen}, {"windows_offset_tokens", mix->windows_offset}, {"method", a.method == "gptq" ? "gptq" : "rtn"}, {"exact", a.refine_exact},
                      {"calib_kld_before", r.kld_before}, {"calib_kld_after", r.kld_after}, {"evaluations", r.evaluations},
                      {"seconds", r.seconds}, {"units_changed", changed}, {"rounds", rounds},
                      {"knapsack_bits_per_weight", mix->knapsack.bits_per_weight},
@@ -460,8 +450,9 @@ void run_quantize(const QuantizeArgs& a) {
       Result<double> k = mix_kld_on_windows(net, reference, mix->windows);
       if (!k.ok()) fail(k.status());
       j["measured_calib_kld"] = *k;
-      fmt::print("mix: predicted KLD {:.6f} (sum of units), measured {:.6f} on the {} calibration windows\n", mix->choice.predicted_kld, *k,
-                 mix->windows.size());
+      j["measured_calib_offset_tokens"] = mix->windows_offset;
+      fmt::print("mix: predicted KLD {:.6f} (sum of units), measured {:.6f} on the {} calibration windows{}\n", mix->choice.predicted_kld, *k,
+                 mix->windows.size(), mix->windows_offset > 0 ? fmt::format(" after GPTQ's {} tokens", mix->windows_offset) : "");
     }
   }
   fmt::print("quantized {} with {} in {:.2f} s: {:.3f} bits per weight (linear weights, scales included), {:.1f} KiB\n",

@@ -19,7 +19,7 @@ namespace {
 
 struct SensitivityArgs {
   std::string model, calib, calib_split = "calib", tokenizer, candidates = kDefaultCandidates, granularity = "tensor", method = "rtn", json, plot;
-  int ctx = 128, windows = 8;
+  int ctx = 128, windows = 8, calib_tokens = 8192, gptq_ctx = 256;
   bool act_order = false;
 };
 
@@ -34,6 +34,8 @@ void run_sensitivity(const SensitivityArgs& a) {
   }
   if (a.act_order && *method != Method::kGptq) fail(kExitUsage, fmt::format("--act-order is a GPTQ option; --method is {}", a.method));
   if (a.windows < 1) fail(kExitUsage, fmt::format("--windows must be >= 1 (got {})", a.windows));
+  if (a.calib_tokens < 0) fail(kExitUsage, fmt::format("--calib-tokens must be >= 0 (got {})", a.calib_tokens));
+  if (a.gptq_ctx < 1) fail(kExitUsage, fmt::format("--gptq-ctx must be >= 1 (got {})", a.gptq_ctx));
   const std::vector<NamedPath> inputs = {{"--model", a.model}, {"--calib", a.calib}, {"--tokenizer", a.tokenizer}};
   check_output("--json", a.json, inputs);
   std::vector<NamedPath> plot_clashes = inputs;
@@ -48,13 +50,28 @@ void run_sensitivity(const SensitivityArgs& a) {
   const std::string tok_path = a.tokenizer.empty() ? find_tokenizer(a.model, cfg.vocab_size, "sensitivity") : a.tokenizer;
   Result<std::unique_ptr<Tokenizer>> tok = load_tokenizer(tok_path, cfg.vocab_size);
   if (!tok.ok()) fail(tok.status());
-  const std::vector<std::vector<int>> windows = split_windows(tokenize_stories(**tok, a.calib, a.calib_split), ctx, a.windows);
-  if (windows.empty()) fail(kExitUsage, fmt::format("{}: calibration text (split {}) is shorter than one window of --ctx {}", a.calib, a.calib_split, ctx));
+  const std::vector<int> tokens = tokenize_stories(**tok, a.calib, a.calib_split);
+  // GPTQ: H from the first --calib-tokens (quantize's calibration), the scored windows after them.
+  const bool apart = *method == Method::kGptq && a.calib_tokens > 0;
+  GptqSplit sp;
+  if (apart) sp = split_after_gptq(tokens, std::min(a.gptq_ctx, cfg.seq_len), a.calib_tokens, ctx, a.windows);
+  else sp.after = split_windows(tokens, ctx, a.windows);
+  const std::vector<std::vector<int>>& windows = sp.after;
+  if (windows.empty()) {
+    fail(kExitUsage, apart ? fmt::format("{}: calibration text (split {}) leaves no window of --ctx {} after GPTQ's {} calibration tokens "
+                                         "(lower --calib-tokens, or 0 to fit H on the scored windows)", a.calib, a.calib_split, ctx, sp.offset)
+                           : fmt::format("{}: calibration text (split {}) is shorter than one window of --ctx {}", a.calib, a.calib_split, ctx));
+  }
+  if (static_cast<int>(windows.size()) < a.windows) {
+    warn(fmt::format("{}: calibration text (split {}) holds {} windows of --ctx {}{}; --windows asked for {}", a.calib, a.calib_split, windows.size(),
+                     ctx, apart ? fmt::format(" after GPTQ's {} tokens", sp.offset) : "", a.windows));
+  }
 
   LlamaModel net(*model);
   std::unique_ptr<Progress> bar;
   SensitivityOptions so{.candidates = *cands, .granularity = *g, .windows = windows, .method = *method};
   so.gptq.act_order = a.act_order;
+  so.gptq_windows = std::move(sp.gptq);
   so.on_step = [&](int64_t done, int64_t total) {
     if (done == 1) bar = std::make_unique<Progress>("sensitivity", total);
     bar->advance();
@@ -64,8 +81,9 @@ void run_sensitivity(const SensitivityArgs& a) {
   if (!r.ok()) fail(r.status());
   warn_lossless(*r, a.model);
 
-  fmt::print("sensitivity ({}{}) of {} by {} on {} ({} windows of {} tokens, {} scored; reference PPL {:.4f}) in {:.1f} s\n",
-             a.method, a.act_order ? ", act-order" : "", a.model, a.granularity, a.calib, windows.size(), ctx, r->tokens_scored, r->ref_ppl, r->seconds);
+  fmt::print("sensitivity ({}{}) of {} by {} on {} ({} windows of {} tokens, {} scored{}; reference PPL {:.4f}) in {:.1f} s\n",
+             a.method, a.act_order ? ", act-order" : "", a.model, a.granularity, a.calib, windows.size(), ctx, r->tokens_scored,
+             apart ? fmt::format(", after GPTQ's {} calibration tokens", r->gptq_tokens) : "", r->ref_ppl, r->seconds);
   fmt::print("ΔKLD (nats/token) when the unit alone is quantized, all else fp32; [proxy rank]\n\n| unit | params |");
   for (const Candidate& c : r->candidates) fmt::print(" {} |", c.name);
   fmt::print("\n|---|---:|");
@@ -110,6 +128,10 @@ void register_sensitivity(CLI::App& app) {
   cmd->add_flag("--act-order", a->act_order, "--method gptq: columns by decreasing Hessian diagonal (as quantize --act-order)");
   cmd->add_option("--ctx", a->ctx, "Window length in tokens (the second half of each is scored)")->default_val(128);
   cmd->add_option("--windows", a->windows, "Calibration windows")->default_val(8);
+  cmd->add_option("--calib-tokens", a->calib_tokens,
+                  "--method gptq: H from the split's first N tokens (as quantize --calib-tokens); the scored windows follow them "
+                  "(0: H from the scored windows)")->default_val(8192);
+  cmd->add_option("--gptq-ctx", a->gptq_ctx, "--method gptq: window length of those tokens (as quantize --ctx)")->default_val(256);
   cmd->add_option("--tokenizer", a->tokenizer, "Tokenizer (default: the one beside the model)");
   cmd->add_option("--json", a->json, "Write the measurement as JSON (quantize --sensitivity reads it)");
   cmd->add_option("--plot", a->plot, "Write an SVG chart of ΔKLD per unit and candidate");
