@@ -150,6 +150,8 @@ with tempfile.TemporaryDirectory() as tmp:
               "no window left after GPTQ's tokens")
     bad_input(["sensitivity", "--model", MODEL, "--calib", TEXT, "--method", "gptq", "--calib-tokens", "-1"], "--calib-tokens",
               "negative --calib-tokens")
+    bad_input(["quantize", "--model", MODEL, "--target-bpw", "4.5", "--method", "gptq", "--calib", TEXT, "--calib-tokens", "100000000",
+               "--candidates", "w3a16-g64,w8a16", "--dry-run"], "--calib-tokens", "quantize: no window left after GPTQ's tokens")
     check([u["dkld"] for u in ao[True]["units"]] != [u["dkld"] for u in ao[False]["units"]], "act-order changes the figures")
     for flag, warned in (([], True), (["--act-order"], False)):
         p = run("quantize", "--model", MODEL, "--target-bpw", "4.5", "--method", "gptq", "--calib", TEXT, "--sensitivity",

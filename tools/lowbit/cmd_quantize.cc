@@ -96,7 +96,11 @@ MixedPlan choose_mixed_plan(const QuantizeArgs& a, const Model& model, const std
     Result<UnitGranularity> g = parse_granularity(a.granularity);
     if (!g.ok()) fail(kExitUsage, "--granularity: " + g.status().message());
     if (a.calib.empty()) fail(kExitUsage, "quantize: --target-bpw measures sensitivity on --calib FILE (or give --sensitivity sens.json)");
-    if (windows.empty()) fail(kExitUsage, fmt::format("{}: calibration text (split {}) is shorter than one window of {} tokens", a.calib, a.calib_split, sctx));
+    if (windows.empty()) {
+      fail(kExitUsage, gptq ? fmt::format("{}: calibration text (split {}) leaves no window of {} tokens after GPTQ's {} calibration tokens "
+                                          "(lower --calib-tokens)", a.calib, a.calib_split, sctx, offset)
+                            : fmt::format("{}: calibration text (split {}) is shorter than one window of {} tokens", a.calib, a.calib_split, sctx));
+    }
     LlamaModel net(model);
     std::unique_ptr<Progress> bar;
     // GPTQ quantizes the result: the sensitivities are measured with it too (RTN otherwise).
