@@ -280,7 +280,7 @@ Result<SensitivityReport> measure_sensitivity(LlamaModel& net, const Sensitivity
   rep.granularity = opt.granularity;
   rep.method = opt.method;
   rep.act_order = opt.method == Method::kGptq && opt.gptq.act_order;
-  rep.gptq_tokens = gptq ? hess.front().tokens : 0;
+  rep.gptq_tokens = gptq && !hess.empty() ? hess.front().tokens : 0;
   rep.gptq_scored_apart = gptq && !opt.gptq_windows.empty();
   rep.tokens_scored = scored;
   rep.ref_ppl = std::exp(ref_nll / static_cast<double>(scored));
